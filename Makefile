@@ -1,0 +1,71 @@
+# syncgov — `make help` lists every target.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+PIP := $(BIN)/python -m pip --disable-pip-version-check -q
+PROTO_SOURCES := $(shell find protos/syncgov -name '*.proto' 2>/dev/null)
+GEN_STAMP := libs/genproto/.generated
+
+.DEFAULT_GOAL := help
+
+.PHONY: help
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# Stubs first (setuptools finds the generated `syncgov` package at install time), then the project.
+$(STAMP): pyproject.toml $(BIN)/python
+	$(PIP) install 'grpcio-tools==1.85.*' 'googleapis-common-protos>=1.70,<2'
+	$(BIN)/python tools/gen_protos.py
+	$(PIP) install -e '.[dev]'
+	@touch $(GEN_STAMP) $(STAMP)
+
+$(GEN_STAMP): $(PROTO_SOURCES) $(STAMP)
+	$(BIN)/python tools/gen_protos.py
+	@touch $(GEN_STAMP)
+
+.PHONY: setup
+setup: $(STAMP) $(GEN_STAMP) ## create .venv, install everything, generate stubs (idempotent)
+
+.PHONY: proto
+proto: $(STAMP) ## regenerate Python stubs from protos/
+	$(BIN)/python tools/gen_protos.py
+	@touch $(GEN_STAMP)
+
+.PHONY: test
+test: setup ## run the whole test suite (starts its own nats-server and valkey-server)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test-unit
+test-unit: setup ## run the unit tests only (no sockets)
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+.PHONY: up
+up: setup ## start nats-server, valkey-server and every service; Ctrl-C stops them all
+	$(BIN)/syncgov up $(UP_ARGS)
+
+.PHONY: lint
+lint: setup ## ruff and buf lint
+	$(BIN)/ruff check .
+	cd protos && ../$(BIN)/buf lint
+
+.PHONY: fmt
+fmt: setup ## format the code with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+.PHONY: bench
+bench: setup ## run the publish benchmark (prints figures; takes about a minute)
+	$(BIN)/python bench/publish_po.py $(BENCH_ARGS)
+
+.PHONY: clean
+clean: ## remove generated stubs, local stack data and caches (keeps .venv)
+	rm -rf libs/genproto/syncgov protos/third_party .syncgov .pytest_cache .ruff_cache $(GEN_STAMP)
+
+.PHONY: distclean
+distclean: clean ## also remove .venv
+	rm -rf $(VENV)

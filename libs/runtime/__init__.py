@@ -1,0 +1,1 @@
+"""The shared service runtime: settings, server bootstrap, JetStream, idempotency, telemetry."""

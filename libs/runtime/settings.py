@@ -1,0 +1,64 @@
+"""Settings every syncgov process reads from ``SYNCGOV_*`` environment variables.
+
+Each service subclasses :class:`RuntimeSettings` for its own variables and its
+default gRPC port. Defaults point at loopback infrastructure only; nothing
+secret has a default.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class RuntimeSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SYNCGOV_", extra="ignore", frozen=True)
+
+    service_name: str = Field("syncgov", description="Name in logs, traces and metrics.")
+    grpc_host: str = Field("127.0.0.1", description="Address the gRPC server binds.")
+    grpc_port: int = Field(0, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
+    metrics_port: int | None = Field(
+        None, ge=0, le=65535, description="Prometheus /metrics port; unset disables the endpoint."
+    )
+    nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis/Valkey URL.")
+    namespace: str = Field(
+        "sg",
+        pattern=r"^[a-z][a-z0-9]{0,15}$",
+        description="Root of every subject (<ns>.po.>), stream name (<NS>_PO) and key (<ns>:service:).",
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+    max_message_bytes: int = Field(
+        4 * 1024 * 1024, ge=1024, description="Largest gRPC request or response accepted."
+    )
+    shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight RPCs get on SIGTERM.")
+    connect_attempts: int = Field(30, ge=1, description="Tries to reach NATS and Valkey at start-up.")
+    connect_backoff_seconds: float = Field(0.5, gt=0, description="Wait between connection tries.")
+    stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas per stream (3 in production).")
+    publish_timeout_seconds: float = Field(5.0, gt=0, description="Wait for a JetStream publish ack.")
+    idempotency_ttl_seconds: int = Field(
+        7 * 24 * 3600, ge=60, description="How long stored responses replay from Valkey before the stream answers."
+    )
+    caller_tokens: dict[str, str] = Field(
+        default_factory=dict,
+        description='Bearer token -> system id, JSON, e.g. {"tok-erp": "erp"}; empty enables declared identities.',
+    )
+    default_max_deliver: int = Field(5, ge=1, description="Deliveries before a message is handed off.")
+    default_backoff_seconds: list[float] = Field(
+        default_factory=lambda: [0.5, 2.0, 10.0, 30.0],
+        description="Redelivery delays, JSON list, last one repeats.",
+    )
+
+    @field_validator("default_backoff_seconds")
+    @classmethod
+    def _backoff_not_empty(cls, value: list[float]) -> list[float]:
+        if not value or any(step < 0 for step in value):
+            raise ValueError("needs at least one delay, none negative")
+        return value
+
+    @property
+    def stream_prefix(self) -> str:
+        return self.namespace.upper()

@@ -1,0 +1,83 @@
+"""The JetStream streams of syncgov and their idempotent provisioning.
+
+One stream per domain, holding every subject of that domain's objects
+(``<ns>.po.>``). Streams that hold business documents deny deletes: JetStream
+is the source of truth (DESIGN §3.1) and history is what makes a retry after
+an hour-long outage recognisable. The audit stream also denies purges.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from nats.js import JetStreamContext
+from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.errors import NotFoundError
+
+from libs.runtime.subjects import Namespace
+
+log = logging.getLogger(__name__)
+
+DUPLICATE_WINDOW_SECONDS = 120.0
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class StreamSpec:
+    domain: str
+    description: str
+    deny_purge: bool = False
+
+
+SUPPLIER = StreamSpec("supplier", "Golden supplier records and their changes")
+PO = StreamSpec("po", "Purchase order versions, acknowledgments and rejections")
+RECEIPT = StreamSpec("receipt", "Goods receipts and returns, reconciled")
+INVOICE = StreamSpec("invoice", "Invoices, match results and state changes")
+EXCEPTION = StreamSpec("exception", "Exceptions raised by every service, and their handling")
+AUDIT = StreamSpec("audit", "Hash-chained audit trail; append-only", deny_purge=True)
+
+ALL_STREAMS = (SUPPLIER, PO, RECEIPT, INVOICE, EXCEPTION, AUDIT)
+
+
+def stream_config(namespace: Namespace, spec: StreamSpec, replicas: int) -> StreamConfig:
+    return StreamConfig(
+        name=namespace.stream(spec.domain),
+        description=spec.description,
+        subjects=[namespace.domain_subjects(spec.domain)],
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        discard=DiscardPolicy.OLD,
+        num_replicas=replicas,
+        duplicate_window=DUPLICATE_WINDOW_SECONDS,
+        max_msg_size=MAX_MESSAGE_BYTES,
+        deny_delete=True,
+        deny_purge=spec.deny_purge,
+        allow_direct=True,
+    )
+
+
+_COMPARED_FIELDS = ("subjects", "description", "duplicate_window", "max_msg_size", "deny_delete", "deny_purge",
+                    "allow_direct", "num_replicas")
+
+
+async def provision_streams(
+    js: JetStreamContext, namespace: Namespace, specs: Iterable[StreamSpec], replicas: int = 1
+) -> list[str]:
+    """Create missing streams and bring drifted ones back to spec; running it twice changes nothing."""
+    changed: list[str] = []
+    for spec in specs:
+        wanted = stream_config(namespace, spec, replicas)
+        try:
+            current = (await js.stream_info(wanted.name)).config
+        except NotFoundError:
+            await js.add_stream(wanted)
+            log.info("created stream %s", wanted.name, extra={"stream": wanted.name})
+            changed.append(wanted.name)
+            continue
+        if any(getattr(current, name) != getattr(wanted, name) for name in _COMPARED_FIELDS):
+            await js.update_stream(wanted)
+            log.info("updated stream %s to spec", wanted.name, extra={"stream": wanted.name})
+            changed.append(wanted.name)
+    return changed

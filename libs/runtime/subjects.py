@@ -1,0 +1,73 @@
+"""Subjects, stream names and keys, derived from one namespace.
+
+External ids (PO numbers, invoice numbers) may hold any character, but a NATS
+subject token may not contain ``.``, ``*``, ``>``, whitespace or be empty.
+:func:`encode_token` keeps ``[A-Za-z0-9_-]`` as they are, so common ids stay
+readable in ``nats`` tooling, and writes every other byte of the UTF-8
+encoding as ``~XX``. The mapping is reversible and injective.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+_SAFE = re.compile(r"[A-Za-z0-9_-]")
+_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+MAX_KEY_CHARS = 256
+
+
+class InvalidKeyError(ValueError):
+    """An external id that cannot become an object key."""
+
+
+def encode_token(external_id: str) -> str:
+    if not external_id:
+        raise InvalidKeyError("must not be empty")
+    if len(external_id) > MAX_KEY_CHARS:
+        raise InvalidKeyError(f"must be at most {MAX_KEY_CHARS} characters")
+    out: list[str] = []
+    for char in external_id:
+        if _SAFE.fullmatch(char):
+            out.append(char)
+        else:
+            out.extend(f"~{byte:02X}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+def decode_token(token: str) -> str:
+    raw = bytearray()
+    index = 0
+    while index < len(token):
+        if token[index] == "~":
+            match = _ESCAPE.match(token, index)
+            if not match:
+                raise InvalidKeyError(f"bad escape at position {index} in {token!r}")
+            raw.append(int(match.group(1), 16))
+            index = match.end()
+        else:
+            raw.extend(token[index].encode("ascii"))
+            index += 1
+    return raw.decode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Namespace:
+    """Names every subject, stream and key a deployment uses."""
+
+    root: str = "sg"
+
+    def stream(self, domain: str) -> str:
+        return f"{self.root.upper()}_{domain.upper()}"
+
+    def domain_subjects(self, domain: str) -> str:
+        return f"{self.root}.{domain}.>"
+
+    def object_subject(self, domain: str, key: str, event: str) -> str:
+        return f"{self.root}.{domain}.{encode_token(key)}.{event}"
+
+    def object_filter(self, domain: str, key: str) -> str:
+        return f"{self.root}.{domain}.{encode_token(key)}.*"
+
+    def redis_key(self, service: str, *parts: str) -> str:
+        return ":".join((self.root, service, *parts))

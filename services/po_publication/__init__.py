@@ -1,0 +1,1 @@
+"""po-publication: versioned purchase orders, from approval in procurement to the ERP."""

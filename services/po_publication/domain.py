@@ -1,0 +1,110 @@
+"""Purchase order rules (DESIGN §5.2). Pure: no gRPC, NATS, Valkey or OpenTelemetry here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+
+import pycountry
+
+OBJECT_TYPE = "purchase_order"
+MAX_LINES = 5000
+APPROVAL_CLOCK_SKEW = timedelta(minutes=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    field: str
+    description: str
+
+
+@dataclass(frozen=True, slots=True)
+class OrderLine:
+    line_number: int
+    item_id: str
+    description: str
+    quantity: Decimal
+    unit_of_measure: str
+    unit_price: Decimal
+    price_currency: str
+    requested_delivery_date: date | None
+    cost_center: str
+
+
+@dataclass(frozen=True, slots=True)
+class PurchaseOrder:
+    po_id: str
+    version: int
+    supplier_id: str
+    currency_code: str
+    business_unit: str
+    ship_to_site: str
+    approved_at: datetime | None
+    lines: tuple[OrderLine, ...]
+    cancelled: bool = False
+
+
+def natural_idempotency_key(source_system: str, po_id: str, version: int) -> str:
+    """DESIGN §3.4: source system + document id + version, when the caller names no key."""
+    return f"{source_system}:{OBJECT_TYPE}:{po_id}:v{version}"
+
+
+def is_iso_currency(code: str) -> bool:
+    return len(code) == 3 and code.isupper() and pycountry.currencies.get(alpha_3=code) is not None
+
+
+def validate_order(order: PurchaseOrder, now: datetime, prefix: str = "purchase_order") -> list[Violation]:
+    """Every rule a version must satisfy to be published, each failure as a field violation."""
+    problems: list[Violation] = []
+
+    def bad(path: str, description: str) -> None:
+        problems.append(Violation(f"{prefix}.{path}", description))
+
+    if not order.po_id.strip():
+        bad("po_id", "is required")
+    if not order.supplier_id.strip():
+        bad("supplier_id", "is required")
+    if not is_iso_currency(order.currency_code):
+        bad("currency_code", f"{order.currency_code!r} is not an ISO 4217 currency code")
+    if order.approved_at is None:
+        bad("approved_at", "is required: propagation time is measured from approval")
+    elif order.approved_at > now + APPROVAL_CLOCK_SKEW:
+        bad("approved_at", f"{order.approved_at.isoformat()} is in the future")
+    if order.cancelled:
+        bad("status", "a cancellation is its own command (CancelPurchaseOrder)")
+    if not order.lines:
+        bad("lines", "at least one line is required")
+    elif len(order.lines) > MAX_LINES:
+        bad("lines", f"at most {MAX_LINES} lines per order")
+    seen: set[int] = set()
+    for index, line in enumerate(order.lines):
+        problems.extend(_validate_line(line, index, order.currency_code, seen, prefix))
+    return problems
+
+
+def _validate_line(line: OrderLine, index: int, currency: str, seen: set[int], prefix: str) -> list[Violation]:
+    path = f"{prefix}.lines[{index}]"
+    problems: list[Violation] = []
+    if line.line_number <= 0:
+        problems.append(Violation(f"{path}.line_number", "must be positive"))
+    elif line.line_number in seen:
+        problems.append(Violation(f"{path}.line_number", f"line number {line.line_number} is used twice"))
+    seen.add(line.line_number)
+    if not line.item_id.strip() and not line.description.strip():
+        problems.append(Violation(f"{path}.item_id", "an item id or a description is required"))
+    if line.quantity <= 0:
+        problems.append(Violation(f"{path}.quantity", f"must be positive, got {line.quantity}"))
+    if not line.unit_of_measure.strip():
+        problems.append(Violation(f"{path}.unit_of_measure", "is required"))
+    if line.unit_price < 0:
+        problems.append(Violation(f"{path}.unit_price", f"must not be negative, got {line.unit_price}"))
+    if line.price_currency and line.price_currency != currency:
+        problems.append(
+            Violation(f"{path}.unit_price.currency_code", f"{line.price_currency!r} differs from the order's {currency!r}")
+        )
+    return problems
+
+
+def order_total(order: PurchaseOrder) -> Decimal:
+    return sum((line.quantity * line.unit_price for line in order.lines), Decimal(0))

@@ -1,0 +1,239 @@
+"""PurchaseOrderService: proto <-> domain, domain outcomes -> gRPC status. No business rules here."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf import json_format
+from opentelemetry import trace
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import exception_pb2
+from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2, po_service_pb2_grpc
+
+from libs.runtime import attributes
+from libs.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
+from libs.runtime.events import StoredEvent, WrongLastSequence, content_sha256
+from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.idempotency import IdempotencyConflict
+from libs.runtime.identity import current_caller
+from libs.runtime.subjects import MAX_KEY_CHARS
+from libs.runtime.values import date_from_proto, decimal_from_proto, money_from_proto
+from services.po_publication import domain
+from services.po_publication.events import purchase_order_published
+from services.po_publication.store import PurchaseOrderStore
+
+log = logging.getLogger(__name__)
+
+REPLAY_METADATA = (("syncgov-idempotent-replay", "true"),)
+PUBLISH_FIELD = "purchase_order"
+
+
+class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
+    def __init__(self, store: PurchaseOrderStore, exceptions: ExceptionReporter) -> None:
+        self._store = store
+        self._exceptions = exceptions
+
+    async def PublishPurchaseOrder(  # noqa: N802 - gRPC method name
+        self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.PublishPurchaseOrderResponse:
+        order = _normalized_first_version(request.purchase_order)
+        _reject_invalid(order, request.idempotency_key)
+        caller = current_caller()
+        key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
+        fingerprint = content_sha256(order)
+        _annotate_span(order, key)
+
+        try:
+            stored = await self._store.idempotency.lookup(key, fingerprint)
+        except IdempotencyConflict:
+            await self._duplicate_transaction(order, key, evidence=None)
+        if stored is not None:
+            await context.send_initial_metadata(REPLAY_METADATA)
+            return po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
+
+        event = purchase_order_published(
+            order, idempotency_key=key, source_system=caller.system, content_sha256=fingerprint,
+            approved_at=order.approved_at.ToDatetime(UTC),
+        )
+        try:
+            published = await self._store.append(event, expected_last_sequence=0)
+        except WrongLastSequence:
+            # The order exists already: the stream's history decides whether this is a retry.
+            existing = await self._store.version(order.po_id, order.version)
+            response = await self._answer_from_history(order, key, fingerprint, existing)
+            await context.send_initial_metadata(REPLAY_METADATA)
+        else:
+            if published.duplicate:  # same Nats-Msg-Id inside the broker's window
+                existing = await self._store.event_at(published.sequence)
+                response = await self._answer_from_history(order, key, fingerprint, existing)
+                await context.send_initial_metadata(REPLAY_METADATA)
+            else:
+                response = _response(order, published.envelope.event_id, published.sequence,
+                                     published.envelope.recorded_at, key)
+        try:
+            stored = await self._store.idempotency.remember(key, fingerprint, response.SerializeToString())
+        except IdempotencyConflict:
+            await self._duplicate_transaction(order, key, evidence=None)
+        return po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
+
+    async def GetPurchaseOrder(  # noqa: N802
+        self, request: po_service_pb2.GetPurchaseOrderRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.GetPurchaseOrderResponse:
+        versions = await self._store.versions(_required_po_id(request.po_id))
+        if not versions:
+            raise NotFound(f"purchase order {request.po_id!r} is unknown", reason="PO_NOT_FOUND")
+        latest = versions[-1].envelope.object_version
+        wanted = request.version or latest
+        for event in versions:
+            if event.envelope.object_version == wanted:
+                return po_service_pb2.GetPurchaseOrderResponse(purchase_order=_order_of(event), latest_version=latest)
+        raise NotFound(f"purchase order {request.po_id!r} has no version {wanted}", reason="PO_VERSION_NOT_FOUND")
+
+    async def ListPurchaseOrderVersions(  # noqa: N802
+        self, request: po_service_pb2.ListPurchaseOrderVersionsRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.ListPurchaseOrderVersionsResponse:
+        versions = await self._store.versions(_required_po_id(request.po_id))
+        if not versions:
+            raise NotFound(f"purchase order {request.po_id!r} is unknown", reason="PO_NOT_FOUND")
+        return po_service_pb2.ListPurchaseOrderVersionsResponse(purchase_orders=[_order_of(e) for e in versions])
+
+    async def _answer_from_history(
+        self, order: po_pb2.PurchaseOrder, key: str, fingerprint: str, existing: StoredEvent | None
+    ) -> po_service_pb2.PublishPurchaseOrderResponse:
+        if existing is None or existing.envelope.content_sha256 != fingerprint:
+            await self._duplicate_transaction(order, key, evidence=existing)
+        assert existing is not None
+        envelope = existing.envelope
+        return _response(order, envelope.event_id, existing.sequence, envelope.recorded_at, envelope.idempotency_key)
+
+    async def _duplicate_transaction(
+        self, order: po_pb2.PurchaseOrder, key: str, evidence: StoredEvent | None
+    ) -> None:
+        """Same order and version (or key) with different content: refuse, and raise an exception."""
+        if evidence is None:
+            evidence = await self._store.version(order.po_id, order.version)
+        documents = [json_format.MessageToJson(order, indent=None)]
+        if evidence is not None:
+            documents.insert(0, json_format.MessageToJson(_order_of(evidence), indent=None))
+        exception = await self._exceptions.raise_exception(
+            exception_pb2.EXCEPTION_TYPE_DUPLICATE_TRANSACTION,
+            exception_pb2.SEVERITY_HIGH,
+            types_pb2.ObjectRef(object_type=domain.OBJECT_TYPE, object_key=order.po_id, version=order.version),
+            f"purchase order {order.po_id} version {order.version} (key {key}) was sent again with different content",
+            evidence=documents,
+            workflow_key=order.po_id,
+        )
+        raise AlreadyExists(
+            f"purchase order {order.po_id} version {order.version} already exists with different content; "
+            f"publish a change order (version {order.version + 1}) instead",
+            reason="DUPLICATE_TRANSACTION",
+            metadata={"po_id": order.po_id, "version": str(order.version), "idempotency_key": key,
+                      "exception_id": exception.exception_id},
+        )
+
+
+def _normalized_first_version(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
+    normalized = po_pb2.PurchaseOrder()
+    normalized.CopyFrom(order)
+    if normalized.version == 0:
+        normalized.version = 1
+    if normalized.status == po_pb2.PURCHASE_ORDER_STATUS_UNSPECIFIED:
+        normalized.status = po_pb2.PURCHASE_ORDER_STATUS_OPEN
+    for line in normalized.lines:
+        if not line.unit_price.currency_code:
+            line.unit_price.currency_code = normalized.currency_code
+    return normalized
+
+
+def _reject_invalid(order: po_pb2.PurchaseOrder, idempotency_key: str) -> None:
+    violations: list[FieldViolation] = []
+    if order.version != 1:
+        violations.append(FieldViolation(
+            f"{PUBLISH_FIELD}.version",
+            f"PublishPurchaseOrder creates version 1; version {order.version} is a change order (ChangePurchaseOrder)",
+        ))
+    if len(order.po_id) > MAX_KEY_CHARS:
+        violations.append(FieldViolation(f"{PUBLISH_FIELD}.po_id", f"must be at most {MAX_KEY_CHARS} characters"))
+    if len(idempotency_key) > 512:
+        violations.append(FieldViolation("idempotency_key", "must be at most 512 characters"))
+    parsed, conversion_problems = _to_domain(order)
+    violations.extend(conversion_problems)
+    if parsed is not None:
+        now = datetime.now(UTC)
+        violations.extend(FieldViolation(v.field, v.description) for v in domain.validate_order(parsed, now))
+    if violations:
+        raise InvalidArgument(
+            f"purchase order {order.po_id or '(no id)'} is invalid: {len(violations)} problem(s); nothing was published",
+            violations=violations,
+            reason="INVALID_PURCHASE_ORDER",
+        )
+
+
+def _to_domain(order: po_pb2.PurchaseOrder) -> tuple[domain.PurchaseOrder | None, list[FieldViolation]]:
+    problems: list[FieldViolation] = []
+    lines: list[domain.OrderLine] = []
+    for index, line in enumerate(order.lines):
+        path = f"{PUBLISH_FIELD}.lines[{index}]"
+        try:
+            quantity = decimal_from_proto(line.quantity)
+        except ValueError as error:
+            problems.append(FieldViolation(f"{path}.quantity", str(error)))
+            quantity = None
+        try:
+            price = money_from_proto(line.unit_price)
+        except ValueError as error:
+            problems.append(FieldViolation(f"{path}.unit_price", str(error)))
+            price = None
+        try:
+            requested = date_from_proto(line.requested_delivery_date)
+        except ValueError as error:
+            problems.append(FieldViolation(f"{path}.requested_delivery_date", str(error)))
+            requested = None
+        if quantity is not None and price is not None:
+            lines.append(domain.OrderLine(
+                line_number=line.line_number, item_id=line.item_id, description=line.description,
+                quantity=quantity, unit_of_measure=line.unit_of_measure, unit_price=price,
+                price_currency=line.unit_price.currency_code, requested_delivery_date=requested,
+                cost_center=line.cost_center,
+            ))
+    if problems:
+        return None, problems
+    approved_at = order.approved_at.ToDatetime(UTC) if order.HasField("approved_at") else None
+    return domain.PurchaseOrder(
+        po_id=order.po_id, version=order.version, supplier_id=order.supplier_id,
+        currency_code=order.currency_code, business_unit=order.business_unit, ship_to_site=order.ship_to_site,
+        approved_at=approved_at, lines=tuple(lines),
+        cancelled=order.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED,
+    ), []
+
+
+def _required_po_id(po_id: str) -> str:
+    if not po_id.strip():
+        raise InvalidArgument("po_id is required", violations=[FieldViolation("po_id", "is required")])
+    return po_id
+
+
+def _order_of(event: StoredEvent) -> po_pb2.PurchaseOrder:
+    for message_type in (events_pb2.PurchaseOrderPublished, events_pb2.PurchaseOrderChanged,
+                         events_pb2.PurchaseOrderCancelled):
+        if event.envelope.payload.Is(message_type.DESCRIPTOR):
+            return event.unpack(message_type).purchase_order
+    raise TypeError(f"{event.envelope.event_type} carries no purchase order")
+
+
+def _response(order, event_id, sequence, recorded_at, key) -> po_service_pb2.PublishPurchaseOrderResponse:
+    return po_service_pb2.PublishPurchaseOrderResponse(
+        po_id=order.po_id, version=order.version, event_id=event_id, stream_sequence=sequence,
+        published_at=recorded_at, idempotency_key=key,
+    )
+
+
+def _annotate_span(order: po_pb2.PurchaseOrder, key: str) -> None:
+    span = trace.get_current_span()
+    span.set_attribute(attributes.WORKFLOW_KEY, order.po_id)
+    span.set_attribute(attributes.OBJECT_TYPE, domain.OBJECT_TYPE)
+    span.set_attribute(attributes.OBJECT_KEY, order.po_id)
+    span.set_attribute(attributes.OBJECT_VERSION, order.version)
+    span.set_attribute(attributes.IDEMPOTENCY_KEY, key)

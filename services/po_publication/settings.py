@@ -1,0 +1,12 @@
+"""po-publication's settings: the runtime's, with its own name and port."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from libs.runtime.settings import RuntimeSettings
+
+
+class Settings(RuntimeSettings):
+    service_name: str = "po-publication"
+    grpc_port: int = Field(50052, ge=0, le=65535)
