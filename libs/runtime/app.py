@@ -39,8 +39,8 @@ from redis.asyncio import Redis
 from libs.runtime.consumers import ConsumerRunner, ConsumerSpec
 from libs.runtime.events import EventPublisher, EventReader
 from libs.runtime.exception_reporter import ExceptionReporter
-from libs.runtime.identity import IdentityResolver
 from libs.runtime.idempotency import IdempotencyStore
+from libs.runtime.identity import IdentityResolver
 from libs.runtime.interceptors import EdgeInterceptor
 from libs.runtime.logs import setup_logging
 from libs.runtime.settings import RuntimeSettings
@@ -183,8 +183,13 @@ async def serve(
         await provision_streams(js, namespace, service.streams, settings.stream_replicas)
         for spec in service.consumers:
             runner = ConsumerRunner(
-                js, namespace, spec, runtime.exceptions, telemetry.tracer,
-                max_deliver=settings.default_max_deliver, backoff=tuple(settings.default_backoff_seconds),
+                js,
+                namespace,
+                spec,
+                runtime.exceptions,
+                telemetry.tracer,
+                max_deliver=settings.default_max_deliver,
+                backoff=tuple(settings.default_backoff_seconds),
             )
             await runner.provision()
             runners.append(runner)
@@ -214,8 +219,13 @@ async def serve(
             runner.start()
         for name in ["", *names]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s:%s", ", ".join(names), settings.grpc_host, port,
-                 extra={"grpc_port": port, "services": names})
+        log.info(
+            "serving %s on %s:%s",
+            ", ".join(names),
+            settings.grpc_host,
+            port,
+            extra={"grpc_port": port, "services": names},
+        )
         yield RunningService(port, runtime, health_servicer, runners)
     finally:
         await health_servicer.enter_graceful_shutdown()

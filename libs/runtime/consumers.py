@@ -23,25 +23,25 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from syncgov.common.v1 import types_pb2
-from syncgov.exception.v1 import exception_pb2
 
 from libs.runtime import attributes
 from libs.runtime.events import StoredEvent, parse_stored
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.subjects import Namespace
 from libs.runtime.telemetry import extract_context
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import exception_pb2
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[StoredEvent], Awaitable[None]]
 
 
-class Retry(Exception):  # noqa: N818 - it is an instruction, not an error condition
+class Retry(Exception):
     """Transient failure: deliver the message again after the backoff delay."""
 
 
-class Poison(Exception):  # noqa: N818
+class Poison(Exception):
     """The message can never succeed: hand it off now."""
 
 
@@ -157,8 +157,9 @@ class ConsumerRunner:
             },
         ) as span:
             try:
-                event = parse_stored(metadata.stream, metadata.sequence.stream, message.subject, message.headers,
-                                     message.data)
+                event = parse_stored(
+                    metadata.stream, metadata.sequence.stream, message.subject, message.headers, message.data
+                )
                 span.set_attribute(attributes.WORKFLOW_KEY, event.envelope.workflow_key)
                 await self._spec.handler(event)
             except Poison as error:
@@ -171,8 +172,13 @@ class ConsumerRunner:
                 if delivered >= self._max_deliver:
                     await self._hand_off(message, delivered, repr(error))
                 else:
-                    log.warning("handler failed (delivery %s of %s), will retry: %r", delivered,
-                                self._max_deliver, error, extra={"consumer": self.durable})
+                    log.warning(
+                        "handler failed (delivery %s of %s), will retry: %r",
+                        delivered,
+                        self._max_deliver,
+                        error,
+                        extra={"consumer": self.durable},
+                    )
                     await message.nak(delay=backoff_delay(self._backoff, delivered))
                 return
             await message.ack()

@@ -23,11 +23,11 @@ from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
-from syncgov.common.v1 import envelope_pb2
 
 from libs.runtime import attributes
 from libs.runtime.subjects import Namespace
 from libs.runtime.telemetry import inject_context
+from syncgov.common.v1 import envelope_pb2
 
 CONTENT_TYPE = "application/x-protobuf"
 HEADER_EVENT_TYPE = "Syncgov-Event-Type"

@@ -13,11 +13,10 @@ import uuid
 from collections.abc import Iterable
 from datetime import UTC, datetime
 
-from syncgov.common.v1 import types_pb2
-from syncgov.exception.v1 import events_pb2, exception_pb2
-
 from libs.runtime.events import Event, EventPublisher, timestamp
 from libs.runtime.identity import current_caller
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import events_pb2, exception_pb2
 
 DOMAIN = "exception"
 OBJECT_TYPE = "exception"
@@ -89,4 +88,3 @@ class ExceptionReporter:
             expected_last_sequence=0,
         )
         return exception
-

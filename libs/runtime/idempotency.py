@@ -20,7 +20,7 @@ _FINGERPRINT_CHARS = 64
 
 
 @dataclass(eq=False)
-class IdempotencyConflict(Exception):  # noqa: N818 - a domain outcome, named as such
+class IdempotencyConflict(Exception):
     key: str
     stored_fingerprint: str
     fingerprint: str

@@ -29,7 +29,8 @@ class Caller:
 
 
 _current_caller: contextvars.ContextVar[Caller] = contextvars.ContextVar(
-    "syncgov_caller", default=Caller(ANONYMOUS, False)
+    "syncgov_caller",
+    default=Caller(ANONYMOUS, False),  # noqa: B039 - Caller is frozen
 )
 
 

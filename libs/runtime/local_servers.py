@@ -84,7 +84,7 @@ class LocalServer:
         if not self.port:
             self.port = free_port(self.host)
         with self.log_path.open("ab") as log_file:
-            self.process = subprocess.Popen(  # noqa: S603 - fixed binaries, our arguments
+            self.process = subprocess.Popen(
                 self.command(), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
             )
         try:
@@ -151,10 +151,16 @@ class ValkeyServer(LocalServer):
         # Valkey holds only what the streams can rebuild (DESIGN §3.1): persistence is optional.
         return [
             str(valkey_server_binary()),
-            "--bind", self.host,
-            "--port", str(self.port),
-            "--dir", str(self.data_dir),
-            "--save", "",
-            "--appendonly", "yes" if self.persist else "no",
-            "--protected-mode", "no",
+            "--bind",
+            self.host,
+            "--port",
+            str(self.port),
+            "--dir",
+            str(self.data_dir),
+            "--save",
+            "",
+            "--appendonly",
+            "yes" if self.persist else "no",
+            "--protected-mode",
+            "no",
         ]

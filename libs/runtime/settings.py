@@ -31,9 +31,7 @@ class RuntimeSettings(BaseSettings):
     )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
-    max_message_bytes: int = Field(
-        4 * 1024 * 1024, ge=1024, description="Largest gRPC request or response accepted."
-    )
+    max_message_bytes: int = Field(4 * 1024 * 1024, ge=1024, description="Largest gRPC request or response accepted.")
     shutdown_grace_seconds: float = Field(10.0, ge=0, description="Time in-flight RPCs get on SIGTERM.")
     connect_attempts: int = Field(30, ge=1, description="Tries to reach NATS and Valkey at start-up.")
     connect_backoff_seconds: float = Field(0.5, gt=0, description="Wait between connection tries.")

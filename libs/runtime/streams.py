@@ -58,8 +58,16 @@ def stream_config(namespace: Namespace, spec: StreamSpec, replicas: int) -> Stre
     )
 
 
-_COMPARED_FIELDS = ("subjects", "description", "duplicate_window", "max_msg_size", "deny_delete", "deny_purge",
-                    "allow_direct", "num_replicas")
+_COMPARED_FIELDS = (
+    "subjects",
+    "description",
+    "duplicate_window",
+    "max_msg_size",
+    "deny_delete",
+    "deny_purge",
+    "allow_direct",
+    "num_replicas",
+)
 
 
 async def provision_streams(

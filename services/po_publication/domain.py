@@ -65,7 +65,8 @@ def validate_order(order: PurchaseOrder, now: datetime, prefix: str = "purchase_
         bad("po_id", "is required")
     if not order.supplier_id.strip():
         bad("supplier_id", "is required")
-    if not is_iso_currency(order.currency_code):
+    currency_ok = is_iso_currency(order.currency_code)
+    if not currency_ok:
         bad("currency_code", f"{order.currency_code!r} is not an ISO 4217 currency code")
     if order.approved_at is None:
         bad("approved_at", "is required: propagation time is measured from approval")
@@ -79,7 +80,8 @@ def validate_order(order: PurchaseOrder, now: datetime, prefix: str = "purchase_
         bad("lines", f"at most {MAX_LINES} lines per order")
     seen: set[int] = set()
     for index, line in enumerate(order.lines):
-        problems.extend(_validate_line(line, index, order.currency_code, seen, prefix))
+        # Line currencies are compared with the header's only once the header's is valid: one mistake, one message.
+        problems.extend(_validate_line(line, index, order.currency_code if currency_ok else "", seen, prefix))
     return problems
 
 
@@ -99,9 +101,11 @@ def _validate_line(line: OrderLine, index: int, currency: str, seen: set[int], p
         problems.append(Violation(f"{path}.unit_of_measure", "is required"))
     if line.unit_price < 0:
         problems.append(Violation(f"{path}.unit_price", f"must not be negative, got {line.unit_price}"))
-    if line.price_currency and line.price_currency != currency:
+    if currency and line.price_currency and line.price_currency != currency:
         problems.append(
-            Violation(f"{path}.unit_price.currency_code", f"{line.price_currency!r} differs from the order's {currency!r}")
+            Violation(
+                f"{path}.unit_price.currency_code", f"{line.price_currency!r} differs from the order's {currency!r}"
+            )
         )
     return problems
 

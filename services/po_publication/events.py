@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from syncgov.po.v1 import events_pb2, po_pb2
-
 from libs.runtime.events import Event
 from services.po_publication.domain import OBJECT_TYPE
+from syncgov.po.v1 import events_pb2, po_pb2
 
 DOMAIN = "po"
 PUBLISHED = "published"
@@ -17,7 +16,11 @@ DOCUMENT_EVENTS = frozenset({PUBLISHED, CHANGED, CANCELLED})
 
 
 def purchase_order_published(
-    order: po_pb2.PurchaseOrder, *, idempotency_key: str, source_system: str, content_sha256: str,
+    order: po_pb2.PurchaseOrder,
+    *,
+    idempotency_key: str,
+    source_system: str,
+    content_sha256: str,
     approved_at: datetime | None,
 ) -> Event:
     return Event(

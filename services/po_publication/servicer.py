@@ -8,9 +8,6 @@ from datetime import UTC, datetime
 import grpc
 from google.protobuf import json_format
 from opentelemetry import trace
-from syncgov.common.v1 import types_pb2
-from syncgov.exception.v1 import exception_pb2
-from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2, po_service_pb2_grpc
 
 from libs.runtime import attributes
 from libs.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
@@ -23,6 +20,9 @@ from libs.runtime.values import date_from_proto, decimal_from_proto, money_from_
 from services.po_publication import domain
 from services.po_publication.events import purchase_order_published
 from services.po_publication.store import PurchaseOrderStore
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import exception_pb2
+from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2, po_service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self._store = store
         self._exceptions = exceptions
 
-    async def PublishPurchaseOrder(  # noqa: N802 - gRPC method name
+    async def PublishPurchaseOrder(
         self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.PublishPurchaseOrderResponse:
         order = _normalized_first_version(request.purchase_order)
@@ -54,7 +54,10 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             return po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
 
         event = purchase_order_published(
-            order, idempotency_key=key, source_system=caller.system, content_sha256=fingerprint,
+            order,
+            idempotency_key=key,
+            source_system=caller.system,
+            content_sha256=fingerprint,
             approved_at=order.approved_at.ToDatetime(UTC),
         )
         try:
@@ -70,15 +73,16 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
                 response = await self._answer_from_history(order, key, fingerprint, existing)
                 await context.send_initial_metadata(REPLAY_METADATA)
             else:
-                response = _response(order, published.envelope.event_id, published.sequence,
-                                     published.envelope.recorded_at, key)
+                response = _response(
+                    order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
+                )
         try:
             stored = await self._store.idempotency.remember(key, fingerprint, response.SerializeToString())
         except IdempotencyConflict:
             await self._duplicate_transaction(order, key, evidence=None)
         return po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
 
-    async def GetPurchaseOrder(  # noqa: N802
+    async def GetPurchaseOrder(
         self, request: po_service_pb2.GetPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.GetPurchaseOrderResponse:
         versions = await self._store.versions(_required_po_id(request.po_id))
@@ -91,7 +95,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
                 return po_service_pb2.GetPurchaseOrderResponse(purchase_order=_order_of(event), latest_version=latest)
         raise NotFound(f"purchase order {request.po_id!r} has no version {wanted}", reason="PO_VERSION_NOT_FOUND")
 
-    async def ListPurchaseOrderVersions(  # noqa: N802
+    async def ListPurchaseOrderVersions(
         self, request: po_service_pb2.ListPurchaseOrderVersionsRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.ListPurchaseOrderVersionsResponse:
         versions = await self._store.versions(_required_po_id(request.po_id))
@@ -108,9 +112,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         envelope = existing.envelope
         return _response(order, envelope.event_id, existing.sequence, envelope.recorded_at, envelope.idempotency_key)
 
-    async def _duplicate_transaction(
-        self, order: po_pb2.PurchaseOrder, key: str, evidence: StoredEvent | None
-    ) -> None:
+    async def _duplicate_transaction(self, order: po_pb2.PurchaseOrder, key: str, evidence: StoredEvent | None) -> None:
         """Same order and version (or key) with different content: refuse, and raise an exception."""
         if evidence is None:
             evidence = await self._store.version(order.po_id, order.version)
@@ -129,8 +131,12 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             f"purchase order {order.po_id} version {order.version} already exists with different content; "
             f"publish a change order (version {order.version + 1}) instead",
             reason="DUPLICATE_TRANSACTION",
-            metadata={"po_id": order.po_id, "version": str(order.version), "idempotency_key": key,
-                      "exception_id": exception.exception_id},
+            metadata={
+                "po_id": order.po_id,
+                "version": str(order.version),
+                "idempotency_key": key,
+                "exception_id": exception.exception_id,
+            },
         )
 
 
@@ -150,10 +156,13 @@ def _normalized_first_version(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrd
 def _reject_invalid(order: po_pb2.PurchaseOrder, idempotency_key: str) -> None:
     violations: list[FieldViolation] = []
     if order.version != 1:
-        violations.append(FieldViolation(
-            f"{PUBLISH_FIELD}.version",
-            f"PublishPurchaseOrder creates version 1; version {order.version} is a change order (ChangePurchaseOrder)",
-        ))
+        violations.append(
+            FieldViolation(
+                f"{PUBLISH_FIELD}.version",
+                f"PublishPurchaseOrder creates version 1; version {order.version} is a change order "
+                "(ChangePurchaseOrder)",
+            )
+        )
     if len(order.po_id) > MAX_KEY_CHARS:
         violations.append(FieldViolation(f"{PUBLISH_FIELD}.po_id", f"must be at most {MAX_KEY_CHARS} characters"))
     if len(idempotency_key) > 512:
@@ -165,7 +174,8 @@ def _reject_invalid(order: po_pb2.PurchaseOrder, idempotency_key: str) -> None:
         violations.extend(FieldViolation(v.field, v.description) for v in domain.validate_order(parsed, now))
     if violations:
         raise InvalidArgument(
-            f"purchase order {order.po_id or '(no id)'} is invalid: {len(violations)} problem(s); nothing was published",
+            f"purchase order {order.po_id or '(no id)'} is invalid: {len(violations)} problem(s); "
+            "nothing was published",
             violations=violations,
             reason="INVALID_PURCHASE_ORDER",
         )
@@ -192,19 +202,31 @@ def _to_domain(order: po_pb2.PurchaseOrder) -> tuple[domain.PurchaseOrder | None
             problems.append(FieldViolation(f"{path}.requested_delivery_date", str(error)))
             requested = None
         if quantity is not None and price is not None:
-            lines.append(domain.OrderLine(
-                line_number=line.line_number, item_id=line.item_id, description=line.description,
-                quantity=quantity, unit_of_measure=line.unit_of_measure, unit_price=price,
-                price_currency=line.unit_price.currency_code, requested_delivery_date=requested,
-                cost_center=line.cost_center,
-            ))
+            lines.append(
+                domain.OrderLine(
+                    line_number=line.line_number,
+                    item_id=line.item_id,
+                    description=line.description,
+                    quantity=quantity,
+                    unit_of_measure=line.unit_of_measure,
+                    unit_price=price,
+                    price_currency=line.unit_price.currency_code,
+                    requested_delivery_date=requested,
+                    cost_center=line.cost_center,
+                )
+            )
     if problems:
         return None, problems
     approved_at = order.approved_at.ToDatetime(UTC) if order.HasField("approved_at") else None
     return domain.PurchaseOrder(
-        po_id=order.po_id, version=order.version, supplier_id=order.supplier_id,
-        currency_code=order.currency_code, business_unit=order.business_unit, ship_to_site=order.ship_to_site,
-        approved_at=approved_at, lines=tuple(lines),
+        po_id=order.po_id,
+        version=order.version,
+        supplier_id=order.supplier_id,
+        currency_code=order.currency_code,
+        business_unit=order.business_unit,
+        ship_to_site=order.ship_to_site,
+        approved_at=approved_at,
+        lines=tuple(lines),
         cancelled=order.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED,
     ), []
 
@@ -216,8 +238,11 @@ def _required_po_id(po_id: str) -> str:
 
 
 def _order_of(event: StoredEvent) -> po_pb2.PurchaseOrder:
-    for message_type in (events_pb2.PurchaseOrderPublished, events_pb2.PurchaseOrderChanged,
-                         events_pb2.PurchaseOrderCancelled):
+    for message_type in (
+        events_pb2.PurchaseOrderPublished,
+        events_pb2.PurchaseOrderChanged,
+        events_pb2.PurchaseOrderCancelled,
+    ):
         if event.envelope.payload.Is(message_type.DESCRIPTOR):
             return event.unpack(message_type).purchase_order
     raise TypeError(f"{event.envelope.event_type} carries no purchase order")
@@ -225,8 +250,12 @@ def _order_of(event: StoredEvent) -> po_pb2.PurchaseOrder:
 
 def _response(order, event_id, sequence, recorded_at, key) -> po_service_pb2.PublishPurchaseOrderResponse:
     return po_service_pb2.PublishPurchaseOrderResponse(
-        po_id=order.po_id, version=order.version, event_id=event_id, stream_sequence=sequence,
-        published_at=recorded_at, idempotency_key=key,
+        po_id=order.po_id,
+        version=order.version,
+        event_id=event_id,
+        stream_sequence=sequence,
+        published_at=recorded_at,
+        idempotency_key=key,
     )
 
 

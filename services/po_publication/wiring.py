@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
-
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.streams import EXCEPTION, PO
 from services.po_publication.servicer import PurchaseOrderServicer
 from services.po_publication.settings import Settings
 from services.po_publication.store import PurchaseOrderStore
+from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 
 
 def wire(rt: Runtime[Settings]) -> Service:

@@ -10,9 +10,6 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from syncgov.common.v1 import types_pb2
-from syncgov.exception.v1 import events_pb2 as exception_events
-from syncgov.exception.v1 import exception_pb2
 
 from libs.runtime.consumers import ConsumerRunner, ConsumerSpec, Poison
 from libs.runtime.events import Event, EventPublisher, EventReader, WrongLastSequence
@@ -20,6 +17,9 @@ from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.streams import ALL_STREAMS, EXCEPTION, PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import events_pb2 as exception_events
+from syncgov.exception.v1 import exception_pb2
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -41,8 +41,13 @@ async def js_env(nats_server):
 
 def ref_event(key: str, version: int, idempotency_key: str, detail: str = "x") -> Event:
     return Event(
-        domain="exception", object_type="test", object_key=key, object_version=version, name="raised",
-        payload=types_pb2.ObjectRef(object_type="test", object_key=detail), idempotency_key=idempotency_key,
+        domain="exception",
+        object_type="test",
+        object_key=key,
+        object_version=version,
+        name="raised",
+        payload=types_pb2.ObjectRef(object_type="test", object_key=detail),
+        idempotency_key=idempotency_key,
         source_system="tests",
     )
 
@@ -60,7 +65,8 @@ async def test_provisioning_twice_is_harmless(nats_server):
     assert sorted(created) == sorted(namespace.stream(s.domain) for s in ALL_STREAMS)
     assert again == []
     audit = (await js.stream_info(namespace.stream("audit"))).config
-    assert audit.deny_delete and audit.deny_purge
+    assert audit.deny_delete
+    assert audit.deny_purge
     await nc.drain()
 
 
@@ -88,7 +94,7 @@ async def test_same_idempotency_key_publishes_once(js_env):
 
 
 async def test_expected_last_subject_sequence_lets_one_writer_win(js_env):
-    js, namespace, publisher, reader, _, _ = js_env
+    _js, _namespace, publisher, reader, _, _ = js_env
     first = await publisher.publish(ref_event("order-9", 1, "a"), expected_last_sequence=0)
     with pytest.raises(WrongLastSequence):
         await publisher.publish(ref_event("order-9", 2, "b"), expected_last_sequence=0)
@@ -134,12 +140,10 @@ async def _raised_exceptions(js, namespace: Namespace) -> list[exception_pb2.Exc
     return found
 
 
-async def _wait_for(predicate, timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError("condition not met in time")
-        await asyncio.sleep(0.05)
+async def _wait_for(predicate) -> None:
+    async with asyncio.timeout(10):
+        while not await predicate():  # noqa: ASYNC110 - polling a server, not a local event
+            await asyncio.sleep(0.05)
 
 
 async def test_failing_handler_is_redelivered_then_handed_off_with_original_bytes(js_env):
@@ -151,18 +155,32 @@ async def test_failing_handler_is_redelivered_then_handed_off_with_original_byte
         raise RuntimeError("ERP adapter refused the document")
 
     runner = ConsumerRunner(
-        js, namespace, ConsumerSpec("test-failing", "po", "po.*.published", always_fails),
-        ExceptionReporter(publisher, "tests"), tracer, max_deliver=3, backoff=(0.05, 0.1),
+        js,
+        namespace,
+        ConsumerSpec("test-failing", "po", "po.*.published", always_fails),
+        ExceptionReporter(publisher, "tests"),
+        tracer,
+        max_deliver=3,
+        backoff=(0.05, 0.1),
     )
     await runner.provision()
     await runner.provision()  # idempotent
     published = await publisher.publish(
-        Event(domain="po", object_type="purchase_order", object_key="P-1", object_version=1, name="published",
-              payload=types_pb2.ObjectRef(object_key="payload"), idempotency_key="p-1", source_system="tests")
+        Event(
+            domain="po",
+            object_type="purchase_order",
+            object_key="P-1",
+            object_version=1,
+            name="published",
+            payload=types_pb2.ObjectRef(object_key="payload"),
+            idempotency_key="p-1",
+            source_system="tests",
+        )
     )
     original = await EventReader(js, namespace).at("po", published.sequence)
     runner.start()
     try:
+
         async def handed_off() -> bool:
             return bool(await _raised_exceptions(js, namespace))
 
@@ -194,14 +212,28 @@ async def test_transient_failure_is_retried_and_then_acknowledged(js_env):
         done.set()
 
     runner = ConsumerRunner(
-        js, namespace, ConsumerSpec("test-flaky", "po", "po.*.published", flaky),
-        ExceptionReporter(publisher, "tests"), tracer, max_deliver=5, backoff=(0.05,),
+        js,
+        namespace,
+        ConsumerSpec("test-flaky", "po", "po.*.published", flaky),
+        ExceptionReporter(publisher, "tests"),
+        tracer,
+        max_deliver=5,
+        backoff=(0.05,),
     )
     await runner.provision()
     with tracer.start_as_current_span("approve") as parent:
         await publisher.publish(
-            Event(domain="po", object_type="purchase_order", object_key="P-2", object_version=1, name="published",
-                  payload=types_pb2.ObjectRef(), idempotency_key="p-2", source_system="tests", workflow_key="P-2")
+            Event(
+                domain="po",
+                object_type="purchase_order",
+                object_key="P-2",
+                object_version=1,
+                name="published",
+                payload=types_pb2.ObjectRef(),
+                idempotency_key="p-2",
+                source_system="tests",
+                workflow_key="P-2",
+            )
         )
     runner.start()
     try:
@@ -226,16 +258,30 @@ async def test_poison_message_is_handed_off_at_once(js_env):
         raise Poison("payload is not a purchase order")
 
     runner = ConsumerRunner(
-        js, namespace, ConsumerSpec("test-poison", "po", "po.>", poison),
-        ExceptionReporter(publisher, "tests"), tracer, max_deliver=5, backoff=(0.05,),
+        js,
+        namespace,
+        ConsumerSpec("test-poison", "po", "po.>", poison),
+        ExceptionReporter(publisher, "tests"),
+        tracer,
+        max_deliver=5,
+        backoff=(0.05,),
     )
     await runner.provision()
     await publisher.publish(
-        Event(domain="po", object_type="purchase_order", object_key="P-3", object_version=1, name="published",
-              payload=types_pb2.ObjectRef(), idempotency_key="p-3", source_system="tests")
+        Event(
+            domain="po",
+            object_type="purchase_order",
+            object_key="P-3",
+            object_version=1,
+            name="published",
+            payload=types_pb2.ObjectRef(),
+            idempotency_key="p-3",
+            source_system="tests",
+        )
     )
     runner.start()
     try:
+
         async def handed_off() -> bool:
             return bool(await _raised_exceptions(js, namespace))
 

@@ -1,0 +1,44 @@
+"""Fixtures that run po-publication through the real runtime against the session's servers."""
+
+from __future__ import annotations
+
+import nats
+import pytest
+from redis.asyncio import Redis
+
+from libs.runtime.testing import running_service, unique_namespace
+from services.po_publication.settings import Settings
+from services.po_publication.wiring import wire
+from syncgov.po.v1 import po_service_pb2_grpc
+
+
+@pytest.fixture
+def po_settings(nats_server, valkey_server, clean_env) -> Settings:
+    return Settings(
+        grpc_port=0,
+        nats_url=nats_server.url,
+        redis_url=valkey_server.url,
+        namespace=unique_namespace(),
+        log_format="console",
+    )
+
+
+@pytest.fixture
+async def po_service(po_settings):
+    async with running_service(po_settings, wire) as (running, channel, spans):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        yield running, stub, spans
+
+
+@pytest.fixture
+async def js(nats_server):
+    nc = await nats.connect(nats_server.url)
+    yield nc.jetstream()
+    await nc.drain()
+
+
+@pytest.fixture
+async def redis(valkey_server):
+    client = Redis.from_url(valkey_server.url)
+    yield client
+    await client.aclose()

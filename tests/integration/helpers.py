@@ -1,0 +1,63 @@
+"""Builders and decoders shared by the integration tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import grpc
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from google.type import date_pb2, decimal_pb2, money_pb2
+from grpc_status import rpc_status
+
+from syncgov.po.v1 import po_pb2
+
+PROCUREMENT = (("x-syncgov-system", "procurement"),)
+
+
+def sample_order(po_id: str = "PO-1001", *, quantity: str = "10", price_units: int = 12) -> po_pb2.PurchaseOrder:
+    approved = timestamp_pb2.Timestamp()
+    approved.FromDatetime(datetime.now(UTC).replace(microsecond=0))
+    return po_pb2.PurchaseOrder(
+        po_id=po_id,
+        supplier_id="SUP-ACME",
+        currency_code="EUR",
+        business_unit="BU-NORTH",
+        ship_to_site="DC-HAMBURG",
+        payment_terms="NET30",
+        approved_by="j.doe",
+        approved_at=approved,
+        lines=[
+            po_pb2.PurchaseOrderLine(
+                line_number=1,
+                item_id="ITEM-42",
+                description="Pallet wrap 500mm",
+                quantity=decimal_pb2.Decimal(value=quantity),
+                unit_of_measure="EA",
+                unit_price=money_pb2.Money(currency_code="EUR", units=price_units, nanos=500_000_000),
+                requested_delivery_date=date_pb2.Date(year=2027, month=1, day=15),
+            ),
+            po_pb2.PurchaseOrderLine(
+                line_number=2,
+                item_id="ITEM-7",
+                description="Strapping band",
+                quantity=decimal_pb2.Decimal(value="2.5"),
+                unit_of_measure="KGM",
+                unit_price=money_pb2.Money(currency_code="EUR", units=3),
+            ),
+        ],
+    )
+
+
+def status_details(error: grpc.aio.AioRpcError):
+    """Decode the google.rpc.Status details a call failed with."""
+    status = rpc_status.from_call(error)
+    assert status is not None, "the error carries no google.rpc.Status details"
+    decoded = []
+    for detail in status.details:
+        for kind in (error_details_pb2.BadRequest, error_details_pb2.ErrorInfo, error_details_pb2.PreconditionFailure):
+            if detail.Is(kind.DESCRIPTOR):
+                message = kind()
+                detail.Unpack(message)
+                decoded.append(message)
+    return decoded
