@@ -1,0 +1,5 @@
+"""python -m libs.cli == syncgov"""
+
+from libs.cli.main import main
+
+main()

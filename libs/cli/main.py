@@ -1,0 +1,164 @@
+"""The ``syncgov`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import grpc
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from libs.cli.components import (
+    COMPONENTS,
+    DEFAULT_GRPC_PORT_BASE,
+    DEFAULT_METRICS_PORT_BASE,
+    existing_components,
+)
+from libs.cli.stack import Stack, StackOptions
+from libs.runtime.local_servers import ServerError
+from libs.runtime.probe import health_status, reflected_services
+
+app = typer.Typer(help="syncgov: governed sync between procurement platforms and ERP systems.", no_args_is_help=True)
+console = Console()
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+@app.command()
+def up(
+    nats_url: Annotated[
+        str | None, typer.Option(envvar="SYNCGOV_NATS_URL", help="Use this NATS server instead of starting one.")
+    ] = None,
+    redis_url: Annotated[
+        str | None, typer.Option(envvar="SYNCGOV_REDIS_URL", help="Use this Valkey/Redis instead of starting one.")
+    ] = None,
+    data_dir: Annotated[Path, typer.Option(help="Where local servers keep data and services their logs.")] = Path(
+        ".syncgov"
+    ),
+    grpc_port_base: Annotated[int, typer.Option(help="control-plane's port; the others follow (+1..+5).")] = (
+        DEFAULT_GRPC_PORT_BASE
+    ),
+    metrics_port_base: Annotated[int, typer.Option(help="First Prometheus port; 0 turns metrics endpoints off.")] = (
+        DEFAULT_METRICS_PORT_BASE
+    ),
+    nats_port: Annotated[int, typer.Option(help="Port of the local nats-server.")] = 4222,
+    redis_port: Annotated[int, typer.Option(help="Port of the local valkey-server.")] = 6379,
+    sync_always: Annotated[
+        bool, typer.Option(help="fsync every JetStream write (safe); --no-sync-always trades that for speed.")
+    ] = True,
+    log_format: Annotated[str, typer.Option(help="Service log format: json or console.")] = "json",
+    only: Annotated[list[str] | None, typer.Option(help="Start only these components (repeatable).")] = None,
+) -> None:
+    """Start nats-server, valkey-server and every service that exists; Ctrl-C stops them all."""
+    components = existing_components()
+    if only:
+        unknown = set(only) - {c.name for c in components}
+        if unknown:
+            console.print(f"[red]unknown or not yet built component(s): {', '.join(sorted(unknown))}[/red]")
+            raise typer.Exit(EXIT_USAGE)
+        components = [c for c in components if c.name in only]
+    options = StackOptions(
+        data_dir=data_dir.resolve(),
+        grpc_port_base=grpc_port_base,
+        metrics_port_base=metrics_port_base or None,
+        nats_url=nats_url,
+        redis_url=redis_url,
+        nats_port=nats_port,
+        redis_port=redis_port,
+        sync_always=sync_always,
+        components=components,
+        log_format=log_format,
+    )
+    stack = Stack(options)
+    stopping = False
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    exit_code = EXIT_OK
+    try:
+        stack.start_servers()
+        stack.start_components()
+        states = asyncio.run(stack.wait_until_serving())
+        _print_stack(stack, states)
+        if any(state != "SERVING" for state in states.values()):
+            console.print("[red]not every component is serving; stopping. See the logs above.[/red]")
+            exit_code = EXIT_FAILED
+        else:
+            console.print("[green]syncgov is up.[/green] Ctrl-C stops everything.", highlight=False)
+            while not stopping:
+                dead = stack.dead_child()
+                if dead is not None:
+                    console.print(
+                        f"[red]{dead.component.name} exited with code {dead.process.returncode}; "
+                        f"stopping the stack (log: {dead.log_path})[/red]"
+                    )
+                    exit_code = EXIT_FAILED
+                    break
+                time.sleep(0.2)
+    except ServerError as error:
+        console.print(f"[red]{error}[/red]")
+        exit_code = EXIT_FAILED
+    finally:
+        console.print("stopping...")
+        stack.stop()
+        console.print("stopped.")
+    raise typer.Exit(exit_code)
+
+
+def _print_stack(stack: Stack, states: dict[str, str]) -> None:
+    table = Table(title="syncgov local stack")
+    table.add_column("component")
+    table.add_column("listens on")
+    table.add_column("state")
+    table.add_column("log")
+    table.add_row("nats-server", stack.nats_url, "external" if stack.options.nats_url else "started", "")
+    table.add_row("valkey-server", stack.redis_url, "external" if stack.options.redis_url else "started", "")
+    for child in stack.children:
+        state = states.get(child.component.name, "?")
+        colour = "green" if state == "SERVING" else "red"
+        table.add_row(child.component.name, child.address, f"[{colour}]{state}[/{colour}]", str(child.log_path))
+    console.print(table)
+
+
+@app.command()
+def status(
+    grpc_port_base: Annotated[int, typer.Option(help="control-plane's port; the others follow.")] = (
+        DEFAULT_GRPC_PORT_BASE
+    ),
+    host: Annotated[str, typer.Option(help="Where the components listen.")] = "127.0.0.1",
+) -> None:
+    """Ask every component for its health and, through reflection, the services it serves."""
+
+    async def probe() -> list[tuple[str, str, str, list[str]]]:
+        rows = []
+        for component in COMPONENTS:
+            address = f"{host}:{component.grpc_port(grpc_port_base)}"
+            async with grpc.aio.insecure_channel(address) as channel:
+                state = await health_status(channel)
+                services = await reflected_services(channel) if state == "SERVING" else []
+            rows.append((component.name, address, state, services))
+        return rows
+
+    rows = asyncio.run(probe())
+    table = Table(title="syncgov components")
+    for column in ("component", "address", "health", "services (reflection)"):
+        table.add_column(column)
+    for name, address, state, services in rows:
+        colour = "green" if state == "SERVING" else "yellow"
+        table.add_row(name, address, f"[{colour}]{state}[/{colour}]", "\n".join(services))
+    console.print(table)
+    serving = [row for row in rows if row[2] == "SERVING"]
+    raise typer.Exit(EXIT_OK if serving else EXIT_FAILED)
+
+
+def main() -> None:
+    app()
