@@ -1,0 +1,86 @@
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+
+from services.po_publication.domain import (
+    OrderLine,
+    PurchaseOrder,
+    natural_idempotency_key,
+    order_total,
+    validate_order,
+)
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def line(number=1, quantity="10", price="12.50", currency="EUR", **changes) -> OrderLine:
+    base = OrderLine(
+        line_number=number, item_id="ITEM-1", description="Pallet wrap", quantity=Decimal(quantity),
+        unit_of_measure="EA", unit_price=Decimal(price), price_currency=currency, requested_delivery_date=None,
+        cost_center="CC-1",
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def order(**changes) -> PurchaseOrder:
+    base = PurchaseOrder(
+        po_id="PO-1", version=1, supplier_id="SUP-1", currency_code="EUR", business_unit="BU",
+        ship_to_site="DC-1", approved_at=NOW - timedelta(minutes=1), lines=(line(1), line(2)),
+    )  # fmt: skip
+    return replace(base, **changes)
+
+
+def fields(problems) -> list[str]:
+    return [p.field for p in problems]
+
+
+def test_a_sound_order_has_no_problems():
+    assert validate_order(order(), NOW) == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"po_id": " "}, "purchase_order.po_id"),
+        ({"supplier_id": ""}, "purchase_order.supplier_id"),
+        ({"currency_code": "eur"}, "purchase_order.currency_code"),
+        ({"currency_code": "ABC"}, "purchase_order.currency_code"),
+        ({"approved_at": None}, "purchase_order.approved_at"),
+        ({"approved_at": NOW + timedelta(hours=1)}, "purchase_order.approved_at"),
+        ({"lines": ()}, "purchase_order.lines"),
+        ({"cancelled": True}, "purchase_order.status"),
+        ({"lines": (line(1), line(1))}, "purchase_order.lines[1].line_number"),
+        ({"lines": (line(0),)}, "purchase_order.lines[0].line_number"),
+        ({"lines": (line(1, quantity="0"),)}, "purchase_order.lines[0].quantity"),
+        ({"lines": (line(1, quantity="-1"),)}, "purchase_order.lines[0].quantity"),
+        ({"lines": (line(1, price="-0.01"),)}, "purchase_order.lines[0].unit_price"),
+        ({"lines": (line(1, currency="USD"),)}, "purchase_order.lines[0].unit_price.currency_code"),
+        ({"lines": (line(1, unit_of_measure=" "),)}, "purchase_order.lines[0].unit_of_measure"),
+        ({"lines": (line(1, item_id="", description=""),)}, "purchase_order.lines[0].item_id"),
+    ],
+)
+def test_each_rule_reports_its_field(changes, field):
+    assert field in fields(validate_order(order(**changes), NOW))
+
+
+def test_free_of_charge_lines_are_allowed():
+    assert validate_order(order(lines=(line(1, price="0"),)), NOW) == []
+
+
+def test_approval_within_clock_skew_is_accepted():
+    assert validate_order(order(approved_at=NOW + timedelta(minutes=4)), NOW) == []
+
+
+def test_a_bad_header_currency_is_reported_once_not_per_line():
+    assert fields(validate_order(order(currency_code="XXQ"), NOW)) == ["purchase_order.currency_code"]
+
+
+def test_natural_key_names_source_document_and_version():
+    assert natural_idempotency_key("procurement", "PO-1", 3) == "procurement:purchase_order:PO-1:v3"
+
+
+def test_total_is_exact_decimal_arithmetic():
+    three_lines = order(lines=(line(1, "3", "0.10"), line(2, "1", "0.10"), line(3, "0.5", "0.05")))
+    assert order_total(three_lines) == Decimal("0.425")

@@ -1,0 +1,71 @@
+import grpc
+import pytest
+from google.rpc import code_pb2, error_details_pb2
+
+from libs.runtime.consumers import backoff_delay
+from libs.runtime.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, Unauthenticated
+from libs.runtime.identity import IdentityResolver
+
+
+def unpack(status, kind):
+    found = []
+    for detail in status.details:
+        if detail.Is(kind.DESCRIPTOR):
+            message = kind()
+            detail.Unpack(message)
+            found.append(message)
+    return found
+
+
+def test_invalid_argument_carries_every_field_violation_and_a_reason():
+    error = InvalidArgument(
+        "bad order",
+        violations=[FieldViolation("lines[0].quantity", "must be positive"), FieldViolation("currency_code", "bad")],
+        reason="INVALID_PURCHASE_ORDER",
+    )
+    status = error.to_status()
+    assert status.code == code_pb2.INVALID_ARGUMENT
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    [bad_request] = unpack(status, error_details_pb2.BadRequest)
+    assert [(v.field, v.description) for v in bad_request.field_violations] == [
+        ("lines[0].quantity", "must be positive"),
+        ("currency_code", "bad"),
+    ]
+    [info] = unpack(status, error_details_pb2.ErrorInfo)
+    assert info.reason == "INVALID_PURCHASE_ORDER"
+    assert info.domain == "syncgov.dev"
+
+
+def test_failed_precondition_names_its_subject():
+    status = FailedPrecondition("version 2 is stale", subject="purchase_order/PO-1", reason="STALE_VERSION").to_status()
+    [failure] = unpack(status, error_details_pb2.PreconditionFailure)
+    assert failure.violations[0].subject == "purchase_order/PO-1"
+    assert failure.violations[0].type == "STALE_VERSION"
+
+
+def test_already_exists_metadata_reaches_the_caller():
+    status = AlreadyExists("dup", reason="DUPLICATE_TRANSACTION", metadata={"po_id": "PO-1"}).to_status()
+    [info] = unpack(status, error_details_pb2.ErrorInfo)
+    assert dict(info.metadata) == {"po_id": "PO-1"}
+
+
+def test_tokens_map_to_systems_and_unknown_tokens_are_refused():
+    resolver = IdentityResolver({"tok-erp": "erp"})
+    assert resolver.resolve([("authorization", "Bearer tok-erp")]).system == "erp"
+    assert resolver.resolve([("authorization", "Bearer tok-erp")]).authenticated
+    for metadata in ([], [("authorization", "Bearer nope")], [("authorization", "Basic tok-erp")]):
+        with pytest.raises(Unauthenticated):
+            resolver.resolve(metadata)
+
+
+def test_declared_identity_is_only_used_when_no_tokens_are_configured():
+    assert IdentityResolver({}).resolve([("x-syncgov-system", "erp")]).system == "erp"
+    assert not IdentityResolver({}).resolve([("x-syncgov-system", "erp")]).authenticated
+    assert IdentityResolver({}).resolve([]).system == "anonymous"
+    with pytest.raises(Unauthenticated, match="bearer"):
+        IdentityResolver({"t": "erp"}).resolve([("x-syncgov-system", "erp")])
+
+
+def test_backoff_steps_then_repeats_the_last():
+    steps = (0.5, 2.0, 10.0)
+    assert [backoff_delay(steps, n) for n in (1, 2, 3, 4, 9)] == [0.5, 2.0, 10.0, 10.0, 10.0]
