@@ -10,6 +10,14 @@ import pycountry
 
 OBJECT_TYPE = "purchase_order"
 MAX_LINES = 5000
+# Longest text each field may hold: beyond these a value is a mistake (or an attack), not data,
+# and ERPs truncate silently (SAP's EKPO-TXZ01 holds 40 characters).
+HEADER_TEXT_LIMITS = {
+    "supplier_id": 128,
+    "business_unit": 64,
+    "ship_to_site": 64,
+}
+LINE_TEXT_LIMITS = {"item_id": 128, "description": 2000, "unit_of_measure": 16, "cost_center": 64}
 APPROVAL_CLOCK_SKEW = timedelta(minutes=5)
 
 
@@ -63,6 +71,9 @@ def validate_order(order: PurchaseOrder, now: datetime, prefix: str = "purchase_
 
     if not order.po_id.strip():
         bad("po_id", "is required")
+    for name, limit in HEADER_TEXT_LIMITS.items():
+        if len(getattr(order, name)) > limit:
+            bad(name, f"must be at most {limit} characters, got {len(getattr(order, name))}")
     if not order.supplier_id.strip():
         bad("supplier_id", "is required")
     currency_ok = is_iso_currency(order.currency_code)
@@ -93,6 +104,11 @@ def _validate_line(line: OrderLine, index: int, currency: str, seen: set[int], p
     elif line.line_number in seen:
         problems.append(Violation(f"{path}.line_number", f"line number {line.line_number} is used twice"))
     seen.add(line.line_number)
+    for name, limit in LINE_TEXT_LIMITS.items():
+        if len(getattr(line, name)) > limit:
+            problems.append(
+                Violation(f"{path}.{name}", f"must be at most {limit} characters, got {len(getattr(line, name))}")
+            )
     if not line.item_id.strip() and not line.description.strip():
         problems.append(Violation(f"{path}.item_id", "an item id or a description is required"))
     if line.quantity <= 0:

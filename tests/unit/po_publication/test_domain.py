@@ -59,6 +59,8 @@ def test_a_sound_order_has_no_problems():
         ({"lines": (line(1, currency="USD"),)}, "purchase_order.lines[0].unit_price.currency_code"),
         ({"lines": (line(1, unit_of_measure=" "),)}, "purchase_order.lines[0].unit_of_measure"),
         ({"lines": (line(1, item_id="", description=""),)}, "purchase_order.lines[0].item_id"),
+        ({"lines": (line(1, description="x" * 2001),)}, "purchase_order.lines[0].description"),
+        ({"supplier_id": "S" * 129}, "purchase_order.supplier_id"),
     ],
 )
 def test_each_rule_reports_its_field(changes, field):
