@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -29,7 +30,7 @@ import grpc
 import nats
 import uvloop
 
-from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
+from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,24 +42,42 @@ from libs.runtime.subjects import Namespace
 from tests.integration.helpers import sample_order
 
 Call = Callable[[int], Awaitable[object]]
+COUNTER = itertools.count()  # one sequence for the whole run: every governed request is a new PO
 
 
-async def measure(call: Call, concurrency: int, seconds: float) -> dict[str, float]:
+def _fields(message) -> dict:
+    return {field.name: value for field, value in message.ListFields()}
+
+
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User + system CPU time each process has used so far (Linux /proc)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks
+    return used
+
+
+async def measure(call: Call, concurrency: int, seconds: float, pids: dict[str, int]) -> dict[str, float]:
     latencies: list[float] = []
+    cpu_before = cpu_seconds(pids)
     deadline = time.perf_counter() + seconds
-    counter = iter(range(10**12))
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
             started = time.perf_counter()
-            await call(next(counter))
+            await call(next(COUNTER))
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.perf_counter() - started
+    cpu_after = cpu_seconds(pids)
     latencies.sort()
+    per_request = {f"cpu_us_{name}": (cpu_after[name] - cpu_before[name]) / len(latencies) * 1e6 for name in pids}
     return {
+        **per_request,
         "rps": len(latencies) / elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
@@ -128,7 +147,19 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
         metadata = (("x-syncgov-system", "procurement"),)
         run_id = uuid.uuid4().hex[:8]
 
+        # Requests are serialized before the clock starts, as the raw scenarios' bytes are, so the
+        # client's protobuf work does not take CPU from the service being measured.
+        prepared = [
+            po_service_pb2.PublishPurchaseOrderRequest(
+                purchase_order=po_pb2.PurchaseOrder(**{**_fields(template), "po_id": f"PO-{run_id}-{n}"})
+            ).SerializeToString()
+            for n in range(int(seconds * 4000 * len(concurrencies)) + 20_000)
+        ]
+        publish_call = service_channel.unary_unary("/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder")
+
         async def governed(n: int) -> object:
+            if n < len(prepared):
+                return await publish_call(prepared[n], metadata=metadata)
             order = po_service_pb2.PublishPurchaseOrderRequest()
             order.purchase_order.CopyFrom(template)
             order.purchase_order.po_id = f"PO-{run_id}-{n}"
@@ -145,8 +176,11 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
         results: dict[tuple[str, int], dict[str, float]] = {}
         for concurrency in concurrencies:
             for name, call in scenarios.items():
-                await measure(call, concurrency, min(1.0, seconds / 4))  # warm-up
-                results[(name, concurrency)] = await measure(call, concurrency, seconds)
+                server = {"governed": processes[0].pid, "raw-composite": processes[1].pid}.get(name)
+                pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
+                pids["server"] = server or os.getpid()
+                await measure(call, concurrency, min(1.0, seconds / 4), pids)  # warm-up
+                results[(name, concurrency)] = await measure(call, concurrency, seconds, pids)
         await service_channel.close()
         await raw_channel.close()
         await nc.drain()
@@ -164,12 +198,18 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
         f"\nPublishPurchaseOrder benchmark: {seconds:.0f}s per scenario, {os.cpu_count()} cores, "
         f"request {payload_bytes} bytes, JetStream sync_interval={'always' if sync_always else 'default (2 min)'}"
     )
-    print(f"{'scenario':<15}{'conc':>5}{'RPS':>10}{'p50 ms':>10}{'p99 ms':>10}{'requests':>10}")
+    print(
+        f"{'scenario':<15}{'conc':>5}{'RPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'requests':>9}"
+        f"   CPU us/request: {'server':>7}{'nats':>7}{'valkey':>7}{'client':>7}"
+    )
     for concurrency in concurrencies:
         for name in ("governed", "raw-composite", "raw-publish"):
             r = results[(name, concurrency)]
+            server = "-" if name == "raw-publish" else f"{r['cpu_us_server']:.0f}"
             print(
-                f"{name:<15}{concurrency:>5}{r['rps']:>10.0f}{r['p50_ms']:>10.2f}{r['p99_ms']:>10.2f}{r['count']:>10.0f}"
+                f"{name:<15}{concurrency:>5}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['count']:>9.0f}"
+                f"                   {server:>7}{r['cpu_us_nats']:>7.0f}{r['cpu_us_valkey']:>7.0f}"
+                f"{r['cpu_us_client']:>7.0f}"
             )
     for concurrency in concurrencies:
         governed = results[("governed", concurrency)]["rps"]

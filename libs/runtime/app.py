@@ -31,7 +31,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from opentelemetry.instrumentation.grpc import aio_server_interceptor
 from opentelemetry.sdk.trace import SpanProcessor
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -198,10 +197,7 @@ async def serve(
         if not identity.tokens_required:
             log.warning("no SYNCGOV_CALLER_TOKENS configured: callers declare their system (development mode)")
         server = grpc.aio.server(
-            interceptors=[
-                aio_server_interceptor(tracer_provider=telemetry.tracer_provider),
-                EdgeInterceptor(identity, telemetry.meter),
-            ],
+            interceptors=[EdgeInterceptor(identity, telemetry.meter, telemetry.tracer)],
             options=grpc_server_options(settings),
         )
         names = [entry.descriptor.full_name for entry in service.grpc_services]

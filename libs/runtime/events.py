@@ -155,9 +155,6 @@ class EventPublisher:
                 attributes.MESSAGING_DESTINATION: subject,
                 attributes.MESSAGING_OPERATION: "publish",
                 attributes.MESSAGING_MESSAGE_ID: event.idempotency_key,
-                attributes.EVENT_TYPE: envelope.event_type,
-                attributes.OBJECT_KEY: event.object_key,
-                attributes.OBJECT_VERSION: event.object_version,
                 attributes.WORKFLOW_KEY: event.workflow_key,
             },
         ):

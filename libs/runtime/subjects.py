@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
+_ALL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPE = re.compile(r"~([0-9A-F]{2})")
 MAX_KEY_CHARS = 256
 
@@ -26,6 +27,8 @@ def encode_token(external_id: str) -> str:
         raise InvalidKeyError("must not be empty")
     if len(external_id) > MAX_KEY_CHARS:
         raise InvalidKeyError(f"must be at most {MAX_KEY_CHARS} characters")
+    if _ALL_SAFE.fullmatch(external_id):
+        return external_id
     out: list[str] = []
     for char in external_id:
         if _SAFE.fullmatch(char):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -58,6 +59,7 @@ def natural_idempotency_key(source_system: str, po_id: str, version: int) -> str
     return f"{source_system}:{OBJECT_TYPE}:{po_id}:v{version}"
 
 
+@functools.lru_cache(maxsize=512)
 def is_iso_currency(code: str) -> bool:
     return len(code) == 3 and code.isupper() and pycountry.currencies.get(alpha_3=code) is not None
 

@@ -45,13 +45,14 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         fingerprint = content_sha256(order)
         _annotate_span(order, key)
 
-        try:
-            stored = await self._store.idempotency.lookup(key, fingerprint)
-        except IdempotencyConflict:
-            await self._duplicate_transaction(order, key, evidence=None)
-        if stored is not None:
-            await context.send_initial_metadata(REPLAY_METADATA)
-            return po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
+        # A natural key names the order and version, so the stream's write guard already refuses a
+        # second publication of it; Valkey is asked only when the guard trips. An explicit key could
+        # have been used for another order: it is checked before anything is written.
+        if request.idempotency_key:
+            stored = await self._stored_response(order, key, fingerprint)
+            if stored is not None:
+                await context.send_initial_metadata(REPLAY_METADATA)
+                return stored
 
         event = purchase_order_published(
             order,
@@ -63,23 +64,43 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         try:
             published = await self._store.append(event, expected_last_sequence=0)
         except WrongLastSequence:
-            # The order exists already: the stream's history decides whether this is a retry.
-            existing = await self._store.version(order.po_id, order.version)
-            response = await self._answer_from_history(order, key, fingerprint, existing)
+            # The order exists already: a stored response, else the stream's history, decides.
             await context.send_initial_metadata(REPLAY_METADATA)
-        else:
-            if published.duplicate:  # same Nats-Msg-Id inside the broker's window
-                existing = await self._store.event_at(published.sequence)
-                response = await self._answer_from_history(order, key, fingerprint, existing)
-                await context.send_initial_metadata(REPLAY_METADATA)
-            else:
-                response = _response(
-                    order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
-                )
+            return await self._stored_response(order, key, fingerprint) or await self._answer_from_history(
+                order, key, fingerprint, await self._store.version(order.po_id, order.version)
+            )
+        if published.duplicate:  # same Nats-Msg-Id inside the broker's window
+            await context.send_initial_metadata(REPLAY_METADATA)
+            existing = await self._store.event_at(published.sequence)
+            return await self._answer_from_history(order, key, fingerprint, existing)
+        response = _response(
+            order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
+        )
+        return await self._remember(order, key, fingerprint, response)
+
+    async def _stored_response(
+        self, order: po_pb2.PurchaseOrder, key: str, fingerprint: str
+    ) -> po_service_pb2.PublishPurchaseOrderResponse | None:
         try:
-            stored = await self._store.idempotency.remember(key, fingerprint, response.SerializeToString())
+            stored = await self._store.idempotency.lookup(key, fingerprint)
         except IdempotencyConflict:
             await self._duplicate_transaction(order, key, evidence=None)
+        return None if stored is None else po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
+
+    async def _remember(
+        self,
+        order: po_pb2.PurchaseOrder,
+        key: str,
+        fingerprint: str,
+        response: po_service_pb2.PublishPurchaseOrderResponse,
+    ) -> po_service_pb2.PublishPurchaseOrderResponse:
+        encoded = response.SerializeToString()
+        try:
+            stored = await self._store.idempotency.remember(key, fingerprint, encoded)
+        except IdempotencyConflict:
+            await self._duplicate_transaction(order, key, evidence=None)
+        if stored == encoded:
+            return response
         return po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
 
     async def GetPurchaseOrder(
@@ -110,7 +131,10 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             await self._duplicate_transaction(order, key, evidence=existing)
         assert existing is not None
         envelope = existing.envelope
-        return _response(order, envelope.event_id, existing.sequence, envelope.recorded_at, envelope.idempotency_key)
+        response = _response(
+            order, envelope.event_id, existing.sequence, envelope.recorded_at, envelope.idempotency_key
+        )
+        return await self._remember(order, key, fingerprint, response)
 
     async def _duplicate_transaction(self, order: po_pb2.PurchaseOrder, key: str, evidence: StoredEvent | None) -> None:
         """Same order and version (or key) with different content: refuse, and raise an exception."""
@@ -141,8 +165,8 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
 
 
 def _normalized_first_version(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
-    normalized = po_pb2.PurchaseOrder()
-    normalized.CopyFrom(order)
+    """Fill the defaults in place: the request message belongs to this call alone."""
+    normalized = order
     if normalized.version == 0:
         normalized.version = 1
     if normalized.status == po_pb2.PURCHASE_ORDER_STATUS_UNSPECIFIED:
@@ -260,9 +284,12 @@ def _response(order, event_id, sequence, recorded_at, key) -> po_service_pb2.Pub
 
 
 def _annotate_span(order: po_pb2.PurchaseOrder, key: str) -> None:
+    # The PO id is the workflow key; the server span's name already says what was done.
     span = trace.get_current_span()
-    span.set_attribute(attributes.WORKFLOW_KEY, order.po_id)
-    span.set_attribute(attributes.OBJECT_TYPE, domain.OBJECT_TYPE)
-    span.set_attribute(attributes.OBJECT_KEY, order.po_id)
-    span.set_attribute(attributes.OBJECT_VERSION, order.version)
-    span.set_attribute(attributes.IDEMPOTENCY_KEY, key)
+    span.set_attributes(
+        {
+            attributes.WORKFLOW_KEY: order.po_id,
+            attributes.OBJECT_VERSION: order.version,
+            attributes.IDEMPOTENCY_KEY: key,
+        }
+    )

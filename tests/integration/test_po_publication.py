@@ -294,3 +294,22 @@ async def test_unhandled_error_is_internal_without_leaking_details(po_settings):
             await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="x"))
         assert failure.value.code() == grpc.StatusCode.INTERNAL
         assert "secret" not in failure.value.details()
+
+
+async def test_server_span_continues_the_callers_trace_and_records_the_status(po_service):
+    _, stub, spans = po_service
+    caller_trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+    traceparent = ("traceparent", f"00-{caller_trace}-00f067aa0ba902b7-01")
+    await stub.PublishPurchaseOrder(publish_request(sample_order()), metadata=(*PROCUREMENT, traceparent))
+    bad = sample_order()
+    bad.ClearField("lines")
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.PublishPurchaseOrder(publish_request(bad), metadata=PROCUREMENT)
+    ok_span, bad_span = [s for s in spans.get_finished_spans() if s.kind == SpanKind.SERVER]
+    assert format(ok_span.context.trace_id, "032x") == caller_trace
+    assert ok_span.parent.span_id == 0x00F067AA0BA902B7
+    assert ok_span.attributes["rpc.system"] == "grpc"
+    assert ok_span.attributes["rpc.service"] == "syncgov.po.v1.PurchaseOrderService"
+    assert ok_span.attributes["rpc.grpc.status_code"] == 0
+    assert bad_span.attributes["rpc.grpc.status_code"] == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert format(bad_span.context.trace_id, "032x") != caller_trace
