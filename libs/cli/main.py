@@ -142,6 +142,9 @@ def status(
         rows = []
         for component in COMPONENTS:
             address = f"{host}:{component.grpc_port(grpc_port_base)}"
+            if not component.exists():
+                rows.append((component.name, address, "NOT BUILT YET", []))
+                continue
             async with grpc.aio.insecure_channel(address) as channel:
                 state = await health_status(channel)
                 services = await reflected_services(channel) if state == "SERVING" else []
