@@ -1,0 +1,85 @@
+"""The business objects policy can govern, and the field paths each one has.
+
+Field paths are the contract's own: ``purchase_order`` fields come from
+``syncgov.po.v1.PurchaseOrder``, so ``lines[].unit_price`` means the
+``unit_price`` of every line, exactly as a request carries it. Objects
+without a contract message here are governed as a whole.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf.descriptor import Descriptor
+
+from syncgov.invoice.v1 import invoice_pb2
+from syncgov.po.v1 import po_pb2
+from syncgov.receipt.v1 import receipt_pb2
+from syncgov.supplier.v1 import supplier_pb2
+
+# Well-known value types are leaves: nobody owns Money.units apart from the price it belongs to.
+_LEAF_MESSAGES = {"google.type.Money", "google.type.Decimal", "google.type.Date", "google.protobuf.Timestamp",
+                  "google.protobuf.Duration"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectType:
+    name: str
+    description: str
+    message: Descriptor | None = None
+    required: bool = False
+
+    def field_paths(self) -> frozenset[str]:
+        return frozenset(_paths(self.message, "")) if self.message is not None else frozenset()
+
+
+def _paths(descriptor: Descriptor, prefix: str) -> list[str]:
+    found: list[str] = []
+    for field in descriptor.fields:
+        path = f"{prefix}{field.name}{'[]' if field.is_repeated else ''}"
+        found.append(path)
+        message = field.message_type
+        if message is not None and message.full_name not in _LEAF_MESSAGES and not message.GetOptions().map_entry:
+            found.extend(_paths(message, f"{path}."))
+    return found
+
+
+OBJECT_TYPES: dict[str, ObjectType] = {
+    o.name: o
+    for o in (
+        ObjectType("supplier", "Supplier master data (golden record)", supplier_pb2.Supplier.DESCRIPTOR, required=True),
+        ObjectType("item", "Item master"),
+        ObjectType("cost_center", "Cost centers"),
+        ObjectType(
+            "purchase_order", "Purchase orders and change orders", po_pb2.PurchaseOrder.DESCRIPTOR, required=True
+        ),
+        ObjectType(
+            "purchase_order_acknowledgment",
+            "ERP acknowledgment of a PO version, ERP document number",
+            po_pb2.ErpAcknowledgment.DESCRIPTOR,
+            required=True,
+        ),
+        ObjectType("goods_receipt", "Goods receipts and returns", receipt_pb2.GoodsReceipt.DESCRIPTOR, required=True),
+        ObjectType("invoice", "Supplier invoices (documents)", invoice_pb2.Invoice.DESCRIPTOR, required=True),
+        ObjectType("invoice_match_status", "Three-way match results, computed by syncgov", required=True),
+        ObjectType("invoice_release", "A person's release or dispute of a blocked invoice"),
+        ObjectType("payment", "Payment status", required=True),
+        ObjectType("exception", "Exceptions and their handling"),
+    )
+}
+
+SYSTEM_KINDS = frozenset(
+    {"procurement", "erp", "wms", "transportation", "supplier_portal", "analytics", "syncgov", "operator", "other"}
+)
+CONFLICT_RULES = frozenset({"system_of_record_wins", "latest_version_wins", "hold_for_review"})
+WORKFLOWS = frozenset({"po_acknowledgment", "receipt_sync", "invoice_match", "exception_acknowledgment"})
+CRITICALITIES = ("critical", "high", "normal", "low")
+SEVERITIES = ("low", "medium", "high", "critical")
+EXCEPTION_TYPES = frozenset(
+    {
+        "validation_failed", "duplicate_transaction", "version_conflict", "out_of_order_version",
+        "ownership_violation", "over_receipt", "receipt_unknown_po", "price_variance", "quantity_variance",
+        "awaiting_receipt", "duplicate_invoice", "duplicate_supplier_suspected", "sla_breach", "drift_detected",
+        "delivery_exhausted", "erp_rejected",
+    }
+)  # fmt: skip

@@ -1,0 +1,132 @@
+"""The policy document's shape, as pydantic models: unknown keys and wrong types are refused here.
+
+Meaning (unknown systems, owners, ranges, overlaps) is checked in validate.py.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class System(Strict):
+    kind: str
+    description: str = ""
+    business_units: list[str] = Field(default_factory=list)
+    sites: list[str] = Field(default_factory=list)
+
+
+class Sync(Strict):
+    from_: str = Field(alias="from")
+    to: list[str] = Field(default_factory=list)
+
+
+class FieldRule(Strict):
+    system_of_record: str
+    writers: list[str] | None = None
+    sync: Sync | None = None
+
+
+class ObjectRule(Strict):
+    system_of_record: str
+    writers: list[str] | None = None
+    readers: list[str] | None = None
+    sync: Sync | None = None
+    conflict: str = "system_of_record_wins"
+    fields: dict[str, FieldRule] = Field(default_factory=dict)
+
+
+class Retry(Strict):
+    max_deliveries: int
+    backoff: list[str]
+
+
+class Retries(Strict):
+    default: Retry = Retry(max_deliveries=5, backoff=["500ms", "2s", "10s", "30s"])
+    consumers: dict[str, Retry] = Field(default_factory=dict)
+
+
+class PriceTolerance(Strict):
+    upper_percent: Decimal = Decimal(0)
+    lower_percent: Decimal = Decimal(100)
+    upper_absolute: Decimal = Decimal(0)
+    lower_absolute: Decimal = Decimal(0)
+
+
+class QuantityTolerance(Strict):
+    upper_percent: Decimal = Decimal(0)
+    lower_percent: Decimal = Decimal(100)
+
+
+class Tolerance(Strict):
+    price: PriceTolerance = PriceTolerance()
+    quantity: QuantityTolerance = QuantityTolerance()
+    over_receipt_percent: Decimal = Decimal(0)
+
+
+class Tolerances(Strict):
+    default: Tolerance = Tolerance()
+    business_units: dict[str, Tolerance] = Field(default_factory=dict)
+
+
+class RouteMatch(Strict):
+    type: list[str] = Field(default_factory=list)
+    severity: list[str] = Field(default_factory=list)
+    site: list[str] = Field(default_factory=list)
+    business_unit: list[str] = Field(default_factory=list)
+
+
+class Route(Strict):
+    match: RouteMatch = RouteMatch()
+    team: str = ""
+    severity: str | None = None
+    escalate_after: str | None = None
+    escalate_to: str | None = None
+
+
+class Team(Strict):
+    description: str = ""
+    contact: str = ""
+
+
+class Exceptions(Strict):
+    default_team: str
+    teams: dict[str, Team]
+    routes: list[Route] = Field(default_factory=list)
+
+
+class Ordering(Strict):
+    out_of_order_hold: str = "5m"
+
+
+class PolicyDocument(Strict):
+    format: int
+    description: str = ""
+    systems: dict[str, System]
+    administrators: list[str] = Field(default_factory=list)
+    ownership: dict[str, ObjectRule]
+    sla: dict[str, dict[str, str]] = Field(default_factory=dict)
+    retries: Retries = Retries()
+    tolerances: Tolerances = Tolerances()
+    exceptions: Exceptions
+    ordering: Ordering = Ordering()
+
+
+SECTIONS: dict[str, object] = {
+    "format": int,
+    "description": str,
+    "systems": dict[str, System],
+    "administrators": list[str],
+    "ownership": dict[str, ObjectRule],
+    "sla": dict[str, dict[str, str]],
+    "retries": Retries,
+    "tolerances": Tolerances,
+    "exceptions": Exceptions,
+    "ordering": Ordering,
+}
+REQUIRED_SECTIONS = ("format", "systems", "ownership", "exceptions")

@@ -1,0 +1,179 @@
+"""Decisions from a validated policy: who may write what, where an exception goes, which tolerance holds.
+
+A :class:`Policy` is immutable and carries the revision it came from, so
+every decision can say which revision it used.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import timedelta
+
+import yaml
+
+from libs.policy.document import ObjectRule, PolicyDocument, Route, Tolerance
+from libs.policy.durations import parse_duration
+from libs.policy.problems import Problem
+from libs.policy.validate import check, specificity
+
+
+class PolicyInvalid(ValueError):
+    def __init__(self, problems: list[Problem]) -> None:
+        super().__init__(f"{len(problems)} problem(s) in the policy")
+        self.problems = problems
+
+
+@dataclass(frozen=True, slots=True)
+class Ownership:
+    """Who owns one object (or one of its fields), and the rule that says so."""
+
+    object_type: str
+    field: str
+    system_of_record: str
+    writers: tuple[str, ...]
+    sync_to: tuple[str, ...]
+    conflict: str
+    rule_path: str
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class FieldRefusal:
+    field: str
+    ownership: Ownership
+
+
+@dataclass(frozen=True, slots=True)
+class WriteDecision:
+    allowed: bool
+    system: str
+    object_type: str
+    refusals: tuple[FieldRefusal, ...]
+    revision: int
+
+    def reason(self) -> str:
+        if self.allowed:
+            return f"{self.system} may write {self.object_type}"
+        parts = [
+            f"{r.field or self.object_type} belongs to {r.ownership.system_of_record} "
+            f"(writers: {', '.join(r.ownership.writers)}; rule {r.ownership.rule_path})"
+            for r in self.refusals
+        ]
+        return f"{self.system} may not write: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, slots=True)
+class RouteDecision:
+    team: str
+    severity: str | None
+    escalate_after: timedelta | None
+    escalate_to: str | None
+    rule_path: str
+    revision: int
+
+
+class Policy:
+    def __init__(self, document: PolicyDocument, text: str, revision: int) -> None:
+        self.document = document
+        self.text = text
+        self.revision = revision
+        self.sha256 = hashlib.sha256(text.encode()).hexdigest()
+        self.systems = frozenset(document.systems)
+        self._field_rules = {
+            name: sorted(rule.fields.items(), key=lambda item: -len(item[0]))
+            for name, rule in document.ownership.items()
+        }
+
+    @classmethod
+    def from_text(cls, text: str, revision: int) -> Policy:
+        document, problems = check(text)
+        if document is None:
+            raise PolicyInvalid(problems)
+        return cls(document, text, revision)
+
+    def is_known_system(self, system: str) -> bool:
+        return system in self.systems
+
+    def is_administrator(self, system: str) -> bool:
+        return system in self.document.administrators
+
+    def ownership_of(self, object_type: str, field: str = "") -> Ownership:
+        """The rule governing a field: the most specific field rule that covers it, else the object's."""
+        rule: ObjectRule = self.document.ownership[object_type]  # KeyError: not governed
+        wanted = field.replace("[]", "")
+        for name, field_rule in self._field_rules[object_type]:
+            plain = name.replace("[]", "")
+            if wanted == plain or wanted.startswith(plain + ".") or wanted.startswith(plain + "["):
+                writers = tuple(field_rule.writers or (field_rule.system_of_record,))
+                sync_to = tuple(field_rule.sync.to) if field_rule.sync else ()
+                return Ownership(object_type, field, field_rule.system_of_record, writers, sync_to, rule.conflict,
+                                 f"ownership.{object_type}.fields.{name}", self.revision)  # fmt: skip
+        writers = tuple(rule.writers or (rule.system_of_record,))
+        sync_to = tuple(rule.sync.to) if rule.sync else ()
+        return Ownership(object_type, field, rule.system_of_record, writers, sync_to, rule.conflict,
+                         f"ownership.{object_type}", self.revision)  # fmt: skip
+
+    def may_write(self, system: str, object_type: str, fields: Iterable[str]) -> WriteDecision:
+        if object_type not in self.document.ownership:
+            refusal = FieldRefusal("", Ownership(object_type, "", "(none)", (), (), "", "ownership", self.revision))
+            return WriteDecision(False, system, object_type, (refusal,), self.revision)
+        refusals = []
+        for field in sorted(set(fields)) or [""]:
+            ownership = self.ownership_of(object_type, field)
+            if system not in ownership.writers:
+                refusals.append(FieldRefusal(field, ownership))
+        return WriteDecision(not refusals, system, object_type, tuple(refusals), self.revision)
+
+    def may_read(self, system: str, object_type: str) -> bool:
+        rule = self.document.ownership.get(object_type)
+        if rule is None or rule.readers is None:
+            return self.is_known_system(system)
+        return system in rule.readers or system in (rule.writers or (rule.system_of_record,))
+
+    def route(self, exception_type: str, severity: str = "", site: str = "", business_unit: str = "") -> RouteDecision:
+        """The most specific matching route, else the default team."""
+        values = {"type": exception_type, "severity": severity, "site": site, "business_unit": business_unit}
+        best: tuple[int, int, Route] | None = None
+        for index, route in enumerate(self.document.exceptions.routes):
+            if all(not getattr(route.match, d) or values[d] in getattr(route.match, d) for d in values):
+                key = (specificity(route), -index)
+                if best is None or key > best[:2]:
+                    best = (*key, route)
+        if best is None:
+            return RouteDecision(self.document.exceptions.default_team, None, None, None, "exceptions.default_team",
+                                 self.revision)  # fmt: skip
+        route = best[2]
+        return RouteDecision(
+            route.team, route.severity,
+            parse_duration(route.escalate_after) if route.escalate_after else None,
+            route.escalate_to, f"exceptions.routes[{-best[1]}]", self.revision,
+        )  # fmt: skip
+
+    def tolerance(self, business_unit: str = "") -> Tolerance:
+        return self.document.tolerances.business_units.get(business_unit, self.document.tolerances.default)
+
+    def retry(self, consumer: str) -> tuple[int, tuple[float, ...]]:
+        retry = self.document.retries.consumers.get(consumer, self.document.retries.default)
+        return retry.max_deliveries, tuple(parse_duration(step).total_seconds() for step in retry.backoff)
+
+    def sla(self, workflow: str, criticality: str = "normal") -> timedelta | None:
+        within = self.document.sla.get(workflow, {}).get(criticality)
+        return parse_duration(within) if within else None
+
+    @property
+    def out_of_order_hold(self) -> timedelta:
+        return parse_duration(self.document.ordering.out_of_order_hold)
+
+
+def normalized(text: str) -> str:
+    """The document with comments, order and layout removed: what a diff should compare."""
+    return yaml.safe_dump(yaml.safe_load(text), sort_keys=True, default_flow_style=False, allow_unicode=True)
+
+
+def unified_diff(old_text: str, new_text: str, old_name: str = "current", new_name: str = "proposed") -> str:
+    old = normalized(old_text).splitlines(keepends=True) if old_text else []
+    new = normalized(new_text).splitlines(keepends=True)
+    return "".join(difflib.unified_diff(old, new, fromfile=old_name, tofile=new_name))

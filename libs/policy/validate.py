@@ -1,0 +1,318 @@
+"""Validation a person can act on: every problem in a policy document, each with its path.
+
+Shape first (pydantic, per section, so one broken section does not hide the
+problems of the others), then meaning: systems that exist, one owner per
+field, values in range, routes that name a team and do not overlap.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from decimal import Decimal
+from itertools import combinations
+from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
+
+from libs.policy import catalog
+from libs.policy.document import (
+    REQUIRED_SECTIONS,
+    SECTIONS,
+    Exceptions,
+    ObjectRule,
+    PolicyDocument,
+    Retries,
+    Route,
+    System,
+    Tolerance,
+    Tolerances,
+)
+from libs.policy.durations import parse_duration
+from libs.policy.problems import Problem
+from libs.policy.yamlsource import load
+
+SUPPORTED_FORMAT = 1
+_SYSTEM_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+_SEVERITY_LIST = ", ".join(catalog.SEVERITIES)
+_ADAPTERS = {name: TypeAdapter(kind) for name, kind in SECTIONS.items()}
+
+
+def check(text: str) -> tuple[PolicyDocument | None, list[Problem]]:
+    """The parsed document when it is valid, and every problem found (empty when valid)."""
+    data, problems = load(text)
+    if data is None:
+        return None, problems
+    if not isinstance(data, dict):
+        return None, [*problems, Problem("(document)", "must be a mapping of sections (systems, ownership, ...)")]
+    sections: dict[str, Any] = {}
+    for key in data:
+        if key not in SECTIONS:
+            problems.append(Problem(str(key), f"unknown section; known: {', '.join(SECTIONS)}"))
+    for key in REQUIRED_SECTIONS:
+        if key not in data:
+            problems.append(Problem(key, "is required"))
+    for key, adapter in _ADAPTERS.items():
+        if key in data:
+            try:
+                sections[key] = adapter.validate_python(data[key])
+            except ValidationError as error:
+                problems.extend(_shape_problems(key, error))
+    problems.extend(_meaning_problems(sections, data))
+    if problems:
+        return None, problems
+    return PolicyDocument.model_validate(data), []
+
+
+def _shape_problems(section: str, error: ValidationError) -> Iterable[Problem]:
+    for detail in error.errors():
+        path = section
+        for part in detail["loc"]:
+            path = f"{path}[{part}]" if isinstance(part, int) else f"{path}.{part}"
+        kind = detail["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key (see docs/policy.md for the keys of this section)"
+        elif kind == "missing":
+            message = "is required"
+        else:
+            message = detail["msg"]
+        yield Problem(path, message)
+
+
+def _declared(raw_systems: Any, key: str) -> set[str] | None:
+    """Business units or sites the systems declare, read leniently so a shape problem elsewhere in
+    ``systems`` does not hide the problems of the sections that name them."""
+    if not isinstance(raw_systems, dict):
+        return None
+    found: set[str] = set()
+    for system in raw_systems.values():
+        values = system.get(key, []) if isinstance(system, dict) else []
+        found.update(str(v) for v in values if isinstance(values, list))
+    return found
+
+
+def _meaning_problems(sections: dict[str, Any], data: dict[str, Any]) -> list[Problem]:
+    problems: list[Problem] = []
+    if "format" in sections and sections["format"] != SUPPORTED_FORMAT:
+        problems.append(
+            Problem("format", f"format {sections['format']} is not supported; this syncgov reads {SUPPORTED_FORMAT}")
+        )
+    systems: dict[str, System] | None = sections.get("systems")
+    raw_systems = data.get("systems")
+    known_systems = {str(k) for k in raw_systems} if isinstance(raw_systems, dict) else None
+    units = _declared(raw_systems, "business_units")
+    sites = _declared(raw_systems, "sites")
+    if systems is not None:
+        problems.extend(_check_systems(systems))
+    if "administrators" in sections:
+        problems.extend(_unknown_systems("administrators", sections["administrators"], known_systems))
+    if "ownership" in sections:
+        problems.extend(_check_ownership(sections["ownership"], known_systems))
+    if "sla" in sections:
+        problems.extend(_check_sla(sections["sla"]))
+    if "retries" in sections:
+        problems.extend(_check_retries(sections["retries"]))
+    if "tolerances" in sections:
+        problems.extend(_check_tolerances(sections["tolerances"], units))
+    if "exceptions" in sections:
+        problems.extend(_check_exceptions(sections["exceptions"], sites, units))
+    if "ordering" in sections:
+        problems.extend(_duration("ordering.out_of_order_hold", sections["ordering"].out_of_order_hold))
+    return problems
+
+
+def _check_systems(systems: dict[str, System]) -> Iterable[Problem]:
+    if not systems:
+        yield Problem("systems", "declare at least one system")
+    for system_id, system in systems.items():
+        if not _SYSTEM_ID.match(system_id):
+            yield Problem(f"systems.{system_id}", "ids are lowercase letters, digits and '-', starting with a letter")
+        if system.kind not in catalog.SYSTEM_KINDS:
+            yield Problem(f"systems.{system_id}.kind", f"{system.kind!r} is not a kind; use one of "
+                                                       f"{', '.join(sorted(catalog.SYSTEM_KINDS))}")  # fmt: skip
+
+
+def _unknown_systems(path: str, names: Iterable[str], known: set[str] | None) -> Iterable[Problem]:
+    if known is None:
+        return
+    for index, name in enumerate(names):
+        if name not in known:
+            yield Problem(f"{path}[{index}]", f"unknown system {name!r}; declare it under systems")
+
+
+def _check_rule(path: str, rule: Any, known: set[str] | None) -> Iterable[Problem]:
+    if known is not None and rule.system_of_record not in known:
+        yield Problem(f"{path}.system_of_record", f"unknown system {rule.system_of_record!r}; declare it under systems")
+    if rule.writers is not None:
+        yield from _unknown_systems(f"{path}.writers", rule.writers, known)
+        if not rule.writers:
+            yield Problem(f"{path}.writers", "is empty: nobody could write; leave it out to mean the system of record")
+        elif rule.system_of_record not in rule.writers:
+            yield Problem(f"{path}.writers", f"must include the system of record {rule.system_of_record!r}")
+    if rule.sync is not None:
+        if known is not None and rule.sync.from_ not in known:
+            yield Problem(f"{path}.sync.from", f"unknown system {rule.sync.from_!r}")
+        elif rule.sync.from_ != rule.system_of_record:
+            yield Problem(f"{path}.sync.from", f"data flows from its system of record {rule.system_of_record!r}, "
+                                               f"not from {rule.sync.from_!r}")  # fmt: skip
+        yield from _unknown_systems(f"{path}.sync.to", rule.sync.to, known)
+
+
+def _check_ownership(ownership: dict[str, ObjectRule], known: set[str] | None) -> Iterable[Problem]:
+    for name, object_type in catalog.OBJECT_TYPES.items():
+        if object_type.required and name not in ownership:
+            yield Problem(f"ownership.{name}", "has no owner: every object syncgov writes needs a system_of_record")
+    for name, rule in ownership.items():
+        path = f"ownership.{name}"
+        object_type = catalog.OBJECT_TYPES.get(name)
+        if object_type is None:
+            yield Problem(path, f"unknown object type; known: {', '.join(catalog.OBJECT_TYPES)}")
+            continue
+        yield from _check_rule(path, rule, known)
+        if rule.readers is not None:
+            yield from _unknown_systems(f"{path}.readers", rule.readers, known)
+        if rule.conflict not in catalog.CONFLICT_RULES:
+            yield Problem(f"{path}.conflict", f"{rule.conflict!r} is not a rule; use one of "
+                                              f"{', '.join(sorted(catalog.CONFLICT_RULES))}")  # fmt: skip
+        yield from _check_fields(path, object_type, rule, known)
+
+
+def _check_fields(path: str, object_type: catalog.ObjectType, rule: ObjectRule, known: set[str] | None):
+    if rule.fields and object_type.message is None:
+        yield Problem(f"{path}.fields", f"{object_type.name} is governed as a whole; it has no field rules")
+        return
+    valid = object_type.field_paths()
+    by_plain = {p.replace("[]", ""): p for p in valid}
+    owners: dict[str, str] = {}
+    for field, field_rule in rule.fields.items():
+        field_path = f"{path}.fields.{field}"
+        canonical = field if field in valid else by_plain.get(field.replace("[]", ""))
+        if canonical is None:
+            yield Problem(field_path, f"{object_type.name} has no field {field!r} (fields follow the contract "
+                                      f"{object_type.message.full_name}, e.g. {sorted(valid)[0]})")  # fmt: skip
+            continue
+        if canonical in owners:
+            yield Problem(field_path, f"two owners for one field: {field!r} and {owners[canonical]!r} both name "
+                                      f"{canonical}")  # fmt: skip
+            continue
+        owners[canonical] = field
+        yield from _check_rule(field_path, field_rule, known)
+
+
+def _duration(path: str, text: str, *, positive: bool = True) -> Iterable[Problem]:
+    try:
+        value = parse_duration(text)
+    except ValueError as error:
+        yield Problem(path, str(error))
+        return
+    if positive and value.total_seconds() <= 0:
+        yield Problem(path, "must be longer than zero")
+
+
+def _check_sla(sla: dict[str, dict[str, str]]) -> Iterable[Problem]:
+    for workflow, levels in sla.items():
+        if workflow not in catalog.WORKFLOWS:
+            yield Problem(f"sla.{workflow}", f"unknown workflow; known: {', '.join(sorted(catalog.WORKFLOWS))}")
+            continue
+        for criticality, within in levels.items():
+            path = f"sla.{workflow}.{criticality}"
+            if criticality not in catalog.CRITICALITIES:
+                yield Problem(path, f"unknown criticality; use one of {', '.join(catalog.CRITICALITIES)}")
+            else:
+                yield from _duration(path, within)
+
+
+def _check_retries(retries: Retries) -> Iterable[Problem]:
+    for path, retry in [("retries.default", retries.default),
+                        *((f"retries.consumers.{n}", r) for n, r in retries.consumers.items())]:  # fmt: skip
+        if not 1 <= retry.max_deliveries <= 100:
+            yield Problem(f"{path}.max_deliveries", f"must be between 1 and 100, got {retry.max_deliveries}")
+        if not retry.backoff:
+            yield Problem(f"{path}.backoff", "needs at least one step")
+        for index, step in enumerate(retry.backoff):
+            yield from _duration(f"{path}.backoff[{index}]", step, positive=False)
+
+
+def _percent(path: str, value: Decimal) -> Iterable[Problem]:
+    if not Decimal(0) <= value <= Decimal(100):
+        yield Problem(path, f"must be a percentage between 0 and 100, got {value}")
+
+
+def _check_tolerance(path: str, tolerance: Tolerance) -> Iterable[Problem]:
+    for name in ("upper_percent", "lower_percent"):
+        yield from _percent(f"{path}.price.{name}", getattr(tolerance.price, name))
+        yield from _percent(f"{path}.quantity.{name}", getattr(tolerance.quantity, name))
+    for name in ("upper_absolute", "lower_absolute"):
+        value = getattr(tolerance.price, name)
+        if value < 0:
+            yield Problem(f"{path}.price.{name}", f"must not be negative, got {value}")
+    yield from _percent(f"{path}.over_receipt_percent", tolerance.over_receipt_percent)
+
+
+def _check_tolerances(tolerances: Tolerances, units: set[str] | None) -> Iterable[Problem]:
+    yield from _check_tolerance("tolerances.default", tolerances.default)
+    for unit, tolerance in tolerances.business_units.items():
+        path = f"tolerances.business_units.{unit}"
+        if units is not None and unit not in units:
+            yield Problem(path, f"unknown business unit {unit!r}; declare it on a system's business_units")
+        yield from _check_tolerance(path, tolerance)
+
+
+def _check_exceptions(exceptions: Exceptions, sites: set[str] | None, units: set[str] | None):
+    teams = set(exceptions.teams)
+    if not teams:
+        yield Problem("exceptions.teams", "declare at least one team")
+    if exceptions.default_team not in teams:
+        yield Problem("exceptions.default_team", f"unknown team {exceptions.default_team!r}; declare it under teams")
+    for index, route in enumerate(exceptions.routes):
+        path = f"exceptions.routes[{index}]"
+        if not route.team:
+            yield Problem(f"{path}.team", "names no team: every route must say who owns what it matches")
+        elif route.team not in teams:
+            yield Problem(f"{path}.team", f"unknown team {route.team!r}; declare it under exceptions.teams")
+        for value in route.match.type:
+            if value not in catalog.EXCEPTION_TYPES:
+                yield Problem(f"{path}.match.type", f"unknown exception type {value!r}")
+        for value in route.match.severity:
+            if value not in catalog.SEVERITIES:
+                yield Problem(f"{path}.match.severity", f"unknown severity {value!r}; use {_SEVERITY_LIST}")
+        if route.severity is not None and route.severity not in catalog.SEVERITIES:
+            yield Problem(f"{path}.severity", f"unknown severity {route.severity!r}; use {_SEVERITY_LIST}")
+        for value in route.match.site:
+            if sites is not None and value not in sites:
+                yield Problem(f"{path}.match.site", f"unknown site {value!r}; declare it on a system's sites")
+        for value in route.match.business_unit:
+            if units is not None and value not in units:
+                yield Problem(f"{path}.match.business_unit", f"unknown business unit {value!r}")
+        if route.escalate_after is not None:
+            yield from _duration(f"{path}.escalate_after", route.escalate_after)
+        if route.escalate_to is not None:
+            if route.escalate_to not in teams:
+                yield Problem(f"{path}.escalate_to", f"unknown team {route.escalate_to!r}")
+            if route.escalate_after is None:
+                yield Problem(f"{path}.escalate_after", "is required with escalate_to: say after how long")
+    for (i, first), (j, second) in combinations(enumerate(exceptions.routes), 2):
+        if first.team != second.team and routes_overlap(first, second):
+            message = (
+                f"overlaps exceptions.routes[{i}]: an exception can match both with equal specificity but they "
+                f"name different teams ({second.team!r} and {first.team!r}); narrow one of them"
+            )
+            yield Problem(f"exceptions.routes[{j}]", message)
+
+
+_DIMENSIONS = ("type", "severity", "site", "business_unit")
+
+
+def specificity(route: Route) -> int:
+    return sum(1 for d in _DIMENSIONS if getattr(route.match, d))
+
+
+def routes_overlap(first: Route, second: Route) -> bool:
+    """Both could match one exception and neither is more specific: the router could not choose."""
+    if specificity(first) != specificity(second):
+        return False
+    for dimension in _DIMENSIONS:
+        a, b = set(getattr(first.match, dimension)), set(getattr(second.match, dimension))
+        if a and b and not a & b:
+            return False
+    return True
