@@ -57,12 +57,19 @@ class WriteDecision:
     def reason(self) -> str:
         if self.allowed:
             return f"{self.system} may write {self.object_type}"
-        parts = [
-            f"{r.field or self.object_type} belongs to {r.ownership.system_of_record} "
-            f"(writers: {', '.join(r.ownership.writers)}; rule {r.ownership.rule_path})"
-            for r in self.refusals
-        ]
-        return f"{self.system} may not write: " + "; ".join(parts)
+        by_rule: dict[str, list[FieldRefusal]] = {}
+        for refusal in self.refusals:
+            by_rule.setdefault(refusal.ownership.rule_path, []).append(refusal)
+        parts = []
+        for rule_path, refusals in by_rule.items():
+            fields = [r.field for r in refusals if r.field]
+            shown = ", ".join(fields[:6]) + (f" and {len(fields) - 6} more" if len(fields) > 6 else "")
+            ownership = refusals[0].ownership
+            parts.append(
+                f"{shown or self.object_type} belong(s) to {ownership.system_of_record} "
+                f"(writers: {', '.join(ownership.writers) or 'none'}; rule {rule_path})"
+            )
+        return f"{self.system} may not write {self.object_type}: " + "; ".join(parts)
 
 
 @dataclass(frozen=True, slots=True)

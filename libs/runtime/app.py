@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -35,13 +35,18 @@ from opentelemetry.sdk.trace import SpanProcessor
 from pydantic import ValidationError
 from redis.asyncio import Redis
 
+from libs.policy.engine import Policy
+from libs.runtime.access import AccessRule
+from libs.runtime.audit import AuditRecorder
 from libs.runtime.consumers import ConsumerRunner, ConsumerSpec
+from libs.runtime.enforcement import OwnershipGuard
 from libs.runtime.events import EventPublisher, EventReader
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.idempotency import IdempotencyStore
 from libs.runtime.identity import IdentityResolver
 from libs.runtime.interceptors import EdgeInterceptor
 from libs.runtime.logs import setup_logging
+from libs.runtime.policy_store import PolicyStore, PolicyView
 from libs.runtime.settings import RuntimeSettings
 from libs.runtime.streams import ALL_STREAMS, StreamSpec, provision_streams
 from libs.runtime.subjects import Namespace
@@ -65,6 +70,9 @@ class Runtime(Generic[S]):
     publisher: EventPublisher
     reader: EventReader
     exceptions: ExceptionReporter
+    policy: PolicyView
+    policy_store: PolicyStore
+    audit: AuditRecorder
 
     def idempotency_store(self, service: str) -> IdempotencyStore:
         return IdempotencyStore(self.redis, self.namespace, service, self.settings.idempotency_ttl_seconds)
@@ -75,6 +83,8 @@ class GrpcService:
     descriptor: ServiceDescriptor
     add_to_server: Callable[[Any, grpc.aio.Server], None]
     servicer: Any
+    # Method name -> what it does to which object; the edge refuses methods without a rule.
+    access: Mapping[str, AccessRule] = field(default_factory=dict)
 
 
 @dataclass
@@ -164,9 +174,13 @@ async def serve(
     server: grpc.aio.Server | None = None
     health_servicer = health.aio.HealthServicer()
     runners: list[ConsumerRunner] = []
+    policy_view: PolicyView | None = None
     try:
         js = nc.jetstream(timeout=settings.publish_timeout_seconds)
         publisher = EventPublisher(js, namespace, telemetry.tracer, settings.publish_timeout_seconds)
+        policy_store = PolicyStore(js, namespace, settings.stream_replicas)
+        policy_view = PolicyView(policy_store, Policy.from_text(settings.policy_file.read_text(), revision=0))
+        await policy_view.start()
         runtime = Runtime(
             settings=settings,
             namespace=namespace,
@@ -177,6 +191,9 @@ async def serve(
             publisher=publisher,
             reader=EventReader(js, namespace),
             exceptions=ExceptionReporter(publisher, settings.service_name),
+            policy=policy_view,
+            policy_store=policy_store,
+            audit=AuditRecorder(publisher),
         )
         service = wire(runtime)
         await provision_streams(js, namespace, service.streams, settings.stream_replicas)
@@ -193,11 +210,17 @@ async def serve(
             await runner.provision()
             runners.append(runner)
 
-        identity = IdentityResolver(settings.caller_tokens)
-        if not identity.tokens_required:
-            log.warning("no SYNCGOV_CALLER_TOKENS configured: callers declare their system (development mode)")
+        identity = IdentityResolver(settings.caller_tokens, mtls=settings.tls_client_ca_file is not None)
+        if identity.development_mode:
+            log.warning("no SYNCGOV_CALLER_TOKENS and no mTLS: callers declare their system (development mode)")
+        rules = {
+            f"/{entry.descriptor.full_name}/{name}": rule
+            for entry in service.grpc_services
+            for name, rule in entry.access.items()
+        }
+        guard = OwnershipGuard(policy_view, rules, runtime.exceptions, runtime.audit)
         server = grpc.aio.server(
-            interceptors=[EdgeInterceptor(identity, telemetry.meter, telemetry.tracer)],
+            interceptors=[EdgeInterceptor(identity, guard, telemetry.meter, telemetry.tracer)],
             options=grpc_server_options(settings),
         )
         names = [entry.descriptor.full_name for entry in service.grpc_services]
@@ -207,7 +230,7 @@ async def serve(
         reflection.enable_server_reflection(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
         )
-        port = server.add_insecure_port(f"{settings.grpc_host}:{settings.grpc_port}")
+        port = _bind(server, settings)
         if port == 0:
             raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
         await server.start()
@@ -225,6 +248,8 @@ async def serve(
         yield RunningService(port, runtime, health_servicer, runners)
     finally:
         await health_servicer.enter_graceful_shutdown()
+        if policy_view is not None:
+            await policy_view.stop()
         for runner in reversed(runners):
             await runner.stop()
         if server is not None:
@@ -234,6 +259,18 @@ async def serve(
         await redis.aclose()
         telemetry.shutdown()
         log.info("stopped")
+
+
+def _bind(server: grpc.aio.Server, settings: RuntimeSettings) -> int:
+    address = f"{settings.grpc_host}:{settings.grpc_port}"
+    if settings.tls_cert_file is None:
+        return server.add_insecure_port(address)
+    credentials = grpc.ssl_server_credentials(
+        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+        root_certificates=settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None,
+        require_client_auth=settings.tls_client_ca_file is not None,
+    )
+    return server.add_secure_port(address, credentials)
 
 
 def run(settings_class: type[S], wire: Callable[[Runtime[S]], Service]) -> None:

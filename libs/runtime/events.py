@@ -12,6 +12,7 @@ object's own subject ``<ns>.<domain>.<key>.<event>``, carrying:
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HEADER_EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 JS_ERR_WRONG_LAST_SEQUENCE = 10071
+
+# The policy revision the edge used to allow the current call; events record it (DESIGN §3.6).
+current_policy_revision: contextvars.ContextVar[int] = contextvars.ContextVar("syncgov_policy_revision", default=0)
 
 
 class WrongLastSequence(Exception):
@@ -108,7 +112,7 @@ def build_envelope(event: Event, recorded_at: datetime) -> envelope_pb2.EventEnv
         source_system=event.source_system,
         recorded_at=timestamp(recorded_at),
         idempotency_key=event.idempotency_key,
-        policy_revision=event.policy_revision,
+        policy_revision=event.policy_revision or current_policy_revision.get(),
         workflow_key=event.workflow_key,
         content_sha256=event.content_sha256,
         payload=payload,

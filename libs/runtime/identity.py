@@ -47,14 +47,28 @@ def reset_caller(token: contextvars.Token[Caller]) -> None:
 
 
 class IdentityResolver:
-    def __init__(self, tokens: Mapping[str, str]) -> None:
+    def __init__(self, tokens: Mapping[str, str], mtls: bool = False) -> None:
         self._tokens = dict(tokens)
+        self._mtls = mtls
 
     @property
     def tokens_required(self) -> bool:
         return bool(self._tokens)
 
-    def resolve(self, metadata: Sequence[tuple[str, str | bytes]] | None) -> Caller:
+    @property
+    def development_mode(self) -> bool:
+        return not self._tokens and not self._mtls
+
+    def resolve(
+        self,
+        metadata: Sequence[tuple[str, str | bytes]] | None,
+        auth_context: Mapping[str, Sequence[bytes]] | None = None,
+    ) -> Caller:
+        if self._mtls:
+            names = (auth_context or {}).get("x509_common_name") or ()
+            if not names:
+                raise Unauthenticated("no client certificate: this server requires mTLS", reason="NO_CREDENTIALS")
+            return Caller(names[0].decode(), True)
         headers = {key.lower(): value for key, value in (metadata or ()) if isinstance(value, str)}
         if self._tokens:
             auth = headers.get("authorization", "")

@@ -1,6 +1,6 @@
-"""The edge interceptor: the server span, caller identity, error mapping and RPC metrics.
+"""The edge interceptor: the server span, caller identity, ownership, error mapping and RPC metrics.
 
-One interceptor does all four so each call pays for one wrapper, and the
+One interceptor does all of them so each call pays for one wrapper, and the
 wrapper is built once per method, not per call. The server span follows the
 OpenTelemetry RPC semantic conventions (``rpc.system``, ``rpc.service``,
 ``rpc.method``, ``rpc.grpc.status_code``) and continues the caller's W3C trace
@@ -23,7 +23,9 @@ from opentelemetry.metrics import Meter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from libs.runtime import attributes
+from libs.runtime.enforcement import OwnershipGuard
 from libs.runtime.errors import ServiceError
+from libs.runtime.events import current_policy_revision
 from libs.runtime.identity import IdentityResolver, reset_caller, set_caller
 
 log = logging.getLogger(__name__)
@@ -34,8 +36,9 @@ _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
 
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
-    def __init__(self, identity: IdentityResolver, meter: Meter, tracer: trace.Tracer) -> None:
+    def __init__(self, identity: IdentityResolver, guard: OwnershipGuard, meter: Meter, tracer: trace.Tracer) -> None:
         self._identity = identity
+        self._guard = guard
         self._tracer = tracer
         self._duration = meter.create_histogram(
             "syncgov.rpc.server.duration", unit="s", description="Duration of handled gRPC calls."
@@ -82,11 +85,14 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 method, context=parent, kind=SpanKind.SERVER, attributes=span_attributes,
                 record_exception=False, set_status_on_exception=False,
             ) as span:  # fmt: skip
-                token = None
+                token = revision_token = None
                 try:
-                    caller = self._identity.resolve(metadata)
+                    caller = self._identity.resolve(metadata, context.auth_context())
                     token = set_caller(caller)
                     span.set_attribute(attributes.CALLER_SYSTEM, caller.system)
+                    policy = await self._guard.authorize(method, request, caller)
+                    revision_token = current_policy_revision.set(policy.revision)
+                    span.set_attribute(attributes.POLICY_REVISION, policy.revision)
                     return await inner(request, context)
                 except ServiceError as error:
                     outcome = error.code
@@ -102,6 +108,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                 finally:
                     if token is not None:
                         reset_caller(token)
+                    if revision_token is not None:
+                        current_policy_revision.reset(revision_token)
                     code = outcome.value[0]
                     span.set_attribute("rpc.grpc.status_code", code)
                     if outcome in _SERVER_FAULTS:

@@ -7,10 +7,14 @@ secret has a default.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The shipped default policy; the container image sets SYNCGOV_POLICY_FILE to its copy.
+DEFAULT_POLICY_FILE = Path(__file__).resolve().parents[2] / "deploy" / "policy" / "default.yaml"
 
 
 class RuntimeSettings(BaseSettings):
@@ -44,6 +48,15 @@ class RuntimeSettings(BaseSettings):
         default_factory=dict,
         description='Bearer token -> system id, JSON, e.g. {"tok-erp": "erp"}; empty enables declared identities.',
     )
+    policy_file: Path = Field(
+        DEFAULT_POLICY_FILE,
+        description="Policy in force (as revision 0) until one is applied through the control plane.",
+    )
+    tls_cert_file: Path | None = Field(None, description="Server certificate (PEM); set with the key to serve TLS.")
+    tls_key_file: Path | None = Field(None, description="Server private key (PEM).")
+    tls_client_ca_file: Path | None = Field(
+        None, description="CA that signs client certificates; set to require mTLS (the certificate's CN is the system)."
+    )
     default_max_deliver: int = Field(5, ge=1, description="Deliveries before a message is handed off.")
     default_backoff_seconds: list[float] = Field(
         default_factory=lambda: [0.5, 2.0, 10.0, 30.0],
@@ -56,6 +69,14 @@ class RuntimeSettings(BaseSettings):
         if not value or any(step < 0 for step in value):
             raise ValueError("needs at least one delay, none negative")
         return value
+
+    @model_validator(mode="after")
+    def _tls_files_come_together(self) -> RuntimeSettings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("SYNCGOV_TLS_CERT_FILE and SYNCGOV_TLS_KEY_FILE are set together")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("SYNCGOV_TLS_CLIENT_CA_FILE needs SYNCGOV_TLS_CERT_FILE and SYNCGOV_TLS_KEY_FILE")
+        return self
 
     @property
     def stream_prefix(self) -> str:

@@ -29,6 +29,7 @@ class StreamSpec:
     domain: str
     description: str
     deny_purge: bool = False
+    max_age_seconds: float | None = None
 
 
 SUPPLIER = StreamSpec("supplier", "Golden supplier records and their changes")
@@ -37,8 +38,11 @@ RECEIPT = StreamSpec("receipt", "Goods receipts and returns, reconciled")
 INVOICE = StreamSpec("invoice", "Invoices, match results and state changes")
 EXCEPTION = StreamSpec("exception", "Exceptions raised by every service, and their handling")
 AUDIT = StreamSpec("audit", "Hash-chained audit trail; append-only", deny_purge=True)
+# Records (refusals, overrides, replays, policy changes) waiting for the control plane to chain them;
+# kept a month so a control plane that was down for a while still finds them.
+AUDIT_INBOX = StreamSpec("auditin", "Audit records waiting for their place in the chain", max_age_seconds=30 * 86400)
 
-ALL_STREAMS = (SUPPLIER, PO, RECEIPT, INVOICE, EXCEPTION, AUDIT)
+ALL_STREAMS = (SUPPLIER, PO, RECEIPT, INVOICE, EXCEPTION, AUDIT, AUDIT_INBOX)
 
 
 def stream_config(namespace: Namespace, spec: StreamSpec, replicas: int) -> StreamConfig:
@@ -55,6 +59,7 @@ def stream_config(namespace: Namespace, spec: StreamSpec, replicas: int) -> Stre
         deny_delete=True,
         deny_purge=spec.deny_purge,
         allow_direct=True,
+        max_age=spec.max_age_seconds,
     )
 
 
@@ -67,7 +72,13 @@ _COMPARED_FIELDS = (
     "deny_purge",
     "allow_direct",
     "num_replicas",
+    "max_age",
 )
+
+
+def _setting(config: StreamConfig, name: str) -> object:
+    value = getattr(config, name)
+    return value or 0 if name == "max_age" else value  # the server reports "no limit" as 0
 
 
 async def provision_streams(
@@ -84,7 +95,7 @@ async def provision_streams(
             log.info("created stream %s", wanted.name, extra={"stream": wanted.name})
             changed.append(wanted.name)
             continue
-        if any(getattr(current, name) != getattr(wanted, name) for name in _COMPARED_FIELDS):
+        if any(_setting(current, name) != _setting(wanted, name) for name in _COMPARED_FIELDS):
             await js.update_stream(wanted)
             log.info("updated stream %s to spec", wanted.name, extra={"stream": wanted.name})
             changed.append(wanted.name)

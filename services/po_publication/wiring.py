@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
+from libs.runtime.access import Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
-from libs.runtime.streams import EXCEPTION, PO
+from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO
 from services.po_publication.servicer import PurchaseOrderServicer
 from services.po_publication.settings import Settings
 from services.po_publication.store import PurchaseOrderStore
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
+
+ACCESS = {
+    "PublishPurchaseOrder": Write(
+        "purchase_order", key="purchase_order.po_id", document="purchase_order", version="purchase_order.version"
+    ),
+    "ChangePurchaseOrder": Write(
+        "purchase_order", key="purchase_order.po_id", document="purchase_order", version="purchase_order.version"
+    ),
+    "CancelPurchaseOrder": Write("purchase_order", key="po_id", version="version"),
+    "AcknowledgePurchaseOrder": Write("purchase_order_acknowledgment", key="po_id", version="version"),
+    "RejectPurchaseOrder": Write("purchase_order_acknowledgment", key="po_id", version="version"),
+    "GetPurchaseOrder": Read("purchase_order"),
+    "ListPurchaseOrderVersions": Read("purchase_order"),
+    "ListUnacknowledgedPurchaseOrders": Read("purchase_order"),
+}
 
 
 def wire(rt: Runtime[Settings]) -> Service:
@@ -19,7 +35,8 @@ def wire(rt: Runtime[Settings]) -> Service:
                 po_service_pb2.DESCRIPTOR.services_by_name["PurchaseOrderService"],
                 po_service_pb2_grpc.add_PurchaseOrderServiceServicer_to_server,
                 servicer,
+                access=ACCESS,
             )
         ],
-        streams=(PO, EXCEPTION),
+        streams=(PO, EXCEPTION, AUDIT_INBOX),
     )

@@ -286,12 +286,13 @@ async def test_unhandled_error_is_internal_without_leaking_details(po_settings):
     def broken_wire(rt):
         real = wire(rt)
         entry = real.grpc_services[0]
-        return Service([GrpcService(entry.descriptor, entry.add_to_server, Broken())], streams=real.streams)
+        broken = GrpcService(entry.descriptor, entry.add_to_server, Broken(), access=entry.access)
+        return Service([broken], streams=real.streams)
 
     async with running_service(po_settings, broken_wire) as (_, channel, _):
         stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
         with pytest.raises(grpc.aio.AioRpcError) as failure:
-            await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="x"))
+            await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="x"), metadata=PROCUREMENT)
         assert failure.value.code() == grpc.StatusCode.INTERNAL
         assert "secret" not in failure.value.details()
 

@@ -23,7 +23,7 @@ def test_erp_may_not_write_a_po_price_and_the_decision_says_why(policy):
     [refusal] = decision.refusals
     assert refusal.ownership.system_of_record == "procurement"
     assert refusal.ownership.rule_path == "ownership.purchase_order"
-    assert "lines[].unit_price belongs to procurement" in decision.reason()
+    assert "lines[].unit_price belong(s) to procurement" in decision.reason()
 
 
 def test_procurement_may_write_the_same_field(policy):

@@ -1,0 +1,64 @@
+"""What each RPC does to which object: the edge's input for ownership enforcement.
+
+Every method a service serves declares one rule; the edge refuses methods
+without one (fail closed) and a structural test keeps the declarations whole.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from google.protobuf.message import Message
+
+_LEAF_MESSAGES = {"google.type.Money", "google.type.Decimal", "google.type.Date", "google.protobuf.Timestamp",
+                  "google.protobuf.Duration"}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """Reads ``object_type``: any known system, unless the policy lists readers."""
+
+    object_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Write:
+    """Writes ``object_type``. ``document`` names the request field holding the object (its set fields are
+    what the call touches); without it the call writes the object as a whole. ``key`` and ``version`` are
+    dotted paths in the request, for the audit trail and exceptions."""
+
+    object_type: str
+    key: str
+    document: str | None = None
+    version: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Administer:
+    """Changes policy itself: only the policy's administrators."""
+
+
+AccessRule = Read | Write | Administer
+
+
+def touched_fields(message: Message, prefix: str = "") -> set[str]:
+    """Field paths a message sets, in policy notation (``lines[].unit_price``); value types are leaves."""
+    found: set[str] = set()
+    for field, value in message.ListFields():
+        path = f"{prefix}{field.name}{'[]' if field.is_repeated else ''}"
+        found.add(path)
+        nested = field.message_type
+        if nested is None or nested.full_name in _LEAF_MESSAGES or nested.GetOptions().map_entry:
+            continue
+        items: Iterable[Message] = value if field.is_repeated else (value,)
+        for item in items:
+            found |= touched_fields(item, f"{path}.")
+    return found
+
+
+def resolve(message: Message, dotted: str) -> object:
+    value: object = message
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value

@@ -1,0 +1,186 @@
+"""The audit trail on JetStream: records from every service, one chain written by the control plane.
+
+* :class:`AuditRecorder` — any service records a refusal, override or replay by
+  publishing an :class:`AuditEntry` (in the usual envelope) to the audit inbox,
+  ``<ns>.auditin.<object>.<action>``.
+* :class:`AuditChain` — the control plane seals entries into the AUDIT stream
+  (deny delete, deny purge), one subject per object
+  (``<ns>.audit.<object>.entry``). Appends are serialized by
+  ``Nats-Expected-Last-Sequence`` on the whole stream, so concurrent chainers
+  cannot fork the chain; ``Nats-Msg-Id`` = the entry's source, so a redelivered
+  record is chained once.
+* Writes need no record: every write is an event, and the control plane chains
+  the domain streams' events as they arrive (``entry_from_event``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError, NotFoundError
+from opentelemetry import trace
+
+from libs.audit.chain import GENESIS, seal
+from libs.runtime.events import (
+    CONTENT_TYPE,
+    HEADER_EVENT_TYPE,
+    HEADER_MSG_ID,
+    JS_ERR_WRONG_LAST_SEQUENCE,
+    Event,
+    EventPublisher,
+    StoredEvent,
+    timestamp,
+)
+from libs.runtime.subjects import Namespace
+from syncgov.common.v1 import types_pb2
+from syncgov.controlplane.v1 import controlplane_pb2
+
+INBOX_DOMAIN = "auditin"
+CHAIN_DOMAIN = "audit"
+HEADER_EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
+_ENTRY_TYPE = controlplane_pb2.AuditEntry.DESCRIPTOR.full_name
+
+
+def audit_key(object_type: str, object_key: str) -> str:
+    return f"{object_type}/{object_key}"
+
+
+def current_trace_id() -> str:
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else ""
+
+
+class AuditRecorder:
+    def __init__(self, publisher: EventPublisher) -> None:
+        self._publisher = publisher
+
+    async def record(
+        self,
+        *,
+        actor: str,
+        action: str,
+        object_ref: types_pb2.ObjectRef,
+        outcome: str,
+        reason: str,
+        policy_revision: int,
+    ) -> None:
+        entry = controlplane_pb2.AuditEntry(
+            actor=actor, action=action, object=object_ref, outcome=outcome, reason=reason,
+            policy_revision=policy_revision, trace_id=current_trace_id(),
+        )  # fmt: skip
+        entry.recorded_at.CopyFrom(timestamp(datetime.now(UTC)))
+        record_id = str(uuid.uuid4())
+        await self._publisher.publish(
+            Event(
+                domain=INBOX_DOMAIN, object_type=object_ref.object_type,
+                object_key=audit_key(object_ref.object_type, object_ref.object_key),
+                object_version=object_ref.version, name=action, payload=entry,
+                idempotency_key=f"audit-record:{record_id}", source_system=actor, policy_revision=policy_revision,
+            )
+        )  # fmt: skip
+
+
+def entry_from_event(event: StoredEvent) -> controlplane_pb2.AuditEntry:
+    """The audit entry for one domain event (a write), or the inbox record as it was recorded."""
+    envelope = event.envelope
+    source = f"{event.stream}:{event.sequence}"
+    if envelope.payload.Is(controlplane_pb2.AuditEntry.DESCRIPTOR):
+        entry = event.unpack(controlplane_pb2.AuditEntry)
+        entry.source = source
+        return entry
+    traceparent = event.headers.get("traceparent", "")
+    entry = controlplane_pb2.AuditEntry(
+        actor=envelope.source_system,
+        action="write",
+        object=types_pb2.ObjectRef(
+            object_type=envelope.object_type, object_key=envelope.object_key, version=envelope.object_version
+        ),
+        outcome="allowed",
+        reason=envelope.event_type,
+        policy_revision=envelope.policy_revision,
+        trace_id=traceparent.split("-")[1] if traceparent.count("-") >= 3 else "",
+        source=source,
+    )
+    entry.recorded_at.CopyFrom(envelope.recorded_at)
+    return entry
+
+
+class ChainConflict(Exception):
+    """Another writer appended to the chain first; re-read the tail and try again."""
+
+
+class AuditChain:
+    def __init__(self, js: JetStreamContext, namespace: Namespace, timeout: float = 5.0) -> None:
+        self._js = js
+        self._ns = namespace
+        self._stream = namespace.stream(CHAIN_DOMAIN)
+        self._timeout = timeout
+        self._tail: tuple[int, str] | None = None
+
+    async def tail(self) -> tuple[int, str]:
+        """(last sequence, last entry hash) of the chain, (0, GENESIS) when it is empty."""
+        info = await self._js.stream_info(self._stream)
+        if info.state.messages == 0:
+            return info.state.last_seq, GENESIS
+        raw = await self._js.get_msg(self._stream, info.state.last_seq)
+        return raw.seq, controlplane_pb2.AuditEntry.FromString(raw.data or b"").entry_hash
+
+    async def append(self, entry: controlplane_pb2.AuditEntry, attempts: int = 20) -> int:
+        """Seal the entry onto the chain and return its sequence; safe to call again for the same source."""
+        for _ in range(attempts):
+            if self._tail is None:
+                self._tail = await self.tail()
+            last_sequence, last_hash = self._tail
+            seal(entry, last_hash)
+            headers = {
+                HEADER_MSG_ID: f"audit:{entry.source}",
+                HEADER_EXPECTED_LAST_SEQUENCE: str(last_sequence),
+                HEADER_EVENT_TYPE: _ENTRY_TYPE,
+                "Content-Type": CONTENT_TYPE,
+            }
+            subject = self._ns.object_subject(
+                CHAIN_DOMAIN, audit_key(entry.object.object_type, entry.object.object_key), "entry"
+            )
+            try:
+                ack = await self._js.publish(
+                    subject, entry.SerializeToString(), timeout=self._timeout, stream=self._stream, headers=headers
+                )
+            except BadRequestError as error:
+                if error.err_code != JS_ERR_WRONG_LAST_SEQUENCE:
+                    raise
+                self._tail = None
+                continue
+            if ack.duplicate:  # chained already (a redelivery): the tail did not move
+                self._tail = None
+                return ack.seq
+            self._tail = (ack.seq, entry.entry_hash)
+            return ack.seq
+        raise ChainConflict(f"could not append after {attempts} attempts")
+
+    async def entries(self, start: int = 1) -> AsyncIterator[controlplane_pb2.AuditEntry]:
+        """Every entry from ``start`` on, in chain order, each with its sequence."""
+        info = await self._js.stream_info(self._stream)
+        for sequence in range(max(start, info.state.first_seq or 1), info.state.last_seq + 1):
+            with contextlib.suppress(NotFoundError):
+                raw = await self._js.get_msg(self._stream, sequence)
+                entry = controlplane_pb2.AuditEntry.FromString(raw.data or b"")
+                entry.sequence = raw.seq
+                yield entry
+
+    async def for_object(self, object_type: str, object_key: str) -> list[controlplane_pb2.AuditEntry]:
+        subject = self._ns.object_filter(CHAIN_DOMAIN, audit_key(object_type, object_key))
+        found = []
+        sequence = 1
+        while True:
+            try:
+                raw = await self._js.get_msg(self._stream, sequence, subject=subject, next=True)
+            except NotFoundError:
+                return found
+            entry = controlplane_pb2.AuditEntry.FromString(raw.data or b"")
+            entry.sequence = raw.seq
+            found.append(entry)
+            sequence = raw.seq + 1

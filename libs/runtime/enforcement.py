@@ -1,0 +1,113 @@
+"""Ownership enforced at the edge (DESIGN §3.6): the policy decides, before the servicer runs.
+
+A refused write is PERMISSION_DENIED with the decision's reason, writes
+nothing, and leaves two traces: an audit record (refusal) and an
+``ownership_violation`` exception routed by policy. A caller whose system the
+policy does not declare is UNAUTHENTICATED.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+
+from google.protobuf.message import Message
+
+from libs.policy.engine import Policy
+from libs.runtime.access import AccessRule, Administer, Read, Write, resolve, touched_fields
+from libs.runtime.audit import AuditRecorder
+from libs.runtime.errors import PermissionDenied, Unauthenticated
+from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.identity import Caller
+from libs.runtime.policy_store import PolicyView
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import exception_pb2
+
+log = logging.getLogger(__name__)
+
+_SEVERITY = {name: exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}") for name in ("low", "medium", "high",
+                                                                                          "critical")}  # fmt: skip
+
+
+class OwnershipGuard:
+    def __init__(
+        self,
+        policy: PolicyView,
+        rules: Mapping[str, AccessRule],
+        exceptions: ExceptionReporter,
+        audit: AuditRecorder,
+    ) -> None:
+        self._policy = policy
+        self._rules = dict(rules)
+        self._exceptions = exceptions
+        self._audit = audit
+
+    def rule_for(self, method: str) -> AccessRule | None:
+        return self._rules.get(method)
+
+    async def authorize(self, method: str, request: Message, caller: Caller) -> Policy:
+        """The policy the call was allowed under; raises UNAUTHENTICATED or PERMISSION_DENIED otherwise."""
+        policy = self._policy.current
+        if not policy.is_known_system(caller.system):
+            raise Unauthenticated(
+                f"system {caller.system!r} is not declared in policy revision {policy.revision}",
+                reason="UNKNOWN_SYSTEM",
+                metadata={"system": caller.system, "policy_revision": str(policy.revision)},
+            )
+        rule = self._rules.get(method)
+        if rule is None:
+            raise PermissionDenied(f"{method} declares no access rule; refused", reason="NO_ACCESS_RULE")
+        if isinstance(rule, Read):
+            if not policy.may_read(caller.system, rule.object_type):
+                await self._refuse(policy, caller, method, rule.object_type, "", 0,
+                                   f"{caller.system} may not read {rule.object_type}", [])  # fmt: skip
+        elif isinstance(rule, Administer):
+            if not policy.is_administrator(caller.system):
+                await self._refuse(policy, caller, method, "policy", "policy", policy.revision,
+                                   f"{caller.system} is not a policy administrator", [])  # fmt: skip
+        elif isinstance(rule, Write):
+            document = resolve(request, rule.document) if rule.document else None
+            fields = touched_fields(document) if isinstance(document, Message) else {""}
+            decision = policy.may_write(caller.system, rule.object_type, fields)
+            if not decision.allowed:
+                key = str(resolve(request, rule.key) or "")
+                version = resolve(request, rule.version) if rule.version else 0
+                refused = sorted(r.field for r in decision.refusals if r.field)
+                await self._refuse(policy, caller, method, rule.object_type, key, int(version or 0),
+                                   decision.reason(), refused)  # fmt: skip
+        return policy
+
+    async def _refuse(
+        self, policy: Policy, caller: Caller, method: str, object_type: str, key: str, version: int, reason: str,
+        fields: list[str],
+    ) -> None:  # fmt: skip
+        object_ref = types_pb2.ObjectRef(object_type=object_type, object_key=key, version=version)
+        exception_id = ""
+        try:
+            await self._audit.record(actor=caller.system, action="refusal", object_ref=object_ref, outcome="denied",
+                                     reason=f"{method}: {reason}", policy_revision=policy.revision)  # fmt: skip
+            route = policy.route("ownership_violation")
+            exception = await self._exceptions.raise_exception(
+                exception_pb2.EXCEPTION_TYPE_OWNERSHIP_VIOLATION,
+                _SEVERITY.get(route.severity or "high", exception_pb2.SEVERITY_HIGH),
+                object_ref,
+                f"{method} refused: {reason}",
+                workflow_key=key if object_type == "purchase_order" else "",
+                discriminator=caller.system,
+                policy_revision=policy.revision,
+            )
+            exception_id = exception.exception_id
+        except Exception:
+            # The refusal stands either way; the missing record is loud in the log, never silent.
+            log.exception("could not record the refusal of %s by %s", method, caller.system)
+        raise PermissionDenied(
+            reason,
+            reason="OWNERSHIP_VIOLATION",
+            metadata={
+                "system": caller.system,
+                "object_type": object_type,
+                "fields": ",".join(fields)[:1000],
+                "policy_revision": str(policy.revision),
+                "exception_id": exception_id,
+            },
+        )
