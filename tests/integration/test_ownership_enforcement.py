@@ -36,7 +36,9 @@ async def stored(js, running, domain: str, message_type):
 
 async def test_erp_writing_a_po_price_is_denied_writes_nothing_and_is_recorded(po_service, js):
     running, stub, _ = po_service
-    request = po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order())
+    order = sample_order()
+    order.version = 1
+    request = po_service_pb2.PublishPurchaseOrderRequest(purchase_order=order)
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await stub.PublishPurchaseOrder(request, metadata=ERP)
     assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
