@@ -1,0 +1,1 @@
+"""control-plane: policy as code, its distribution, and the audit trail."""

@@ -250,8 +250,7 @@ async def serve(
         await health_servicer.enter_graceful_shutdown()
         if policy_view is not None:
             await policy_view.stop()
-        for runner in reversed(runners):
-            await runner.stop()
+        await asyncio.gather(*(runner.stop() for runner in runners))
         if server is not None:
             await server.stop(settings.shutdown_grace_seconds)
         with contextlib.suppress(Exception):

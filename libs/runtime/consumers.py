@@ -84,6 +84,7 @@ class ConsumerRunner:
         self._max_deliver = spec.max_deliver or max_deliver
         self._backoff = spec.backoff or backoff
         self._stopping = asyncio.Event()
+        self._processing = False
         self._task: asyncio.Task[None] | None = None
         self._subject = f"{namespace.root}.{spec.filter}"
 
@@ -116,8 +117,10 @@ class ConsumerRunner:
         self._task = asyncio.create_task(self._run(), name=f"consumer {self.durable}")
 
     async def stop(self) -> None:
-        """Stop fetching; the message in hand is finished first."""
+        """Stop fetching; a message in hand is finished first, a fetch that waits is abandoned."""
         self._stopping.set()
+        if self._task is not None and not self._processing:
+            self._task.cancel()
         if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
@@ -135,8 +138,12 @@ class ConsumerRunner:
                     log.exception("fetch failed on %s; retrying", self.durable)
                     await asyncio.sleep(1.0)
                     continue
-                for message in messages:
-                    await self._process(message)
+                self._processing = True
+                try:
+                    for message in messages:
+                        await self._process(message)
+                finally:
+                    self._processing = False
         finally:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()

@@ -42,3 +42,26 @@ async def redis(valkey_server):
     client = Redis.from_url(valkey_server.url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+async def governed_stack(po_settings):
+    """control-plane and po-publication in one namespace, as `syncgov up` runs them."""
+    from control_plane.settings import Settings as ControlPlaneSettings
+    from control_plane.wiring import wire as wire_control_plane
+    from syncgov.controlplane.v1 import controlplane_service_pb2_grpc
+
+    cp_settings = ControlPlaneSettings(
+        grpc_port=0, nats_url=po_settings.nats_url, redis_url=po_settings.redis_url,
+        namespace=po_settings.namespace, log_format="console",
+    )  # fmt: skip
+    async with (
+        running_service(cp_settings, wire_control_plane) as (cp, cp_channel, _),
+        running_service(po_settings, wire) as (po, po_channel, _),
+    ):
+        yield (
+            cp,
+            controlplane_service_pb2_grpc.ControlPlaneServiceStub(cp_channel),
+            po,
+            po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel),
+        )

@@ -1,0 +1,152 @@
+"""ControlPlaneService: proto <-> policy and audit; decisions live in libs/policy and domain.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from control_plane import domain
+from control_plane.store import ControlPlaneStore
+from libs.policy.engine import unified_diff
+from libs.runtime.audit import AuditRecorder
+from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from libs.runtime.events import timestamp
+from libs.runtime.identity import current_caller
+from libs.runtime.policy_store import PolicyView, RevisionConflict
+from syncgov.common.v1 import types_pb2
+from syncgov.controlplane.v1 import controlplane_pb2, controlplane_service_pb2, controlplane_service_pb2_grpc
+
+pb = controlplane_service_pb2
+
+
+class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServicer):
+    def __init__(self, store: ControlPlaneStore, policy: PolicyView, audit: AuditRecorder) -> None:
+        self._store = store
+        self._policy = policy
+        self._audit = audit
+
+    async def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context) -> pb.ValidatePolicyResponse:
+        plan = domain.plan_apply(request.document_yaml, None)
+        return pb.ValidatePolicyResponse(valid=not plan.problems, problems=_problems(plan.problems))
+
+    async def DiffPolicy(self, request: pb.DiffPolicyRequest, context) -> pb.DiffPolicyResponse:
+        latest = await self._store.policies.latest()
+        plan = domain.plan_apply(request.document_yaml, latest.document_yaml if latest else None)
+        if plan.problems:
+            raise _invalid(plan.problems)
+        return pb.DiffPolicyResponse(current_revision=latest.revision if latest else 0, unified_diff=plan.diff)
+
+    async def ApplyPolicy(self, request: pb.ApplyPolicyRequest, context) -> pb.ApplyPolicyResponse:
+        revision, diff = await self._apply(
+            request.document_yaml, request.expected_revision, request.comment, dry_run=request.dry_run
+        )
+        response = pb.ApplyPolicyResponse(unified_diff=diff)
+        if revision is not None:
+            response.revision.CopyFrom(revision)
+        return response
+
+    async def GetPolicy(self, request: pb.GetPolicyRequest, context) -> pb.GetPolicyResponse:
+        revision = await (
+            self._store.policies.get(request.revision) if request.revision else self._store.policies.latest()
+        )
+        if revision is None:
+            wanted = f"revision {request.revision}" if request.revision else "any revision"
+            raise NotFound(f"{wanted} is not stored; services run the bootstrap policy (revision 0) until one is "
+                           "applied", reason="POLICY_REVISION_NOT_FOUND")  # fmt: skip
+        return pb.GetPolicyResponse(revision=revision)
+
+    async def ListPolicyRevisions(self, request: pb.ListPolicyRevisionsRequest, context):
+        size = domain.page_bounds(request.page.page_size)
+        below = int(request.page.page_token) if request.page.page_token.isdigit() else None
+        history = [r for r in await self._store.policies.history() if below is None or r.revision < below]
+        page = history[:size]
+        for revision in page:
+            revision.ClearField("document_yaml")
+        more = len(history) > size
+        token = str(page[-1].revision) if more and page else ""
+        return pb.ListPolicyRevisionsResponse(revisions=page, page_info=types_pb2.PageInfo(next_page_token=token))
+
+    async def RollbackPolicy(self, request: pb.RollbackPolicyRequest, context) -> pb.RollbackPolicyResponse:
+        target = await self._store.policies.get(request.target_revision)
+        if target is None:
+            raise NotFound(f"revision {request.target_revision} is not stored", reason="POLICY_REVISION_NOT_FOUND")
+        comment = request.comment or f"roll back to revision {request.target_revision}"
+        revision, _ = await self._apply(target.document_yaml, request.expected_revision, comment, dry_run=False,
+                                        force_new=True)  # fmt: skip
+        return pb.RollbackPolicyResponse(revision=revision)
+
+    async def ExplainOwnership(self, request: pb.ExplainOwnershipRequest, context) -> pb.ExplainOwnershipResponse:
+        problem = domain.field_problem(request.object_type, request.field)
+        if problem is not None:
+            bad_field = "object_type" if problem.startswith("unknown object type") else "field"
+            raise InvalidArgument(problem, violations=[FieldViolation(bad_field, problem)], reason="UNKNOWN_FIELD")
+        policy = self._policy.current
+        if request.object_type not in policy.document.ownership:
+            raise NotFound(f"policy revision {policy.revision} does not govern {request.object_type}",
+                           reason="OBJECT_NOT_GOVERNED")  # fmt: skip
+        ownership = policy.ownership_of(request.object_type, request.field)
+        return pb.ExplainOwnershipResponse(
+            decision=controlplane_pb2.OwnershipDecision(
+                object_type=ownership.object_type, field=ownership.field,
+                system_of_record=ownership.system_of_record, writers=ownership.writers,
+                rule_path=ownership.rule_path, policy_revision=ownership.revision,
+            )
+        )  # fmt: skip
+
+    async def QueryAuditTrail(self, request: pb.QueryAuditTrailRequest, context) -> pb.QueryAuditTrailResponse:
+        if not request.object_type or not request.object_key:
+            raise InvalidArgument(
+                "object_type and object_key are required",
+                violations=[FieldViolation(name, "is required") for name in ("object_type", "object_key")
+                            if not getattr(request, name)],
+            )  # fmt: skip
+        entries = await self._store.audit_for(request.object_type, request.object_key)
+        size = domain.page_bounds(request.page.page_size)
+        after = int(request.page.page_token) if request.page.page_token.isdigit() else 0
+        remaining = [e for e in entries if e.sequence > after]
+        page = remaining[:size]
+        token = str(page[-1].sequence) if len(remaining) > size else ""
+        return pb.QueryAuditTrailResponse(entries=page, page_info=types_pb2.PageInfo(next_page_token=token))
+
+    async def _apply(self, text: str, expected: int, comment: str, *, dry_run: bool, force_new: bool = False):
+        latest = await self._store.policies.latest()
+        current = latest.revision if latest else 0
+        plan = domain.plan_apply(text, latest.document_yaml if latest else None)
+        if plan.problems:
+            raise _invalid(plan.problems)
+        if expected != current:
+            raise FailedPrecondition(domain.stale_revision_message(expected, current), subject="policy",
+                                     reason="STALE_POLICY_REVISION",
+                                     metadata={"current_revision": str(current)})  # fmt: skip
+        if dry_run:
+            return None, plan.diff
+        if plan.unchanged and not force_new:
+            return latest, ""
+        caller = current_caller()
+        revision = controlplane_pb2.PolicyRevision(
+            revision=current + 1, document_yaml=text, applied_by=caller.system, comment=comment,
+            document_sha256=plan.sha256,
+        )  # fmt: skip
+        revision.applied_at.CopyFrom(timestamp(datetime.now(UTC)))
+        try:
+            await self._store.policies.append(revision, expected_current=expected)
+        except RevisionConflict as conflict:
+            raise FailedPrecondition(str(conflict), subject="policy", reason="STALE_POLICY_REVISION") from None
+        await self._audit.record(
+            actor=caller.system, action="policy_change",
+            object_ref=types_pb2.ObjectRef(object_type="policy", object_key="policy", version=revision.revision),
+            outcome="applied", reason=comment or f"applied revision {revision.revision}",
+            policy_revision=revision.revision,
+        )  # fmt: skip
+        return revision, plan.diff or unified_diff(latest.document_yaml if latest else "", text)
+
+
+def _problems(problems) -> list[controlplane_pb2.PolicyProblem]:
+    return [controlplane_pb2.PolicyProblem(path=p.path, message=p.message) for p in problems]
+
+
+def _invalid(problems) -> InvalidArgument:
+    return InvalidArgument(
+        f"the policy has {len(problems)} problem(s); nothing was applied",
+        violations=[FieldViolation(f"document_yaml:{p.path}", p.message) for p in problems],
+        reason="INVALID_POLICY",
+    )
