@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from libs.cli import audit_cmd, dev_cmd, policy_cmd
 from libs.cli.components import (
     COMPONENTS,
     DEFAULT_GRPC_PORT_BASE,
@@ -24,6 +25,9 @@ from libs.runtime.local_servers import ServerError
 from libs.runtime.probe import health_status, reflected_services
 
 app = typer.Typer(help="syncgov: governed sync between procurement platforms and ERP systems.", no_args_is_help=True)
+app.add_typer(policy_cmd.app, name="policy")
+app.add_typer(audit_cmd.app, name="audit")
+app.add_typer(dev_cmd.app, name="dev")
 console = Console()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
