@@ -130,3 +130,20 @@ def test_not_yaml_and_empty_documents_are_problems_not_crashes():
     assert check("ownership: [unclosed")[1][0].path == "(document)"
     assert check("")[1][0].message == "is empty"
     assert check("- a list")[1][0].message.startswith("must be a mapping")
+
+
+def test_docs_explain_every_key_of_the_format():
+    from pydantic import BaseModel
+
+    from libs.policy import document
+
+    docs = (ROOT / "docs" / "policy.md").read_text()
+    models = [m for m in vars(document).values() if isinstance(m, type) and issubclass(m, BaseModel)]
+    keys = {field.alias or name for model in models for name, field in model.model_fields.items()}
+    import re
+
+    def documented(key: str) -> bool:  # as a key of a backticked path in a table row: `a.key.b` or `key`
+        return re.search(rf"^\|\s*`(?:[^`|]*\.)?{re.escape(key)}(?:[.`\[][^`|]*)?`", docs, re.MULTILINE) is not None
+
+    missing = sorted(key for key in keys if not documented(key))
+    assert missing == []
