@@ -204,8 +204,7 @@ async def serve(
                 spec,
                 runtime.exceptions,
                 telemetry.tracer,
-                max_deliver=settings.default_max_deliver,
-                backoff=tuple(settings.default_backoff_seconds),
+                retry=lambda name: policy_view.current.retry(name),
             )
             await runner.provision()
             runners.append(runner)

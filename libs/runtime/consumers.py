@@ -2,9 +2,11 @@
 
 A handler returns normally to ack. It raises :class:`Retry` (or any other
 error) for a transient failure: the message is nak'ed with the next backoff
-delay. When a message has been delivered ``max_deliver`` times and still
-fails, or the handler raises :class:`Poison`, the message is handed off to
-the exception router as a ``delivery_exhausted`` exception carrying its
+delay. The delivery limit and the backoff steps come from the policy in force
+(``retries.consumers.<name>``, else ``retries.default``), read at every
+delivery, so a new policy revision applies to messages already in flight.
+When a message has been delivered that many times and still fails, or the
+handler raises :class:`Poison`, the message is handed off to the exception router as a ``delivery_exhausted`` exception carrying its
 original subject, headers and bytes, and only then terminated. If the
 hand-off itself fails the message is nak'ed again: nothing is dropped.
 """
@@ -35,6 +37,11 @@ from syncgov.exception.v1 import exception_pb2
 log = logging.getLogger(__name__)
 
 Handler = Callable[[StoredEvent], Awaitable[None]]
+# consumer name -> (max deliveries, backoff steps in seconds)
+RetryPolicy = Callable[[str], tuple[int, tuple[float, ...]]]
+# The server's own delivery limit: a backstop above any policy's (policy allows at most 100), for
+# messages that kill the process before the runner can hand them off.
+SERVER_MAX_DELIVER = 101
 
 
 class Retry(Exception):
@@ -53,8 +60,6 @@ class ConsumerSpec:
     domain: str
     filter: str
     handler: Handler
-    max_deliver: int | None = None
-    backoff: tuple[float, ...] | None = None
     batch: int = 16
     ack_wait_seconds: float = 30.0
 
@@ -73,16 +78,14 @@ class ConsumerRunner:
         reporter: ExceptionReporter,
         tracer: trace.Tracer,
         *,
-        max_deliver: int,
-        backoff: tuple[float, ...],
+        retry: RetryPolicy,
     ) -> None:
         self._js = js
         self._ns = namespace
         self._spec = spec
         self._reporter = reporter
         self._tracer = tracer
-        self._max_deliver = spec.max_deliver or max_deliver
-        self._backoff = spec.backoff or backoff
+        self._retry = retry
         self._stopping = asyncio.Event()
         self._processing = False
         self._task: asyncio.Task[None] | None = None
@@ -101,9 +104,9 @@ class ConsumerRunner:
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._spec.ack_wait_seconds,
-            # The runner enforces the delivery limit itself so the last failure can be handed off;
-            # the server's own limit is a backstop one above it.
-            max_deliver=self._max_deliver + 1,
+            # The runner enforces the policy's delivery limit itself so the last failure can be handed
+            # off; the server's limit is only a backstop.
+            max_deliver=SERVER_MAX_DELIVER,
             max_ack_pending=1000,
         )
         try:
@@ -151,6 +154,7 @@ class ConsumerRunner:
     async def _process(self, message: Msg) -> None:
         metadata = message.metadata
         delivered = metadata.num_delivered
+        max_deliver, backoff = self._retry(self._spec.name)
         with self._tracer.start_as_current_span(
             f"{self._subject} process",
             context=extract_context(message.headers),
@@ -171,26 +175,26 @@ class ConsumerRunner:
                 await self._spec.handler(event)
             except Poison as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
-                await self._hand_off(message, delivered, f"poison: {error}")
+                await self._hand_off(message, delivered, f"poison: {error}", backoff)
                 return
             except Exception as error:
                 span.record_exception(error)
                 span.set_status(Status(StatusCode.ERROR, str(error)))
-                if delivered >= self._max_deliver:
-                    await self._hand_off(message, delivered, repr(error))
+                if delivered >= max_deliver:
+                    await self._hand_off(message, delivered, repr(error), backoff)
                 else:
                     log.warning(
                         "handler failed (delivery %s of %s), will retry: %r",
                         delivered,
-                        self._max_deliver,
+                        max_deliver,
                         error,
                         extra={"consumer": self.durable},
                     )
-                    await message.nak(delay=backoff_delay(self._backoff, delivered))
+                    await message.nak(delay=backoff_delay(backoff, delivered))
                 return
             await message.ack()
 
-    async def _hand_off(self, message: Msg, delivered: int, last_error: str) -> None:
+    async def _hand_off(self, message: Msg, delivered: int, last_error: str, backoff: tuple[float, ...]) -> None:
         metadata = message.metadata
         original = exception_pb2.OriginalMessage(
             subject=message.subject,
@@ -214,7 +218,7 @@ class ConsumerRunner:
             )
         except Exception:
             log.exception("hand-off of %s failed; message stays pending", message.subject)
-            await message.nak(delay=backoff_delay(self._backoff, delivered))
+            await message.nak(delay=backoff_delay(backoff, delivered))
             return
         log.error("handed off %s after %s deliveries", message.subject, delivered, extra={"consumer": self.durable})
         await message.term()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The shipped default policy; the container image sets SYNCGOV_POLICY_FILE to its copy.
@@ -57,18 +57,6 @@ class RuntimeSettings(BaseSettings):
     tls_client_ca_file: Path | None = Field(
         None, description="CA that signs client certificates; set to require mTLS (the certificate's CN is the system)."
     )
-    default_max_deliver: int = Field(5, ge=1, description="Deliveries before a message is handed off.")
-    default_backoff_seconds: list[float] = Field(
-        default_factory=lambda: [0.5, 2.0, 10.0, 30.0],
-        description="Redelivery delays, JSON list, last one repeats.",
-    )
-
-    @field_validator("default_backoff_seconds")
-    @classmethod
-    def _backoff_not_empty(cls, value: list[float]) -> list[float]:
-        if not value or any(step < 0 for step in value):
-            raise ValueError("needs at least one delay, none negative")
-        return value
 
     @model_validator(mode="after")
     def _tls_files_come_together(self) -> RuntimeSettings:

@@ -160,8 +160,7 @@ async def test_failing_handler_is_redelivered_then_handed_off_with_original_byte
         ConsumerSpec("test-failing", "po", "po.*.published", always_fails),
         ExceptionReporter(publisher, "tests"),
         tracer,
-        max_deliver=3,
-        backoff=(0.05, 0.1),
+        retry=lambda name: (3, (0.05, 0.1)),
     )
     await runner.provision()
     await runner.provision()  # idempotent
@@ -217,8 +216,7 @@ async def test_transient_failure_is_retried_and_then_acknowledged(js_env):
         ConsumerSpec("test-flaky", "po", "po.*.published", flaky),
         ExceptionReporter(publisher, "tests"),
         tracer,
-        max_deliver=5,
-        backoff=(0.05,),
+        retry=lambda name: (5, (0.05,)),
     )
     await runner.provision()
     with tracer.start_as_current_span("approve") as parent:
@@ -263,8 +261,7 @@ async def test_poison_message_is_handed_off_at_once(js_env):
         ConsumerSpec("test-poison", "po", "po.>", poison),
         ExceptionReporter(publisher, "tests"),
         tracer,
-        max_deliver=5,
-        backoff=(0.05,),
+        retry=lambda name: (5, (0.05,)),
     )
     await runner.provision()
     await publisher.publish(
@@ -289,3 +286,40 @@ async def test_poison_message_is_handed_off_at_once(js_env):
     finally:
         await runner.stop()
     assert calls == 1
+
+
+async def test_the_retry_policy_is_asked_by_consumer_name_at_every_delivery(js_env):
+    js, namespace, publisher, _, tracer, _ = js_env
+    calls = 0
+    asked: list[str] = []
+
+    async def fails(event) -> None:
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("still down")
+
+    def retry(name: str) -> tuple[int, tuple[float, ...]]:
+        asked.append(name)
+        return (2, (0.05,)) if name == "erp-adapter-po" else (9, (0.05,))
+
+    runner = ConsumerRunner(
+        js, namespace, ConsumerSpec("erp-adapter-po", "po", "po.>", fails),
+        ExceptionReporter(publisher, "tests"), tracer, retry=retry,
+    )  # fmt: skip
+    await runner.provision()
+    await publisher.publish(
+        Event(domain="po", object_type="purchase_order", object_key="P-4", object_version=1, name="published",
+              payload=types_pb2.ObjectRef(), idempotency_key="p-4", source_system="tests")
+    )  # fmt: skip
+    runner.start()
+    try:
+
+        async def handed_off() -> bool:
+            return bool(await _raised_exceptions(js, namespace))
+
+        await _wait_for(handed_off)
+    finally:
+        await runner.stop()
+    assert calls == 2
+    assert set(asked) == {"erp-adapter-po"}
+    assert len(asked) == 2

@@ -52,8 +52,8 @@ def test_env_example_values_are_valid_settings(clean_env):
     for name, value in values.items():
         clean_env.setenv(name, value)
     settings = RuntimeSettings()
-    assert settings.default_backoff_seconds == [0.5, 2, 10, 30]
     assert settings.caller_tokens == {}
+    assert settings.namespace == "sg"
 
 
 def test_every_proto_domain_has_a_contract_package():
