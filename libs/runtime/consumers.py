@@ -6,8 +6,9 @@ delay. The delivery limit and the backoff steps come from the policy in force
 (``retries.consumers.<name>``, else ``retries.default``), read at every
 delivery, so a new policy revision applies to messages already in flight.
 When a message has been delivered that many times and still fails, or the
-handler raises :class:`Poison`, the message is handed off to the exception router as a ``delivery_exhausted`` exception carrying its
-original subject, headers and bytes, and only then terminated. If the
+handler raises :class:`Poison`, the message is handed off to the exception
+router as a ``delivery_exhausted`` exception carrying its original subject,
+headers and bytes, and only then terminated. If the
 hand-off itself fails the message is nak'ed again: nothing is dropped.
 """
 
