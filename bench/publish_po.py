@@ -122,19 +122,34 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
             "SYNCGOV_LOG_LEVEL": "ERROR",
         }
         service_port, raw_port = free_port(), free_port()
-        processes.append(subprocess.Popen(
-            [sys.executable, "-m", "services.po_publication"], cwd=ROOT,
-            env={**env, "SYNCGOV_GRPC_PORT": str(service_port)},
-        ))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "services.po_publication"],
+                cwd=ROOT,
+                env={**env, "SYNCGOV_GRPC_PORT": str(service_port)},
+            )
+        )
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         raw_ns = Namespace("raw" + uuid.uuid4().hex[:6])
         await provision_streams(js, raw_ns, (PO,))
         raw_root = f"{raw_ns.root}.po"
-        processes.append(subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "raw_composite.py"), "--port", str(raw_port),
-             "--nats-url", nats_server.url, "--redis-url", valkey.url, "--subject-root", raw_root],
-        ))  # fmt: skip
+        processes.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "bench" / "raw_composite.py"),
+                    "--port",
+                    str(raw_port),
+                    "--nats-url",
+                    nats_server.url,
+                    "--redis-url",
+                    valkey.url,
+                    "--subject-root",
+                    raw_root,
+                ],
+            )
+        )
         await wait_serving(f"127.0.0.1:{service_port}")
         await wait_port(raw_port)
 

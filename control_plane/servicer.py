@@ -50,8 +50,10 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         )
         if revision is None:
             wanted = f"revision {request.revision}" if request.revision else "any revision"
-            raise NotFound(f"{wanted} is not stored; services run the bootstrap policy (revision 0) until one is "
-                           "applied", reason="POLICY_REVISION_NOT_FOUND")  # fmt: skip
+            raise NotFound(
+                f"{wanted} is not stored; services run the bootstrap policy (revision 0) until one is applied",
+                reason="POLICY_REVISION_NOT_FOUND",
+            )
         return pb.GetPolicyResponse(revision=revision)
 
     async def ListPolicyRevisions(self, request: pb.ListPolicyRevisionsRequest, context):
@@ -70,8 +72,9 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         if target is None:
             raise NotFound(f"revision {request.target_revision} is not stored", reason="POLICY_REVISION_NOT_FOUND")
         comment = request.comment or f"roll back to revision {request.target_revision}"
-        revision, _ = await self._apply(target.document_yaml, request.expected_revision, comment, dry_run=False,
-                                        force_new=True)  # fmt: skip
+        revision, _ = await self._apply(
+            target.document_yaml, request.expected_revision, comment, dry_run=False, force_new=True
+        )
         return pb.RollbackPolicyResponse(revision=revision)
 
     async def ExplainOwnership(self, request: pb.ExplainOwnershipRequest, context) -> pb.ExplainOwnershipResponse:
@@ -81,24 +84,31 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
             raise InvalidArgument(problem, violations=[FieldViolation(bad_field, problem)], reason="UNKNOWN_FIELD")
         policy = self._policy.current
         if request.object_type not in policy.document.ownership:
-            raise NotFound(f"policy revision {policy.revision} does not govern {request.object_type}",
-                           reason="OBJECT_NOT_GOVERNED")  # fmt: skip
+            raise NotFound(
+                f"policy revision {policy.revision} does not govern {request.object_type}", reason="OBJECT_NOT_GOVERNED"
+            )
         ownership = policy.ownership_of(request.object_type, request.field)
         return pb.ExplainOwnershipResponse(
             decision=controlplane_pb2.OwnershipDecision(
-                object_type=ownership.object_type, field=ownership.field,
-                system_of_record=ownership.system_of_record, writers=ownership.writers,
-                rule_path=ownership.rule_path, policy_revision=ownership.revision,
+                object_type=ownership.object_type,
+                field=ownership.field,
+                system_of_record=ownership.system_of_record,
+                writers=ownership.writers,
+                rule_path=ownership.rule_path,
+                policy_revision=ownership.revision,
             )
-        )  # fmt: skip
+        )
 
     async def QueryAuditTrail(self, request: pb.QueryAuditTrailRequest, context) -> pb.QueryAuditTrailResponse:
         if not request.object_type or not request.object_key:
             raise InvalidArgument(
                 "object_type and object_key are required",
-                violations=[FieldViolation(name, "is required") for name in ("object_type", "object_key")
-                            if not getattr(request, name)],
-            )  # fmt: skip
+                violations=[
+                    FieldViolation(name, "is required")
+                    for name in ("object_type", "object_key")
+                    if not getattr(request, name)
+                ],
+            )
         entries = await self._store.audit_for(request.object_type, request.object_key)
         size = domain.page_bounds(request.page.page_size)
         after = int(request.page.page_token) if request.page.page_token.isdigit() else 0
@@ -114,29 +124,37 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         if plan.problems:
             raise _invalid(plan.problems)
         if expected != current:
-            raise FailedPrecondition(domain.stale_revision_message(expected, current), subject="policy",
-                                     reason="STALE_POLICY_REVISION",
-                                     metadata={"current_revision": str(current)})  # fmt: skip
+            raise FailedPrecondition(
+                domain.stale_revision_message(expected, current),
+                subject="policy",
+                reason="STALE_POLICY_REVISION",
+                metadata={"current_revision": str(current)},
+            )
         if dry_run:
             return None, plan.diff
         if plan.unchanged and not force_new:
             return latest, ""
         caller = current_caller()
         revision = controlplane_pb2.PolicyRevision(
-            revision=current + 1, document_yaml=text, applied_by=caller.system, comment=comment,
+            revision=current + 1,
+            document_yaml=text,
+            applied_by=caller.system,
+            comment=comment,
             document_sha256=plan.sha256,
-        )  # fmt: skip
+        )
         revision.applied_at.CopyFrom(timestamp(datetime.now(UTC)))
         try:
             await self._store.policies.append(revision, expected_current=expected)
         except RevisionConflict as conflict:
             raise FailedPrecondition(str(conflict), subject="policy", reason="STALE_POLICY_REVISION") from None
         await self._audit.record(
-            actor=caller.system, action="policy_change",
+            actor=caller.system,
+            action="policy_change",
             object_ref=types_pb2.ObjectRef(object_type="policy", object_key="policy", version=revision.revision),
-            outcome="applied", reason=comment or f"applied revision {revision.revision}",
+            outcome="applied",
+            reason=comment or f"applied revision {revision.revision}",
             policy_revision=revision.revision,
-        )  # fmt: skip
+        )
         return revision, plan.diff or unified_diff(latest.document_yaml if latest else "", text)
 
 

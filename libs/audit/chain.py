@@ -56,8 +56,13 @@ def verify(entries: Iterable[controlplane_pb2.AuditEntry], start_hash: str = GEN
     for entry in entries:
         count += 1
         if entry.previous_hash != previous:
-            return Verdict(count, Break(entry.sequence, "previous_hash does not match the entry before it "
-                                                        "(an entry was removed, inserted or reordered)"))  # fmt: skip
+            return Verdict(
+                count,
+                Break(
+                    entry.sequence,
+                    "previous_hash does not match the entry before it (an entry was removed, inserted or reordered)",
+                ),
+            )
         if entry.entry_hash != entry_hash(entry):
             return Verdict(count, Break(entry.sequence, "entry_hash does not match its content (it was altered)"))
         previous = entry.entry_hash

@@ -49,17 +49,24 @@ def _table(entries: list[controlplane_pb2.AuditEntry], title: str) -> Table:
         if entry.object.version:
             target += f" v{entry.object.version}"
         table.add_row(
-            str(entry.sequence), entry.recorded_at.ToDatetime().isoformat(timespec="seconds") + "Z", entry.actor,
-            entry.action, target, entry.outcome, str(entry.policy_revision), entry.reason[:120],
-        )  # fmt: skip
+            str(entry.sequence),
+            entry.recorded_at.ToDatetime().isoformat(timespec="seconds") + "Z",
+            entry.actor,
+            entry.action,
+            target,
+            entry.outcome,
+            str(entry.policy_revision),
+            entry.reason[:120],
+        )
     return table
 
 
 @app.command()
 def tail(
     limit: Annotated[int, typer.Option(help="How many of the latest entries.")] = 20,
-    nats_url: NatsOption = "nats://127.0.0.1:4222", namespace: NamespaceOption = "sg",
-) -> None:  # fmt: skip
+    nats_url: NatsOption = "nats://127.0.0.1:4222",
+    namespace: NamespaceOption = "sg",
+) -> None:
     """The latest entries of the chain."""
 
     async def latest() -> list[controlplane_pb2.AuditEntry]:
@@ -72,8 +79,9 @@ def tail(
 @app.command()
 def export(
     out: Annotated[Path, typer.Option(help="JSON-lines file to write, one entry per line.")],
-    nats_url: NatsOption = "nats://127.0.0.1:4222", namespace: NamespaceOption = "sg",
-) -> None:  # fmt: skip
+    nats_url: NatsOption = "nats://127.0.0.1:4222",
+    namespace: NamespaceOption = "sg",
+) -> None:
     """Copy the whole chain to a file an auditor can keep and verify offline."""
     entries = asyncio.run(_entries(nats_url, namespace))
     with out.open("w") as file:
@@ -98,8 +106,9 @@ def _read_export(path: Path) -> list[controlplane_pb2.AuditEntry]:
 @app.command()
 def verify(
     file: Annotated[Path | None, typer.Option(help="Verify an exported copy instead of the live stream.")] = None,
-    nats_url: NatsOption = "nats://127.0.0.1:4222", namespace: NamespaceOption = "sg",
-) -> None:  # fmt: skip
+    nats_url: NatsOption = "nats://127.0.0.1:4222",
+    namespace: NamespaceOption = "sg",
+) -> None:
     """Walk the chain; report the first entry whose link or content does not hold. Exit 1 if broken."""
     entries = _read_export(file) if file else asyncio.run(_entries(nats_url, namespace))
     verdict = verify_chain(entries)
@@ -124,6 +133,9 @@ def show(
     from libs.cli.client import Connection
     from libs.cli.policy_cmd import _run
 
-    answer = _run(Connection(address, system), "QueryAuditTrail",
-                  cp.QueryAuditTrailRequest(object_type=object_type, object_key=object_key))  # fmt: skip
+    answer = _run(
+        Connection(address, system),
+        "QueryAuditTrail",
+        cp.QueryAuditTrailRequest(object_type=object_type, object_key=object_key),
+    )
     console.print(_table(list(answer.entries), f"audit trail of {object_type}/{object_key}"))

@@ -21,9 +21,16 @@ app = typer.Typer(help="Development helpers.", no_args_is_help=True)
 console = Console()
 VALIDITY = datetime.timedelta(days=90)
 CA_KEY_USAGE = x509.KeyUsage(
-    digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False, key_encipherment=False,
-    data_encipherment=False, key_agreement=False, encipher_only=False, decipher_only=False,
-)  # fmt: skip
+    digital_signature=True,
+    key_cert_sign=True,
+    crl_sign=True,
+    content_commitment=False,
+    key_encipherment=False,
+    data_encipherment=False,
+    key_agreement=False,
+    encipher_only=False,
+    decipher_only=False,
+)
 
 
 def _key() -> ec.EllipticCurvePrivateKey:
@@ -34,8 +41,11 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey | None, cert: x509.Certif
     path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     if key is not None:
         key_path = path.with_name(path.stem + "-key.pem")
-        key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                               serialization.NoEncryption()))  # fmt: skip
+        key_path.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+            )
+        )
         key_path.chmod(0o600)
 
 

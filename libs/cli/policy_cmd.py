@@ -62,8 +62,9 @@ def _print_violations(error: grpc.aio.AioRpcError) -> None:
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()
             detail.Unpack(bad)
-            _print_problems([Problem(v.field.removeprefix("document_yaml:"), v.description)
-                             for v in bad.field_violations])  # fmt: skip
+            _print_problems(
+                [Problem(v.field.removeprefix("document_yaml:"), v.description) for v in bad.field_violations]
+            )
 
 
 def _print_problems(problems: list[Problem]) -> None:
@@ -100,12 +101,19 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Policy documents 
 @app.command()
 def diff(
     file: Annotated[Path, typer.Argument(exists=True)],
-    address: AddressOption = DEFAULT_ADDRESS, system: SystemOption = "ops-console", token: TokenOption = None,
-    cert: CertOption = None, key: KeyOption = None, ca: CaOption = None,
-) -> None:  # fmt: skip
+    address: AddressOption = DEFAULT_ADDRESS,
+    system: SystemOption = "ops-console",
+    token: TokenOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
+) -> None:
     """Compare a document with the revision in force."""
-    answer = _run(_connection(address, system, token, cert, key, ca), "DiffPolicy",
-                  cp.DiffPolicyRequest(document_yaml=file.read_text()))  # fmt: skip
+    answer = _run(
+        _connection(address, system, token, cert, key, ca),
+        "DiffPolicy",
+        cp.DiffPolicyRequest(document_yaml=file.read_text()),
+    )
     console.print(f"against revision {answer.current_revision}:")
     _print_diff(answer.unified_diff)
 
@@ -118,9 +126,13 @@ def apply(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Validate and show the diff; store nothing.")] = False,
     comment: Annotated[str, typer.Option(help="Why (kept with the revision and in the audit trail).")] = "",
-    address: AddressOption = DEFAULT_ADDRESS, system: SystemOption = "ops-console", token: TokenOption = None,
-    cert: CertOption = None, key: KeyOption = None, ca: CaOption = None,
-) -> None:  # fmt: skip
+    address: AddressOption = DEFAULT_ADDRESS,
+    system: SystemOption = "ops-console",
+    token: TokenOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
+) -> None:
     """Store the document as a new revision; running services switch to it within a second."""
     connection = _connection(address, system, token, cert, key, ca)
     text = file.read_text()
@@ -128,8 +140,13 @@ def apply(
         # Apply against what the operator is shown: a change stored in between is still refused.
         shown = _run(connection, "DiffPolicy", cp.DiffPolicyRequest(document_yaml=text))
         expected_revision = shown.current_revision
-    answer = _run(connection, "ApplyPolicy", cp.ApplyPolicyRequest(
-        document_yaml=text, expected_revision=expected_revision, dry_run=dry_run, comment=comment))  # fmt: skip
+    answer = _run(
+        connection,
+        "ApplyPolicy",
+        cp.ApplyPolicyRequest(
+            document_yaml=text, expected_revision=expected_revision, dry_run=dry_run, comment=comment
+        ),
+    )
     _print_diff(answer.unified_diff)
     if dry_run:
         console.print(f"dry run: valid, would replace revision {expected_revision}; nothing stored")
@@ -142,12 +159,17 @@ def apply(
 @app.command()
 def get(
     revision: Annotated[int, typer.Option(help="Revision to print; 0 = current.")] = 0,
-    address: AddressOption = DEFAULT_ADDRESS, system: SystemOption = "ops-console", token: TokenOption = None,
-    cert: CertOption = None, key: KeyOption = None, ca: CaOption = None,
-) -> None:  # fmt: skip
+    address: AddressOption = DEFAULT_ADDRESS,
+    system: SystemOption = "ops-console",
+    token: TokenOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
+) -> None:
     """Print a stored revision's document."""
-    answer = _run(_connection(address, system, token, cert, key, ca), "GetPolicy",
-                  cp.GetPolicyRequest(revision=revision))  # fmt: skip
+    answer = _run(
+        _connection(address, system, token, cert, key, ca), "GetPolicy", cp.GetPolicyRequest(revision=revision)
+    )
     console.print(f"# revision {answer.revision.revision}, applied by {answer.revision.applied_by}")
     console.print(answer.revision.document_yaml, markup=False, highlight=False)
 
@@ -155,20 +177,32 @@ def get(
 @app.command()
 def history(
     limit: Annotated[int, typer.Option(help="How many revisions, newest first.")] = 20,
-    address: AddressOption = DEFAULT_ADDRESS, system: SystemOption = "ops-console", token: TokenOption = None,
-    cert: CertOption = None, key: KeyOption = None, ca: CaOption = None,
-) -> None:  # fmt: skip
+    address: AddressOption = DEFAULT_ADDRESS,
+    system: SystemOption = "ops-console",
+    token: TokenOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
+) -> None:
     """List stored revisions, newest first."""
     from syncgov.common.v1 import types_pb2
 
-    answer = _run(_connection(address, system, token, cert, key, ca), "ListPolicyRevisions",
-                  cp.ListPolicyRevisionsRequest(page=types_pb2.PageRequest(page_size=limit)))  # fmt: skip
+    answer = _run(
+        _connection(address, system, token, cert, key, ca),
+        "ListPolicyRevisions",
+        cp.ListPolicyRevisionsRequest(page=types_pb2.PageRequest(page_size=limit)),
+    )
     table = Table(title="policy revisions")
     for column in ("revision", "applied at", "by", "comment", "sha256"):
         table.add_column(column)
     for revision in answer.revisions:
-        table.add_row(str(revision.revision), revision.applied_at.ToDatetime().isoformat(timespec="seconds") + "Z",
-                      revision.applied_by, revision.comment, revision.document_sha256[:12])  # fmt: skip
+        table.add_row(
+            str(revision.revision),
+            revision.applied_at.ToDatetime().isoformat(timespec="seconds") + "Z",
+            revision.applied_by,
+            revision.comment,
+            revision.document_sha256[:12],
+        )
     console.print(table)
 
 
@@ -177,12 +211,19 @@ def rollback(
     target_revision: Annotated[int, typer.Argument(help="Revision whose document comes back.")],
     expected_revision: Annotated[int, typer.Option(help="Revision you expect to replace.")],
     comment: Annotated[str, typer.Option(help="Why.")] = "",
-    address: AddressOption = DEFAULT_ADDRESS, system: SystemOption = "ops-console", token: TokenOption = None,
-    cert: CertOption = None, key: KeyOption = None, ca: CaOption = None,
-) -> None:  # fmt: skip
+    address: AddressOption = DEFAULT_ADDRESS,
+    system: SystemOption = "ops-console",
+    token: TokenOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
+) -> None:
     """Re-apply an earlier revision's document as a new revision."""
-    answer = _run(_connection(address, system, token, cert, key, ca), "RollbackPolicy", cp.RollbackPolicyRequest(
-        target_revision=target_revision, expected_revision=expected_revision, comment=comment))  # fmt: skip
+    answer = _run(
+        _connection(address, system, token, cert, key, ca),
+        "RollbackPolicy",
+        cp.RollbackPolicyRequest(target_revision=target_revision, expected_revision=expected_revision, comment=comment),
+    )
     console.print(
         f"[green]revision {answer.revision.revision} now carries revision {target_revision}'s document[/green]"
     )
@@ -192,12 +233,19 @@ def rollback(
 def explain(
     object_type: Annotated[str, typer.Argument(help="e.g. purchase_order")],
     field: Annotated[str, typer.Argument(help="e.g. lines[].unit_price; empty for the object")] = "",
-    address: AddressOption = DEFAULT_ADDRESS, system: SystemOption = "ops-console", token: TokenOption = None,
-    cert: CertOption = None, key: KeyOption = None, ca: CaOption = None,
-) -> None:  # fmt: skip
+    address: AddressOption = DEFAULT_ADDRESS,
+    system: SystemOption = "ops-console",
+    token: TokenOption = None,
+    cert: CertOption = None,
+    key: KeyOption = None,
+    ca: CaOption = None,
+) -> None:
     """Who may write a field, and which rule says so."""
-    answer = _run(_connection(address, system, token, cert, key, ca), "ExplainOwnership",
-                  cp.ExplainOwnershipRequest(object_type=object_type, field=field))  # fmt: skip
+    answer = _run(
+        _connection(address, system, token, cert, key, ca),
+        "ExplainOwnership",
+        cp.ExplainOwnershipRequest(object_type=object_type, field=field),
+    )
     decision = answer.decision
     target = f"{decision.object_type}.{decision.field}" if decision.field else decision.object_type
     console.print(

@@ -18,8 +18,13 @@ from syncgov.receipt.v1 import receipt_pb2
 from syncgov.supplier.v1 import supplier_pb2
 
 # Well-known value types are leaves: nobody owns Money.units apart from the price it belongs to.
-_LEAF_MESSAGES = {"google.type.Money", "google.type.Decimal", "google.type.Date", "google.protobuf.Timestamp",
-                  "google.protobuf.Duration"}  # fmt: skip
+_LEAF_MESSAGES = {
+    "google.type.Money",
+    "google.type.Decimal",
+    "google.type.Date",
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,9 +82,21 @@ CRITICALITIES = ("critical", "high", "normal", "low")
 SEVERITIES = ("low", "medium", "high", "critical")
 EXCEPTION_TYPES = frozenset(
     {
-        "validation_failed", "duplicate_transaction", "version_conflict", "out_of_order_version",
-        "ownership_violation", "over_receipt", "receipt_unknown_po", "price_variance", "quantity_variance",
-        "awaiting_receipt", "duplicate_invoice", "duplicate_supplier_suspected", "sla_breach", "drift_detected",
-        "delivery_exhausted", "erp_rejected",
+        "validation_failed",
+        "duplicate_transaction",
+        "version_conflict",
+        "out_of_order_version",
+        "ownership_violation",
+        "over_receipt",
+        "receipt_unknown_po",
+        "price_variance",
+        "quantity_variance",
+        "awaiting_receipt",
+        "duplicate_invoice",
+        "duplicate_supplier_suspected",
+        "sla_breach",
+        "drift_detected",
+        "delivery_exhausted",
+        "erp_rejected",
     }
-)  # fmt: skip
+)

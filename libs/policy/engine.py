@@ -116,12 +116,28 @@ class Policy:
             if wanted == plain or wanted.startswith(plain + ".") or wanted.startswith(plain + "["):
                 writers = tuple(field_rule.writers or (field_rule.system_of_record,))
                 sync_to = tuple(field_rule.sync.to) if field_rule.sync else ()
-                return Ownership(object_type, field, field_rule.system_of_record, writers, sync_to, rule.conflict,
-                                 f"ownership.{object_type}.fields.{name}", self.revision)  # fmt: skip
+                return Ownership(
+                    object_type,
+                    field,
+                    field_rule.system_of_record,
+                    writers,
+                    sync_to,
+                    rule.conflict,
+                    f"ownership.{object_type}.fields.{name}",
+                    self.revision,
+                )
         writers = tuple(rule.writers or (rule.system_of_record,))
         sync_to = tuple(rule.sync.to) if rule.sync else ()
-        return Ownership(object_type, field, rule.system_of_record, writers, sync_to, rule.conflict,
-                         f"ownership.{object_type}", self.revision)  # fmt: skip
+        return Ownership(
+            object_type,
+            field,
+            rule.system_of_record,
+            writers,
+            sync_to,
+            rule.conflict,
+            f"ownership.{object_type}",
+            self.revision,
+        )
 
     def may_write(self, system: str, object_type: str, fields: Iterable[str]) -> WriteDecision:
         if object_type not in self.document.ownership:
@@ -150,14 +166,18 @@ class Policy:
                 if best is None or key > best[:2]:
                     best = (*key, route)
         if best is None:
-            return RouteDecision(self.document.exceptions.default_team, None, None, None, "exceptions.default_team",
-                                 self.revision)  # fmt: skip
+            return RouteDecision(
+                self.document.exceptions.default_team, None, None, None, "exceptions.default_team", self.revision
+            )
         route = best[2]
         return RouteDecision(
-            route.team, route.severity,
+            route.team,
+            route.severity,
             parse_duration(route.escalate_after) if route.escalate_after else None,
-            route.escalate_to, f"exceptions.routes[{-best[1]}]", self.revision,
-        )  # fmt: skip
+            route.escalate_to,
+            f"exceptions.routes[{-best[1]}]",
+            self.revision,
+        )
 
     def tolerance(self, business_unit: str = "") -> Tolerance:
         return self.document.tolerances.business_units.get(business_unit, self.document.tolerances.default)

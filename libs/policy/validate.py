@@ -128,8 +128,10 @@ def _check_systems(systems: dict[str, System]) -> Iterable[Problem]:
         if not _SYSTEM_ID.match(system_id):
             yield Problem(f"systems.{system_id}", "ids are lowercase letters, digits and '-', starting with a letter")
         if system.kind not in catalog.SYSTEM_KINDS:
-            yield Problem(f"systems.{system_id}.kind", f"{system.kind!r} is not a kind; use one of "
-                                                       f"{', '.join(sorted(catalog.SYSTEM_KINDS))}")  # fmt: skip
+            yield Problem(
+                f"systems.{system_id}.kind",
+                f"{system.kind!r} is not a kind; use one of {', '.join(sorted(catalog.SYSTEM_KINDS))}",
+            )
 
 
 def _unknown_systems(path: str, names: Iterable[str], known: set[str] | None) -> Iterable[Problem]:
@@ -153,8 +155,10 @@ def _check_rule(path: str, rule: Any, known: set[str] | None) -> Iterable[Proble
         if known is not None and rule.sync.from_ not in known:
             yield Problem(f"{path}.sync.from", f"unknown system {rule.sync.from_!r}")
         elif rule.sync.from_ != rule.system_of_record:
-            yield Problem(f"{path}.sync.from", f"data flows from its system of record {rule.system_of_record!r}, "
-                                               f"not from {rule.sync.from_!r}")  # fmt: skip
+            yield Problem(
+                f"{path}.sync.from",
+                f"data flows from its system of record {rule.system_of_record!r}, not from {rule.sync.from_!r}",
+            )
         yield from _unknown_systems(f"{path}.sync.to", rule.sync.to, known)
 
 
@@ -172,8 +176,10 @@ def _check_ownership(ownership: dict[str, ObjectRule], known: set[str] | None) -
         if rule.readers is not None:
             yield from _unknown_systems(f"{path}.readers", rule.readers, known)
         if rule.conflict not in catalog.CONFLICT_RULES:
-            yield Problem(f"{path}.conflict", f"{rule.conflict!r} is not a rule; use one of "
-                                              f"{', '.join(sorted(catalog.CONFLICT_RULES))}")  # fmt: skip
+            yield Problem(
+                f"{path}.conflict",
+                f"{rule.conflict!r} is not a rule; use one of {', '.join(sorted(catalog.CONFLICT_RULES))}",
+            )
         yield from _check_fields(path, object_type, rule, known)
 
 
@@ -188,12 +194,16 @@ def _check_fields(path: str, object_type: catalog.ObjectType, rule: ObjectRule, 
         field_path = f"{path}.fields.{field}"
         canonical = field if field in valid else by_plain.get(field.replace("[]", ""))
         if canonical is None:
-            yield Problem(field_path, f"{object_type.name} has no field {field!r} (fields follow the contract "
-                                      f"{object_type.message.full_name}, e.g. {sorted(valid)[0]})")  # fmt: skip
+            yield Problem(
+                field_path,
+                f"{object_type.name} has no field {field!r} (fields follow the contract "
+                f"{object_type.message.full_name}, e.g. {sorted(valid)[0]})",
+            )
             continue
         if canonical in owners:
-            yield Problem(field_path, f"two owners for one field: {field!r} and {owners[canonical]!r} both name "
-                                      f"{canonical}")  # fmt: skip
+            yield Problem(
+                field_path, f"two owners for one field: {field!r} and {owners[canonical]!r} both name {canonical}"
+            )
             continue
         owners[canonical] = field
         yield from _check_rule(field_path, field_rule, known)
@@ -223,8 +233,10 @@ def _check_sla(sla: dict[str, dict[str, str]]) -> Iterable[Problem]:
 
 
 def _check_retries(retries: Retries) -> Iterable[Problem]:
-    for path, retry in [("retries.default", retries.default),
-                        *((f"retries.consumers.{n}", r) for n, r in retries.consumers.items())]:  # fmt: skip
+    for path, retry in [
+        ("retries.default", retries.default),
+        *((f"retries.consumers.{n}", r) for n, r in retries.consumers.items()),
+    ]:
         if not 1 <= retry.max_deliveries <= 100:
             yield Problem(f"{path}.max_deliveries", f"must be between 1 and 100, got {retry.max_deliveries}")
         if not retry.backoff:

@@ -21,8 +21,9 @@ def _walk(node: yaml.Node, path: str, problems: list[Problem]) -> None:
             key = str(key_node.value)
             child = f"{path}.{key}" if path else key
             if key in seen:
-                problems.append(Problem(child, f"appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}); "
-                                               "keep one"))  # fmt: skip
+                problems.append(
+                    Problem(child, f"appears twice (lines {seen[key]} and {key_node.start_mark.line + 1}); keep one")
+                )
             else:
                 seen[key] = key_node.start_mark.line + 1
             _walk(value_node, child, problems)

@@ -11,8 +11,13 @@ from dataclasses import dataclass
 
 from google.protobuf.message import Message
 
-_LEAF_MESSAGES = {"google.type.Money", "google.type.Decimal", "google.type.Date", "google.protobuf.Timestamp",
-                  "google.protobuf.Duration"}  # fmt: skip
+_LEAF_MESSAGES = {
+    "google.type.Money",
+    "google.type.Decimal",
+    "google.type.Date",
+    "google.protobuf.Timestamp",
+    "google.protobuf.Duration",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -69,19 +69,29 @@ class AuditRecorder:
         policy_revision: int,
     ) -> None:
         entry = controlplane_pb2.AuditEntry(
-            actor=actor, action=action, object=object_ref, outcome=outcome, reason=reason,
-            policy_revision=policy_revision, trace_id=current_trace_id(),
-        )  # fmt: skip
+            actor=actor,
+            action=action,
+            object=object_ref,
+            outcome=outcome,
+            reason=reason,
+            policy_revision=policy_revision,
+            trace_id=current_trace_id(),
+        )
         entry.recorded_at.CopyFrom(timestamp(datetime.now(UTC)))
         record_id = str(uuid.uuid4())
         await self._publisher.publish(
             Event(
-                domain=INBOX_DOMAIN, object_type=object_ref.object_type,
+                domain=INBOX_DOMAIN,
+                object_type=object_ref.object_type,
                 object_key=audit_key(object_ref.object_type, object_ref.object_key),
-                object_version=object_ref.version, name=action, payload=entry,
-                idempotency_key=f"audit-record:{record_id}", source_system=actor, policy_revision=policy_revision,
+                object_version=object_ref.version,
+                name=action,
+                payload=entry,
+                idempotency_key=f"audit-record:{record_id}",
+                source_system=actor,
+                policy_revision=policy_revision,
             )
-        )  # fmt: skip
+        )
 
 
 def entry_from_event(event: StoredEvent) -> controlplane_pb2.AuditEntry:

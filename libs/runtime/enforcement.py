@@ -25,8 +25,9 @@ from syncgov.exception.v1 import exception_pb2
 
 log = logging.getLogger(__name__)
 
-_SEVERITY = {name: exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}") for name in ("low", "medium", "high",
-                                                                                          "critical")}  # fmt: skip
+_SEVERITY = {
+    name: exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}") for name in ("low", "medium", "high", "critical")
+}
 
 
 class OwnershipGuard:
@@ -59,12 +60,28 @@ class OwnershipGuard:
             raise PermissionDenied(f"{method} declares no access rule; refused", reason="NO_ACCESS_RULE")
         if isinstance(rule, Read):
             if not policy.may_read(caller.system, rule.object_type):
-                await self._refuse(policy, caller, method, rule.object_type, "", 0,
-                                   f"{caller.system} may not read {rule.object_type}", [])  # fmt: skip
+                await self._refuse(
+                    policy,
+                    caller,
+                    method,
+                    rule.object_type,
+                    "",
+                    0,
+                    f"{caller.system} may not read {rule.object_type}",
+                    [],
+                )
         elif isinstance(rule, Administer):
             if not policy.is_administrator(caller.system):
-                await self._refuse(policy, caller, method, "policy", "policy", policy.revision,
-                                   f"{caller.system} is not a policy administrator", [])  # fmt: skip
+                await self._refuse(
+                    policy,
+                    caller,
+                    method,
+                    "policy",
+                    "policy",
+                    policy.revision,
+                    f"{caller.system} is not a policy administrator",
+                    [],
+                )
         elif isinstance(rule, Write):
             document = resolve(request, rule.document) if rule.document else None
             fields = touched_fields(document) if isinstance(document, Message) else {""}
@@ -73,19 +90,33 @@ class OwnershipGuard:
                 key = str(resolve(request, rule.key) or "")
                 version = resolve(request, rule.version) if rule.version else 0
                 refused = sorted(r.field for r in decision.refusals if r.field)
-                await self._refuse(policy, caller, method, rule.object_type, key, int(version or 0),
-                                   decision.reason(), refused)  # fmt: skip
+                await self._refuse(
+                    policy, caller, method, rule.object_type, key, int(version or 0), decision.reason(), refused
+                )
         return policy
 
     async def _refuse(
-        self, policy: Policy, caller: Caller, method: str, object_type: str, key: str, version: int, reason: str,
+        self,
+        policy: Policy,
+        caller: Caller,
+        method: str,
+        object_type: str,
+        key: str,
+        version: int,
+        reason: str,
         fields: list[str],
-    ) -> None:  # fmt: skip
+    ) -> None:
         object_ref = types_pb2.ObjectRef(object_type=object_type, object_key=key, version=version)
         exception_id = ""
         try:
-            await self._audit.record(actor=caller.system, action="refusal", object_ref=object_ref, outcome="denied",
-                                     reason=f"{method}: {reason}", policy_revision=policy.revision)  # fmt: skip
+            await self._audit.record(
+                actor=caller.system,
+                action="refusal",
+                object_ref=object_ref,
+                outcome="denied",
+                reason=f"{method}: {reason}",
+                policy_revision=policy.revision,
+            )
             route = policy.route("ownership_violation")
             exception = await self._exceptions.raise_exception(
                 exception_pb2.EXCEPTION_TYPE_OWNERSHIP_VIOLATION,

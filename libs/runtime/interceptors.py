@@ -82,9 +82,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             parent = propagate.extract(carrier) if carrier else None
             outcome = grpc.StatusCode.OK
             with self._tracer.start_as_current_span(
-                method, context=parent, kind=SpanKind.SERVER, attributes=span_attributes,
-                record_exception=False, set_status_on_exception=False,
-            ) as span:  # fmt: skip
+                method,
+                context=parent,
+                kind=SpanKind.SERVER,
+                attributes=span_attributes,
+                record_exception=False,
+                set_status_on_exception=False,
+            ) as span:
                 token = revision_token = None
                 try:
                     caller = self._identity.resolve(metadata, context.auth_context())

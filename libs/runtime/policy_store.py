@@ -144,12 +144,20 @@ class PolicyView:
         try:
             policy = Policy.from_text(revision.document_yaml, revision.revision)
         except PolicyInvalid as error:  # only valid documents are stored; this is a corrupted bucket
-            log.error("policy revision %s is invalid, keeping %s: %s", revision.revision, self.current.revision,
-                      error.problems)  # fmt: skip
+            log.error(
+                "policy revision %s is invalid, keeping %s: %s",
+                revision.revision,
+                self.current.revision,
+                error.problems,
+            )
             return
         previous = self.current.revision
         self.current = policy
-        log.info("policy revision %s in force (was %s)", policy.revision, previous,
-                 extra={"policy_revision": policy.revision})  # fmt: skip
+        log.info(
+            "policy revision %s in force (was %s)",
+            policy.revision,
+            previous,
+            extra={"policy_revision": policy.revision},
+        )
         for listener in self._listeners:
             listener(policy)

@@ -44,13 +44,21 @@ def stack(tmp_path: Path):
     po_port = free_port()
     metrics_po_port = free_port()
     args = [
-        sys.executable, "-m", "libs.cli", "up",
-        "--data-dir", str(tmp_path / "stack"),
-        "--grpc-port-base", str(po_port - 2),
-        "--metrics-port-base", str(metrics_po_port - 2),
-        "--nats-port", str(free_port()),
-        "--redis-port", str(free_port()),
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "libs.cli",
+        "up",
+        "--data-dir",
+        str(tmp_path / "stack"),
+        "--grpc-port-base",
+        str(po_port - 2),
+        "--metrics-port-base",
+        str(metrics_po_port - 2),
+        "--nats-port",
+        str(free_port()),
+        "--redis-port",
+        str(free_port()),
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCGOV_")}
     env["COLUMNS"] = "200"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
@@ -103,7 +111,10 @@ def test_up_serves_every_existing_service_and_stops_cleanly_on_ctrl_c(stack):
 def test_up_refuses_an_unknown_component(tmp_path: Path):
     result = subprocess.run(
         [sys.executable, "-m", "libs.cli", "up", "--only", "billing", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 2
     assert "billing" in result.stdout

@@ -52,9 +52,12 @@ async def governed_stack(po_settings):
     from syncgov.controlplane.v1 import controlplane_service_pb2_grpc
 
     cp_settings = ControlPlaneSettings(
-        grpc_port=0, nats_url=po_settings.nats_url, redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace, log_format="console",
-    )  # fmt: skip
+        grpc_port=0,
+        nats_url=po_settings.nats_url,
+        redis_url=po_settings.redis_url,
+        namespace=po_settings.namespace,
+        log_format="console",
+    )
     async with (
         running_service(cp_settings, wire_control_plane) as (cp, cp_channel, _),
         running_service(po_settings, wire) as (po, po_channel, _),

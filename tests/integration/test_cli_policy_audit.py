@@ -29,10 +29,14 @@ def test_validate_lists_problems_with_paths_and_exit_codes(tmp_path):
     assert ok.exit_code == 0
     assert ok.stdout.count(": valid") == 3
     bad = tmp_path / "bad.yaml"
-    bad.write_text(DEFAULT.replace("writers: [procurement]\n    sync: {from: procurement, to: [erp]}\n    conflict: "
-                                   "system_of_record_wins\n  purchase_order_acknowledgment",
-                                   "writers: [procurement, sap]\n    sync: {from: procurement, to: [erp]}\n    "
-                                   "conflict: system_of_record_wins\n  purchase_order_acknowledgment"))  # fmt: skip
+    bad.write_text(
+        DEFAULT.replace(
+            "writers: [procurement]\n    sync: {from: procurement, to: [erp]}\n    conflict: "
+            "system_of_record_wins\n  purchase_order_acknowledgment",
+            "writers: [procurement, sap]\n    sync: {from: procurement, to: [erp]}\n    "
+            "conflict: system_of_record_wins\n  purchase_order_acknowledgment",
+        )
+    )
     failed = runner.invoke(app, ["policy", "validate", str(bad)], env={"COLUMNS": "200"})
     assert failed.exit_code == 1
     assert "ownership.purchase_order.writers[1]" in failed.stdout

@@ -151,8 +151,9 @@ async def test_history_get_rollback_and_reapplying_the_same_document(governed_st
         cp.ApplyPolicyRequest(document_yaml=DEFAULT + "\n# only a comment\n", expected_revision=1), metadata=OPS
     )
     assert same.revision.revision == 1, "an unchanged document stores no new revision"
-    await stub.ApplyPolicy(cp.ApplyPolicyRequest(document_yaml=erp_may_write_prices(), expected_revision=1),
-                           metadata=OPS)  # fmt: skip
+    await stub.ApplyPolicy(
+        cp.ApplyPolicyRequest(document_yaml=erp_may_write_prices(), expected_revision=1), metadata=OPS
+    )
     rolled = await stub.RollbackPolicy(cp.RollbackPolicyRequest(target_revision=1, expected_revision=2), metadata=OPS)
     assert rolled.revision.revision == 3
     assert rolled.revision.document_yaml == DEFAULT
@@ -176,8 +177,9 @@ async def test_explain_who_may_write_a_po_line_price(governed_stack):
     )
     assert bank.decision.rule_path == "ownership.supplier.fields.bank_accounts"
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await stub.ExplainOwnership(cp.ExplainOwnershipRequest(object_type="purchase_order", field="colour"),
-                                    metadata=ERP)  # fmt: skip
+        await stub.ExplainOwnership(
+            cp.ExplainOwnershipRequest(object_type="purchase_order", field="colour"), metadata=ERP
+        )
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -185,8 +187,9 @@ async def test_refused_write_leaves_one_audit_entry_and_one_exception(governed_s
     control, stub, po, po_stub = governed_stack
     order = sample_order("PO-777")
     with pytest.raises(grpc.aio.AioRpcError) as failure:
-        await po_stub.PublishPurchaseOrder(po_service_pb2.PublishPurchaseOrderRequest(purchase_order=order),
-                                           metadata=ERP)  # fmt: skip
+        await po_stub.PublishPurchaseOrder(
+            po_service_pb2.PublishPurchaseOrderRequest(purchase_order=order), metadata=ERP
+        )
     assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
     accepted = await po_stub.PublishPurchaseOrder(
         po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order("PO-778")), metadata=PROCUREMENT

@@ -303,14 +303,26 @@ async def test_the_retry_policy_is_asked_by_consumer_name_at_every_delivery(js_e
         return (2, (0.05,)) if name == "erp-adapter-po" else (9, (0.05,))
 
     runner = ConsumerRunner(
-        js, namespace, ConsumerSpec("erp-adapter-po", "po", "po.>", fails),
-        ExceptionReporter(publisher, "tests"), tracer, retry=retry,
-    )  # fmt: skip
+        js,
+        namespace,
+        ConsumerSpec("erp-adapter-po", "po", "po.>", fails),
+        ExceptionReporter(publisher, "tests"),
+        tracer,
+        retry=retry,
+    )
     await runner.provision()
     await publisher.publish(
-        Event(domain="po", object_type="purchase_order", object_key="P-4", object_version=1, name="published",
-              payload=types_pb2.ObjectRef(), idempotency_key="p-4", source_system="tests")
-    )  # fmt: skip
+        Event(
+            domain="po",
+            object_type="purchase_order",
+            object_key="P-4",
+            object_version=1,
+            name="published",
+            payload=types_pb2.ObjectRef(),
+            idempotency_key="p-4",
+            source_system="tests",
+        )
+    )
     runner.start()
     try:
 

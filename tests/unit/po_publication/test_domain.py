@@ -17,18 +17,30 @@ NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
 def line(number=1, quantity="10", price="12.50", currency="EUR", **changes) -> OrderLine:
     base = OrderLine(
-        line_number=number, item_id="ITEM-1", description="Pallet wrap", quantity=Decimal(quantity),
-        unit_of_measure="EA", unit_price=Decimal(price), price_currency=currency, requested_delivery_date=None,
+        line_number=number,
+        item_id="ITEM-1",
+        description="Pallet wrap",
+        quantity=Decimal(quantity),
+        unit_of_measure="EA",
+        unit_price=Decimal(price),
+        price_currency=currency,
+        requested_delivery_date=None,
         cost_center="CC-1",
-    )  # fmt: skip
+    )
     return replace(base, **changes)
 
 
 def order(**changes) -> PurchaseOrder:
     base = PurchaseOrder(
-        po_id="PO-1", version=1, supplier_id="SUP-1", currency_code="EUR", business_unit="BU",
-        ship_to_site="DC-1", approved_at=NOW - timedelta(minutes=1), lines=(line(1), line(2)),
-    )  # fmt: skip
+        po_id="PO-1",
+        version=1,
+        supplier_id="SUP-1",
+        currency_code="EUR",
+        business_unit="BU",
+        ship_to_site="DC-1",
+        approved_at=NOW - timedelta(minutes=1),
+        lines=(line(1), line(2)),
+    )
     return replace(base, **changes)
 
 
