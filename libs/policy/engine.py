@@ -19,6 +19,8 @@ from libs.policy.durations import parse_duration
 from libs.policy.problems import Problem
 from libs.policy.validate import check, specificity
 
+_DECISION_CACHE_SIZE = 4096
+
 
 class PolicyInvalid(ValueError):
     def __init__(self, problems: list[Problem]) -> None:
@@ -93,6 +95,9 @@ class Policy:
             name: sorted(rule.fields.items(), key=lambda item: -len(item[0]))
             for name, rule in document.ownership.items()
         }
+        # Decisions are pure functions of this immutable policy: requests of one shape (the usual
+        # case) are decided once. Bounded so a stream of odd shapes cannot grow it without limit.
+        self._decisions: dict[tuple[str, str, frozenset[str]], WriteDecision] = {}
 
     @classmethod
     def from_text(cls, text: str, revision: int) -> Policy:
@@ -140,6 +145,15 @@ class Policy:
         )
 
     def may_write(self, system: str, object_type: str, fields: Iterable[str]) -> WriteDecision:
+        key = (system, object_type, frozenset(fields))
+        decision = self._decisions.get(key)
+        if decision is None:
+            if len(self._decisions) >= _DECISION_CACHE_SIZE:
+                self._decisions.clear()
+            decision = self._decisions[key] = self._decide_write(system, object_type, key[2])
+        return decision
+
+    def _decide_write(self, system: str, object_type: str, fields: frozenset[str]) -> WriteDecision:
         if object_type not in self.document.ownership:
             refusal = FieldRefusal("", Ownership(object_type, "", "(none)", (), (), "", "ownership", self.revision))
             return WriteDecision(False, system, object_type, (refusal,), self.revision)

@@ -56,6 +56,10 @@ class IdentityResolver:
         return bool(self._tokens)
 
     @property
+    def uses_certificates(self) -> bool:
+        return self._mtls
+
+    @property
     def development_mode(self) -> bool:
         return not self._tokens and not self._mtls
 

@@ -91,7 +91,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             ) as span:
                 token = revision_token = None
                 try:
-                    caller = self._identity.resolve(metadata, context.auth_context())
+                    auth = context.auth_context() if self._identity.uses_certificates else None
+                    caller = self._identity.resolve(metadata, auth)
                     token = set_caller(caller)
                     span.set_attribute(attributes.CALLER_SYSTEM, caller.system)
                     policy = await self._guard.authorize(method, request, caller)
