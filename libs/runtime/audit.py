@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 from nats.js.errors import BadRequestError, NotFoundError
@@ -33,7 +32,7 @@ from libs.runtime.events import (
     Event,
     EventPublisher,
     StoredEvent,
-    timestamp,
+    now_timestamp,
 )
 from libs.runtime.subjects import Namespace
 from syncgov.common.v1 import types_pb2
@@ -77,7 +76,7 @@ class AuditRecorder:
             policy_revision=policy_revision,
             trace_id=current_trace_id(),
         )
-        entry.recorded_at.CopyFrom(timestamp(datetime.now(UTC)))
+        entry.recorded_at.CopyFrom(now_timestamp())
         record_id = str(uuid.uuid4())
         await self._publisher.publish(
             Event(

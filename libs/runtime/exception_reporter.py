@@ -11,9 +11,8 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
-from datetime import UTC, datetime
 
-from libs.runtime.events import Event, EventPublisher, timestamp
+from libs.runtime.events import Event, EventPublisher, now_timestamp
 from libs.runtime.identity import current_caller
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import events_pb2, exception_pb2
@@ -69,7 +68,7 @@ class ExceptionReporter:
             evidence=list(evidence),
             policy_revision=policy_revision,
         )
-        exception.raised_at.CopyFrom(timestamp(datetime.now(UTC)))
+        exception.raised_at.CopyFrom(now_timestamp())
         if original_message is not None:
             exception.original_message.CopyFrom(original_message)
         await self._publisher.publish(

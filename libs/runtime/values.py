@@ -7,13 +7,15 @@ units + nanos with the same sign. Conversions are exact; malformed values raise
 
 from __future__ import annotations
 
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 
+from google.protobuf import timestamp_pb2
 from google.type import date_pb2, decimal_pb2, money_pb2
 
 NANOS_PER_UNIT = 1_000_000_000
 _NANO = Decimal(1) / NANOS_PER_UNIT
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def decimal_from_proto(value: decimal_pb2.Decimal) -> Decimal:
@@ -57,6 +59,11 @@ def date_from_proto(value: date_pb2.Date) -> date | None:
         return date(value.year, value.month, value.day)
     except ValueError:
         raise ValueError(f"{value.year:04d}-{value.month:02d}-{value.day:02d} is not a calendar date") from None
+
+
+def datetime_from_proto(stamp: timestamp_pb2.Timestamp) -> datetime:
+    """A UTC datetime, exact to the microsecond (protobuf's own ToDatetime is slower Python)."""
+    return _EPOCH + timedelta(seconds=stamp.seconds, microseconds=stamp.nanos // 1000)
 
 
 def date_to_proto(value: date) -> date_pb2.Date:

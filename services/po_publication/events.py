@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from google.protobuf import timestamp_pb2
 
 from libs.runtime.events import Event
 from services.po_publication.domain import OBJECT_TYPE
@@ -21,7 +21,7 @@ def purchase_order_published(
     idempotency_key: str,
     source_system: str,
     content_sha256: str,
-    approved_at: datetime | None,
+    approved_at: timestamp_pb2.Timestamp | None,
 ) -> Event:
     return Event(
         domain=DOMAIN,

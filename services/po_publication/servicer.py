@@ -16,7 +16,7 @@ from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.idempotency import IdempotencyConflict
 from libs.runtime.identity import current_caller
 from libs.runtime.subjects import MAX_KEY_CHARS
-from libs.runtime.values import date_from_proto, decimal_from_proto, money_from_proto
+from libs.runtime.values import date_from_proto, datetime_from_proto, decimal_from_proto, money_from_proto
 from services.po_publication import domain
 from services.po_publication.events import purchase_order_published
 from services.po_publication.store import PurchaseOrderStore
@@ -59,7 +59,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             idempotency_key=key,
             source_system=caller.system,
             content_sha256=fingerprint,
-            approved_at=order.approved_at.ToDatetime(UTC),
+            approved_at=order.approved_at,
         )
         try:
             published = await self._store.append(event, expected_last_sequence=0)
@@ -241,7 +241,7 @@ def _to_domain(order: po_pb2.PurchaseOrder) -> tuple[domain.PurchaseOrder | None
             )
     if problems:
         return None, problems
-    approved_at = order.approved_at.ToDatetime(UTC) if order.HasField("approved_at") else None
+    approved_at = datetime_from_proto(order.approved_at) if order.HasField("approved_at") else None
     return domain.PurchaseOrder(
         po_id=order.po_id,
         version=order.version,

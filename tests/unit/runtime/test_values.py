@@ -57,3 +57,16 @@ def test_dates_unset_partial_and_full():
     assert date_from_proto(date_pb2.Date(year=2027, month=2, day=28)) == date(2027, 2, 28)
     with pytest.raises(ValueError, match="calendar date"):
         date_from_proto(date_pb2.Date(year=2027, month=2, day=30))
+
+
+def test_timestamps_become_utc_datetimes_exactly():
+    from datetime import UTC, datetime
+
+    from google.protobuf import timestamp_pb2
+
+    from libs.runtime.values import datetime_from_proto
+
+    moment = datetime(2026, 11, 26, 15, 4, 5, 123456, tzinfo=UTC)
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    assert datetime_from_proto(stamp) == moment
