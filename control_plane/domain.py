@@ -24,12 +24,14 @@ class ApplyPlan:
     sha256: str
 
 
-def plan_apply(text: str, current_text: str | None) -> ApplyPlan:
+def plan_apply(text: str, current_text: str, *, stored: bool) -> ApplyPlan:
+    """``current_text`` is what is in force: the latest stored revision, or (``stored`` False) the
+    bootstrap document services run as revision 0. Only a stored revision can be left unchanged."""
     document, problems = check(text)
     if document is None:
         return ApplyPlan(problems, "", False, "")
-    diff = unified_diff(current_text or "", text)
-    unchanged = current_text is not None and normalized(current_text) == normalized(text)
+    diff = unified_diff(current_text, text)
+    unchanged = stored and normalized(current_text) == normalized(text)
     return ApplyPlan([], diff, unchanged, hashlib.sha256(text.encode()).hexdigest())
 
 

@@ -25,12 +25,12 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         self._audit = audit
 
     async def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context) -> pb.ValidatePolicyResponse:
-        plan = domain.plan_apply(request.document_yaml, None)
+        plan = domain.plan_apply(request.document_yaml, "", stored=False)
         return pb.ValidatePolicyResponse(valid=not plan.problems, problems=_problems(plan.problems))
 
     async def DiffPolicy(self, request: pb.DiffPolicyRequest, context) -> pb.DiffPolicyResponse:
         latest = await self._store.policies.latest()
-        plan = domain.plan_apply(request.document_yaml, latest.document_yaml if latest else None)
+        plan = domain.plan_apply(request.document_yaml, self._in_force(latest), stored=latest is not None)
         if plan.problems:
             raise _invalid(plan.problems)
         return pb.DiffPolicyResponse(current_revision=latest.revision if latest else 0, unified_diff=plan.diff)
@@ -120,7 +120,7 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
     async def _apply(self, text: str, expected: int, comment: str, *, dry_run: bool, force_new: bool = False):
         latest = await self._store.policies.latest()
         current = latest.revision if latest else 0
-        plan = domain.plan_apply(text, latest.document_yaml if latest else None)
+        plan = domain.plan_apply(text, self._in_force(latest), stored=latest is not None)
         if plan.problems:
             raise _invalid(plan.problems)
         if expected != current:
@@ -155,7 +155,14 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
             reason=comment or f"applied revision {revision.revision}",
             policy_revision=revision.revision,
         )
-        return revision, plan.diff or unified_diff(latest.document_yaml if latest else "", text)
+        return revision, plan.diff or unified_diff(self._in_force(latest), text)
+
+    def _in_force(self, latest: controlplane_pb2.PolicyRevision | None) -> str:
+        """The document in force: the latest stored revision, else the bootstrap services run as revision 0."""
+        if latest is not None:
+            return latest.document_yaml
+        bootstrap = self._policy.current
+        return bootstrap.text if bootstrap.revision == 0 else ""
 
 
 def _problems(problems) -> list[controlplane_pb2.PolicyProblem]:

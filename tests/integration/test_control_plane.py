@@ -139,7 +139,11 @@ async def test_only_administrators_apply_and_dry_runs_store_nothing(governed_sta
         cp.ApplyPolicyRequest(document_yaml=DEFAULT, expected_revision=0, dry_run=True), metadata=OPS
     )
     assert not dry.HasField("revision")
-    assert "+format: 1" in dry.unified_diff
+    assert dry.unified_diff == "", "the default document is what services already run as revision 0"
+    changed = await stub.ApplyPolicy(
+        cp.ApplyPolicyRequest(document_yaml=erp_may_write_prices(), expected_revision=0, dry_run=True), metadata=OPS
+    )
+    assert "lines[].unit_price" in changed.unified_diff
     listed = await stub.ListPolicyRevisions(cp.ListPolicyRevisionsRequest(), metadata=OPS)
     assert list(listed.revisions) == []
 
