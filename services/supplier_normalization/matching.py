@@ -18,11 +18,14 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from enum import Enum
 
-from rapidfuzz import fuzz
+from rapidfuzz import fuzz, process
 
 from services.supplier_normalization.normalize import NormalizedRecord
 
-MAX_BLOCK = 400  # a block key shared by more golden records than this is too common to compare on
+MAX_BLOCK = 150  # a block key shared by more golden records than this is too common to compare on
+MAX_SCORED = 25  # candidates scored in full per record, best names first
+NAME_WEIGHT, STREET_WEIGHT, POSTAL_WEIGHT = 0.6, 0.3, 0.1
+ADDRESS_WEIGHT = STREET_WEIGHT + POSTAL_WEIGHT
 _STOPWORDS = frozenset({"the", "and", "of", "for", "de", "la", "le", "der", "die", "und", "et", "co", "company"})
 
 
@@ -105,16 +108,22 @@ class MatchIndex:
                 previous = candidates.get(golden)
                 reasons = (*previous.reasons, reason) if previous else (reason,)
                 candidates[golden] = Candidate(golden, 100.0, reasons)
-        seen: set[str] = set(candidates)
+        pool: set[str] = set()
         for key in _block_keys(record):
-            block = self._blocks.get(key, ())
-            if len(block) > MAX_BLOCK:
-                continue
-            for golden in block:
-                if golden in seen or golden == exclude:
-                    continue
-                seen.add(golden)
-                candidate = self._score(record, golden)
+            block = self._blocks.get(key)
+            if block and len(block) <= MAX_BLOCK:
+                pool.update(block)
+        pool.difference_update(candidates)
+        pool.discard(exclude or "")
+        if pool:
+            # Names first, in rapidfuzz's C loop: a candidate whose name is too far off cannot reach the
+            # suspect threshold whatever its address, so only the survivors are scored in full.
+            names = {golden: self._features[golden].name_key for golden in pool}
+            cutoff = self._name_cutoff()
+            for _, name_score, golden in process.extract(
+                record.name_key, names, scorer=fuzz.token_sort_ratio, score_cutoff=cutoff, limit=MAX_SCORED
+            ):
+                candidate = self._score(record, golden, name_score)
                 if candidate.score >= self.thresholds.suspect_at:
                     candidates[golden] = candidate
         for golden, candidate in list(candidates.items()):
@@ -162,9 +171,12 @@ class MatchIndex:
             if golden_id not in block and len(block) <= MAX_BLOCK:
                 block.append(golden_id)
 
-    def _score(self, record: NormalizedRecord, golden: str) -> Candidate:
+    def _name_cutoff(self) -> float:
+        """The lowest name score that can still reach the suspect threshold with a perfect address."""
+        return max(0.0, (self.thresholds.suspect_at - ADDRESS_WEIGHT * 100) / NAME_WEIGHT)
+
+    def _score(self, record: NormalizedRecord, golden: str, name: float) -> Candidate:
         features = self._features[golden]
-        name = fuzz.token_sort_ratio(record.name_key, features.name_key)
         scores = [("name", name)]
         reasons = ["similar_name"]
         streets = _street(record)
@@ -175,7 +187,7 @@ class MatchIndex:
             same_postal = bool(postal & features.postal_codes)
             scores.append(("postal_code", 100.0 if same_postal else 0.0))
             # A near-identical name at the same address is strong; the same name elsewhere is not.
-            score = 0.6 * name + 0.3 * street + 0.1 * (100.0 if same_postal else 0.0)
+            score = NAME_WEIGHT * name + STREET_WEIGHT * street + POSTAL_WEIGHT * (100.0 if same_postal else 0.0)
             reasons.append("similar_address" if street >= 80 else "different_address")
         else:
             score = name
