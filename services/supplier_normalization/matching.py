@@ -121,7 +121,7 @@ class MatchIndex:
             names = {golden: self._features[golden].name_key for golden in pool}
             cutoff = self._name_cutoff()
             for _, name_score, golden in process.extract(
-                record.name_key, names, scorer=fuzz.token_sort_ratio, score_cutoff=cutoff, limit=MAX_SCORED
+                record.name_key, names, scorer=fuzz.WRatio, score_cutoff=cutoff, limit=MAX_SCORED
             ):
                 candidate = self._score(record, golden, name_score)
                 if candidate.score >= self.thresholds.suspect_at:
