@@ -164,6 +164,16 @@ class Policy:
                 refusals.append(FieldRefusal(field, ownership))
         return WriteDecision(not refusals, system, object_type, tuple(refusals), self.revision)
 
+    def is_source_of(self, system: str, object_type: str) -> bool:
+        """Whether the system writes the object or any of its fields: it may report its own records of it."""
+        rule = self.document.ownership.get(object_type)
+        if rule is None:
+            return False
+        writers = set(rule.writers or (rule.system_of_record,))
+        for field_rule in rule.fields.values():
+            writers.update(field_rule.writers or (field_rule.system_of_record,))
+        return system in writers
+
     def may_read(self, system: str, object_type: str) -> bool:
         rule = self.document.ownership.get(object_type)
         if rule is None or rule.readers is None:

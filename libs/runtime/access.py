@@ -42,11 +42,22 @@ class Write:
 
 
 @dataclass(frozen=True, slots=True)
+class Report:
+    """Reports what the caller's own system holds of ``object_type`` (a source record, not the golden one).
+    Allowed when ``source`` (a dotted path in the request) names the caller itself and the caller writes
+    the object or any of its fields; which source wins each golden field is the policy's owners' call."""
+
+    object_type: str
+    source: str
+    key: str
+
+
+@dataclass(frozen=True, slots=True)
 class Administer:
     """Changes policy itself: only the policy's administrators."""
 
 
-AccessRule = Read | Write | Administer
+AccessRule = Read | Write | Report | Administer
 
 
 @functools.cache

@@ -19,7 +19,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -94,6 +94,8 @@ class Service:
     grpc_services: Sequence[GrpcService]
     consumers: Sequence[ConsumerSpec] = ()
     streams: Sequence[StreamSpec] = ALL_STREAMS
+    # Run once streams exist and before the server answers (e.g. rebuilding a read model from a stream).
+    startup: Sequence[Callable[[], Awaitable[None]]] = ()
 
 
 @dataclass
@@ -197,6 +199,8 @@ async def serve(
         )
         service = wire(runtime)
         await provision_streams(js, namespace, service.streams, settings.stream_replicas)
+        for step in service.startup:
+            await step()
         for spec in service.consumers:
             runner = ConsumerRunner(
                 js,

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from google.protobuf.message import Message
 
 from libs.policy.engine import Policy
-from libs.runtime.access import AccessRule, Administer, Read, Write, resolve, touched_fields
+from libs.runtime.access import AccessRule, Administer, Read, Report, Write, resolve, touched_fields
 from libs.runtime.audit import AuditRecorder
 from libs.runtime.errors import PermissionDenied, Unauthenticated
 from libs.runtime.exception_reporter import ExceptionReporter
@@ -80,6 +80,31 @@ class OwnershipGuard:
                     "policy",
                     policy.revision,
                     f"{caller.system} is not a policy administrator",
+                    [],
+                )
+        elif isinstance(rule, Report):
+            source = str(resolve(request, rule.source) or "")
+            key = str(resolve(request, rule.key) or "")
+            if source != caller.system:
+                await self._refuse(
+                    policy,
+                    caller,
+                    method,
+                    rule.object_type,
+                    key,
+                    0,
+                    f"{caller.system} may report only its own records, not {source or 'none'}'s",
+                    [],
+                )
+            if not policy.is_source_of(caller.system, rule.object_type):
+                await self._refuse(
+                    policy,
+                    caller,
+                    method,
+                    rule.object_type,
+                    key,
+                    0,
+                    f"{caller.system} writes no part of {rule.object_type}",
                     [],
                 )
         elif isinstance(rule, Write):
