@@ -203,3 +203,78 @@ async def test_a_restarted_service_rebuilds_everything_from_the_stream(supplier_
         assert joined.supplier.supplier_id == first.supplier.supplier_id
         unchanged = await submit(stub, record("procurement", "P-1", "Elbe Chemie GmbH", "DE136695976"))
         assert unchanged.outcome == supplier_pb2.MATCH_OUTCOME_UNCHANGED
+
+
+async def test_cli_import_of_a_supplier_master_file(suppliers, tmp_path):
+    import asyncio
+    import csv
+
+    from typer.testing import CliRunner
+
+    from libs.cli.main import app
+
+    running, _ = suppliers
+    path = tmp_path / "erp-suppliers.csv"
+    rows = [
+        {
+            "local_id": "1",
+            "legal_name": "ACME Industrial Supply GmbH",
+            "country": "DE",
+            "tax_id": "DE 136 695 976",
+            "street": "Hafenstrasse 1",
+            "city": "Hamburg",
+            "postal_code": "20457",
+            "iban": "DE02120300000000202051",
+        },
+        {
+            "local_id": "2",
+            "legal_name": "Acme Industrial Supply G.m.b.H.",
+            "country": "Germany",
+            "tax_id": "de136695976",
+            "street": "Hafenstr. 1",
+            "city": "Hamburg",
+            "postal_code": "20457",
+        },
+        {"local_id": "3", "legal_name": "Broken Digits AG", "country": "DE", "tax_id": "DE136695977"},
+        {
+            "local_id": "4",
+            "legal_name": "Hanse Papier GmbH",
+            "country": "DE",
+            "tax_id": "DE129273398",
+            "phone": "040 1234567",
+        },
+    ]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(
+            handle,
+            fieldnames=[
+                "local_id",
+                "legal_name",
+                "country",
+                "tax_id",
+                "street",
+                "city",
+                "postal_code",
+                "phone",
+                "iban",
+            ],
+        )
+        writer.writeheader()
+        writer.writerows(rows)
+    result = await asyncio.to_thread(
+        CliRunner().invoke,
+        app,
+        ["suppliers", "import", str(path), "--system", "erp", "--address", running.address, "--concurrency", "1"],
+        env={"COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.stdout
+    lines = {
+        line.strip("│ ").rsplit("│", 1)[0].strip(): line.rsplit("│", 2)[-2].strip()
+        for line in result.stdout.splitlines()
+        if line.count("│") == 3
+    }
+    assert lines["records"] == "4"
+    assert lines["new golden records"] == "3"
+    assert lines["merged into an existing golden record"] == "1"
+    assert lines["invalid identifiers"] == "1"
+    assert int(lines["corrections"]) >= 4
