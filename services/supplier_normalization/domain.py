@@ -94,7 +94,11 @@ class SupplierRegistry:
 
     def submit(self, record: SourceRecord, golden_id: str | None = None) -> Submission:
         """Normalize and place one source record; ``golden_id`` replays a placement already decided."""
-        normalized = normalize(record)
+        return self.submit_normalized(normalize(record), golden_id)
+
+    def submit_normalized(self, normalized: NormalizedRecord, golden_id: str | None = None) -> Submission:
+        """Place a record normalized elsewhere (normalization is pure, so a batch can do it in parallel)."""
+        record = normalized.record
         key = (record.source_system, record.local_id)
         previous = self._sources.get(key)
         existing = self._golden_of.get(key)
@@ -110,10 +114,10 @@ class SupplierRegistry:
         result = self._match(normalized)
         if result.outcome is Outcome.MERGED and result.golden_id is not None:
             target = self.resolve(result.golden_id)
-            self._place(key, target, normalized, True)
+            self._place(key, target, normalized, True, result.block_keys)
             return Submission(target, Outcome.MERGED, False, True, normalized, ())
         target = self._new_id()
-        self._place(key, target, normalized, True)
+        self._place(key, target, normalized, True, result.block_keys)
         suspected = tuple(
             c
             for c in result.candidates
@@ -132,11 +136,17 @@ class SupplierRegistry:
             if self._golden[candidate.golden_id].status == MERGED:
                 continue
             unique.setdefault(candidate.golden_id, candidate)
-        return MatchResult(
-            result.outcome, self.resolve(result.golden_id) if result.golden_id else None, tuple(unique.values())
-        )
+        golden = self.resolve(result.golden_id) if result.golden_id else None
+        return MatchResult(result.outcome, golden, tuple(unique.values()), result.block_keys)
 
-    def _place(self, key: SourceKey, golden_id: str, normalized: NormalizedRecord, changed: bool) -> None:
+    def _place(
+        self,
+        key: SourceKey,
+        golden_id: str,
+        normalized: NormalizedRecord,
+        changed: bool,
+        block_keys: frozenset[str] | None = None,
+    ) -> None:
         golden = self._golden.get(golden_id)
         if golden is None:
             golden = self._golden[golden_id] = Golden(golden_id)
@@ -144,7 +154,7 @@ class SupplierRegistry:
             golden.members.append(key)
         self._sources[key] = normalized
         self._golden_of[key] = golden_id
-        self.index.add(golden_id, normalized)
+        self.index.add(golden_id, normalized, block_keys)
         if changed:
             golden.version += 1
 

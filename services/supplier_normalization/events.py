@@ -12,7 +12,13 @@ from services.supplier_normalization import domain, mapping
 from syncgov.supplier.v1 import events_pb2, supplier_pb2
 
 DOMAIN = "supplier"
-UPSERTED, MERGED, STATUS_CHANGED, DECIDED = "upserted", "merged", "status", "decided"
+UPSERTED, MERGED, DECIDED = "upserted", "merged", "decided"
+# Status changes are named for what happened: <ns>.supplier.<id>.deactivated | blocked | reactivated.
+STATUS_EVENT_NAMES = {
+    supplier_pb2.SUPPLIER_STATUS_INACTIVE: "deactivated",
+    supplier_pb2.SUPPLIER_STATUS_BLOCKED: "blocked",
+    supplier_pb2.SUPPLIER_STATUS_ACTIVE: "reactivated",
+}
 
 
 def supplier_upserted(
@@ -41,7 +47,7 @@ def supplier_status_changed(
     supplier_id: str, version: int, status: int, reason: str, *, idempotency_key: str, caller: str
 ) -> Event:
     payload = events_pb2.SupplierStatusChanged(supplier_id=supplier_id, status=status, reason=reason)
-    return _event(supplier_id, version, STATUS_CHANGED, payload, idempotency_key, caller)
+    return _event(supplier_id, version, STATUS_EVENT_NAMES[status], payload, idempotency_key, caller)
 
 
 def duplicate_decided(first: str, second: str, same: bool, reason: str, *, idempotency_key: str, caller: str) -> Event:

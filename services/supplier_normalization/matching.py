@@ -22,7 +22,7 @@ from rapidfuzz import fuzz, process
 
 from services.supplier_normalization.normalize import NormalizedRecord
 
-MAX_BLOCK = 150  # a block key shared by more golden records than this is too common to compare on
+MAX_BLOCK = 80  # a block key shared by more golden records than this is too common to compare on
 MAX_SCORED = 25  # candidates scored in full per record, best names first
 NAME_WEIGHT, STREET_WEIGHT, POSTAL_WEIGHT = 0.6, 0.3, 0.1
 ADDRESS_WEIGHT = STREET_WEIGHT + POSTAL_WEIGHT
@@ -54,6 +54,7 @@ class MatchResult:
     outcome: Outcome
     golden_id: str | None  # the golden record merged into; None for NEW and SUSPECTED
     candidates: tuple[Candidate, ...]  # best first
+    block_keys: frozenset[str] = frozenset()  # the record's blocks, so placing it need not compute them again
 
 
 @dataclass
@@ -108,8 +109,9 @@ class MatchIndex:
                 previous = candidates.get(golden)
                 reasons = (*previous.reasons, reason) if previous else (reason,)
                 candidates[golden] = Candidate(golden, 100.0, reasons)
+        keys = frozenset(_block_keys(record))
         pool: set[str] = set()
-        for key in _block_keys(record):
+        for key in keys:
             block = self._blocks.get(key)
             if block and len(block) <= MAX_BLOCK:
                 pool.update(block)
@@ -133,9 +135,9 @@ class MatchIndex:
                 reasons = (*candidate.reasons, f"different_{conflict}")
                 candidates[golden] = Candidate(golden, capped, reasons, candidate.field_scores)
         ranked = tuple(sorted(candidates.values(), key=lambda c: -c.score))
-        return self._decide(ranked)
+        return self._decide(ranked, keys)
 
-    def _decide(self, ranked: tuple[Candidate, ...]) -> MatchResult:
+    def _decide(self, ranked: tuple[Candidate, ...], keys: frozenset[str] = frozenset()) -> MatchResult:
         for candidate in ranked:
             if candidate.score < self.thresholds.suspect_at:
                 break
@@ -143,8 +145,9 @@ class MatchIndex:
                 Outcome.MERGED if candidate.score >= self.thresholds.merge_at else Outcome.SUSPECTED,
                 candidate.golden_id if candidate.score >= self.thresholds.merge_at else None,
                 ranked,
+                keys,
             )
-        return MatchResult(Outcome.NEW, None, ranked)
+        return MatchResult(Outcome.NEW, None, ranked, keys)
 
     def apply_decisions(self, result: MatchResult, known_pairs: dict[str, bool]) -> MatchResult:
         """A person's earlier word on (this record's golden record, candidate) overrides the score."""
@@ -153,9 +156,9 @@ class MatchIndex:
             if same is True:
                 return MatchResult(Outcome.MERGED, candidate.golden_id, result.candidates)
         remaining = tuple(c for c in result.candidates if known_pairs.get(c.golden_id) is not False)
-        return self._decide(remaining)
+        return self._decide(remaining, result.block_keys)
 
-    def add(self, golden_id: str, record: NormalizedRecord) -> None:
+    def add(self, golden_id: str, record: NormalizedRecord, keys: frozenset[str] | None = None) -> None:
         """Make ``record`` findable as part of ``golden_id``."""
         features = self._features.get(golden_id)
         if features is None:
@@ -166,7 +169,7 @@ class MatchIndex:
             features.tax_keys[family].add(value)
         features.postal_codes.update(a.postal_code for a in record.record.addresses if a.postal_code)
         features.streets.update(_street(record))
-        for key in _block_keys(record):
+        for key in keys if keys is not None else _block_keys(record):
             block = self._blocks[key]
             if golden_id not in block and len(block) <= MAX_BLOCK:
                 block.append(golden_id)

@@ -203,6 +203,23 @@ async def test_a_restarted_service_rebuilds_everything_from_the_stream(supplier_
         assert joined.supplier.supplier_id == first.supplier.supplier_id
         unchanged = await submit(stub, record("procurement", "P-1", "Elbe Chemie GmbH", "DE136695976"))
         assert unchanged.outcome == supplier_pb2.MATCH_OUTCOME_UNCHANGED
+        await stub.ChangeSupplierStatus(
+            pb.ChangeSupplierStatusRequest(
+                supplier_id=first.supplier.supplier_id,
+                status=supplier_pb2.SUPPLIER_STATUS_INACTIVE,
+                reason="no longer used",
+            ),
+            metadata=as_system("procurement"),
+        )
+    async with running_service(supplier_settings, wire) as (running, channel, _):
+        stub = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
+        got = await stub.GetSupplier(
+            pb.GetSupplierRequest(supplier_id=first.supplier.supplier_id), metadata=as_system("erp")
+        )
+        assert got.supplier.status == supplier_pb2.SUPPLIER_STATUS_INACTIVE
+        nc_js = running.runtime.js
+        history = await EventReader(nc_js, running.runtime.namespace).history("supplier", first.supplier.supplier_id)
+        assert [e.subject.rsplit(".", 1)[1] for e in history] == ["upserted", "blocked", "upserted", "deactivated"]
 
 
 async def test_cli_import_of_a_supplier_master_file(suppliers, tmp_path):
