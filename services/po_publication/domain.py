@@ -6,6 +6,7 @@ import functools
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
+from enum import Enum
 
 import pycountry
 
@@ -130,3 +131,64 @@ def _validate_line(line: OrderLine, index: int, currency: str, seen: set[int], p
 
 def order_total(order: PurchaseOrder) -> Decimal:
     return sum((line.quantity * line.unit_price for line in order.lines), Decimal(0))
+
+
+@dataclass(frozen=True, slots=True)
+class Changes:
+    """What a version changed against its predecessor."""
+
+    added_lines: tuple[int, ...] = ()
+    removed_lines: tuple[int, ...] = ()
+    quantity_changed: tuple[int, ...] = ()
+    price_changed: tuple[int, ...] = ()
+    date_changed: tuple[int, ...] = ()
+    header_fields: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not any(
+            (
+                self.added_lines,
+                self.removed_lines,
+                self.quantity_changed,
+                self.price_changed,
+                self.date_changed,
+                self.header_fields,
+            )
+        )
+
+
+_HEADER_FIELDS = ("supplier_id", "currency_code", "business_unit", "ship_to_site", "cancelled")
+
+
+def changes_between(previous: PurchaseOrder, current: PurchaseOrder) -> Changes:
+    before = {line.line_number: line for line in previous.lines}
+    after = {line.line_number: line for line in current.lines}
+    common = sorted(before.keys() & after.keys())
+    return Changes(
+        added_lines=tuple(sorted(after.keys() - before.keys())),
+        removed_lines=tuple(sorted(before.keys() - after.keys())),
+        quantity_changed=tuple(n for n in common if before[n].quantity != after[n].quantity),
+        price_changed=tuple(n for n in common if before[n].unit_price != after[n].unit_price),
+        date_changed=tuple(n for n in common if before[n].requested_delivery_date != after[n].requested_delivery_date),
+        header_fields=tuple(f for f in _HEADER_FIELDS if getattr(previous, f) != getattr(current, f)),
+    )
+
+
+class Sequence(Enum):
+    """Where a requested version stands against the latest published one."""
+
+    NEXT = "next"  # latest + 1: publish it
+    CURRENT = "current"  # equal to the latest: a retry, or a duplicate transaction
+    STALE = "stale"  # older than the latest: superseded
+    AHEAD = "ahead"  # beyond latest + 1: its predecessor has not arrived
+
+
+def place_version(requested: int, latest: int) -> Sequence:
+    if requested == latest + 1:
+        return Sequence.NEXT
+    if requested == latest:
+        return Sequence.CURRENT
+    if requested < latest:
+        return Sequence.STALE
+    return Sequence.AHEAD

@@ -6,19 +6,33 @@ import logging
 from datetime import UTC, datetime
 
 import grpc
-from google.protobuf import json_format
+from google.protobuf import duration_pb2, json_format
 from opentelemetry import trace
 
 from libs.runtime import attributes
-from libs.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound
-from libs.runtime.events import StoredEvent, WrongLastSequence, content_sha256
+from libs.runtime.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    NotFound,
+    ServiceError,
+)
+from libs.runtime.events import StoredEvent, WrongLastSequence, content_sha256, now_timestamp
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.idempotency import IdempotencyConflict
 from libs.runtime.identity import current_caller
 from libs.runtime.subjects import MAX_KEY_CHARS
 from libs.runtime.values import date_from_proto, datetime_from_proto, decimal_from_proto, money_from_proto
 from services.po_publication import domain
-from services.po_publication.events import purchase_order_published
+from services.po_publication.events import (
+    purchase_order_acknowledged,
+    purchase_order_cancelled,
+    purchase_order_changed,
+    purchase_order_published,
+    purchase_order_rejected,
+)
 from services.po_publication.store import PurchaseOrderStore
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
@@ -76,6 +90,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         response = _response(
             order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
         )
+        await self._store.mark_unacknowledged(order.po_id, order.approved_at)
         return await self._remember(order, key, fingerprint, response)
 
     async def _stored_response(
@@ -103,18 +118,252 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             return response
         return po_service_pb2.PublishPurchaseOrderResponse.FromString(stored)
 
+    async def ChangePurchaseOrder(
+        self, request: po_service_pb2.ChangePurchaseOrderRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.ChangePurchaseOrderResponse:
+        order = _normalized(request.purchase_order)
+        _reject_invalid(order, request.idempotency_key, change=True)
+        caller = current_caller()
+        key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
+        fingerprint = content_sha256(order)
+        _annotate_span(order, key)
+        history = await self._store.order(order.po_id)
+        if not history.versions:
+            raise NotFound(f"purchase order {order.po_id!r} is unknown: publish version 1 first", reason="PO_NOT_FOUND")
+        stored = history.version(order.version)
+        if stored is not None and stored.envelope.content_sha256 == fingerprint:
+            await context.send_initial_metadata(REPLAY_METADATA)
+            return _change_response(stored)
+        previous = _order_of(history.versions[-1])
+        place = domain.place_version(order.version, history.latest_version)
+        if place is domain.Sequence.CURRENT:
+            await self._duplicate_transaction(order, key, evidence=stored)
+        if place is domain.Sequence.STALE:
+            raise FailedPrecondition(
+                f"version {order.version} of {order.po_id} is superseded: the latest is {history.latest_version}",
+                subject=f"purchase_order/{order.po_id}",
+                reason="STALE_VERSION",
+                metadata={"latest_version": str(history.latest_version)},
+            )
+        if place is domain.Sequence.AHEAD:
+            raise FailedPrecondition(
+                f"version {order.version} of {order.po_id} arrived before version {history.latest_version + 1}",
+                subject=f"purchase_order/{order.po_id}",
+                reason="OUT_OF_ORDER_VERSION",
+                metadata={"latest_version": str(history.latest_version)},
+            )
+        if previous.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED:
+            raise FailedPrecondition(
+                f"purchase order {order.po_id} is cancelled (version {previous.version})",
+                subject=f"purchase_order/{order.po_id}",
+                reason="PO_CANCELLED",
+            )
+        before, _ = _to_domain(previous)
+        after, _ = _to_domain(order)
+        changes = _changes_to_proto(domain.changes_between(before, after))
+        event = purchase_order_changed(
+            order, changes, idempotency_key=key, source_system=caller.system, content_sha256=fingerprint
+        )
+        published = await self._append(event, history.last_sequence, order.po_id)
+        if published.duplicate:
+            await context.send_initial_metadata(REPLAY_METADATA)
+            return _change_response(await self._store.event_at(published.sequence))
+        await self._store.mark_unacknowledged(order.po_id, order.approved_at)
+        return po_service_pb2.ChangePurchaseOrderResponse(
+            po_id=order.po_id,
+            version=order.version,
+            event_id=published.envelope.event_id,
+            stream_sequence=published.sequence,
+            changes=changes,
+            idempotency_key=key,
+        )
+
+    async def CancelPurchaseOrder(
+        self, request: po_service_pb2.CancelPurchaseOrderRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.CancelPurchaseOrderResponse:
+        _required_po_id(request.po_id)
+        if not request.reason.strip():
+            raise InvalidArgument("a cancellation needs a reason", violations=[FieldViolation("reason", "is required")])
+        history = await self._store.order(request.po_id)
+        if not history.versions:
+            raise NotFound(f"purchase order {request.po_id!r} is unknown", reason="PO_NOT_FOUND")
+        latest = _order_of(history.versions[-1])
+        version = request.version or history.latest_version + 1
+        stored = history.version(version)
+        if stored is not None and stored.subject.endswith(".cancelled"):
+            await context.send_initial_metadata(REPLAY_METADATA)
+            return _cancel_response(stored)
+        if latest.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED:
+            raise FailedPrecondition(
+                f"purchase order {request.po_id} is already cancelled",
+                subject=f"purchase_order/{request.po_id}",
+                reason="PO_CANCELLED",
+            )
+        if domain.place_version(version, history.latest_version) is not domain.Sequence.NEXT:
+            raise FailedPrecondition(
+                f"a cancellation of {request.po_id} is version {history.latest_version + 1}, not {version}",
+                subject=f"purchase_order/{request.po_id}",
+                reason="STALE_VERSION",
+                metadata={"latest_version": str(history.latest_version)},
+            )
+        cancelled = po_pb2.PurchaseOrder()
+        cancelled.CopyFrom(latest)
+        cancelled.version = version
+        cancelled.status = po_pb2.PURCHASE_ORDER_STATUS_CANCELLED
+        cancelled.approved_at.CopyFrom(now_timestamp())
+        caller = current_caller()
+        key = request.idempotency_key or domain.natural_idempotency_key(caller.system, request.po_id, version)
+        event = purchase_order_cancelled(
+            cancelled,
+            request.reason,
+            idempotency_key=key,
+            source_system=caller.system,
+            content_sha256=content_sha256(cancelled),
+        )
+        published = await self._append(event, history.last_sequence, request.po_id)
+        await self._store.mark_unacknowledged(request.po_id, cancelled.approved_at)
+        return po_service_pb2.CancelPurchaseOrderResponse(
+            po_id=request.po_id,
+            version=version,
+            event_id=published.envelope.event_id,
+            stream_sequence=published.sequence,
+        )
+
+    async def AcknowledgePurchaseOrder(
+        self, request: po_service_pb2.AcknowledgePurchaseOrderRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.AcknowledgePurchaseOrderResponse:
+        _required_po_id(request.po_id)
+        if not request.erp_document_number.strip():
+            raise InvalidArgument(
+                "the ERP's document number is required",
+                violations=[FieldViolation("erp_document_number", "is required")],
+            )
+        for _attempt in range(3):
+            history = await self._store.order(request.po_id)
+            stored = history.version(request.version)
+            if stored is None:
+                raise _unknown_version(request.po_id, request.version, history)
+            known = next((a for a in history.acknowledgments if a.envelope.object_version == request.version), None)
+            if known is not None:
+                acknowledgment = known.unpack(events_pb2.PurchaseOrderAcknowledged).acknowledgment
+                if acknowledgment.erp_document_number != request.erp_document_number:
+                    raise AlreadyExists(
+                        f"version {request.version} was acknowledged as {acknowledgment.erp_document_number}",
+                        reason="ALREADY_ACKNOWLEDGED",
+                    )
+                await context.send_initial_metadata(REPLAY_METADATA)
+                return po_service_pb2.AcknowledgePurchaseOrderResponse(
+                    acknowledgment=acknowledgment, latest_version_acknowledged=request.version == history.latest_version
+                )
+            acknowledgment = po_pb2.ErpAcknowledgment(
+                version=request.version, erp_document_number=request.erp_document_number
+            )
+            acknowledgment.acknowledged_at.CopyFrom(
+                request.acknowledged_at if request.HasField("acknowledged_at") else now_timestamp()
+            )
+            approved = _order_of(stored).approved_at
+            propagation = duration_pb2.Duration()
+            propagation.FromNanoseconds(
+                max(0, acknowledgment.acknowledged_at.ToNanoseconds() - approved.ToNanoseconds())
+            )
+            caller = current_caller()
+            key = f"{caller.system}:purchase_order_acknowledgment:{request.po_id}:v{request.version}"
+            event = purchase_order_acknowledged(
+                request.po_id, acknowledgment, propagation, idempotency_key=key, source_system=caller.system
+            )
+            try:
+                await self._store.append(event, expected_last_sequence=history.last_sequence)
+            except WrongLastSequence:
+                continue  # a version or another acknowledgment landed meanwhile: read again
+            latest = request.version == history.latest_version
+            if latest:
+                await self._store.mark_acknowledged(request.po_id)
+            return po_service_pb2.AcknowledgePurchaseOrderResponse(
+                acknowledgment=acknowledgment, latest_version_acknowledged=latest
+            )
+        raise Aborted(f"purchase order {request.po_id} kept changing; retry", reason="CONCURRENT_WRITE")
+
+    async def RejectPurchaseOrder(
+        self, request: po_service_pb2.RejectPurchaseOrderRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.RejectPurchaseOrderResponse:
+        _required_po_id(request.po_id)
+        if not request.reason.strip():
+            raise InvalidArgument("the ERP's reason is required", violations=[FieldViolation("reason", "is required")])
+        history = await self._store.order(request.po_id)
+        if history.version(request.version) is None:
+            raise _unknown_version(request.po_id, request.version, history)
+        caller = current_caller()
+        key = f"{caller.system}:purchase_order_rejection:{request.po_id}:v{request.version}"
+        event = purchase_order_rejected(
+            request.po_id, request.version, request.reason, idempotency_key=key, source_system=caller.system
+        )
+        published = await self._store.append(event, expected_last_sequence=None)
+        if published.duplicate:
+            await context.send_initial_metadata(REPLAY_METADATA)
+        exception = await self._exceptions.raise_exception(
+            exception_pb2.EXCEPTION_TYPE_ERP_REJECTED,
+            exception_pb2.SEVERITY_HIGH,
+            types_pb2.ObjectRef(object_type=domain.OBJECT_TYPE, object_key=request.po_id, version=request.version),
+            f"{caller.system} rejected version {request.version} of {request.po_id}: {request.reason}",
+            workflow_key=request.po_id,
+            discriminator=str(published.sequence),
+        )
+        return po_service_pb2.RejectPurchaseOrderResponse(exception_id=exception.exception_id)
+
+    async def ListUnacknowledgedPurchaseOrders(
+        self, request: po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest, context: grpc.aio.ServicerContext
+    ) -> po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse:
+        size = min(request.page.page_size or 50, 500)
+        offset = int(request.page.page_token) if request.page.page_token.isdigit() else 0
+        po_ids, more = await self._store.unacknowledged(offset, size)
+        entries = []
+        for po_id in po_ids:
+            history = await self._store.order(po_id)
+            if not history.versions:
+                continue
+            latest = _order_of(history.versions[-1])
+            acked = max((a.envelope.object_version for a in history.acknowledgments), default=0)
+            entries.append(
+                po_service_pb2.UnacknowledgedPurchaseOrder(
+                    po_id=po_id,
+                    latest_version=latest.version,
+                    acknowledged_version=acked,
+                    approved_at=latest.approved_at,
+                )
+            )
+        token = str(offset + size) if more else ""
+        return po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse(
+            purchase_orders=entries, page_info=types_pb2.PageInfo(next_page_token=token)
+        )
+
+    async def _append(self, event, expected_last_sequence: int, po_id: str):
+        try:
+            return await self._store.append(event, expected_last_sequence=expected_last_sequence)
+        except WrongLastSequence:
+            raise Aborted(
+                f"purchase order {po_id} changed while this command was decided (another writer won); "
+                "read it again and retry",
+                reason="CONCURRENT_WRITE",
+                metadata={"po_id": po_id},
+            ) from None
+
     async def GetPurchaseOrder(
         self, request: po_service_pb2.GetPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.GetPurchaseOrderResponse:
-        versions = await self._store.versions(_required_po_id(request.po_id))
-        if not versions:
+        history = await self._store.order(_required_po_id(request.po_id))
+        if not history.versions:
             raise NotFound(f"purchase order {request.po_id!r} is unknown", reason="PO_NOT_FOUND")
-        latest = versions[-1].envelope.object_version
-        wanted = request.version or latest
-        for event in versions:
-            if event.envelope.object_version == wanted:
-                return po_service_pb2.GetPurchaseOrderResponse(purchase_order=_order_of(event), latest_version=latest)
-        raise NotFound(f"purchase order {request.po_id!r} has no version {wanted}", reason="PO_VERSION_NOT_FOUND")
+        wanted = request.version or history.latest_version
+        stored = history.version(wanted)
+        if stored is None:
+            raise NotFound(f"purchase order {request.po_id!r} has no version {wanted}", reason="PO_VERSION_NOT_FOUND")
+        response = po_service_pb2.GetPurchaseOrderResponse(
+            purchase_order=_order_of(stored), latest_version=history.latest_version
+        )
+        if history.acknowledgments:
+            highest = max(history.acknowledgments, key=lambda a: a.envelope.object_version)
+            response.erp_acknowledgment.CopyFrom(highest.unpack(events_pb2.PurchaseOrderAcknowledged).acknowledgment)
+        return response
 
     async def ListPurchaseOrderVersions(
         self, request: po_service_pb2.ListPurchaseOrderVersionsRequest, context: grpc.aio.ServicerContext
@@ -169,6 +418,10 @@ def _normalized_first_version(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrd
     normalized = order
     if normalized.version == 0:
         normalized.version = 1
+    return _normalized(normalized)
+
+
+def _normalized(normalized: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
     if normalized.status == po_pb2.PURCHASE_ORDER_STATUS_UNSPECIFIED:
         normalized.status = po_pb2.PURCHASE_ORDER_STATUS_OPEN
     for line in normalized.lines:
@@ -177,9 +430,13 @@ def _normalized_first_version(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrd
     return normalized
 
 
-def _reject_invalid(order: po_pb2.PurchaseOrder, idempotency_key: str) -> None:
+def _reject_invalid(order: po_pb2.PurchaseOrder, idempotency_key: str, *, change: bool = False) -> None:
     violations: list[FieldViolation] = []
-    if order.version != 1:
+    if change and order.version < 2:
+        violations.append(
+            FieldViolation(f"{PUBLISH_FIELD}.version", "a change order is version 2 or later (version 1 is published)")
+        )
+    if not change and order.version != 1:
         violations.append(
             FieldViolation(
                 f"{PUBLISH_FIELD}.version",
@@ -253,6 +510,51 @@ def _to_domain(order: po_pb2.PurchaseOrder) -> tuple[domain.PurchaseOrder | None
         lines=tuple(lines),
         cancelled=order.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED,
     ), []
+
+
+def _changes_to_proto(changes: domain.Changes) -> po_pb2.PurchaseOrderChanges:
+    return po_pb2.PurchaseOrderChanges(
+        added_line_numbers=changes.added_lines,
+        removed_line_numbers=changes.removed_lines,
+        quantity_changed_line_numbers=changes.quantity_changed,
+        price_changed_line_numbers=changes.price_changed,
+        date_changed_line_numbers=changes.date_changed,
+        header_fields=changes.header_fields,
+    )
+
+
+def _change_response(stored: StoredEvent) -> po_service_pb2.ChangePurchaseOrderResponse:
+    changed = stored.unpack(events_pb2.PurchaseOrderChanged)
+    envelope = stored.envelope
+    return po_service_pb2.ChangePurchaseOrderResponse(
+        po_id=envelope.object_key,
+        version=envelope.object_version,
+        event_id=envelope.event_id,
+        stream_sequence=stored.sequence,
+        changes=changed.changes,
+        idempotency_key=envelope.idempotency_key,
+    )
+
+
+def _cancel_response(stored: StoredEvent) -> po_service_pb2.CancelPurchaseOrderResponse:
+    envelope = stored.envelope
+    return po_service_pb2.CancelPurchaseOrderResponse(
+        po_id=envelope.object_key,
+        version=envelope.object_version,
+        event_id=envelope.event_id,
+        stream_sequence=stored.sequence,
+    )
+
+
+def _unknown_version(po_id: str, version: int, history) -> ServiceError:
+    if not history.versions:
+        return NotFound(f"purchase order {po_id!r} is unknown", reason="PO_NOT_FOUND")
+    return FailedPrecondition(
+        f"purchase order {po_id} has no version {version} (latest {history.latest_version})",
+        subject=f"purchase_order/{po_id}",
+        reason="UNKNOWN_VERSION",
+        metadata={"latest_version": str(history.latest_version)},
+    )
 
 
 def _required_po_id(po_id: str) -> str:

@@ -2,22 +2,74 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+from google.protobuf.timestamp_pb2 import Timestamp
+from redis.asyncio import Redis
+
 from libs.runtime.events import Event, EventPublisher, EventReader, Published, StoredEvent
 from libs.runtime.idempotency import IdempotencyStore
-from services.po_publication.events import DOCUMENT_EVENTS, DOMAIN
+from services.po_publication.events import ACKNOWLEDGED, DOCUMENT_EVENTS, DOMAIN
+
+
+@dataclass(frozen=True, slots=True)
+class OrderHistory:
+    """One order as its events tell it: versions oldest first, the ERP's acknowledgments, and the sequence
+    the next write must expect."""
+
+    versions: list[StoredEvent]
+    acknowledgments: list[StoredEvent]
+    last_sequence: int
+
+    @property
+    def latest_version(self) -> int:
+        return self.versions[-1].envelope.object_version if self.versions else 0
+
+    def version(self, number: int) -> StoredEvent | None:
+        return next((e for e in self.versions if e.envelope.object_version == number), None)
 
 
 class PurchaseOrderStore:
-    def __init__(self, publisher: EventPublisher, reader: EventReader, idempotency: IdempotencyStore) -> None:
+    def __init__(
+        self,
+        publisher: EventPublisher,
+        reader: EventReader,
+        idempotency: IdempotencyStore,
+        redis: Redis,
+        unacked_key: str,
+    ) -> None:
         self._publisher = publisher
         self._reader = reader
         self.idempotency = idempotency
+        self._redis = redis
+        # Read model: orders whose latest version the ERP has not acknowledged, scored by the approval
+        # time of that version. No TTL: it mirrors the stream and is rebuilt from it (rebuild_unacknowledged).
+        self._unacked = unacked_key
 
-    async def append(self, event: Event, *, expected_last_sequence: int) -> Published:
+    async def mark_unacknowledged(self, po_id: str, approved_at: Timestamp) -> None:
+        await self._redis.zadd(self._unacked, {po_id: approved_at.seconds + approved_at.nanos / 1e9})
+
+    async def mark_acknowledged(self, po_id: str) -> None:
+        await self._redis.zrem(self._unacked, po_id)
+
+    async def unacknowledged(self, offset: int, count: int) -> tuple[list[str], bool]:
+        members = await self._redis.zrange(self._unacked, offset, offset + count)
+        names = [m.decode() if isinstance(m, bytes) else m for m in members]
+        return names[:count], len(names) > count
+
+    async def append(self, event: Event, *, expected_last_sequence: int | None) -> Published:
         return await self._publisher.publish(event, expected_last_sequence=expected_last_sequence)
 
     async def event_at(self, sequence: int) -> StoredEvent:
         return await self._reader.at(DOMAIN, sequence)
+
+    async def order(self, po_id: str) -> OrderHistory:
+        events = await self._reader.history(DOMAIN, po_id)
+        return OrderHistory(
+            versions=[e for e in events if _event_name(e) in DOCUMENT_EVENTS],
+            acknowledgments=[e for e in events if _event_name(e) == ACKNOWLEDGED],
+            last_sequence=events[-1].sequence if events else 0,
+        )
 
     async def versions(self, po_id: str) -> list[StoredEvent]:
         """Every document event (publish, change, cancel) of one order, oldest first."""

@@ -27,7 +27,13 @@ ACCESS = {
 
 
 def wire(rt: Runtime[Settings]) -> Service:
-    store = PurchaseOrderStore(rt.publisher, rt.reader, rt.idempotency_store(rt.settings.service_name))
+    store = PurchaseOrderStore(
+        rt.publisher,
+        rt.reader,
+        rt.idempotency_store(rt.settings.service_name),
+        rt.redis,
+        rt.namespace.redis_key(rt.settings.service_name, "unacknowledged"),
+    )
     servicer = PurchaseOrderServicer(store=store, exceptions=rt.exceptions)
     return Service(
         grpc_services=[

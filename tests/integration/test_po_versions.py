@@ -1,0 +1,183 @@
+"""Purchase order versions, change orders, cancellation and the ERP's acknowledgment of each version."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+
+from libs.runtime.events import EventReader
+from syncgov.exception.v1 import events_pb2 as exception_events
+from syncgov.exception.v1 import exception_pb2
+from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2
+from tests.integration.helpers import sample_order, status_details
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
+PROCUREMENT = (("x-syncgov-system", "procurement"),)
+ERP = (("x-syncgov-system", "erp"),)
+
+
+def version(number: int, *, quantity: str = "10", po_id: str = "PO-1001") -> po_pb2.PurchaseOrder:
+    order = sample_order(po_id, quantity=quantity)
+    order.version = number
+    return order
+
+
+async def publish(stub, order):
+    return await stub.PublishPurchaseOrder(
+        po_service_pb2.PublishPurchaseOrderRequest(purchase_order=order), metadata=PROCUREMENT
+    )
+
+
+async def change(stub, order, metadata=PROCUREMENT):
+    return await stub.ChangePurchaseOrder(
+        po_service_pb2.ChangePurchaseOrderRequest(purchase_order=order), metadata=metadata
+    )
+
+
+async def acknowledge(stub, number: int, erp_number: str = "4500012345", po_id: str = "PO-1001"):
+    return await stub.AcknowledgePurchaseOrder(
+        po_service_pb2.AcknowledgePurchaseOrderRequest(po_id=po_id, version=number, erp_document_number=erp_number),
+        metadata=ERP,
+    )
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    return next(d.reason for d in status_details(error) if isinstance(d, error_details_pb2.ErrorInfo))
+
+
+async def test_three_versions_in_order_then_the_erp_acknowledges_the_third(po_service, js):
+    running, stub, _ = po_service
+    await publish(stub, version(1))
+    second = await change(stub, version(2, quantity="12"))
+    assert list(second.changes.quantity_changed_line_numbers) == [1]
+    third_order = version(3, quantity="12")
+    del third_order.lines[1]
+    third = await change(stub, third_order)
+    assert list(third.changes.removed_line_numbers) == [2]
+    acked = await acknowledge(stub, 3)
+    assert acked.latest_version_acknowledged
+    got = await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=ERP)
+    assert got.latest_version == 3
+    assert got.erp_acknowledgment.version == 3
+    assert got.erp_acknowledgment.erp_document_number == "4500012345"
+    [stored] = [
+        e
+        for e in await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
+        if e.subject.endswith(".acknowledged")
+    ]
+    acknowledged = stored.unpack(events_pb2.PurchaseOrderAcknowledged)
+    assert acknowledged.propagation_time.ToNanoseconds() > 0
+    unacked = await stub.ListUnacknowledgedPurchaseOrders(
+        po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest(), metadata=ERP
+    )
+    assert list(unacked.purchase_orders) == []
+
+
+async def test_an_older_version_after_a_newer_one_is_refused(po_service):
+    _, stub, _ = po_service
+    await publish(stub, version(1))
+    await change(stub, version(2, quantity="12"))
+    await change(stub, version(3, quantity="13"))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await change(stub, version(2, quantity="99"))
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(failure.value) == "STALE_VERSION"
+    same_again = await change(stub, version(2, quantity="12"))
+    assert same_again.version == 2, "the very same change order again is a retry, answered as before"
+
+
+async def test_two_concurrent_change_orders_one_wins_the_other_is_aborted_and_can_retry(po_service):
+    _, stub, _ = po_service
+    await publish(stub, version(1))
+    results = await asyncio.gather(
+        change(stub, version(2, quantity="20")), change(stub, version(2, quantity="30")), return_exceptions=True
+    )
+    winners = [r for r in results if not isinstance(r, Exception)]
+    losers = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(winners) == 1
+    assert len(losers) == 1
+    assert losers[0].code() in (grpc.StatusCode.ABORTED, grpc.StatusCode.ALREADY_EXISTS)
+    retried = await change(stub, version(3, quantity="30"))
+    assert retried.version == 3
+    versions = await stub.ListPurchaseOrderVersions(
+        po_service_pb2.ListPurchaseOrderVersionsRequest(po_id="PO-1001"), metadata=ERP
+    )
+    assert [o.version for o in versions.purchase_orders] == [1, 2, 3]
+
+
+async def test_an_acknowledgment_of_an_older_version_leaves_the_order_not_in_the_erp(po_service):
+    _, stub, _ = po_service
+    await publish(stub, version(1))
+    await change(stub, version(2, quantity="12"))
+    await change(stub, version(3, quantity="13"))
+    acked = await acknowledge(stub, 2)
+    assert not acked.latest_version_acknowledged
+    unacked = await stub.ListUnacknowledgedPurchaseOrders(
+        po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest(), metadata=ERP
+    )
+    [entry] = unacked.purchase_orders
+    assert (entry.po_id, entry.latest_version, entry.acknowledged_version) == ("PO-1001", 3, 2)
+
+
+async def test_repeated_commands_publish_once(po_service, js):
+    running, stub, _ = po_service
+    await publish(stub, version(1))
+    await change(stub, version(2, quantity="12"))
+    await change(stub, version(2, quantity="12"))
+    await acknowledge(stub, 2)
+    await acknowledge(stub, 2)
+    history = await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
+    assert [e.subject.rsplit(".", 1)[1] for e in history] == ["published", "changed", "acknowledged"]
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await acknowledge(stub, 2, erp_number="OTHER")
+    assert failure.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_only_the_erp_acknowledges_and_rejections_raise_exceptions(po_service, js):
+    running, stub, _ = po_service
+    await publish(stub, version(1))
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stub.AcknowledgePurchaseOrder(
+            po_service_pb2.AcknowledgePurchaseOrderRequest(po_id="PO-1001", version=1, erp_document_number="X"),
+            metadata=PROCUREMENT,
+        )
+    assert failure.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    rejected = await stub.RejectPurchaseOrder(
+        po_service_pb2.RejectPurchaseOrderRequest(po_id="PO-1001", version=1, reason="vendor blocked in company code"),
+        metadata=ERP,
+    )
+    info = await js.stream_info(running.runtime.namespace.stream("exception"))
+    raised = [
+        (await EventReader(js, running.runtime.namespace).at("exception", s))
+        .unpack(exception_events.ExceptionRaised)
+        .exception
+        for s in range(info.state.first_seq, info.state.last_seq + 1)
+    ]
+    erp_rejections = [e for e in raised if e.type == exception_pb2.EXCEPTION_TYPE_ERP_REJECTED]
+    assert [e.exception_id for e in erp_rejections] == [rejected.exception_id]
+
+
+async def test_cancellation_is_a_version_and_ends_changes(po_service):
+    _, stub, _ = po_service
+    await publish(stub, version(1))
+    cancelled = await stub.CancelPurchaseOrder(
+        po_service_pb2.CancelPurchaseOrderRequest(po_id="PO-1001", version=2, reason="customer cancelled"),
+        metadata=PROCUREMENT,
+    )
+    assert cancelled.version == 2
+    got = await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=ERP)
+    assert got.purchase_order.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await change(stub, version(3, quantity="5"))
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert reason_of(failure.value) == "PO_CANCELLED"
+
+
+async def test_changing_an_unknown_order_is_not_found(po_service):
+    _, stub, _ = po_service
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await change(stub, version(2, po_id="PO-404"))
+    assert failure.value.code() == grpc.StatusCode.NOT_FOUND
