@@ -29,6 +29,28 @@ def free_port(host: str = "127.0.0.1") -> int:
         return sock.getsockname()[1]
 
 
+def free_port_range(count: int, host: str = "127.0.0.1", low: int = 20000, high: int = 32000) -> int:
+    """The first of ``count`` consecutive free ports, below the kernel's ephemeral range (so the ports
+    other processes are handed meanwhile do not land in it)."""
+    import random
+
+    for _ in range(200):
+        base = random.randrange(low, high - count)
+        sockets = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise ServerError(f"no {count} consecutive free ports between {low} and {high}")
+
+
 def nats_server_binary() -> Path:
     beside_python = Path(sys.executable).parent / "nats-server"
     if beside_python.exists():

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from libs.cli.components import existing_components
-from libs.runtime.local_servers import free_port
+from libs.runtime.local_servers import free_port, free_port_range
 from libs.runtime.probe import health_status, reflected_services
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -41,8 +41,9 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) 
 
 @pytest.fixture
 def stack(tmp_path: Path):
-    po_port = free_port()
-    metrics_po_port = free_port()
+    base = free_port_range(6)
+    po_port = base + 2
+    metrics_po_port = free_port_range(6) + 2
     args = [
         sys.executable,
         "-m",
