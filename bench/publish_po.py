@@ -39,7 +39,7 @@ from libs.runtime.local_servers import NatsServer, ValkeyServer, free_port
 from libs.runtime.probe import health_status
 from libs.runtime.streams import PO, provision_streams
 from libs.runtime.subjects import Namespace
-from tests.integration.helpers import sample_order
+from tests.integration.helpers import sample_order, seed_supplier
 
 Call = Callable[[int], Awaitable[object]]
 COUNTER = itertools.count()  # one sequence for the whole run: every governed request is a new PO
@@ -121,6 +121,7 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
             "SYNCGOV_NAMESPACE": namespace,
             "SYNCGOV_LOG_LEVEL": "ERROR",
         }
+        await seed_supplier(nats_server.url, namespace, "SUP-ACME")  # the supplier every benchmark order names
         service_port, raw_port = free_port(), free_port()
         processes.append(
             subprocess.Popen(

@@ -192,3 +192,17 @@ def place_version(requested: int, latest: int) -> Sequence:
     if requested < latest:
         return Sequence.STALE
     return Sequence.AHEAD
+
+
+SUPPLIER_ACTIVE = "active"
+
+
+def supplier_problem(supplier_id: str, status: str | None, merged_into: str = "") -> str | None:
+    """Why a PO may not name this supplier, or None. ``status`` comes from supplier events (None: never seen)."""
+    if status is None:
+        return f"supplier {supplier_id!r} is unknown to syncgov (no supplier record names it)"
+    if status == "merged":
+        return f"supplier {supplier_id!r} was merged into {merged_into!r}; order from {merged_into!r}"
+    if status != SUPPLIER_ACTIVE:
+        return f"supplier {supplier_id!r} is {status}; no new orders or changes"
+    return None

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from google.protobuf import timestamp_pb2
 
-from libs.runtime.events import Event
+from libs.runtime.events import Event, StoredEvent
 from services.po_publication.domain import OBJECT_TYPE
 from syncgov.po.v1 import events_pb2, po_pb2
+from syncgov.supplier.v1 import events_pb2 as supplier_events_pb2
+from syncgov.supplier.v1 import supplier_pb2
+
+if TYPE_CHECKING:  # store.py imports this module's names
+    from services.po_publication.store import SupplierDirectory
 
 DOMAIN = "po"
 PUBLISHED = "published"
@@ -115,3 +122,29 @@ def purchase_order_rejected(
 ) -> Event:
     payload = events_pb2.PurchaseOrderRejected(po_id=po_id, version=version, reason=reason)
     return _event(po_id, version, REJECTED, payload, idempotency_key, source_system)
+
+
+_SUPPLIER_STATUS = {
+    supplier_pb2.SUPPLIER_STATUS_ACTIVE: "active",
+    supplier_pb2.SUPPLIER_STATUS_BLOCKED: "blocked",
+    supplier_pb2.SUPPLIER_STATUS_INACTIVE: "inactive",
+    supplier_pb2.SUPPLIER_STATUS_MERGED: "merged",
+}
+
+
+def on_supplier_event(directory: SupplierDirectory):
+    """Keeps the supplier directory current from supplier-normalization's events (never its storage)."""
+
+    def apply(event: StoredEvent) -> None:
+        payload = event.envelope.payload
+        if payload.Is(supplier_events_pb2.SupplierUpserted.DESCRIPTOR):
+            supplier = event.unpack(supplier_events_pb2.SupplierUpserted).supplier
+            directory.set_status(supplier.supplier_id, _SUPPLIER_STATUS.get(supplier.status, "active"))
+        elif payload.Is(supplier_events_pb2.SupplierMerged.DESCRIPTOR):
+            merged = event.unpack(supplier_events_pb2.SupplierMerged)
+            directory.merge(merged.merged_supplier_id, merged.surviving_supplier_id)
+        elif payload.Is(supplier_events_pb2.SupplierStatusChanged.DESCRIPTOR):
+            changed = event.unpack(supplier_events_pb2.SupplierStatusChanged)
+            directory.set_status(changed.supplier_id, _SUPPLIER_STATUS.get(changed.status, "inactive"))
+
+    return apply

@@ -33,7 +33,7 @@ from services.po_publication.events import (
     purchase_order_published,
     purchase_order_rejected,
 )
-from services.po_publication.store import PurchaseOrderStore
+from services.po_publication.store import PurchaseOrderStore, SupplierDirectory
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2, po_service_pb2_grpc
@@ -45,15 +45,16 @@ PUBLISH_FIELD = "purchase_order"
 
 
 class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
-    def __init__(self, store: PurchaseOrderStore, exceptions: ExceptionReporter) -> None:
+    def __init__(self, store: PurchaseOrderStore, exceptions: ExceptionReporter, suppliers: SupplierDirectory) -> None:
         self._store = store
         self._exceptions = exceptions
+        self._suppliers = suppliers
 
     async def PublishPurchaseOrder(
         self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.PublishPurchaseOrderResponse:
         order = _normalized_first_version(request.purchase_order)
-        _reject_invalid(order, request.idempotency_key)
+        _reject_invalid(order, request.idempotency_key, suppliers=self._suppliers)
         caller = current_caller()
         key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
         fingerprint = content_sha256(order)
@@ -122,7 +123,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self, request: po_service_pb2.ChangePurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.ChangePurchaseOrderResponse:
         order = _normalized(request.purchase_order)
-        _reject_invalid(order, request.idempotency_key, change=True)
+        _reject_invalid(order, request.idempotency_key, change=True, suppliers=self._suppliers)
         caller = current_caller()
         key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
         fingerprint = content_sha256(order)
@@ -430,8 +431,14 @@ def _normalized(normalized: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
     return normalized
 
 
-def _reject_invalid(order: po_pb2.PurchaseOrder, idempotency_key: str, *, change: bool = False) -> None:
+def _reject_invalid(
+    order: po_pb2.PurchaseOrder, idempotency_key: str, *, suppliers: SupplierDirectory, change: bool = False
+) -> None:
     violations: list[FieldViolation] = []
+    if order.supplier_id:
+        problem = domain.supplier_problem(order.supplier_id, *suppliers.lookup(order.supplier_id))
+        if problem:
+            violations.append(FieldViolation(f"{PUBLISH_FIELD}.supplier_id", problem))
     if change and order.version < 2:
         violations.append(
             FieldViolation(f"{PUBLISH_FIELD}.version", "a change order is version 2 or later (version 1 is published)")

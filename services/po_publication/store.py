@@ -84,3 +84,21 @@ class PurchaseOrderStore:
 
 def _event_name(event: StoredEvent) -> str:
     return event.subject.rsplit(".", 1)[-1]
+
+
+class SupplierDirectory:
+    """Supplier states as supplier events tell them: a read model in memory, followed from the stream."""
+
+    def __init__(self) -> None:
+        self._status: dict[str, str] = {}
+        self._merged_into: dict[str, str] = {}
+
+    def set_status(self, supplier_id: str, status: str) -> None:
+        self._status[supplier_id] = status
+
+    def merge(self, merged_id: str, surviving_id: str) -> None:
+        self._status[merged_id] = "merged"
+        self._merged_into[merged_id] = surviving_id
+
+    def lookup(self, supplier_id: str) -> tuple[str | None, str]:
+        return self._status.get(supplier_id), self._merged_into.get(supplier_id, "")

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from libs.runtime.access import Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
-from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO
+from libs.runtime.follower import StreamFollower
+from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO, SUPPLIER
+from services.po_publication.events import on_supplier_event
 from services.po_publication.servicer import PurchaseOrderServicer
 from services.po_publication.settings import Settings
-from services.po_publication.store import PurchaseOrderStore
+from services.po_publication.store import PurchaseOrderStore, SupplierDirectory
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 
 ACCESS = {
@@ -34,7 +36,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         rt.redis,
         rt.namespace.redis_key(rt.settings.service_name, "unacknowledged"),
     )
-    servicer = PurchaseOrderServicer(store=store, exceptions=rt.exceptions)
+    suppliers = SupplierDirectory()
+    follower = StreamFollower(rt.js, rt.namespace, "supplier", on_supplier_event(suppliers))
+    servicer = PurchaseOrderServicer(store=store, exceptions=rt.exceptions, suppliers=suppliers)
     return Service(
         grpc_services=[
             GrpcService(
@@ -44,5 +48,7 @@ def wire(rt: Runtime[Settings]) -> Service:
                 access=ACCESS,
             )
         ],
-        streams=(PO, EXCEPTION, AUDIT_INBOX),
+        streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
+        # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
+        startup=[follower.start],
     )

@@ -75,6 +75,8 @@ def replay(registry: domain.SupplierRegistry, suspicions: dict, event: StoredEve
     payload = event.envelope.payload
     if payload.Is(events_pb2.SupplierUpserted.DESCRIPTOR):
         upserted = event.unpack(events_pb2.SupplierUpserted)
+        if not upserted.HasField("source_record"):
+            return  # not written by this service (every upsert it writes carries its source record)
         golden = upserted.supplier.supplier_id
         registry.submit(mapping.record_from_proto(upserted.source_record), golden_id=golden)
         for candidate in upserted.suspected_duplicates:

@@ -10,17 +10,21 @@ from libs.runtime.testing import running_service, unique_namespace
 from services.po_publication.settings import Settings
 from services.po_publication.wiring import wire
 from syncgov.po.v1 import po_service_pb2_grpc
+from tests.integration.helpers import seed_supplier
 
 
 @pytest.fixture
-def po_settings(nats_server, valkey_server, clean_env) -> Settings:
-    return Settings(
+async def po_settings(nats_server, valkey_server, clean_env) -> Settings:
+    """Settings for a fresh namespace in which supplier SUP-ACME is known and active."""
+    settings = Settings(
         grpc_port=0,
         nats_url=nats_server.url,
         redis_url=valkey_server.url,
         namespace=unique_namespace(),
         log_format="console",
     )
+    await seed_supplier(nats_server.url, settings.namespace, "SUP-ACME")
+    return settings
 
 
 @pytest.fixture

@@ -61,3 +61,41 @@ def status_details(error: grpc.aio.AioRpcError):
                 detail.Unpack(message)
                 decoded.append(message)
     return decoded
+
+
+async def seed_supplier(nats_url: str, namespace: str, supplier_id: str, status: int | None = None) -> None:
+    """Publish the supplier event supplier-normalization would have published, so po-publication knows it."""
+    import nats
+    from opentelemetry.trace import NoOpTracer
+
+    from libs.runtime.events import Event, EventPublisher
+    from libs.runtime.streams import SUPPLIER, provision_streams
+    from libs.runtime.subjects import Namespace
+    from syncgov.supplier.v1 import events_pb2 as supplier_events
+    from syncgov.supplier.v1 import supplier_pb2
+
+    nc = await nats.connect(nats_url)
+    try:
+        js = nc.jetstream()
+        ns = Namespace(namespace)
+        await provision_streams(js, ns, (SUPPLIER,))
+        supplier = supplier_pb2.Supplier(
+            supplier_id=supplier_id,
+            legal_name=f"{supplier_id} GmbH",
+            version=1,
+            status=status or supplier_pb2.SUPPLIER_STATUS_ACTIVE,
+        )
+        await EventPublisher(js, ns, NoOpTracer(), 5).publish(
+            Event(
+                domain="supplier",
+                object_type="supplier",
+                object_key=supplier_id,
+                object_version=1,
+                name="upserted",
+                payload=supplier_events.SupplierUpserted(supplier=supplier),
+                idempotency_key=f"seed:{supplier_id}:{status}",
+                source_system="procurement",
+            )
+        )
+    finally:
+        await nc.drain()

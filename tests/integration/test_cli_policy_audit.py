@@ -88,8 +88,9 @@ async def test_audit_verify_passes_on_the_real_chain_and_pinpoints_an_altered_ex
         )
 
     async def chained() -> bool:
+        # four PO writes, plus the supplier record the fixture seeded: five writes, five entries
         result = await cli("audit", "verify", *namespace)
-        return result.exit_code == 0 and "4 entries verified" in result.stdout
+        return result.exit_code == 0 and "5 entries verified" in result.stdout
 
     await eventually(chained)
     tail = await cli("audit", "tail", "--limit", "2", *namespace)

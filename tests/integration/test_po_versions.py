@@ -181,3 +181,42 @@ async def test_changing_an_unknown_order_is_not_found(po_service):
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await change(stub, version(2, po_id="PO-404"))
     assert failure.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_orders_for_unknown_or_deactivated_suppliers_are_refused(po_service, po_settings, js):
+    from syncgov.supplier.v1 import supplier_pb2
+    from tests.integration.helpers import seed_supplier
+
+    running, stub, _ = po_service
+    unknown = version(1, po_id="PO-U")
+    unknown.supplier_id = "SUP-NOBODY"
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await publish(stub, unknown)
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [bad] = [d for d in status_details(failure.value) if isinstance(d, error_details_pb2.BadRequest)]
+    assert [v.field for v in bad.field_violations] == ["purchase_order.supplier_id"]
+    assert "unknown" in bad.field_violations[0].description
+
+    await publish(stub, version(1))
+    # supplier-normalization deactivates the supplier while po-publication runs: it follows the event.
+    await seed_supplier(po_settings.nats_url, po_settings.namespace, "SUP-ACME", supplier_pb2.SUPPLIER_STATUS_INACTIVE)
+
+    probes = iter(range(1000))
+
+    async def refused() -> bool:  # a fresh order each probe, so a probe that still passes changes nothing here
+        try:
+            await publish(stub, version(1, po_id=f"PO-PROBE-{next(probes)}"))
+        except grpc.aio.AioRpcError as error:
+            return error.code() == grpc.StatusCode.INVALID_ARGUMENT
+        return False
+
+    async with asyncio.timeout(10):
+        while not await refused():  # noqa: ASYNC110 - waiting for another component's event
+            await asyncio.sleep(0.05)
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await change(stub, version(2, quantity="12"))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    [bad] = [d for d in status_details(failure.value) if isinstance(d, error_details_pb2.BadRequest)]
+    assert "inactive" in bad.field_violations[0].description
+    history = await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
+    assert len(history) == 1, "nothing was published for the inactive supplier"

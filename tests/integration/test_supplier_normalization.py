@@ -6,7 +6,7 @@ import grpc
 import pytest
 
 from libs.runtime.events import EventReader
-from libs.runtime.testing import running_service
+from libs.runtime.testing import running_service, unique_namespace
 from services.supplier_normalization.settings import Settings
 from services.supplier_normalization.wiring import wire
 from syncgov.common.v1 import types_pb2
@@ -43,12 +43,12 @@ def record(
 
 
 @pytest.fixture
-def supplier_settings(nats_server, valkey_server, po_settings) -> Settings:
+def supplier_settings(nats_server, valkey_server, clean_env) -> Settings:
     return Settings(
         grpc_port=0,
         nats_url=nats_server.url,
         redis_url=valkey_server.url,
-        namespace=po_settings.namespace,
+        namespace=unique_namespace(),
         log_format="console",
     )
 
