@@ -10,9 +10,11 @@ Value layout: 64 hex chars of the content fingerprint, then the response bytes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
 from libs.runtime.subjects import Namespace
 
@@ -46,12 +48,22 @@ class IdempotencyStore:
             return None
         return self._check(key, fingerprint, raw)
 
-    async def remember(self, key: str, fingerprint: str, response: bytes) -> bytes:
-        """Store the response unless one is stored already; returns the response that stands."""
+    async def remember(
+        self, key: str, fingerprint: str, response: bytes, also: Callable[[Pipeline], object] | None = None
+    ) -> bytes:
+        """Store the response unless one is stored already; returns the response that stands.
+
+        ``also`` adds commands of the caller's own (a read-model update) to the same round trip."""
         if len(fingerprint) != _FINGERPRINT_CHARS:
             raise ValueError("fingerprint must be a SHA-256 hex digest")
         # TTL: stored responses are a cache of the stream's verdict; the stream keeps the lasting record.
-        stored = await self._redis.set(self._key(key), fingerprint.encode() + response, nx=True, ex=self._ttl)
+        if also is None:
+            stored = await self._redis.set(self._key(key), fingerprint.encode() + response, nx=True, ex=self._ttl)
+        else:
+            pipeline = self._redis.pipeline(transaction=False)
+            pipeline.set(self._key(key), fingerprint.encode() + response, nx=True, ex=self._ttl)
+            also(pipeline)
+            stored = (await pipeline.execute())[0]
         if stored:
             return response
         existing = await self._redis.get(self._key(key))

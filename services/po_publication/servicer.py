@@ -91,8 +91,8 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         response = _response(
             order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
         )
-        await self._store.mark_unacknowledged(order.po_id, order.approved_at)
-        return await self._remember(order, key, fingerprint, response)
+        marking = self._store.marking_unacknowledged(order.po_id, order.approved_at)
+        return await self._remember(order, key, fingerprint, response, also=marking)
 
     async def _stored_response(
         self, order: po_pb2.PurchaseOrder, key: str, fingerprint: str
@@ -109,10 +109,11 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         key: str,
         fingerprint: str,
         response: po_service_pb2.PublishPurchaseOrderResponse,
+        also=None,
     ) -> po_service_pb2.PublishPurchaseOrderResponse:
         encoded = response.SerializeToString()
         try:
-            stored = await self._store.idempotency.remember(key, fingerprint, encoded)
+            stored = await self._store.idempotency.remember(key, fingerprint, encoded, also=also)
         except IdempotencyConflict:
             await self._duplicate_transaction(order, key, evidence=None)
         if stored == encoded:

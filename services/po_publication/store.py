@@ -49,6 +49,10 @@ class PurchaseOrderStore:
     async def mark_unacknowledged(self, po_id: str, approved_at: Timestamp) -> None:
         await self._redis.zadd(self._unacked, {po_id: approved_at.seconds + approved_at.nanos / 1e9})
 
+    def marking_unacknowledged(self, po_id: str, approved_at: Timestamp):
+        """The same update, to ride in another command's round trip (IdempotencyStore.remember's ``also``)."""
+        return lambda pipeline: pipeline.zadd(self._unacked, {po_id: approved_at.seconds + approved_at.nanos / 1e9})
+
     async def mark_acknowledged(self, po_id: str) -> None:
         await self._redis.zrem(self._unacked, po_id)
 
