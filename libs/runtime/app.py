@@ -96,6 +96,8 @@ class Service:
     streams: Sequence[StreamSpec] = ALL_STREAMS
     # Run once streams exist and before the server answers (e.g. rebuilding a read model from a stream).
     startup: Sequence[Callable[[], Awaitable[None]]] = ()
+    # Periodic work (e.g. expiring held versions): each runs every ``interval`` seconds while serving.
+    periodic: Sequence[tuple[float, Callable[[], Awaitable[None]]]] = ()
 
 
 @dataclass
@@ -177,6 +179,7 @@ async def serve(
     health_servicer = health.aio.HealthServicer()
     runners: list[ConsumerRunner] = []
     policy_view: PolicyView | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
         js = nc.jetstream(timeout=settings.publish_timeout_seconds)
         publisher = EventPublisher(js, namespace, telemetry.tracer, settings.publish_timeout_seconds)
@@ -239,6 +242,8 @@ async def serve(
         await server.start()
         for runner in runners:
             runner.start()
+        for interval, job in service.periodic:
+            tasks.append(asyncio.create_task(_every(interval, job), name=f"periodic {job}"))
         for name in ["", *names]:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info(
@@ -251,6 +256,9 @@ async def serve(
         yield RunningService(port, runtime, health_servicer, runners)
     finally:
         await health_servicer.enter_graceful_shutdown()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         if policy_view is not None:
             await policy_view.stop()
         await asyncio.gather(*(runner.stop() for runner in runners))
@@ -261,6 +269,15 @@ async def serve(
         await redis.aclose()
         telemetry.shutdown()
         log.info("stopped")
+
+
+async def _every(interval: float, job: Callable[[], Awaitable[None]]) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await job()
+        except Exception:
+            log.exception("periodic job %s failed; it runs again in %ss", job, interval)
 
 
 def _bind(server: grpc.aio.Server, settings: RuntimeSettings) -> int:

@@ -21,6 +21,8 @@ CHANGED = "changed"
 CANCELLED = "cancelled"
 ACKNOWLEDGED = "acknowledged"
 REJECTED = "rejected"
+HELD = "held"
+HOLD_EXPIRED = "hold_expired"
 DOCUMENT_EVENTS = frozenset({PUBLISHED, CHANGED, CANCELLED})
 
 
@@ -148,3 +150,20 @@ def on_supplier_event(directory: SupplierDirectory):
             directory.set_status(changed.supplier_id, _SUPPLIER_STATUS.get(changed.status, "inactive"))
 
     return apply
+
+
+def purchase_order_held(
+    order: po_pb2.PurchaseOrder,
+    hold_until: timestamp_pb2.Timestamp,
+    *,
+    idempotency_key: str,
+    source_system: str,
+    content_sha256: str,
+) -> Event:
+    payload = events_pb2.PurchaseOrderVersionHeld(purchase_order=order, hold_until=hold_until)
+    return _event(order.po_id, order.version, HELD, payload, f"held:{idempotency_key}", source_system, content_sha256)
+
+
+def purchase_order_hold_expired(po_id: str, version: int, exception_id: str) -> Event:
+    payload = events_pb2.PurchaseOrderHoldExpired(po_id=po_id, version=version, exception_id=exception_id)
+    return _event(po_id, version, HOLD_EXPIRED, payload, f"hold-expired:{po_id}:v{version}", "syncgov")

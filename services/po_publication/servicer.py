@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import duration_pb2, json_format
 from opentelemetry import trace
 
+from libs.policy.engine import Policy
 from libs.runtime import attributes
 from libs.runtime.errors import (
     Aborted,
@@ -30,6 +32,8 @@ from services.po_publication.events import (
     purchase_order_acknowledged,
     purchase_order_cancelled,
     purchase_order_changed,
+    purchase_order_held,
+    purchase_order_hold_expired,
     purchase_order_published,
     purchase_order_rejected,
 )
@@ -45,10 +49,18 @@ PUBLISH_FIELD = "purchase_order"
 
 
 class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
-    def __init__(self, store: PurchaseOrderStore, exceptions: ExceptionReporter, suppliers: SupplierDirectory) -> None:
+    def __init__(
+        self,
+        store: PurchaseOrderStore,
+        exceptions: ExceptionReporter,
+        suppliers: SupplierDirectory,
+        policy: Callable[[], Policy],
+    ) -> None:
         self._store = store
         self._exceptions = exceptions
         self._suppliers = suppliers
+        self._policy = policy
+        self._holds_pending = True  # until the first sweep says otherwise (a restart may find holds)
 
     async def PublishPurchaseOrder(
         self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext
@@ -92,7 +104,10 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
         )
         marking = self._store.marking_unacknowledged(order.po_id, order.approved_at)
-        return await self._remember(order, key, fingerprint, response, also=marking)
+        answer = await self._remember(order, key, fingerprint, response, also=marking)
+        if self._holds_pending:  # only when some order holds versions: the hot path stays lean
+            await self._release_held(order.po_id)
+        return answer
 
     async def _stored_response(
         self, order: po_pb2.PurchaseOrder, key: str, fingerprint: str
@@ -148,12 +163,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
                 metadata={"latest_version": str(history.latest_version)},
             )
         if place is domain.Sequence.AHEAD:
-            raise FailedPrecondition(
-                f"version {order.version} of {order.po_id} arrived before version {history.latest_version + 1}",
-                subject=f"purchase_order/{order.po_id}",
-                reason="OUT_OF_ORDER_VERSION",
-                metadata={"latest_version": str(history.latest_version)},
-            )
+            return await self._hold(order, key, fingerprint, history, caller.system, context)
         if previous.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED:
             raise FailedPrecondition(
                 f"purchase order {order.po_id} is cancelled (version {previous.version})",
@@ -171,6 +181,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             await context.send_initial_metadata(REPLAY_METADATA)
             return _change_response(await self._store.event_at(published.sequence))
         await self._store.mark_unacknowledged(order.po_id, order.approved_at)
+        await self._release_held(order.po_id)
         return po_service_pb2.ChangePurchaseOrderResponse(
             po_id=order.po_id,
             version=order.version,
@@ -224,6 +235,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         )
         published = await self._append(event, history.last_sequence, request.po_id)
         await self._store.mark_unacknowledged(request.po_id, cancelled.approved_at)
+        await self._release_held(request.po_id)
         return po_service_pb2.CancelPurchaseOrderResponse(
             po_id=request.po_id,
             version=version,
@@ -337,6 +349,101 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse(
             purchase_orders=entries, page_info=types_pb2.PageInfo(next_page_token=token)
         )
+
+    async def _hold(self, order, key: str, fingerprint: str, history, source: str, context):
+        """Keep a version that came before its predecessor, durably, for the policy's hold window."""
+        held = next((e for e in history.held if e.envelope.object_version == order.version), None)
+        if held is not None:
+            if held.envelope.content_sha256 != fingerprint:
+                await self._duplicate_transaction(order, key, evidence=held)
+            await context.send_initial_metadata(REPLAY_METADATA)
+            return po_service_pb2.ChangePurchaseOrderResponse(
+                po_id=order.po_id, version=order.version, held=True, idempotency_key=key
+            )
+        window = self._policy().out_of_order_hold
+        until = now_timestamp()
+        until.FromNanoseconds(until.ToNanoseconds() + int(window.total_seconds() * 1e9))
+        event = purchase_order_held(order, until, idempotency_key=key, source_system=source, content_sha256=fingerprint)
+        await self._append(event, history.last_sequence, order.po_id)
+        await self._store.hold_until(order.po_id, until.seconds + until.nanos / 1e9)
+        self._holds_pending = True
+        log.info(
+            "holding version %s of %s until %s (latest is %s)",
+            order.version,
+            order.po_id,
+            until.ToJsonString(),
+            history.latest_version,
+        )
+        return po_service_pb2.ChangePurchaseOrderResponse(
+            po_id=order.po_id, version=order.version, held=True, idempotency_key=key
+        )
+
+    async def _release_held(self, po_id: str) -> None:
+        """Apply held versions whose predecessor has now landed, in order, as their senders sent them."""
+        while True:
+            history = await self._store.order(po_id)
+            pending = history.pending_held()
+            following = next((e for e in pending if e.envelope.object_version == history.latest_version + 1), None)
+            if following is None:
+                return
+            held_order = following.unpack(events_pb2.PurchaseOrderVersionHeld).purchase_order
+            previous = _order_of(history.versions[-1])
+            if previous.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED:
+                return
+            before, _ = _to_domain(previous)
+            after, _ = _to_domain(held_order)
+            changes = _changes_to_proto(domain.changes_between(before, after))
+            envelope = following.envelope
+            event = purchase_order_changed(
+                held_order,
+                changes,
+                idempotency_key=envelope.idempotency_key.removeprefix("held:"),
+                source_system=envelope.source_system,
+                content_sha256=envelope.content_sha256,
+            )
+            try:
+                await self._store.append(event, expected_last_sequence=history.last_sequence)
+            except WrongLastSequence:
+                continue  # someone else moved the order; look again
+            await self._store.mark_unacknowledged(po_id, held_order.approved_at)
+            log.info("applied held version %s of %s", held_order.version, po_id)
+
+    async def expire_held_versions(self) -> None:
+        """Raise out_of_order_version for held versions whose predecessor did not come within the window."""
+        now = now_timestamp()
+        due = await self._store.holds_due(now.seconds + now.nanos / 1e9)
+        for po_id in due:
+            await self._release_held(po_id)
+            history = await self._store.order(po_id)
+            next_deadline = None
+            for held in history.pending_held():
+                hold = held.unpack(events_pb2.PurchaseOrderVersionHeld)
+                if hold.hold_until.ToNanoseconds() > now.ToNanoseconds():
+                    deadline = hold.hold_until.seconds + hold.hold_until.nanos / 1e9
+                    next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
+                    continue
+                version = held.envelope.object_version
+                exception = await self._exceptions.raise_exception(
+                    exception_pb2.EXCEPTION_TYPE_OUT_OF_ORDER_VERSION,
+                    exception_pb2.SEVERITY_HIGH,
+                    types_pb2.ObjectRef(object_type=domain.OBJECT_TYPE, object_key=po_id, version=version),
+                    f"version {version} of {po_id} waited for version {history.latest_version + 1} until "
+                    f"{hold.hold_until.ToJsonString()}; it was not applied",
+                    evidence=[json_format.MessageToJson(hold.purchase_order, indent=None)],
+                    workflow_key=po_id,
+                    discriminator=str(held.sequence),
+                    policy_revision=self._policy().revision,
+                )
+                try:
+                    await self._store.append(
+                        purchase_order_hold_expired(po_id, version, exception.exception_id), expected_last_sequence=None
+                    )
+                except Exception:
+                    log.exception("could not record the expiry of %s v%s; it is retried", po_id, version)
+                    next_deadline = now.seconds
+            await self._store.reschedule_hold(po_id, next_deadline)
+        if not due:
+            self._holds_pending = bool(await self._store.holds_due(float("inf")))
 
     async def _append(self, event, expected_last_sequence: int, po_id: str):
         try:

@@ -10,3 +10,6 @@ from libs.runtime.settings import RuntimeSettings
 class Settings(RuntimeSettings):
     service_name: str = "po-publication"
     grpc_port: int = Field(50052, ge=0, le=65535)
+    hold_sweep_seconds: float = Field(
+        1.0, gt=0, description="How often held out-of-order versions are checked against the policy's hold window."
+    )

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from libs.runtime.events import Event, EventPublisher, EventReader, Published, StoredEvent
 from libs.runtime.idempotency import IdempotencyStore
-from services.po_publication.events import ACKNOWLEDGED, DOCUMENT_EVENTS, DOMAIN
+from services.po_publication.events import ACKNOWLEDGED, DOCUMENT_EVENTS, DOMAIN, HELD, HOLD_EXPIRED
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,6 +20,14 @@ class OrderHistory:
     versions: list[StoredEvent]
     acknowledgments: list[StoredEvent]
     last_sequence: int
+    held: list[StoredEvent] = ()  # versions that arrived before their predecessor
+    expired: frozenset[int] = frozenset()  # held versions whose hold ran out
+
+    def pending_held(self) -> list[StoredEvent]:
+        """Held versions neither applied nor expired, lowest version first."""
+        applied = {e.envelope.object_version for e in self.versions}
+        pending = [e for e in self.held if e.envelope.object_version not in applied | self.expired]
+        return sorted(pending, key=lambda e: e.envelope.object_version)
 
     @property
     def latest_version(self) -> int:
@@ -37,6 +45,7 @@ class PurchaseOrderStore:
         idempotency: IdempotencyStore,
         redis: Redis,
         unacked_key: str,
+        held_key: str,
     ) -> None:
         self._publisher = publisher
         self._reader = reader
@@ -45,6 +54,9 @@ class PurchaseOrderStore:
         # Read model: orders whose latest version the ERP has not acknowledged, scored by the approval
         # time of that version. No TTL: it mirrors the stream and is rebuilt from it (rebuild_unacknowledged).
         self._unacked = unacked_key
+        # Orders holding out-of-order versions, scored by the earliest hold deadline; the versions themselves
+        # are events in the stream (durable), this is only the sweeper's to-do list. No TTL, like the above.
+        self._held = held_key
 
     async def mark_unacknowledged(self, po_id: str, approved_at: Timestamp) -> None:
         await self._redis.zadd(self._unacked, {po_id: approved_at.seconds + approved_at.nanos / 1e9})
@@ -55,6 +67,20 @@ class PurchaseOrderStore:
 
     async def mark_acknowledged(self, po_id: str) -> None:
         await self._redis.zrem(self._unacked, po_id)
+
+    async def hold_until(self, po_id: str, deadline: float) -> None:
+        """Remember that ``po_id`` holds a version until ``deadline`` (epoch seconds), keeping the earliest."""
+        await self._redis.zadd(self._held, {po_id: deadline}, lt=True)
+        await self._redis.zadd(self._held, {po_id: deadline}, nx=True)
+
+    async def holds_due(self, now: float) -> list[str]:
+        return [m.decode() if isinstance(m, bytes) else m for m in await self._redis.zrangebyscore(self._held, 0, now)]
+
+    async def reschedule_hold(self, po_id: str, deadline: float | None) -> None:
+        if deadline is None:
+            await self._redis.zrem(self._held, po_id)
+        else:
+            await self._redis.zadd(self._held, {po_id: deadline})
 
     async def unacknowledged(self, offset: int, count: int) -> tuple[list[str], bool]:
         members = await self._redis.zrange(self._unacked, offset, offset + count)
@@ -73,6 +99,8 @@ class PurchaseOrderStore:
             versions=[e for e in events if _event_name(e) in DOCUMENT_EVENTS],
             acknowledgments=[e for e in events if _event_name(e) == ACKNOWLEDGED],
             last_sequence=events[-1].sequence if events else 0,
+            held=[e for e in events if _event_name(e) == HELD],
+            expired=frozenset(e.envelope.object_version for e in events if _event_name(e) == HOLD_EXPIRED),
         )
 
     async def versions(self, po_id: str) -> list[StoredEvent]:

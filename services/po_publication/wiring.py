@@ -35,10 +35,13 @@ def wire(rt: Runtime[Settings]) -> Service:
         rt.idempotency_store(rt.settings.service_name),
         rt.redis,
         rt.namespace.redis_key(rt.settings.service_name, "unacknowledged"),
+        rt.namespace.redis_key(rt.settings.service_name, "held"),
     )
     suppliers = SupplierDirectory()
     follower = StreamFollower(rt.js, rt.namespace, "supplier", on_supplier_event(suppliers))
-    servicer = PurchaseOrderServicer(store=store, exceptions=rt.exceptions, suppliers=suppliers)
+    servicer = PurchaseOrderServicer(
+        store=store, exceptions=rt.exceptions, suppliers=suppliers, policy=lambda: rt.policy.current
+    )
     return Service(
         grpc_services=[
             GrpcService(
@@ -51,4 +54,5 @@ def wire(rt: Runtime[Settings]) -> Service:
         streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
         # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
         startup=[follower.start],
+        periodic=[(rt.settings.hold_sweep_seconds, servicer.expire_held_versions)],
     )

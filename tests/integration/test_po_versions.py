@@ -220,3 +220,71 @@ async def test_orders_for_unknown_or_deactivated_suppliers_are_refused(po_servic
     assert "inactive" in bad.field_violations[0].description
     history = await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
     assert len(history) == 1, "nothing was published for the inactive supplier"
+
+
+async def test_a_version_ahead_of_its_predecessor_is_held_then_applied(po_service, js):
+    running, stub, _ = po_service
+    await publish(stub, version(1))
+    third = version(3, quantity="13")
+    held = await change(stub, third)
+    assert held.held
+    assert held.stream_sequence == 0
+    got = await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=ERP)
+    assert got.latest_version == 1, "a held version is not applied"
+    again = await change(stub, third)
+    assert again.held, "sending the held version again is a retry"
+    await change(stub, version(2, quantity="12"))
+    versions = await stub.ListPurchaseOrderVersions(
+        po_service_pb2.ListPurchaseOrderVersionsRequest(po_id="PO-1001"), metadata=ERP
+    )
+    assert [o.version for o in versions.purchase_orders] == [1, 2, 3]
+    assert versions.purchase_orders[2].lines[0].quantity.value == "13"
+    history = await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
+    applied = [e for e in history if e.subject.endswith(".changed") and e.envelope.object_version == 3]
+    assert applied[0].envelope.source_system == "procurement"
+
+
+async def test_a_held_version_whose_predecessor_never_comes_raises_out_of_order(po_settings, js, tmp_path):
+    import yaml
+
+    from libs.runtime.settings import DEFAULT_POLICY_FILE
+    from libs.runtime.testing import running_service
+    from services.po_publication.wiring import wire
+    from syncgov.po.v1 import po_service_pb2_grpc
+
+    policy = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    policy["ordering"]["out_of_order_hold"] = "300ms"
+    quick = tmp_path / "quick-hold.yaml"
+    quick.write_text(yaml.safe_dump(policy))
+    settings = po_settings.model_copy(update={"policy_file": quick, "hold_sweep_seconds": 0.1})
+    async with running_service(settings, wire) as (running, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        await publish(stub, version(1))
+        assert (await change(stub, version(3, quantity="13"))).held
+
+        async def expired() -> list:
+            info = await js.stream_info(running.runtime.namespace.stream("exception"))
+            reader = EventReader(js, running.runtime.namespace)
+            found = (
+                [
+                    (await reader.at("exception", s)).unpack(exception_events.ExceptionRaised).exception
+                    for s in range(info.state.first_seq, info.state.last_seq + 1)
+                ]
+                if info.state.messages
+                else []
+            )
+            return [e for e in found if e.type == exception_pb2.EXCEPTION_TYPE_OUT_OF_ORDER_VERSION]
+
+        async with asyncio.timeout(10):
+            while not (raised := await expired()):  # noqa: ASYNC110 - waiting for the sweeper
+                await asyncio.sleep(0.05)
+        [exception] = raised
+        assert exception.object.version == 3
+        assert '"13"' in exception.evidence[0]
+        await change(stub, version(2, quantity="12"))
+        versions = await stub.ListPurchaseOrderVersions(
+            po_service_pb2.ListPurchaseOrderVersionsRequest(po_id="PO-1001"), metadata=ERP
+        )
+        assert [o.version for o in versions.purchase_orders] == [1, 2], "an expired hold is not applied later"
+        await asyncio.sleep(0.3)
+        assert len(await expired()) == 1, "raised once"
