@@ -104,6 +104,10 @@ class Ordering(Strict):
     out_of_order_hold: str = "5m"
 
 
+class PurchaseOrders(Strict):
+    requested_date_past_margin: str = "7d"
+
+
 class PolicyDocument(Strict):
     format: int
     description: str = ""
@@ -115,6 +119,7 @@ class PolicyDocument(Strict):
     tolerances: Tolerances = Tolerances()
     exceptions: Exceptions
     ordering: Ordering = Ordering()
+    purchase_orders: PurchaseOrders = PurchaseOrders()
 
 
 SECTIONS: dict[str, object] = {
@@ -128,5 +133,6 @@ SECTIONS: dict[str, object] = {
     "tolerances": Tolerances,
     "exceptions": Exceptions,
     "ordering": Ordering,
+    "purchase_orders": PurchaseOrders,
 }
 REQUIRED_SECTIONS = ("format", "systems", "ownership", "exceptions")

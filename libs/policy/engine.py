@@ -215,6 +215,15 @@ class Policy:
         return parse_duration(within) if within else None
 
     @property
+    def sites(self) -> frozenset[str]:
+        """Every site a system declares: where goods may be shipped to."""
+        return frozenset(site for system in self.document.systems.values() for site in system.sites)
+
+    @property
+    def requested_date_past_margin(self) -> timedelta:
+        return parse_duration(self.document.purchase_orders.requested_date_past_margin)
+
+    @property
     def out_of_order_hold(self) -> timedelta:
         return parse_duration(self.document.ordering.out_of_order_hold)
 

@@ -118,6 +118,9 @@ def _meaning_problems(sections: dict[str, Any], data: dict[str, Any]) -> list[Pr
         problems.extend(_check_exceptions(sections["exceptions"], sites, units))
     if "ordering" in sections:
         problems.extend(_duration("ordering.out_of_order_hold", sections["ordering"].out_of_order_hold))
+    if "purchase_orders" in sections:
+        margin = sections["purchase_orders"].requested_date_past_margin
+        problems.extend(_duration("purchase_orders.requested_date_past_margin", margin, positive=False))
     return problems
 
 

@@ -65,8 +65,18 @@ def is_iso_currency(code: str) -> bool:
     return len(code) == 3 and code.isupper() and pycountry.currencies.get(alpha_3=code) is not None
 
 
-def validate_order(order: PurchaseOrder, now: datetime, prefix: str = "purchase_order") -> list[Violation]:
-    """Every rule a version must satisfy to be published, each failure as a field violation."""
+def validate_order(
+    order: PurchaseOrder,
+    now: datetime,
+    prefix: str = "purchase_order",
+    *,
+    sites: frozenset[str] | None = None,
+    past_margin: timedelta = timedelta(days=7),
+) -> list[Violation]:
+    """Every rule a version must satisfy to be published, each failure as a field violation.
+
+    ``sites`` are the ship-to sites the policy knows (None: not checked); ``past_margin`` how far in the past
+    a requested delivery date may lie."""
     problems: list[Violation] = []
 
     def bad(path: str, description: str) -> None:
@@ -88,6 +98,9 @@ def validate_order(order: PurchaseOrder, now: datetime, prefix: str = "purchase_
         bad("approved_at", f"{order.approved_at.isoformat()} is in the future")
     if order.cancelled:
         bad("status", "a cancellation is its own command (CancelPurchaseOrder)")
+    if sites is not None and order.ship_to_site and order.ship_to_site not in sites:
+        bad("ship_to_site", f"{order.ship_to_site!r} is not a site the policy knows ({', '.join(sorted(sites))})")
+    earliest = (now - past_margin).date()
     if not order.lines:
         bad("lines", "at least one line is required")
     elif len(order.lines) > MAX_LINES:
@@ -96,6 +109,13 @@ def validate_order(order: PurchaseOrder, now: datetime, prefix: str = "purchase_
     for index, line in enumerate(order.lines):
         # Line currencies are compared with the header's only once the header's is valid: one mistake, one message.
         problems.extend(_validate_line(line, index, order.currency_code if currency_ok else "", seen, prefix))
+        if line.requested_delivery_date is not None and line.requested_delivery_date < earliest:
+            problems.append(
+                Violation(
+                    f"{prefix}.lines[{index}].requested_delivery_date",
+                    f"{line.requested_delivery_date.isoformat()} is more than {past_margin.days} day(s) in the past",
+                )
+            )
     return problems
 
 

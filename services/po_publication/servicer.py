@@ -66,7 +66,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.PublishPurchaseOrderResponse:
         order = _normalized_first_version(request.purchase_order)
-        _reject_invalid(order, request.idempotency_key, suppliers=self._suppliers)
+        _reject_invalid(order, request.idempotency_key, suppliers=self._suppliers, policy=self._policy())
         caller = current_caller()
         key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
         fingerprint = content_sha256(order)
@@ -139,7 +139,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self, request: po_service_pb2.ChangePurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.ChangePurchaseOrderResponse:
         order = _normalized(request.purchase_order)
-        _reject_invalid(order, request.idempotency_key, change=True, suppliers=self._suppliers)
+        _reject_invalid(order, request.idempotency_key, change=True, suppliers=self._suppliers, policy=self._policy())
         caller = current_caller()
         key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
         fingerprint = content_sha256(order)
@@ -540,7 +540,12 @@ def _normalized(normalized: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
 
 
 def _reject_invalid(
-    order: po_pb2.PurchaseOrder, idempotency_key: str, *, suppliers: SupplierDirectory, change: bool = False
+    order: po_pb2.PurchaseOrder,
+    idempotency_key: str,
+    *,
+    suppliers: SupplierDirectory,
+    policy: Policy,
+    change: bool = False,
 ) -> None:
     violations: list[FieldViolation] = []
     if order.supplier_id:
@@ -567,7 +572,8 @@ def _reject_invalid(
     violations.extend(conversion_problems)
     if parsed is not None:
         now = datetime.now(UTC)
-        violations.extend(FieldViolation(v.field, v.description) for v in domain.validate_order(parsed, now))
+        rules = domain.validate_order(parsed, now, sites=policy.sites, past_margin=policy.requested_date_past_margin)
+        violations.extend(FieldViolation(v.field, v.description) for v in rules)
     if violations:
         raise InvalidArgument(
             f"purchase order {order.po_id or '(no id)'} is invalid: {len(violations)} problem(s); "

@@ -98,3 +98,57 @@ def test_natural_key_names_source_document_and_version():
 def test_total_is_exact_decimal_arithmetic():
     three_lines = order(lines=(line(1, "3", "0.10"), line(2, "1", "0.10"), line(3, "0.5", "0.05")))
     assert order_total(three_lines) == Decimal("0.425")
+
+
+def test_ship_to_site_must_be_known_to_the_policy():
+    sites = frozenset({"DC-1", "DC-2"})
+    assert validate_order(order(), NOW, sites=sites) == []
+    assert fields(validate_order(order(ship_to_site="DC-9"), NOW, sites=sites)) == ["purchase_order.ship_to_site"]
+
+
+def test_requested_dates_may_lie_in_the_past_only_within_the_margin():
+    from datetime import date
+
+    recent = order(lines=(line(1, requested_delivery_date=date(2026, 11, 20)),))
+    old = order(lines=(line(1, requested_delivery_date=date(2026, 10, 1)),))
+    assert validate_order(recent, NOW, past_margin=timedelta(days=7)) == []
+    assert fields(validate_order(old, NOW, past_margin=timedelta(days=7))) == [
+        "purchase_order.lines[0].requested_delivery_date"
+    ]
+    assert fields(validate_order(recent, NOW, past_margin=timedelta(0))) == [
+        "purchase_order.lines[0].requested_delivery_date"
+    ]
+
+
+def test_changes_between_versions_name_lines_and_header_fields():
+    from services.po_publication.domain import changes_between
+
+    before = order(lines=(line(1), line(2), line(3)))
+    after = order(ship_to_site="DC-2", lines=(line(1, quantity="11"), line(2, price="13.00"), line(4)))
+    changes = changes_between(before, after)
+    assert changes.added_lines == (4,)
+    assert changes.removed_lines == (3,)
+    assert changes.quantity_changed == (1,)
+    assert changes.price_changed == (2,)
+    assert changes.header_fields == ("ship_to_site",)
+    assert changes_between(before, before).empty
+
+
+@pytest.mark.parametrize(
+    ("requested", "latest", "expected"),
+    [(2, 1, "next"), (1, 1, "current"), (1, 3, "stale"), (5, 3, "ahead")],
+)
+def test_where_a_version_stands(requested, latest, expected):
+    from services.po_publication.domain import place_version
+
+    assert place_version(requested, latest).value == expected
+
+
+def test_supplier_states_that_refuse_an_order():
+    from services.po_publication.domain import supplier_problem
+
+    assert supplier_problem("S", "active") is None
+    assert "unknown" in supplier_problem("S", None)
+    assert "inactive" in supplier_problem("S", "inactive")
+    assert "blocked" in supplier_problem("S", "blocked")
+    assert "S2" in supplier_problem("S", "merged", "S2")
