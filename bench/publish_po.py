@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import itertools
 import os
 import statistics
@@ -173,13 +174,34 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
         ]
         publish_call = service_channel.unary_unary("/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder")
 
+        published: collections.deque[int] = collections.deque()  # orders the change scenario may change
+
         async def governed(n: int) -> object:
             if n < len(prepared):
-                return await publish_call(prepared[n], metadata=metadata)
-            order = po_service_pb2.PublishPurchaseOrderRequest()
-            order.purchase_order.CopyFrom(template)
-            order.purchase_order.po_id = f"PO-{run_id}-{n}"
-            return await stub.PublishPurchaseOrder(order, metadata=metadata)
+                answer = await publish_call(prepared[n], metadata=metadata)
+            else:
+                order = po_service_pb2.PublishPurchaseOrderRequest()
+                order.purchase_order.CopyFrom(template)
+                order.purchase_order.po_id = f"PO-{run_id}-{n}"
+                answer = await stub.PublishPurchaseOrder(order, metadata=metadata)
+            published.append(n)
+            return answer
+
+        # A change order (version 2, one quantity changed) of an order the publish scenario created; the
+        # change path reads the order's history from the stream before it writes.
+        change_call = service_channel.unary_unary("/syncgov.po.v1.PurchaseOrderService/ChangePurchaseOrder")
+        second = po_pb2.PurchaseOrder()
+        second.CopyFrom(template)
+        second.version = 2
+        second.lines[0].quantity.value = "11"
+
+        async def governed_change(_: int) -> object:
+            if not published:
+                raise RuntimeError("the change scenario ran out of published orders")
+            n = published.popleft()
+            second.po_id = f"PO-{run_id}-{n}"
+            request = po_service_pb2.ChangePurchaseOrderRequest(purchase_order=second).SerializeToString()
+            return await change_call(request, metadata=metadata)
 
         async def raw_composite(n: int) -> object:
             return await raw_call(payload)
@@ -188,11 +210,20 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
             key = f"{run_id}-{n}"
             return await js.publish(f"{raw_root}.{key}.published", payload, headers={"Nats-Msg-Id": key})
 
-        scenarios = {"governed": governed, "raw-composite": raw_composite, "raw-publish": raw_publish}
+        scenarios = {
+            "governed": governed,
+            "governed-change": governed_change,
+            "raw-composite": raw_composite,
+            "raw-publish": raw_publish,
+        }
         results: dict[tuple[str, int], dict[str, float]] = {}
         for concurrency in concurrencies:
             for name, call in scenarios.items():
-                server = {"governed": processes[0].pid, "raw-composite": processes[1].pid}.get(name)
+                server = {
+                    "governed": processes[0].pid,
+                    "governed-change": processes[0].pid,
+                    "raw-composite": processes[1].pid,
+                }.get(name)
                 pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
                 pids["server"] = server or os.getpid()
                 await measure(call, concurrency, min(1.0, seconds / 4), pids)  # warm-up
@@ -219,7 +250,7 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
         f"   CPU us/request: {'server':>7}{'nats':>7}{'valkey':>7}{'client':>7}"
     )
     for concurrency in concurrencies:
-        for name in ("governed", "raw-composite", "raw-publish"):
+        for name in ("governed", "governed-change", "raw-composite", "raw-publish"):
             r = results[(name, concurrency)]
             server = "-" if name == "raw-publish" else f"{r['cpu_us_server']:.0f}"
             print(
@@ -229,8 +260,10 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
             )
     for concurrency in concurrencies:
         governed = results[("governed", concurrency)]["rps"]
+        change = results[("governed-change", concurrency)]["rps"]
         composite = results[("raw-composite", concurrency)]["rps"]
         publish = results[("raw-publish", concurrency)]["rps"]
+        print(f"ratio at concurrency {concurrency}: governed-change/raw-composite = {change / composite:.0%}")
         print(
             f"ratio at concurrency {concurrency}: governed/raw-composite = {governed / composite:.0%}, "
             f"governed/raw-publish = {governed / publish:.0%}"

@@ -191,14 +191,14 @@ class EventReader:
     async def last(self, domain: str, key: str) -> StoredEvent | None:
         stream = self._ns.stream(domain)
         try:
-            raw = await self._js.get_last_msg(stream, self._ns.object_filter(domain, key))
+            raw = await self._js.get_last_msg(stream, self._ns.object_filter(domain, key), direct=True)
         except NotFoundError:
             return None
         return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
 
     async def at(self, domain: str, sequence: int) -> StoredEvent:
         stream = self._ns.stream(domain)
-        raw = await self._js.get_msg(stream, sequence)
+        raw = await self._js.get_msg(stream, sequence, direct=True)
         return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
 
     async def history(self, domain: str, key: str) -> list[StoredEvent]:
@@ -209,7 +209,7 @@ class EventReader:
         sequence = 1
         while True:
             try:
-                raw = await self._js.get_msg(stream, sequence, subject=subject, next=True)
+                raw = await self._js.get_msg(stream, sequence, subject=subject, next=True, direct=True)
             except NotFoundError:
                 return events
             events.append(parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b""))

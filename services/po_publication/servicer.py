@@ -176,12 +176,13 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         event = purchase_order_changed(
             order, changes, idempotency_key=key, source_system=caller.system, content_sha256=fingerprint
         )
-        published = await self._append(event, history.last_sequence, order.po_id)
+        published = await self._append_version(event, history)
         if published.duplicate:
             await context.send_initial_metadata(REPLAY_METADATA)
             return _change_response(await self._store.event_at(published.sequence))
         await self._store.mark_unacknowledged(order.po_id, order.approved_at)
-        await self._release_held(order.po_id)
+        if history.pending_held():  # a later version waits for this one
+            await self._release_held(order.po_id)
         return po_service_pb2.ChangePurchaseOrderResponse(
             po_id=order.po_id,
             version=order.version,
@@ -235,7 +236,8 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         )
         published = await self._append(event, history.last_sequence, request.po_id)
         await self._store.mark_unacknowledged(request.po_id, cancelled.approved_at)
-        await self._release_held(request.po_id)
+        if history.pending_held():
+            await self._release_held(request.po_id)
         return po_service_pb2.CancelPurchaseOrderResponse(
             po_id=request.po_id,
             version=version,
@@ -444,6 +446,23 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             await self._store.reschedule_hold(po_id, next_deadline)
         if not due:
             self._holds_pending = bool(await self._store.holds_due(float("inf")))
+
+    async def _append_version(self, event, history):
+        """Publish a version; acknowledgments landing meanwhile are no conflict, another version is."""
+        for _attempt in range(5):
+            try:
+                return await self._store.append(event, expected_last_sequence=history.last_sequence)
+            except WrongLastSequence:
+                fresh = await self._store.order(event.object_key)
+                if fresh.latest_version != history.latest_version:
+                    break
+                history = fresh
+        raise Aborted(
+            f"purchase order {event.object_key} changed while this command was decided (another writer won); "
+            "read it again and retry",
+            reason="CONCURRENT_WRITE",
+            metadata={"po_id": event.object_key},
+        )
 
     async def _append(self, event, expected_last_sequence: int, po_id: str):
         try:
