@@ -201,6 +201,20 @@ class EventReader:
         raw = await self._js.get_msg(stream, sequence, direct=True)
         return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
 
+    async def scan(self, domain: str):
+        """Every event of a domain's stream, oldest first: for rebuilding read models."""
+        stream = self._ns.stream(domain)
+        try:
+            info = await self._js.stream_info(stream)
+        except NotFoundError:
+            return
+        for sequence in range(info.state.first_seq or 1, info.state.last_seq + 1):
+            try:
+                raw = await self._js.get_msg(stream, sequence, direct=True)
+            except NotFoundError:  # domain streams deny deletes; only an expired message leaves a gap
+                continue
+            yield parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
+
     async def history(self, domain: str, key: str) -> list[StoredEvent]:
         """Every event of one object, oldest first."""
         stream = self._ns.stream(domain)

@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from libs.runtime.events import Event, EventPublisher, EventReader, Published, StoredEvent
 from libs.runtime.idempotency import IdempotencyStore
 from services.po_publication.events import ACKNOWLEDGED, DOCUMENT_EVENTS, DOMAIN, HELD, HOLD_EXPIRED
+from syncgov.po.v1 import events_pb2
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,11 +53,48 @@ class PurchaseOrderStore:
         self.idempotency = idempotency
         self._redis = redis
         # Read model: orders whose latest version the ERP has not acknowledged, scored by the approval
-        # time of that version. No TTL: it mirrors the stream and is rebuilt from it (rebuild_unacknowledged).
+        # time of that version. No TTL: it mirrors the stream and is rebuilt from it (rebuild_read_models).
         self._unacked = unacked_key
         # Orders holding out-of-order versions, scored by the earliest hold deadline; the versions themselves
         # are events in the stream (durable), this is only the sweeper's to-do list. No TTL, like the above.
         self._held = held_key
+
+    async def rebuild_read_models(self) -> int:
+        """Rebuild the unacknowledged list and the held to-do list from the PO stream, unless Valkey still
+        has them (a marker key says so). Returns the number of events read."""
+        marker = self._unacked + ":built"
+        if await self._redis.exists(marker):
+            return 0
+        latest: dict[str, tuple[int, float]] = {}
+        acknowledged: dict[str, int] = {}
+        held: dict[str, dict[int, float]] = {}
+        done: dict[str, set[int]] = {}
+        count = 0
+        async for event in self._reader.scan(DOMAIN):
+            count += 1
+            po_id, version, name = event.envelope.object_key, event.envelope.object_version, _event_name(event)
+            if name in DOCUMENT_EVENTS:
+                occurred = event.envelope.occurred_at
+                latest[po_id] = (version, occurred.seconds + occurred.nanos / 1e9)
+                done.setdefault(po_id, set()).add(version)
+            elif name == ACKNOWLEDGED:
+                acknowledged[po_id] = max(acknowledged.get(po_id, 0), version)
+            elif name == HELD:
+                until = event.unpack(events_pb2.PurchaseOrderVersionHeld).hold_until
+                held.setdefault(po_id, {})[version] = until.seconds + until.nanos / 1e9
+            elif name == HOLD_EXPIRED:
+                done.setdefault(po_id, set()).add(version)
+        pipeline = self._redis.pipeline(transaction=False)
+        for po_id, (version, approved) in latest.items():
+            if acknowledged.get(po_id, 0) < version:
+                pipeline.zadd(self._unacked, {po_id: approved})
+        for po_id, versions in held.items():
+            pending = [until for v, until in versions.items() if v not in done.get(po_id, set())]
+            if pending:
+                pipeline.zadd(self._held, {po_id: min(pending)})
+        pipeline.set(marker, b"1")
+        await pipeline.execute()
+        return count
 
     async def mark_unacknowledged(self, po_id: str, approved_at: Timestamp) -> None:
         await self._redis.zadd(self._unacked, {po_id: approved_at.seconds + approved_at.nanos / 1e9})

@@ -53,6 +53,6 @@ def wire(rt: Runtime[Settings]) -> Service:
         ],
         streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
         # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
-        startup=[follower.start],
+        startup=[follower.start, store.rebuild_read_models],
         periodic=[(rt.settings.hold_sweep_seconds, servicer.expire_held_versions)],
     )

@@ -288,3 +288,45 @@ async def test_a_held_version_whose_predecessor_never_comes_raises_out_of_order(
         assert [o.version for o in versions.purchase_orders] == [1, 2], "an expired hold is not applied later"
         await asyncio.sleep(0.3)
         assert len(await expired()) == 1, "raised once"
+
+
+async def test_a_held_version_survives_a_restart(po_settings):
+    from libs.runtime.testing import running_service
+    from services.po_publication.wiring import wire
+    from syncgov.po.v1 import po_service_pb2_grpc
+
+    async with running_service(po_settings, wire) as (_, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        await publish(stub, version(1))
+        assert (await change(stub, version(3, quantity="13"))).held
+    async with running_service(po_settings, wire) as (_, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        await change(stub, version(2, quantity="12"))
+        versions = await stub.ListPurchaseOrderVersions(
+            po_service_pb2.ListPurchaseOrderVersionsRequest(po_id="PO-1001"), metadata=ERP
+        )
+        assert [o.version for o in versions.purchase_orders] == [1, 2, 3]
+
+
+async def test_read_models_lost_with_valkey_are_rebuilt_from_the_stream(po_settings, redis):
+    from libs.runtime.testing import running_service
+    from services.po_publication.wiring import wire
+    from syncgov.po.v1 import po_service_pb2_grpc
+
+    async with running_service(po_settings, wire) as (_, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        await publish(stub, version(1))
+        await publish(stub, version(1, po_id="PO-2002"))
+        await acknowledge(stub, 1, po_id="PO-2002")
+        assert (await change(stub, version(3, quantity="13"))).held
+    keys = [key async for key in redis.scan_iter(f"{po_settings.namespace}:*")]
+    await redis.delete(*keys)  # Valkey loses everything; the stream still has it all
+    async with running_service(po_settings, wire) as (_, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        unacked = await stub.ListUnacknowledgedPurchaseOrders(
+            po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest(), metadata=ERP
+        )
+        assert [o.po_id for o in unacked.purchase_orders] == ["PO-1001"]
+        await change(stub, version(2, quantity="12"))
+        got = await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=ERP)
+        assert got.latest_version == 3, "the held version was found again and applied"
