@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 import grpc
 from google.protobuf import duration_pb2, json_format
@@ -19,24 +18,20 @@ from libs.runtime.errors import (
     FieldViolation,
     InvalidArgument,
     NotFound,
-    ServiceError,
 )
 from libs.runtime.events import StoredEvent, WrongLastSequence, content_sha256, now_timestamp
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.idempotency import IdempotencyConflict
 from libs.runtime.identity import current_caller
-from libs.runtime.subjects import MAX_KEY_CHARS
-from libs.runtime.values import date_from_proto, datetime_from_proto, decimal_from_proto, money_from_proto
-from services.po_publication import domain
+from services.po_publication import domain, mapping
 from services.po_publication.events import (
     purchase_order_acknowledged,
     purchase_order_cancelled,
     purchase_order_changed,
-    purchase_order_held,
-    purchase_order_hold_expired,
     purchase_order_published,
     purchase_order_rejected,
 )
+from services.po_publication.holds import HeldVersions
 from services.po_publication.store import PurchaseOrderStore, SupplierDirectory
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
@@ -45,7 +40,6 @@ from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2, po_service_pb2_grp
 log = logging.getLogger(__name__)
 
 REPLAY_METADATA = (("syncgov-idempotent-replay", "true"),)
-PUBLISH_FIELD = "purchase_order"
 
 
 class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
@@ -60,13 +54,13 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self._exceptions = exceptions
         self._suppliers = suppliers
         self._policy = policy
-        self._holds_pending = True  # until the first sweep says otherwise (a restart may find holds)
+        self.holds = HeldVersions(store, exceptions, policy)
 
     async def PublishPurchaseOrder(
         self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.PublishPurchaseOrderResponse:
-        order = _normalized_first_version(request.purchase_order)
-        _reject_invalid(order, request.idempotency_key, suppliers=self._suppliers, policy=self._policy())
+        order = mapping.normalized_first_version(request.purchase_order)
+        mapping.reject_invalid(order, request.idempotency_key, suppliers=self._suppliers, policy=self._policy())
         caller = current_caller()
         key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
         fingerprint = content_sha256(order)
@@ -100,13 +94,13 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             await context.send_initial_metadata(REPLAY_METADATA)
             existing = await self._store.event_at(published.sequence)
             return await self._answer_from_history(order, key, fingerprint, existing)
-        response = _response(
+        response = mapping.publish_response(
             order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
         )
         marking = self._store.marking_unacknowledged(order.po_id, order.approved_at)
         answer = await self._remember(order, key, fingerprint, response, also=marking)
-        if self._holds_pending:  # only when some order holds versions: the hot path stays lean
-            await self._release_held(order.po_id)
+        if self.holds.pending:  # only when some order may hold versions: the hot path stays lean
+            await self.holds.release(order.po_id)
         return answer
 
     async def _stored_response(
@@ -138,8 +132,10 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     async def ChangePurchaseOrder(
         self, request: po_service_pb2.ChangePurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.ChangePurchaseOrderResponse:
-        order = _normalized(request.purchase_order)
-        _reject_invalid(order, request.idempotency_key, change=True, suppliers=self._suppliers, policy=self._policy())
+        order = mapping.normalized(request.purchase_order)
+        mapping.reject_invalid(
+            order, request.idempotency_key, change=True, suppliers=self._suppliers, policy=self._policy()
+        )
         caller = current_caller()
         key = request.idempotency_key or domain.natural_idempotency_key(caller.system, order.po_id, order.version)
         fingerprint = content_sha256(order)
@@ -150,8 +146,8 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         stored = history.version(order.version)
         if stored is not None and stored.envelope.content_sha256 == fingerprint:
             await context.send_initial_metadata(REPLAY_METADATA)
-            return _change_response(stored)
-        previous = _order_of(history.versions[-1])
+            return mapping.change_response(stored)
+        previous = mapping.order_of(history.versions[-1])
         place = domain.place_version(order.version, history.latest_version)
         if place is domain.Sequence.CURRENT:
             await self._duplicate_transaction(order, key, evidence=stored)
@@ -163,26 +159,26 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
                 metadata={"latest_version": str(history.latest_version)},
             )
         if place is domain.Sequence.AHEAD:
-            return await self._hold(order, key, fingerprint, history, caller.system, context)
+            return await self.holds.hold(order, key, fingerprint, history, caller.system, context, self._conflict)
         if previous.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED:
             raise FailedPrecondition(
                 f"purchase order {order.po_id} is cancelled (version {previous.version})",
                 subject=f"purchase_order/{order.po_id}",
                 reason="PO_CANCELLED",
             )
-        before, _ = _to_domain(previous)
-        after, _ = _to_domain(order)
-        changes = _changes_to_proto(domain.changes_between(before, after))
+        before, _ = mapping.to_domain(previous)
+        after, _ = mapping.to_domain(order)
+        changes = mapping.changes_to_proto(domain.changes_between(before, after))
         event = purchase_order_changed(
             order, changes, idempotency_key=key, source_system=caller.system, content_sha256=fingerprint
         )
         published = await self._append_version(event, history)
         if published.duplicate:
             await context.send_initial_metadata(REPLAY_METADATA)
-            return _change_response(await self._store.event_at(published.sequence))
+            return mapping.change_response(await self._store.event_at(published.sequence))
         await self._store.mark_unacknowledged(order.po_id, order.approved_at)
         if history.pending_held():  # a later version waits for this one
-            await self._release_held(order.po_id)
+            await self.holds.release(order.po_id)
         return po_service_pb2.ChangePurchaseOrderResponse(
             po_id=order.po_id,
             version=order.version,
@@ -195,18 +191,18 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     async def CancelPurchaseOrder(
         self, request: po_service_pb2.CancelPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.CancelPurchaseOrderResponse:
-        _required_po_id(request.po_id)
+        mapping.required_po_id(request.po_id)
         if not request.reason.strip():
             raise InvalidArgument("a cancellation needs a reason", violations=[FieldViolation("reason", "is required")])
         history = await self._store.order(request.po_id)
         if not history.versions:
             raise NotFound(f"purchase order {request.po_id!r} is unknown", reason="PO_NOT_FOUND")
-        latest = _order_of(history.versions[-1])
+        latest = mapping.order_of(history.versions[-1])
         version = request.version or history.latest_version + 1
         stored = history.version(version)
         if stored is not None and stored.subject.endswith(".cancelled"):
             await context.send_initial_metadata(REPLAY_METADATA)
-            return _cancel_response(stored)
+            return mapping.cancel_response(stored)
         if latest.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED:
             raise FailedPrecondition(
                 f"purchase order {request.po_id} is already cancelled",
@@ -237,7 +233,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         published = await self._append(event, history.last_sequence, request.po_id)
         await self._store.mark_unacknowledged(request.po_id, cancelled.approved_at)
         if history.pending_held():
-            await self._release_held(request.po_id)
+            await self.holds.release(request.po_id)
         return po_service_pb2.CancelPurchaseOrderResponse(
             po_id=request.po_id,
             version=version,
@@ -248,7 +244,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     async def AcknowledgePurchaseOrder(
         self, request: po_service_pb2.AcknowledgePurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.AcknowledgePurchaseOrderResponse:
-        _required_po_id(request.po_id)
+        mapping.required_po_id(request.po_id)
         if not request.erp_document_number.strip():
             raise InvalidArgument(
                 "the ERP's document number is required",
@@ -258,7 +254,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             history = await self._store.order(request.po_id)
             stored = history.version(request.version)
             if stored is None:
-                raise _unknown_version(request.po_id, request.version, history)
+                raise mapping.unknown_version(request.po_id, request.version, history)
             known = next((a for a in history.acknowledgments if a.envelope.object_version == request.version), None)
             if known is not None:
                 acknowledgment = known.unpack(events_pb2.PurchaseOrderAcknowledged).acknowledgment
@@ -277,7 +273,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             acknowledgment.acknowledged_at.CopyFrom(
                 request.acknowledged_at if request.HasField("acknowledged_at") else now_timestamp()
             )
-            approved = _order_of(stored).approved_at
+            approved = mapping.order_of(stored).approved_at
             propagation = duration_pb2.Duration()
             propagation.FromNanoseconds(
                 max(0, acknowledgment.acknowledged_at.ToNanoseconds() - approved.ToNanoseconds())
@@ -302,12 +298,12 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     async def RejectPurchaseOrder(
         self, request: po_service_pb2.RejectPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.RejectPurchaseOrderResponse:
-        _required_po_id(request.po_id)
+        mapping.required_po_id(request.po_id)
         if not request.reason.strip():
             raise InvalidArgument("the ERP's reason is required", violations=[FieldViolation("reason", "is required")])
         history = await self._store.order(request.po_id)
         if history.version(request.version) is None:
-            raise _unknown_version(request.po_id, request.version, history)
+            raise mapping.unknown_version(request.po_id, request.version, history)
         caller = current_caller()
         key = f"{caller.system}:purchase_order_rejection:{request.po_id}:v{request.version}"
         event = purchase_order_rejected(
@@ -337,7 +333,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             history = await self._store.order(po_id)
             if not history.versions:
                 continue
-            latest = _order_of(history.versions[-1])
+            latest = mapping.order_of(history.versions[-1])
             acked = max((a.envelope.object_version for a in history.acknowledgments), default=0)
             entries.append(
                 po_service_pb2.UnacknowledgedPurchaseOrder(
@@ -351,101 +347,6 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse(
             purchase_orders=entries, page_info=types_pb2.PageInfo(next_page_token=token)
         )
-
-    async def _hold(self, order, key: str, fingerprint: str, history, source: str, context):
-        """Keep a version that came before its predecessor, durably, for the policy's hold window."""
-        held = next((e for e in history.held if e.envelope.object_version == order.version), None)
-        if held is not None:
-            if held.envelope.content_sha256 != fingerprint:
-                await self._duplicate_transaction(order, key, evidence=held)
-            await context.send_initial_metadata(REPLAY_METADATA)
-            return po_service_pb2.ChangePurchaseOrderResponse(
-                po_id=order.po_id, version=order.version, held=True, idempotency_key=key
-            )
-        window = self._policy().out_of_order_hold
-        until = now_timestamp()
-        until.FromNanoseconds(until.ToNanoseconds() + int(window.total_seconds() * 1e9))
-        event = purchase_order_held(order, until, idempotency_key=key, source_system=source, content_sha256=fingerprint)
-        await self._append(event, history.last_sequence, order.po_id)
-        await self._store.hold_until(order.po_id, until.seconds + until.nanos / 1e9)
-        self._holds_pending = True
-        log.info(
-            "holding version %s of %s until %s (latest is %s)",
-            order.version,
-            order.po_id,
-            until.ToJsonString(),
-            history.latest_version,
-        )
-        return po_service_pb2.ChangePurchaseOrderResponse(
-            po_id=order.po_id, version=order.version, held=True, idempotency_key=key
-        )
-
-    async def _release_held(self, po_id: str) -> None:
-        """Apply held versions whose predecessor has now landed, in order, as their senders sent them."""
-        while True:
-            history = await self._store.order(po_id)
-            pending = history.pending_held()
-            following = next((e for e in pending if e.envelope.object_version == history.latest_version + 1), None)
-            if following is None:
-                return
-            held_order = following.unpack(events_pb2.PurchaseOrderVersionHeld).purchase_order
-            previous = _order_of(history.versions[-1])
-            if previous.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED:
-                return
-            before, _ = _to_domain(previous)
-            after, _ = _to_domain(held_order)
-            changes = _changes_to_proto(domain.changes_between(before, after))
-            envelope = following.envelope
-            event = purchase_order_changed(
-                held_order,
-                changes,
-                idempotency_key=envelope.idempotency_key.removeprefix("held:"),
-                source_system=envelope.source_system,
-                content_sha256=envelope.content_sha256,
-            )
-            try:
-                await self._store.append(event, expected_last_sequence=history.last_sequence)
-            except WrongLastSequence:
-                continue  # someone else moved the order; look again
-            await self._store.mark_unacknowledged(po_id, held_order.approved_at)
-            log.info("applied held version %s of %s", held_order.version, po_id)
-
-    async def expire_held_versions(self) -> None:
-        """Raise out_of_order_version for held versions whose predecessor did not come within the window."""
-        now = now_timestamp()
-        due = await self._store.holds_due(now.seconds + now.nanos / 1e9)
-        for po_id in due:
-            await self._release_held(po_id)
-            history = await self._store.order(po_id)
-            next_deadline = None
-            for held in history.pending_held():
-                hold = held.unpack(events_pb2.PurchaseOrderVersionHeld)
-                if hold.hold_until.ToNanoseconds() > now.ToNanoseconds():
-                    deadline = hold.hold_until.seconds + hold.hold_until.nanos / 1e9
-                    next_deadline = deadline if next_deadline is None else min(next_deadline, deadline)
-                    continue
-                version = held.envelope.object_version
-                exception = await self._exceptions.raise_exception(
-                    exception_pb2.EXCEPTION_TYPE_OUT_OF_ORDER_VERSION,
-                    exception_pb2.SEVERITY_HIGH,
-                    types_pb2.ObjectRef(object_type=domain.OBJECT_TYPE, object_key=po_id, version=version),
-                    f"version {version} of {po_id} waited for version {history.latest_version + 1} until "
-                    f"{hold.hold_until.ToJsonString()}; it was not applied",
-                    evidence=[json_format.MessageToJson(hold.purchase_order, indent=None)],
-                    workflow_key=po_id,
-                    discriminator=str(held.sequence),
-                    policy_revision=self._policy().revision,
-                )
-                try:
-                    await self._store.append(
-                        purchase_order_hold_expired(po_id, version, exception.exception_id), expected_last_sequence=None
-                    )
-                except Exception:
-                    log.exception("could not record the expiry of %s v%s; it is retried", po_id, version)
-                    next_deadline = now.seconds
-            await self._store.reschedule_hold(po_id, next_deadline)
-        if not due:
-            self._holds_pending = bool(await self._store.holds_due(float("inf")))
 
     async def _append_version(self, event, history):
         """Publish a version; acknowledgments landing meanwhile are no conflict, another version is."""
@@ -478,7 +379,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     async def GetPurchaseOrder(
         self, request: po_service_pb2.GetPurchaseOrderRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.GetPurchaseOrderResponse:
-        history = await self._store.order(_required_po_id(request.po_id))
+        history = await self._store.order(mapping.required_po_id(request.po_id))
         if not history.versions:
             raise NotFound(f"purchase order {request.po_id!r} is unknown", reason="PO_NOT_FOUND")
         wanted = request.version or history.latest_version
@@ -486,7 +387,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         if stored is None:
             raise NotFound(f"purchase order {request.po_id!r} has no version {wanted}", reason="PO_VERSION_NOT_FOUND")
         response = po_service_pb2.GetPurchaseOrderResponse(
-            purchase_order=_order_of(stored), latest_version=history.latest_version
+            purchase_order=mapping.order_of(stored), latest_version=history.latest_version
         )
         if history.acknowledgments:
             highest = max(history.acknowledgments, key=lambda a: a.envelope.object_version)
@@ -496,10 +397,10 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     async def ListPurchaseOrderVersions(
         self, request: po_service_pb2.ListPurchaseOrderVersionsRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.ListPurchaseOrderVersionsResponse:
-        versions = await self._store.versions(_required_po_id(request.po_id))
+        versions = await self._store.versions(mapping.required_po_id(request.po_id))
         if not versions:
             raise NotFound(f"purchase order {request.po_id!r} is unknown", reason="PO_NOT_FOUND")
-        return po_service_pb2.ListPurchaseOrderVersionsResponse(purchase_orders=[_order_of(e) for e in versions])
+        return po_service_pb2.ListPurchaseOrderVersionsResponse(purchase_orders=[mapping.order_of(e) for e in versions])
 
     async def _answer_from_history(
         self, order: po_pb2.PurchaseOrder, key: str, fingerprint: str, existing: StoredEvent | None
@@ -508,10 +409,13 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             await self._duplicate_transaction(order, key, evidence=existing)
         assert existing is not None
         envelope = existing.envelope
-        response = _response(
+        response = mapping.publish_response(
             order, envelope.event_id, existing.sequence, envelope.recorded_at, envelope.idempotency_key
         )
         return await self._remember(order, key, fingerprint, response)
+
+    async def _conflict(self, order: po_pb2.PurchaseOrder, key: str, evidence: StoredEvent | None) -> None:
+        await self._duplicate_transaction(order, key, evidence=evidence)
 
     async def _duplicate_transaction(self, order: po_pb2.PurchaseOrder, key: str, evidence: StoredEvent | None) -> None:
         """Same order and version (or key) with different content: refuse, and raise an exception."""
@@ -519,7 +423,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             evidence = await self._store.version(order.po_id, order.version)
         documents = [json_format.MessageToJson(order, indent=None)]
         if evidence is not None:
-            documents.insert(0, json_format.MessageToJson(_order_of(evidence), indent=None))
+            documents.insert(0, json_format.MessageToJson(mapping.order_of(evidence), indent=None))
         exception = await self._exceptions.raise_exception(
             exception_pb2.EXCEPTION_TYPE_DUPLICATE_TRANSACTION,
             exception_pb2.SEVERITY_HIGH,
@@ -539,190 +443,6 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
                 "exception_id": exception.exception_id,
             },
         )
-
-
-def _normalized_first_version(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
-    """Fill the defaults in place: the request message belongs to this call alone."""
-    normalized = order
-    if normalized.version == 0:
-        normalized.version = 1
-    return _normalized(normalized)
-
-
-def _normalized(normalized: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
-    if normalized.status == po_pb2.PURCHASE_ORDER_STATUS_UNSPECIFIED:
-        normalized.status = po_pb2.PURCHASE_ORDER_STATUS_OPEN
-    for line in normalized.lines:
-        if not line.unit_price.currency_code:
-            line.unit_price.currency_code = normalized.currency_code
-    return normalized
-
-
-def _reject_invalid(
-    order: po_pb2.PurchaseOrder,
-    idempotency_key: str,
-    *,
-    suppliers: SupplierDirectory,
-    policy: Policy,
-    change: bool = False,
-) -> None:
-    violations: list[FieldViolation] = []
-    if order.supplier_id:
-        problem = domain.supplier_problem(order.supplier_id, *suppliers.lookup(order.supplier_id))
-        if problem:
-            violations.append(FieldViolation(f"{PUBLISH_FIELD}.supplier_id", problem))
-    if change and order.version < 2:
-        violations.append(
-            FieldViolation(f"{PUBLISH_FIELD}.version", "a change order is version 2 or later (version 1 is published)")
-        )
-    if not change and order.version != 1:
-        violations.append(
-            FieldViolation(
-                f"{PUBLISH_FIELD}.version",
-                f"PublishPurchaseOrder creates version 1; version {order.version} is a change order "
-                "(ChangePurchaseOrder)",
-            )
-        )
-    if len(order.po_id) > MAX_KEY_CHARS:
-        violations.append(FieldViolation(f"{PUBLISH_FIELD}.po_id", f"must be at most {MAX_KEY_CHARS} characters"))
-    if len(idempotency_key) > 512:
-        violations.append(FieldViolation("idempotency_key", "must be at most 512 characters"))
-    parsed, conversion_problems = _to_domain(order)
-    violations.extend(conversion_problems)
-    if parsed is not None:
-        now = datetime.now(UTC)
-        rules = domain.validate_order(parsed, now, sites=policy.sites, past_margin=policy.requested_date_past_margin)
-        violations.extend(FieldViolation(v.field, v.description) for v in rules)
-    if violations:
-        raise InvalidArgument(
-            f"purchase order {order.po_id or '(no id)'} is invalid: {len(violations)} problem(s); "
-            "nothing was published",
-            violations=violations,
-            reason="INVALID_PURCHASE_ORDER",
-        )
-
-
-def _to_domain(order: po_pb2.PurchaseOrder) -> tuple[domain.PurchaseOrder | None, list[FieldViolation]]:
-    problems: list[FieldViolation] = []
-    lines: list[domain.OrderLine] = []
-    for index, line in enumerate(order.lines):
-        path = f"{PUBLISH_FIELD}.lines[{index}]"
-        try:
-            quantity = decimal_from_proto(line.quantity)
-        except ValueError as error:
-            problems.append(FieldViolation(f"{path}.quantity", str(error)))
-            quantity = None
-        try:
-            price = money_from_proto(line.unit_price)
-        except ValueError as error:
-            problems.append(FieldViolation(f"{path}.unit_price", str(error)))
-            price = None
-        try:
-            requested = date_from_proto(line.requested_delivery_date)
-        except ValueError as error:
-            problems.append(FieldViolation(f"{path}.requested_delivery_date", str(error)))
-            requested = None
-        if quantity is not None and price is not None:
-            lines.append(
-                domain.OrderLine(
-                    line_number=line.line_number,
-                    item_id=line.item_id,
-                    description=line.description,
-                    quantity=quantity,
-                    unit_of_measure=line.unit_of_measure,
-                    unit_price=price,
-                    price_currency=line.unit_price.currency_code,
-                    requested_delivery_date=requested,
-                    cost_center=line.cost_center,
-                )
-            )
-    if problems:
-        return None, problems
-    approved_at = datetime_from_proto(order.approved_at) if order.HasField("approved_at") else None
-    return domain.PurchaseOrder(
-        po_id=order.po_id,
-        version=order.version,
-        supplier_id=order.supplier_id,
-        currency_code=order.currency_code,
-        business_unit=order.business_unit,
-        ship_to_site=order.ship_to_site,
-        approved_at=approved_at,
-        lines=tuple(lines),
-        cancelled=order.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED,
-    ), []
-
-
-def _changes_to_proto(changes: domain.Changes) -> po_pb2.PurchaseOrderChanges:
-    return po_pb2.PurchaseOrderChanges(
-        added_line_numbers=changes.added_lines,
-        removed_line_numbers=changes.removed_lines,
-        quantity_changed_line_numbers=changes.quantity_changed,
-        price_changed_line_numbers=changes.price_changed,
-        date_changed_line_numbers=changes.date_changed,
-        header_fields=changes.header_fields,
-    )
-
-
-def _change_response(stored: StoredEvent) -> po_service_pb2.ChangePurchaseOrderResponse:
-    changed = stored.unpack(events_pb2.PurchaseOrderChanged)
-    envelope = stored.envelope
-    return po_service_pb2.ChangePurchaseOrderResponse(
-        po_id=envelope.object_key,
-        version=envelope.object_version,
-        event_id=envelope.event_id,
-        stream_sequence=stored.sequence,
-        changes=changed.changes,
-        idempotency_key=envelope.idempotency_key,
-    )
-
-
-def _cancel_response(stored: StoredEvent) -> po_service_pb2.CancelPurchaseOrderResponse:
-    envelope = stored.envelope
-    return po_service_pb2.CancelPurchaseOrderResponse(
-        po_id=envelope.object_key,
-        version=envelope.object_version,
-        event_id=envelope.event_id,
-        stream_sequence=stored.sequence,
-    )
-
-
-def _unknown_version(po_id: str, version: int, history) -> ServiceError:
-    if not history.versions:
-        return NotFound(f"purchase order {po_id!r} is unknown", reason="PO_NOT_FOUND")
-    return FailedPrecondition(
-        f"purchase order {po_id} has no version {version} (latest {history.latest_version})",
-        subject=f"purchase_order/{po_id}",
-        reason="UNKNOWN_VERSION",
-        metadata={"latest_version": str(history.latest_version)},
-    )
-
-
-def _required_po_id(po_id: str) -> str:
-    if not po_id.strip():
-        raise InvalidArgument("po_id is required", violations=[FieldViolation("po_id", "is required")])
-    return po_id
-
-
-def _order_of(event: StoredEvent) -> po_pb2.PurchaseOrder:
-    for message_type in (
-        events_pb2.PurchaseOrderPublished,
-        events_pb2.PurchaseOrderChanged,
-        events_pb2.PurchaseOrderCancelled,
-    ):
-        if event.envelope.payload.Is(message_type.DESCRIPTOR):
-            return event.unpack(message_type).purchase_order
-    raise TypeError(f"{event.envelope.event_type} carries no purchase order")
-
-
-def _response(order, event_id, sequence, recorded_at, key) -> po_service_pb2.PublishPurchaseOrderResponse:
-    return po_service_pb2.PublishPurchaseOrderResponse(
-        po_id=order.po_id,
-        version=order.version,
-        event_id=event_id,
-        stream_sequence=sequence,
-        published_at=recorded_at,
-        idempotency_key=key,
-    )
 
 
 def _annotate_span(order: po_pb2.PurchaseOrder, key: str) -> None:

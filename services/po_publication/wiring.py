@@ -54,5 +54,5 @@ def wire(rt: Runtime[Settings]) -> Service:
         streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
         # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
         startup=[follower.start, store.rebuild_read_models],
-        periodic=[(rt.settings.hold_sweep_seconds, servicer.expire_held_versions)],
+        periodic=[(rt.settings.hold_sweep_seconds, servicer.holds.expire)],
     )
