@@ -31,9 +31,6 @@ class HeldVersions:
         self._store = store
         self._exceptions = exceptions
         self._policy = policy
-        # Whether any order may hold versions (so the publish path can skip looking); a restart may find
-        # holds in the stream, hence True until the first sweep has looked.
-        self.pending = True
 
     async def hold(self, order, key: str, fingerprint: str, history, source: str, context, conflict):
         """Keep a version that came before its predecessor, durably, for the policy's hold window."""
@@ -54,7 +51,6 @@ class HeldVersions:
         except WrongLastSequence:
             raise Aborted(f"purchase order {order.po_id} changed meanwhile; retry", reason="CONCURRENT_WRITE") from None
         await self._store.hold_until(order.po_id, until.seconds + until.nanos / 1e9)
-        self.pending = True
         log.info(
             "holding version %s of %s until %s (latest is %s)",
             order.version,
@@ -130,5 +126,3 @@ class HeldVersions:
                     log.exception("could not record the expiry of %s v%s; it is retried", po_id, version)
                     next_deadline = now.seconds
             await self._store.reschedule_hold(po_id, next_deadline)
-        if not due:
-            self.pending = bool(await self._store.holds_due(float("inf")))

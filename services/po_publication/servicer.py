@@ -98,10 +98,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             order, published.envelope.event_id, published.sequence, published.envelope.recorded_at, key
         )
         marking = self._store.marking_unacknowledged(order.po_id, order.approved_at)
-        answer = await self._remember(order, key, fingerprint, response, also=marking)
-        if self.holds.pending:  # only when some order may hold versions: the hot path stays lean
-            await self.holds.release(order.po_id)
-        return answer
+        return await self._remember(order, key, fingerprint, response, also=marking)
 
     async def _stored_response(
         self, order: po_pb2.PurchaseOrder, key: str, fingerprint: str
