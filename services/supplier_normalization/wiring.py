@@ -30,7 +30,7 @@ def wire(rt: Runtime[Settings]) -> Service:
 
     thresholds = Thresholds(rt.settings.supplier_merge_score, rt.settings.supplier_suspect_score)
     registry = SupplierRegistry(owner_of, thresholds)
-    store = SupplierStore(rt.js, rt.publisher, rt.namespace)
+    store = SupplierStore(rt.publisher, rt.reader)
     servicer = SupplierServicer(registry, store, rt.exceptions, lambda: rt.policy.current)
     return Service(
         grpc_services=[
