@@ -13,7 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from libs.cli import audit_cmd, dev_cmd, policy_cmd, suppliers_cmd
+from libs.cli import audit_cmd, demo_cmd, dev_cmd, policy_cmd, suppliers_cmd
 from libs.cli.components import (
     COMPONENTS,
     DEFAULT_GRPC_PORT_BASE,
@@ -29,6 +29,7 @@ app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(dev_cmd.app, name="dev")
 app.add_typer(suppliers_cmd.app, name="suppliers")
+app.add_typer(demo_cmd.app, name="demo")
 console = Console()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

@@ -119,3 +119,22 @@ def test_up_refuses_an_unknown_component(tmp_path: Path):
     )
     assert result.returncode == 2
     assert "billing" in result.stdout
+
+
+def test_demo_scenario_runs_clean_against_the_stack(stack):
+    _, po_port, _, _, _ = stack
+    result = subprocess.run(
+        [sys.executable, "-m", "libs.cli", "demo", "--grpc-port-base", str(po_port - 2)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+        env={**os.environ, "COLUMNS": "220"},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "FAIL" not in result.stdout
+    summary = [line for line in result.stdout.splitlines() if "steps as expected" in line]
+    assert summary
+    done, _, total = summary[0].split()[:3]
+    assert done == total
+    assert int(total) >= 10

@@ -1,0 +1,251 @@
+"""``syncgov demo``: one procurement-to-ERP story through a running stack, checked step by step.
+
+Suppliers from procurement and the ERP become one golden record (the ERP's bank account wins, as
+the policy says); a purchase order is published, changed, receives a version out of order (held,
+then applied), the ERP tries to change a price (refused and audited), acknowledges an old version
+(not enough) and then the latest. Every step states what should happen and what did; the exit
+code is 0 only when all of them held.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated
+
+import grpc
+import typer
+from google.protobuf import timestamp_pb2
+from google.type import decimal_pb2, money_pb2
+from rich.console import Console
+from rich.table import Table
+
+from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE
+from libs.cli.components import DEFAULT_GRPC_PORT_BASE
+from syncgov.common.v1 import types_pb2
+from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
+from syncgov.controlplane.v1 import controlplane_service_pb2_grpc as cp_rpc
+from syncgov.po.v1 import po_pb2
+from syncgov.po.v1 import po_service_pb2 as po
+from syncgov.po.v1 import po_service_pb2_grpc as po_rpc
+from syncgov.supplier.v1 import supplier_pb2
+from syncgov.supplier.v1 import supplier_service_pb2 as sp
+from syncgov.supplier.v1 import supplier_service_pb2_grpc as sp_rpc
+
+app = typer.Typer(help="Drive a realistic scenario through a running stack.")
+console = Console()
+
+
+def _as(system: str) -> tuple[tuple[str, str], ...]:
+    return (("x-syncgov-system", system),)
+
+
+@dataclass
+class Step:
+    name: str
+    expected: str
+    actual: str
+    ok: bool
+
+
+def _record(system: str, local_id: str, name: str, vat: str, iban: str) -> supplier_pb2.SupplierRecord:
+    return supplier_pb2.SupplierRecord(
+        source_system=system,
+        local_id=local_id,
+        legal_name=name,
+        tax_ids=[supplier_pb2.TaxIdentifier(scheme="vat", value=vat)],
+        addresses=[
+            types_pb2.PostalAddress(
+                lines=["Hafenstrasse 1"], locality="Hamburg", postal_code="20457", country_code="DE"
+            )
+        ],
+        bank_accounts=[supplier_pb2.BankAccount(iban=iban)],
+    )
+
+
+def _order(po_id: str, supplier_id: str, version: int, quantity: str) -> po_pb2.PurchaseOrder:
+    approved = timestamp_pb2.Timestamp()
+    approved.FromDatetime(datetime.now(UTC))
+    return po_pb2.PurchaseOrder(
+        po_id=po_id,
+        version=version,
+        supplier_id=supplier_id,
+        currency_code="EUR",
+        business_unit="BU-NORTH",
+        ship_to_site="DC-HAMBURG",
+        approved_by="demo",
+        approved_at=approved,
+        lines=[
+            po_pb2.PurchaseOrderLine(
+                line_number=1,
+                item_id="ITEM-42",
+                description="Pallet wrap 500mm",
+                quantity=decimal_pb2.Decimal(value=quantity),
+                unit_of_measure="EA",
+                unit_price=money_pb2.Money(currency_code="EUR", units=12, nanos=500_000_000),
+            )
+        ],
+    )
+
+
+def run_scenario(host: str, base: int, run_id: str) -> list[Step]:
+    steps: list[Step] = []
+
+    def check(name: str, expected: str, actual: str, ok: bool) -> None:
+        steps.append(Step(name, expected, actual, ok))
+
+    suppliers = sp_rpc.SupplierNormalizationServiceStub(grpc.insecure_channel(f"{host}:{base + 1}"))
+    orders = po_rpc.PurchaseOrderServiceStub(grpc.insecure_channel(f"{host}:{base + 2}"))
+    control = cp_rpc.ControlPlaneServiceStub(grpc.insecure_channel(f"{host}:{base}"))
+
+    vat = "DE136695976"
+    procurement = suppliers.SubmitSupplierRecord(
+        sp.SubmitSupplierRecordRequest(
+            record=_record("procurement", f"P-{run_id}", "ACME Industrial Supply GmbH", vat, "DE89370400440532013000")
+        ),
+        metadata=_as("procurement"),
+    )
+    erp = suppliers.SubmitSupplierRecord(
+        sp.SubmitSupplierRecordRequest(
+            record=_record(
+                "erp", f"E-{run_id}", "Acme Industrial Supply G.m.b.H.", "de 136 695 976", "DE02120300000000202051"
+            )
+        ),
+        metadata=_as("erp"),
+    )
+    golden = erp.supplier
+    check(
+        "supplier records from two systems",
+        "one golden record",
+        "one" if golden.supplier_id == procurement.supplier.supplier_id else "two",
+        golden.supplier_id == procurement.supplier.supplier_id,
+    )
+    bank = golden.bank_accounts[0].iban if golden.bank_accounts else ""
+    check(
+        "bank account of the golden record", "the ERP's (it owns bank accounts)", bank, bank == "DE02120300000000202051"
+    )
+    broken = suppliers.SubmitSupplierRecord(
+        sp.SubmitSupplierRecordRequest(
+            record=_record("procurement", f"P-{run_id}-x", "Broken Digits AG", "DE136695977", "DE89370400440532013000")
+        ),
+        metadata=_as("procurement"),
+    )
+    check(
+        "a VAT number with a wrong check digit",
+        "a finding, the record kept",
+        f"{len(broken.findings)} finding(s)",
+        any("check digit" in f.problem for f in broken.findings),
+    )
+
+    po_id = f"PO-DEMO-{run_id}"
+    # po-publication learns of the new golden supplier from its event, a moment later: a caller retries.
+    request = po.PublishPurchaseOrderRequest(purchase_order=_order(po_id, golden.supplier_id, 1, "10"))
+    for attempt in range(50):
+        try:
+            first = orders.PublishPurchaseOrder(request, metadata=_as("procurement"))
+            break
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.INVALID_ARGUMENT or attempt == 49:
+                raise
+            time.sleep(0.1)
+    check("procurement publishes the order", "version 1 published", f"version {first.version}", first.version == 1)
+    second = orders.ChangePurchaseOrder(
+        po.ChangePurchaseOrderRequest(purchase_order=_order(po_id, golden.supplier_id, 2, "12")),
+        metadata=_as("procurement"),
+    )
+    check(
+        "a change order",
+        "version 2, quantity of line 1 changed",
+        f"version {second.version}, lines {list(second.changes.quantity_changed_line_numbers)}",
+        list(second.changes.quantity_changed_line_numbers) == [1],
+    )
+    early = orders.ChangePurchaseOrder(
+        po.ChangePurchaseOrderRequest(purchase_order=_order(po_id, golden.supplier_id, 4, "20")),
+        metadata=_as("procurement"),
+    )
+    check("version 4 before version 3", "held", "held" if early.held else "not held", early.held)
+    orders.ChangePurchaseOrder(
+        po.ChangePurchaseOrderRequest(purchase_order=_order(po_id, golden.supplier_id, 3, "15")),
+        metadata=_as("procurement"),
+    )
+    latest = orders.GetPurchaseOrder(po.GetPurchaseOrderRequest(po_id=po_id), metadata=_as("erp")).latest_version
+    check("version 3 arrives", "3 applied, then the held 4", f"latest version {latest}", latest == 4)
+
+    try:
+        orders.ChangePurchaseOrder(
+            po.ChangePurchaseOrderRequest(purchase_order=_order(po_id, golden.supplier_id, 5, "15")),
+            metadata=_as("erp"),
+        )
+        refused = "accepted"
+    except grpc.RpcError as error:
+        refused = error.code().name
+    check(
+        "the ERP changes the order", "PERMISSION_DENIED (procurement owns it)", refused, refused == "PERMISSION_DENIED"
+    )
+
+    old = orders.AcknowledgePurchaseOrder(
+        po.AcknowledgePurchaseOrderRequest(po_id=po_id, version=2, erp_document_number="4500000001"),
+        metadata=_as("erp"),
+    )
+    check(
+        "the ERP acknowledges version 2",
+        "recorded, not the latest",
+        "latest" if old.latest_version_acknowledged else "not the latest",
+        not old.latest_version_acknowledged,
+    )
+    new = orders.AcknowledgePurchaseOrder(
+        po.AcknowledgePurchaseOrderRequest(po_id=po_id, version=4, erp_document_number="4500000001"),
+        metadata=_as("erp"),
+    )
+    check(
+        "the ERP acknowledges version 4",
+        "the ERP holds the latest",
+        "latest" if new.latest_version_acknowledged else "not the latest",
+        new.latest_version_acknowledged,
+    )
+
+    deadline = time.monotonic() + 10
+    entries: list = []
+    while time.monotonic() < deadline:
+        entries = list(
+            control.QueryAuditTrail(
+                cp.QueryAuditTrailRequest(object_type="purchase_order", object_key=po_id), metadata=_as("ops-console")
+            ).entries
+        )
+        if len(entries) >= 8:
+            break
+        time.sleep(0.2)
+    actions = [f"{e.actor}:{e.action}" for e in entries]
+    check(
+        "the audit trail of the order",
+        "5 writes (4 versions, 1 held arrival), 1 refusal, 2 acknowledgments",
+        ", ".join(actions),
+        actions.count("procurement:write") == 5 and "erp:refusal" in actions and actions.count("erp:write") == 2,
+    )
+    return steps
+
+
+@app.callback(invoke_without_command=True)
+def demo(
+    grpc_port_base: Annotated[
+        int, typer.Option(help="control-plane's port; the others follow.")
+    ] = DEFAULT_GRPC_PORT_BASE,
+    host: Annotated[str, typer.Option(help="Where the stack listens.")] = "127.0.0.1",
+) -> None:
+    """Run the scenario against a running stack (`syncgov up`) and print what happened."""
+    run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    try:
+        steps = run_scenario(host, grpc_port_base, run_id)
+    except grpc.RpcError as error:
+        console.print(f"[red]the stack did not answer as expected: {error.code().name}: {error.details()}[/red]")
+        raise typer.Exit(EXIT_UNREACHABLE if error.code() == grpc.StatusCode.UNAVAILABLE else EXIT_NO) from None
+    table = Table(title=f"syncgov demo {run_id}")
+    for column in ("", "step", "expected", "what happened"):
+        table.add_column(column, overflow="fold")
+    for step in steps:
+        table.add_row("[green]ok[/green]" if step.ok else "[red]FAIL[/red]", step.name, step.expected, step.actual)
+    console.print(table)
+    failed = [s for s in steps if not s.ok]
+    console.print(f"{len(steps) - len(failed)} of {len(steps)} steps as expected")
+    raise typer.Exit(EXIT_NO if failed else EXIT_OK)
