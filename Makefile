@@ -49,8 +49,9 @@ up: setup ## start nats-server, valkey-server and every service; Ctrl-C stops th
 	$(BIN)/syncgov up $(UP_ARGS)
 
 .PHONY: lint
-lint: setup ## ruff and buf lint
+lint: setup ## ruff (lint and format check) and buf lint
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	cd protos && ../$(BIN)/buf lint
 
 .PHONY: fmt
