@@ -15,9 +15,15 @@ from syncgov.po.v1 import po_pb2
 PROCUREMENT = (("x-syncgov-system", "procurement"),)
 
 
+# One approval moment per test run: an order built twice is the same bytes, so a command sent twice is
+# recognised as the same command even when the two sends straddle a second boundary.
+APPROVED_AT = timestamp_pb2.Timestamp()
+APPROVED_AT.FromDatetime(datetime.now(UTC).replace(microsecond=0))
+
+
 def sample_order(po_id: str = "PO-1001", *, quantity: str = "10", price_units: int = 12) -> po_pb2.PurchaseOrder:
     approved = timestamp_pb2.Timestamp()
-    approved.FromDatetime(datetime.now(UTC).replace(microsecond=0))
+    approved.CopyFrom(APPROVED_AT)
     return po_pb2.PurchaseOrder(
         po_id=po_id,
         supplier_id="SUP-ACME",
