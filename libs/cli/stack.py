@@ -20,7 +20,7 @@ from pathlib import Path
 import grpc
 
 from libs.cli.components import Component
-from libs.runtime.local_servers import LocalServer, NatsServer, ValkeyServer
+from libs.runtime.local_servers import LocalServer, NatsServer, ValkeyServer, die_with_parent
 from libs.runtime.probe import health_status
 
 
@@ -93,6 +93,7 @@ class Stack:
                     stdout=log_file,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
+                    preexec_fn=die_with_parent,
                 )
             self.children.append(RunningComponent(component, f"127.0.0.1:{port}", log_path, process))
 

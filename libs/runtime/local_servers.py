@@ -23,6 +23,20 @@ class ServerError(RuntimeError):
     """A local server could not be found, started or reached."""
 
 
+def die_with_parent() -> None:
+    """In a child, before exec: ask Linux to SIGTERM it when the process that started it dies, so that a
+    killed ``syncgov up`` or test run leaves no servers behind. Elsewhere it does nothing."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):  # not glibc: the child simply outlives a killed parent
+        return
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
@@ -107,7 +121,11 @@ class LocalServer:
             self.port = free_port(self.host)
         with self.log_path.open("ab") as log_file:
             self.process = subprocess.Popen(
-                self.command(), stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         try:
             _wait_for_port(self.host, self.port, self.process, self.log_path, timeout)

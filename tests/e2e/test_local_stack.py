@@ -67,9 +67,13 @@ def stack(tmp_path: Path):
         output = _wait_for_line(process, "syncgov is up", timeout=60)
         yield process, po_port, metrics_po_port, output, tmp_path / "stack"
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        if process.poll() is None:  # stop it as a user would, so it stops what it started
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
 
 
 async def _probe(address: str, service: str = "") -> tuple[str, list[str]]:
