@@ -24,6 +24,7 @@ from services.supplier_normalization.normalize import NormalizedRecord
 
 MAX_BLOCK = 80  # a block key shared by more golden records than this is too common to compare on
 MAX_SCORED = 25  # candidates scored in full per record, best names first
+MAX_STREETS = 8  # street spellings kept per golden record for address comparison
 NAME_WEIGHT, STREET_WEIGHT, POSTAL_WEIGHT = 0.6, 0.3, 0.1
 ADDRESS_WEIGHT = STREET_WEIGHT + POSTAL_WEIGHT
 _STOPWORDS = frozenset({"the", "and", "of", "for", "de", "la", "le", "der", "die", "und", "et", "co", "company"})
@@ -122,10 +123,12 @@ class MatchIndex:
             # suspect threshold whatever its address, so only the survivors are scored in full.
             names = {golden: self._features[golden].name_key for golden in pool}
             cutoff = self._name_cutoff()
+            streets = _street(record)
+            postal = {a.postal_code for a in record.record.addresses if a.postal_code}
             for _, name_score, golden in process.extract(
                 record.name_key, names, scorer=fuzz.WRatio, score_cutoff=cutoff, limit=MAX_SCORED
             ):
-                candidate = self._score(record, golden, name_score)
+                candidate = self._score(record, golden, name_score, streets, postal)
                 if candidate.score >= self.thresholds.suspect_at:
                     candidates[golden] = candidate
         for golden, candidate in list(candidates.items()):
@@ -168,7 +171,8 @@ class MatchIndex:
         for family, value in record.tax_keys.items():
             features.tax_keys[family].add(value)
         features.postal_codes.update(a.postal_code for a in record.record.addresses if a.postal_code)
-        features.streets.update(_street(record))
+        if len(features.streets) < MAX_STREETS:  # a golden record's addresses are few; stop a runaway
+            features.streets.update(_street(record))
         for key in keys if keys is not None else _block_keys(record):
             block = self._blocks[key]
             if golden_id not in block and len(block) <= MAX_BLOCK:
@@ -178,14 +182,14 @@ class MatchIndex:
         """The lowest name score that can still reach the suspect threshold with a perfect address."""
         return max(0.0, (self.thresholds.suspect_at - ADDRESS_WEIGHT * 100) / NAME_WEIGHT)
 
-    def _score(self, record: NormalizedRecord, golden: str, name: float) -> Candidate:
+    def _score(
+        self, record: NormalizedRecord, golden: str, name: float, streets: set[str], postal: set[str]
+    ) -> Candidate:
         features = self._features[golden]
         scores = [("name", name)]
         reasons = ["similar_name"]
-        streets = _street(record)
-        postal = {a.postal_code for a in record.record.addresses if a.postal_code}
         if streets and features.streets:
-            street = max(fuzz.token_set_ratio(a, b) for a in streets for b in features.streets)
+            street = max(process.extractOne(a, features.streets, scorer=fuzz.token_set_ratio)[1] for a in streets)
             scores.append(("street", street))
             same_postal = bool(postal & features.postal_codes)
             scores.append(("postal_code", 100.0 if same_postal else 0.0))
