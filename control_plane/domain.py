@@ -10,9 +10,6 @@ from libs.policy.engine import normalized, unified_diff
 from libs.policy.problems import Problem
 from libs.policy.validate import check
 
-MAX_PAGE_SIZE = 100
-DEFAULT_PAGE_SIZE = 20
-
 
 @dataclass(frozen=True, slots=True)
 class ApplyPlan:
@@ -55,9 +52,3 @@ def field_problem(object_type: str, field: str) -> str | None:
     if field in paths or field.replace("[]", "") in {p.replace("[]", "") for p in paths}:
         return None
     return f"{object_type} has no field {field!r}"
-
-
-def page_bounds(page_size: int) -> int:
-    if page_size <= 0:
-        return DEFAULT_PAGE_SIZE
-    return min(page_size, MAX_PAGE_SIZE)

@@ -11,6 +11,7 @@ from libs.runtime.audit import AuditRecorder
 from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from libs.runtime.events import timestamp
 from libs.runtime.identity import current_caller
+from libs.runtime.paging import page_size
 from libs.runtime.policy_store import PolicyView, RevisionConflict
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2, controlplane_service_pb2, controlplane_service_pb2_grpc
@@ -57,7 +58,7 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         return pb.GetPolicyResponse(revision=revision)
 
     async def ListPolicyRevisions(self, request: pb.ListPolicyRevisionsRequest, context):
-        size = domain.page_bounds(request.page.page_size)
+        size = page_size(request.page.page_size, default=20, maximum=100)
         below = int(request.page.page_token) if request.page.page_token.isdigit() else None
         history = [r for r in await self._store.policies.history() if below is None or r.revision < below]
         page = history[:size]
@@ -110,7 +111,7 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
                 ],
             )
         entries = await self._store.audit_for(request.object_type, request.object_key)
-        size = domain.page_bounds(request.page.page_size)
+        size = page_size(request.page.page_size, default=20, maximum=100)
         after = int(request.page.page_token) if request.page.page_token.isdigit() else 0
         remaining = [e for e in entries if e.sequence > after]
         page = remaining[:size]

@@ -8,9 +8,11 @@ without a contract message here are governed as a whole.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
-from google.protobuf.descriptor import Descriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+from google.protobuf.message import Message
 
 from syncgov.invoice.v1 import invoice_pb2
 from syncgov.po.v1 import po_pb2
@@ -38,14 +40,38 @@ class ObjectType:
         return frozenset(_paths(self.message, "")) if self.message is not None else frozenset()
 
 
+@functools.cache
+def descends(descriptor: Descriptor | None) -> bool:
+    """Whether field paths go inside messages of this type: not for value types (leaves) and map entries."""
+    if descriptor is None or descriptor.full_name in _LEAF_MESSAGES:
+        return False
+    return not descriptor.GetOptions().map_entry
+
+
+def field_path(prefix: str, field: FieldDescriptor) -> str:
+    """One step of a field path in policy notation: ``lines[]`` for a repeated field."""
+    return f"{prefix}{field.name}{'[]' if field.is_repeated else ''}"
+
+
 def _paths(descriptor: Descriptor, prefix: str) -> list[str]:
     found: list[str] = []
     for field in descriptor.fields:
-        path = f"{prefix}{field.name}{'[]' if field.is_repeated else ''}"
+        path = field_path(prefix, field)
         found.append(path)
-        message = field.message_type
-        if message is not None and message.full_name not in _LEAF_MESSAGES and not message.GetOptions().map_entry:
-            found.extend(_paths(message, f"{path}."))
+        if descends(field.message_type):
+            found.extend(_paths(field.message_type, f"{path}."))
+    return found
+
+
+def touched_fields(message: Message, prefix: str = "") -> set[str]:
+    """Field paths a message sets, in the same notation as ``ObjectType.field_paths`` (``lines[].unit_price``)."""
+    found: set[str] = set()
+    for field, value in message.ListFields():
+        path = field_path(prefix, field)
+        found.add(path)
+        if descends(field.message_type):
+            for item in value if field.is_repeated else (value,):
+                found |= touched_fields(item, f"{path}.")
     return found
 
 

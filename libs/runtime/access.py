@@ -6,20 +6,13 @@ without one (fail closed) and a structural test keeps the declarations whole.
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Iterable
 from dataclasses import dataclass
 
-from google.protobuf.descriptor import Descriptor
 from google.protobuf.message import Message
 
-_LEAF_MESSAGES = {
-    "google.type.Money",
-    "google.type.Decimal",
-    "google.type.Date",
-    "google.protobuf.Timestamp",
-    "google.protobuf.Duration",
-}
+from libs.policy.catalog import touched_fields
+
+__all__ = ["AccessRule", "Administer", "Read", "Report", "Write", "resolve", "touched_fields"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,28 +51,6 @@ class Administer:
 
 
 AccessRule = Read | Write | Report | Administer
-
-
-@functools.cache
-def _descends(descriptor: Descriptor | None) -> bool:
-    """Whether touched-field paths go inside messages of this type (not for value types and maps)."""
-    return (
-        descriptor is not None and descriptor.full_name not in _LEAF_MESSAGES and not descriptor.GetOptions().map_entry
-    )
-
-
-def touched_fields(message: Message, prefix: str = "") -> set[str]:
-    """Field paths a message sets, in policy notation (``lines[].unit_price``); value types are leaves."""
-    found: set[str] = set()
-    for field, value in message.ListFields():
-        path = f"{prefix}{field.name}{'[]' if field.is_repeated else ''}"
-        found.add(path)
-        if not _descends(field.message_type):
-            continue
-        items: Iterable[Message] = value if field.is_repeated else (value,)
-        for item in items:
-            found |= touched_fields(item, f"{path}.")
-    return found
 
 
 def resolve(message: Message, dotted: str) -> object:

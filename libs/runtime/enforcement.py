@@ -17,17 +17,13 @@ from libs.policy.engine import Policy
 from libs.runtime.access import AccessRule, Administer, Read, Report, Write, resolve, touched_fields
 from libs.runtime.audit import AuditRecorder
 from libs.runtime.errors import PermissionDenied, Unauthenticated
-from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.exception_reporter import ExceptionReporter, severity
 from libs.runtime.identity import Caller
 from libs.runtime.policy_store import PolicyView
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
 
 log = logging.getLogger(__name__)
-
-_SEVERITY = {
-    name: exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}") for name in ("low", "medium", "high", "critical")
-}
 
 
 class OwnershipGuard:
@@ -145,7 +141,7 @@ class OwnershipGuard:
             route = policy.route("ownership_violation")
             exception = await self._exceptions.raise_exception(
                 exception_pb2.EXCEPTION_TYPE_OWNERSHIP_VIOLATION,
-                _SEVERITY.get(route.severity or "high", exception_pb2.SEVERITY_HIGH),
+                severity(route.severity),
                 object_ref,
                 f"{method} refused: {reason}",
                 workflow_key=key if object_type == "purchase_order" else "",

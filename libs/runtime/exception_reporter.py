@@ -21,6 +21,13 @@ DOMAIN = "exception"
 OBJECT_TYPE = "exception"
 
 
+def severity(name: str | None, default: int = exception_pb2.SEVERITY_HIGH) -> int:
+    """The contract's severity for a policy route's severity name (``low`` .. ``critical``); ``default`` if unset."""
+    if not name:
+        return default
+    return exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}")
+
+
 def fingerprint(exception_type: int, object_ref: types_pb2.ObjectRef, discriminator: str = "") -> str:
     """Same problem on the same object version -> same fingerprint, so repeats can be counted, not multiplied."""
     text = "|".join(

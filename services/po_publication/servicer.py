@@ -23,6 +23,7 @@ from libs.runtime.events import StoredEvent, WrongLastSequence, content_sha256, 
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.idempotency import IdempotencyConflict
 from libs.runtime.identity import current_caller
+from libs.runtime.paging import page_size
 from services.po_publication import domain, mapping
 from services.po_publication.events import (
     purchase_order_acknowledged,
@@ -322,7 +323,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     async def ListUnacknowledgedPurchaseOrders(
         self, request: po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse:
-        size = min(request.page.page_size or 50, 500)
+        size = page_size(request.page.page_size)
         offset = int(request.page.page_token) if request.page.page_token.isdigit() else 0
         po_ids, more = await self._store.unacknowledged(offset, size)
         entries = []

@@ -126,6 +126,10 @@ class SupplierRegistry:
         outcome = Outcome.SUSPECTED if suspected else Outcome.NEW
         return Submission(target, outcome, True, True, normalized, suspected)
 
+    def candidates(self, record: SourceRecord) -> MatchResult:
+        """Where a record would land, placing nothing (candidates resolved to surviving golden records)."""
+        return self._match(normalize(record))
+
     def _match(self, normalized: NormalizedRecord) -> MatchResult:
         result = self.index.match(normalized)
         resolved = tuple(

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
 
 from libs.policy.engine import Policy
 from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.exception_reporter import ExceptionReporter, severity
 from libs.runtime.identity import current_caller
+from libs.runtime.paging import page_size
 from services.supplier_normalization import domain, events, mapping
 from services.supplier_normalization.store import SupplierStore
 from syncgov.common.v1 import types_pb2
@@ -18,12 +20,6 @@ from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2, supplier_ser
 
 log = logging.getLogger(__name__)
 pb = supplier_service_pb2
-_SEVERITY = {
-    "low": exception_pb2.SEVERITY_LOW,
-    "medium": exception_pb2.SEVERITY_MEDIUM,
-    "high": exception_pb2.SEVERITY_HIGH,
-    "critical": exception_pb2.SEVERITY_CRITICAL,
-}
 
 
 class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceServicer):
@@ -90,15 +86,16 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         route = self._policy().route("duplicate_supplier_suspected")
         await self._exceptions.raise_exception(
             exception_pb2.EXCEPTION_TYPE_DUPLICATE_SUPPLIER_SUSPECTED,
-            _SEVERITY.get(route.severity or "low", exception_pb2.SEVERITY_LOW),
+            severity(route.severity, default=exception_pb2.SEVERITY_LOW),
             types_pb2.ObjectRef(
                 object_type=domain.OBJECT_TYPE, object_key=supplier.supplier_id, version=supplier.version
             ),
             f"supplier {supplier.supplier_id} ({supplier.legal_name}) may be {candidate.supplier_id}: "
             f"score {candidate.score:.1f} ({', '.join(candidate.reasons)})",
             evidence=[
-                f'{{"candidate": "{candidate.supplier_id}", "score": {candidate.score}, '
-                f'"reasons": {list(candidate.reasons)!r}}}'.replace("'", '"')
+                json.dumps(
+                    {"candidate": candidate.supplier_id, "score": candidate.score, "reasons": list(candidate.reasons)}
+                )
             ],
             discriminator=candidate.supplier_id,
             policy_revision=self._policy().revision,
@@ -116,9 +113,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         return pb.ResolveSupplierResponse(supplier=self._golden(golden))
 
     async def FindDuplicateSuppliers(self, request: pb.FindDuplicateSuppliersRequest, context):
-        from services.supplier_normalization.normalize import normalize
-
-        result = self._registry.index.match(normalize(mapping.record_from_proto(request.record)))
+        result = self._registry.candidates(mapping.record_from_proto(request.record))
         return pb.FindDuplicateSuppliersResponse(candidates=[mapping.candidate_to_proto(c) for c in result.candidates])
 
     async def MergeSuppliers(self, request: pb.MergeSuppliersRequest, context) -> pb.MergeSuppliersResponse:
@@ -150,7 +145,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         return pb.DecideDuplicateCandidateResponse(supplier=supplier)
 
     async def ListDuplicateCandidates(self, request: pb.ListDuplicateCandidatesRequest, context):
-        size = min(request.page_size or 50, 500)
+        size = page_size(request.page_size)
         pairs = [
             pb.SuspectedPair(supplier_id=golden, candidate=candidate)
             for (golden, _), candidate in list(self._suspicions.items())[:size]

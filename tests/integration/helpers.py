@@ -105,3 +105,25 @@ async def seed_supplier(nats_url: str, namespace: str, supplier_id: str, status:
         )
     finally:
         await nc.drain()
+
+
+async def message_count(js, namespace, domain: str) -> int:
+    """How many messages a domain's stream holds."""
+    return (await js.stream_info(namespace.stream(domain))).state.messages
+
+
+async def stored_payloads(js, namespace, domain: str, message_type) -> list:
+    """Every event payload of a domain's stream, oldest first, read the way services read them."""
+    from libs.runtime.events import EventReader
+
+    return [event.unpack(message_type) async for event in EventReader(js, namespace).scan(domain)]
+
+
+async def raised_exceptions(js, namespace) -> list:
+    """Every exception raised in a namespace, oldest first."""
+    from syncgov.exception.v1 import events_pb2 as exception_events
+
+    return [
+        raised.exception
+        for raised in await stored_payloads(js, namespace, "exception", exception_events.ExceptionRaised)
+    ]

@@ -14,9 +14,8 @@ from libs.audit.chain import verify
 from libs.runtime.audit import AuditChain
 from libs.runtime.events import EventReader
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
-from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import sample_order, status_details
+from tests.integration.helpers import raised_exceptions, sample_order, status_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -215,12 +214,8 @@ async def test_refused_write_leaves_one_audit_entry_and_one_exception(governed_s
     await asyncio.sleep(0.3)  # a duplicate entry, if any, would be chained by now
     assert len(await trail("PO-777", 0)) == 1
 
-    info = await js.stream_info(po.runtime.namespace.stream("exception"))
-    raised = [
-        (await EventReader(js, po.runtime.namespace).at("exception", s)).unpack(exception_events.ExceptionRaised)
-        for s in range(info.state.first_seq, info.state.last_seq + 1)
-    ]
-    assert [r.exception.object.object_key for r in raised] == ["PO-777"]
+    raised = await raised_exceptions(js, po.runtime.namespace)
+    assert [r.object.object_key for r in raised] == ["PO-777"]
 
     chain = AuditChain(js, control.runtime.namespace)
     entries = [entry async for entry in chain.entries()]

@@ -18,8 +18,8 @@ from libs.runtime.streams import ALL_STREAMS, EXCEPTION, PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
 from syncgov.common.v1 import types_pb2
-from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
+from tests.integration.helpers import message_count, raised_exceptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -39,6 +39,26 @@ async def js_env(nats_server):
     await nc.drain()
 
 
+def runner_for(js_env, spec: ConsumerSpec, retry) -> ConsumerRunner:
+    js, namespace, publisher, _, tracer, _ = js_env
+    return ConsumerRunner(js, namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=retry)
+
+
+def po_published(key: str, payload: types_pb2.ObjectRef | None = None, workflow_key: bool = False) -> Event:
+    """A purchase order event for the consumer tests (any payload: the handlers under test decide)."""
+    return Event(
+        domain="po",
+        object_type="purchase_order",
+        object_key=key,
+        object_version=1,
+        name="published",
+        payload=payload or types_pb2.ObjectRef(),
+        idempotency_key=key.lower(),
+        source_system="tests",
+        workflow_key=key if workflow_key else "",
+    )
+
+
 def ref_event(key: str, version: int, idempotency_key: str, detail: str = "x") -> Event:
     return Event(
         domain="exception",
@@ -50,10 +70,6 @@ def ref_event(key: str, version: int, idempotency_key: str, detail: str = "x") -
         idempotency_key=idempotency_key,
         source_system="tests",
     )
-
-
-async def stream_messages(js, namespace: Namespace, domain: str) -> int:
-    return (await js.stream_info(namespace.stream(domain))).state.messages
 
 
 async def test_provisioning_twice_is_harmless(nats_server):
@@ -90,7 +106,7 @@ async def test_same_idempotency_key_publishes_once(js_env):
     assert not first.duplicate
     assert second.duplicate
     assert second.sequence == first.sequence
-    assert await stream_messages(js, namespace, "exception") == 1
+    assert await message_count(js, namespace, "exception") == 1
 
 
 async def test_expected_last_subject_sequence_lets_one_writer_win(js_env):
@@ -127,19 +143,6 @@ async def test_keys_with_subject_characters_stay_apart(js_env):
     assert [e.envelope.object_key for e in odd] == ["PO 4500.17/*"]
 
 
-async def _raised_exceptions(js, namespace: Namespace) -> list[exception_pb2.Exception]:
-    reader = EventReader(js, namespace)
-    found = []
-    info = await js.stream_info(namespace.stream("exception"))
-    if info.state.messages == 0:
-        return found
-    for sequence in range(info.state.first_seq, info.state.last_seq + 1):
-        event = await reader.at("exception", sequence)
-        if event.envelope.payload.Is(exception_events.ExceptionRaised.DESCRIPTOR):
-            found.append(event.unpack(exception_events.ExceptionRaised).exception)
-    return found
-
-
 async def _wait_for(predicate) -> None:
     async with asyncio.timeout(10):
         while not await predicate():  # noqa: ASYNC110 - polling a server, not a local event
@@ -147,48 +150,32 @@ async def _wait_for(predicate) -> None:
 
 
 async def test_failing_handler_is_redelivered_then_handed_off_with_original_bytes(js_env):
-    js, namespace, publisher, _, tracer, _ = js_env
+    js, namespace, publisher, _, _, _ = js_env
     calls: list[int] = []
 
     async def always_fails(event) -> None:
         calls.append(event.sequence)
         raise RuntimeError("ERP adapter refused the document")
 
-    runner = ConsumerRunner(
-        js,
-        namespace,
-        ConsumerSpec("test-failing", "po", "po.*.published", always_fails),
-        ExceptionReporter(publisher, "tests"),
-        tracer,
-        retry=lambda name: (3, (0.05, 0.1)),
+    runner = runner_for(
+        js_env, ConsumerSpec("test-failing", "po", "po.*.published", always_fails), lambda name: (3, (0.05, 0.1))
     )
     await runner.provision()
     await runner.provision()  # idempotent
-    published = await publisher.publish(
-        Event(
-            domain="po",
-            object_type="purchase_order",
-            object_key="P-1",
-            object_version=1,
-            name="published",
-            payload=types_pb2.ObjectRef(object_key="payload"),
-            idempotency_key="p-1",
-            source_system="tests",
-        )
-    )
+    published = await publisher.publish(po_published("P-1", payload=types_pb2.ObjectRef(object_key="payload")))
     original = await EventReader(js, namespace).at("po", published.sequence)
     runner.start()
     try:
 
         async def handed_off() -> bool:
-            return bool(await _raised_exceptions(js, namespace))
+            return bool(await raised_exceptions(js, namespace))
 
         await _wait_for(handed_off)
         await asyncio.sleep(0.3)  # a fourth delivery, if any, would show up here
     finally:
         await runner.stop()
     assert calls == [published.sequence] * 3
-    [raised] = await _raised_exceptions(js, namespace)
+    [raised] = await raised_exceptions(js, namespace)
     assert raised.type == exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED
     assert raised.original_message.data == original.data
     assert raised.original_message.subject == original.subject
@@ -210,29 +197,10 @@ async def test_transient_failure_is_retried_and_then_acknowledged(js_env):
             raise ConnectionError("ERP briefly down")
         done.set()
 
-    runner = ConsumerRunner(
-        js,
-        namespace,
-        ConsumerSpec("test-flaky", "po", "po.*.published", flaky),
-        ExceptionReporter(publisher, "tests"),
-        tracer,
-        retry=lambda name: (5, (0.05,)),
-    )
+    runner = runner_for(js_env, ConsumerSpec("test-flaky", "po", "po.*.published", flaky), lambda name: (5, (0.05,)))
     await runner.provision()
     with tracer.start_as_current_span("approve") as parent:
-        await publisher.publish(
-            Event(
-                domain="po",
-                object_type="purchase_order",
-                object_key="P-2",
-                object_version=1,
-                name="published",
-                payload=types_pb2.ObjectRef(),
-                idempotency_key="p-2",
-                source_system="tests",
-                workflow_key="P-2",
-            )
-        )
+        await publisher.publish(po_published("P-2", workflow_key=True))
     runner.start()
     try:
         await asyncio.wait_for(done.wait(), 10)
@@ -240,14 +208,14 @@ async def test_transient_failure_is_retried_and_then_acknowledged(js_env):
     finally:
         await runner.stop()
     assert len(attempts) == 2
-    assert await _raised_exceptions(js, namespace) == []
+    assert await raised_exceptions(js, namespace) == []
     consumer_spans = [s for s in spans.get_finished_spans() if s.kind == SpanKind.CONSUMER]
     assert consumer_spans, "the consumer records a span per delivery"
     assert {s.context.trace_id for s in consumer_spans} == {parent.get_span_context().trace_id}
 
 
 async def test_poison_message_is_handed_off_at_once(js_env):
-    js, namespace, publisher, _, tracer, _ = js_env
+    js, namespace, publisher, _, _, _ = js_env
     calls = 0
 
     async def poison(event) -> None:
@@ -255,32 +223,14 @@ async def test_poison_message_is_handed_off_at_once(js_env):
         calls += 1
         raise Poison("payload is not a purchase order")
 
-    runner = ConsumerRunner(
-        js,
-        namespace,
-        ConsumerSpec("test-poison", "po", "po.>", poison),
-        ExceptionReporter(publisher, "tests"),
-        tracer,
-        retry=lambda name: (5, (0.05,)),
-    )
+    runner = runner_for(js_env, ConsumerSpec("test-poison", "po", "po.>", poison), lambda name: (5, (0.05,)))
     await runner.provision()
-    await publisher.publish(
-        Event(
-            domain="po",
-            object_type="purchase_order",
-            object_key="P-3",
-            object_version=1,
-            name="published",
-            payload=types_pb2.ObjectRef(),
-            idempotency_key="p-3",
-            source_system="tests",
-        )
-    )
+    await publisher.publish(po_published("P-3"))
     runner.start()
     try:
 
         async def handed_off() -> bool:
-            return bool(await _raised_exceptions(js, namespace))
+            return bool(await raised_exceptions(js, namespace))
 
         await _wait_for(handed_off)
     finally:
@@ -289,7 +239,7 @@ async def test_poison_message_is_handed_off_at_once(js_env):
 
 
 async def test_the_retry_policy_is_asked_by_consumer_name_at_every_delivery(js_env):
-    js, namespace, publisher, _, tracer, _ = js_env
+    js, namespace, publisher, _, _, _ = js_env
     calls = 0
     asked: list[str] = []
 
@@ -302,32 +252,14 @@ async def test_the_retry_policy_is_asked_by_consumer_name_at_every_delivery(js_e
         asked.append(name)
         return (2, (0.05,)) if name == "erp-adapter-po" else (9, (0.05,))
 
-    runner = ConsumerRunner(
-        js,
-        namespace,
-        ConsumerSpec("erp-adapter-po", "po", "po.>", fails),
-        ExceptionReporter(publisher, "tests"),
-        tracer,
-        retry=retry,
-    )
+    runner = runner_for(js_env, ConsumerSpec("erp-adapter-po", "po", "po.>", fails), retry)
     await runner.provision()
-    await publisher.publish(
-        Event(
-            domain="po",
-            object_type="purchase_order",
-            object_key="P-4",
-            object_version=1,
-            name="published",
-            payload=types_pb2.ObjectRef(),
-            idempotency_key="p-4",
-            source_system="tests",
-        )
-    )
+    await publisher.publish(po_published("P-4"))
     runner.start()
     try:
 
         async def handed_off() -> bool:
-            return bool(await _raised_exceptions(js, namespace))
+            return bool(await raised_exceptions(js, namespace))
 
         await _wait_for(handed_off)
     finally:

@@ -11,27 +11,12 @@ from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import sample_order, status_details
+from tests.integration.helpers import message_count, sample_order, status_details, stored_payloads
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 ERP = (("x-syncgov-system", "erp"),)
 PROCUREMENT = (("x-syncgov-system", "procurement"),)
-
-
-async def messages(js, running, domain: str) -> int:
-    return (await js.stream_info(running.runtime.namespace.stream(domain))).state.messages
-
-
-async def stored(js, running, domain: str, message_type):
-    reader = EventReader(js, running.runtime.namespace)
-    info = await js.stream_info(running.runtime.namespace.stream(domain))
-    if not info.state.messages:
-        return []
-    return [
-        (await reader.at(domain, seq)).unpack(message_type)
-        for seq in range(info.state.first_seq, info.state.last_seq + 1)
-    ]
 
 
 async def test_erp_writing_a_po_price_is_denied_writes_nothing_and_is_recorded(po_service, js):
@@ -49,13 +34,13 @@ async def test_erp_writing_a_po_price_is_denied_writes_nothing_and_is_recorded(p
     assert info.metadata["policy_revision"] == "0"
     assert "lines[].unit_price" in info.metadata["fields"].split(",")
 
-    assert await messages(js, running, "po") == 0
-    [raised] = await stored(js, running, "exception", exception_events.ExceptionRaised)
+    assert await message_count(js, running.runtime.namespace, "po") == 0
+    [raised] = await stored_payloads(js, running.runtime.namespace, "exception", exception_events.ExceptionRaised)
     assert raised.exception.type == exception_pb2.EXCEPTION_TYPE_OWNERSHIP_VIOLATION
     assert raised.exception.exception_id == info.metadata["exception_id"]
     assert raised.exception.object.object_key == "PO-1001"
     assert raised.exception.severity == exception_pb2.SEVERITY_CRITICAL  # the default policy's route says so
-    [record] = await stored(js, running, "auditin", controlplane_pb2.AuditEntry)
+    [record] = await stored_payloads(js, running.runtime.namespace, "auditin", controlplane_pb2.AuditEntry)
     assert (record.actor, record.action, record.outcome) == ("erp", "refusal", "denied")
     assert record.object.object_type == "purchase_order"
     assert record.object.object_key == "PO-1001"
@@ -69,8 +54,8 @@ async def test_procurement_writing_the_same_field_succeeds_and_the_event_records
     response = await stub.PublishPurchaseOrder(request, metadata=PROCUREMENT)
     event = await EventReader(js, running.runtime.namespace).at("po", response.stream_sequence)
     assert event.envelope.policy_revision == 0  # the bootstrap policy, before any is applied
-    assert await messages(js, running, "exception") == 0
-    assert await messages(js, running, "auditin") == 0
+    assert await message_count(js, running.runtime.namespace, "exception") == 0
+    assert await message_count(js, running.runtime.namespace, "auditin") == 0
 
 
 async def test_reads_are_open_to_known_systems(po_service):
@@ -89,4 +74,4 @@ async def test_systems_the_policy_does_not_declare_are_unauthenticated(po_servic
         await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=metadata)
     assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert "not declared in policy" in failure.value.details()
-    assert await messages(js, running, "exception") == 0
+    assert await message_count(js, running.runtime.namespace, "exception") == 0

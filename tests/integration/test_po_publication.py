@@ -13,33 +13,23 @@ from opentelemetry.trace import SpanKind
 from libs.runtime.app import GrpcService, Service
 from libs.runtime.events import EventReader
 from libs.runtime.probe import health_status, reflected_services
-from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire
-from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2
-from tests.integration.helpers import PROCUREMENT, sample_order, status_details
+from tests.integration.helpers import (
+    PROCUREMENT,
+    message_count,
+    raised_exceptions,
+    sample_order,
+    status_details,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 
 def publish_request(order: po_pb2.PurchaseOrder, key: str = "") -> po_service_pb2.PublishPurchaseOrderRequest:
     return po_service_pb2.PublishPurchaseOrderRequest(purchase_order=order, idempotency_key=key)
-
-
-async def count(js, running, domain: str) -> int:
-    return (await js.stream_info(running.runtime.namespace.stream(domain))).state.messages
-
-
-async def raised(js, namespace: Namespace) -> list[exception_pb2.Exception]:
-    info = await js.stream_info(namespace.stream("exception"))
-    reader = EventReader(js, namespace)
-    found = []
-    for sequence in range(info.state.first_seq, info.state.last_seq + 1) if info.state.messages else ():
-        event = await reader.at("exception", sequence)
-        found.append(event.unpack(exception_events.ExceptionRaised).exception)
-    return found
 
 
 async def test_publish_answers_and_a_consumer_reads_the_event_back(po_service, js):
@@ -93,7 +83,7 @@ async def test_same_request_twice_same_answer_one_event(po_service, js):
     second = await call
     assert second == first
     assert ("syncgov-idempotent-replay", "true") in tuple(await call.initial_metadata())
-    assert await count(js, running, "po") == 1
+    assert await message_count(js, running.runtime.namespace, "po") == 1
 
 
 async def test_concurrent_identical_requests_publish_once(po_service, js):
@@ -101,7 +91,7 @@ async def test_concurrent_identical_requests_publish_once(po_service, js):
     request = publish_request(sample_order("PO-RACE"))
     answers = await asyncio.gather(*(stub.PublishPurchaseOrder(request, metadata=PROCUREMENT) for _ in range(10)))
     assert len({a.SerializeToString() for a in answers}) == 1
-    assert await count(js, running, "po") == 1
+    assert await message_count(js, running.runtime.namespace, "po") == 1
 
 
 async def test_same_po_and_version_with_other_content_is_already_exists_plus_exception(po_service, js):
@@ -113,9 +103,9 @@ async def test_same_po_and_version_with_other_content_is_already_exists_plus_exc
     [info] = [d for d in status_details(failure.value) if isinstance(d, error_details_pb2.ErrorInfo)]
     assert info.reason == "DUPLICATE_TRANSACTION"
     assert info.metadata["po_id"] == "PO-1001"
-    assert await count(js, running, "po") == 1
+    assert await message_count(js, running.runtime.namespace, "po") == 1
 
-    [exception] = await raised(js, running.runtime.namespace)
+    [exception] = await raised_exceptions(js, running.runtime.namespace)
     assert exception.exception_id == info.metadata["exception_id"]
     assert exception.type == exception_pb2.EXCEPTION_TYPE_DUPLICATE_TRANSACTION
     assert exception.object.object_key == "PO-1001"
@@ -133,7 +123,7 @@ async def test_other_content_under_another_key_is_still_a_duplicate_transaction(
             publish_request(sample_order(price_units=99), key="batch-8/line-1"), metadata=PROCUREMENT
         )
     assert failure.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert await count(js, running, "po") == 1
+    assert await message_count(js, running.runtime.namespace, "po") == 1
 
 
 async def test_reused_key_for_another_order_is_already_exists(po_service, js):
@@ -142,7 +132,7 @@ async def test_reused_key_for_another_order_is_already_exists(po_service, js):
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await stub.PublishPurchaseOrder(publish_request(sample_order("PO-B"), key="k-1"), metadata=PROCUREMENT)
     assert failure.value.code() == grpc.StatusCode.ALREADY_EXISTS
-    assert await count(js, running, "po") == 1
+    assert await message_count(js, running.runtime.namespace, "po") == 1
 
 
 async def test_retry_after_valkey_lost_its_records_is_answered_from_the_stream(po_service, js, redis):
@@ -154,7 +144,7 @@ async def test_retry_after_valkey_lost_its_records_is_answered_from_the_stream(p
     await redis.delete(*keys)
     second = await stub.PublishPurchaseOrder(request, metadata=PROCUREMENT)
     assert second == first
-    assert await count(js, running, "po") == 1
+    assert await message_count(js, running.runtime.namespace, "po") == 1
 
 
 @pytest.mark.parametrize(
@@ -183,8 +173,8 @@ async def test_bad_input_is_invalid_argument_with_the_field_and_publishes_nothin
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     [bad_request] = [d for d in status_details(failure.value) if isinstance(d, error_details_pb2.BadRequest)]
     assert field in [v.field for v in bad_request.field_violations]
-    assert await count(js, running, "po") == 0
-    assert await count(js, running, "exception") == 0
+    assert await message_count(js, running.runtime.namespace, "po") == 0
+    assert await message_count(js, running.runtime.namespace, "exception") == 0
 
 
 async def test_every_problem_is_listed_at_once(po_service):
@@ -211,7 +201,7 @@ async def test_ten_megabyte_message_is_resource_exhausted_and_publishes_nothing(
         await stub.PublishPurchaseOrder(publish_request(order), metadata=PROCUREMENT)
     assert failure.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     assert "larger than max" in failure.value.details()
-    assert await count(js, running, "po") == 0
+    assert await message_count(js, running.runtime.namespace, "po") == 0
 
 
 async def test_health_serving_and_reflection_lists_the_service(po_service):
@@ -269,7 +259,7 @@ async def test_configured_tokens_make_unknown_callers_unauthenticated(po_setting
                 publish_request(sample_order()), metadata=(("authorization", "Bearer wrong"),)
             )
         assert failure.value.code() == grpc.StatusCode.UNAUTHENTICATED
-        assert await count(js, running, "po") == 0
+        assert await message_count(js, running.runtime.namespace, "po") == 0
         response = await stub.PublishPurchaseOrder(
             publish_request(sample_order()), metadata=(("authorization", "Bearer tok-procurement"),)
         )

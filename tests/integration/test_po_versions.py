@@ -9,10 +9,9 @@ import pytest
 from google.rpc import error_details_pb2
 
 from libs.runtime.events import EventReader
-from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2
-from tests.integration.helpers import sample_order, status_details
+from tests.integration.helpers import raised_exceptions, sample_order, status_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 PROCUREMENT = (("x-syncgov-system", "procurement"),)
@@ -149,13 +148,7 @@ async def test_only_the_erp_acknowledges_and_rejections_raise_exceptions(po_serv
         po_service_pb2.RejectPurchaseOrderRequest(po_id="PO-1001", version=1, reason="vendor blocked in company code"),
         metadata=ERP,
     )
-    info = await js.stream_info(running.runtime.namespace.stream("exception"))
-    raised = [
-        (await EventReader(js, running.runtime.namespace).at("exception", s))
-        .unpack(exception_events.ExceptionRaised)
-        .exception
-        for s in range(info.state.first_seq, info.state.last_seq + 1)
-    ]
+    raised = await raised_exceptions(js, running.runtime.namespace)
     erp_rejections = [e for e in raised if e.type == exception_pb2.EXCEPTION_TYPE_ERP_REJECTED]
     assert [e.exception_id for e in erp_rejections] == [rejected.exception_id]
 
@@ -263,16 +256,7 @@ async def test_a_held_version_whose_predecessor_never_comes_raises_out_of_order(
         assert (await change(stub, version(3, quantity="13"))).held
 
         async def expired() -> list:
-            info = await js.stream_info(running.runtime.namespace.stream("exception"))
-            reader = EventReader(js, running.runtime.namespace)
-            found = (
-                [
-                    (await reader.at("exception", s)).unpack(exception_events.ExceptionRaised).exception
-                    for s in range(info.state.first_seq, info.state.last_seq + 1)
-                ]
-                if info.state.messages
-                else []
-            )
+            found = await raised_exceptions(js, running.runtime.namespace)
             return [e for e in found if e.type == exception_pb2.EXCEPTION_TYPE_OUT_OF_ORDER_VERSION]
 
         async with asyncio.timeout(10):

@@ -10,9 +10,9 @@ from libs.runtime.testing import running_service, unique_namespace
 from services.supplier_normalization.settings import Settings
 from services.supplier_normalization.wiring import wire
 from syncgov.common.v1 import types_pb2
-from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
 from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2, supplier_service_pb2_grpc
+from tests.integration.helpers import raised_exceptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 pb = supplier_service_pb2
@@ -62,19 +62,6 @@ async def suppliers(supplier_settings):
 async def submit(stub, rec, system=None):
     return await stub.SubmitSupplierRecord(
         pb.SubmitSupplierRecordRequest(record=rec), metadata=as_system(system or rec.source_system)
-    )
-
-
-async def raised(js, running) -> list[exception_pb2.Exception]:
-    info = await js.stream_info(running.runtime.namespace.stream("exception"))
-    reader = EventReader(js, running.runtime.namespace)
-    return (
-        [
-            (await reader.at("exception", s)).unpack(exception_events.ExceptionRaised).exception
-            for s in range(info.state.first_seq, info.state.last_seq + 1)
-        ]
-        if info.state.messages
-        else []
     )
 
 
@@ -135,7 +122,7 @@ async def test_suspected_duplicate_is_raised_once_and_a_decision_is_remembered(s
     b = await submit(stub, maybe)
     assert b.outcome == supplier_pb2.MATCH_OUTCOME_SUSPECTED
     assert [c.supplier_id for c in b.suspected_duplicates] == [a.supplier.supplier_id]
-    [exception] = await raised(js, running)
+    [exception] = await raised_exceptions(js, running.runtime.namespace)
     assert exception.type == exception_pb2.EXCEPTION_TYPE_DUPLICATE_SUPPLIER_SUSPECTED
     assert exception.severity == exception_pb2.SEVERITY_LOW  # the default policy routes it so
     assert "name=" in exception.evidence[0]
@@ -165,7 +152,9 @@ async def test_suspected_duplicate_is_raised_once_and_a_decision_is_remembered(s
     changed = record("erp", "E-1", "Rheinland Logistic Partners", street="Industriestr. 9", postal="50667")
     await submit(stub, changed)
     suspicions = [
-        e for e in await raised(js, running) if e.type == exception_pb2.EXCEPTION_TYPE_DUPLICATE_SUPPLIER_SUSPECTED
+        e
+        for e in await raised_exceptions(js, running.runtime.namespace)
+        if e.type == exception_pb2.EXCEPTION_TYPE_DUPLICATE_SUPPLIER_SUSPECTED
     ]
     assert len(suspicions) == 1, "a decided pair is never raised again"
 
@@ -295,3 +284,61 @@ async def test_cli_import_of_a_supplier_master_file(suppliers, tmp_path):
     assert lines["merged into an existing golden record"] == "1"
     assert lines["invalid identifiers"] == "1"
     assert int(lines["corrections"]) >= 4
+
+
+async def test_find_merge_decision_and_merge_rpc_through_grpc(suppliers, js):
+    running, stub = suppliers
+    a = await submit(stub, record("procurement", "P-1", "Bavaria Tools GmbH", street="Werkstrasse 2", postal="80331"))
+    b = await submit(stub, record("erp", "E-1", "Bavaria Werkzeuge", street="Werkstr. 2", postal="80331"))
+    c = await submit(stub, record("erp", "E-2", "Isar Fasteners GmbH", street="Isarweg 9", postal="80469"))
+    assert len({a.supplier.supplier_id, b.supplier.supplier_id, c.supplier.supplier_id}) == 3
+    found = await stub.FindDuplicateSuppliers(
+        pb.FindDuplicateSuppliersRequest(
+            record=record("erp", "E-9", "Bavaria Tools", street="Werkstrasse 2", postal="80331")
+        ),
+        metadata=as_system("erp"),
+    )
+    assert found.candidates[0].supplier_id == a.supplier.supplier_id
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stub.DecideDuplicateCandidate(
+            pb.DecideDuplicateCandidateRequest(
+                supplier_id=b.supplier.supplier_id, other_supplier_id=a.supplier.supplier_id, same_supplier=True
+            ),
+            metadata=as_system("ops-console"),
+        )
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT, "a decision needs its reason"
+    decided = await stub.DecideDuplicateCandidate(
+        pb.DecideDuplicateCandidateRequest(
+            supplier_id=b.supplier.supplier_id,
+            other_supplier_id=a.supplier.supplier_id,
+            same_supplier=True,
+            reason="same firm, German trading name",
+        ),
+        metadata=as_system("ops-console"),
+    )
+    assert decided.supplier.supplier_id == a.supplier.supplier_id
+    assert {(x.system, x.local_id) for x in decided.supplier.cross_references} == {
+        ("procurement", "P-1"),
+        ("erp", "E-1"),
+    }
+    merged = await stub.MergeSuppliers(
+        pb.MergeSuppliersRequest(
+            surviving_supplier_id=a.supplier.supplier_id, merged_supplier_id=c.supplier.supplier_id, reason="acquired"
+        ),
+        metadata=as_system("procurement"),
+    )
+    assert len(merged.supplier.cross_references) == 3
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stub.MergeSuppliers(
+            pb.MergeSuppliersRequest(
+                surviving_supplier_id=a.supplier.supplier_id, merged_supplier_id=c.supplier.supplier_id, reason="again"
+            ),
+            metadata=as_system("procurement"),
+        )
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    resolved = await stub.ResolveSupplier(
+        pb.ResolveSupplierRequest(system="erp", local_id="E-2"), metadata=as_system("erp")
+    )
+    assert resolved.supplier.supplier_id == a.supplier.supplier_id
+    history = await EventReader(js, running.runtime.namespace).history("supplier", b.supplier.supplier_id)
+    assert [e.subject.rsplit(".", 1)[1] for e in history] == ["upserted", "decided"]
