@@ -105,6 +105,8 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         return pb.GetSupplierResponse(supplier=self._golden(request.supplier_id))
 
     async def ResolveSupplier(self, request: pb.ResolveSupplierRequest, context) -> pb.ResolveSupplierResponse:
+        _require(request.system, "system")
+        _require(request.local_id, "local_id")
         golden = self._registry.golden_of(request.system, request.local_id)
         if golden is None:
             raise NotFound(

@@ -342,3 +342,11 @@ async def test_find_merge_decision_and_merge_rpc_through_grpc(suppliers, js):
     assert resolved.supplier.supplier_id == a.supplier.supplier_id
     history = await EventReader(js, running.runtime.namespace).history("supplier", b.supplier.supplier_id)
     assert [e.subject.rsplit(".", 1)[1] for e in history] == ["upserted", "decided"]
+
+
+async def test_resolving_without_a_system_or_id_is_invalid_argument(suppliers):
+    _, stub = suppliers
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await stub.ResolveSupplier(pb.ResolveSupplierRequest(system="erp"), metadata=as_system("erp"))
+    assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "local_id" in failure.value.details()
