@@ -11,12 +11,14 @@ from libs.runtime.audit import AuditRecorder
 from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from libs.runtime.events import timestamp
 from libs.runtime.identity import current_caller
-from libs.runtime.paging import page_size
+from libs.runtime.paging import decode_page_token, encode_page_token, page_size
 from libs.runtime.policy_store import PolicyView, RevisionConflict
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2, controlplane_service_pb2, controlplane_service_pb2_grpc
 
 pb = controlplane_service_pb2
+POLICY_REVISIONS_LISTING = "controlplane.policy_revisions"  # position: the revisions listed are below it
+AUDIT_TRAIL_LISTING = "controlplane.audit_trail"  # position: the entries listed come after this sequence
 
 
 class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServicer):
@@ -59,13 +61,13 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
 
     async def ListPolicyRevisions(self, request: pb.ListPolicyRevisionsRequest, context):
         size = page_size(request.page.page_size, default=20, maximum=100)
-        below = int(request.page.page_token) if request.page.page_token.isdigit() else None
+        below = decode_page_token(POLICY_REVISIONS_LISTING, request.page.page_token)
         history = [r for r in await self._store.policies.history() if below is None or r.revision < below]
         page = history[:size]
         for revision in page:
             revision.ClearField("document_yaml")
         more = len(history) > size
-        token = str(page[-1].revision) if more and page else ""
+        token = encode_page_token(POLICY_REVISIONS_LISTING, page[-1].revision) if more and page else ""
         return pb.ListPolicyRevisionsResponse(revisions=page, page_info=types_pb2.PageInfo(next_page_token=token))
 
     async def RollbackPolicy(self, request: pb.RollbackPolicyRequest, context) -> pb.RollbackPolicyResponse:
@@ -112,10 +114,10 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
             )
         entries = await self._store.audit_for(request.object_type, request.object_key)
         size = page_size(request.page.page_size, default=20, maximum=100)
-        after = int(request.page.page_token) if request.page.page_token.isdigit() else 0
+        after = decode_page_token(AUDIT_TRAIL_LISTING, request.page.page_token) or 0
         remaining = [e for e in entries if e.sequence > after]
         page = remaining[:size]
-        token = str(page[-1].sequence) if len(remaining) > size else ""
+        token = encode_page_token(AUDIT_TRAIL_LISTING, page[-1].sequence) if len(remaining) > size else ""
         return pb.QueryAuditTrailResponse(entries=page, page_info=types_pb2.PageInfo(next_page_token=token))
 
     async def _apply(self, text: str, expected: int, comment: str, *, dry_run: bool, force_new: bool = False):
