@@ -10,6 +10,10 @@ Valkey, flush telemetry.
 
 ``serve()`` is the same machinery as an async context manager, so tests run
 a service exactly as production does, on port 0.
+
+A port that cannot be bound (gRPC or metrics) is a ``StartupError``: ``run``
+logs it as one line and exits 2, like invalid settings, instead of a
+traceback.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
+from wsgiref.simple_server import WSGIServer
 
 import grpc
 import nats
@@ -55,6 +60,10 @@ from libs.runtime.telemetry import Telemetry, setup_telemetry
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=RuntimeSettings)
+
+
+class StartupError(Exception):
+    """The service cannot start as configured (e.g. a port is taken): one line for the operator, exit 2."""
 
 
 @dataclass
@@ -165,13 +174,10 @@ async def serve(
     *,
     span_processors: Iterable[SpanProcessor] = (),
 ) -> AsyncIterator[RunningService[S]]:
+    metrics_server = _start_metrics_server(settings)
     telemetry = setup_telemetry(
         settings.service_name, span_processors=span_processors, prometheus=settings.metrics_port is not None
     )
-    if settings.metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(settings.metrics_port, addr=settings.grpc_host)
     namespace = Namespace(settings.namespace)
     redis = await connect_redis(settings)
     nc = await connect_nats(settings)
@@ -237,8 +243,6 @@ async def serve(
             [*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME], server
         )
         port = _bind(server, settings)
-        if port == 0:
-            raise OSError(f"could not bind {settings.grpc_host}:{settings.grpc_port}")
         await server.start()
         for runner in runners:
             runner.start()
@@ -268,7 +272,26 @@ async def serve(
             await nc.drain()
         await redis.aclose()
         telemetry.shutdown()
+        if metrics_server is not None:
+            metrics_server.shutdown()
+            metrics_server.server_close()
         log.info("stopped")
+
+
+def _start_metrics_server(settings: RuntimeSettings) -> WSGIServer | None:
+    """The Prometheus endpoint on ``SYNCGOV_METRICS_PORT``, if set; a taken port is a StartupError."""
+    if settings.metrics_port is None:
+        return None
+    from prometheus_client import start_http_server
+
+    try:
+        server, _ = start_http_server(settings.metrics_port, addr=settings.grpc_host)
+    except OSError as error:
+        raise StartupError(
+            f"cannot serve metrics on {settings.grpc_host}:{settings.metrics_port} (SYNCGOV_METRICS_PORT): "
+            f"{error.strerror or error}"
+        ) from None
+    return server
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[None]]) -> None:
@@ -281,15 +304,24 @@ async def _every(interval: float, job: Callable[[], Awaitable[None]]) -> None:
 
 
 def _bind(server: grpc.aio.Server, settings: RuntimeSettings) -> int:
+    """The bound port; a taken or unbindable address is a StartupError."""
     address = f"{settings.grpc_host}:{settings.grpc_port}"
-    if settings.tls_cert_file is None:
-        return server.add_insecure_port(address)
-    credentials = grpc.ssl_server_credentials(
-        [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
-        root_certificates=settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None,
-        require_client_auth=settings.tls_client_ca_file is not None,
-    )
-    return server.add_secure_port(address, credentials)
+    try:
+        if settings.tls_cert_file is None:
+            port = server.add_insecure_port(address)
+        else:
+            assert settings.tls_key_file is not None, "settings validate the certificate and key together"
+            credentials = grpc.ssl_server_credentials(
+                [(settings.tls_key_file.read_bytes(), settings.tls_cert_file.read_bytes())],
+                root_certificates=settings.tls_client_ca_file.read_bytes() if settings.tls_client_ca_file else None,
+                require_client_auth=settings.tls_client_ca_file is not None,
+            )
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc raises RuntimeError("Failed to bind to address ...") and logs the cause
+        port = 0
+    if port == 0:
+        raise StartupError(f"cannot serve gRPC on {address} (SYNCGOV_GRPC_PORT): address in use or not local")
+    return port
 
 
 def run(settings_class: type[S], wire: Callable[[Runtime[S]], Service]) -> None:
@@ -314,6 +346,9 @@ def run(settings_class: type[S], wire: Callable[[Runtime[S]], Service]) -> None:
     except ConnectionError as error:
         log.error("%s", error)
         raise SystemExit(1) from None
+    except StartupError as error:
+        log.error("%s", error)
+        raise SystemExit(2) from None
 
 
 async def _serve_until_signalled(settings: S, wire: Callable[[Runtime[S]], Service]) -> None:
