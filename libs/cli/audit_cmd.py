@@ -10,18 +10,19 @@ from typing import Annotated
 import nats
 import typer
 from google.protobuf import json_format
-from rich.console import Console
 from rich.table import Table
 
 from libs.audit.chain import verify as verify_chain
-from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE
+from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Connection, connection_options
+from libs.cli.output import make_console
 from libs.runtime.audit import AuditChain
 from libs.runtime.subjects import Namespace
+from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 
 app = typer.Typer(help="Read and verify the audit trail.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 NatsOption = Annotated[str, typer.Option("--nats-url", envvar="SYNCGOV_NATS_URL", help="NATS server.")]
 NamespaceOption = Annotated[str, typer.Option("--namespace", envvar="SYNCGOV_NAMESPACE", help="syncgov namespace.")]
@@ -123,19 +124,28 @@ def verify(
 
 
 @app.command()
+@connection_options()
 def show(
     object_type: Annotated[str, typer.Argument()],
     object_key: Annotated[str, typer.Argument()],
-    address: Annotated[str, typer.Option("--address", envvar="SYNCGOV_CONTROL_PLANE_ADDR")] = "127.0.0.1:50050",
-    system: Annotated[str, typer.Option("--system", envvar="SYNCGOV_SYSTEM")] = "ops-console",
+    *,
+    connection: Connection,
 ) -> None:
-    """Every entry about one object, through the control plane's QueryAuditTrail."""
-    from libs.cli.client import Connection
+    """Every entry about one object, through the control plane's QueryAuditTrail (every page of it)."""
     from libs.cli.policy_cmd import _run
 
-    answer = _run(
-        Connection(address, system),
-        "QueryAuditTrail",
-        cp.QueryAuditTrailRequest(object_type=object_type, object_key=object_key),
-    )
-    console.print(_table(list(answer.entries), f"audit trail of {object_type}/{object_key}"))
+    entries: list[controlplane_pb2.AuditEntry] = []
+    token = ""
+    while True:
+        answer = _run(
+            connection,
+            "QueryAuditTrail",
+            cp.QueryAuditTrailRequest(
+                object_type=object_type, object_key=object_key, page=types_pb2.PageRequest(page_token=token)
+            ),
+        )
+        entries.extend(answer.entries)
+        token = answer.page_info.next_page_token
+        if not token:
+            break
+    console.print(_table(entries, f"audit trail of {object_type}/{object_key}"))

@@ -1,29 +1,37 @@
-"""How the CLI reaches a control plane: address and identity, from options or SYNCGOV_* variables."""
+"""How the CLI reaches a syncgov service: address and identity, from options or SYNCGOV_* variables.
+
+The connection options (``--address``, ``--system``, ``--token``, ``--cert``, ``--key``, ``--ca``)
+are declared once, here, by :func:`connection_options`: a command that talks to a service takes a
+``connection: Connection`` parameter and the decorator gives it those options on its own command
+line (``syncgov policy apply FILE --address host:port`` keeps working) and builds the connection.
+"""
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
 
 EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+CONTROL_PLANE_ADDRESS = "127.0.0.1:50050"
+DEFAULT_SYSTEM = "ops-console"
 
-AddressOption = Annotated[
-    str, typer.Option("--address", envvar="SYNCGOV_CONTROL_PLANE_ADDR", help="control-plane gRPC address.")
-]
-SystemOption = Annotated[
-    str,
-    typer.Option("--system", envvar="SYNCGOV_SYSTEM", help="System to act as (development mode: declared identity)."),
-]
 TokenOption = Annotated[
     str | None, typer.Option("--token", envvar="SYNCGOV_TOKEN", help="Bearer token of the system to act as.")
 ]
 CertOption = Annotated[Path | None, typer.Option("--cert", envvar="SYNCGOV_CLIENT_CERT", help="mTLS client cert.")]
 KeyOption = Annotated[Path | None, typer.Option("--key", envvar="SYNCGOV_CLIENT_KEY", help="mTLS client key.")]
 CaOption = Annotated[Path | None, typer.Option("--ca", envvar="SYNCGOV_CA", help="CA that signed the server cert.")]
+SystemOption = Annotated[
+    str,
+    typer.Option("--system", envvar="SYNCGOV_SYSTEM", help="System to act as (development mode: declared identity)."),
+]
 
 
 @dataclass(frozen=True)
@@ -49,6 +57,58 @@ class Connection:
         if self.token:
             return (("authorization", f"Bearer {self.token}"),)
         return (("x-syncgov-system", self.system),)
+
+
+Command = TypeVar("Command", bound=Callable[..., Any])
+
+
+def connection_options(
+    *,
+    address: str = CONTROL_PLANE_ADDRESS,
+    address_envvar: str = "SYNCGOV_CONTROL_PLANE_ADDR",
+    peer: str = "control-plane",
+    system: str | None = DEFAULT_SYSTEM,
+) -> Callable[[Command], Command]:
+    """Give a command the connection options and call it with ``connection=Connection(...)``.
+
+    ``system=None`` leaves ``--system`` out (the command names the system itself and replaces
+    ``connection.system``); the other options are the same on every command.
+    """
+
+    def decorate(command: Command) -> Command:
+        own = [p for p in inspect.signature(command, eval_str=True).parameters.values() if p.name != "connection"]
+        added = {
+            "address": (
+                Annotated[str, typer.Option("--address", envvar=address_envvar, help=f"{peer} gRPC address.")],
+                address,
+            ),
+            "system": (SystemOption, system),
+            "token": (TokenOption, None),
+            "cert": (CertOption, None),
+            "key": (KeyOption, None),
+            "ca": (CaOption, None),
+        }
+        if system is None:
+            del added["system"]
+        clash = set(added) & {p.name for p in own}
+        if clash:
+            raise TypeError(f"{command.__name__} declares connection option(s) itself: {sorted(clash)}")
+        parameters = own + [
+            inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, annotation=annotation, default=default)
+            for name, (annotation, default) in added.items()
+        ]
+
+        @functools.wraps(command)
+        def with_connection(*args: Any, **kwargs: Any) -> Any:
+            values = {name: kwargs.pop(name) for name in added}
+            values.setdefault("system", "")
+            return command(*args, connection=Connection(**values), **kwargs)
+
+        with_connection.__signature__ = inspect.Signature(parameters)  # type: ignore[attr-defined]
+        with_connection.__annotations__ = {p.name: p.annotation for p in parameters}
+        return with_connection  # type: ignore[return-value]
+
+    return decorate
 
 
 def explain_rpc_error(error: grpc.aio.AioRpcError) -> tuple[str, int]:

@@ -2,8 +2,8 @@
 
 Suppliers from procurement and the ERP become one golden record (the ERP's bank account wins, as
 the policy says); a purchase order is published, changed, receives a version out of order (held,
-then applied), the ERP tries to change a price (refused and audited), acknowledges an old version
-(not enough) and then the latest. Every step states what should happen and what did; the exit
+then applied), the ERP tries to publish its own change order (refused and audited), acknowledges an
+old version (not enough) and then the latest. Every step states what should happen and what did; the exit
 code is 0 only when all of them held.
 """
 
@@ -18,11 +18,11 @@ import grpc
 import typer
 from google.protobuf import timestamp_pb2
 from google.type import decimal_pb2, money_pb2
-from rich.console import Console
 from rich.table import Table
 
 from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE
 from libs.cli.components import DEFAULT_GRPC_PORT_BASE
+from libs.cli.output import make_console
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.controlplane.v1 import controlplane_service_pb2_grpc as cp_rpc
@@ -33,8 +33,21 @@ from syncgov.supplier.v1 import supplier_pb2
 from syncgov.supplier.v1 import supplier_service_pb2 as sp
 from syncgov.supplier.v1 import supplier_service_pb2_grpc as sp_rpc
 
-app = typer.Typer(help="Drive a realistic scenario through a running stack.")
-console = Console()
+console = make_console()
+
+
+HELP = (
+    "Drive one procurement-to-ERP story through a running stack and check every step.\n\n"
+    "It needs the stack `syncgov up` starts: control-plane, supplier-normalization and po-publication on "
+    "consecutive ports from --grpc-port-base, in development mode (no SYNCGOV_CALLER_TOKENS, no mTLS), as the demo "
+    "names each caller's system in x-syncgov-system. Every run uses fresh ids, so it can be repeated.\n\n"
+    "The story: supplier records from procurement and the ERP become one golden record (the ERP's bank "
+    "account wins); a VAT number with a wrong check digit is flagged; a purchase order is published, "
+    "changed, and receives version 4 before 3 (held, then applied); the ERP's own change order is refused "
+    "(PERMISSION_DENIED); the ERP acknowledges version 2 (not the latest), then version 4; the order's "
+    "audit trail is read back.\n\n"
+    "Exit 0 when every step held, 1 when one did not, 3 when the stack cannot be reached."
+)
 
 
 def _as(system: str) -> tuple[tuple[str, str], ...]:
@@ -226,14 +239,13 @@ def run_scenario(host: str, base: int, run_id: str) -> list[Step]:
     return steps
 
 
-@app.callback(invoke_without_command=True)
 def demo(
     grpc_port_base: Annotated[
         int, typer.Option(help="control-plane's port; the others follow.")
     ] = DEFAULT_GRPC_PORT_BASE,
     host: Annotated[str, typer.Option(help="Where the stack listens.")] = "127.0.0.1",
 ) -> None:
-    """Run the scenario against a running stack (`syncgov up`) and print what happened."""
+    """Drive one procurement-to-ERP story through a running stack and check every step."""
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
     try:
         steps = run_scenario(host, grpc_port_base, run_id)

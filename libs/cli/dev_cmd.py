@@ -13,12 +13,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-from rich.console import Console
 
+from libs.cli.output import make_console
 from libs.runtime.settings import DEFAULT_POLICY_FILE
 
 app = typer.Typer(help="Development helpers.", no_args_is_help=True)
-console = Console()
+console = make_console()
 VALIDITY = datetime.timedelta(days=90)
 CA_KEY_USAGE = x509.KeyUsage(
     digital_signature=True,

@@ -10,7 +10,6 @@ from typing import Annotated
 
 import grpc
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from libs.cli import audit_cmd, demo_cmd, dev_cmd, policy_cmd, suppliers_cmd
@@ -20,6 +19,7 @@ from libs.cli.components import (
     DEFAULT_METRICS_PORT_BASE,
     existing_components,
 )
+from libs.cli.output import make_console, table
 from libs.cli.stack import Stack, StackOptions
 from libs.runtime.local_servers import ServerError
 from libs.runtime.probe import health_status, reflected_services
@@ -29,8 +29,8 @@ app.add_typer(policy_cmd.app, name="policy")
 app.add_typer(audit_cmd.app, name="audit")
 app.add_typer(dev_cmd.app, name="dev")
 app.add_typer(suppliers_cmd.app, name="suppliers")
-app.add_typer(demo_cmd.app, name="demo")
-console = Console()
+app.command(name="demo", help=demo_cmd.HELP)(demo_cmd.demo)
+console = make_console()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -120,19 +120,48 @@ def up(
     raise typer.Exit(exit_code)
 
 
+StackRow = tuple[str, str, str, str]  # component, where it listens, state, log file
+StatusRow = tuple[str, str, str, list[str]]  # component, address, health, services listed by reflection
+NOT_BUILT = "NOT BUILT YET"
+
+
 def _print_stack(stack: Stack, states: dict[str, str]) -> None:
-    table = Table(title="syncgov local stack")
-    table.add_column("component")
-    table.add_column("listens on")
-    table.add_column("state")
-    table.add_column("log")
-    table.add_row("nats-server", stack.nats_url, "external" if stack.options.nats_url else "started", "")
-    table.add_row("valkey-server", stack.redis_url, "external" if stack.options.redis_url else "started", "")
-    for child in stack.children:
-        state = states.get(child.component.name, "?")
-        colour = "green" if state == "SERVING" else "red"
-        table.add_row(child.component.name, child.address, f"[{colour}]{state}[/{colour}]", str(child.log_path))
-    console.print(table)
+    rows: list[StackRow] = [
+        ("nats-server", stack.nats_url, "external" if stack.options.nats_url else "started", ""),
+        ("valkey-server", stack.redis_url, "external" if stack.options.redis_url else "started", ""),
+    ]
+    rows += [
+        (child.component.name, child.address, states.get(child.component.name, "?"), str(child.log_path))
+        for child in stack.children
+    ]
+    console.print(stack_table(rows))
+
+
+def stack_table(rows: list[StackRow]) -> Table:
+    """What ``syncgov up`` prints once the stack stands: every address and log path whole."""
+    result = table("syncgov local stack", "component", "listens on", "state", "log")
+    for name, address, state, log in rows:
+        if state in ("SERVING", "started", "external"):
+            state = f"[green]{state}[/green]" if state == "SERVING" else state
+        else:
+            state = f"[red]{state}[/red]"
+        result.add_row(name, address, state, log)
+    return result
+
+
+def status_table(rows: list[StatusRow]) -> Table:
+    """What ``syncgov status`` prints: every component, its address whole, its health and services."""
+    result = table("syncgov components", "component", "address", "health", "services (reflection)")
+    for name, address, state, services in rows:
+        colour = "green" if state == "SERVING" else "dim" if state == NOT_BUILT else "red"
+        result.add_row(name, address, f"[{colour}]{state}[/{colour}]", "\n".join(services))
+    return result
+
+
+def status_exit_code(rows: list[StatusRow]) -> int:
+    """0 only when every built component serves; a component not built yet is no failure."""
+    down = [row for row in rows if row[2] not in ("SERVING", NOT_BUILT)]
+    return EXIT_FAILED if down or not rows else EXIT_OK
 
 
 @app.command()
@@ -142,14 +171,17 @@ def status(
     ),
     host: Annotated[str, typer.Option(help="Where the components listen.")] = "127.0.0.1",
 ) -> None:
-    """Ask every component for its health and, through reflection, the services it serves."""
+    """Ask every component for its health and, through reflection, the services it serves.
 
-    async def probe() -> list[tuple[str, str, str, list[str]]]:
-        rows = []
+    Exit 0 when every built component is SERVING, 1 when any is down or not serving.
+    """
+
+    async def probe() -> list[StatusRow]:
+        rows: list[StatusRow] = []
         for component in COMPONENTS:
             address = f"{host}:{component.grpc_port(grpc_port_base)}"
             if not component.exists():
-                rows.append((component.name, address, "NOT BUILT YET", []))
+                rows.append((component.name, address, NOT_BUILT, []))
                 continue
             async with grpc.aio.insecure_channel(address) as channel:
                 state = await health_status(channel)
@@ -158,15 +190,11 @@ def status(
         return rows
 
     rows = asyncio.run(probe())
-    table = Table(title="syncgov components")
-    for column in ("component", "address", "health", "services (reflection)"):
-        table.add_column(column)
-    for name, address, state, services in rows:
-        colour = "green" if state == "SERVING" else "yellow"
-        table.add_row(name, address, f"[{colour}]{state}[/{colour}]", "\n".join(services))
-    console.print(table)
-    serving = [row for row in rows if row[2] == "SERVING"]
-    raise typer.Exit(EXIT_OK if serving else EXIT_FAILED)
+    console.print(status_table(rows))
+    down = [name for name, _, state, _ in rows if state not in ("SERVING", NOT_BUILT)]
+    if down:
+        console.print(f"[red]not serving: {', '.join(down)}[/red]")
+    raise typer.Exit(status_exit_code(rows))
 
 
 def main() -> None:

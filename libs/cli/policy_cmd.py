@@ -10,34 +10,18 @@ import grpc
 import typer
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
-from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 
-from libs.cli.client import (
-    EXIT_NO,
-    EXIT_OK,
-    AddressOption,
-    CaOption,
-    CertOption,
-    Connection,
-    KeyOption,
-    SystemOption,
-    TokenOption,
-    explain_rpc_error,
-)
+from libs.cli.client import EXIT_NO, EXIT_OK, Connection, connection_options, explain_rpc_error
+from libs.cli.output import make_console
 from libs.policy.problems import Problem
 from libs.policy.validate import check
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.controlplane.v1 import controlplane_service_pb2_grpc
 
 app = typer.Typer(help="Policy as code: validate, compare, apply and explain.", no_args_is_help=True)
-console = Console()
-DEFAULT_ADDRESS = "127.0.0.1:50050"
-
-
-def _connection(address: str, system: str, token, cert, key, ca) -> Connection:
-    return Connection(address, system, token, cert, key, ca)
+console = make_console()
 
 
 async def _call(connection: Connection, method: str, request):
@@ -99,18 +83,15 @@ def validate(files: Annotated[list[Path], typer.Argument(help="Policy documents 
 
 
 @app.command()
+@connection_options()
 def diff(
     file: Annotated[Path, typer.Argument(exists=True)],
-    address: AddressOption = DEFAULT_ADDRESS,
-    system: SystemOption = "ops-console",
-    token: TokenOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    ca: CaOption = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Compare a document with the revision in force."""
     answer = _run(
-        _connection(address, system, token, cert, key, ca),
+        connection,
         "DiffPolicy",
         cp.DiffPolicyRequest(document_yaml=file.read_text()),
     )
@@ -119,6 +100,7 @@ def diff(
 
 
 @app.command()
+@connection_options()
 def apply(
     file: Annotated[Path, typer.Argument(exists=True)],
     expected_revision: Annotated[
@@ -126,15 +108,10 @@ def apply(
     ] = None,
     dry_run: Annotated[bool, typer.Option(help="Validate and show the diff; store nothing.")] = False,
     comment: Annotated[str, typer.Option(help="Why (kept with the revision and in the audit trail).")] = "",
-    address: AddressOption = DEFAULT_ADDRESS,
-    system: SystemOption = "ops-console",
-    token: TokenOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    ca: CaOption = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Store the document as a new revision; running services switch to it within a second."""
-    connection = _connection(address, system, token, cert, key, ca)
     text = file.read_text()
     if expected_revision is None:
         # Apply against what the operator is shown: a change stored in between is still refused.
@@ -157,38 +134,30 @@ def apply(
 
 
 @app.command()
+@connection_options()
 def get(
     revision: Annotated[int, typer.Option(help="Revision to print; 0 = current.")] = 0,
-    address: AddressOption = DEFAULT_ADDRESS,
-    system: SystemOption = "ops-console",
-    token: TokenOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    ca: CaOption = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Print a stored revision's document."""
-    answer = _run(
-        _connection(address, system, token, cert, key, ca), "GetPolicy", cp.GetPolicyRequest(revision=revision)
-    )
+    answer = _run(connection, "GetPolicy", cp.GetPolicyRequest(revision=revision))
     console.print(f"# revision {answer.revision.revision}, applied by {answer.revision.applied_by}")
     console.print(answer.revision.document_yaml, markup=False, highlight=False)
 
 
 @app.command()
+@connection_options()
 def history(
     limit: Annotated[int, typer.Option(help="How many revisions, newest first.")] = 20,
-    address: AddressOption = DEFAULT_ADDRESS,
-    system: SystemOption = "ops-console",
-    token: TokenOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    ca: CaOption = None,
+    *,
+    connection: Connection,
 ) -> None:
     """List stored revisions, newest first."""
     from syncgov.common.v1 import types_pb2
 
     answer = _run(
-        _connection(address, system, token, cert, key, ca),
+        connection,
         "ListPolicyRevisions",
         cp.ListPolicyRevisionsRequest(page=types_pb2.PageRequest(page_size=limit)),
     )
@@ -207,20 +176,17 @@ def history(
 
 
 @app.command()
+@connection_options()
 def rollback(
     target_revision: Annotated[int, typer.Argument(help="Revision whose document comes back.")],
     expected_revision: Annotated[int, typer.Option(help="Revision you expect to replace.")],
     comment: Annotated[str, typer.Option(help="Why.")] = "",
-    address: AddressOption = DEFAULT_ADDRESS,
-    system: SystemOption = "ops-console",
-    token: TokenOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    ca: CaOption = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Re-apply an earlier revision's document as a new revision."""
     answer = _run(
-        _connection(address, system, token, cert, key, ca),
+        connection,
         "RollbackPolicy",
         cp.RollbackPolicyRequest(target_revision=target_revision, expected_revision=expected_revision, comment=comment),
     )
@@ -230,19 +196,16 @@ def rollback(
 
 
 @app.command()
+@connection_options()
 def explain(
     object_type: Annotated[str, typer.Argument(help="e.g. purchase_order")],
     field: Annotated[str, typer.Argument(help="e.g. lines[].unit_price; empty for the object")] = "",
-    address: AddressOption = DEFAULT_ADDRESS,
-    system: SystemOption = "ops-console",
-    token: TokenOption = None,
-    cert: CertOption = None,
-    key: KeyOption = None,
-    ca: CaOption = None,
+    *,
+    connection: Connection,
 ) -> None:
     """Who may write a field, and which rule says so."""
     answer = _run(
-        _connection(address, system, token, cert, key, ca),
+        connection,
         "ExplainOwnership",
         cp.ExplainOwnershipRequest(object_type=object_type, field=field),
     )

@@ -5,21 +5,22 @@ from __future__ import annotations
 import asyncio
 import csv
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
 import grpc
 import typer
-from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Connection
+from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Connection, connection_options
+from libs.cli.output import make_console
 from syncgov.common.v1 import types_pb2
 from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2, supplier_service_pb2_grpc
 
 app = typer.Typer(help="Supplier master data.", no_args_is_help=True)
-console = Console()
+console = make_console()
 
 COLUMNS = (
     "local_id",
@@ -110,12 +111,15 @@ async def _import(rows: list[dict[str, str]], system: str, connection: Connectio
 
 
 @app.command("import")
+@connection_options(
+    address="127.0.0.1:50051", address_envvar="SYNCGOV_SUPPLIER_ADDR", peer="supplier-normalization", system=None
+)
 def import_file(
     file: Annotated[Path, typer.Argument(exists=True, help=f"CSV with columns {', '.join(COLUMNS)}.")],
     system: Annotated[str, typer.Option(help="The system the file comes from (it must report as itself).")],
-    address: Annotated[str, typer.Option("--address", envvar="SYNCGOV_SUPPLIER_ADDR")] = "127.0.0.1:50051",
-    token: Annotated[str | None, typer.Option("--token", envvar="SYNCGOV_TOKEN")] = None,
     concurrency: Annotated[int, typer.Option(help="Requests in flight.")] = 16,
+    *,
+    connection: Connection,
 ) -> None:
     """Load a supplier master file; print records, corrections, invalid identifiers, merges, suspects."""
     with file.open(newline="", encoding="utf-8-sig") as handle:
@@ -126,9 +130,10 @@ def import_file(
             raise typer.Exit(EXIT_USAGE)
         rows = list(reader)
     try:
-        totals = asyncio.run(_import(rows, system, Connection(address, system, token), max(1, concurrency)))
+        connection = replace(connection, system=system)
+        totals = asyncio.run(_import(rows, system, connection, max(1, concurrency)))
     except grpc.aio.AioRpcError as error:
-        console.print(f"[red]cannot reach supplier-normalization at {address}: {error.details()}[/red]")
+        console.print(f"[red]cannot reach supplier-normalization at {connection.address}: {error.details()}[/red]")
         raise typer.Exit(EXIT_UNREACHABLE) from None
     table = Table(title=f"import of {file.name} as {system}")
     table.add_column("")
