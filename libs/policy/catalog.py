@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import cast
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
@@ -48,6 +49,16 @@ def descends(descriptor: Descriptor | None) -> bool:
     return not descriptor.GetOptions().map_entry
 
 
+def message_descriptor(message_type: type[Message]) -> Descriptor:
+    """``message_type.DESCRIPTOR`` as the descriptor API takes it.
+
+    types-protobuf declares ``Message.DESCRIPTOR`` as a union of the pure-Python and the upb
+    descriptor classes while ``FieldDescriptor.message_type`` and ``Any.Is`` take the pure-Python
+    one; at run time both are the same descriptor, so this is a cast and nothing more.
+    """
+    return cast(Descriptor, message_type.DESCRIPTOR)
+
+
 def field_path(prefix: str, field: FieldDescriptor) -> str:
     """One step of a field path in policy notation: ``lines[]`` for a repeated field."""
     return f"{prefix}{field.name}{'[]' if field.is_repeated else ''}"
@@ -58,7 +69,7 @@ def _paths(descriptor: Descriptor, prefix: str) -> list[str]:
     for field in descriptor.fields:
         path = field_path(prefix, field)
         found.append(path)
-        if descends(field.message_type):
+        if field.message_type is not None and descends(field.message_type):
             found.extend(_paths(field.message_type, f"{path}."))
     return found
 
@@ -78,20 +89,27 @@ def touched_fields(message: Message, prefix: str = "") -> set[str]:
 OBJECT_TYPES: dict[str, ObjectType] = {
     o.name: o
     for o in (
-        ObjectType("supplier", "Supplier master data (golden record)", supplier_pb2.Supplier.DESCRIPTOR, required=True),
+        ObjectType(
+            "supplier", "Supplier master data (golden record)", message_descriptor(supplier_pb2.Supplier), required=True
+        ),
         ObjectType("item", "Item master"),
         ObjectType("cost_center", "Cost centers"),
         ObjectType(
-            "purchase_order", "Purchase orders and change orders", po_pb2.PurchaseOrder.DESCRIPTOR, required=True
+            "purchase_order",
+            "Purchase orders and change orders",
+            message_descriptor(po_pb2.PurchaseOrder),
+            required=True,
         ),
         ObjectType(
             "purchase_order_acknowledgment",
             "ERP acknowledgment of a PO version, ERP document number",
-            po_pb2.ErpAcknowledgment.DESCRIPTOR,
+            message_descriptor(po_pb2.ErpAcknowledgment),
             required=True,
         ),
-        ObjectType("goods_receipt", "Goods receipts and returns", receipt_pb2.GoodsReceipt.DESCRIPTOR, required=True),
-        ObjectType("invoice", "Supplier invoices (documents)", invoice_pb2.Invoice.DESCRIPTOR, required=True),
+        ObjectType(
+            "goods_receipt", "Goods receipts and returns", message_descriptor(receipt_pb2.GoodsReceipt), required=True
+        ),
+        ObjectType("invoice", "Supplier invoices (documents)", message_descriptor(invoice_pb2.Invoice), required=True),
         ObjectType("invoice_match_status", "Three-way match results, computed by syncgov", required=True),
         ObjectType("invoice_release", "A person's release or dispute of a blocked invoice"),
         ObjectType("payment", "Payment status", required=True),

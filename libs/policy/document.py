@@ -6,6 +6,7 @@ Meaning (unknown systems, owners, ranges, overlaps) is checked in validate.py.
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,7 +123,8 @@ class PolicyDocument(Strict):
     purchase_orders: PurchaseOrders = PurchaseOrders()
 
 
-SECTIONS: dict[str, object] = {
+# Each top-level section and the type pydantic validates it as (a class or a generic alias such as dict[str, System]).
+SECTIONS: dict[str, Any] = {
     "format": int,
     "description": str,
     "systems": dict[str, System],

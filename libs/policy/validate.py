@@ -35,7 +35,7 @@ from libs.policy.yamlsource import load
 SUPPORTED_FORMAT = 1
 _SYSTEM_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _SEVERITY_LIST = ", ".join(catalog.SEVERITIES)
-_ADAPTERS = {name: TypeAdapter(kind) for name, kind in SECTIONS.items()}
+_ADAPTERS: dict[str, TypeAdapter[Any]] = {name: TypeAdapter(kind) for name, kind in SECTIONS.items()}
 
 
 def check(text: str) -> tuple[PolicyDocument | None, list[Problem]]:
@@ -166,8 +166,8 @@ def _check_rule(path: str, rule: Any, known: set[str] | None) -> Iterable[Proble
 
 
 def _check_ownership(ownership: dict[str, ObjectRule], known: set[str] | None) -> Iterable[Problem]:
-    for name, object_type in catalog.OBJECT_TYPES.items():
-        if object_type.required and name not in ownership:
+    for name, governed in catalog.OBJECT_TYPES.items():
+        if governed.required and name not in ownership:
             yield Problem(f"ownership.{name}", "has no owner: every object syncgov writes needs a system_of_record")
     for name, rule in ownership.items():
         path = f"ownership.{name}"
@@ -186,9 +186,13 @@ def _check_ownership(ownership: dict[str, ObjectRule], known: set[str] | None) -
         yield from _check_fields(path, object_type, rule, known)
 
 
-def _check_fields(path: str, object_type: catalog.ObjectType, rule: ObjectRule, known: set[str] | None):
-    if rule.fields and object_type.message is None:
-        yield Problem(f"{path}.fields", f"{object_type.name} is governed as a whole; it has no field rules")
+def _check_fields(
+    path: str, object_type: catalog.ObjectType, rule: ObjectRule, known: set[str] | None
+) -> Iterable[Problem]:
+    message = object_type.message
+    if message is None:
+        if rule.fields:
+            yield Problem(f"{path}.fields", f"{object_type.name} is governed as a whole; it has no field rules")
         return
     valid = object_type.field_paths()
     by_plain = {p.replace("[]", ""): p for p in valid}
@@ -200,7 +204,7 @@ def _check_fields(path: str, object_type: catalog.ObjectType, rule: ObjectRule, 
             yield Problem(
                 field_path,
                 f"{object_type.name} has no field {field!r} (fields follow the contract "
-                f"{object_type.message.full_name}, e.g. {sorted(valid)[0]})",
+                f"{message.full_name}, e.g. {sorted(valid)[0]})",
             )
             continue
         if canonical in owners:
@@ -273,7 +277,7 @@ def _check_tolerances(tolerances: Tolerances, units: set[str] | None) -> Iterabl
         yield from _check_tolerance(path, tolerance)
 
 
-def _check_exceptions(exceptions: Exceptions, sites: set[str] | None, units: set[str] | None):
+def _check_exceptions(exceptions: Exceptions, sites: set[str] | None, units: set[str] | None) -> Iterable[Problem]:
     teams = set(exceptions.teams)
     if not teams:
         yield Problem("exceptions.teams", "declare at least one team")

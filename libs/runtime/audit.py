@@ -20,10 +20,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 
 from libs.audit.chain import GENESIS, seal
+from libs.policy.catalog import message_descriptor
 from libs.runtime.events import (
     CONTENT_TYPE,
     HEADER_EVENT_TYPE,
@@ -97,7 +99,7 @@ def entry_from_event(event: StoredEvent) -> controlplane_pb2.AuditEntry:
     """The audit entry for one domain event (a write), or the inbox record as it was recorded."""
     envelope = event.envelope
     source = f"{event.stream}:{event.sequence}"
-    if envelope.payload.Is(controlplane_pb2.AuditEntry.DESCRIPTOR):
+    if envelope.payload.Is(message_descriptor(controlplane_pb2.AuditEntry)):
         entry = event.unpack(controlplane_pb2.AuditEntry)
         entry.source = source
         return entry
@@ -118,6 +120,15 @@ def entry_from_event(event: StoredEvent) -> controlplane_pb2.AuditEntry:
     return entry
 
 
+def _stored_entry(stream: str, raw: RawStreamMsg) -> controlplane_pb2.AuditEntry:
+    """A chain entry as the stream holds it, with its sequence in the chain."""
+    if raw.seq is None:
+        raise ValueError(f"{stream}: a stored message without a sequence")
+    entry = controlplane_pb2.AuditEntry.FromString(raw.data or b"")
+    entry.sequence = raw.seq
+    return entry
+
+
 class ChainConflict(Exception):
     """Another writer appended to the chain first; re-read the tail and try again."""
 
@@ -135,8 +146,8 @@ class AuditChain:
         info = await self._js.stream_info(self._stream)
         if info.state.messages == 0:
             return info.state.last_seq, GENESIS
-        raw = await self._js.get_msg(self._stream, info.state.last_seq)
-        return raw.seq, controlplane_pb2.AuditEntry.FromString(raw.data or b"").entry_hash
+        last = _stored_entry(self._stream, await self._js.get_msg(self._stream, info.state.last_seq))
+        return last.sequence, last.entry_hash
 
     async def append(self, entry: controlplane_pb2.AuditEntry, attempts: int = 20) -> int:
         """Seal the entry onto the chain and return its sequence; safe to call again for the same source."""
@@ -175,21 +186,17 @@ class AuditChain:
         info = await self._js.stream_info(self._stream)
         for sequence in range(max(start, info.state.first_seq or 1), info.state.last_seq + 1):
             with contextlib.suppress(NotFoundError):
-                raw = await self._js.get_msg(self._stream, sequence)
-                entry = controlplane_pb2.AuditEntry.FromString(raw.data or b"")
-                entry.sequence = raw.seq
-                yield entry
+                yield _stored_entry(self._stream, await self._js.get_msg(self._stream, sequence))
 
     async def for_object(self, object_type: str, object_key: str) -> list[controlplane_pb2.AuditEntry]:
         subject = self._ns.object_filter(CHAIN_DOMAIN, audit_key(object_type, object_key))
-        found = []
+        found: list[controlplane_pb2.AuditEntry] = []
         sequence = 1
         while True:
             try:
                 raw = await self._js.get_msg(self._stream, sequence, subject=subject, next=True)
             except NotFoundError:
                 return found
-            entry = controlplane_pb2.AuditEntry.FromString(raw.data or b"")
-            entry.sequence = raw.seq
+            entry = _stored_entry(self._stream, raw)
             found.append(entry)
-            sequence = raw.seq + 1
+            sequence = entry.sequence + 1

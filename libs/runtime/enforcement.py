@@ -109,10 +109,17 @@ class OwnershipGuard:
             decision = policy.may_write(caller.system, rule.object_type, fields)
             if not decision.allowed:
                 key = str(resolve(request, rule.key) or "")
-                version = resolve(request, rule.version) if rule.version else 0
+                version = resolve(request, rule.version) if rule.version else 0  # an integer field of the request
                 refused = sorted(r.field for r in decision.refusals if r.field)
                 await self._refuse(
-                    policy, caller, method, rule.object_type, key, int(version or 0), decision.reason(), refused
+                    policy,
+                    caller,
+                    method,
+                    rule.object_type,
+                    key,
+                    version if isinstance(version, int) else 0,
+                    decision.reason(),
+                    refused,
                 )
         return policy
 

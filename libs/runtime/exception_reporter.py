@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
+from typing import cast
 
 from libs.runtime.events import Event, EventPublisher, now_timestamp
 from libs.runtime.identity import current_caller
@@ -21,11 +22,12 @@ DOMAIN = "exception"
 OBJECT_TYPE = "exception"
 
 
-def severity(name: str | None, default: int = exception_pb2.SEVERITY_HIGH) -> int:
+def severity(name: str | None, default: exception_pb2.Severity = exception_pb2.SEVERITY_HIGH) -> exception_pb2.Severity:
     """The contract's severity for a policy route's severity name (``low`` .. ``critical``); ``default`` if unset."""
     if not name:
         return default
-    return exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}")
+    # protoc's .pyi types enum values as the enum class but Value() as a plain int; at run time both are ints.
+    return cast(exception_pb2.Severity, exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}"))
 
 
 def fingerprint(exception_type: int, object_ref: types_pb2.ObjectRef, discriminator: str = "") -> str:
@@ -49,8 +51,8 @@ class ExceptionReporter:
 
     async def raise_exception(
         self,
-        exception_type: int,
-        severity: int,
+        exception_type: exception_pb2.ExceptionType,
+        severity: exception_pb2.Severity,
         object_ref: types_pb2.ObjectRef,
         detail: str,
         *,

@@ -30,7 +30,7 @@ class StreamFollower:
         self._subject = namespace.domain_subjects(domain)
         self._handler = handler
         self._caught_up = asyncio.Event()
-        self._subscription = None
+        self._subscription: JetStreamContext.PushSubscription | None = None
         self.applied = 0
 
     async def start(self, catch_up_timeout: float = 60.0) -> None:

