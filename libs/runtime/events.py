@@ -16,12 +16,15 @@ import contextvars
 import hashlib
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -40,6 +43,8 @@ JS_ERR_WRONG_LAST_SEQUENCE = 10071
 
 # The policy revision the edge used to allow the current call; events record it (DESIGN §3.6).
 current_policy_revision: contextvars.ContextVar[int] = contextvars.ContextVar("syncgov_policy_revision", default=0)
+
+M = TypeVar("M", bound=Message)
 
 
 class WrongLastSequence(Exception):
@@ -92,7 +97,7 @@ class StoredEvent:
     data: bytes
     envelope: envelope_pb2.EventEnvelope
 
-    def unpack(self, message_type: type[Message]) -> Message:
+    def unpack(self, message_type: type[M]) -> M:
         payload = message_type()
         if not self.envelope.payload.Unpack(payload):
             raise TypeError(f"event {self.envelope.event_type} is not {message_type.DESCRIPTOR.full_name}")
@@ -132,6 +137,13 @@ def parse_stored(stream: str, sequence: int, subject: str, headers: dict[str, st
     envelope = envelope_pb2.EventEnvelope()
     envelope.ParseFromString(data)
     return StoredEvent(stream, sequence, subject, dict(headers or {}), data, envelope)
+
+
+def parse_raw(stream: str, raw: RawStreamMsg) -> StoredEvent:
+    """A message read back from a stream; the server always sends its sequence and subject."""
+    if raw.seq is None or raw.subject is None:
+        raise ValueError(f"{stream}: a stored message without sequence or subject")
+    return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
 
 
 class EventPublisher:
@@ -194,14 +206,14 @@ class EventReader:
             raw = await self._js.get_last_msg(stream, self._ns.object_filter(domain, key), direct=True)
         except NotFoundError:
             return None
-        return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
+        return parse_raw(stream, raw)
 
     async def at(self, domain: str, sequence: int) -> StoredEvent:
         stream = self._ns.stream(domain)
         raw = await self._js.get_msg(stream, sequence, direct=True)
-        return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
+        return parse_raw(stream, raw)
 
-    async def scan(self, domain: str):
+    async def scan(self, domain: str) -> AsyncIterator[StoredEvent]:
         """Every event of a domain's stream, oldest first: for rebuilding read models."""
         stream = self._ns.stream(domain)
         try:
@@ -213,7 +225,7 @@ class EventReader:
                 raw = await self._js.get_msg(stream, sequence, direct=True)
             except NotFoundError:  # domain streams deny deletes; only an expired message leaves a gap
                 continue
-            yield parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
+            yield parse_raw(stream, raw)
 
     async def history(self, domain: str, key: str) -> list[StoredEvent]:
         """Every event of one object, oldest first."""
@@ -226,5 +238,5 @@ class EventReader:
                 raw = await self._js.get_msg(stream, sequence, subject=subject, next=True, direct=True)
             except NotFoundError:
                 return events
-            events.append(parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b""))
-            sequence = raw.seq + 1
+            events.append(parse_raw(stream, raw))
+            sequence = events[-1].sequence + 1
