@@ -110,12 +110,20 @@ def verify(
     nats_url: NatsOption = "nats://127.0.0.1:4222",
     namespace: NamespaceOption = "sg",
 ) -> None:
-    """Walk the chain; report the first entry whose link or content does not hold. Exit 1 if broken."""
+    """Walk the chain; report the first entry whose link or content does not hold. Exit 1 if broken.
+
+    The hash recipe is in docs/audit.md, so an auditor can verify an export with their own tools.
+    """
     entries = _read_export(file) if file else asyncio.run(_entries(nats_url, namespace))
     verdict = verify_chain(entries)
     source = str(file) if file else f"stream {Namespace(namespace).stream('audit')}"
     if verdict.intact:
         console.print(f"[green]chain intact: {verdict.entries} entries verified ({source})[/green]")
+        if verdict.legacy_entries:
+            console.print(
+                f"{verdict.legacy_entries} of them sealed with the legacy protobuf hash (before docs/audit.md's "
+                "canonical encoding); only this verifier recognises those"
+            )
         raise typer.Exit(EXIT_OK)
     broken = verdict.first_break
     console.print(f"[red]chain broken at sequence {broken.sequence} ({source}): {broken.reason}[/red]")
