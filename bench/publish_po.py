@@ -160,7 +160,7 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
         service_channel = grpc.aio.insecure_channel(f"127.0.0.1:{service_port}")
         raw_channel = grpc.aio.insecure_channel(f"127.0.0.1:{raw_port}")
         stub = po_service_pb2_grpc.PurchaseOrderServiceStub(service_channel)
-        raw_call = raw_channel.unary_unary("/bench.RawComposite/Do")
+        raw_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = raw_channel.unary_unary("/bench.RawComposite/Do")
         metadata = (("x-syncgov-system", "procurement"),)
         run_id = uuid.uuid4().hex[:8]
 
@@ -172,7 +172,9 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
             ).SerializeToString()
             for n in range(int(seconds * 4000 * len(concurrencies)) + 20_000)
         ]
-        publish_call = service_channel.unary_unary("/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder")
+        publish_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = service_channel.unary_unary(
+            "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
+        )
 
         published: collections.deque[int] = collections.deque()  # orders the change scenario may change
 
@@ -189,7 +191,9 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
 
         # A change order (version 2, one quantity changed) of an order the publish scenario created; the
         # change path reads the order's history from the stream before it writes.
-        change_call = service_channel.unary_unary("/syncgov.po.v1.PurchaseOrderService/ChangePurchaseOrder")
+        change_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = service_channel.unary_unary(
+            "/syncgov.po.v1.PurchaseOrderService/ChangePurchaseOrder"
+        )
         second = po_pb2.PurchaseOrder()
         second.CopyFrom(template)
         second.version = 2
@@ -217,6 +221,8 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
             "raw-publish": raw_publish,
         }
         results: dict[tuple[str, int], dict[str, float]] = {}
+        assert nats_server.process is not None, "nats-server was started above"
+        assert valkey.process is not None, "valkey-server was started above"
         for concurrency in concurrencies:
             for name, call in scenarios.items():
                 server = {

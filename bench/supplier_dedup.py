@@ -160,7 +160,7 @@ def generate(records: int, seed: int) -> tuple[list[SourceRecord], list[int], in
     return out, truth, planted, near
 
 
-def pairwise(predicted: list[str], truth: list) -> tuple[float, float, int, int]:
+def pairwise(predicted: list[str | None], truth: list) -> tuple[float, float, int, int]:
     """Pairwise precision and recall of a clustering against the true clusters."""
 
     def pairs(labels) -> set[tuple[int, int]]:
@@ -174,7 +174,7 @@ def pairwise(predicted: list[str], truth: list) -> tuple[float, float, int, int]
     return (hits / len(found) if found else 1.0), (hits / len(true) if true else 1.0), len(found), len(true)
 
 
-def run(records: list[SourceRecord], owner) -> tuple[list[str], list[str], float]:
+def run(records: list[SourceRecord], owner) -> tuple[list[str | None], list[str | None], float]:
     """Place every record in one process: placement depends on order, so it is one sequence anyway, and
     normalizing in a second process cost more in pickling than it saved (measured, 2026-11-26)."""
     registry = SupplierRegistry(owner)

@@ -6,13 +6,13 @@ from control_plane.events import audit_consumers
 from control_plane.servicer import ControlPlaneServicer
 from control_plane.settings import Settings
 from control_plane.store import ControlPlaneStore
-from libs.runtime.access import Administer, Read
+from libs.runtime.access import AccessRule, Administer, Read
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.audit import AuditChain
 from libs.runtime.streams import ALL_STREAMS
 from syncgov.controlplane.v1 import controlplane_service_pb2, controlplane_service_pb2_grpc
 
-ACCESS = {
+ACCESS: dict[str, AccessRule] = {
     "ValidatePolicy": Read("policy"),
     "DiffPolicy": Read("policy"),
     "ApplyPolicy": Administer(),

@@ -11,6 +11,7 @@ from google.type import date_pb2, decimal_pb2, money_pb2
 from grpc_status import rpc_status
 
 from syncgov.po.v1 import po_pb2
+from syncgov.supplier.v1 import supplier_pb2
 
 PROCUREMENT = (("x-syncgov-system", "procurement"),)
 
@@ -57,7 +58,8 @@ def sample_order(po_id: str = "PO-1001", *, quantity: str = "10", price_units: i
 
 def status_details(error: grpc.aio.AioRpcError):
     """Decode the google.rpc.Status details a call failed with."""
-    status = rpc_status.from_call(error)
+    # AioRpcError carries the code, details and trailing metadata from_call reads; the stub types it for grpc.Call.
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
     assert status is not None, "the error carries no google.rpc.Status details"
     decoded = []
     for detail in status.details:
@@ -69,7 +71,9 @@ def status_details(error: grpc.aio.AioRpcError):
     return decoded
 
 
-async def seed_supplier(nats_url: str, namespace: str, supplier_id: str, status: int | None = None) -> None:
+async def seed_supplier(
+    nats_url: str, namespace: str, supplier_id: str, status: supplier_pb2.SupplierStatus | None = None
+) -> None:
     """Publish the supplier event supplier-normalization would have published, so po-publication knows it."""
     import nats
     from opentelemetry.trace import NoOpTracer
@@ -78,7 +82,6 @@ async def seed_supplier(nats_url: str, namespace: str, supplier_id: str, status:
     from libs.runtime.streams import SUPPLIER, provision_streams
     from libs.runtime.subjects import Namespace
     from syncgov.supplier.v1 import events_pb2 as supplier_events
-    from syncgov.supplier.v1 import supplier_pb2
 
     nc = await nats.connect(nats_url)
     try:

@@ -33,6 +33,7 @@ def alive(pid: int) -> bool:
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="parent-death signals are Linux's")
 def test_a_killed_parent_takes_its_servers_with_it(tmp_path):
     parent = subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
     server_pid = int(parent.stdout.readline())
     assert alive(server_pid)
     parent.send_signal(signal.SIGKILL)

@@ -62,6 +62,7 @@ def test_component_deployment_is_probed_limited_and_hardened(overlay, component)
 def test_prod_runs_replicated_streams_and_network_policies():
     docs = render("prod")
     config = find(docs, "ConfigMap", "syncgov-config")
+    assert config is not None
     assert config["data"]["SYNCGOV_STREAM_REPLICAS"] == "3"
     assert find(docs, "NetworkPolicy", "default-deny-ingress") is not None
     assert find(docs, "StatefulSet", "nats") is None, "production NATS is an external cluster"
@@ -73,6 +74,7 @@ def test_prod_runs_replicated_streams_and_network_policies():
 def test_dev_brings_its_own_nats_with_fsync_always():
     docs = render("dev")
     nats_config = find(docs, "ConfigMap", "nats-config")
+    assert nats_config is not None
     assert "sync_interval: always" in nats_config["data"]["nats.conf"]
     [secret] = [d for d in docs if d["kind"] == "Secret"]
     assert secret["metadata"]["name"].startswith("syncgov-caller-tokens-")

@@ -148,7 +148,7 @@ def test_supplier_states_that_refuse_an_order():
     from services.po_publication.domain import supplier_problem
 
     assert supplier_problem("S", "active") is None
-    assert "unknown" in supplier_problem("S", None)
-    assert "inactive" in supplier_problem("S", "inactive")
-    assert "blocked" in supplier_problem("S", "blocked")
-    assert "S2" in supplier_problem("S", "merged", "S2")
+    assert "unknown" in (supplier_problem("S", None) or "")
+    assert "inactive" in (supplier_problem("S", "inactive") or "")
+    assert "blocked" in (supplier_problem("S", "blocked") or "")
+    assert "S2" in (supplier_problem("S", "merged", "S2") or "")
