@@ -1,22 +1,38 @@
-"""`syncgov up` as a user runs it: real processes, health SERVING, reflection, clean stop on Ctrl-C."""
+"""`syncgov up` as a user runs it: real processes, health SERVING, reflection, clean stop on Ctrl-C.
+
+The demo scenario then runs against it, and the stack is read as an operator
+would: every service's /metrics, the spans every process exports over OTLP
+(to a small receiver this test runs), and every process's log.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from collections.abc import Callable, Iterator
+from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+from opentelemetry.proto.trace.v1 import trace_pb2
+from prometheus_client.parser import text_string_to_metric_families
 
 from libs.cli.components import existing_components
 from libs.runtime.local_servers import free_port, free_port_range
 from libs.runtime.probe import health_status, reflected_services
+from libs.runtime.telemetry import DURATION_BUCKETS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -39,8 +55,65 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) 
     raise AssertionError(f"{needle!r} not printed; output so far:\n{''.join(seen)}")
 
 
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+
+
+class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
+    """The trace half of an OTLP collector: keeps every span the stack's processes export."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._spans: list[ReceivedSpan] = []
+
+    def Export(
+        self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
+    ) -> trace_service_pb2.ExportTraceServiceResponse:
+        received = []
+        for resource_spans in request.resource_spans:
+            attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+            for scope_spans in resource_spans.scope_spans:
+                received.extend(
+                    ReceivedSpan(
+                        attributes.get("service.name", ""),
+                        span.name,
+                        span.kind,
+                        span.trace_id.hex(),
+                        span.span_id.hex(),
+                        span.parent_span_id.hex(),
+                    )
+                    for span in scope_spans.spans
+                )
+        with self._lock:
+            self._spans.extend(received)
+        return trace_service_pb2.ExportTraceServiceResponse()
+
+    def spans(self) -> list[ReceivedSpan]:
+        with self._lock:
+            return list(self._spans)
+
+
 @pytest.fixture
-def stack(tmp_path: Path):
+def otlp_receiver() -> Iterator[tuple[OtlpReceiver, str]]:
+    receiver = OtlpReceiver()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    trace_service_pb2_grpc.add_TraceServiceServicer_to_server(receiver, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield receiver, f"http://127.0.0.1:{port}"
+    finally:
+        server.stop(grace=None).wait()
+
+
+@pytest.fixture
+def stack(tmp_path: Path, otlp_receiver: tuple[OtlpReceiver, str]):
     base = free_port_range(6)
     po_port = base + 2
     metrics_po_port = free_port_range(6) + 2
@@ -60,8 +133,11 @@ def stack(tmp_path: Path):
         "--redis-port",
         str(free_port()),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SYNCGOV_")}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCGOV_", "OTEL_"))}
     env["COLUMNS"] = "200"
+    # Every service exports its spans to the test's receiver, in batches flushed every 200 ms.
+    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = otlp_receiver[1]
+    env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
         output = _wait_for_line(process, "syncgov is up", timeout=60)
@@ -125,8 +201,9 @@ def test_up_refuses_an_unknown_component(tmp_path: Path):
     assert "billing" in result.stdout
 
 
-def test_demo_scenario_runs_clean_against_the_stack(stack):
-    _, po_port, _, _, _ = stack
+def test_demo_scenario_runs_clean_against_the_stack(stack, otlp_receiver):
+    _, po_port, metrics_port, _, data_dir = stack
+    receiver, _ = otlp_receiver
     result = subprocess.run(
         [sys.executable, "-m", "libs.cli", "demo", "--grpc-port-base", str(po_port - 2)],
         capture_output=True,
@@ -142,3 +219,111 @@ def test_demo_scenario_runs_clean_against_the_stack(stack):
     done, _, total = summary[0].split()[:3]
     assert done == total
     assert int(total) >= 10
+
+    components = existing_components()
+    _assert_rpc_durations_read_right(components, metrics_port - 2)
+    _assert_one_trace_from_grpc_through_nats_to_a_consumer(receiver)
+    _assert_no_error_logged(data_dir / "logs", [c.name for c in components])
+
+
+def _scrape(port: int) -> dict[str, Any]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {family.name: family for family in text_string_to_metric_families(text)}
+
+
+def _assert_rpc_durations_read_right(components: list[Any], metrics_base: int) -> None:
+    """Every service exports the RPC duration histogram, in seconds, with second-scale buckets that spread."""
+    cumulative: dict[float, float] = {}
+    for component in components:
+        families = _scrape(metrics_base + component.port_offset)
+        family = families.get("rpc_server_call_duration_seconds")
+        assert family is not None, f"{component.name}: no rpc_server_call_duration_seconds in {sorted(families)}"
+        assert family.type == "histogram", component.name
+        counts = [s for s in family.samples if s.name.endswith("_count") and s.value > 0]
+        assert counts, f"{component.name}: the demo's calls were not counted"
+        assert all(s.labels["rpc_system"] == "grpc" and s.labels["rpc_service"] for s in counts), counts
+        assert all(s.labels["rpc_method"] and s.labels["rpc_grpc_status_code"].isdigit() for s in counts), counts
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                bound = float(sample.labels["le"])
+                cumulative[bound] = cumulative.get(bound, 0.0) + sample.value
+        if component.name == "po-publication":
+            published = [s for s in counts if s.labels["rpc_method"] == "PublishPurchaseOrder"]
+            assert published, counts
+            assert published[0].labels["rpc_service"] == "syncgov.po.v1.PurchaseOrderService"
+            assert published[0].labels["rpc_grpc_status_code"] == "0"
+    bounds = sorted(cumulative)
+    assert bounds == [*DURATION_BUCKETS, math.inf], f"buckets are not the second-scale ones: {bounds}"
+    assert 0.005 in bounds
+    per_bucket = {
+        bound: cumulative[bound] - (cumulative[below] if below is not None else 0.0)
+        for below, bound in zip([None, *bounds[:-1]], bounds, strict=True)
+    }
+    total = cumulative[math.inf]
+    assert total >= 10
+    assert per_bucket[bounds[0]] < total, f"every call landed in the first bucket: {per_bucket}"
+    assert any(per_bucket[bound] > 0 for bound in bounds[1:-1]), f"no call in a middle bucket: {per_bucket}"
+
+
+def _wait_for(what: str, found: Callable[[], Any], timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = found()
+        if result or time.monotonic() > deadline:
+            assert result, what
+            return result
+        time.sleep(0.2)
+
+
+def _assert_one_trace_from_grpc_through_nats_to_a_consumer(receiver: OtlpReceiver) -> None:
+    """PublishPurchaseOrder's server span, its publish to JetStream and another process's consumer: one trace."""
+    server_name = "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
+
+    def chain() -> tuple[ReceivedSpan, ReceivedSpan, ReceivedSpan] | None:
+        spans = receiver.spans()
+        by_id = {span.span_id: span for span in spans}
+        for consumer in spans:
+            if consumer.kind != trace_pb2.Span.SPAN_KIND_CONSUMER or consumer.service == "po-publication":
+                continue
+            producer = by_id.get(consumer.parent_span_id)
+            if producer is None or producer.kind != trace_pb2.Span.SPAN_KIND_PRODUCER:
+                continue
+            ancestor = by_id.get(producer.parent_span_id)
+            while ancestor is not None and ancestor.kind != trace_pb2.Span.SPAN_KIND_SERVER:
+                ancestor = by_id.get(ancestor.parent_span_id)
+            if ancestor is not None and ancestor.name == server_name and ancestor.service == "po-publication":
+                return ancestor, producer, consumer
+        return None
+
+    def summary() -> str:
+        spans = receiver.spans()
+        return f"{len(spans)} spans received, e.g. " + ", ".join(
+            sorted({f"{s.service}:{trace_pb2.Span.SpanKind.Name(s.kind)}" for s in spans})
+        )
+
+    try:
+        server, producer, consumer = _wait_for("the chain", chain)
+    except AssertionError:
+        raise AssertionError(f"no trace runs PublishPurchaseOrder -> publish -> consumer; {summary()}") from None
+    assert server.trace_id == producer.trace_id == consumer.trace_id
+    assert producer.service == "po-publication"
+    assert producer.name.endswith(" publish")
+    assert consumer.service != producer.service, "the consumer runs in another process"
+
+
+def _assert_no_error_logged(logs: Path, names: list[str]) -> None:
+    """Every process logged JSON lines, none of them at ERROR or above."""
+    problems = []
+    for name in names:
+        lines = (logs / f"{name}.log").read_text().splitlines()
+        assert lines, f"{name} logged nothing"
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                problems.append(f"{name}: not a JSON log line: {line}")
+                continue
+            if entry.get("level") in ("error", "critical"):
+                problems.append(f"{name}: {line}")
+    assert not problems, "the stack logged errors:\n" + "\n".join(problems)
