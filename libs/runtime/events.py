@@ -227,12 +227,12 @@ class EventReader:
                 continue
             yield parse_raw(stream, raw)
 
-    async def history(self, domain: str, key: str) -> list[StoredEvent]:
-        """Every event of one object, oldest first."""
+    async def history(self, domain: str, key: str, after: int = 0) -> list[StoredEvent]:
+        """Every event of one object stored after sequence ``after``, oldest first."""
         stream = self._ns.stream(domain)
         subject = self._ns.object_filter(domain, key)
         events: list[StoredEvent] = []
-        sequence = 1
+        sequence = after + 1
         while True:
             try:
                 raw = await self._js.get_msg(stream, sequence, subject=subject, next=True, direct=True)

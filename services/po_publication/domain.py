@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
+from typing import Any
 
 import pycountry
+
+from libs.runtime.decider import Recorded, Refusal, RefusalKind
 
 OBJECT_TYPE = "purchase_order"
 MAX_LINES = 5000
@@ -72,15 +76,31 @@ def validate_order(
     *,
     sites: frozenset[str] | None = None,
     past_margin: timedelta = timedelta(days=7),
+    suppliers: SupplierDirectory | None = None,
+    change: bool | None = None,
 ) -> list[Violation]:
     """Every rule a version must satisfy to be published, each failure as a field violation.
 
     ``sites`` are the ship-to sites the policy knows (None: not checked); ``past_margin`` how far in the past
-    a requested delivery date may lie."""
+    a requested delivery date may lie; ``suppliers`` the supplier states followed from supplier events (None:
+    not checked); ``change`` whether this is a change order (version 2 or later) or a first publication
+    (version 1), None: not checked."""
     problems: list[Violation] = []
 
     def bad(path: str, description: str) -> None:
         problems.append(Violation(f"{prefix}.{path}", description))
+
+    if change is True and order.version < 2:
+        bad("version", "a change order is version 2 or later (version 1 is published)")
+    if change is False and order.version != 1:
+        bad(
+            "version",
+            f"PublishPurchaseOrder creates version 1; version {order.version} is a change order (ChangePurchaseOrder)",
+        )
+    if suppliers is not None and order.supplier_id:
+        problem = supplier_problem(order.supplier_id, *suppliers.lookup(order.supplier_id))
+        if problem:
+            bad("supplier_id", problem)
 
     if not order.po_id.strip():
         bad("po_id", "is required")
@@ -215,14 +235,528 @@ def place_version(requested: int, latest: int) -> Sequence:
 
 
 SUPPLIER_ACTIVE = "active"
+SUPPLIER_MERGED = "merged"
+
+
+@dataclass
+class SupplierDirectory:
+    """Supplier states as supplier events tell them (a projection of the supplier stream, in memory)."""
+
+    status: dict[str, str] = field(default_factory=dict)
+    merged_into: dict[str, str] = field(default_factory=dict)
+
+    def set_status(self, supplier_id: str, status: str) -> None:
+        self.status[supplier_id] = status
+
+    def merge(self, merged_id: str, surviving_id: str) -> None:
+        self.status[merged_id] = SUPPLIER_MERGED
+        self.merged_into[merged_id] = surviving_id
+
+    def lookup(self, supplier_id: str) -> tuple[str | None, str]:
+        return self.status.get(supplier_id), self.merged_into.get(supplier_id, "")
 
 
 def supplier_problem(supplier_id: str, status: str | None, merged_into: str = "") -> str | None:
     """Why a PO may not name this supplier, or None. ``status`` comes from supplier events (None: never seen)."""
     if status is None:
         return f"supplier {supplier_id!r} is unknown to syncgov (no supplier record names it)"
-    if status == "merged":
+    if status == SUPPLIER_MERGED:
         return f"supplier {supplier_id!r} was merged into {merged_into!r}; order from {merged_into!r}"
     if status != SUPPLIER_ACTIVE:
         return f"supplier {supplier_id!r} is {status}; no new orders or changes"
     return None
+
+
+# --- The order as a decider (DESIGN §3 rule 9) --------------------------------------------------------------
+#
+# A PO's history is its events; ``evolve`` folds them into an OrderState and ``decide`` turns a command and
+# that state into one new event, nothing (the command was applied already) or a refusal. ``document`` is the
+# version as the contract carries it: the domain passes it along untouched, so events keep every field.
+
+Document = Any  # opaque to the domain: the contract's form of a version
+
+
+@dataclass(frozen=True, slots=True)
+class VersionPublished:
+    order: PurchaseOrder
+    document: Document
+    fingerprint: str
+    idempotency_key: str
+    source_system: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionChanged:
+    order: PurchaseOrder
+    document: Document
+    fingerprint: str
+    changes: Changes
+    idempotency_key: str
+    source_system: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class OrderCancelled:
+    """The cancelled version: the latest version's content with status cancelled (``based_on`` is its document)."""
+
+    order: PurchaseOrder
+    based_on: Document
+    reason: str
+    idempotency_key: str
+    fingerprint: str = ""  # of the cancelled document, known once it is built (stored events carry it)
+    document: Document = None  # the cancelled document, once stored
+    source_system: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionAcknowledged:
+    version: int
+    erp_document_number: str
+    acknowledged_at: datetime
+    propagation: timedelta
+    idempotency_key: str
+    source_system: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionRejected:
+    version: int
+    reason: str
+    idempotency_key: str
+    source_system: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VersionHeld:
+    """A version that arrived before its predecessor, kept until ``hold_until``."""
+
+    order: PurchaseOrder
+    document: Document
+    fingerprint: str
+    hold_until: datetime
+    idempotency_key: str  # the sender's key; the held event's own key is derived from it
+    source_system: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HoldExpired:
+    version: int
+    exception_id: str
+
+
+OrderEvent = (
+    VersionPublished
+    | VersionChanged
+    | OrderCancelled
+    | VersionAcknowledged
+    | VersionRejected
+    | VersionHeld
+    | HoldExpired
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVersion:
+    """One version of the order as stored: its content and where it landed."""
+
+    order: PurchaseOrder
+    document: Document
+    fingerprint: str
+    cancelled: bool
+    changes: Changes
+    recorded: Recorded[OrderEvent]
+
+    @property
+    def version(self) -> int:
+        return self.order.version
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledgment:
+    version: int
+    erp_document_number: str
+    acknowledged_at: datetime
+    propagation: timedelta
+    sequence: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeldVersion:
+    order: PurchaseOrder
+    document: Document
+    fingerprint: str
+    hold_until: datetime
+    idempotency_key: str
+    sequence: int
+    source_system: str
+
+    @property
+    def version(self) -> int:
+        return self.order.version
+
+
+@dataclass(frozen=True, slots=True)
+class OrderState:
+    """What an order's history says: its versions, the ERP's word on each, and versions held for later."""
+
+    versions: tuple[StoredVersion, ...] = ()
+    acknowledgments: Mapping[int, Acknowledgment] = field(default_factory=dict)
+    rejections: Mapping[int, int] = field(default_factory=dict)  # version -> sequence of its latest rejection
+    held: Mapping[int, HeldVersion] = field(default_factory=dict)
+    expired: frozenset[int] = frozenset()
+
+    @property
+    def exists(self) -> bool:
+        return bool(self.versions)
+
+    @property
+    def latest(self) -> StoredVersion | None:
+        return self.versions[-1] if self.versions else None
+
+    @property
+    def latest_version(self) -> int:
+        return self.versions[-1].version if self.versions else 0
+
+    def version(self, number: int) -> StoredVersion | None:
+        if 1 <= number <= len(self.versions) and self.versions[number - 1].version == number:
+            return self.versions[number - 1]
+        return next((v for v in self.versions if v.version == number), None)
+
+    def highest_acknowledgment(self) -> Acknowledgment | None:
+        return self.acknowledgments[max(self.acknowledgments)] if self.acknowledgments else None
+
+    @property
+    def acknowledged_version(self) -> int:
+        return max(self.acknowledgments, default=0)
+
+    def pending_held(self) -> list[HeldVersion]:
+        """Held versions neither applied nor expired, lowest version first."""
+        latest = self.latest_version
+        return sorted(
+            (h for v, h in self.held.items() if v > latest and v not in self.expired), key=lambda h: h.version
+        )
+
+    def next_hold_deadline(self) -> datetime | None:
+        return min((h.hold_until for h in self.pending_held()), default=None)
+
+
+INITIAL = OrderState()
+
+
+@dataclass(frozen=True, slots=True)
+class Unacknowledged:
+    """One entry of the unacknowledged list."""
+
+    po_id: str
+    latest_version: int
+    acknowledged_version: int
+    approved_at: float  # epoch seconds of the latest version's approval
+
+
+def evolve(state: OrderState, recorded: Recorded[OrderEvent]) -> OrderState:
+    event = recorded.event
+    if isinstance(event, VersionPublished | VersionChanged):
+        changes = event.changes if isinstance(event, VersionChanged) else Changes()
+        stored = StoredVersion(event.order, event.document, event.fingerprint, False, changes, recorded)
+        return replace(state, versions=(*state.versions, stored))
+    if isinstance(event, OrderCancelled):
+        stored = StoredVersion(event.order, event.document, event.fingerprint, True, Changes(), recorded)
+        return replace(state, versions=(*state.versions, stored))
+    if isinstance(event, VersionAcknowledged):
+        acknowledgment = Acknowledgment(
+            event.version, event.erp_document_number, event.acknowledged_at, event.propagation, recorded.sequence
+        )
+        return replace(state, acknowledgments={**state.acknowledgments, event.version: acknowledgment})
+    if isinstance(event, VersionRejected):
+        return replace(state, rejections={**state.rejections, event.version: recorded.sequence})
+    if isinstance(event, VersionHeld):
+        held = HeldVersion(
+            event.order,
+            event.document,
+            event.fingerprint,
+            event.hold_until,
+            event.idempotency_key,
+            recorded.sequence,
+            recorded.source_system,
+        )
+        return replace(state, held={**state.held, held.version: held})
+    return replace(state, expired=state.expired | {event.version})
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    """What decisions take from the policy in force."""
+
+    hold_window: timedelta
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOrder:
+    order: PurchaseOrder
+    document: Document
+    fingerprint: str
+    idempotency_key: str
+    source_system: str
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeOrder:
+    order: PurchaseOrder
+    document: Document
+    fingerprint: str
+    idempotency_key: str
+    source_system: str
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOrder:
+    po_id: str
+    version: int  # 0: the next one
+    reason: str
+    idempotency_key: str  # "" : the natural key
+    source_system: str
+
+
+@dataclass(frozen=True, slots=True)
+class AcknowledgeVersion:
+    po_id: str
+    version: int
+    erp_document_number: str
+    acknowledged_at: datetime
+    source_system: str
+
+
+@dataclass(frozen=True, slots=True)
+class RejectVersion:
+    po_id: str
+    version: int
+    reason: str
+    source_system: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseHeld:
+    """Apply the held version that follows the latest one, if its predecessor has landed."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExpireHold:
+    version: int
+    exception_id: str
+
+
+OrderCommand = PublishOrder | ChangeOrder | CancelOrder | AcknowledgeVersion | RejectVersion | ReleaseHeld | ExpireHold
+Decision = OrderEvent | Refusal | None
+
+
+def decide(command: OrderCommand, state: OrderState, now: datetime, rules: Rules) -> Decision:
+    """What ``command`` does to an order in ``state``: one event, nothing (already done), or a refusal."""
+    if isinstance(command, PublishOrder):
+        return _publish(command, state)
+    if isinstance(command, ChangeOrder):
+        return _change(command, state, now, rules)
+    if isinstance(command, CancelOrder):
+        return _cancel(command, state, now)
+    if isinstance(command, AcknowledgeVersion):
+        return _acknowledge(command, state)
+    if isinstance(command, RejectVersion):
+        return _reject(command, state)
+    if isinstance(command, ReleaseHeld):
+        return _release(state)
+    return _expire(command, state)
+
+
+def _publish(command: PublishOrder, state: OrderState) -> Decision:
+    if not state.exists:
+        return VersionPublished(
+            command.order, command.document, command.fingerprint, command.idempotency_key, command.source_system
+        )
+    stored = state.version(command.order.version)
+    if stored is not None and stored.fingerprint == command.fingerprint:
+        return None  # the same publication again
+    return duplicate_transaction(command.order, command.document, command.idempotency_key, stored)
+
+
+def _change(command: ChangeOrder, state: OrderState, now: datetime, rules: Rules) -> Decision:
+    order = command.order
+    latest = state.latest
+    if latest is None:
+        return Refusal(
+            RefusalKind.NOT_FOUND,
+            "PO_NOT_FOUND",
+            f"purchase order {order.po_id!r} is unknown: publish version 1 first",
+        )
+    stored = state.version(order.version)
+    if stored is not None and stored.fingerprint == command.fingerprint:
+        return None  # this change order was applied already
+    place = place_version(order.version, latest.version)
+    if place is Sequence.CURRENT:
+        return duplicate_transaction(order, command.document, command.idempotency_key, stored)
+    if place is Sequence.STALE:
+        return stale_version(order.po_id, order.version, latest.version)
+    if place is Sequence.AHEAD:
+        held = state.held.get(order.version)
+        if held is not None:
+            if held.fingerprint == command.fingerprint:
+                return None
+            return duplicate_transaction(order, command.document, command.idempotency_key, held)
+        return VersionHeld(
+            order,
+            command.document,
+            command.fingerprint,
+            now + rules.hold_window,
+            command.idempotency_key,
+            command.source_system,
+        )
+    if latest.cancelled:
+        return cancelled(order.po_id, latest.version)
+    return VersionChanged(
+        order,
+        command.document,
+        command.fingerprint,
+        changes_between(latest.order, order),
+        command.idempotency_key,
+        command.source_system,
+    )
+
+
+def _cancel(command: CancelOrder, state: OrderState, now: datetime) -> Decision:
+    latest = state.latest
+    if latest is None:
+        return Refusal(RefusalKind.NOT_FOUND, "PO_NOT_FOUND", f"purchase order {command.po_id!r} is unknown")
+    version = command.version or latest.version + 1
+    stored = state.version(version)
+    if stored is not None and stored.cancelled:
+        return None  # cancelled by this very command before
+    if latest.cancelled:
+        return Refusal(
+            RefusalKind.PRECONDITION,
+            "PO_CANCELLED",
+            f"purchase order {command.po_id} is already cancelled",
+            subject=f"{OBJECT_TYPE}/{command.po_id}",
+        )
+    if place_version(version, latest.version) is not Sequence.NEXT:
+        return Refusal(
+            RefusalKind.PRECONDITION,
+            "STALE_VERSION",
+            f"a cancellation of {command.po_id} is version {latest.version + 1}, not {version}",
+            subject=f"{OBJECT_TYPE}/{command.po_id}",
+            metadata={"latest_version": str(latest.version)},
+        )
+    order = replace(latest.order, version=version, cancelled=True, approved_at=now)
+    key = command.idempotency_key or natural_idempotency_key(command.source_system, command.po_id, version)
+    return OrderCancelled(order, latest.document, command.reason, key, source_system=command.source_system)
+
+
+def _acknowledge(command: AcknowledgeVersion, state: OrderState) -> Decision:
+    stored = state.version(command.version)
+    if stored is None:
+        return unknown_version(command.po_id, command.version, state)
+    known = state.acknowledgments.get(command.version)
+    if known is not None:
+        if known.erp_document_number == command.erp_document_number:
+            return None
+        return Refusal(
+            RefusalKind.CONFLICT,
+            "ALREADY_ACKNOWLEDGED",
+            f"version {command.version} was acknowledged as {known.erp_document_number}",
+            metadata={"erp_document_number": known.erp_document_number},
+        )
+    approved = stored.order.approved_at or command.acknowledged_at
+    return VersionAcknowledged(
+        command.version,
+        command.erp_document_number,
+        command.acknowledged_at,
+        max(timedelta(0), command.acknowledged_at - approved),
+        f"{command.source_system}:purchase_order_acknowledgment:{command.po_id}:v{command.version}",
+        command.source_system,
+    )
+
+
+def _reject(command: RejectVersion, state: OrderState) -> Decision:
+    if state.version(command.version) is None:
+        return unknown_version(command.po_id, command.version, state)
+    if command.version in state.rejections:
+        return None  # the ERP said so already; the answer is the same
+    return VersionRejected(
+        command.version,
+        command.reason,
+        f"{command.source_system}:purchase_order_rejection:{command.po_id}:v{command.version}",
+        command.source_system,
+    )
+
+
+def _release(state: OrderState) -> Decision:
+    latest = state.latest
+    if latest is None or latest.cancelled:
+        return None
+    following = state.held.get(latest.version + 1)
+    if following is None or following.version in state.expired:
+        return None
+    return VersionChanged(
+        following.order,
+        following.document,
+        following.fingerprint,
+        changes_between(latest.order, following.order),
+        following.idempotency_key,
+        following.source_system,
+    )
+
+
+def _expire(command: ExpireHold, state: OrderState) -> Decision:
+    held = state.held.get(command.version)
+    if held is None or command.version in state.expired or state.version(command.version) is not None:
+        return None
+    return HoldExpired(command.version, command.exception_id)
+
+
+def due_holds(state: OrderState, now: datetime) -> list[HeldVersion]:
+    """Held versions whose window has run out."""
+    return [h for h in state.pending_held() if h.hold_until <= now]
+
+
+def duplicate_transaction(
+    order: PurchaseOrder, document: Document, key: str, existing: StoredVersion | HeldVersion | None
+) -> Refusal:
+    """Same order and version (or key) with different content: refused, and raised as an exception."""
+    evidence = (existing.document, document) if existing is not None else (document,)
+    return Refusal(
+        RefusalKind.CONFLICT,
+        "DUPLICATE_TRANSACTION",
+        f"purchase order {order.po_id} version {order.version} already exists with different content; "
+        f"publish a change order (version {order.version + 1}) instead",
+        metadata={"po_id": order.po_id, "version": str(order.version), "idempotency_key": key},
+        exception="duplicate_transaction",
+        evidence=evidence,
+    )
+
+
+def stale_version(po_id: str, version: int, latest: int) -> Refusal:
+    return Refusal(
+        RefusalKind.PRECONDITION,
+        "STALE_VERSION",
+        f"version {version} of {po_id} is superseded: the latest is {latest}",
+        subject=f"{OBJECT_TYPE}/{po_id}",
+        metadata={"latest_version": str(latest)},
+    )
+
+
+def cancelled(po_id: str, version: int) -> Refusal:
+    return Refusal(
+        RefusalKind.PRECONDITION,
+        "PO_CANCELLED",
+        f"purchase order {po_id} is cancelled (version {version})",
+        subject=f"{OBJECT_TYPE}/{po_id}",
+    )
+
+
+def unknown_version(po_id: str, version: int, state: OrderState) -> Refusal:
+    if not state.exists:
+        return Refusal(RefusalKind.NOT_FOUND, "PO_NOT_FOUND", f"purchase order {po_id!r} is unknown")
+    return Refusal(
+        RefusalKind.PRECONDITION,
+        "UNKNOWN_VERSION",
+        f"purchase order {po_id} has no version {version} (latest {state.latest_version})",
+        subject=f"{OBJECT_TYPE}/{po_id}",
+        metadata={"latest_version": str(state.latest_version)},
+    )

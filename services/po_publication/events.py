@@ -1,19 +1,24 @@
-"""What po-publication publishes: every version of an order, and the ERP's word on each."""
+"""What po-publication publishes and consumes: the order's domain events in their contract form.
+
+``encode`` turns a domain event into the envelope's payload on ``<ns>.po.<po id>.<name>``; ``decode``
+turns a stored event back into the domain event ``evolve`` folds. The supplier events it follows only
+update the supplier directory.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import replace
+from datetime import timedelta
 
-from google.protobuf import timestamp_pb2
+from google.protobuf import duration_pb2, timestamp_pb2
 
-from libs.runtime.events import Event, StoredEvent
-from services.po_publication.domain import OBJECT_TYPE
+from libs.runtime.events import Event, StoredEvent, content_sha256
+from libs.runtime.values import datetime_from_proto
+from services.po_publication import domain, mapping
 from syncgov.po.v1 import events_pb2, po_pb2
 from syncgov.supplier.v1 import events_pb2 as supplier_events_pb2
 from syncgov.supplier.v1 import supplier_pb2
-
-if TYPE_CHECKING:  # store.py imports this module's names
-    from services.po_publication.store import SupplierDirectory
 
 DOMAIN = "po"
 PUBLISHED = "published"
@@ -24,106 +29,172 @@ REJECTED = "rejected"
 HELD = "held"
 HOLD_EXPIRED = "hold_expired"
 DOCUMENT_EVENTS = frozenset({PUBLISHED, CHANGED, CANCELLED})
+HELD_KEY_PREFIX = "held:"
+SYNCGOV_SYSTEM = "syncgov"
 
 
-def purchase_order_published(
-    order: po_pb2.PurchaseOrder,
-    *,
-    idempotency_key: str,
-    source_system: str,
-    content_sha256: str,
-    approved_at: timestamp_pb2.Timestamp | None,
-) -> Event:
+def _timestamp(moment: object) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)  # type: ignore[arg-type]
+    return stamp
+
+
+def _duration(span: timedelta) -> duration_pb2.Duration:
+    value = duration_pb2.Duration()
+    value.FromTimedelta(span)
+    return value
+
+
+def cancelled_document(event: domain.OrderCancelled) -> po_pb2.PurchaseOrder:
+    """The cancelled version: the latest version's document, numbered anew, status cancelled."""
+    document = po_pb2.PurchaseOrder()
+    document.CopyFrom(event.based_on)
+    document.version = event.order.version
+    document.status = po_pb2.PURCHASE_ORDER_STATUS_CANCELLED
+    if event.order.approved_at is not None:
+        document.approved_at.CopyFrom(_timestamp(event.order.approved_at))
+    return document
+
+
+def encode(po_id: str, event: domain.OrderEvent) -> Event:
+    """The event to publish for a domain event of order ``po_id``."""
+    source_system = SYNCGOV_SYSTEM if isinstance(event, domain.HoldExpired) else event.source_system
+    occurred: timestamp_pb2.Timestamp | None = None
+    fingerprint = ""
+    key = ""
+    version: int
+    if isinstance(event, domain.VersionPublished):
+        name, version, key, fingerprint = PUBLISHED, event.order.version, event.idempotency_key, event.fingerprint
+        payload: object = events_pb2.PurchaseOrderPublished(purchase_order=event.document)
+        occurred = event.document.approved_at if event.document.HasField("approved_at") else None
+    elif isinstance(event, domain.VersionChanged):
+        name, version, key, fingerprint = CHANGED, event.order.version, event.idempotency_key, event.fingerprint
+        payload = events_pb2.PurchaseOrderChanged(
+            purchase_order=event.document, changes=mapping.changes_to_proto(event.changes)
+        )
+        occurred = event.document.approved_at if event.document.HasField("approved_at") else None
+    elif isinstance(event, domain.OrderCancelled):
+        document = cancelled_document(event)
+        name, version, key, fingerprint = (
+            CANCELLED,
+            event.order.version,
+            event.idempotency_key,
+            content_sha256(document),
+        )
+        payload = events_pb2.PurchaseOrderCancelled(purchase_order=document, reason=event.reason)
+    elif isinstance(event, domain.VersionAcknowledged):
+        name, version, key = ACKNOWLEDGED, event.version, event.idempotency_key
+        acknowledgment = po_pb2.ErpAcknowledgment(version=event.version, erp_document_number=event.erp_document_number)
+        acknowledgment.acknowledged_at.CopyFrom(_timestamp(event.acknowledged_at))
+        payload = events_pb2.PurchaseOrderAcknowledged(
+            po_id=po_id, acknowledgment=acknowledgment, propagation_time=_duration(event.propagation)
+        )
+        occurred = acknowledgment.acknowledged_at
+    elif isinstance(event, domain.VersionRejected):
+        name, version, key = REJECTED, event.version, event.idempotency_key
+        payload = events_pb2.PurchaseOrderRejected(po_id=po_id, version=event.version, reason=event.reason)
+    elif isinstance(event, domain.VersionHeld):
+        name, version, fingerprint = HELD, event.order.version, event.fingerprint
+        key = HELD_KEY_PREFIX + event.idempotency_key
+        payload = events_pb2.PurchaseOrderVersionHeld(
+            purchase_order=event.document, hold_until=_timestamp(event.hold_until)
+        )
+    else:
+        name, version = HOLD_EXPIRED, event.version
+        key = f"hold-expired:{po_id}:v{event.version}"
+        payload = events_pb2.PurchaseOrderHoldExpired(
+            po_id=po_id, version=event.version, exception_id=event.exception_id
+        )
     return Event(
         domain=DOMAIN,
-        object_type=OBJECT_TYPE,
-        object_key=order.po_id,
-        object_version=order.version,
-        name=PUBLISHED,
-        payload=events_pb2.PurchaseOrderPublished(purchase_order=order),
-        idempotency_key=idempotency_key,
-        source_system=source_system,
-        content_sha256=content_sha256,
-        workflow_key=order.po_id,
-        occurred_at=approved_at,
-    )
-
-
-def _event(
-    order_id: str,
-    version: int,
-    name: str,
-    payload,
-    key: str,
-    source: str,
-    fingerprint: str = "",
-    occurred_at: timestamp_pb2.Timestamp | None = None,
-) -> Event:
-    return Event(
-        domain=DOMAIN,
-        object_type=OBJECT_TYPE,
-        object_key=order_id,
+        object_type=domain.OBJECT_TYPE,
+        object_key=po_id,
         object_version=version,
         name=name,
-        payload=payload,
+        payload=payload,  # type: ignore[arg-type]
         idempotency_key=key,
-        source_system=source,
+        source_system=source_system,
         content_sha256=fingerprint,
-        workflow_key=order_id,
-        occurred_at=occurred_at,
+        workflow_key=po_id,
+        occurred_at=occurred,
     )
 
 
-def purchase_order_changed(
-    order: po_pb2.PurchaseOrder,
-    changes: po_pb2.PurchaseOrderChanges,
-    *,
-    idempotency_key: str,
-    source_system: str,
-    content_sha256: str,
-) -> Event:
-    payload = events_pb2.PurchaseOrderChanged(purchase_order=order, changes=changes)
-    return _event(
-        order.po_id,
-        order.version,
-        CHANGED,
-        payload,
-        idempotency_key,
-        source_system,
-        content_sha256,
-        order.approved_at if order.HasField("approved_at") else None,
-    )
+def settle(event: domain.OrderEvent, message: Event) -> domain.OrderEvent:
+    """A cancellation's document exists only once encoded: fold what was published."""
+    if isinstance(event, domain.OrderCancelled):
+        payload = message.payload
+        assert isinstance(payload, events_pb2.PurchaseOrderCancelled)
+        return replace(event, document=payload.purchase_order, fingerprint=message.content_sha256)
+    return event
 
 
-def purchase_order_cancelled(
-    order: po_pb2.PurchaseOrder, reason: str, *, idempotency_key: str, source_system: str, content_sha256: str
-) -> Event:
-    payload = events_pb2.PurchaseOrderCancelled(purchase_order=order, reason=reason)
-    return _event(order.po_id, order.version, CANCELLED, payload, idempotency_key, source_system, content_sha256)
+def _order(document: po_pb2.PurchaseOrder) -> domain.PurchaseOrder:
+    order, problems = mapping.to_domain(document)
+    if order is None:  # only validated versions are ever stored
+        raise ValueError(f"stored purchase order {document.po_id} v{document.version} is unreadable: {problems}")
+    return order
 
 
-def purchase_order_acknowledged(
-    po_id: str, acknowledgment: po_pb2.ErpAcknowledgment, propagation, *, idempotency_key: str, source_system: str
-) -> Event:
-    payload = events_pb2.PurchaseOrderAcknowledged(
-        po_id=po_id, acknowledgment=acknowledgment, propagation_time=propagation
-    )
-    return _event(
-        po_id,
-        acknowledgment.version,
-        ACKNOWLEDGED,
-        payload,
-        idempotency_key,
-        source_system,
-        occurred_at=acknowledgment.acknowledged_at,
-    )
-
-
-def purchase_order_rejected(
-    po_id: str, version: int, reason: str, *, idempotency_key: str, source_system: str
-) -> Event:
-    payload = events_pb2.PurchaseOrderRejected(po_id=po_id, version=version, reason=reason)
-    return _event(po_id, version, REJECTED, payload, idempotency_key, source_system)
+def decode(stored: StoredEvent) -> domain.OrderEvent | None:
+    """The domain event a stored PO event holds (None for anything else on the order's subject)."""
+    name = stored.subject.rsplit(".", 1)[-1]
+    envelope = stored.envelope
+    if name == PUBLISHED:
+        document = stored.unpack(events_pb2.PurchaseOrderPublished).purchase_order
+        return domain.VersionPublished(
+            _order(document), document, envelope.content_sha256, envelope.idempotency_key, envelope.source_system
+        )
+    if name == CHANGED:
+        changed = stored.unpack(events_pb2.PurchaseOrderChanged)
+        return domain.VersionChanged(
+            _order(changed.purchase_order),
+            changed.purchase_order,
+            envelope.content_sha256,
+            mapping.changes_from_proto(changed.changes),
+            envelope.idempotency_key,
+            envelope.source_system,
+        )
+    if name == CANCELLED:
+        cancelled = stored.unpack(events_pb2.PurchaseOrderCancelled)
+        return domain.OrderCancelled(
+            _order(cancelled.purchase_order),
+            cancelled.purchase_order,
+            cancelled.reason,
+            envelope.idempotency_key,
+            fingerprint=envelope.content_sha256 or content_sha256(cancelled.purchase_order),
+            document=cancelled.purchase_order,
+            source_system=envelope.source_system,
+        )
+    if name == ACKNOWLEDGED:
+        acknowledged = stored.unpack(events_pb2.PurchaseOrderAcknowledged)
+        return domain.VersionAcknowledged(
+            acknowledged.acknowledgment.version,
+            acknowledged.acknowledgment.erp_document_number,
+            datetime_from_proto(acknowledged.acknowledgment.acknowledged_at),
+            acknowledged.propagation_time.ToTimedelta(),
+            envelope.idempotency_key,
+            envelope.source_system,
+        )
+    if name == REJECTED:
+        rejected = stored.unpack(events_pb2.PurchaseOrderRejected)
+        return domain.VersionRejected(
+            rejected.version, rejected.reason, envelope.idempotency_key, envelope.source_system
+        )
+    if name == HELD:
+        held = stored.unpack(events_pb2.PurchaseOrderVersionHeld)
+        return domain.VersionHeld(
+            _order(held.purchase_order),
+            held.purchase_order,
+            envelope.content_sha256,
+            datetime_from_proto(held.hold_until),
+            envelope.idempotency_key.removeprefix(HELD_KEY_PREFIX),
+            envelope.source_system,
+        )
+    if name == HOLD_EXPIRED:
+        expired = stored.unpack(events_pb2.PurchaseOrderHoldExpired)
+        return domain.HoldExpired(expired.version, expired.exception_id)
+    return None
 
 
 _SUPPLIER_STATUS = {
@@ -134,7 +205,7 @@ _SUPPLIER_STATUS = {
 }
 
 
-def on_supplier_event(directory: SupplierDirectory):
+def on_supplier_event(directory: domain.SupplierDirectory) -> Callable[[StoredEvent], None]:
     """Keeps the supplier directory current from supplier-normalization's events (never its storage)."""
 
     def apply(event: StoredEvent) -> None:
@@ -150,20 +221,3 @@ def on_supplier_event(directory: SupplierDirectory):
             directory.set_status(changed.supplier_id, _SUPPLIER_STATUS.get(changed.status, "inactive"))
 
     return apply
-
-
-def purchase_order_held(
-    order: po_pb2.PurchaseOrder,
-    hold_until: timestamp_pb2.Timestamp,
-    *,
-    idempotency_key: str,
-    source_system: str,
-    content_sha256: str,
-) -> Event:
-    payload = events_pb2.PurchaseOrderVersionHeld(purchase_order=order, hold_until=hold_until)
-    return _event(order.po_id, order.version, HELD, payload, f"held:{idempotency_key}", source_system, content_sha256)
-
-
-def purchase_order_hold_expired(po_id: str, version: int, exception_id: str) -> Event:
-    payload = events_pb2.PurchaseOrderHoldExpired(po_id=po_id, version=version, exception_id=exception_id)
-    return _event(po_id, version, HOLD_EXPIRED, payload, f"hold-expired:{po_id}:v{version}", "syncgov")

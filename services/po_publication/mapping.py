@@ -1,20 +1,22 @@
 """Purchase orders between the contract and the domain: conversion, validation into field violations,
-and the responses rebuilt from stored events."""
+and the responses built from an order's state."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from google.protobuf import timestamp_pb2
+
 from libs.policy.engine import Policy
-from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, ServiceError
-from libs.runtime.events import StoredEvent
+from libs.runtime.errors import FieldViolation, InvalidArgument
+from libs.runtime.events import timestamp
 from libs.runtime.subjects import MAX_KEY_CHARS
 from libs.runtime.values import date_from_proto, datetime_from_proto, decimal_from_proto, money_from_proto
 from services.po_publication import domain
-from services.po_publication.store import SupplierDirectory
-from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2
+from syncgov.po.v1 import po_pb2, po_service_pb2
 
 PUBLISH_FIELD = "purchase_order"
+MAX_IDEMPOTENCY_KEY_CHARS = 512
 
 
 def normalized_first_version(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
@@ -34,48 +36,40 @@ def normalized(order: po_pb2.PurchaseOrder) -> po_pb2.PurchaseOrder:
     return order
 
 
-def reject_invalid(
+def valid_order(
     order: po_pb2.PurchaseOrder,
     idempotency_key: str,
     *,
-    suppliers: SupplierDirectory,
+    suppliers: domain.SupplierDirectory,
     policy: Policy,
-    change: bool = False,
-) -> None:
+    change: bool,
+) -> domain.PurchaseOrder:
+    """The domain form of a version, or INVALID_ARGUMENT listing every problem (nothing is published)."""
     violations: list[FieldViolation] = []
-    if order.supplier_id:
-        problem = domain.supplier_problem(order.supplier_id, *suppliers.lookup(order.supplier_id))
-        if problem:
-            violations.append(FieldViolation(f"{PUBLISH_FIELD}.supplier_id", problem))
-    if change and order.version < 2:
-        violations.append(
-            FieldViolation(f"{PUBLISH_FIELD}.version", "a change order is version 2 or later (version 1 is published)")
-        )
-    if not change and order.version != 1:
-        violations.append(
-            FieldViolation(
-                f"{PUBLISH_FIELD}.version",
-                f"PublishPurchaseOrder creates version 1; version {order.version} is a change order "
-                "(ChangePurchaseOrder)",
-            )
-        )
     if len(order.po_id) > MAX_KEY_CHARS:
         violations.append(FieldViolation(f"{PUBLISH_FIELD}.po_id", f"must be at most {MAX_KEY_CHARS} characters"))
-    if len(idempotency_key) > 512:
-        violations.append(FieldViolation("idempotency_key", "must be at most 512 characters"))
+    if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
+        violations.append(FieldViolation("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"))
     parsed, conversion_problems = to_domain(order)
     violations.extend(conversion_problems)
     if parsed is not None:
-        now = datetime.now(UTC)
-        rules = domain.validate_order(parsed, now, sites=policy.sites, past_margin=policy.requested_date_past_margin)
+        rules = domain.validate_order(
+            parsed,
+            datetime.now(UTC),
+            sites=policy.sites,
+            past_margin=policy.requested_date_past_margin,
+            suppliers=suppliers,
+            change=change,
+        )
         violations.extend(FieldViolation(v.field, v.description) for v in rules)
-    if violations:
+    if violations or parsed is None:
         raise InvalidArgument(
             f"purchase order {order.po_id or '(no id)'} is invalid: {len(violations)} problem(s); "
             "nothing was published",
             violations=violations,
             reason="INVALID_PURCHASE_ORDER",
         )
+    return parsed
 
 
 def to_domain(order: po_pb2.PurchaseOrder) -> tuple[domain.PurchaseOrder | None, list[FieldViolation]]:
@@ -139,63 +133,100 @@ def changes_to_proto(changes: domain.Changes) -> po_pb2.PurchaseOrderChanges:
     )
 
 
-def change_response(stored: StoredEvent) -> po_service_pb2.ChangePurchaseOrderResponse:
-    changed = stored.unpack(events_pb2.PurchaseOrderChanged)
-    envelope = stored.envelope
+def changes_from_proto(changes: po_pb2.PurchaseOrderChanges) -> domain.Changes:
+    return domain.Changes(
+        added_lines=tuple(changes.added_line_numbers),
+        removed_lines=tuple(changes.removed_line_numbers),
+        quantity_changed=tuple(changes.quantity_changed_line_numbers),
+        price_changed=tuple(changes.price_changed_line_numbers),
+        date_changed=tuple(changes.date_changed_line_numbers),
+        header_fields=tuple(changes.header_fields),
+    )
+
+
+def publish_response(stored: domain.StoredVersion) -> po_service_pb2.PublishPurchaseOrderResponse:
+    recorded = stored.recorded
+    return po_service_pb2.PublishPurchaseOrderResponse(
+        po_id=stored.order.po_id,
+        version=stored.version,
+        event_id=recorded.event_id,
+        stream_sequence=recorded.sequence,
+        published_at=_timestamp_ns(recorded.recorded_at_ns),
+        idempotency_key=recorded.idempotency_key,
+    )
+
+
+def _timestamp_ns(nanos: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(nanos)
+    return stamp
+
+
+def change_response(stored: domain.StoredVersion) -> po_service_pb2.ChangePurchaseOrderResponse:
+    recorded = stored.recorded
     return po_service_pb2.ChangePurchaseOrderResponse(
-        po_id=envelope.object_key,
-        version=envelope.object_version,
-        event_id=envelope.event_id,
-        stream_sequence=stored.sequence,
-        changes=changed.changes,
-        idempotency_key=envelope.idempotency_key,
+        po_id=stored.order.po_id,
+        version=stored.version,
+        event_id=recorded.event_id,
+        stream_sequence=recorded.sequence,
+        changes=changes_to_proto(stored.changes),
+        idempotency_key=recorded.idempotency_key,
     )
 
 
-def cancel_response(stored: StoredEvent) -> po_service_pb2.CancelPurchaseOrderResponse:
-    envelope = stored.envelope
+def held_response(held: domain.HeldVersion) -> po_service_pb2.ChangePurchaseOrderResponse:
+    return po_service_pb2.ChangePurchaseOrderResponse(
+        po_id=held.order.po_id, version=held.version, held=True, idempotency_key=held.idempotency_key
+    )
+
+
+def cancel_response(stored: domain.StoredVersion) -> po_service_pb2.CancelPurchaseOrderResponse:
+    recorded = stored.recorded
     return po_service_pb2.CancelPurchaseOrderResponse(
-        po_id=envelope.object_key,
-        version=envelope.object_version,
-        event_id=envelope.event_id,
-        stream_sequence=stored.sequence,
+        po_id=stored.order.po_id,
+        version=stored.version,
+        event_id=recorded.event_id,
+        stream_sequence=recorded.sequence,
     )
 
 
-def unknown_version(po_id: str, version: int, history) -> ServiceError:
-    if not history.versions:
-        return NotFound(f"purchase order {po_id!r} is unknown", reason="PO_NOT_FOUND")
-    return FailedPrecondition(
-        f"purchase order {po_id} has no version {version} (latest {history.latest_version})",
-        subject=f"purchase_order/{po_id}",
-        reason="UNKNOWN_VERSION",
-        metadata={"latest_version": str(history.latest_version)},
+def acknowledgment_to_proto(acknowledgment: domain.Acknowledgment) -> po_pb2.ErpAcknowledgment:
+    message = po_pb2.ErpAcknowledgment(
+        version=acknowledgment.version, erp_document_number=acknowledgment.erp_document_number
     )
+    message.acknowledged_at.CopyFrom(timestamp(acknowledgment.acknowledged_at))
+    return message
 
 
-def required_po_id(po_id: str) -> str:
+def required_po_id(po_id: str, field: str = "po_id") -> str:
     if not po_id.strip():
-        raise InvalidArgument("po_id is required", violations=[FieldViolation("po_id", "is required")])
+        raise InvalidArgument(f"{field} is required", violations=[FieldViolation(field, "is required")])
+    if len(po_id) > MAX_KEY_CHARS:
+        raise InvalidArgument(
+            f"{field} is longer than {MAX_KEY_CHARS} characters",
+            violations=[FieldViolation(field, f"must be at most {MAX_KEY_CHARS} characters")],
+        )
     return po_id
 
 
-def order_of(event: StoredEvent) -> po_pb2.PurchaseOrder:
-    for message_type in (
-        events_pb2.PurchaseOrderPublished,
-        events_pb2.PurchaseOrderChanged,
-        events_pb2.PurchaseOrderCancelled,
-    ):
-        if event.envelope.payload.Is(message_type.DESCRIPTOR):
-            return event.unpack(message_type).purchase_order
-    raise TypeError(f"{event.envelope.event_type} carries no purchase order")
+def required_text(value: str, field: str, what: str) -> str:
+    if not value.strip():
+        raise InvalidArgument(f"{what} is required", violations=[FieldViolation(field, "is required")])
+    return value
 
 
-def publish_response(order, event_id, sequence, recorded_at, key) -> po_service_pb2.PublishPurchaseOrderResponse:
-    return po_service_pb2.PublishPurchaseOrderResponse(
-        po_id=order.po_id,
-        version=order.version,
-        event_id=event_id,
-        stream_sequence=sequence,
-        published_at=recorded_at,
-        idempotency_key=key,
+def document_of(stored: domain.StoredVersion) -> po_pb2.PurchaseOrder:
+    document = stored.document
+    assert isinstance(document, po_pb2.PurchaseOrder)
+    return document
+
+
+def unacknowledged_to_proto(entry: domain.Unacknowledged) -> po_service_pb2.UnacknowledgedPurchaseOrder:
+    approved = timestamp_pb2.Timestamp()
+    approved.FromNanoseconds(round(entry.approved_at * 1_000_000) * 1000)
+    return po_service_pb2.UnacknowledgedPurchaseOrder(
+        po_id=entry.po_id,
+        latest_version=entry.latest_version,
+        acknowledged_version=entry.acknowledged_version,
+        approved_at=approved,
     )

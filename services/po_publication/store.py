@@ -1,174 +1,171 @@
-"""po-publication's storage: the PO stream (source of truth) and its Valkey keyspace ``<ns>:po-publication:``."""
+"""po-publication's storage: the PO stream (source of truth) through the command handler, and the Valkey
+read models ``<ns>:po-publication:*`` that are projections of it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Sequence
+from datetime import datetime
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
 
-from libs.runtime.events import Event, EventPublisher, EventReader, Published, StoredEvent
-from libs.runtime.idempotency import IdempotencyStore
-from services.po_publication.events import ACKNOWLEDGED, DOCUMENT_EVENTS, DOMAIN, HELD, HOLD_EXPIRED
-from syncgov.po.v1 import events_pb2
+from libs.runtime.commands import CommandHandler, StreamLog, recorded
+from libs.runtime.decider import Recorded
+from libs.runtime.events import EventPublisher, EventReader
+from services.po_publication import domain, events
 
-
-@dataclass(frozen=True, slots=True)
-class OrderHistory:
-    """One order as its events tell it: versions oldest first, the ERP's acknowledgments, and the sequence
-    the next write must expect."""
-
-    versions: list[StoredEvent]
-    acknowledgments: list[StoredEvent]
-    last_sequence: int
-    held: list[StoredEvent] = ()  # versions that arrived before their predecessor
-    expired: frozenset[int] = frozenset()  # held versions whose hold ran out
-
-    def pending_held(self) -> list[StoredEvent]:
-        """Held versions neither applied nor expired, lowest version first."""
-        applied = {e.envelope.object_version for e in self.versions}
-        pending = [e for e in self.held if e.envelope.object_version not in applied | self.expired]
-        return sorted(pending, key=lambda e: e.envelope.object_version)
-
-    @property
-    def latest_version(self) -> int:
-        return self.versions[-1].envelope.object_version if self.versions else 0
-
-    def version(self, number: int) -> StoredEvent | None:
-        return next((e for e in self.versions if e.envelope.object_version == number), None)
+OrderCommands = CommandHandler[domain.OrderState, domain.OrderEvent]
 
 
-class PurchaseOrderStore:
+def order_log(publisher: EventPublisher, reader: EventReader) -> StreamLog[domain.OrderEvent]:
+    return StreamLog(publisher, reader, events.DOMAIN, encode=events.encode, decode=events.decode, settle=events.settle)
+
+
+def size_of(state: domain.OrderState) -> int:
+    """About what a folded order holds in memory: its documents dominate."""
+    documents = sum(v.document.ByteSize() for v in state.versions if v.document is not None)
+    documents += sum(h.document.ByteSize() for h in state.held.values())
+    return 512 + 3 * documents + 256 * (len(state.versions) + len(state.acknowledgments))
+
+
+# One round trip for a page: the ids in approval order and their entries.
+_PAGE = """
+local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
+if #ids == 0 then return {} end
+local entries = redis.call('HMGET', KEYS[2], unpack(ids))
+local out = {}
+for i, id in ipairs(ids) do out[#out + 1] = id; out[#out + 1] = entries[i] or false end
+return out
+"""
+
+
+class UnacknowledgedOrders:
+    """Read model: orders whose latest version the ERP has not acknowledged, oldest approval first.
+
+    A sorted set (po id by approval time) and a hash (po id -> entry). No TTL: it mirrors the stream and
+    is rebuilt from it."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self._redis = redis
+        self._order = key
+        self._entries = key + ":entries"
+        self._page = redis.register_script(_PAGE)
+
+    async def applied(self, key: str, state: domain.OrderState, recorded: Recorded[domain.OrderEvent]) -> None:
+        if isinstance(recorded.event, domain.VersionRejected | domain.VersionHeld | domain.HoldExpired):
+            return  # the latest version and the ERP's acknowledgments are unchanged
+        pipeline = self._redis.pipeline(transaction=False)
+        self.write(pipeline, key, state)
+        await pipeline.execute()
+
+    def write(self, pipeline: Pipeline, po_id: str, state: domain.OrderState) -> None:
+        latest = state.latest
+        if latest is None:
+            return
+        acknowledged = state.acknowledged_version
+        if acknowledged >= latest.version:
+            pipeline.zrem(self._order, po_id)
+            pipeline.hdel(self._entries, po_id)
+            return
+        approved = latest.order.approved_at.timestamp() if latest.order.approved_at else 0.0
+        entry = json.dumps([latest.version, acknowledged, approved])
+        pipeline.zadd(self._order, {po_id: approved})
+        pipeline.hset(self._entries, po_id, entry)
+
+    async def page(self, offset: int, count: int) -> tuple[list[domain.Unacknowledged], bool]:
+        raw = await self._page(keys=[self._order, self._entries], args=[offset, offset + count])
+        found: list[domain.Unacknowledged] = []
+        for index in range(0, len(raw), 2):
+            po_id = raw[index].decode() if isinstance(raw[index], bytes) else str(raw[index])
+            entry = raw[index + 1]
+            if not entry:
+                continue
+            latest, acknowledged, approved = json.loads(entry)
+            found.append(domain.Unacknowledged(po_id, int(latest), int(acknowledged), float(approved)))
+        more = len(raw) // 2 > count
+        return found[:count], more
+
+    def clear(self, pipeline: Pipeline) -> None:
+        pipeline.delete(self._order, self._entries)
+
+
+class HoldDeadlines:
+    """The sweeper's to-do list: orders holding out-of-order versions, scored by the earliest deadline.
+    The held versions themselves are events in the stream; no TTL, it is rebuilt from the stream."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self._redis = redis
+        self._key = key
+
+    async def applied(self, key: str, state: domain.OrderState, recorded: Recorded[domain.OrderEvent]) -> None:
+        if not isinstance(recorded.event, domain.VersionHeld | domain.HoldExpired | domain.VersionChanged):
+            return
+        pipeline = self._redis.pipeline(transaction=False)
+        self.write(pipeline, key, state)
+        await pipeline.execute()
+
+    def write(self, pipeline: Pipeline, po_id: str, state: domain.OrderState) -> None:
+        deadline = state.next_hold_deadline()
+        if deadline is None:
+            pipeline.zrem(self._key, po_id)
+        else:
+            pipeline.zadd(self._key, {po_id: deadline.timestamp()})
+
+    async def reschedule(self, po_id: str, state: domain.OrderState) -> None:
+        pipeline = self._redis.pipeline(transaction=False)
+        self.write(pipeline, po_id, state)
+        await pipeline.execute()
+
+    async def due(self, now: datetime) -> list[str]:
+        members = await self._redis.zrangebyscore(self._key, 0, now.timestamp())
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
+    def clear(self, pipeline: Pipeline) -> None:
+        pipeline.delete(self._key)
+
+
+class ReadModels:
+    """Both read models, rebuilt together from the PO stream when Valkey lost them."""
+
     def __init__(
         self,
-        publisher: EventPublisher,
-        reader: EventReader,
-        idempotency: IdempotencyStore,
         redis: Redis,
-        unacked_key: str,
-        held_key: str,
+        reader: EventReader,
+        unacknowledged: UnacknowledgedOrders,
+        holds: HoldDeadlines,
+        marker: str,
     ) -> None:
-        self._publisher = publisher
-        self._reader = reader
-        self.idempotency = idempotency
         self._redis = redis
-        # Read model: orders whose latest version the ERP has not acknowledged, scored by the approval
-        # time of that version. No TTL: it mirrors the stream and is rebuilt from it (rebuild_read_models).
-        self._unacked = unacked_key
-        # Orders holding out-of-order versions, scored by the earliest hold deadline; the versions themselves
-        # are events in the stream (durable), this is only the sweeper's to-do list. No TTL, like the above.
-        self._held = held_key
+        self._reader = reader
+        self.unacknowledged = unacknowledged
+        self.holds = holds
+        self._marker = marker
 
-    async def rebuild_read_models(self) -> int:
-        """Rebuild the unacknowledged list and the held to-do list from the PO stream, unless Valkey still
-        has them (a marker key says so). Returns the number of events read."""
-        marker = self._unacked + ":built"
-        if await self._redis.exists(marker):
+    @property
+    def projections(self) -> Sequence[UnacknowledgedOrders | HoldDeadlines]:
+        return (self.unacknowledged, self.holds)
+
+    async def rebuild(self) -> int:
+        """Fold the whole PO stream and write both read models, unless Valkey still has them (a marker key
+        says so). Returns the number of events read."""
+        if await self._redis.exists(self._marker):
             return 0
-        latest: dict[str, tuple[int, float]] = {}
-        acknowledged: dict[str, int] = {}
-        held: dict[str, dict[int, float]] = {}
-        done: dict[str, set[int]] = {}
+        states: dict[str, domain.OrderState] = {}
         count = 0
-        async for event in self._reader.scan(DOMAIN):
+        async for stored in self._reader.scan(events.DOMAIN):
             count += 1
-            po_id, version, name = event.envelope.object_key, event.envelope.object_version, _event_name(event)
-            if name in DOCUMENT_EVENTS:
-                occurred = event.envelope.occurred_at
-                latest[po_id] = (version, occurred.seconds + occurred.nanos / 1e9)
-                done.setdefault(po_id, set()).add(version)
-            elif name == ACKNOWLEDGED:
-                acknowledged[po_id] = max(acknowledged.get(po_id, 0), version)
-            elif name == HELD:
-                until = event.unpack(events_pb2.PurchaseOrderVersionHeld).hold_until
-                held.setdefault(po_id, {})[version] = until.seconds + until.nanos / 1e9
-            elif name == HOLD_EXPIRED:
-                done.setdefault(po_id, set()).add(version)
+            event = events.decode(stored)
+            if event is None:
+                continue
+            key = stored.envelope.object_key
+            states[key] = domain.evolve(states.get(key, domain.INITIAL), recorded(stored, event))
         pipeline = self._redis.pipeline(transaction=False)
-        for po_id, (version, approved) in latest.items():
-            if acknowledged.get(po_id, 0) < version:
-                pipeline.zadd(self._unacked, {po_id: approved})
-        for po_id, versions in held.items():
-            pending = [until for v, until in versions.items() if v not in done.get(po_id, set())]
-            if pending:
-                pipeline.zadd(self._held, {po_id: min(pending)})
-        pipeline.set(marker, b"1")
+        self.unacknowledged.clear(pipeline)
+        self.holds.clear(pipeline)
+        for po_id, state in states.items():
+            self.unacknowledged.write(pipeline, po_id, state)
+            self.holds.write(pipeline, po_id, state)
+        pipeline.set(self._marker, b"1")
         await pipeline.execute()
         return count
-
-    async def mark_unacknowledged(self, po_id: str, approved_at: Timestamp) -> None:
-        await self._redis.zadd(self._unacked, {po_id: approved_at.seconds + approved_at.nanos / 1e9})
-
-    def marking_unacknowledged(self, po_id: str, approved_at: Timestamp):
-        """The same update, to ride in another command's round trip (IdempotencyStore.remember's ``also``)."""
-        return lambda pipeline: pipeline.zadd(self._unacked, {po_id: approved_at.seconds + approved_at.nanos / 1e9})
-
-    async def mark_acknowledged(self, po_id: str) -> None:
-        await self._redis.zrem(self._unacked, po_id)
-
-    async def hold_until(self, po_id: str, deadline: float) -> None:
-        """Remember that ``po_id`` holds a version until ``deadline`` (epoch seconds), keeping the earliest."""
-        await self._redis.zadd(self._held, {po_id: deadline}, lt=True)
-        await self._redis.zadd(self._held, {po_id: deadline}, nx=True)
-
-    async def holds_due(self, now: float) -> list[str]:
-        return [m.decode() if isinstance(m, bytes) else m for m in await self._redis.zrangebyscore(self._held, 0, now)]
-
-    async def reschedule_hold(self, po_id: str, deadline: float | None) -> None:
-        if deadline is None:
-            await self._redis.zrem(self._held, po_id)
-        else:
-            await self._redis.zadd(self._held, {po_id: deadline})
-
-    async def unacknowledged(self, offset: int, count: int) -> tuple[list[str], bool]:
-        members = await self._redis.zrange(self._unacked, offset, offset + count)
-        names = [m.decode() if isinstance(m, bytes) else m for m in members]
-        return names[:count], len(names) > count
-
-    async def append(self, event: Event, *, expected_last_sequence: int | None) -> Published:
-        return await self._publisher.publish(event, expected_last_sequence=expected_last_sequence)
-
-    async def event_at(self, sequence: int) -> StoredEvent:
-        return await self._reader.at(DOMAIN, sequence)
-
-    async def order(self, po_id: str) -> OrderHistory:
-        events = await self._reader.history(DOMAIN, po_id)
-        return OrderHistory(
-            versions=[e for e in events if _event_name(e) in DOCUMENT_EVENTS],
-            acknowledgments=[e for e in events if _event_name(e) == ACKNOWLEDGED],
-            last_sequence=events[-1].sequence if events else 0,
-            held=[e for e in events if _event_name(e) == HELD],
-            expired=frozenset(e.envelope.object_version for e in events if _event_name(e) == HOLD_EXPIRED),
-        )
-
-    async def versions(self, po_id: str) -> list[StoredEvent]:
-        """Every document event (publish, change, cancel) of one order, oldest first."""
-        return [event for event in await self._reader.history(DOMAIN, po_id) if _event_name(event) in DOCUMENT_EVENTS]
-
-    async def version(self, po_id: str, version: int) -> StoredEvent | None:
-        for event in await self.versions(po_id):
-            if event.envelope.object_version == version:
-                return event
-        return None
-
-
-def _event_name(event: StoredEvent) -> str:
-    return event.subject.rsplit(".", 1)[-1]
-
-
-class SupplierDirectory:
-    """Supplier states as supplier events tell them: a read model in memory, followed from the stream."""
-
-    def __init__(self) -> None:
-        self._status: dict[str, str] = {}
-        self._merged_into: dict[str, str] = {}
-
-    def set_status(self, supplier_id: str, status: str) -> None:
-        self._status[supplier_id] = status
-
-    def merge(self, merged_id: str, surviving_id: str) -> None:
-        self._status[merged_id] = "merged"
-        self._merged_into[merged_id] = surviving_id
-
-    def lookup(self, supplier_id: str) -> tuple[str | None, str]:
-        return self._status.get(supplier_id), self._merged_into.get(supplier_id, "")

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from libs.runtime.access import Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
+from libs.runtime.commands import CommandHandler
 from libs.runtime.follower import StreamFollower
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO, SUPPLIER
+from services.po_publication import domain
 from services.po_publication.events import on_supplier_event
+from services.po_publication.holds import HeldVersions
 from services.po_publication.servicer import PurchaseOrderServicer
 from services.po_publication.settings import Settings
-from services.po_publication.store import PurchaseOrderStore, SupplierDirectory
+from services.po_publication.store import HoldDeadlines, ReadModels, UnacknowledgedOrders, order_log, size_of
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 
 ACCESS = {
@@ -29,19 +32,26 @@ ACCESS = {
 
 
 def wire(rt: Runtime[Settings]) -> Service:
-    store = PurchaseOrderStore(
-        rt.publisher,
-        rt.reader,
-        rt.idempotency_store(rt.settings.service_name),
-        rt.redis,
-        rt.namespace.redis_key(rt.settings.service_name, "unacknowledged"),
-        rt.namespace.redis_key(rt.settings.service_name, "held"),
+    name = rt.settings.service_name
+    unacknowledged = UnacknowledgedOrders(rt.redis, rt.namespace.redis_key(name, "unacknowledged"))
+    deadlines = HoldDeadlines(rt.redis, rt.namespace.redis_key(name, "held"))
+    read_models = ReadModels(
+        rt.redis, rt.reader, unacknowledged, deadlines, rt.namespace.redis_key(name, "unacknowledged", "built")
     )
-    suppliers = SupplierDirectory()
+    commands = CommandHandler(
+        order_log(rt.publisher, rt.reader),
+        initial=domain.INITIAL,
+        evolve=domain.evolve,
+        size_of=size_of,
+        projections=read_models.projections,
+        claims=rt.idempotency_store(name),
+        name="purchase order",
+    )
+    policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
+    holds = HeldVersions(commands, deadlines, rt.exceptions, policy)
+    suppliers = domain.SupplierDirectory()
     follower = StreamFollower(rt.js, rt.namespace, "supplier", on_supplier_event(suppliers))
-    servicer = PurchaseOrderServicer(
-        store=store, exceptions=rt.exceptions, suppliers=suppliers, policy=lambda: rt.policy.current
-    )
+    servicer = PurchaseOrderServicer(commands, unacknowledged, holds, rt.exceptions, suppliers, policy)
     return Service(
         grpc_services=[
             GrpcService(
@@ -53,6 +63,6 @@ def wire(rt: Runtime[Settings]) -> Service:
         ],
         streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
         # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
-        startup=[follower.start, store.rebuild_read_models],
-        periodic=[(rt.settings.hold_sweep_seconds, servicer.holds.expire)],
+        startup=[follower.start, read_models.rebuild],
+        periodic=[(rt.settings.hold_sweep_seconds, holds.expire)],
     )
