@@ -54,6 +54,23 @@ lint: setup ## ruff (lint and format check) and buf lint
 	$(BIN)/ruff format --check .
 	cd protos && ../$(BIN)/buf lint
 
+.PHONY: typecheck
+typecheck: setup ## mypy: the whole tree type-checks; libs/runtime, libs/policy and services/ strictly
+	$(BIN)/mypy
+
+.PHONY: breaking
+breaking: setup ## buf breaking: protos/ against the last commit on main, offline (docs/decisions.md)
+	BUF=$(CURDIR)/$(BIN)/buf bash tools/buf_breaking.sh
+
+.PHONY: manifests
+manifests: setup ## render every kustomize overlay under deploy/k8s/overlays with kubectl kustomize
+	@set -e; for overlay in deploy/k8s/overlays/*/; do \
+		echo "kubectl kustomize $$overlay"; $(BIN)/kubectl kustomize "$$overlay" >/dev/null; \
+	done
+
+.PHONY: check
+check: lint typecheck breaking manifests test ## what CI runs: lint, types, contract breaks, manifests, the tests
+
 .PHONY: fmt
 fmt: setup ## format the code with ruff
 	$(BIN)/ruff format .
@@ -65,7 +82,7 @@ bench: setup ## run the publish benchmark (prints figures; takes about a minute)
 
 .PHONY: clean
 clean: ## remove generated stubs, local stack data and caches (keeps .venv)
-	rm -rf libs/genproto/syncgov protos/third_party .syncgov .pytest_cache .ruff_cache $(GEN_STAMP)
+	rm -rf libs/genproto/syncgov .syncgov .pytest_cache .ruff_cache .mypy_cache $(GEN_STAMP)
 
 .PHONY: distclean
 distclean: clean ## also remove .venv

@@ -1,13 +1,16 @@
 """Generate Python stubs from protos/ into libs/genproto/ (``make proto``).
 
-google/type protos come from the installed googleapis-common-protos package:
-they are copied into protos/third_party/ so buf resolves the same imports
-offline, and passed to protoc as an include path. Generated code is never
-edited by hand and never committed.
+The google/type protos the contracts import are committed under
+protos/third_party/ (unchanged copies from the googleapis-common-protos
+package, Apache-2.0) so buf resolves them offline; protoc compiles against
+those copies, and this script warns when the installed package's copies
+differ from them (the generated code imports the installed package's modules
+at run time). Generated code is never edited by hand and never committed.
 """
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 import sys
 from pathlib import Path
@@ -28,17 +31,29 @@ def googleapis_proto_root() -> Path:
     return Path(money.__file__).resolve().parents[2]
 
 
-def copy_third_party() -> Path:
-    source_root = googleapis_proto_root()
-    target = THIRD_PARTY / "google" / "type"
-    target.mkdir(parents=True, exist_ok=True)
-    for name in GOOGLE_TYPES:
-        shutil.copyfile(source_root / "google" / "type" / name, target / name)
-    return source_root
+def check_third_party() -> list[str]:
+    """Names of the committed google/type copies that differ from (or are missing beside) the installed ones."""
+    installed = googleapis_proto_root() / "google" / "type"
+    committed = THIRD_PARTY / "google" / "type"
+    return [
+        name
+        for name in GOOGLE_TYPES
+        if not (installed / name).is_file() or not filecmp.cmp(installed / name, committed / name, shallow=False)
+    ]
 
 
 def generate() -> int:
-    copy_third_party()
+    missing = [name for name in GOOGLE_TYPES if not (THIRD_PARTY / "google" / "type" / name).is_file()]
+    if missing:
+        print(f"protos/third_party/google/type lacks {', '.join(missing)} (they are committed)", file=sys.stderr)
+        return 1
+    differing = check_third_party()
+    if differing:
+        print(
+            f"warning: protos/third_party/google/type/{{{','.join(differing)}}} differ from the installed "
+            "googleapis-common-protos copies; see protos/third_party/README.md",
+            file=sys.stderr,
+        )
     sources = sorted(str(p.relative_to(PROTOS)) for p in (PROTOS / "syncgov").rglob("*.proto"))
     generated = OUT / "syncgov"
     if generated.exists():
