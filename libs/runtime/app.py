@@ -23,7 +23,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -60,6 +60,7 @@ from libs.runtime.telemetry import Telemetry, setup_telemetry
 log = logging.getLogger(__name__)
 
 S = TypeVar("S", bound=RuntimeSettings)
+T = TypeVar("T")
 
 
 class StartupError(Exception):
@@ -121,7 +122,7 @@ class RunningService(Generic[S]):
         return f"{self.runtime.settings.grpc_host}:{self.port}"
 
 
-async def _retry(what: str, attempts: int, backoff: float, connect: Callable[[], Any]) -> Any:
+async def _retry(what: str, attempts: int, backoff: float, connect: Callable[[], Awaitable[T]]) -> T:
     for attempt in range(1, attempts + 1):
         try:
             return await connect()
@@ -336,19 +337,22 @@ def run(settings_class: type[S], wire: Callable[[Runtime[S]], Service]) -> None:
         raise SystemExit(2) from None
     setup_logging(settings.service_name, settings.log_level, settings.log_format)
     try:
-        import uvloop
-
-        run_loop = uvloop.run
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
-        run_loop = asyncio.run
-    try:
-        run_loop(_serve_until_signalled(settings, wire))
+        _run_loop(_serve_until_signalled(settings, wire))
     except ConnectionError as error:
         log.error("%s", error)
         raise SystemExit(1) from None
     except StartupError as error:
         log.error("%s", error)
         raise SystemExit(2) from None
+
+
+def _run_loop(main: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        asyncio.run(main)
+    else:
+        uvloop.run(main)
 
 
 async def _serve_until_signalled(settings: S, wire: Callable[[Runtime[S]], Service]) -> None:

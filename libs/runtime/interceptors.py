@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import grpc
 from grpc_status import rpc_status
@@ -33,6 +33,13 @@ from libs.runtime.telemetry import RPC_SERVER_DURATION
 
 log = logging.getLogger(__name__)
 
+_Request = TypeVar("_Request")
+_Response = TypeVar("_Response")
+if TYPE_CHECKING:  # grpc's classes are generic only in its typing stubs
+    Handler: TypeAlias = grpc.RpcMethodHandler[Any, Any]
+    # What a grpc.aio unary-unary behaviour is at run time (the stubs type it as the sync one).
+    UnaryBehaviour: TypeAlias = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
 # Standard services answer every known or unknown caller: probes and tooling have no identity.
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
@@ -46,13 +53,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         self._duration = meter.create_histogram(
             RPC_SERVER_DURATION, unit="s", description="Measures the duration of an incoming RPC."
         )
-        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        self._wrapped: dict[str, tuple[Handler, Handler]] = {}
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Request, _Response] | None]],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> grpc.RpcMethodHandler[_Request, _Response] | None:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
         if handler is None or handler.unary_unary is None or method.startswith(EXEMPT_PREFIXES):
@@ -64,29 +71,27 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         self._wrapped[method] = (handler, wrapped)
         return wrapped
 
-    def wrap(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    def wrap(self, method: str, handler: Handler) -> Handler:
         """The handler with the edge around it; health and reflection (and streams) are left alone."""
         if handler.unary_unary is None or method.startswith(EXEMPT_PREFIXES):
             return handler
         return grpc.unary_unary_rpc_method_handler(
-            self._edge(method, handler.unary_unary),
+            self._edge(method, cast("UnaryBehaviour", handler.unary_unary)),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
 
-    def _edge(
-        self, method: str, inner: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
-    ) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]:
+    def _edge(self, method: str, inner: UnaryBehaviour) -> UnaryBehaviour:
         service, _, rpc = method.lstrip("/").partition("/")
-        span_attributes = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
+        span_attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
         # One attribute set per status code, built once: the metric's attributes are the span's.
-        metric_attributes = {
+        metric_attributes: dict[grpc.StatusCode, dict[str, str | int]] = {
             code: {**span_attributes, "rpc.grpc.status_code": code.value[0]} for code in grpc.StatusCode
         }
 
-        async def edge(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        async def edge(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             started = time.perf_counter()
-            metadata = context.invocation_metadata() or ()
+            metadata = cast(tuple[tuple[str, str | bytes], ...], tuple(context.invocation_metadata() or ()))
             carrier = {key: value for key, value in metadata if key in _TRACE_HEADERS}
             parent = propagate.extract(carrier) if carrier else None
             outcome = grpc.StatusCode.OK
@@ -100,7 +105,11 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             ) as span:
                 token = revision_token = None
                 try:
-                    auth = context.auth_context() if self._identity.uses_certificates else None
+                    auth = (
+                        cast(dict[str, list[bytes]], context.auth_context())
+                        if self._identity.uses_certificates
+                        else None
+                    )
                     caller = self._identity.resolve(metadata, auth)
                     token = set_caller(caller)
                     span.set_attribute(attributes.CALLER_SYSTEM, caller.system)
@@ -112,7 +121,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     outcome = error.code
                     await _abort(context, error)
                 except grpc.aio.AbortError:
-                    outcome = context.code() or grpc.StatusCode.UNKNOWN
+                    aborted = cast(grpc.StatusCode | None, context.code())  # None when abort set no code
+                    outcome = aborted if aborted is not None else grpc.StatusCode.UNKNOWN
                     raise
                 except Exception as error:
                     outcome = grpc.StatusCode.INTERNAL
@@ -146,6 +156,6 @@ _SERVER_FAULTS = frozenset(
 )
 
 
-async def _abort(context: grpc.aio.ServicerContext, error: ServiceError) -> None:
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> None:
     status = rpc_status.to_status(error.to_status())
     await context.abort(status.code, status.details, status.trailing_metadata)

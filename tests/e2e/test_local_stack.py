@@ -59,7 +59,7 @@ def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) 
 class ReceivedSpan:
     service: str
     name: str
-    kind: int
+    kind: trace_pb2.Span.SpanKind.ValueType
     trace_id: str
     span_id: str
     parent_span_id: str
@@ -75,7 +75,7 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer):
     def Export(
         self, request: trace_service_pb2.ExportTraceServiceRequest, context: grpc.ServicerContext
     ) -> trace_service_pb2.ExportTraceServiceResponse:
-        received = []
+        received: list[ReceivedSpan] = []
         for resource_spans in request.resource_spans:
             attributes = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
             for scope_spans in resource_spans.scope_spans:

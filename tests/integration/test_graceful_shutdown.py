@@ -59,7 +59,8 @@ async def test_health_is_not_serving_while_an_in_flight_call_drains(po_settings:
     service = asyncio.create_task(run_service())
     try:
         async with grpc.aio.insecure_channel(await asyncio.wait_for(address, 10)) as channel:
-            watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""))
+            health: Any = health_pb2_grpc.HealthStub(channel)  # the typing stubs lack Watch
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=""))
             first = await asyncio.wait_for(watch.read(), 5)
             assert first.status == health_pb2.HealthCheckResponse.SERVING
 
