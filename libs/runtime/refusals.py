@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from libs.runtime.decider import Refusal, RefusalKind
 from libs.runtime.errors import (
@@ -34,9 +35,10 @@ def refusal_error(refusal: Refusal, **metadata: str) -> ServiceError:
     return AlreadyExists(refusal.message, reason=refusal.reason, metadata=merged)
 
 
-def exception_type(name: str) -> int:
+def exception_type(name: str) -> exception_pb2.ExceptionType:
     """The contract's exception type for a refusal's ``exception`` name (``duplicate_transaction``)."""
-    return exception_pb2.ExceptionType.Value(f"EXCEPTION_TYPE_{name.upper()}")
+    # protoc's .pyi types enum values as the enum class but Value() as a plain int; at run time both are ints.
+    return cast(exception_pb2.ExceptionType, exception_pb2.ExceptionType.Value(f"EXCEPTION_TYPE_{name.upper()}"))
 
 
 async def refused(
