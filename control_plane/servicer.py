@@ -59,7 +59,9 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
             )
         return pb.GetPolicyResponse(revision=revision)
 
-    async def ListPolicyRevisions(self, request: pb.ListPolicyRevisionsRequest, context):
+    async def ListPolicyRevisions(
+        self, request: pb.ListPolicyRevisionsRequest, context
+    ) -> pb.ListPolicyRevisionsResponse:
         size = page_size(request.page.page_size, default=20, maximum=100)
         below = decode_page_token(POLICY_REVISIONS_LISTING, request.page.page_token)
         history = [r for r in await self._store.policies.history() if below is None or r.revision < below]

@@ -126,6 +126,7 @@ def verify(
             )
         raise typer.Exit(EXIT_OK)
     broken = verdict.first_break
+    assert broken is not None  # not intact
     console.print(f"[red]chain broken at sequence {broken.sequence} ({source}): {broken.reason}[/red]")
     console.print(f"{verdict.entries - 1} entries before it verified")
     raise typer.Exit(EXIT_NO)

@@ -60,6 +60,12 @@ class Connection:
 
 
 Command = TypeVar("Command", bound=Callable[..., Any])
+Stub = TypeVar("Stub")
+
+
+def stub(factory: Callable[[Any], Stub], channel: grpc.Channel | grpc.aio.Channel) -> Stub:
+    """A generated stub on ``channel``: the *_pb2_grpc modules are untyped, this call is typed."""
+    return factory(channel)
 
 
 def connection_options(

@@ -20,10 +20,11 @@ from google.protobuf import timestamp_pb2
 from google.type import decimal_pb2, money_pb2
 from rich.table import Table
 
-from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE
+from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, stub
 from libs.cli.components import DEFAULT_GRPC_PORT_BASE
 from libs.cli.output import make_console
 from syncgov.common.v1 import types_pb2
+from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.controlplane.v1 import controlplane_service_pb2_grpc as cp_rpc
 from syncgov.po.v1 import po_pb2
@@ -108,9 +109,9 @@ def run_scenario(host: str, base: int, run_id: str) -> list[Step]:
     def check(name: str, expected: str, actual: str, ok: bool) -> None:
         steps.append(Step(name, expected, actual, ok))
 
-    suppliers = sp_rpc.SupplierNormalizationServiceStub(grpc.insecure_channel(f"{host}:{base + 1}"))
-    orders = po_rpc.PurchaseOrderServiceStub(grpc.insecure_channel(f"{host}:{base + 2}"))
-    control = cp_rpc.ControlPlaneServiceStub(grpc.insecure_channel(f"{host}:{base}"))
+    suppliers = stub(sp_rpc.SupplierNormalizationServiceStub, grpc.insecure_channel(f"{host}:{base + 1}"))
+    orders = stub(po_rpc.PurchaseOrderServiceStub, grpc.insecure_channel(f"{host}:{base + 2}"))
+    control = stub(cp_rpc.ControlPlaneServiceStub, grpc.insecure_channel(f"{host}:{base}"))
 
     vat = "DE136695976"
     procurement = suppliers.SubmitSupplierRecord(
@@ -219,7 +220,7 @@ def run_scenario(host: str, base: int, run_id: str) -> list[Step]:
     )
 
     deadline = time.monotonic() + 10
-    entries: list = []
+    entries: list[controlplane_pb2.AuditEntry] = []
     while time.monotonic() < deadline:
         entries = list(
             control.QueryAuditTrail(

@@ -49,7 +49,9 @@ def _write(path: Path, key: ec.EllipticCurvePrivateKey | None, cert: x509.Certif
         key_path.chmod(0o600)
 
 
-def _issue(ca_key, ca_cert, common_name: str, *, server: bool, hosts: list[str]) -> tuple:
+def _issue(
+    ca_key: ec.EllipticCurvePrivateKey, ca_cert: x509.Certificate, common_name: str, *, server: bool, hosts: list[str]
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
     key = _key()
     now = datetime.datetime.now(datetime.UTC)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, cast
 
 import grpc
 import typer
+from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 from rich.syntax import Syntax
 from rich.table import Table
 
-from libs.cli.client import EXIT_NO, EXIT_OK, Connection, connection_options, explain_rpc_error
+from libs.cli.client import EXIT_NO, EXIT_OK, Connection, connection_options, explain_rpc_error, stub
 from libs.cli.output import make_console
 from libs.policy.problems import Problem
 from libs.policy.validate import check
@@ -24,13 +25,14 @@ app = typer.Typer(help="Policy as code: validate, compare, apply and explain.", 
 console = make_console()
 
 
-async def _call(connection: Connection, method: str, request):
+async def _call(connection: Connection, method: str, request: Message) -> Any:
     async with connection.channel() as channel:
-        stub = controlplane_service_pb2_grpc.ControlPlaneServiceStub(channel)
-        return await getattr(stub, method)(request, metadata=connection.metadata(), timeout=15)
+        control = stub(controlplane_service_pb2_grpc.ControlPlaneServiceStub, channel)
+        return await getattr(control, method)(request, metadata=connection.metadata(), timeout=15)
 
 
-def _run(connection: Connection, method: str, request):
+def _run(connection: Connection, method: str, request: Message) -> Any:
+    """The answer of one control-plane call; a failure is printed and ends the command with its exit code."""
     try:
         return asyncio.run(_call(connection, method, request))
     except grpc.aio.AioRpcError as error:
@@ -41,7 +43,7 @@ def _run(connection: Connection, method: str, request):
 
 
 def _print_violations(error: grpc.aio.AioRpcError) -> None:
-    status = rpc_status.from_call(error)
+    status = rpc_status.from_call(cast(grpc.Call, error))
     for detail in status.details if status else ():
         if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
             bad = error_details_pb2.BadRequest()

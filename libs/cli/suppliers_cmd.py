@@ -14,7 +14,7 @@ import typer
 from rich.progress import Progress
 from rich.table import Table
 
-from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Connection, connection_options
+from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, EXIT_USAGE, Connection, connection_options, stub
 from libs.cli.output import make_console
 from syncgov.common.v1 import types_pb2
 from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2, supplier_service_pb2_grpc
@@ -47,7 +47,9 @@ OUTCOMES = {
 
 
 def row_to_record(row: dict[str, str], system: str) -> supplier_pb2.SupplierRecord:
-    value = lambda name: (row.get(name) or "").strip()  # noqa: E731
+    def value(name: str) -> str:
+        return (row.get(name) or "").strip()
+
     record = supplier_pb2.SupplierRecord(
         source_system=system,
         local_id=value("local_id"),
@@ -72,13 +74,13 @@ def row_to_record(row: dict[str, str], system: str) -> supplier_pb2.SupplierReco
     return record
 
 
-async def _import(rows: list[dict[str, str]], system: str, connection: Connection, concurrency: int) -> Counter:
-    totals: Counter = Counter()
-    queue: asyncio.Queue = asyncio.Queue()
+async def _import(rows: list[dict[str, str]], system: str, connection: Connection, concurrency: int) -> Counter[str]:
+    totals: Counter[str] = Counter()
+    queue: asyncio.Queue[dict[str, str]] = asyncio.Queue()
     for row in rows:
         queue.put_nowait(row)
     async with connection.channel() as channel:
-        stub = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
+        suppliers = stub(supplier_service_pb2_grpc.SupplierNormalizationServiceStub, channel)
         with Progress(console=console, transient=False) as progress:
             task = progress.add_task(f"importing as {system}", total=len(rows))
 
@@ -86,7 +88,7 @@ async def _import(rows: list[dict[str, str]], system: str, connection: Connectio
                 while not queue.empty():
                     row = queue.get_nowait()
                     try:
-                        answer = await stub.SubmitSupplierRecord(
+                        answer = await suppliers.SubmitSupplierRecord(
                             supplier_service_pb2.SubmitSupplierRecordRequest(record=row_to_record(row, system)),
                             metadata=connection.metadata(),
                             timeout=30,

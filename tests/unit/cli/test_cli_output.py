@@ -12,7 +12,16 @@ from pathlib import Path
 from rich.console import Console
 from typer.testing import CliRunner
 
-from libs.cli.main import EXIT_FAILED, EXIT_OK, NOT_BUILT, app, stack_table, status_exit_code, status_table
+from libs.cli.main import (
+    EXIT_FAILED,
+    EXIT_OK,
+    NOT_BUILT,
+    StatusRow,
+    app,
+    stack_table,
+    status_exit_code,
+    status_table,
+)
 
 ROOT = Path(__file__).resolve().parents[3]
 LONG_LOG = "/var/lib/a-rather-long-data-directory/for/the/local/stack/logs/supplier-normalization.log"
@@ -69,10 +78,15 @@ def test_status_rows_whole_when_piped():
 
 
 def test_status_fails_when_any_built_component_is_down():
-    serving = ("control-plane", "127.0.0.1:50050", "SERVING", ["syncgov.controlplane.v1.ControlPlaneService"])
-    not_built = ("invoice-status", "127.0.0.1:50054", NOT_BUILT, [])
-    down = ("po-publication", "127.0.0.1:50052", "UNAVAILABLE", [])
-    draining = ("po-publication", "127.0.0.1:50052", "NOT_SERVING", [])
+    serving: StatusRow = (
+        "control-plane",
+        "127.0.0.1:50050",
+        "SERVING",
+        ["syncgov.controlplane.v1.ControlPlaneService"],
+    )
+    not_built: StatusRow = ("invoice-status", "127.0.0.1:50054", NOT_BUILT, [])
+    down: StatusRow = ("po-publication", "127.0.0.1:50052", "UNAVAILABLE", [])
+    draining: StatusRow = ("po-publication", "127.0.0.1:50052", "NOT_SERVING", [])
     assert status_exit_code([serving, not_built]) == EXIT_OK
     assert status_exit_code([serving, down, not_built]) == EXIT_FAILED
     assert status_exit_code([serving, draining]) == EXIT_FAILED
