@@ -12,6 +12,7 @@ from services.supplier_normalization import domain, mapping
 from syncgov.supplier.v1 import events_pb2, supplier_pb2
 
 DOMAIN = "supplier"
+Suspicions = dict[tuple[str, str], supplier_pb2.DuplicateCandidate]
 UPSERTED, MERGED, DECIDED = "upserted", "merged", "decided"
 # Status changes are named for what happened: <ns>.supplier.<id>.deactivated | blocked | reactivated.
 STATUS_EVENT_NAMES = {
@@ -70,29 +71,72 @@ def _event(key: str, version: int, name: str, payload, idempotency_key: str, cal
     )
 
 
-def replay(registry: domain.SupplierRegistry, suspicions: dict, event: StoredEvent) -> None:
-    """Apply one stored event to the in-memory registry (start-up rebuild)."""
-    payload = event.envelope.payload
+def change_of(event: Event) -> domain.SupplierChange:
+    """The change an event built here stands for (what the command handler appends and the registry folds)."""
+    kind = {UPSERTED: domain.UPSERTED, MERGED: domain.MERGED_EVENT, DECIDED: domain.DECIDED}.get(
+        event.name, domain.STATUS
+    )
+    status = ""
+    if kind == domain.STATUS:
+        assert isinstance(event.payload, events_pb2.SupplierStatusChanged)
+        status = mapping.STATUS_NAMES[event.payload.status]
+    return domain.SupplierChange(
+        kind, event.object_key, event.object_version, event.idempotency_key, status, event.payload, event.source_system
+    )
+
+
+def encode(golden_id: str, change: domain.SupplierChange) -> Event:
+    """The event to publish for a change of golden record ``golden_id`` (its payload is already built)."""
+    payload = change.payload
+    assert payload is not None
+    if change.kind == domain.STATUS:
+        name = STATUS_EVENT_NAMES[mapping.STATUSES[change.status]]
+    else:
+        name = {domain.UPSERTED: UPSERTED, domain.MERGED_EVENT: MERGED, domain.DECIDED: DECIDED}[change.kind]
+    return _event(golden_id, change.version, name, payload, change.idempotency_key, change.source_system)
+
+
+def decode(stored: StoredEvent) -> domain.SupplierChange | None:
+    """The change a stored supplier event holds (None for what this service does not write)."""
+    envelope = stored.envelope
+    payload = envelope.payload
+    key, version = envelope.object_key, envelope.object_version
     if payload.Is(events_pb2.SupplierUpserted.DESCRIPTOR):
-        upserted = event.unpack(events_pb2.SupplierUpserted)
+        upserted = stored.unpack(events_pb2.SupplierUpserted)
         if not upserted.HasField("source_record"):
-            return  # not written by this service (every upsert it writes carries its source record)
-        golden = upserted.supplier.supplier_id
-        registry.submit(mapping.record_from_proto(upserted.source_record), golden_id=golden)
-        for candidate in upserted.suspected_duplicates:
+            return None  # not written by this service (every upsert it writes carries its source record)
+        return domain.SupplierChange(domain.UPSERTED, key, version, envelope.idempotency_key, payload=upserted)
+    if payload.Is(events_pb2.SupplierMerged.DESCRIPTOR):
+        merged = stored.unpack(events_pb2.SupplierMerged)
+        return domain.SupplierChange(domain.MERGED_EVENT, key, version, envelope.idempotency_key, payload=merged)
+    if payload.Is(events_pb2.SupplierStatusChanged.DESCRIPTOR):
+        changed = stored.unpack(events_pb2.SupplierStatusChanged)
+        status = mapping.STATUS_NAMES[changed.status]
+        return domain.SupplierChange(domain.STATUS, key, version, envelope.idempotency_key, status, changed)
+    if payload.Is(events_pb2.SupplierDuplicateDecided.DESCRIPTOR):
+        decided = stored.unpack(events_pb2.SupplierDuplicateDecided)
+        return domain.SupplierChange(domain.DECIDED, key, version, envelope.idempotency_key, payload=decided)
+    return None
+
+
+def apply(registry: domain.SupplierRegistry, suspicions: Suspicions, change: domain.SupplierChange) -> None:
+    """Fold one acknowledged change into the registry and the open suspicions: after every append, and for
+    every stored event at start, so the registry is the same whether or not the process restarted."""
+    payload = change.payload
+    if isinstance(payload, events_pb2.SupplierUpserted):
+        golden = payload.supplier.supplier_id
+        registry.submit(mapping.record_from_proto(payload.source_record), golden_id=golden)
+        for candidate in payload.suspected_duplicates:
             suspicions[(golden, candidate.supplier_id)] = candidate
-    elif payload.Is(events_pb2.SupplierMerged.DESCRIPTOR):
-        merged = event.unpack(events_pb2.SupplierMerged)
-        registry.merge(merged.surviving_supplier_id, merged.merged_supplier_id)
-    elif payload.Is(events_pb2.SupplierStatusChanged.DESCRIPTOR):
-        changed = event.unpack(events_pb2.SupplierStatusChanged)
-        registry.set_status(changed.supplier_id, mapping.STATUS_NAMES[changed.status])
-    elif payload.Is(events_pb2.SupplierDuplicateDecided.DESCRIPTOR):
-        decided = event.unpack(events_pb2.SupplierDuplicateDecided)
-        if not decided.same_supplier:
-            registry.keep_apart(decided.supplier_id, decided.other_supplier_id)
+    elif isinstance(payload, events_pb2.SupplierMerged):
+        registry.merge(payload.surviving_supplier_id, payload.merged_supplier_id)
+    elif isinstance(payload, events_pb2.SupplierStatusChanged):
+        registry.set_status(payload.supplier_id, change.status)
+    elif isinstance(payload, events_pb2.SupplierDuplicateDecided):
+        if not payload.same_supplier:
+            registry.keep_apart(payload.supplier_id, payload.other_supplier_id)
         for pair in [
-            (decided.supplier_id, decided.other_supplier_id),
-            (decided.other_supplier_id, decided.supplier_id),
+            (payload.supplier_id, payload.other_supplier_id),
+            (payload.other_supplier_id, payload.supplier_id),
         ]:
             suspicions.pop(pair, None)

@@ -6,14 +6,18 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
+from functools import partial
 
 from libs.policy.engine import Policy
+from libs.runtime.decider import Refusal
 from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
 from libs.runtime.exception_reporter import ExceptionReporter, severity
 from libs.runtime.identity import current_caller
 from libs.runtime.paging import page_size
+from libs.runtime.refusals import refusal_error
 from services.supplier_normalization import domain, events, mapping
-from services.supplier_normalization.store import SupplierStore
+from services.supplier_normalization.normalize import normalize
+from services.supplier_normalization.store import GoldenCommands, RegistryProjection
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
 from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2, supplier_service_pb2_grpc
@@ -25,62 +29,59 @@ pb = supplier_service_pb2
 class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceServicer):
     def __init__(
         self,
-        registry: domain.SupplierRegistry,
-        store: SupplierStore,
+        projection: RegistryProjection,
+        commands: GoldenCommands,
         exceptions: ExceptionReporter,
         policy: Callable[[], Policy],
     ) -> None:
-        self._registry = registry
-        self._store = store
+        self._registry = projection.registry
+        self._suspicions = projection.suspicions
+        self._commands = commands
         self._exceptions = exceptions
         self._policy = policy
-        self._suspicions: dict[tuple[str, str], supplier_pb2.DuplicateCandidate] = {}
         # Matching depends on what came before: one placement at a time (a single writer per stream).
         self._lock = asyncio.Lock()
 
-    async def rebuild(self) -> None:
-        count = 0
-        async for event in self._store.all_events():
-            events.replay(self._registry, self._suspicions, event)
-            count += 1
-        log.info("rebuilt %s golden suppliers from %s events", len(self._registry), count)
+    async def _append(self, change: domain.SupplierChange, *, creates: bool = False) -> None:
+        """Run one change through the command handler; the registry follows once the stream acknowledged it."""
+        result = await self._commands.run(
+            change.golden_id, partial(domain.decide_change, change, creates=creates), assume_new=creates
+        )
+        if isinstance(result, Refusal):
+            raise refusal_error(result)
 
     async def SubmitSupplierRecord(self, request: pb.SubmitSupplierRecordRequest, context):
         record = request.record
         _require(record.local_id, "record.local_id")
         _require(record.legal_name, "record.legal_name")
         async with self._lock:
-            submission = self._registry.submit(mapping.record_from_proto(record))
-            view = self._registry.view(submission.golden_id)
-            supplier = mapping.golden_to_proto(view, self._policy().revision)
+            placement = self._registry.plan(normalize(mapping.record_from_proto(record)))
+            supplier = mapping.golden_to_proto(self._registry.preview(placement), self._policy().revision)
             response = pb.SubmitSupplierRecordResponse(
                 supplier=supplier,
-                created=submission.created,
-                outcome=mapping.OUTCOMES[submission.outcome]
-                if submission.changed
+                created=placement.created,
+                outcome=mapping.OUTCOMES[placement.outcome]
+                if placement.changed
                 else supplier_pb2.MATCH_OUTCOME_UNCHANGED,
-                corrections=mapping.corrections_to_proto(submission.normalized.corrections),
-                findings=mapping.findings_to_proto(submission.normalized.findings),
-                suspected_duplicates=[mapping.candidate_to_proto(c) for c in submission.suspected],
+                corrections=mapping.corrections_to_proto(placement.normalized.corrections),
+                findings=mapping.findings_to_proto(placement.normalized.findings),
+                suspected_duplicates=[mapping.candidate_to_proto(c) for c in placement.suspected],
             )
-            if not submission.changed:
+            if not placement.changed:
                 return response  # the same record again: nothing to write
-            caller = current_caller().system
             key = request.idempotency_key or f"{record.source_system}:supplier:{record.local_id}:v{supplier.version}"
-            await self._store.append(
-                events.supplier_upserted(
-                    supplier,
-                    mapping.record_to_proto(submission.normalized.record),
-                    response.outcome,
-                    list(response.suspected_duplicates),
-                    idempotency_key=key,
-                    caller=caller,
-                )
+            event = events.supplier_upserted(
+                supplier,
+                mapping.record_to_proto(placement.normalized.record),
+                response.outcome,
+                list(response.suspected_duplicates),
+                idempotency_key=key,
+                caller=current_caller().system,
             )
-            for candidate in response.suspected_duplicates:
-                self._suspicions[(supplier.supplier_id, candidate.supplier_id)] = candidate
-                await self._raise_suspicion(supplier, candidate)
-            return response
+            await self._append(events.change_of(event), creates=placement.created)
+        for candidate in response.suspected_duplicates:
+            await self._raise_suspicion(supplier, candidate)
+        return response
 
     async def _raise_suspicion(self, supplier: supplier_pb2.Supplier, candidate) -> None:
         route = self._policy().route("duplicate_supplier_suspected")
@@ -126,22 +127,17 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         _require(request.reason, "reason")
         first, second = self._golden(request.supplier_id), self._golden(request.other_supplier_id)
         async with self._lock:
-            caller = current_caller().system
             key = f"decision:{first.supplier_id}:{second.supplier_id}:{request.same_supplier}"
-            await self._store.append(
-                events.duplicate_decided(
-                    first.supplier_id,
-                    second.supplier_id,
-                    request.same_supplier,
-                    request.reason,
-                    idempotency_key=key,
-                    caller=caller,
-                )
+            event = events.duplicate_decided(
+                first.supplier_id,
+                second.supplier_id,
+                request.same_supplier,
+                request.reason,
+                idempotency_key=key,
+                caller=current_caller().system,
             )
-            for pair in [(first.supplier_id, second.supplier_id), (second.supplier_id, first.supplier_id)]:
-                self._suspicions.pop(pair, None)
+            await self._append(events.change_of(event))
             if not request.same_supplier:
-                self._registry.keep_apart(first.supplier_id, second.supplier_id)
                 return pb.DecideDuplicateCandidateResponse(supplier=first)
         supplier = await self._merge(second.supplier_id, first.supplier_id, request.reason)
         return pb.DecideDuplicateCandidateResponse(supplier=supplier)
@@ -162,21 +158,19 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 violations=[FieldViolation("status", "must be ACTIVE, BLOCKED or INACTIVE")],
             )
         _require(request.reason, "reason")
-        current = self._golden(request.supplier_id)
         async with self._lock:
-            self._registry.set_status(current.supplier_id, status)
-            supplier = self._golden(current.supplier_id)
-            await self._store.append(
-                events.supplier_status_changed(
-                    supplier.supplier_id,
-                    supplier.version,
-                    request.status,
-                    request.reason,
-                    idempotency_key=f"status:{supplier.supplier_id}:v{supplier.version}",
-                    caller=current_caller().system,
-                )
+            current = self._golden(request.supplier_id)
+            version = current.version + 1
+            event = events.supplier_status_changed(
+                current.supplier_id,
+                version,
+                request.status,
+                request.reason,
+                idempotency_key=f"status:{current.supplier_id}:v{version}",
+                caller=current_caller().system,
             )
-        return pb.ChangeSupplierStatusResponse(supplier=supplier)
+            await self._append(events.change_of(event))
+            return pb.ChangeSupplierStatusResponse(supplier=self._golden(current.supplier_id))
 
     async def _merge(self, surviving_id: str, merged_id: str, reason: str) -> supplier_pb2.Supplier:
         surviving, merged = self._golden(surviving_id), self._golden(merged_id)
@@ -187,17 +181,17 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 reason="ALREADY_MERGED",
             )
         async with self._lock:
-            self._registry.merge(surviving.supplier_id, merged.supplier_id)
-            supplier = self._golden(surviving.supplier_id)
-            await self._store.append(
-                events.supplier_merged(
-                    supplier,
-                    merged.supplier_id,
-                    idempotency_key=f"merge:{merged.supplier_id}:{surviving.supplier_id}",
-                    caller=current_caller().system,
-                )
+            preview = mapping.golden_to_proto(
+                self._registry.preview_merge(surviving.supplier_id, merged.supplier_id), self._policy().revision
             )
-        return supplier
+            event = events.supplier_merged(
+                preview,
+                merged.supplier_id,
+                idempotency_key=f"merge:{merged.supplier_id}:{surviving.supplier_id}",
+                caller=current_caller().system,
+            )
+            await self._append(events.change_of(event))
+            return self._golden(surviving.supplier_id)
 
     def _golden(self, supplier_id: str) -> supplier_pb2.Supplier:
         _require(supplier_id, "supplier_id")

@@ -1,27 +1,48 @@
-"""supplier-normalization's storage: the SUPPLIER stream, read whole at start and appended per change."""
+"""supplier-normalization's storage: the SUPPLIER stream through the command handler, and the registry (the
+matching index, cross-references, open suspicions) as a projection of it in memory."""
 
 from __future__ import annotations
 
-from libs.runtime.events import Event, EventPublisher, EventReader, Published
-from services.supplier_normalization.events import DOMAIN
+import logging
+
+from libs.runtime.commands import CommandHandler, StreamLog, recorded
+from libs.runtime.decider import Recorded
+from libs.runtime.events import EventPublisher, EventReader
+from services.supplier_normalization import domain, events
+
+log = logging.getLogger(__name__)
+
+GoldenCommands = CommandHandler[domain.GoldenState, domain.SupplierChange]
 
 
-class SupplierStore:
-    def __init__(self, publisher: EventPublisher, reader: EventReader) -> None:
-        self._publisher = publisher
+class RegistryProjection:
+    """The registry and the open suspicions, fed only with changes the stream acknowledged."""
+
+    def __init__(self, registry: domain.SupplierRegistry, reader: EventReader) -> None:
+        self.registry = registry
+        self.suspicions: events.Suspicions = {}
         self._reader = reader
-        self._last_sequence: dict[str, int] = {}  # golden id -> last stream sequence, for the write guard
 
-    async def append(self, event: Event) -> Published:
-        """One event on the golden record's subject, guarded against a concurrent writer of the same record."""
-        published = await self._publisher.publish(
-            event, expected_last_sequence=self._last_sequence.get(event.object_key, 0)
-        )
-        self._last_sequence[event.object_key] = published.sequence
-        return published
+    async def applied(self, key: str, state: domain.GoldenState, recorded: Recorded[domain.SupplierChange]) -> None:
+        events.apply(self.registry, self.suspicions, recorded.event)
 
-    async def all_events(self):
-        """Every event of the stream, oldest first (the start-up rebuild); remembers each record's last sequence."""
-        async for event in self._reader.scan(DOMAIN):
-            self._last_sequence[event.envelope.object_key] = event.sequence
-            yield event
+    async def rebuild(self) -> None:
+        """Fold the whole stream, oldest first (at start: the registry is the stream's projection)."""
+        count = 0
+        async for stored in self._reader.scan(events.DOMAIN):
+            change = events.decode(stored)
+            if change is not None:
+                events.apply(self.registry, self.suspicions, recorded(stored, change).event)
+            count += 1
+        log.info("rebuilt %s golden suppliers from %s events", len(self.registry), count)
+
+
+def golden_commands(publisher: EventPublisher, reader: EventReader, projection: RegistryProjection) -> GoldenCommands:
+    return CommandHandler(
+        StreamLog(publisher, reader, events.DOMAIN, encode=events.encode, decode=events.decode),
+        initial=domain.GOLDEN_INITIAL,
+        evolve=domain.evolve_golden,
+        size_of=lambda _state: 128,
+        projections=(projection,),
+        name="golden supplier",
+    )

@@ -9,7 +9,7 @@ from services.supplier_normalization.domain import SupplierRegistry
 from services.supplier_normalization.matching import Thresholds
 from services.supplier_normalization.servicer import SupplierServicer
 from services.supplier_normalization.settings import Settings
-from services.supplier_normalization.store import SupplierStore
+from services.supplier_normalization.store import RegistryProjection, golden_commands
 from syncgov.supplier.v1 import supplier_service_pb2, supplier_service_pb2_grpc
 
 ACCESS = {
@@ -29,9 +29,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         return rt.policy.current.ownership_of("supplier", field).system_of_record
 
     thresholds = Thresholds(rt.settings.supplier_merge_score, rt.settings.supplier_suspect_score)
-    registry = SupplierRegistry(owner_of, thresholds)
-    store = SupplierStore(rt.publisher, rt.reader)
-    servicer = SupplierServicer(registry, store, rt.exceptions, lambda: rt.policy.current)
+    projection = RegistryProjection(SupplierRegistry(owner_of, thresholds), rt.reader)
+    commands = golden_commands(rt.publisher, rt.reader, projection)
+    servicer = SupplierServicer(projection, commands, rt.exceptions, lambda: rt.policy.current)
     return Service(
         grpc_services=[
             GrpcService(
@@ -42,5 +42,5 @@ def wire(rt: Runtime[Settings]) -> Service:
             )
         ],
         streams=(SUPPLIER, EXCEPTION, AUDIT_INBOX),
-        startup=[servicer.rebuild],
+        startup=[projection.rebuild],
     )
