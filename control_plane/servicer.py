@@ -5,25 +5,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from control_plane import domain
-from control_plane.store import ControlPlaneStore
+from control_plane.store import ControlPlaneStore, PolicyCommands, revision_of
 from libs.policy.engine import unified_diff
 from libs.runtime.audit import AuditRecorder
-from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
-from libs.runtime.events import timestamp
+from libs.runtime.decider import Refusal
+from libs.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from libs.runtime.identity import current_caller
 from libs.runtime.paging import decode_page_token, encode_page_token, page_size
-from libs.runtime.policy_store import PolicyView, RevisionConflict
+from libs.runtime.policy_store import PolicyView
+from libs.runtime.refusals import refusal_error
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2, controlplane_service_pb2, controlplane_service_pb2_grpc
 
 pb = controlplane_service_pb2
+POLICY_KEY = "policy"  # one object: the policy in force
 POLICY_REVISIONS_LISTING = "controlplane.policy_revisions"  # position: the revisions listed are below it
 AUDIT_TRAIL_LISTING = "controlplane.audit_trail"  # position: the entries listed come after this sequence
 
 
 class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServicer):
-    def __init__(self, store: ControlPlaneStore, policy: PolicyView, audit: AuditRecorder) -> None:
+    def __init__(
+        self, store: ControlPlaneStore, commands: PolicyCommands, policy: PolicyView, audit: AuditRecorder
+    ) -> None:
         self._store = store
+        self._commands = commands
         self._policy = policy
         self._audit = audit
 
@@ -122,45 +127,42 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         token = encode_page_token(AUDIT_TRAIL_LISTING, page[-1].sequence) if len(remaining) > size else ""
         return pb.QueryAuditTrailResponse(entries=page, page_info=types_pb2.PageInfo(next_page_token=token))
 
-    async def _apply(self, text: str, expected: int, comment: str, *, dry_run: bool, force_new: bool = False):
-        latest = await self._store.policies.latest()
-        current = latest.revision if latest else 0
-        plan = domain.plan_apply(text, self._in_force(latest), stored=latest is not None)
-        if plan.problems:
-            raise _invalid(plan.problems)
-        if expected != current:
-            raise FailedPrecondition(
-                domain.stale_revision_message(expected, current),
-                subject="policy",
-                reason="STALE_POLICY_REVISION",
-                metadata={"current_revision": str(current)},
-            )
-        if dry_run:
-            return None, plan.diff
-        if plan.unchanged and not force_new:
-            return latest, ""
+    async def _apply(
+        self, text: str, expected: int, comment: str, *, dry_run: bool, force_new: bool = False
+    ) -> tuple[controlplane_pb2.PolicyRevision | None, str]:
         caller = current_caller()
-        revision = controlplane_pb2.PolicyRevision(
-            revision=current + 1,
-            document_yaml=text,
-            applied_by=caller.system,
-            comment=comment,
-            document_sha256=plan.sha256,
+        bootstrap = self._policy.current
+        command = domain.ApplyPolicy(
+            text,
+            expected,
+            comment,
+            caller.system,
+            bootstrap.text if bootstrap.revision == 0 else "",
+            force_new=force_new,
         )
-        revision.applied_at.CopyFrom(timestamp(datetime.now(UTC)))
-        try:
-            await self._store.policies.append(revision, expected_current=expected)
-        except RevisionConflict as conflict:
-            raise FailedPrecondition(str(conflict), subject="policy", reason="STALE_POLICY_REVISION") from None
+        now = datetime.now(UTC)
+        if dry_run:  # decided, never appended
+            state = await self._commands.state(POLICY_KEY)
+            decision = domain.decide_apply(command, state, now)
+            if isinstance(decision, Refusal):
+                raise refusal_error(decision)
+            return None, unified_diff(domain.in_force(state, command.bootstrap_text), text)
+        before = await self._commands.state(POLICY_KEY)
+        result = await self._commands.run(POLICY_KEY, lambda state: domain.decide_apply(command, state, now))
+        if isinstance(result, Refusal):
+            raise refusal_error(result)
+        if result.recorded is None:  # the same document is in force already
+            return await self._store.policies.latest(), ""
+        stored = result.recorded.event
         await self._audit.record(
             actor=caller.system,
             action="policy_change",
-            object_ref=types_pb2.ObjectRef(object_type="policy", object_key="policy", version=revision.revision),
+            object_ref=types_pb2.ObjectRef(object_type="policy", object_key="policy", version=stored.revision),
             outcome="applied",
-            reason=comment or f"applied revision {revision.revision}",
-            policy_revision=revision.revision,
+            reason=comment or f"applied revision {stored.revision}",
+            policy_revision=stored.revision,
         )
-        return revision, plan.diff or unified_diff(self._in_force(latest), text)
+        return revision_of(stored), unified_diff(domain.in_force(before, command.bootstrap_text), text)
 
     def _in_force(self, latest: controlplane_pb2.PolicyRevision | None) -> str:
         """The document in force: the latest stored revision, else the bootstrap services run as revision 0."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from control_plane.events import audit_consumers
 from control_plane.servicer import ControlPlaneServicer
 from control_plane.settings import Settings
-from control_plane.store import ControlPlaneStore
+from control_plane.store import ControlPlaneStore, policy_commands
 from libs.runtime.access import AccessRule, Administer, Read
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.audit import AuditChain
@@ -29,7 +29,7 @@ ACCESS: dict[str, AccessRule] = {
 
 def wire(rt: Runtime[Settings]) -> Service:
     store = ControlPlaneStore(rt.policy_store, AuditChain(rt.js, rt.namespace, rt.settings.publish_timeout_seconds))
-    servicer = ControlPlaneServicer(store, rt.policy, rt.audit)
+    servicer = ControlPlaneServicer(store, policy_commands(rt.policy_store), rt.policy, rt.audit)
     return Service(
         grpc_services=[
             GrpcService(

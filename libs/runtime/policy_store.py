@@ -59,12 +59,25 @@ class PolicyStore:
         return self._kv
 
     async def latest(self) -> controlplane_pb2.PolicyRevision | None:
+        found = await self.latest_with_sequence()
+        return None if found is None else found[1]
+
+    async def latest_with_sequence(self) -> tuple[int, controlplane_pb2.PolicyRevision] | None:
+        """The latest revision and the bucket stream's sequence that holds it."""
         await self.open()
         try:
             raw = await self._js.get_last_msg(f"KV_{self.bucket}", f"$KV.{self.bucket}.rev.>")
         except NotFoundError:
             return None
-        return controlplane_pb2.PolicyRevision.FromString(raw.data or b"")
+        return raw.seq or 0, controlplane_pb2.PolicyRevision.FromString(raw.data or b"")
+
+    async def create(self, revision: controlplane_pb2.PolicyRevision) -> int:
+        """Store ``revision`` under its own key unless that key exists; returns the stream sequence."""
+        kv = await self.open()
+        try:
+            return await kv.create(_key(revision.revision), revision.SerializeToString())
+        except KeyWrongLastSequenceError:
+            raise RevisionConflict(f"revision {revision.revision} was stored by someone else just now") from None
 
     async def get(self, revision: int) -> controlplane_pb2.PolicyRevision | None:
         kv = await self.open()
