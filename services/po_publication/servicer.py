@@ -20,7 +20,7 @@ from libs.runtime.errors import NotFound, ServiceError
 from libs.runtime.events import content_sha256
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.identity import current_caller
-from libs.runtime.paging import page_size
+from libs.runtime.paging import decode_page_token, encode_page_token, page_size
 from libs.runtime.refusals import refused
 from libs.runtime.values import datetime_from_proto
 from services.po_publication import domain, mapping
@@ -31,6 +31,7 @@ from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
 
 REPLAY_METADATA = (("syncgov-idempotent-replay", "true"),)
+UNACKNOWLEDGED_LISTING = "po.unacknowledged"
 Result = Outcome[domain.OrderState, domain.OrderEvent]
 
 
@@ -133,11 +134,12 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self, request: po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest, context: grpc.aio.ServicerContext
     ) -> po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse:
         size = page_size(request.page.page_size)
-        offset = int(request.page.page_token) if request.page.page_token.isdigit() else 0
+        offset = decode_page_token(UNACKNOWLEDGED_LISTING, request.page.page_token) or 0
         entries, more = await self._unacknowledged.page(offset, size)
+        token = encode_page_token(UNACKNOWLEDGED_LISTING, offset + size) if more else ""
         return po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse(
             purchase_orders=[mapping.unacknowledged_to_proto(entry) for entry in entries],
-            page_info=types_pb2.PageInfo(next_page_token=str(offset + size) if more else ""),
+            page_info=types_pb2.PageInfo(next_page_token=token),
         )
 
     async def GetPurchaseOrder(
