@@ -594,12 +594,15 @@ def _change(command: ChangeOrder, state: OrderState, now: datetime, rules: Rules
         return duplicate_transaction(order, command.document, command.idempotency_key, stored)
     if place is Sequence.STALE:
         return stale_version(order.po_id, order.version, latest.version)
+    if latest.cancelled:
+        return cancelled(order.po_id, latest.version)
+    held = state.held.get(order.version)
+    if held is not None and held.fingerprint != command.fingerprint and order.version not in state.expired:
+        # The sender was told this version is held with other content: that content stands.
+        return duplicate_transaction(order, command.document, command.idempotency_key, held)
     if place is Sequence.AHEAD:
-        held = state.held.get(order.version)
         if held is not None:
-            if held.fingerprint == command.fingerprint:
-                return None
-            return duplicate_transaction(order, command.document, command.idempotency_key, held)
+            return None  # held already, with this content
         return VersionHeld(
             order,
             command.document,
@@ -608,8 +611,6 @@ def _change(command: ChangeOrder, state: OrderState, now: datetime, rules: Rules
             command.idempotency_key,
             command.source_system,
         )
-    if latest.cancelled:
-        return cancelled(order.po_id, latest.version)
     return VersionChanged(
         order,
         command.document,
