@@ -92,9 +92,11 @@ async def test_an_append_tells_the_projection_and_a_replay_writes_nothing(env):
     seen = Seen()
     commands = handler(env, seen)
     first = await run(commands, publish(), assume_new=True)
-    assert isinstance(first, Outcome) and first.recorded is not None
+    assert isinstance(first, Outcome)
+    assert first.recorded is not None
     again = await run(commands, publish(), assume_new=True)
-    assert isinstance(again, Outcome) and again.replayed
+    assert isinstance(again, Outcome)
+    assert again.replayed
     assert again.state.latest_version == 1
     assert seen.sequences == [first.recorded.sequence]
     assert await message_count(js, namespace, "po") == 1
@@ -106,7 +108,8 @@ async def test_a_replica_with_a_stale_cached_state_loses_the_race_reads_and_deci
     await run(one, publish(), assume_new=True)  # replica one caches v1
     assert isinstance(await run(two, publish(2)), Outcome)  # replica two reads v1 and writes v2
     third = await run(one, publish(3))  # one's cache says v1: its append of "v2 next" must not win
-    assert isinstance(third, Outcome) and third.recorded is not None
+    assert isinstance(third, Outcome)
+    assert third.recorded is not None
     assert isinstance(third.recorded.event, domain.VersionChanged)
     assert third.state.latest_version == 3
     assert [v.version for v in third.state.versions] == [1, 2, 3]
@@ -119,7 +122,8 @@ async def test_a_refusal_from_a_stale_cached_state_is_checked_against_the_stream
     await run(two, publish(2))
     # One's cached state knows no version 2: before refusing "unknown version" it reads what came after.
     acknowledged = await run(one, acknowledge(2))
-    assert isinstance(acknowledged, Outcome) and acknowledged.recorded is not None
+    assert isinstance(acknowledged, Outcome)
+    assert acknowledged.recorded is not None
     assert acknowledged.state.acknowledgments[2].erp_document_number == "45002"
     # And a replay from a stale cache is confirmed the same way.
     assert isinstance(await run(two, acknowledge(2)), Outcome)
@@ -131,7 +135,8 @@ async def test_a_refusal_on_the_current_state_is_returned_and_writes_nothing(env
     commands = handler(env, seen)
     await run(commands, publish(), assume_new=True)
     refusal = await run(commands, publish(quantity="11"), assume_new=True)
-    assert isinstance(refusal, Refusal) and refusal.reason == "DUPLICATE_TRANSACTION"
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason == "DUPLICATE_TRANSACTION"
     assert len(seen.sequences) == 1
     assert await message_count(js, namespace, "po") == 1
 
@@ -185,4 +190,5 @@ async def test_a_key_used_for_another_object_within_the_window_is_refused(env):
     now = datetime.now(UTC)
     await commands.run("PO-1001", lambda s: domain.decide(first, s, now, RULES), assume_new=True)
     refusal = await commands.run("PO-2002", lambda s: domain.decide(second, s, now, RULES), assume_new=True)
-    assert isinstance(refusal, Refusal) and refusal.reason == "IDEMPOTENCY_KEY_REUSED"
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason == "IDEMPOTENCY_KEY_REUSED"

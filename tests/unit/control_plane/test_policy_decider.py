@@ -56,7 +56,8 @@ def test_a_rollback_stores_a_new_revision_even_for_the_same_text():
 
 def test_an_expected_revision_that_is_not_the_latest_is_refused_with_the_current_one():
     refusal = domain.decide_apply(apply(STRICT, 1), given(DEFAULT, STRICT), NOW)
-    assert not isinstance(refusal, domain.RevisionStored) and refusal is not None
+    assert not isinstance(refusal, domain.RevisionStored)
+    assert refusal is not None
     assert (refusal.kind, refusal.reason) == (RefusalKind.PRECONDITION, "STALE_POLICY_REVISION")
     assert refusal.metadata["current_revision"] == "2"
 
@@ -64,7 +65,8 @@ def test_an_expected_revision_that_is_not_the_latest_is_refused_with_the_current
 def test_an_invalid_document_is_refused_with_every_problem_and_its_path():
     broken = DEFAULT.replace("version: 1", "version: 99", 1) + "\nunknown_section: {}\n"
     refusal = domain.decide_apply(apply(broken, 0), given(), NOW)
-    assert refusal is not None and not isinstance(refusal, domain.RevisionStored)
+    assert refusal is not None
+    assert not isinstance(refusal, domain.RevisionStored)
     assert (refusal.kind, refusal.reason) == (RefusalKind.INVALID, "INVALID_POLICY")
     assert len(refusal.violations) >= 1
     assert all(path.startswith("document_yaml:") for path, _ in refusal.violations)

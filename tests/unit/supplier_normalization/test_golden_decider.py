@@ -77,7 +77,8 @@ def test_planning_changes_nothing_and_the_preview_is_what_applying_gives():
     registry.submit(supplier("procurement", "P-1", "Acme Tools GmbH", vat="DE136695976"))
     before = registry.clusters()
     placement = registry.plan(normalize(supplier("erp", "E-1", "ACME Tools G.m.b.H.", vat="DE 136695976")))
-    assert placement.outcome is Outcome.MERGED and not placement.created
+    assert placement.outcome is Outcome.MERGED
+    assert not placement.created
     assert registry.clusters() == before
     assert registry.golden_of("erp", "E-1") is None
     preview = registry.preview(placement)
