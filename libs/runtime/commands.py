@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 E = TypeVar("E")
+S_contra = TypeVar("S_contra", contravariant=True)  # a projection of a wider state serves a narrower one
 
 DEFAULT_ATTEMPTS = 5
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -64,10 +65,10 @@ class EventLog(Protocol[E]):
     async def append(self, key: str, event: E, expected_last_sequence: int) -> Appended[E]: ...
 
 
-class Projection(Protocol[S, E]):
+class Projection(Protocol[S_contra, E]):
     """A read model fed by the handler after the log acknowledged an append (and by a rebuild from the log)."""
 
-    async def applied(self, key: str, state: S, recorded: Recorded[E]) -> None: ...
+    async def applied(self, key: str, state: S_contra, recorded: Recorded[E]) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)

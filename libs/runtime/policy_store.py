@@ -141,7 +141,7 @@ class PolicyView:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
 
-    async def _follow(self, watcher) -> None:
+    async def _follow(self, watcher: KeyValue.KeyWatcher) -> None:
         try:
             async for entry in watcher:
                 if entry is None or not entry.value:
@@ -149,7 +149,7 @@ class PolicyView:
                 self._switch(controlplane_pb2.PolicyRevision.FromString(entry.value))
         finally:
             with contextlib.suppress(Exception):
-                await watcher.stop()
+                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves KeyWatcher.stop unannotated
 
     def _switch(self, revision: controlplane_pb2.PolicyRevision) -> None:
         if revision.revision <= self.current.revision:

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from libs.policy.catalog import message_descriptor
 from libs.runtime.events import Event, StoredEvent, content_sha256
 from libs.runtime.values import datetime_from_proto
 from services.po_publication import domain, mapping
@@ -210,13 +211,13 @@ def on_supplier_event(directory: domain.SupplierDirectory) -> Callable[[StoredEv
 
     def apply(event: StoredEvent) -> None:
         payload = event.envelope.payload
-        if payload.Is(supplier_events_pb2.SupplierUpserted.DESCRIPTOR):
+        if payload.Is(message_descriptor(supplier_events_pb2.SupplierUpserted)):
             supplier = event.unpack(supplier_events_pb2.SupplierUpserted).supplier
             directory.set_status(supplier.supplier_id, _SUPPLIER_STATUS.get(supplier.status, "active"))
-        elif payload.Is(supplier_events_pb2.SupplierMerged.DESCRIPTOR):
+        elif payload.Is(message_descriptor(supplier_events_pb2.SupplierMerged)):
             merged = event.unpack(supplier_events_pb2.SupplierMerged)
             directory.merge(merged.merged_supplier_id, merged.surviving_supplier_id)
-        elif payload.Is(supplier_events_pb2.SupplierStatusChanged.DESCRIPTOR):
+        elif payload.Is(message_descriptor(supplier_events_pb2.SupplierStatusChanged)):
             changed = event.unpack(supplier_events_pb2.SupplierStatusChanged)
             directory.set_status(changed.supplier_id, _SUPPLIER_STATUS.get(changed.status, "inactive"))
 

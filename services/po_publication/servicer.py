@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import grpc
 from google.protobuf import json_format
@@ -53,7 +54,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self._policy = policy
 
     async def PublishPurchaseOrder(
-        self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext
+        self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.PublishPurchaseOrderResponse:
         document = mapping.normalized_first_version(request.purchase_order)
         order = self._valid(document, request.idempotency_key, change=False)
@@ -70,7 +71,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return mapping.publish_response(stored)
 
     async def ChangePurchaseOrder(
-        self, request: po_service_pb2.ChangePurchaseOrderRequest, context: grpc.aio.ServicerContext
+        self, request: po_service_pb2.ChangePurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.ChangePurchaseOrderResponse:
         document = mapping.normalized(request.purchase_order)
         order = self._valid(document, request.idempotency_key, change=True)
@@ -88,7 +89,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return mapping.held_response(outcome.state.held[order.version])
 
     async def CancelPurchaseOrder(
-        self, request: po_service_pb2.CancelPurchaseOrderRequest, context: grpc.aio.ServicerContext
+        self, request: po_service_pb2.CancelPurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.CancelPurchaseOrderResponse:
         po_id = mapping.required_po_id(request.po_id)
         reason = mapping.required_text(request.reason, "reason", "a cancellation's reason")
@@ -99,7 +100,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return mapping.cancel_response(stored)
 
     async def AcknowledgePurchaseOrder(
-        self, request: po_service_pb2.AcknowledgePurchaseOrderRequest, context: grpc.aio.ServicerContext
+        self, request: po_service_pb2.AcknowledgePurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.AcknowledgePurchaseOrderResponse:
         po_id = mapping.required_po_id(request.po_id)
         number = mapping.required_text(request.erp_document_number, "erp_document_number", "the ERP's document number")
@@ -114,7 +115,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         )
 
     async def RejectPurchaseOrder(
-        self, request: po_service_pb2.RejectPurchaseOrderRequest, context: grpc.aio.ServicerContext
+        self, request: po_service_pb2.RejectPurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.RejectPurchaseOrderResponse:
         po_id = mapping.required_po_id(request.po_id)
         reason = mapping.required_text(request.reason, "reason", "the ERP's reason")
@@ -131,7 +132,9 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return po_service_pb2.RejectPurchaseOrderResponse(exception_id=exception.exception_id)
 
     async def ListUnacknowledgedPurchaseOrders(
-        self, request: po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest, context: grpc.aio.ServicerContext
+        self,
+        request: po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
     ) -> po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse:
         size = page_size(request.page.page_size)
         offset = decode_page_token(UNACKNOWLEDGED_LISTING, request.page.page_token) or 0
@@ -143,7 +146,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         )
 
     async def GetPurchaseOrder(
-        self, request: po_service_pb2.GetPurchaseOrderRequest, context: grpc.aio.ServicerContext
+        self, request: po_service_pb2.GetPurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.GetPurchaseOrderResponse:
         po_id = mapping.required_po_id(request.po_id)
         state = await self._commands.state(po_id)
@@ -162,7 +165,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return response
 
     async def ListPurchaseOrderVersions(
-        self, request: po_service_pb2.ListPurchaseOrderVersionsRequest, context: grpc.aio.ServicerContext
+        self, request: po_service_pb2.ListPurchaseOrderVersionsRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.ListPurchaseOrderVersionsResponse:
         po_id = mapping.required_po_id(request.po_id)
         state = await self._commands.state(po_id)
@@ -179,7 +182,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self,
         po_id: str,
         command: domain.OrderCommand,
-        context: grpc.aio.ServicerContext | None,
+        context: grpc.aio.ServicerContext[Any, Any] | None,
         *,
         assume_new: bool = False,
         claim: Claim | None = None,

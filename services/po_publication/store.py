@@ -4,6 +4,7 @@ read models ``<ns>:po-publication:*`` that are projections of it."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Sequence
 from datetime import datetime
 
@@ -15,6 +16,8 @@ from libs.runtime.decider import Recorded
 from libs.runtime.events import EventPublisher, EventReader
 from services.po_publication import domain, events
 
+log = logging.getLogger(__name__)
+
 OrderCommands = CommandHandler[domain.OrderState, domain.OrderEvent]
 
 
@@ -24,7 +27,7 @@ def order_log(publisher: EventPublisher, reader: EventReader) -> StreamLog[domai
 
 def size_of(state: domain.OrderState) -> int:
     """About what a folded order holds in memory: its documents dominate."""
-    documents = sum(v.document.ByteSize() for v in state.versions if v.document is not None)
+    documents: int = sum(v.document.ByteSize() for v in state.versions if v.document is not None)
     documents += sum(h.document.ByteSize() for h in state.held.values())
     return 512 + 3 * documents + 256 * (len(state.versions) + len(state.acknowledgments))
 
@@ -146,11 +149,11 @@ class ReadModels:
     def projections(self) -> Sequence[UnacknowledgedOrders | HoldDeadlines]:
         return (self.unacknowledged, self.holds)
 
-    async def rebuild(self) -> int:
+    async def rebuild(self) -> None:
         """Fold the whole PO stream and write both read models, unless Valkey still has them (a marker key
-        says so). Returns the number of events read."""
+        says so). A startup step: it logs the number of events read."""
         if await self._redis.exists(self._marker):
-            return 0
+            return
         states: dict[str, domain.OrderState] = {}
         count = 0
         async for stored in self._reader.scan(events.DOMAIN):
@@ -168,4 +171,4 @@ class ReadModels:
             self.holds.write(pipeline, po_id, state)
         pipeline.set(self._marker, b"1")
         await pipeline.execute()
-        return count
+        log.info("rebuilt the read models from %d events of the PO stream", count)

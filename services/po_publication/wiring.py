@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.runtime.access import Read, Write
+from libs.runtime.access import AccessRule, Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.commands import CommandHandler
 from libs.runtime.follower import StreamFollower
@@ -15,7 +15,7 @@ from services.po_publication.settings import Settings
 from services.po_publication.store import HoldDeadlines, ReadModels, UnacknowledgedOrders, order_log, size_of
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 
-ACCESS = {
+ACCESS: dict[str, AccessRule] = {
     "PublishPurchaseOrder": Write(
         "purchase_order", key="purchase_order.po_id", document="purchase_order", version="purchase_order.version"
     ),

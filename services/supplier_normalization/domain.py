@@ -243,9 +243,9 @@ class SupplierRegistry:
             owner = self._owner_of(name)
             filled = [m for m in members if getattr(m.record, attribute)]
             owned = [m for m in filled if m.record.source_system == owner]
-            chosen = (owned or filled or [None])[-1]
-            if chosen is None:
+            if not filled:  # no source has the field (``owned`` is a part of ``filled``)
                 continue
+            chosen = (owned or filled)[-1]
             values[name] = getattr(chosen.record, attribute)
             provenance.append(Provenance(name, chosen.record.source_system, chosen.record.local_id, bool(owned)))
         country = next((m.record.country for m in reversed(members) if m.record.country), "")

@@ -7,6 +7,9 @@ cross-references, open suspicions) exactly: the stream is the source of truth, m
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
+from libs.policy.catalog import message_descriptor
 from libs.runtime.events import Event, StoredEvent
 from services.supplier_normalization import domain, mapping
 from syncgov.supplier.v1 import events_pb2, supplier_pb2
@@ -25,7 +28,7 @@ STATUS_EVENT_NAMES = {
 def supplier_upserted(
     supplier: supplier_pb2.Supplier,
     source: supplier_pb2.SupplierRecord,
-    outcome: int,
+    outcome: supplier_pb2.MatchOutcome,
     suspected: list[supplier_pb2.DuplicateCandidate],
     *,
     idempotency_key: str,
@@ -45,7 +48,13 @@ def supplier_merged(supplier: supplier_pb2.Supplier, merged_id: str, *, idempote
 
 
 def supplier_status_changed(
-    supplier_id: str, version: int, status: int, reason: str, *, idempotency_key: str, caller: str
+    supplier_id: str,
+    version: int,
+    status: supplier_pb2.SupplierStatus,
+    reason: str,
+    *,
+    idempotency_key: str,
+    caller: str,
 ) -> Event:
     payload = events_pb2.SupplierStatusChanged(supplier_id=supplier_id, status=status, reason=reason)
     return _event(supplier_id, version, STATUS_EVENT_NAMES[status], payload, idempotency_key, caller)
@@ -58,7 +67,7 @@ def duplicate_decided(first: str, second: str, same: bool, reason: str, *, idemp
     return _event(first, 0, DECIDED, payload, idempotency_key, caller)
 
 
-def _event(key: str, version: int, name: str, payload, idempotency_key: str, caller: str) -> Event:
+def _event(key: str, version: int, name: str, payload: Message, idempotency_key: str, caller: str) -> Event:
     return Event(
         domain=DOMAIN,
         object_type=domain.OBJECT_TYPE,
@@ -88,7 +97,7 @@ def change_of(event: Event) -> domain.SupplierChange:
 def encode(golden_id: str, change: domain.SupplierChange) -> Event:
     """The event to publish for a change of golden record ``golden_id`` (its payload is already built)."""
     payload = change.payload
-    assert payload is not None
+    assert isinstance(payload, Message)  # the domain holds the contract form, opaque to it
     if change.kind == domain.STATUS:
         name = STATUS_EVENT_NAMES[mapping.STATUSES[change.status]]
     else:
@@ -101,19 +110,19 @@ def decode(stored: StoredEvent) -> domain.SupplierChange | None:
     envelope = stored.envelope
     payload = envelope.payload
     key, version = envelope.object_key, envelope.object_version
-    if payload.Is(events_pb2.SupplierUpserted.DESCRIPTOR):
+    if payload.Is(message_descriptor(events_pb2.SupplierUpserted)):
         upserted = stored.unpack(events_pb2.SupplierUpserted)
         if not upserted.HasField("source_record"):
             return None  # not written by this service (every upsert it writes carries its source record)
         return domain.SupplierChange(domain.UPSERTED, key, version, envelope.idempotency_key, payload=upserted)
-    if payload.Is(events_pb2.SupplierMerged.DESCRIPTOR):
+    if payload.Is(message_descriptor(events_pb2.SupplierMerged)):
         merged = stored.unpack(events_pb2.SupplierMerged)
         return domain.SupplierChange(domain.MERGED_EVENT, key, version, envelope.idempotency_key, payload=merged)
-    if payload.Is(events_pb2.SupplierStatusChanged.DESCRIPTOR):
+    if payload.Is(message_descriptor(events_pb2.SupplierStatusChanged)):
         changed = stored.unpack(events_pb2.SupplierStatusChanged)
         status = mapping.STATUS_NAMES[changed.status]
         return domain.SupplierChange(domain.STATUS, key, version, envelope.idempotency_key, status, changed)
-    if payload.Is(events_pb2.SupplierDuplicateDecided.DESCRIPTOR):
+    if payload.Is(message_descriptor(events_pb2.SupplierDuplicateDecided)):
         decided = stored.unpack(events_pb2.SupplierDuplicateDecided)
         return domain.SupplierChange(domain.DECIDED, key, version, envelope.idempotency_key, payload=decided)
     return None

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+from typing import TypeVar, cast
+
 from services.supplier_normalization import domain
 from services.supplier_normalization.matching import Candidate, Outcome
 from services.supplier_normalization.normalize import (
@@ -29,6 +32,8 @@ STATUSES = {
 }
 STATUS_NAMES = {value: key for key, value in STATUSES.items()}
 
+T = TypeVar("T")
+
 
 def record_from_proto(record: supplier_pb2.SupplierRecord) -> SourceRecord:
     country = next((a.country_code for a in record.addresses if a.country_code), "")
@@ -48,7 +53,7 @@ def record_from_proto(record: supplier_pb2.SupplierRecord) -> SourceRecord:
     )
 
 
-def _addresses(addresses) -> list[types_pb2.PostalAddress]:
+def _addresses(addresses: Iterable[Address]) -> list[types_pb2.PostalAddress]:
     return [
         types_pb2.PostalAddress(
             lines=a.lines, locality=a.locality, region=a.region, postal_code=a.postal_code, country_code=a.country
@@ -94,6 +99,12 @@ def findings_to_proto(findings: tuple[Finding, ...]) -> list[supplier_pb2.Findin
     return [supplier_pb2.Finding(field=f.field, value=f.value, problem=f.problem) for f in findings]
 
 
+def _parts(values: Mapping[str, object], name: str, _kind: type[T]) -> tuple[T, ...]:
+    """A golden field made of source-record parts: ``GoldenView.values`` holds each field as the source record
+    does (a tuple of ``_kind``), keyed by name, so the type is the field's and this is a cast and nothing more."""
+    return cast(tuple[T, ...], values.get(name, ()))
+
+
 def golden_to_proto(view: domain.GoldenView, policy_revision: int) -> supplier_pb2.Supplier:
     values = view.values
     supplier = supplier_pb2.Supplier(
@@ -101,16 +112,16 @@ def golden_to_proto(view: domain.GoldenView, policy_revision: int) -> supplier_p
         legal_name=str(values.get("legal_name", "")),
         tax_ids=[
             supplier_pb2.TaxIdentifier(scheme=i.scheme, value=i.value, country_code=i.country)
-            for i in values.get("tax_ids", ())
+            for i in _parts(values, "tax_ids", Identifier)
         ],
-        addresses=_addresses(values.get("addresses", ())),
+        addresses=_addresses(_parts(values, "addresses", Address)),
         contacts=[
             supplier_pb2.Contact(name=c.name, email=c.email, phone=c.phone, role=c.role)
-            for c in values.get("contacts", ())
+            for c in _parts(values, "contacts", Contact)
         ],
         bank_accounts=[
             supplier_pb2.BankAccount(iban=b.iban, bic=b.bic, holder_name=b.holder_name)
-            for b in values.get("bank_accounts", ())
+            for b in _parts(values, "bank_accounts", BankAccount)
         ],
         payment_terms=str(values.get("payment_terms", "")),
         status=STATUSES[view.status],

@@ -112,8 +112,8 @@ class MatchIndex:
                 candidates[golden] = Candidate(golden, 100.0, reasons)
         keys = frozenset(_block_keys(record))
         pool: set[str] = set()
-        for key in keys:
-            block = self._blocks.get(key)
+        for block_key in keys:
+            block = self._blocks.get(block_key)
             if block and len(block) <= MAX_BLOCK:
                 pool.update(block)
         pool.difference_update(candidates)
@@ -173,8 +173,8 @@ class MatchIndex:
         features.postal_codes.update(a.postal_code for a in record.record.addresses if a.postal_code)
         if len(features.streets) < MAX_STREETS:  # a golden record's addresses are few; stop a runaway
             features.streets.update(_street(record))
-        for key in keys if keys is not None else _block_keys(record):
-            block = self._blocks[key]
+        for block_key in keys if keys is not None else _block_keys(record):
+            block = self._blocks[block_key]
             if golden_id not in block and len(block) <= MAX_BLOCK:
                 block.append(golden_id)
 

@@ -16,6 +16,7 @@ import functools
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import cleanco
 import phonenumbers
@@ -24,6 +25,9 @@ from stdnum import bic as stdnum_bic
 from stdnum import ean, iban, lei
 from stdnum.exceptions import ValidationError
 from stdnum.util import get_cc_module
+
+if TYPE_CHECKING:  # python-stdnum declares its module protocol for type checkers only
+    from stdnum.util import NumberValidationModule
 
 _SPACES = re.compile(r"\s+")
 _NOT_WORD = re.compile(r"[^\w\s]")
@@ -131,7 +135,7 @@ def country_code(value: str) -> str | None:
         return None
 
 
-def _identifier_module(scheme: str, country: str):
+def _identifier_module(scheme: str, country: str) -> tuple[str, NumberValidationModule] | None:
     """The python-stdnum module for a scheme: ``eu_vat``, ``vat`` (+ country), ``<cc>_<name>``, ``lei``, ..."""
     scheme = scheme.lower()
     if scheme in ("eu_vat", "vat"):
@@ -139,7 +143,8 @@ def _identifier_module(scheme: str, country: str):
             from stdnum.eu import vat
 
             return "vat", vat
-        return "vat", get_cc_module(country.lower(), "vat")
+        module = get_cc_module(country.lower(), "vat")
+        return None if module is None else ("vat", module)
     if scheme == "lei":
         return "lei", lei
     if scheme == "iban":
@@ -152,7 +157,7 @@ def _identifier_module(scheme: str, country: str):
         if module is not None:
             family = "vat" if name == "vat" else name
             return family, module
-    return None, None
+    return None
 
 
 def normalize_identifier(identifier: Identifier, country: str) -> tuple[tuple[str, str] | None, str | None, str]:
@@ -164,9 +169,10 @@ def normalize_identifier(identifier: Identifier, country: str) -> tuple[tuple[st
         if re.fullmatch(r"\d{9}", digits):
             return ("duns", digits), None, digits
         return None, "a DUNS number is 9 digits", raw
-    family, module = _identifier_module(scheme, identifier.country or country)
-    if module is None:
+    found = _identifier_module(scheme, identifier.country or country)
+    if found is None:
         return None, f"unknown identifier scheme {identifier.scheme!r}", raw
+    family, module = found
     try:
         compact = module.compact(raw)
         if family == "vat" and scheme in ("vat",) and country and not compact[:2].isalpha():
@@ -249,6 +255,7 @@ def normalize(record: SourceRecord) -> NormalizedRecord:
             continue
         changed(path, identifier.value, value, f"stdnum_{identifier.scheme.lower()}")
         identifiers.append(Identifier(identifier.scheme.lower(), value, identifier.country or country))
+        assert key is not None  # a valid identifier has a strong key
         strong.add(key)
 
     addresses = []
@@ -293,6 +300,7 @@ def normalize(record: SourceRecord) -> NormalizedRecord:
             value = account.iban
         else:
             changed(f"bank_accounts[{index}].iban", account.iban, value, "stdnum_iban")
+            assert key is not None  # a valid IBAN has a strong key
             strong.add(key)
         bic_value = account.bic.strip().upper().replace(" ", "")
         if bic_value:

@@ -7,6 +7,9 @@ import json
 import logging
 from collections.abc import Callable
 from functools import partial
+from typing import Any
+
+import grpc
 
 from libs.policy.engine import Policy
 from libs.runtime.decider import Refusal
@@ -50,7 +53,9 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         if isinstance(result, Refusal):
             raise refusal_error(result)
 
-    async def SubmitSupplierRecord(self, request: pb.SubmitSupplierRecordRequest, context):
+    async def SubmitSupplierRecord(
+        self, request: pb.SubmitSupplierRecordRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.SubmitSupplierRecordResponse:
         record = request.record
         _require(record.local_id, "record.local_id")
         _require(record.legal_name, "record.legal_name")
@@ -83,7 +88,9 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
             await self._raise_suspicion(supplier, candidate)
         return response
 
-    async def _raise_suspicion(self, supplier: supplier_pb2.Supplier, candidate) -> None:
+    async def _raise_suspicion(
+        self, supplier: supplier_pb2.Supplier, candidate: supplier_pb2.DuplicateCandidate
+    ) -> None:
         route = self._policy().route("duplicate_supplier_suspected")
         await self._exceptions.raise_exception(
             exception_pb2.EXCEPTION_TYPE_DUPLICATE_SUPPLIER_SUSPECTED,
@@ -102,10 +109,14 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
             policy_revision=self._policy().revision,
         )
 
-    async def GetSupplier(self, request: pb.GetSupplierRequest, context) -> pb.GetSupplierResponse:
+    async def GetSupplier(
+        self, request: pb.GetSupplierRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.GetSupplierResponse:
         return pb.GetSupplierResponse(supplier=self._golden(request.supplier_id))
 
-    async def ResolveSupplier(self, request: pb.ResolveSupplierRequest, context) -> pb.ResolveSupplierResponse:
+    async def ResolveSupplier(
+        self, request: pb.ResolveSupplierRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ResolveSupplierResponse:
         _require(request.system, "system")
         _require(request.local_id, "local_id")
         golden = self._registry.golden_of(request.system, request.local_id)
@@ -115,15 +126,21 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
             )
         return pb.ResolveSupplierResponse(supplier=self._golden(golden))
 
-    async def FindDuplicateSuppliers(self, request: pb.FindDuplicateSuppliersRequest, context):
+    async def FindDuplicateSuppliers(
+        self, request: pb.FindDuplicateSuppliersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.FindDuplicateSuppliersResponse:
         result = self._registry.candidates(mapping.record_from_proto(request.record))
         return pb.FindDuplicateSuppliersResponse(candidates=[mapping.candidate_to_proto(c) for c in result.candidates])
 
-    async def MergeSuppliers(self, request: pb.MergeSuppliersRequest, context) -> pb.MergeSuppliersResponse:
+    async def MergeSuppliers(
+        self, request: pb.MergeSuppliersRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.MergeSuppliersResponse:
         supplier = await self._merge(request.surviving_supplier_id, request.merged_supplier_id, request.reason)
         return pb.MergeSuppliersResponse(supplier=supplier)
 
-    async def DecideDuplicateCandidate(self, request: pb.DecideDuplicateCandidateRequest, context):
+    async def DecideDuplicateCandidate(
+        self, request: pb.DecideDuplicateCandidateRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.DecideDuplicateCandidateResponse:
         _require(request.reason, "reason")
         first, second = self._golden(request.supplier_id), self._golden(request.other_supplier_id)
         async with self._lock:
@@ -142,7 +159,9 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         supplier = await self._merge(second.supplier_id, first.supplier_id, request.reason)
         return pb.DecideDuplicateCandidateResponse(supplier=supplier)
 
-    async def ListDuplicateCandidates(self, request: pb.ListDuplicateCandidatesRequest, context):
+    async def ListDuplicateCandidates(
+        self, request: pb.ListDuplicateCandidatesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ListDuplicateCandidatesResponse:
         size = page_size(request.page_size)
         pairs = [
             pb.SuspectedPair(supplier_id=golden, candidate=candidate)
@@ -150,7 +169,9 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         ]
         return pb.ListDuplicateCandidatesResponse(pairs=pairs)
 
-    async def ChangeSupplierStatus(self, request: pb.ChangeSupplierStatusRequest, context):
+    async def ChangeSupplierStatus(
+        self, request: pb.ChangeSupplierStatusRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> pb.ChangeSupplierStatusResponse:
         status = mapping.STATUS_NAMES.get(request.status)
         if status is None or status == domain.MERGED:
             raise InvalidArgument(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.runtime.access import Read, Report, Write
+from libs.runtime.access import AccessRule, Read, Report, Write
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, SUPPLIER
 from services.supplier_normalization.domain import SupplierRegistry
@@ -12,7 +12,7 @@ from services.supplier_normalization.settings import Settings
 from services.supplier_normalization.store import RegistryProjection, golden_commands
 from syncgov.supplier.v1 import supplier_service_pb2, supplier_service_pb2_grpc
 
-ACCESS = {
+ACCESS: dict[str, AccessRule] = {
     "SubmitSupplierRecord": Report("supplier", source="record.source_system", key="record.local_id"),
     "GetSupplier": Read("supplier"),
     "ResolveSupplier": Read("supplier"),

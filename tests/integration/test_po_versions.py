@@ -9,6 +9,8 @@ import pytest
 from google.rpc import error_details_pb2
 
 from libs.runtime.events import EventReader
+from libs.runtime.paging import encode_page_token
+from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2
 from tests.integration.helpers import raised_exceptions, sample_order, status_details
@@ -314,3 +316,41 @@ async def test_read_models_lost_with_valkey_are_rebuilt_from_the_stream(po_setti
         await change(stub, version(2, quantity="12"))
         got = await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=ERP)
         assert got.latest_version == 3, "the held version was found again and applied"
+
+
+async def test_unacknowledged_orders_page_one_at_a_time_with_opaque_tokens_and_refuse_foreign_ones(po_service):
+    _, stub, _ = po_service
+    # approved oldest first in the opposite order of their ids: the listing follows approval, not the id
+    approval_order = ["PO-3003", "PO-2002", "PO-1001"]
+    for minutes_ago, po_id in zip((30, 20, 10), approval_order, strict=True):
+        order = version(1, po_id=po_id)
+        order.approved_at.seconds -= 60 * minutes_ago
+        await publish(stub, order)
+
+    seen: list[str] = []
+    token = ""
+    for _ in range(len(approval_order) + 1):  # one page per order, and a bound should the token never run out
+        page = await stub.ListUnacknowledgedPurchaseOrders(
+            po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest(
+                page=types_pb2.PageRequest(page_size=1, page_token=token)
+            ),
+            metadata=ERP,
+        )
+        seen.extend(o.po_id for o in page.purchase_orders)
+        assert len(page.purchase_orders) == 1
+        token = page.page_info.next_page_token
+        if not token:
+            break
+        assert not token.isdigit(), "page tokens are opaque"
+    assert seen == approval_order
+
+    foreign = encode_page_token("controlplane.audit_trail", 1)
+    for bad in (foreign, "garbage!", "1"):
+        with pytest.raises(grpc.aio.AioRpcError) as failure:
+            await stub.ListUnacknowledgedPurchaseOrders(
+                po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest(page=types_pb2.PageRequest(page_token=bad)),
+                metadata=ERP,
+            )
+        assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [bad_request] = [d for d in status_details(failure.value) if isinstance(d, error_details_pb2.BadRequest)]
+        assert [v.field for v in bad_request.field_violations] == ["page.page_token"]

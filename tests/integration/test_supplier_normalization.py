@@ -349,4 +349,4 @@ async def test_resolving_without_a_system_or_id_is_invalid_argument(suppliers):
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await stub.ResolveSupplier(pb.ResolveSupplierRequest(system="erp"), metadata=as_system("erp"))
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "local_id" in failure.value.details()
+    assert "local_id" in (failure.value.details() or "")
