@@ -3,8 +3,6 @@ append, and the registry folds only what was applied."""
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 from libs.runtime.decider import Recorded, RefusalKind
 from services.supplier_normalization import domain
 from services.supplier_normalization.matching import Outcome
@@ -12,8 +10,8 @@ from services.supplier_normalization.normalize import normalize
 from tests.unit.supplier_normalization.test_registry import owner_of, supplier
 
 
-def change(kind: str = domain.UPSERTED, version: int = 1, **fields: object) -> domain.SupplierChange:
-    return replace(domain.SupplierChange(kind, "SUP-X", version, "key"), **fields)
+def change(kind: str = domain.UPSERTED, version: int = 1, status: str = "") -> domain.SupplierChange:
+    return domain.SupplierChange(kind, "SUP-X", version, "key", status)
 
 
 def given(*changes: domain.SupplierChange) -> domain.GoldenState:
