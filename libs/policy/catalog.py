@@ -142,5 +142,6 @@ EXCEPTION_TYPES = frozenset(
         "drift_detected",
         "delivery_exhausted",
         "erp_rejected",
+        "audit_failed",
     }
 )

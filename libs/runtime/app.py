@@ -193,6 +193,7 @@ async def serve(
         policy_store = PolicyStore(js, namespace, settings.stream_replicas)
         policy_view = PolicyView(policy_store, Policy.from_text(settings.policy_file.read_text(), revision=0))
         await policy_view.start()
+        exceptions = ExceptionReporter(publisher, settings.service_name)
         runtime = Runtime(
             settings=settings,
             namespace=namespace,
@@ -202,10 +203,10 @@ async def serve(
             telemetry=telemetry,
             publisher=publisher,
             reader=EventReader(js, namespace),
-            exceptions=ExceptionReporter(publisher, settings.service_name),
+            exceptions=exceptions,
             policy=policy_view,
             policy_store=policy_store,
-            audit=AuditRecorder(publisher),
+            audit=AuditRecorder(publisher, exceptions, telemetry.meter),
         )
         service = wire(runtime)
         await provision_streams(js, namespace, service.streams, settings.stream_replicas)

@@ -16,13 +16,17 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
 import uuid
 from collections.abc import AsyncIterator
 
+from google.protobuf import json_format
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
+from opentelemetry.metrics import Meter
 
 from libs.audit.chain import GENESIS, seal
 from libs.policy.catalog import message_descriptor
@@ -36,18 +40,28 @@ from libs.runtime.events import (
     StoredEvent,
     now_timestamp,
 )
-from libs.runtime.subjects import Namespace
+from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.subjects import Namespace, header_value
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
+from syncgov.exception.v1 import exception_pb2
 
+log = logging.getLogger(__name__)
 INBOX_DOMAIN = "auditin"
 CHAIN_DOMAIN = "audit"
 HEADER_EXPECTED_LAST_SEQUENCE = "Nats-Expected-Last-Sequence"
 _ENTRY_TYPE = controlplane_pb2.AuditEntry.DESCRIPTOR.full_name
 
 
+AUDIT_KEY_DIGEST_ABOVE = 160  # characters of object key; longer keys are named by their digest
+
+
 def audit_key(object_type: str, object_key: str) -> str:
-    return f"{object_type}/{object_key}"
+    """The audit subject token for an object. Every key the edge accepts is auditable: a key too long to sit
+    in a subject beside its type is named by its SHA-256 (the entries still carry the key itself)."""
+    if len(object_key) <= AUDIT_KEY_DIGEST_ABOVE and len(object_type) <= 64:
+        return f"{object_type}/{object_key}"
+    return f"{object_type[:64]}/sha256-{hashlib.sha256(object_key.encode()).hexdigest()}"
 
 
 def current_trace_id() -> str:
@@ -56,8 +70,21 @@ def current_trace_id() -> str:
 
 
 class AuditRecorder:
-    def __init__(self, publisher: EventPublisher) -> None:
+    """Hands audit records (refusals, policy changes) to the control plane's inbox. A record that cannot be
+    stored is never only a log line: it counts in ``syncgov.audit.failures`` and raises ``audit_failed``."""
+
+    def __init__(
+        self, publisher: EventPublisher, exceptions: ExceptionReporter | None = None, meter: Meter | None = None
+    ) -> None:
         self._publisher = publisher
+        self._exceptions = exceptions
+        self._failures = (
+            meter.create_counter(
+                "syncgov.audit.failures", unit="{record}", description="Audit records that could not be stored."
+            )
+            if meter is not None
+            else None
+        )
 
     async def record(
         self,
@@ -68,7 +95,8 @@ class AuditRecorder:
         outcome: str,
         reason: str,
         policy_revision: int,
-    ) -> None:
+    ) -> bool:
+        """Store the record; False (after counting it and raising ``audit_failed``) when it could not be."""
         entry = controlplane_pb2.AuditEntry(
             actor=actor,
             action=action,
@@ -80,19 +108,42 @@ class AuditRecorder:
         )
         entry.recorded_at.CopyFrom(now_timestamp())
         record_id = str(uuid.uuid4())
-        await self._publisher.publish(
-            Event(
-                domain=INBOX_DOMAIN,
-                object_type=object_ref.object_type,
-                object_key=audit_key(object_ref.object_type, object_ref.object_key),
-                object_version=object_ref.version,
-                name=action,
-                payload=entry,
-                idempotency_key=f"audit-record:{record_id}",
-                source_system=actor,
-                policy_revision=policy_revision,
+        try:
+            await self._publisher.publish(
+                Event(
+                    domain=INBOX_DOMAIN,
+                    object_type=object_ref.object_type,
+                    object_key=audit_key(object_ref.object_type, object_ref.object_key),
+                    object_version=object_ref.version,
+                    name=action,
+                    payload=entry,
+                    idempotency_key=f"audit-record:{record_id}",
+                    source_system=actor,
+                    policy_revision=policy_revision,
+                )
             )
-        )
+        except Exception as error:
+            await self._failed(entry, error)
+            return False
+        return True
+
+    async def _failed(self, entry: controlplane_pb2.AuditEntry, error: Exception) -> None:
+        if self._failures is not None:
+            self._failures.add(1, {"action": entry.action})
+        log.error("could not store the audit record of %s %s: %s", entry.action, entry.object.object_key[:80], error)
+        if self._exceptions is None:
+            return
+        try:
+            await self._exceptions.raise_exception(
+                exception_pb2.EXCEPTION_TYPE_AUDIT_FAILED,
+                exception_pb2.SEVERITY_CRITICAL,
+                entry.object,
+                f"the audit record of {entry.action} by {entry.actor} could not be stored: {error}",
+                evidence=[json_format.MessageToJson(entry, indent=None)],
+                policy_revision=entry.policy_revision,
+            )
+        except Exception as second:  # the broker refuses both: the counter above is what remains
+            log.error("could not raise audit_failed either: %s", second)
 
 
 def entry_from_event(event: StoredEvent) -> controlplane_pb2.AuditEntry:
@@ -157,7 +208,7 @@ class AuditChain:
             last_sequence, last_hash = self._tail
             seal(entry, last_hash)
             headers = {
-                HEADER_MSG_ID: f"audit:{entry.source}",
+                HEADER_MSG_ID: header_value(f"audit:{entry.source}"),
                 HEADER_EXPECTED_LAST_SEQUENCE: str(last_sequence),
                 HEADER_EVENT_TYPE: _ENTRY_TYPE,
                 "Content-Type": CONTENT_TYPE,

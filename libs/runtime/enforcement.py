@@ -136,15 +136,16 @@ class OwnershipGuard:
     ) -> None:
         object_ref = types_pb2.ObjectRef(object_type=object_type, object_key=key, version=version)
         exception_id = ""
+        # A refusal that cannot be audited is counted and raised as audit_failed by the recorder.
+        await self._audit.record(
+            actor=caller.system,
+            action="refusal",
+            object_ref=object_ref,
+            outcome="denied",
+            reason=f"{method}: {reason}",
+            policy_revision=policy.revision,
+        )
         try:
-            await self._audit.record(
-                actor=caller.system,
-                action="refusal",
-                object_ref=object_ref,
-                outcome="denied",
-                reason=f"{method}: {reason}",
-                policy_revision=policy.revision,
-            )
             route = policy.route("ownership_violation")
             exception = await self._exceptions.raise_exception(
                 exception_pb2.EXCEPTION_TYPE_OWNERSHIP_VIOLATION,
@@ -157,8 +158,8 @@ class OwnershipGuard:
             )
             exception_id = exception.exception_id
         except Exception:
-            # The refusal stands either way; the missing record is loud in the log, never silent.
-            log.exception("could not record the refusal of %s by %s", method, caller.system)
+            # The refusal stands either way (and is audited above); the broker refused the exception.
+            log.exception("could not raise ownership_violation for %s by %s", method, caller.system)
         raise PermissionDenied(
             reason,
             reason="OWNERSHIP_VIOLATION",

@@ -30,7 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from libs.runtime import attributes
-from libs.runtime.subjects import Namespace
+from libs.runtime.subjects import Namespace, header_value
 from libs.runtime.telemetry import inject_context
 from syncgov.common.v1 import envelope_pb2
 
@@ -162,7 +162,7 @@ class EventPublisher:
         subject = self._ns.object_subject(event.domain, event.object_key, event.name)
         envelope = build_envelope(event, now_timestamp())
         headers = {
-            HEADER_MSG_ID: event.idempotency_key,
+            HEADER_MSG_ID: header_value(event.idempotency_key),
             HEADER_EVENT_TYPE: envelope.event_type,
             "Content-Type": CONTENT_TYPE,
         }

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 _SAFE = re.compile(r"[A-Za-z0-9_-]")
 _ALL_SAFE = re.compile(r"[A-Za-z0-9_-]+")
 _ESCAPE = re.compile(r"~([0-9A-F]{2})")
+_PRINTABLE = re.compile(r"[!-}]*")  # printable ASCII but space and "~"
 MAX_KEY_CHARS = 256
 
 
@@ -32,6 +33,21 @@ def encode_token(external_id: str) -> str:
     out: list[str] = []
     for char in external_id:
         if _SAFE.fullmatch(char):
+            out.append(char)
+        else:
+            out.extend(f"~{byte:02X}" for byte in char.encode("utf-8"))
+    return "".join(out)
+
+
+def header_value(text: str) -> str:
+    """``text`` as a NATS header value: printable ASCII stays (common keys stay readable), every other byte
+    of its UTF-8 encoding and ``~`` itself become ``~XX``. Injective, so two ids that differ only by CR/LF
+    (which the client would rewrite) never share a ``Nats-Msg-Id``."""
+    if _PRINTABLE.fullmatch(text):
+        return text
+    out: list[str] = []
+    for char in text:
+        if "!" <= char <= "}" and char != "~":
             out.append(char)
         else:
             out.extend(f"~{byte:02X}" for byte in char.encode("utf-8"))

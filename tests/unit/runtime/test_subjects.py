@@ -46,3 +46,13 @@ def test_namespace_names_everything_from_one_root():
     assert ns.object_subject("po", "A.B", "published") == "t1.po.A~2EB.published"
     assert ns.object_filter("po", "A.B") == "t1.po.A~2EB.*"
     assert ns.redis_key("po-publication", "idem", "k") == "t1:po-publication:idem:k"
+
+
+def test_header_values_keep_printable_keys_and_escape_everything_else_injectively():
+    from libs.runtime.subjects import header_value
+
+    assert header_value("procurement:purchase_order:PO-1:v1") == "procurement:purchase_order:PO-1:v1"
+    variants = ["k\r\n1", "k\n1", "k\r1", "k 1", "k~0A1", "k\u20221", "k\x001"]
+    encoded = [header_value(v) for v in variants]
+    assert len(set(encoded)) == len(variants)
+    assert all(c.isprintable() and c not in "\r\n " for value in encoded for c in value)
