@@ -77,7 +77,7 @@ async def test_an_audit_record_that_cannot_be_stored_raises_audit_failed_and_cou
         metrics = reader.get_metrics_data()
         assert metrics is not None
         points = [
-            point.value
+            getattr(point, "value", None)
             for resource in metrics.resource_metrics
             for scope in resource.scope_metrics
             for metric in scope.metrics
