@@ -18,12 +18,13 @@ read altogether (``assume_new``): the guard "no event yet" checks the guess.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
+
+from redis.exceptions import RedisError
 
 from libs.runtime.decider import Recorded, Refusal, RefusalKind
 from libs.runtime.errors import Aborted
@@ -66,9 +67,11 @@ class EventLog(Protocol[E]):
 
 
 class Projection(Protocol[S_contra, E]):
-    """A read model fed by the handler after the log acknowledged an append (and by a rebuild from the log)."""
+    """A read model fed by the handler after the log acknowledged an append (``recorded``), and after a replay
+    (``recorded`` None: the state the command found, at ``sequence``), so a projection that missed the original
+    append catches up. It must be idempotent and must not fail the command: the event is stored by then."""
 
-    async def applied(self, key: str, state: S_contra, recorded: Recorded[E]) -> None: ...
+    async def applied(self, key: str, state: S_contra, sequence: int, recorded: Recorded[E] | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +157,8 @@ class CommandHandler(Generic[S, E]):
                 await self._claims.lookup(claim.key, claim.fingerprint)
             except IdempotencyConflict:
                 return key_reused(claim.key)
+            except RedisError as error:  # Valkey is a cache: the broker's window and the history still judge
+                log.warning("idempotency key not checked in Valkey (%s); the stream decides", error)
         folded = self._guess(key, assume_new)
         for _attempt in range(self._attempts):
             decision = decide(folded.state)
@@ -162,6 +167,7 @@ class CommandHandler(Generic[S, E]):
                     folded = await self._load(key, folded)
                     continue
                 if decision is None:
+                    await self._project(key, folded.state, folded.last_sequence, None)
                     return Outcome(folded.state, None)
                 return decision
             try:
@@ -176,11 +182,14 @@ class CommandHandler(Generic[S, E]):
                 continue
             state = self._evolve(folded.state, appended.recorded)
             self._remember(key, state, appended.recorded.sequence)
-            for projection in self._projections:
-                await projection.applied(key, state, appended.recorded)
+            await self._project(key, state, appended.recorded.sequence, appended.recorded)
             if claim is not None and self._claims is not None:
-                with contextlib.suppress(IdempotencyConflict):  # the append stands; the other command is refused
+                try:
                     await self._claims.remember(claim.key, claim.fingerprint, key.encode())
+                except IdempotencyConflict:  # the append stands; the other command is refused
+                    pass
+                except RedisError as error:  # the stream holds the event; the broker's window covers the key
+                    log.warning("idempotency key %r not remembered in Valkey: %s", claim.key[:80], error)
             return Outcome(state, appended.recorded)
         raise Aborted(
             f"{self._name} {key} kept changing while this command was decided ({self._attempts} attempts); "
@@ -188,6 +197,10 @@ class CommandHandler(Generic[S, E]):
             reason="CONCURRENT_WRITE",
             metadata={"key": key},
         )
+
+    async def _project(self, key: str, state: S, sequence: int, recorded: Recorded[E] | None) -> None:
+        for projection in self._projections:
+            await projection.applied(key, state, sequence, recorded)
 
     def forget(self, key: str) -> None:
         entry = self._cache.pop(key, None)

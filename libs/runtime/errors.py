@@ -11,6 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import grpc
+import nats.errors
+import nats.js.errors
+import redis.exceptions
 from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
@@ -125,6 +128,48 @@ class Unauthenticated(ServiceError):
 
 @dataclass(eq=False)
 class Unavailable(ServiceError):
+    """A transient fault (the broker or Valkey did not answer in time): safe to retry with the same
+    idempotency key after ``retry_after_seconds``."""
+
     reason: str = "UNAVAILABLE"
+    retry_after_seconds: float = 1.0
     code = grpc.StatusCode.UNAVAILABLE
     rpc_code = code_pb2.UNAVAILABLE
+
+    def details(self) -> list[any_pb2.Any]:
+        retry = error_details_pb2.RetryInfo()
+        retry.retry_delay.FromMilliseconds(int(self.retry_after_seconds * 1000))
+        packed = any_pb2.Any()
+        packed.Pack(retry)
+        return [packed, *super().details()]
+
+
+def transient(error: BaseException) -> Unavailable | None:
+    """The UNAVAILABLE answer for an infrastructure fault a retry may get past, or None for anything else.
+
+    A timeout on a publish leaves it unknown whether the event was stored; the retry, carrying the same
+    idempotency key, is recognised by the object's history, so retrying is always safe."""
+    if isinstance(error, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError):
+        return Unavailable(f"Valkey did not answer ({type(error).__name__}); retry", reason="STORE_UNAVAILABLE")
+    if isinstance(error, redis.exceptions.BusyLoadingError | redis.exceptions.ReadOnlyError):
+        return Unavailable(f"Valkey is not ready ({type(error).__name__}); retry", reason="STORE_UNAVAILABLE")
+    if isinstance(
+        error,
+        nats.errors.TimeoutError
+        | nats.errors.ConnectionClosedError
+        | nats.errors.NoServersError
+        | nats.errors.NoRespondersError
+        | nats.errors.StaleConnectionError
+        | nats.errors.ConnectionReconnectingError
+        | nats.errors.OutboundBufferLimitError
+        | nats.js.errors.ServiceUnavailableError
+        | nats.js.errors.NoStreamResponseError
+        | nats.js.errors.ServerError
+        | TimeoutError,
+    ):
+        return Unavailable(
+            f"the event store did not answer ({type(error).__name__}); retry", reason="BROKER_UNAVAILABLE"
+        )
+    if isinstance(error, ConnectionError | OSError):
+        return Unavailable(f"a connection failed ({type(error).__name__}); retry", reason="CONNECTION_FAILED")
+    return None

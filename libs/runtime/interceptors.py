@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from libs.runtime import attributes
 from libs.runtime.enforcement import OwnershipGuard
-from libs.runtime.errors import ServiceError
+from libs.runtime.errors import ServiceError, transient
 from libs.runtime.events import current_policy_revision
 from libs.runtime.identity import IdentityResolver, reset_caller, set_caller
 from libs.runtime.telemetry import RPC_SERVER_DURATION
@@ -125,8 +125,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     outcome = aborted if aborted is not None else grpc.StatusCode.UNKNOWN
                     raise
                 except Exception as error:
-                    outcome = grpc.StatusCode.INTERNAL
                     span.record_exception(error)
+                    unavailable = transient(error)
+                    if unavailable is not None:  # the broker or Valkey did not answer: the caller retries
+                        outcome = unavailable.code
+                        log.warning("%s: %s", method, unavailable.message)
+                        await _abort(context, unavailable)
+                    outcome = grpc.StatusCode.INTERNAL
                     log.exception("unhandled error in %s", method)
                     await context.abort(grpc.StatusCode.INTERNAL, "internal error; see the service log for the trace")
                 finally:

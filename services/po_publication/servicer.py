@@ -17,7 +17,7 @@ from libs.policy.engine import Policy
 from libs.runtime import attributes
 from libs.runtime.commands import Claim, Outcome
 from libs.runtime.decider import Refusal
-from libs.runtime.errors import NotFound, ServiceError
+from libs.runtime.errors import NotFound, ServiceError, Unavailable
 from libs.runtime.events import content_sha256
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.identity import current_caller
@@ -26,7 +26,7 @@ from libs.runtime.refusals import refused
 from libs.runtime.values import datetime_from_proto
 from services.po_publication import domain, mapping
 from services.po_publication.holds import HeldVersions
-from services.po_publication.store import OrderCommands, UnacknowledgedOrders
+from services.po_publication.store import OrderCommands, ReadModelRebuilding, UnacknowledgedOrders
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
@@ -138,7 +138,10 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     ) -> po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse:
         size = page_size(request.page.page_size)
         offset = decode_page_token(UNACKNOWLEDGED_LISTING, request.page.page_token) or 0
-        entries, more = await self._unacknowledged.page(offset, size)
+        try:
+            entries, more = await self._unacknowledged.page(offset, size)
+        except ReadModelRebuilding as rebuilding:
+            raise Unavailable(str(rebuilding), reason="READ_MODEL_REBUILDING") from None
         token = encode_page_token(UNACKNOWLEDGED_LISTING, offset + size) if more else ""
         return po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse(
             purchase_orders=[mapping.unacknowledged_to_proto(entry) for entry in entries],

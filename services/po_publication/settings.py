@@ -13,3 +13,6 @@ class Settings(RuntimeSettings):
     hold_sweep_seconds: float = Field(
         1.0, gt=0, description="How often held out-of-order versions are checked against the policy's hold window."
     )
+    read_model_check_seconds: float = Field(
+        1.0, gt=0, description="How often the Valkey read models are checked for loss and rebuilt from the stream."
+    )

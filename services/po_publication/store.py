@@ -3,13 +3,13 @@ read models ``<ns>:po-publication:*`` that are projections of it."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from datetime import datetime
 
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
 
 from libs.runtime.commands import CommandHandler, StreamLog, recorded
 from libs.runtime.decider import Recorded
@@ -32,81 +32,118 @@ def size_of(state: domain.OrderState) -> int:
     return 512 + 3 * documents + 256 * (len(state.versions) + len(state.acknowledgments))
 
 
-# One round trip for a page: the ids in approval order and their entries.
+# One round trip for a page: whether the model is built, then the ids in approval order and their entries.
 _PAGE = """
+local built = redis.call('HGET', KEYS[3], 'built')
+if not built then return {0} end
 local ids = redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2])
-if #ids == 0 then return {} end
+local out = {1}
+if #ids == 0 then return out end
 local entries = redis.call('HMGET', KEYS[2], unpack(ids))
-local out = {}
 for i, id in ipairs(ids) do out[#out + 1] = id; out[#out + 1] = entries[i] or false end
 return out
 """
+
+# Apply one order's entry unless the model holds a newer one (entries start with the stream sequence they
+# reflect): appends, replays and a rebuild may run in any order and the newest always stands.
+_APPLY = """
+local current = redis.call('HGET', KEYS[2], ARGV[1])
+if current then
+  local seen = tonumber(string.match(current, '^(%d+)'))
+  if seen and seen > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+if ARGV[4] == '' then redis.call('ZREM', KEYS[1], ARGV[1]) else redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1]) end
+local last = tonumber(redis.call('HGET', KEYS[3], 'sequence') or '0')
+if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[3], 'sequence', ARGV[2]) end
+return 1
+"""
+
+
+class ReadModelRebuilding(Exception):
+    """The read model lost its data and is being rebuilt from the stream: answer UNAVAILABLE, retry soon."""
 
 
 class UnacknowledgedOrders:
     """Read model: orders whose latest version the ERP has not acknowledged, oldest approval first.
 
-    A sorted set (po id by approval time) and a hash (po id -> entry). No TTL: it mirrors the stream and
-    is rebuilt from it."""
+    A sorted set (po id by approval time), a hash (po id -> ``sequence:latest:acknowledged:approved``, kept for
+    acknowledged orders too, so an older write never resurrects one) and ``:meta`` (``built``, and the highest
+    stream sequence applied). No TTL: it is a projection of the PO stream and is rebuilt from it whenever
+    ``built`` is missing (Valkey lost it) or a write failed."""
 
     def __init__(self, redis: Redis, key: str) -> None:
         self._redis = redis
         self._order = key
         self._entries = key + ":entries"
+        self.meta = key + ":meta"
         self._page = redis.register_script(_PAGE)
+        self._apply = redis.register_script(_APPLY)
+        self.dirty = False  # a write failed: the periodic check rebuilds
 
-    async def applied(self, key: str, state: domain.OrderState, recorded: Recorded[domain.OrderEvent]) -> None:
-        if isinstance(recorded.event, domain.VersionRejected | domain.VersionHeld | domain.HoldExpired):
+    async def applied(
+        self, key: str, state: domain.OrderState, sequence: int, recorded: Recorded[domain.OrderEvent] | None
+    ) -> None:
+        if recorded is not None and isinstance(
+            recorded.event, domain.VersionRejected | domain.VersionHeld | domain.HoldExpired
+        ):
             return  # the latest version and the ERP's acknowledgments are unchanged
-        pipeline = self._redis.pipeline(transaction=False)
-        self.write(pipeline, key, state)
-        await pipeline.execute()
+        try:
+            await self.write(self._redis, key, state, sequence)
+        except RedisError as error:
+            self.dirty = True
+            log.warning("unacknowledged list not updated for %s (%s); it is rebuilt from the stream", key, error)
 
-    def write(self, pipeline: Pipeline, po_id: str, state: domain.OrderState) -> None:
+    async def write(self, client: Redis | Pipeline, po_id: str, state: domain.OrderState, sequence: int) -> None:
         latest = state.latest
         if latest is None:
             return
         acknowledged = state.acknowledged_version
-        if acknowledged >= latest.version:
-            pipeline.zrem(self._order, po_id)
-            pipeline.hdel(self._entries, po_id)
-            return
         approved = latest.order.approved_at.timestamp() if latest.order.approved_at else 0.0
-        entry = json.dumps([latest.version, acknowledged, approved])
-        pipeline.zadd(self._order, {po_id: approved})
-        pipeline.hset(self._entries, po_id, entry)
+        entry = f"{sequence}:{latest.version}:{acknowledged}:{approved!r}"
+        score = "" if acknowledged >= latest.version else repr(approved)
+        await self._apply(
+            keys=[self._order, self._entries, self.meta], args=[po_id, sequence, entry, score], client=client
+        )
 
     async def page(self, offset: int, count: int) -> tuple[list[domain.Unacknowledged], bool]:
-        raw = await self._page(keys=[self._order, self._entries], args=[offset, offset + count])
+        raw = await self._page(keys=[self._order, self._entries, self.meta], args=[offset, offset + count])
+        if not raw or not int(raw[0]):
+            raise ReadModelRebuilding("the unacknowledged list is being rebuilt from the stream")
         found: list[domain.Unacknowledged] = []
-        for index in range(0, len(raw), 2):
+        for index in range(1, len(raw), 2):
             po_id = raw[index].decode() if isinstance(raw[index], bytes) else str(raw[index])
             entry = raw[index + 1]
             if not entry:
                 continue
-            latest, acknowledged, approved = json.loads(entry)
+            _, latest, acknowledged, approved = (entry.decode() if isinstance(entry, bytes) else entry).split(":")
             found.append(domain.Unacknowledged(po_id, int(latest), int(acknowledged), float(approved)))
-        more = len(raw) // 2 > count
+        more = (len(raw) - 1) // 2 > count
         return found[:count], more
 
-    def clear(self, pipeline: Pipeline) -> None:
-        pipeline.delete(self._order, self._entries)
+    async def built(self) -> bool:
+        return bool(await self._redis.hget(self.meta, "built"))
 
 
 class HoldDeadlines:
     """The sweeper's to-do list: orders holding out-of-order versions, scored by the earliest deadline.
-    The held versions themselves are events in the stream; no TTL, it is rebuilt from the stream."""
+    The held versions themselves are events in the stream; no TTL, it is rebuilt with the list above."""
 
     def __init__(self, redis: Redis, key: str) -> None:
         self._redis = redis
         self._key = key
 
-    async def applied(self, key: str, state: domain.OrderState, recorded: Recorded[domain.OrderEvent]) -> None:
-        if not isinstance(recorded.event, domain.VersionHeld | domain.HoldExpired | domain.VersionChanged):
+    async def applied(
+        self, key: str, state: domain.OrderState, sequence: int, recorded: Recorded[domain.OrderEvent] | None
+    ) -> None:
+        if recorded is not None and not isinstance(
+            recorded.event, domain.VersionHeld | domain.HoldExpired | domain.VersionChanged
+        ):
             return
-        pipeline = self._redis.pipeline(transaction=False)
-        self.write(pipeline, key, state)
-        await pipeline.execute()
+        try:
+            await self.reschedule(key, state)
+        except RedisError as error:
+            log.warning("hold deadline of %s not updated (%s); it is rebuilt from the stream", key, error)
 
     def write(self, pipeline: Pipeline, po_id: str, state: domain.OrderState) -> None:
         deadline = state.next_hold_deadline()
@@ -124,51 +161,56 @@ class HoldDeadlines:
         members = await self._redis.zrangebyscore(self._key, 0, now.timestamp())
         return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
 
-    def clear(self, pipeline: Pipeline) -> None:
-        pipeline.delete(self._key)
-
 
 class ReadModels:
-    """Both read models, rebuilt together from the PO stream when Valkey lost them."""
+    """Both read models, rebuilt together from the PO stream — at start and, while serving, whenever the
+    check finds them lost (Valkey restarted empty, was flushed, or a write failed)."""
 
     def __init__(
-        self,
-        redis: Redis,
-        reader: EventReader,
-        unacknowledged: UnacknowledgedOrders,
-        holds: HoldDeadlines,
-        marker: str,
+        self, redis: Redis, reader: EventReader, unacknowledged: UnacknowledgedOrders, holds: HoldDeadlines
     ) -> None:
         self._redis = redis
         self._reader = reader
         self.unacknowledged = unacknowledged
         self.holds = holds
-        self._marker = marker
+        self._rebuilding = False
 
     @property
     def projections(self) -> Sequence[UnacknowledgedOrders | HoldDeadlines]:
         return (self.unacknowledged, self.holds)
 
-    async def rebuild(self) -> None:
-        """Fold the whole PO stream and write both read models, unless Valkey still has them (a marker key
-        says so). A startup step: it logs the number of events read."""
-        if await self._redis.exists(self._marker):
+    async def check(self) -> None:
+        """Rebuild if the models are not there (the periodic job, and at start)."""
+        if self._rebuilding:
             return
-        states: dict[str, domain.OrderState] = {}
-        count = 0
-        async for stored in self._reader.scan(events.DOMAIN):
-            count += 1
-            event = events.decode(stored)
-            if event is None:
-                continue
-            key = stored.envelope.object_key
-            states[key] = domain.evolve(states.get(key, domain.INITIAL), recorded(stored, event))
-        pipeline = self._redis.pipeline(transaction=False)
-        self.unacknowledged.clear(pipeline)
-        self.holds.clear(pipeline)
-        for po_id, state in states.items():
-            self.unacknowledged.write(pipeline, po_id, state)
-            self.holds.write(pipeline, po_id, state)
-        pipeline.set(self._marker, b"1")
-        await pipeline.execute()
-        log.info("rebuilt the read models from %d events of the PO stream", count)
+        if self.unacknowledged.dirty or not await self.unacknowledged.built():
+            await self.rebuild()
+
+    async def rebuild(self) -> None:
+        """Fold the whole PO stream and write both models; writes made meanwhile by commands are kept when they
+        are newer (each entry carries its sequence)."""
+        self._rebuilding = True
+        self.unacknowledged.dirty = False
+        try:
+            states: dict[str, tuple[domain.OrderState, int]] = {}
+            count = 0
+            async for stored in self._reader.scan(events.DOMAIN):
+                count += 1
+                event = events.decode(stored)
+                if event is None:
+                    continue
+                key = stored.envelope.object_key
+                state = states.get(key, (domain.INITIAL, 0))[0]
+                states[key] = (domain.evolve(state, recorded(stored, event)), stored.sequence)
+            pipeline = self._redis.pipeline(transaction=False)
+            for po_id, (state, sequence) in states.items():
+                await self.unacknowledged.write(pipeline, po_id, state, sequence)
+                self.holds.write(pipeline, po_id, state)
+            pipeline.hset(self.unacknowledged.meta, "built", "1")
+            await pipeline.execute()
+            log.info("read models rebuilt from %s events (%s orders)", count, len(states))
+        except Exception:
+            self.unacknowledged.dirty = True
+            raise
+        finally:
+            self._rebuilding = False

@@ -35,9 +35,7 @@ def wire(rt: Runtime[Settings]) -> Service:
     name = rt.settings.service_name
     unacknowledged = UnacknowledgedOrders(rt.redis, rt.namespace.redis_key(name, "unacknowledged"))
     deadlines = HoldDeadlines(rt.redis, rt.namespace.redis_key(name, "held"))
-    read_models = ReadModels(
-        rt.redis, rt.reader, unacknowledged, deadlines, rt.namespace.redis_key(name, "unacknowledged", "built")
-    )
+    read_models = ReadModels(rt.redis, rt.reader, unacknowledged, deadlines)
     commands = CommandHandler(
         order_log(rt.publisher, rt.reader),
         initial=domain.INITIAL,
@@ -63,6 +61,10 @@ def wire(rt: Runtime[Settings]) -> Service:
         ],
         streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
         # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
-        startup=[follower.start, read_models.rebuild],
-        periodic=[(rt.settings.hold_sweep_seconds, holds.expire)],
+        startup=[follower.start, read_models.check],
+        periodic=[
+            (rt.settings.hold_sweep_seconds, holds.expire),
+            # Read models notice a lost Valkey (or a failed write) and rebuild from the stream while serving.
+            (rt.settings.read_model_check_seconds, read_models.check),
+        ],
     )

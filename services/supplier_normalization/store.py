@@ -23,8 +23,11 @@ class RegistryProjection:
         self.suspicions: events.Suspicions = {}
         self._reader = reader
 
-    async def applied(self, key: str, state: domain.GoldenState, recorded: Recorded[domain.SupplierChange]) -> None:
-        events.apply(self.registry, self.suspicions, recorded.event)
+    async def applied(
+        self, key: str, state: domain.GoldenState, sequence: int, recorded: Recorded[domain.SupplierChange] | None
+    ) -> None:
+        if recorded is not None:  # a replay changed nothing
+            events.apply(self.registry, self.suspicions, recorded.event)
 
     async def rebuild(self) -> None:
         """Fold the whole stream, oldest first (at start: the registry is the stream's projection)."""

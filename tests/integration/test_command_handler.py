@@ -34,8 +34,11 @@ class Seen:
 
     sequences: list[int] = field(default_factory=list)
 
-    async def applied(self, key: str, state: domain.OrderState, recorded: Recorded[domain.OrderEvent]) -> None:
-        self.sequences.append(recorded.sequence)
+    async def applied(
+        self, key: str, state: domain.OrderState, sequence: int, recorded: Recorded[domain.OrderEvent] | None
+    ) -> None:
+        if recorded is not None:
+            self.sequences.append(recorded.sequence)
 
 
 @pytest.fixture
