@@ -26,6 +26,8 @@ from stdnum import ean, iban, lei
 from stdnum.exceptions import ValidationError
 from stdnum.util import get_cc_module
 
+from libs.runtime.caches import BytesBoundedCache
+
 if TYPE_CHECKING:  # python-stdnum declares its module protocol for type checkers only
     from stdnum.util import NumberValidationModule
 
@@ -115,9 +117,16 @@ def tidy_text(value: str) -> str:
     return _SPACES.sub(" ", unicodedata.normalize("NFKC", value)).strip()
 
 
-@functools.lru_cache(maxsize=65536)
+# Names repeat (the same supplier from several systems, the same query again): memoized within a byte budget.
+_NAME_KEYS: BytesBoundedCache[str, str] = BytesBoundedCache(max_bytes=16 * 1024 * 1024, max_entry_bytes=4096)
+
+
 def name_key(name: str) -> str:
     """``ACME Industrial Supply GmbH`` and ``Acme Industrial Supply G.m.b.H.`` share one key."""
+    return _NAME_KEYS.get(name, _name_key)
+
+
+def _name_key(name: str) -> str:
     base = cleanco.basename(tidy_text(name)) or tidy_text(name)
     folded = unicodedata.normalize("NFKD", base.casefold())
     without_accents = "".join(ch for ch in folded if not unicodedata.combining(ch))
