@@ -57,11 +57,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self, request: po_service_pb2.PublishPurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.PublishPurchaseOrderResponse:
         document = mapping.normalized_first_version(request.purchase_order)
-        order = self._valid(document, request.idempotency_key, change=False)
-        caller = current_caller().system
-        key = request.idempotency_key or domain.natural_idempotency_key(caller, order.po_id, order.version)
-        fingerprint = content_sha256(document)
-        _annotate_span(document, key)
+        order, key, fingerprint, caller = self._version(document, request.idempotency_key, change=False)
         command = domain.PublishOrder(order, document, fingerprint, key, caller)
         claim = Claim(key, fingerprint) if request.idempotency_key else None
         # A first version usually finds no order: it is appended on the guard "no event yet" without a read.
@@ -74,11 +70,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self, request: po_service_pb2.ChangePurchaseOrderRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> po_service_pb2.ChangePurchaseOrderResponse:
         document = mapping.normalized(request.purchase_order)
-        order = self._valid(document, request.idempotency_key, change=True)
-        caller = current_caller().system
-        key = request.idempotency_key or domain.natural_idempotency_key(caller, order.po_id, order.version)
-        fingerprint = content_sha256(document)
-        _annotate_span(document, key)
+        order, key, fingerprint, caller = self._version(document, request.idempotency_key, change=True)
         command = domain.ChangeOrder(order, document, fingerprint, key, caller)
         outcome = await self._run(order.po_id, command, context)
         if outcome.recorded is not None and isinstance(outcome.recorded.event, domain.VersionChanged):
@@ -178,8 +170,18 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
             purchase_orders=[mapping.document_of(v) for v in state.versions]
         )
 
-    def _valid(self, document: po_pb2.PurchaseOrder, key: str, *, change: bool) -> domain.PurchaseOrder:
-        return mapping.valid_order(document, key, suppliers=self._suppliers, policy=self._policy(), change=change)
+    def _version(
+        self, document: po_pb2.PurchaseOrder, idempotency_key: str, *, change: bool
+    ) -> tuple[domain.PurchaseOrder, str, str, str]:
+        """A version request in the domain's terms: the order, its idempotency key (the caller's, else the
+        natural one), its content fingerprint and the calling system; INVALID_ARGUMENT when it is not valid."""
+        order = mapping.valid_order(
+            document, idempotency_key, suppliers=self._suppliers, policy=self._policy(), change=change
+        )
+        caller = current_caller().system
+        key = idempotency_key or domain.natural_idempotency_key(caller, order.po_id, order.version)
+        _annotate_span(document, key)
+        return order, key, content_sha256(document), caller
 
     async def _run(
         self,

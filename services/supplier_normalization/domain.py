@@ -43,16 +43,6 @@ class Golden:
 
 
 @dataclass(frozen=True, slots=True)
-class Submission:
-    golden_id: str
-    outcome: Outcome
-    created: bool
-    changed: bool
-    normalized: NormalizedRecord
-    suspected: tuple[Candidate, ...]
-
-
-@dataclass(frozen=True, slots=True)
 class GoldenView:
     golden_id: str
     values: dict[str, object]
@@ -83,9 +73,6 @@ class Placement:
     suspected: tuple[Candidate, ...]
     block_keys: frozenset[str] | None = None
 
-    def submission(self) -> Submission:
-        return Submission(self.golden_id, self.outcome, self.created, self.changed, self.normalized, self.suspected)
-
 
 class SupplierRegistry:
     def __init__(self, owner_of: OwnerOf, thresholds: Thresholds | None = None) -> None:
@@ -111,15 +98,15 @@ class SupplierRegistry:
     def source(self, system: str, local_id: str) -> NormalizedRecord | None:
         return self._sources.get((system, local_id))
 
-    def submit(self, record: SourceRecord, golden_id: str | None = None) -> Submission:
+    def submit(self, record: SourceRecord, golden_id: str | None = None) -> Placement:
         """Normalize and place one source record; ``golden_id`` replays a placement already decided."""
         return self.submit_normalized(normalize(record), golden_id)
 
-    def submit_normalized(self, normalized: NormalizedRecord, golden_id: str | None = None) -> Submission:
+    def submit_normalized(self, normalized: NormalizedRecord, golden_id: str | None = None) -> Placement:
         """Place a record normalized elsewhere (normalization is pure, so a batch can do it in parallel)."""
         placement = self.plan(normalized, golden_id)
         self.apply(placement)
-        return placement.submission()
+        return placement
 
     def plan(self, normalized: NormalizedRecord, golden_id: str | None = None) -> Placement:
         """Where ``normalized`` would go, changing nothing: the decision a command appends before it is applied."""
