@@ -43,6 +43,7 @@ from redis.asyncio import Redis
 from libs.policy.engine import Policy
 from libs.runtime.access import AccessRule
 from libs.runtime.audit import AuditRecorder
+from libs.runtime.broker_access import replace_credentials
 from libs.runtime.consumers import ConsumerRunner, ConsumerSpec
 from libs.runtime.enforcement import OwnershipGuard
 from libs.runtime.events import EventPublisher, EventReader
@@ -135,9 +136,12 @@ async def _retry(what: str, attempts: int, backoff: float, connect: Callable[[],
 
 
 async def connect_nats(settings: RuntimeSettings) -> NATS:
+    # The component's own identity (DESIGN rule 11): from the settings, or carried in the URL.
+    urls = replace_credentials(settings.nats_url, settings.nats_user, settings.nats_secret())
+
     async def connect() -> NATS:
         return await nats.connect(
-            servers=[url.strip() for url in settings.nats_url.split(",")],
+            servers=[url.strip() for url in urls.split(",")],
             name=settings.service_name,
             connect_timeout=2,
             allow_reconnect=True,
@@ -148,7 +152,9 @@ async def connect_nats(settings: RuntimeSettings) -> NATS:
 
 
 async def connect_redis(settings: RuntimeSettings) -> Redis:
-    client = Redis.from_url(settings.redis_url, socket_connect_timeout=2, health_check_interval=30)
+    # The component's ACL user (DESIGN rule 11): from the settings, or carried in the URL.
+    url = replace_credentials(settings.redis_url, settings.redis_user, settings.redis_secret())
+    client = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
 
     async def ping() -> Redis:
         await client.ping()

@@ -18,6 +18,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from libs.runtime.broker_access import (
+    ADMIN_USER,
+    COMPONENT_USERS,
+    BrokerCredentials,
+    nats_authorization,
+    valkey_acl_rules,
+)
+
 
 class ServerError(RuntimeError):
     """A local server could not be found, started or reached."""
@@ -105,6 +113,10 @@ class LocalServer:
     host: str = "127.0.0.1"
     port: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    # With credentials the server refuses anonymous clients and knows the operator and every component
+    # by name (libs/runtime/broker_access.py); ``auth_namespace`` None writes rules for any namespace.
+    credentials: BrokerCredentials | None = field(default=None, repr=False)
+    auth_namespace: str | None = None
 
     @property
     def log_path(self) -> Path:
@@ -114,8 +126,20 @@ class LocalServer:
         raise NotImplementedError
 
     @property
-    def url(self) -> str:
+    def address_url(self) -> str:
+        """The server's URL without credentials (for tables and logs)."""
         raise NotImplementedError
+
+    @property
+    def url(self) -> str:
+        """The URL the operator uses: with the operator's credentials when the server has credentials."""
+        return self.url_for(ADMIN_USER)
+
+    def url_for(self, user: str) -> str:
+        """The URL ``user`` (a component name or the operator) connects with."""
+        if self.credentials is None:
+            return self.address_url
+        return self.credentials.url(self.address_url, user)
 
     def start(self, timeout: float = 15.0) -> LocalServer:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -160,7 +184,7 @@ class NatsServer(LocalServer):
     max_payload: int = 8 * 1024 * 1024
 
     @property
-    def url(self) -> str:
+    def address_url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
     def config_text(self) -> str:
@@ -168,14 +192,19 @@ class NatsServer(LocalServer):
         # fsyncs every two minutes and loses acknowledged writes on power failure.
         sync = "  sync_interval: always\n" if self.sync_always else ""
         store = (self.data_dir / "jetstream").as_posix()
-        return (
+        text = (
             f'listen: "{self.host}:{self.port}"\n'
             f"max_payload: {self.max_payload}\n"
             f'jetstream {{\n  store_dir: "{store}"\n{sync}}}\n'
         )
+        if self.credentials is not None:
+            credentials = self.credentials
+            text += nats_authorization(lambda user: f'"{credentials.password(user)}"', self.auth_namespace)
+        return text
 
     def command(self) -> list[str]:
         config = self.data_dir / "nats.conf"
+        config.touch(mode=0o600)  # it holds passwords
         config.write_text(self.config_text())
         return [str(nats_server_binary()), "-c", str(config)]
 
@@ -186,13 +215,31 @@ class ValkeyServer(LocalServer):
     persist: bool = False
 
     @property
-    def url(self) -> str:
+    def address_url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+    def acl_text(self) -> str:
+        """The ACL file: the default user off, the operator with every right, each component its keys."""
+        if self.credentials is None:
+            return ""
+        lines = ["user default off resetkeys resetchannels -@all"]
+        lines.append(f"user {ADMIN_USER} on >{self.credentials.password(ADMIN_USER)} ~* &* +@all")
+        for user in COMPONENT_USERS:
+            rules = " ".join(valkey_acl_rules(user, self.auth_namespace))
+            lines.append(f"user {user} >{self.credentials.password(user)} {rules}")
+        return "\n".join(lines) + "\n"
 
     def command(self) -> list[str]:
         # Valkey holds only what the streams can rebuild (DESIGN §3.1): persistence is optional.
+        acl: list[str] = []
+        if self.credentials is not None:
+            acl_file = self.data_dir / "users.acl"
+            acl_file.touch(mode=0o600)  # it holds passwords
+            acl_file.write_text(self.acl_text())
+            acl = ["--aclfile", str(acl_file)]
         return [
             str(valkey_server_binary()),
+            *acl,
             "--bind",
             self.host,
             "--port",

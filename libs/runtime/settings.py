@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The shipped default policy; the container image sets SYNCGOV_POLICY_FILE to its copy.
@@ -28,6 +28,14 @@ class RuntimeSettings(BaseSettings):
     )
     nats_url: str = Field("nats://127.0.0.1:4222", description="NATS server URL(s), comma-separated.")
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Redis/Valkey URL.")
+    # DESIGN rule 11: each component has its own broker identity (docs/security.md). User and password
+    # may also ride in the URLs (nats://user:password@host:4222); these fields win over the URLs.
+    nats_user: str | None = Field(None, description="NATS user of this component (its component name).")
+    nats_password: SecretStr | None = Field(None, description="NATS password; no default.")
+    nats_password_file: Path | None = Field(None, description="File holding the NATS password (a mounted Secret).")
+    redis_user: str | None = Field(None, description="Valkey ACL user of this component (its component name).")
+    redis_password: SecretStr | None = Field(None, description="Valkey password; no default.")
+    redis_password_file: Path | None = Field(None, description="File holding the Valkey password (a mounted Secret).")
     namespace: str = Field(
         "sg",
         pattern=r"^[a-z][a-z0-9]{0,15}$",
@@ -66,6 +74,30 @@ class RuntimeSettings(BaseSettings):
             raise ValueError("SYNCGOV_TLS_CLIENT_CA_FILE needs SYNCGOV_TLS_CERT_FILE and SYNCGOV_TLS_KEY_FILE")
         return self
 
+    @model_validator(mode="after")
+    def _one_password_source(self) -> RuntimeSettings:
+        for broker in ("nats", "redis"):
+            if getattr(self, f"{broker}_password") is not None and getattr(self, f"{broker}_password_file") is not None:
+                name = f"SYNCGOV_{broker.upper()}_PASSWORD"
+                raise ValueError(f"set {name} or {name}_FILE, not both")
+        return self
+
+    def nats_secret(self) -> str | None:
+        """The NATS password from the environment or its file; None when the URL carries it (or none)."""
+        return _secret(self.nats_password, self.nats_password_file)
+
+    def redis_secret(self) -> str | None:
+        """The Valkey password from the environment or its file; None when the URL carries it (or none)."""
+        return _secret(self.redis_password, self.redis_password_file)
+
     @property
     def stream_prefix(self) -> str:
         return self.namespace.upper()
+
+
+def _secret(value: SecretStr | None, file: Path | None) -> str | None:
+    if value is not None:
+        return value.get_secret_value()
+    if file is not None:
+        return file.read_text().strip()
+    return None
