@@ -1,4 +1,4 @@
-"""The edge interceptor: the server span, caller identity, ownership, error mapping and RPC metrics.
+"""The edge interceptor: the server span, caller identity, field bounds, ownership, error mapping and RPC metrics.
 
 One interceptor does all of them so each call pays for one wrapper, and the
 wrapper is built once per method, not per call. The server span follows the
@@ -9,6 +9,13 @@ context from the request metadata. The duration histogram is the conventions'
 buckets come from the View in ``libs.runtime.telemetry``). It replaces the OpenTelemetry gRPC
 instrumentation, which measured at about a tenth of the service's CPU per
 call in ``bench/publish_po.py`` (see docs/decisions.md).
+
+Every request is checked against the field bounds of ``libs.runtime.bounds`` once its caller is known and
+before ownership is decided, so a request out of bounds is INVALID_ARGUMENT, reaches neither the audit
+trail nor the servicer, and writes nothing. A body that does not decode as the method's request message
+is INVALID_ARGUMENT too (the deserializer is wrapped: grpc.aio would answer UNKNOWN and log a traceback
+per request); it is logged as one WARNING per method at most every
+:data:`UNDECODABLE_LOG_INTERVAL_SECONDS`, with how many were refused since.
 """
 
 from __future__ import annotations
@@ -19,14 +26,16 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar, cast
 
 import grpc
+from google.protobuf.message import Message
 from grpc_status import rpc_status
 from opentelemetry import propagate, trace
 from opentelemetry.metrics import Meter
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from libs.runtime import attributes
+from libs.runtime.bounds import RequestBounds
 from libs.runtime.enforcement import OwnershipGuard
-from libs.runtime.errors import ServiceError, transient
+from libs.runtime.errors import InvalidArgument, ServiceError, transient
 from libs.runtime.events import current_policy_revision
 from libs.runtime.identity import IdentityResolver, reset_caller, set_caller
 from libs.runtime.telemetry import RPC_SERVER_DURATION
@@ -43,6 +52,18 @@ if TYPE_CHECKING:  # grpc's classes are generic only in its typing stubs
 # Standard services answer every known or unknown caller: probes and tooling have no identity.
 EXEMPT_PREFIXES = ("/grpc.health.v1.", "/grpc.reflection.")
 _TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+# At most one warning per method this often about request bodies that did not decode.
+UNDECODABLE_LOG_INTERVAL_SECONDS = 60.0
+
+
+class Undecodable:
+    """What the wrapped deserializer hands the behaviour in place of a request whose bytes did not decode."""
+
+    __slots__ = ("error", "size")
+
+    def __init__(self, error: Exception, size: int) -> None:
+        self.error = error
+        self.size = size
 
 
 class EdgeInterceptor(grpc.aio.ServerInterceptor):
@@ -54,6 +75,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             RPC_SERVER_DURATION, unit="s", description="Measures the duration of an incoming RPC."
         )
         self._wrapped: dict[str, tuple[Handler, Handler]] = {}
+        self._bounds = RequestBounds()
+        # Per method: when an undecodable body was last logged, and how many were refused since.
+        self._undecodable_log: dict[str, tuple[float, int]] = {}
 
     async def intercept_service(
         self,
@@ -75,10 +99,35 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
         """The handler with the edge around it; health and reflection (and streams) are left alone."""
         if handler.unary_unary is None or method.startswith(EXEMPT_PREFIXES):
             return handler
+        deserializer = handler.request_deserializer
+        request_type = getattr(deserializer, "__self__", None)  # a generated FromString is bound to its class
+        if isinstance(request_type, type) and issubclass(request_type, Message):
+            self._bounds.prepare(request_type)  # walkers built now, not by the first call
         return grpc.unary_unary_rpc_method_handler(
             self._edge(method, cast("UnaryBehaviour", handler.unary_unary)),
-            request_deserializer=handler.request_deserializer,
+            request_deserializer=_tolerant(deserializer) if deserializer is not None else None,
             response_serializer=handler.response_serializer,
+        )
+
+    def _undecodable(self, method: str, request: Undecodable) -> InvalidArgument:
+        """INVALID_ARGUMENT for a body that did not decode, logged at most once per interval and method."""
+        now = time.monotonic()
+        last, refused = self._undecodable_log.get(method, (-UNDECODABLE_LOG_INTERVAL_SECONDS, 0))
+        if now - last >= UNDECODABLE_LOG_INTERVAL_SECONDS:
+            log.warning(
+                "%s: refused %d request body(ies) that did not decode (INVALID_ARGUMENT); latest %d bytes: %s",
+                method,
+                refused + 1,
+                request.size,
+                request.error,
+            )
+            self._undecodable_log[method] = (now, 0)
+        else:
+            self._undecodable_log[method] = (last, refused + 1)
+        return InvalidArgument(
+            f"the request body is not a valid {method.rpartition('/')[2]} request message "
+            "(it could not be decoded as protocol buffers); nothing was written",
+            reason="UNDECODABLE_REQUEST",
         )
 
     def _edge(self, method: str, inner: UnaryBehaviour) -> UnaryBehaviour:
@@ -113,6 +162,10 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     caller = self._identity.resolve(metadata, auth)
                     token = set_caller(caller)
                     span.set_attribute(attributes.CALLER_SYSTEM, caller.system)
+                    if isinstance(request, Message):
+                        self._bounds.check(request)
+                    elif isinstance(request, Undecodable):
+                        raise self._undecodable(method, request)
                     policy = await self._guard.authorize(method, request, caller)
                     revision_token = current_policy_revision.set(policy.revision)
                     span.set_attribute(attributes.POLICY_REVISION, policy.revision)
@@ -159,6 +212,18 @@ _SERVER_FAULTS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:
+    """``deserializer`` answering :class:`Undecodable` instead of raising, so the edge can refuse the call."""
+
+    def deserialize(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception as error:  # DecodeError, and whatever else a parser raises on hostile bytes
+            return Undecodable(error, len(data))
+
+    return deserialize
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], error: ServiceError) -> None:
