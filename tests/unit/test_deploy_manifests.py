@@ -76,8 +76,7 @@ def test_dev_brings_its_own_nats_with_fsync_always():
     nats_config = find(docs, "ConfigMap", "nats-config")
     assert nats_config is not None
     assert "sync_interval: always" in nats_config["data"]["nats.conf"]
-    [secret] = [d for d in docs if d["kind"] == "Secret"]
-    assert secret["metadata"]["name"].startswith("syncgov-caller-tokens-")
+    [secret] = [d for d in docs if d["kind"] == "Secret" and d["metadata"]["name"].startswith("syncgov-caller-tokens-")]
     for deployment in (d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] != "valkey"):
         [env] = [
             e
@@ -85,3 +84,88 @@ def test_dev_brings_its_own_nats_with_fsync_always():
             if e["name"] == "SYNCGOV_CALLER_TOKENS"
         ]
         assert env["valueFrom"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+
+
+def _env(container: dict) -> dict[str, dict]:
+    return {item["name"]: item for item in container.get("env", [])}
+
+
+@pytest.mark.parametrize("overlay", ["dev", "prod"])
+def test_each_component_connects_with_its_own_broker_credentials(overlay):
+    """DESIGN rule 11: a user per component, passwords from that component's own Secret (docs/security.md)."""
+    docs = render(overlay)
+    secrets_used: dict[str, str] = {}
+    for component in existing_components():
+        deployment = find(docs, "Deployment", component.name)
+        assert deployment is not None
+        pod = deployment["spec"]["template"]["spec"]
+        [container] = pod["containers"]
+        env = _env(container)
+        assert env["SYNCGOV_NATS_USER"]["value"] == component.name
+        assert env["SYNCGOV_REDIS_USER"]["value"] == component.name
+        mount = next(m for m in container["volumeMounts"] if m["name"] == "broker-credentials")
+        assert mount.get("readOnly") is True
+        for name in ("SYNCGOV_NATS_PASSWORD_FILE", "SYNCGOV_REDIS_PASSWORD_FILE"):
+            assert env[name]["value"].startswith(mount["mountPath"] + "/"), name
+        assert not {"SYNCGOV_NATS_PASSWORD", "SYNCGOV_REDIS_PASSWORD"} & set(env), "passwords come from files"
+        [volume] = [v for v in pod["volumes"] if v["name"] == "broker-credentials"]
+        secret = volume["secret"]["secretName"]
+        assert secret.startswith(f"syncgov-broker-{component.name}"), secret
+        assert secret not in secrets_used.values(), f"{component.name} shares a Secret"
+        secrets_used[component.name] = secret
+        for url in ("SYNCGOV_NATS_URL", "SYNCGOV_REDIS_URL"):
+            config = find(
+                docs,
+                "ConfigMap",
+                next(c for c in docs if c["kind"] == "ConfigMap" and url in c.get("data", {}))["metadata"]["name"],
+            )
+            assert config is not None
+            assert "@" not in config["data"][url], "no credentials in the shared ConfigMap"
+
+
+def test_the_nats_authorization_shipped_is_the_generated_one_with_no_anonymous_user():
+    from libs.runtime.broker_access import kubernetes_nats_authorization
+
+    components = [c.name for c in existing_components()]
+    shipped = (ROOT / "deploy" / "k8s" / "components" / "broker-auth" / "nats-authorization.conf").read_text()
+    expected = kubernetes_nats_authorization("sg", components)
+    assert shipped == expected, (
+        "regenerate deploy/k8s/components/broker-auth/nats-authorization.conf with "
+        "libs.runtime.broker_access.kubernetes_nats_authorization('sg', <deployed components>)"
+    )
+    for overlay in ("dev", "prod"):
+        docs = render(overlay)
+        auth = next(d for d in docs if d["kind"] == "ConfigMap" and "nats-authorization.conf" in d.get("data", {}))
+        text = auth["data"]["nats-authorization.conf"]
+        assert "no_auth_user" not in text
+        for component in components:
+            assert f'user: "{component}"' in text
+
+
+def test_dev_nats_and_valkey_refuse_anonymous_clients():
+    docs = render("dev")
+    config = find(docs, "ConfigMap", "nats-config")
+    assert config is not None
+    conf = config["data"]["nats.conf"]
+    assert "include ./nats-authorization.conf" in conf
+    assert "no_auth_user" not in conf
+    nats = find(docs, "StatefulSet", "nats")
+    assert nats is not None
+    pod = nats["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    env = _env(container)
+    users = ["syncgov-admin", *(c.name for c in existing_components())]
+    for user in users:
+        name = "SYNCGOV_NATS_PASSWORD_" + user.upper().replace("-", "_")
+        assert env[name]["valueFrom"]["secretKeyRef"]["name"].startswith(f"syncgov-broker-{user}"), name
+    sources = pod["volumes"][0]["projected"]["sources"]
+    assert any(s["configMap"]["name"].startswith("syncgov-nats-authorization") for s in sources)
+
+    valkey = find(docs, "Deployment", "valkey")
+    assert valkey is not None
+    [container] = valkey["spec"]["template"]["spec"]["containers"]
+    args = " ".join(container["args"])
+    assert "--user default off" in args
+    for component in existing_components():
+        assert f"--user {component.name} on" in args
+        assert f"~sg:{component.name}:*" in args

@@ -1,0 +1,55 @@
+"""The broker permission model (DESIGN rule 11, docs/security.md) as data: no sockets."""
+
+from __future__ import annotations
+
+import pytest
+
+from libs.runtime.broker_access import (
+    COMPONENT_USERS,
+    INBOX_DOMAINS,
+    publish_allow,
+    replace_credentials,
+    valkey_acl_rules,
+    without_credentials,
+)
+
+OWN = {
+    "po-publication": "sg.po.>",
+    "supplier-normalization": "sg.supplier.>",
+    "control-plane": "sg.audit.>",
+}
+DOMAINS = ("po", "supplier", "receipt", "invoice", "audit")
+
+
+@pytest.mark.parametrize("component", list(OWN))
+def test_a_component_publishes_its_domain_and_the_inboxes_only(component):
+    allowed = publish_allow(component, "sg")
+    assert OWN[component] in allowed
+    for domain in INBOX_DOMAINS:
+        assert f"sg.{domain}.>" in allowed
+    others = [f"sg.{d}.>" for d in DOMAINS if f"sg.{d}.>" != OWN[component]]
+    assert not set(others) & set(allowed)
+    assert not [s for s in allowed if s.startswith(("sg.>", ">", "_INBOX", "$JS.API.STREAM.DELETE"))]
+    assert not [s for s in allowed if "PURGE" in s or "MSG.DELETE" in s or "CONSUMER.DELETE" in s]
+    assert ("$KV.sg_policy.>" in allowed) == (component == "control-plane")
+
+
+def test_stream_updates_only_for_owned_streams():
+    assert [s for s in publish_allow("po-publication", "sg") if ".UPDATE." in s] == ["$JS.API.STREAM.UPDATE.SG_PO"]
+    assert not [s for s in publish_allow("po-publication", None) if ".UPDATE." in s]  # any namespace: nobody's
+
+
+def test_every_component_has_a_valkey_user_limited_to_its_keys():
+    for component in COMPONENT_USERS:
+        rules = valkey_acl_rules(component, "sg")
+        assert f"~sg:{component}:*" in rules
+        assert "-@dangerous" in rules
+        assert [r for r in rules if r.startswith("~")] == [f"~sg:{component}:*"]
+
+
+def test_credentials_in_urls_are_replaced_and_never_printed():
+    url = replace_credentials("nats://a:1,nats://old:pw@b:2", "po-publication", "p@ss word")
+    assert url == "nats://po-publication:p%40ss%20word@a:1,nats://po-publication:p%40ss%20word@b:2"
+    assert without_credentials(url) == "nats://a:1,nats://b:2"
+    assert replace_credentials("redis://u:x@h:1/0", None, "y") == "redis://u:y@h:1/0"
+    assert replace_credentials("redis://h:1/0", None, None) == "redis://h:1/0"
