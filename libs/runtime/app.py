@@ -154,7 +154,12 @@ async def connect_nats(settings: RuntimeSettings) -> NATS:
 async def connect_redis(settings: RuntimeSettings) -> Redis:
     # The component's ACL user (DESIGN rule 11): from the settings, or carried in the URL.
     url = replace_credentials(settings.redis_url, settings.redis_user, settings.redis_secret())
-    client = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    client = Redis.from_url(
+        url,
+        socket_connect_timeout=2,
+        socket_timeout=settings.redis_timeout_seconds,
+        health_check_interval=30,
+    )
 
     async def ping() -> Redis:
         await client.ping()

@@ -49,6 +49,11 @@ class RuntimeSettings(BaseSettings):
     connect_backoff_seconds: float = Field(0.5, gt=0, description="Wait between connection tries.")
     stream_replicas: int = Field(1, ge=1, le=5, description="JetStream replicas per stream (3 in production).")
     publish_timeout_seconds: float = Field(5.0, gt=0, description="Wait for a JetStream publish ack.")
+    redis_timeout_seconds: float = Field(
+        2.0,
+        gt=0,
+        description="Wait for a Valkey answer; past it the call is UNAVAILABLE (a frozen Valkey never hangs a call).",
+    )
     idempotency_ttl_seconds: int = Field(
         7 * 24 * 3600, ge=60, description="How long stored responses replay from Valkey before the stream answers."
     )

@@ -1,9 +1,20 @@
 import grpc
+import nats.errors
+import nats.js.errors
 import pytest
+import redis.exceptions
 from google.rpc import code_pb2, error_details_pb2
 
+from libs.policy.catalog import message_descriptor
 from libs.runtime.consumers import backoff_delay
-from libs.runtime.errors import AlreadyExists, FailedPrecondition, FieldViolation, InvalidArgument, Unauthenticated
+from libs.runtime.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    FieldViolation,
+    InvalidArgument,
+    Unauthenticated,
+    transient,
+)
 from libs.runtime.identity import IdentityResolver
 
 
@@ -69,3 +80,31 @@ def test_declared_identity_is_only_used_when_no_tokens_are_configured():
 def test_backoff_steps_then_repeats_the_last():
     steps = (0.5, 2.0, 10.0)
     assert [backoff_delay(steps, n) for n in (1, 2, 3, 4, 9)] == [0.5, 2.0, 10.0, 10.0, 10.0]
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (nats.errors.TimeoutError(), "BROKER_UNAVAILABLE"),
+        (nats.errors.NoRespondersError(), "BROKER_UNAVAILABLE"),
+        (nats.js.errors.NoStreamResponseError(), "BROKER_UNAVAILABLE"),
+        (redis.exceptions.TimeoutError("frozen"), "STORE_UNAVAILABLE"),
+        (redis.exceptions.ConnectionError("refused"), "STORE_UNAVAILABLE"),
+        (ConnectionResetError(), "CONNECTION_FAILED"),
+    ],
+)
+def test_infrastructure_faults_are_unavailable_with_retry_info(error, reason):
+    unavailable = transient(error)
+    assert unavailable is not None
+    assert unavailable.reason == reason
+    status = unavailable.to_status()
+    assert status.code == code_pb2.UNAVAILABLE
+    [retry] = [d for d in status.details if d.Is(message_descriptor(error_details_pb2.RetryInfo))]
+    info = error_details_pb2.RetryInfo()
+    retry.Unpack(info)
+    assert info.retry_delay.ToMilliseconds() == 1000
+
+
+@pytest.mark.parametrize("error", [ValueError("bad"), KeyError("x"), RuntimeError()])
+def test_programming_errors_are_not_called_transient(error):
+    assert transient(error) is None
