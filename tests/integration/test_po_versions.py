@@ -239,6 +239,22 @@ async def test_a_version_ahead_of_its_predecessor_is_held_then_applied(po_servic
     assert applied[0].envelope.source_system == "procurement"
 
 
+async def test_a_held_version_sent_again_with_other_content_is_a_duplicate_transaction(po_service, js):
+    running, stub, _ = po_service
+    await publish(stub, version(1))
+    assert (await change(stub, version(3, quantity="13"))).held
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await change(stub, version(3, quantity="99"))
+    assert failure.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert reason_of(failure.value) == "DUPLICATE_TRANSACTION"
+    [exception] = await raised_exceptions(js, running.runtime.namespace)
+    assert exception.type == exception_pb2.EXCEPTION_TYPE_DUPLICATE_TRANSACTION
+    assert ['"13"' in exception.evidence[0], '"99"' in exception.evidence[1]] == [True, True]
+    await change(stub, version(2, quantity="12"))  # the held content, not the other, is what lands
+    got = await stub.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=ERP)
+    assert (got.latest_version, got.purchase_order.lines[0].quantity.value) == (3, "13")
+
+
 async def test_a_held_version_whose_predecessor_never_comes_raises_out_of_order(po_settings, js, tmp_path):
     import yaml
 
