@@ -44,6 +44,10 @@ test: setup ## run the whole test suite (starts its own nats-server and valkey-s
 test-unit: setup ## run the unit tests only (no sockets)
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+.PHONY: fuzz
+fuzz: setup ## hostile input, nightly size: 10,000+ requests and raw bodies against every RPC, statuses per RPC
+	SYNCGOV_FUZZ_INPUTS=$${SYNCGOV_FUZZ_INPUTS:-10800} $(BIN)/pytest tests/fuzz -m fuzz $(PYTEST_ARGS)
+
 .PHONY: up
 up: setup ## start nats-server, valkey-server and every service; Ctrl-C stops them all
 	$(BIN)/syncgov up $(UP_ARGS)
