@@ -711,6 +711,11 @@ def _expire(command: ExpireHold, state: OrderState) -> Decision:
     return HoldExpired(command.version, command.exception_id)
 
 
+def releasable(state: OrderState) -> bool:
+    """Whether a held version follows the latest one and can be applied now."""
+    return _release(state) is not None
+
+
 def due_holds(state: OrderState, now: datetime) -> list[HeldVersion]:
     """Held versions whose window has run out."""
     return [h for h in state.pending_held() if h.hold_until <= now]

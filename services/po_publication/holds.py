@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from google.protobuf import json_format
 
 from libs.policy.engine import Policy
+from libs.runtime.commands import Outcome
 from libs.runtime.decider import Refusal
 from libs.runtime.exception_reporter import ExceptionReporter
 from services.po_publication import domain
@@ -37,19 +38,24 @@ class HeldVersions:
         self._exceptions = exceptions
         self._policy = policy
 
-    async def _run(self, po_id: str, command: domain.OrderCommand) -> domain.OrderEvent | None:
+    async def _run(self, po_id: str, command: domain.OrderCommand) -> Outcome[domain.OrderState, domain.OrderEvent]:
         rules = domain.Rules(hold_window=self._policy().out_of_order_hold)
         now = datetime.now(UTC)
         result = await self._commands.run(po_id, lambda state: domain.decide(command, state, now, rules))
-        if isinstance(result, Refusal) or result.recorded is None:
-            return None
-        return result.recorded.event
+        assert not isinstance(result, Refusal), "releasing and expiring holds are never refused"
+        return result
 
     async def release(self, po_id: str) -> None:
         """Apply held versions whose predecessor has now landed, in order, as their senders sent them."""
-        while (event := await self._run(po_id, domain.ReleaseHeld())) is not None:
+        while True:
+            outcome = await self._run(po_id, domain.ReleaseHeld())
+            if outcome.recorded is None:
+                return
+            event = outcome.recorded.event
             if isinstance(event, domain.VersionChanged):
                 log.info("applied held version %s of %s", event.order.version, po_id)
+            if not domain.releasable(outcome.state):
+                return
 
     async def expire(self) -> None:
         """Raise out_of_order_version for held versions whose predecessor did not come within the window."""

@@ -73,8 +73,8 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         order, key, fingerprint, caller = self._version(document, request.idempotency_key, change=True)
         command = domain.ChangeOrder(order, document, fingerprint, key, caller)
         outcome = await self._run(order.po_id, command, context)
-        if outcome.recorded is not None and isinstance(outcome.recorded.event, domain.VersionChanged):
-            await self._holds.release(order.po_id)  # a later version may have waited for this one
+        if outcome.recorded is not None and domain.releasable(outcome.state):
+            await self._holds.release(order.po_id)  # a later version waited for this one
         stored = outcome.state.version(order.version)
         if stored is not None:
             return mapping.change_response(stored)

@@ -136,6 +136,8 @@ class HoldDeadlines:
     async def applied(
         self, key: str, state: domain.OrderState, sequence: int, recorded: Recorded[domain.OrderEvent] | None
     ) -> None:
+        if not state.held:
+            return  # the order never held a version: nothing to schedule, nothing to clear
         if recorded is not None and not isinstance(
             recorded.event, domain.VersionHeld | domain.HoldExpired | domain.VersionChanged
         ):
