@@ -108,7 +108,7 @@ async def wait_port(port: int, timeout: float = 30) -> None:
             await asyncio.sleep(0.1)
 
 
-async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> None:
+async def run(seconds: float, sync_always: bool, concurrencies: list[int], profile: Path | None = None) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="syncgov-bench-"))
     nats_server = NatsServer(data_dir=workdir / "nats", sync_always=sync_always).start()
     valkey = ValkeyServer(data_dir=workdir / "valkey").start()
@@ -126,7 +126,12 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int]) -> No
         service_port, raw_port = free_port(), free_port()
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "services.po_publication"],
+                [
+                    sys.executable,
+                    *(["-m", "cProfile", "-o", str(profile)] if profile else []),
+                    "-m",
+                    "services.po_publication",
+                ],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(service_port)},
             )
@@ -281,5 +286,10 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per scenario and concurrency")
     parser.add_argument("--no-sync-always", action="store_true", help="JetStream's default fsync (every 2 min)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--profile", type=Path, help="run po-publication under cProfile and write its stats here")
     args = parser.parse_args()
-    uvloop.run(run(args.seconds, not args.no_sync_always, args.concurrency))
+    uvloop.run(run(args.seconds, not args.no_sync_always, args.concurrency, args.profile))
+    if args.profile:
+        import pstats
+
+        pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(25)
