@@ -260,7 +260,7 @@ class Target:
                 source = resolve(request, rule.source)
             except AttributeError:
                 source = None
-            if isinstance(source, str) and source.isprintable() and source.isascii():
+            if isinstance(source, str) and source.isprintable() and source.isascii() and len(source) <= 256:
                 preferred = [source]
         return st.one_of(
             st.sampled_from(preferred),
