@@ -33,6 +33,7 @@ from typing import Any, cast
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 
+from libs.runtime import errors
 from libs.runtime.errors import FieldViolation, InvalidArgument
 
 # Versions and revisions are counted from 1; 2^31-1 leaves every language's int a safe home for them.
@@ -55,8 +56,8 @@ MAX_DURATION_SECONDS = 315_576_000_000
 MAX_INT64 = 2**63 - 1
 MAX_BYTES = 8 * 1024 * 1024  # JetStream's largest message (libs.runtime.streams); gRPC's limit binds first
 DEFAULT_MAX_ITEMS = 1_000
-# The most violations one answer lists: the status travels in a trailer, which has a size limit.
-MAX_VIOLATIONS = 20
+# The most violations one answer lists (the status travels in a trailer, which has a size limit): the errors'.
+MAX_VIOLATIONS = errors.MAX_VIOLATIONS
 
 
 class Charset(Enum):

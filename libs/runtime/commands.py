@@ -177,9 +177,14 @@ class CommandHandler(Generic[S, E]):
                 continue
             if appended.duplicate_of_other_object:
                 return key_reused(appended.recorded.idempotency_key)
-            if appended.duplicate:  # the log held this write already: fold it in and decide again (a replay)
+            if appended.duplicate:  # the log holds a write under this command's idempotency key already
                 folded = await self._load(key, folded)
-                continue
+                # The history now judges: other content under the key is refused; anything else — nothing to
+                # do, or the same write again — is the write the log holds, answered as a replay.
+                if isinstance(refused := decide(folded.state), Refusal):
+                    return refused
+                await self._project(key, folded.state, folded.last_sequence, None)
+                return Outcome(folded.state, None)
             state = self._evolve(folded.state, appended.recorded)
             self._remember(key, state, appended.recorded.sequence)
             await self._project(key, state, appended.recorded.sequence, appended.recorded)

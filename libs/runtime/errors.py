@@ -18,6 +18,14 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
 ERROR_DOMAIN = "syncgov.dev"
+# gRPC carries error details in trailing metadata, which peers cap (16 KiB by default): an error must stay
+# readable whatever the request held, so its parts are bounded.
+MAX_VIOLATIONS = 15
+MAX_TEXT = 160
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,13 +51,14 @@ class ServiceError(Exception):
         Exception.__init__(self, self.message)
 
     def details(self) -> list[any_pb2.Any]:
-        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=dict(self.metadata))
+        metadata = {_clip(k, 40): _clip(v) for k, v in list(self.metadata.items())[:10]}
+        info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
         packed = any_pb2.Any()
         packed.Pack(info)
         return [packed]
 
     def to_status(self) -> status_pb2.Status:
-        return status_pb2.Status(code=self.rpc_code, message=self.message, details=self.details())
+        return status_pb2.Status(code=self.rpc_code, message=_clip(self.message, 500), details=self.details())
 
 
 @dataclass(eq=False)
@@ -60,12 +69,18 @@ class InvalidArgument(ServiceError):
     rpc_code = code_pb2.INVALID_ARGUMENT
 
     def details(self) -> list[any_pb2.Any]:
-        bad_request = error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
-                for v in self.violations
-            ]
-        )
+        violations = list(self.violations)
+        shown = [
+            error_details_pb2.BadRequest.FieldViolation(field=_clip(v.field, 120), description=_clip(v.description))
+            for v in violations[:MAX_VIOLATIONS]
+        ]
+        if len(violations) > MAX_VIOLATIONS:
+            shown.append(
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="(request)", description=f"and {len(violations) - MAX_VIOLATIONS} more problem(s)"
+                )
+            )
+        bad_request = error_details_pb2.BadRequest(field_violations=shown)
         packed = any_pb2.Any()
         packed.Pack(bad_request)
         return [packed, *super().details()]
@@ -82,7 +97,7 @@ class FailedPrecondition(ServiceError):
         failure = error_details_pb2.PreconditionFailure(
             violations=[
                 error_details_pb2.PreconditionFailure.Violation(
-                    type=self.reason, subject=self.subject, description=self.message
+                    type=self.reason, subject=_clip(self.subject), description=_clip(self.message, 500)
                 )
             ]
         )
@@ -124,6 +139,15 @@ class Unauthenticated(ServiceError):
     reason: str = "UNAUTHENTICATED"
     code = grpc.StatusCode.UNAUTHENTICATED
     rpc_code = code_pb2.UNAUTHENTICATED
+
+
+@dataclass(eq=False)
+class Unimplemented(ServiceError):
+    """An RPC the contract declares and this release does not serve yet."""
+
+    reason: str = "NOT_IMPLEMENTED"
+    code = grpc.StatusCode.UNIMPLEMENTED
+    rpc_code = code_pb2.UNIMPLEMENTED
 
 
 @dataclass(eq=False)

@@ -35,7 +35,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from libs.runtime import attributes
 from libs.runtime.bounds import RequestBounds
 from libs.runtime.enforcement import OwnershipGuard
-from libs.runtime.errors import InvalidArgument, ServiceError, transient
+from libs.runtime.errors import InvalidArgument, ServiceError, Unimplemented, transient
 from libs.runtime.events import current_policy_revision
 from libs.runtime.identity import IdentityResolver, reset_caller, set_caller
 from libs.runtime.telemetry import RPC_SERVER_DURATION
@@ -179,6 +179,9 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 except Exception as error:
                     span.record_exception(error)
+                    if isinstance(error, NotImplementedError):  # the generated base of an RPC not served yet
+                        outcome = grpc.StatusCode.UNIMPLEMENTED
+                        await _abort(context, Unimplemented(f"{method} is not implemented in this release"))
                     unavailable = transient(error)
                     if unavailable is not None:  # the broker or Valkey did not answer: the caller retries
                         outcome = unavailable.code

@@ -17,7 +17,13 @@ from collections.abc import Callable
 
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError, NotFoundError
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyDeletedError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
 from nats.js.kv import KeyValue
 
 from libs.policy.engine import Policy, PolicyInvalid
@@ -83,7 +89,7 @@ class PolicyStore:
         kv = await self.open()
         try:
             entry = await kv.get(_key(revision))
-        except KeyError:  # nats-py raises KeyNotFoundError, a KeyError
+        except (KeyNotFoundError, KeyDeletedError):
             return None
         return controlplane_pb2.PolicyRevision.FromString(entry.value or b"")
 

@@ -142,7 +142,19 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         self, request: pb.DecideDuplicateCandidateRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> pb.DecideDuplicateCandidateResponse:
         _require(request.reason, "reason")
+        if request.supplier_id == request.other_supplier_id:
+            raise InvalidArgument(
+                "a supplier is not a candidate duplicate of itself",
+                violations=[FieldViolation("other_supplier_id", "must name another supplier than supplier_id")],
+            )
         first, second = self._golden(request.supplier_id), self._golden(request.other_supplier_id)
+        if first.supplier_id == second.supplier_id:
+            raise FailedPrecondition(
+                f"{request.supplier_id} and {request.other_supplier_id} are one golden supplier already "
+                f"({first.supplier_id}); nothing is left to decide",
+                subject=f"supplier/{first.supplier_id}",
+                reason="ALREADY_MERGED",
+            )
         async with self._lock:
             key = f"decision:{first.supplier_id}:{second.supplier_id}:{request.same_supplier}"
             event = events.duplicate_decided(
@@ -197,7 +209,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         surviving, merged = self._golden(surviving_id), self._golden(merged_id)
         if surviving.supplier_id == merged.supplier_id:
             raise FailedPrecondition(
-                f"{merged_id} is already part of {surviving.supplier_id}",
+                f"{merged_id} and {surviving_id} are one golden supplier already ({surviving.supplier_id})",
                 subject=f"supplier/{merged_id}",
                 reason="ALREADY_MERGED",
             )

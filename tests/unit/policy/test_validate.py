@@ -191,3 +191,40 @@ def test_docs_explain_every_key_of_the_format():
 
     missing = sorted(key for key in keys if not documented(key))
     assert missing == []
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("format: &f [*f]\n", "refers to itself"),
+        ("format: 1\nsystems: &s {x: *s}\n", "refers to itself"),
+        ("a: " + "{a: " * 2000 + "1" + "}" * 2000, "nests deeper"),
+        ("a: " + "[" * 100 + "]" * 100, "nests deeper"),
+    ],
+)
+def test_documents_that_cannot_be_read_safely_are_one_problem_not_a_crash(text, says):
+    from libs.policy.yamlsource import load
+
+    data, problems = load(text)
+    assert data is None
+    [problem] = problems
+    assert says in problem.message
+
+
+def test_an_alias_bomb_is_refused_before_it_expands():
+    from libs.policy.yamlsource import load
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for level in range(1, 9):
+        lines.append(f"a{level}: &a{level} [" + ", ".join([f"*a{level - 1}"] * 9) + "]")
+    data, problems = load("\n".join(lines))
+    assert data is None
+    assert "expands to more than" in problems[0].message
+
+
+def test_a_document_with_thousands_of_problems_lists_a_readable_number():
+    from libs.policy.yamlsource import MAX_PROBLEMS, load
+
+    _, problems = load("\n".join("x: 1" for _ in range(5_000)))
+    assert len(problems) == MAX_PROBLEMS + 1
+    assert problems[-1].message == f"and {4_999 - MAX_PROBLEMS} more"

@@ -108,3 +108,13 @@ def test_infrastructure_faults_are_unavailable_with_retry_info(error, reason):
 @pytest.mark.parametrize("error", [ValueError("bad"), KeyError("x"), RuntimeError()])
 def test_programming_errors_are_not_called_transient(error):
     assert transient(error) is None
+
+
+def test_an_error_about_a_huge_request_stays_within_the_trailer_budget():
+    violations = [FieldViolation(f"lines[{n}].description" + "x" * 5_000, "y" * 5_000) for n in range(10_000)]
+    error = InvalidArgument("m" * 100_000, violations=violations, metadata={"k" * 100: "v" * 100_000})
+    encoded = error.to_status().SerializeToString()
+    assert len(encoded) < 8 * 1024  # gRPC's default soft limit for metadata is 8 KiB
+    bad_request = error_details_pb2.BadRequest()
+    error.to_status().details[0].Unpack(bad_request)
+    assert bad_request.field_violations[-1].description == "and 9985 more problem(s)"
