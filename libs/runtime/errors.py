@@ -51,7 +51,7 @@ class ServiceError(Exception):
         Exception.__init__(self, self.message)
 
     def details(self) -> list[any_pb2.Any]:
-        metadata = {_clip(k, 40): _clip(v) for k, v in list(self.metadata.items())[:10]}
+        metadata = {_clip(k, 40): _clip(v, 1000) for k, v in list(self.metadata.items())[:10]}
         info = error_details_pb2.ErrorInfo(reason=self.reason, domain=ERROR_DOMAIN, metadata=metadata)
         packed = any_pb2.Any()
         packed.Pack(info)
