@@ -84,6 +84,10 @@ fmt: setup ## format the code with ruff
 bench: setup ## run the publish benchmark (prints figures; takes about a minute)
 	$(BIN)/python bench/publish_po.py $(BENCH_ARGS)
 
+.PHONY: chaos
+chaos: setup ## faults under load (SIGKILLs, nats-server restarts, Valkey freeze/wipe, cut links), invariants from the streams (~2 min)
+	$(BIN)/python bench/chaos.py --verbose $(CHAOS_ARGS)
+
 .PHONY: clean
 clean: ## remove generated stubs, local stack data and caches (keeps .venv)
 	rm -rf libs/genproto/syncgov .syncgov .pytest_cache .ruff_cache .mypy_cache $(GEN_STAMP)

@@ -1,0 +1,1009 @@
+"""Chaos run: a retrying client drives load while faults are injected; the streams then judge the outcome.
+
+    make chaos                                   # the full run (about two minutes)
+    .venv/bin/python bench/chaos.py --seconds 20 --seed 7 --json out.json   # the CI-size run
+
+What it starts, all on loopback, all dying with this script (PR_SET_PDEATHSIG, as ``syncgov up``):
+nats-server (JetStream, file storage, ``sync_interval: always``) and valkey-server through
+libs/runtime/local_servers.py with a user per component (libs/cli/stack.py's Stack), a fault-injecting
+TCP proxy (bench/fault_proxy.py) in front of each of them and of each gRPC port the client calls, and
+control-plane, supplier-normalization and po-publication as separate processes with the environment
+``syncgov up`` gives them (their NATS and Valkey URLs point at the proxies).
+
+The client: ``--workers`` workers, each owning its purchase orders, publish orders, change them,
+acknowledge versions as the ERP, submit supplier records, and now and then re-send an order's first
+version with other content under the same idempotency key (a duplicate transaction, refused with an
+exception). Every command keeps its request bytes and idempotency key; UNAVAILABLE, DEADLINE_EXCEEDED,
+ABORTED, CANCELLED and RESOURCE_EXHAUSTED are retried with backoff until an answer; INTERNAL and
+UNKNOWN are retried too but count as violations. The client records every command answered OK.
+
+The faults (seeded, one at a time, every kind at least once when the run is long enough): SIGKILL of
+po-publication or supplier-normalization (restarted at once), SIGKILL of nats-server (restarted on the
+same port and data after a pause), SIGSTOP/SIGCONT of valkey-server (frozen), FLUSHALL as the operator
+(wiped), and the proxies cutting every connection or holding every byte for a while.
+
+At the end, once the faults stopped and the services serve again, it reads the streams as the operator
+and checks the invariants (see ``verify``); it prints the faults, the commands and each invariant, and
+exits 1 if any invariant was violated. Timings are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+import nats
+from google.protobuf import timestamp_pb2
+from google.protobuf.message import Message
+from google.rpc import error_details_pb2
+from google.type import decimal_pb2, money_pb2
+from grpc_status import rpc_status
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.fault_proxy import FaultProxy
+from libs.cli.components import COMPONENTS, Component
+from libs.cli.stack import RunningComponent, Stack, StackOptions
+from libs.runtime.commands import recorded
+from libs.runtime.events import EventReader, StoredEvent
+from libs.runtime.local_servers import ServerError, free_port, free_port_range
+from libs.runtime.probe import health_status
+from libs.runtime.subjects import Namespace
+from services.po_publication import domain as po_domain
+from services.po_publication import events as po_events
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import events_pb2 as exception_events
+from syncgov.po.v1 import events_pb2 as po_event_messages
+from syncgov.po.v1 import po_pb2
+from syncgov.po.v1 import po_service_pb2 as po
+from syncgov.po.v1 import po_service_pb2_grpc as po_rpc
+from syncgov.supplier.v1 import supplier_pb2
+from syncgov.supplier.v1 import supplier_service_pb2 as sp
+from syncgov.supplier.v1 import supplier_service_pb2_grpc as sp_rpc
+
+STARTED = ("control-plane", "supplier-normalization", "po-publication")
+RETRIED = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.ABORTED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+BROKEN = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN}
+CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+    ("grpc.enable_retries", 0),
+]
+FAULT_KINDS = (
+    "kill po-publication",
+    "kill supplier-normalization",
+    "kill nats-server",
+    "freeze valkey",
+    "wipe valkey",
+    "cut nats connections",
+    "cut valkey connections",
+    "cut grpc connections",
+    "stall nats connections",
+    "stall valkey connections",
+)
+SYLLABLES = (
+    "ka", "lo", "mi", "nu", "pe", "ra", "so", "ti", "vu", "we", "xa", "yo",
+    "zu", "bri", "cor", "dal", "fen", "gor", "hul", "jin", "kes", "lum", "mar", "nor",
+)  # fmt: skip
+CITIES = [("Hamburg", "DE", "20457"), ("Lyon", "FR", "69001"), ("Turin", "IT", "10121"), ("Porto", "PT", "4000-001")]
+
+
+def as_system(system: str) -> tuple[tuple[str, str], ...]:
+    return (("x-syncgov-system", system),)
+
+
+def now_timestamp() -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(datetime.now(UTC).replace(microsecond=0))
+    return stamp
+
+
+# --------------------------------------------------------------------------------------------- the client
+
+
+@dataclass
+class Order:
+    po_id: str
+    approved_at: timestamp_pb2.Timestamp
+    version: int = 0  # the latest version answered OK
+    acknowledged: int = 0  # the latest version whose acknowledgment was answered OK
+    broken: bool = False  # a command on it was refused unexpectedly: the client's picture is no longer sure
+
+
+@dataclass(frozen=True)
+class Command:
+    kind: str  # publish | change | acknowledge | supplier | conflict
+    key: str  # the idempotency key (explicit or natural)
+    po_id: str = ""
+    version: int = 0
+    quantity: str = ""
+    local_id: str = ""
+
+
+@dataclass
+class Tally:
+    sent: Counter[str] = field(default_factory=Counter)
+    ok: Counter[str] = field(default_factory=Counter)
+    refused_expected: Counter[str] = field(default_factory=Counter)
+    attempts: int = 0
+    retries: Counter[str] = field(default_factory=Counter)
+    replays: Counter[str] = field(
+        default_factory=Counter
+    )  # OK answers rebuilt from history (a retry of an applied one)
+    broken: list[str] = field(default_factory=list)  # INTERNAL / UNKNOWN answers
+    unexpected: list[str] = field(default_factory=list)  # a valid command refused
+    unresolved: list[str] = field(default_factory=list)  # no answer before the drain deadline
+    accepted: list[tuple[Command, Message]] = field(default_factory=list)  # every command answered OK
+    exception_ids: list[str] = field(default_factory=list)  # exceptions the services said they raised
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
+class Client:
+    """Sends commands through the gRPC proxies and retries them until they are answered."""
+
+    def __init__(self, po_address: str, supplier_address: str, tally: Tally, rng: random.Random) -> None:
+        self.po_channel = grpc.aio.insecure_channel(po_address, options=CHANNEL_OPTIONS)
+        self.supplier_channel = grpc.aio.insecure_channel(supplier_address, options=CHANNEL_OPTIONS)
+        self.orders = po_rpc.PurchaseOrderServiceStub(self.po_channel)
+        self.suppliers = sp_rpc.SupplierNormalizationServiceStub(self.supplier_channel)
+        self.tally = tally
+        self.rng = rng
+        self.give_up_at = float("inf")  # set when the load stops: the drain deadline
+        self.call_timeout = 3.0
+
+    async def close(self) -> None:
+        await self.po_channel.close()
+        await self.supplier_channel.close()
+
+    async def send(
+        self,
+        command: Command,
+        call: Callable[..., Any],
+        request: Message,
+        system: str,
+        *,
+        expect: grpc.StatusCode | None = None,
+        retry_invalid_until: float = 0.0,
+    ) -> Message | grpc.aio.AioRpcError | None:
+        """The answer (a response or a definitive refusal), or None when none came before the drain deadline."""
+        self.tally.sent[command.kind] += 1
+        backoff = 0.05
+        while True:
+            self.tally.attempts += 1
+            try:
+                pending = call(request, metadata=as_system(system), timeout=self.call_timeout)
+                response = await pending
+                if ("syncgov-idempotent-replay", "true") in tuple(await pending.initial_metadata() or ()):
+                    self.tally.replays[command.kind] += 1
+            except grpc.aio.AioRpcError as error:
+                code = error.code()
+                if code in BROKEN:
+                    self.tally.broken.append(f"{command.kind} {command.key}: {code.name} {error.details()}")
+                elif code not in RETRIED and not (
+                    code == grpc.StatusCode.INVALID_ARGUMENT and time.monotonic() < retry_invalid_until
+                ):
+                    self._refused(command, error, expect)
+                    return error
+                self.tally.retries[code.name] += 1
+                if time.monotonic() > self.give_up_at:
+                    self.tally.unresolved.append(f"{command.kind} {command.key}: last {code.name}")
+                    return None
+                await asyncio.sleep(backoff * (0.5 + self.rng.random()))
+                backoff = min(backoff * 2, 1.0)
+                continue
+            if expect is not None:
+                self.tally.unexpected.append(f"{command.kind} {command.key}: OK where {expect.name} was due")
+                return response
+            self.tally.ok[command.kind] += 1
+            self.tally.accepted.append((command, response))
+            return response
+
+    def _refused(self, command: Command, error: grpc.aio.AioRpcError, expect: grpc.StatusCode | None) -> None:
+        info = error_info(error)
+        reason = info.reason if info is not None else ""
+        if info is not None and info.metadata.get("exception_id"):
+            self.tally.exception_ids.append(info.metadata["exception_id"])
+        if expect is not None and error.code() == expect:
+            self.tally.refused_expected[f"{command.kind}: {error.code().name} {reason}"] += 1
+            return
+        self.tally.unexpected.append(f"{command.kind} {command.key}: {error.code().name} {reason} {error.details()}")
+
+
+def purchase_order(order: Order, version: int, quantity: str, supplier_id: str) -> po_pb2.PurchaseOrder:
+    return po_pb2.PurchaseOrder(
+        po_id=order.po_id,
+        version=version,
+        supplier_id=supplier_id,
+        currency_code="EUR",
+        business_unit="BU-NORTH",
+        ship_to_site="DC-HAMBURG",
+        approved_by="chaos",
+        approved_at=order.approved_at,
+        lines=[
+            po_pb2.PurchaseOrderLine(
+                line_number=1,
+                item_id="ITEM-42",
+                description="Pallet wrap 500mm",
+                quantity=decimal_pb2.Decimal(value=quantity),
+                unit_of_measure="EA",
+                unit_price=money_pb2.Money(currency_code="EUR", units=12, nanos=500_000_000),
+            )
+        ],
+    )
+
+
+def supplier_record(local_id: str, rng: random.Random) -> supplier_pb2.SupplierRecord:
+    name = " ".join("".join(rng.choice(SYLLABLES) for _ in range(3)).capitalize() for _ in range(2))
+    city, country, postal = rng.choice(CITIES)
+    return supplier_pb2.SupplierRecord(
+        source_system="procurement",
+        local_id=local_id,
+        legal_name=f"{name} {local_id} Trading",
+        addresses=[
+            types_pb2.PostalAddress(
+                lines=[f"{rng.randint(1, 300)} {name} Street"], locality=city, postal_code=postal, country_code=country
+            )
+        ],
+    )
+
+
+async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop_at: float, pace: float) -> None:
+    rng = random.Random(f"{run_id}-{index}")
+    orders: list[Order] = []
+    made = 0
+    suppliers = 0
+    while time.monotonic() < stop_at:
+        live = [o for o in orders if not o.broken]
+        roll = rng.random()
+        if not live or (roll < 0.25 and len(live) < 40):
+            made += 1
+            order = Order(f"CHAOS-{run_id}-{index}-{made}", now_timestamp())
+            orders.append(order)
+            quantity = str(rng.randint(1, 999))
+            key = f"chaos:{order.po_id}:v1"
+            command = Command("publish", key, order.po_id, 1, quantity)
+            request = po.PublishPurchaseOrderRequest(
+                purchase_order=purchase_order(order, 1, quantity, supplier_id), idempotency_key=key
+            )
+            answer = await client.send(command, client.orders.PublishPurchaseOrder, request, "procurement")
+            _settle(order, answer, version=1)
+        elif roll < 0.31:
+            suppliers += 1
+            local_id = f"CS-{run_id}-{index}-{suppliers}"
+            key = f"chaos-supplier:{local_id}"
+            command = Command("supplier", key, local_id=local_id)
+            submission = sp.SubmitSupplierRecordRequest(record=supplier_record(local_id, rng), idempotency_key=key)
+            await client.send(command, client.suppliers.SubmitSupplierRecord, submission, "procurement")
+        elif roll < 0.34:
+            order = rng.choice(live)
+            quantity = str(1000 + rng.randint(1, 999))  # never the first version's quantity
+            key = f"chaos:{order.po_id}:v1"
+            command = Command("conflict", key, order.po_id, 1, quantity)
+            request = po.PublishPurchaseOrderRequest(
+                purchase_order=purchase_order(order, 1, quantity, supplier_id), idempotency_key=key
+            )
+            await client.send(
+                command,
+                client.orders.PublishPurchaseOrder,
+                request,
+                "procurement",
+                expect=grpc.StatusCode.ALREADY_EXISTS,
+            )
+        else:
+            order = rng.choice(live)
+            if order.acknowledged < order.version and rng.random() < 0.5:
+                version = order.version
+                acknowledged_at = now_timestamp()
+                command = Command("acknowledge", f"erp:ack:{order.po_id}:v{version}", order.po_id, version)
+                ack_request = po.AcknowledgePurchaseOrderRequest(
+                    po_id=order.po_id,
+                    version=version,
+                    erp_document_number=f"ERP-{order.po_id}",
+                    acknowledged_at=acknowledged_at,
+                )
+                answer = await client.send(command, client.orders.AcknowledgePurchaseOrder, ack_request, "erp")
+                if isinstance(answer, Message):
+                    order.acknowledged = version
+                elif answer is not None:
+                    order.broken = True
+            else:
+                version = order.version + 1
+                quantity = str(rng.randint(1, 999))
+                key = po_domain.natural_idempotency_key("procurement", order.po_id, version)
+                command = Command("change", key, order.po_id, version, quantity)
+                change_request = po.ChangePurchaseOrderRequest(
+                    purchase_order=purchase_order(order, version, quantity, supplier_id)
+                )
+                answer = await client.send(command, client.orders.ChangePurchaseOrder, change_request, "procurement")
+                _settle(order, answer, version=version)
+        if pace:
+            await asyncio.sleep(pace * (0.5 + rng.random()))
+
+
+def _settle(order: Order, answer: object, *, version: int) -> None:
+    if isinstance(answer, Message):
+        order.version = version
+    else:  # refused (recorded as unexpected) or unanswered: the order's next version is no longer known
+        order.broken = True
+
+
+# --------------------------------------------------------------------------------------------- the stack
+
+
+class Chaos:
+    def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.rng = random.Random(args.seed)
+        self.namespace = args.namespace
+        components = [c for c in COMPONENTS if c.name in STARTED]
+        base = free_port_range(6)
+        self.stack = Stack(
+            StackOptions(
+                data_dir=workdir,
+                grpc_port_base=base,
+                metrics_port_base=None,
+                nats_url=None,
+                redis_url=None,
+                nats_port=free_port(),
+                redis_port=free_port(),
+                sync_always=True,
+                components=components,
+                ready_timeout=90.0,
+            )
+        )
+        self.components = {c.name: c for c in components}
+        self.running: dict[str, RunningComponent] = {}
+        self.killed: set[int] = set()  # pids this script killed on purpose
+        self.unexpected_exits: list[str] = []
+        self.faults: Counter[str] = Counter()
+        self.fault_log: list[str] = []
+        self.proxies: dict[str, FaultProxy] = {}
+        self.spawn_failures = 0  # forks that died before exec
+        self.restarting: set[str] = set()
+        self.recovery: list[float] = []  # seconds from a service kill to SERVING again
+
+    def address(self, name: str) -> str:
+        return f"127.0.0.1:{self.components[name].grpc_port(self.stack.options.grpc_port_base)}"
+
+    async def start(self) -> None:
+        os.environ["SYNCGOV_NAMESPACE"] = self.namespace  # the permissions and the components read it
+        os.environ["SYNCGOV_LOG_LEVEL"] = self.args.log_level
+        self.stack.start_servers()
+        assert self.stack.nats_server is not None
+        assert self.stack.valkey_server is not None
+        self.proxies["nats"] = await FaultProxy("nats", self.stack.nats_server.port).start()
+        self.proxies["valkey"] = await FaultProxy("valkey", self.stack.valkey_server.port).start()
+        for name in ("po-publication", "supplier-normalization"):
+            port = self.components[name].grpc_port(self.stack.options.grpc_port_base)
+            self.proxies[name] = await FaultProxy(name, port).start()
+        # The components reach NATS and Valkey through the proxies (their credentials as `syncgov up` hands them).
+        self.stack.nats_url = f"nats://{self.proxies['nats'].address}"
+        self.stack.redis_url = f"redis://{self.proxies['valkey'].address}/0"
+        self.stack.start_components()
+        for child in self.stack.children:
+            self.running[child.component.name] = child
+        states = await self.stack.wait_until_serving()
+        if any(state != "SERVING" for state in states.values()):
+            raise RuntimeError(f"the services did not come up: {states}; logs in {self.workdir / 'logs'}")
+
+    def spawn(self, component: Component) -> RunningComponent:
+        """Start one component again, exactly as Stack.start_components started it."""
+        everything = self.stack.options.components
+        self.stack.options.components = [component]
+        try:
+            self.stack.start_components()
+        finally:
+            self.stack.options.components = everything
+        child = self.stack.children[-1]
+        self.running[component.name] = child
+        return child
+
+    async def wait_serving(self, name: str, timeout: float = 60.0) -> bool:
+        deadline = time.monotonic() + timeout
+        async with grpc.aio.insecure_channel(self.address(name)) as channel:
+            while time.monotonic() < deadline:
+                if await health_status(channel, deadline_seconds=1.0) == "SERVING":
+                    return True
+                await asyncio.sleep(0.2)
+        return False
+
+    async def watch(self) -> None:
+        """A component that exits without being killed by this script is a finding: note it and restart it."""
+        while True:
+            await asyncio.sleep(0.5)
+            for name, child in list(self.running.items()):
+                code = child.process.poll()
+                if code is not None and child.process.pid not in self.killed and name not in self.restarting:
+                    self.unexpected_exits.append(f"{name} exited with {code}")
+                    self.killed.add(child.process.pid)
+                    self.spawn(self.components[name])
+
+    async def inject(self, kind: str) -> None:
+        rng = self.rng
+        started = time.monotonic()
+        if kind.startswith("kill ") and kind != "kill nats-server":
+            name = kind.removeprefix("kill ")
+            child = self.running[name]
+            self.killed.add(child.process.pid)
+            child.process.send_signal(signal.SIGKILL)
+            child.process.wait()
+            self.restarting.add(name)
+            try:
+                for _ in range(3):
+                    fresh = self.spawn(self.components[name])
+                    await asyncio.sleep(0.3)
+                    if fresh.process.poll() is None or fresh.process.returncode != -signal.SIGSEGV:
+                        break
+                    # The fork died before exec (see docs/reliability.md: a harness artefact, not the service).
+                    self.killed.add(fresh.process.pid)
+                    self.spawn_failures += 1
+            finally:
+                self.restarting.discard(name)
+            if await self.wait_serving(name):
+                self.recovery.append(time.monotonic() - started)
+        elif kind == "kill nats-server":
+            server = self.stack.nats_server
+            assert server is not None
+            server.kill()
+            await asyncio.sleep(rng.uniform(0.5, 3.0))
+            # From this (the main) thread: a child's PR_SET_PDEATHSIG follows the thread that forked it.
+            for attempt in range(3):
+                try:
+                    server.start()
+                    break
+                except ServerError:
+                    if attempt == 2:
+                        raise
+                    self.spawn_failures += 1  # the fork died before exec (see docs/reliability.md); start again
+        elif kind == "freeze valkey":
+            process = self.valkey_process()
+            os.kill(process.pid, signal.SIGSTOP)
+            try:
+                await asyncio.sleep(rng.uniform(1.0, 5.0))
+            finally:
+                os.kill(process.pid, signal.SIGCONT)
+        elif kind == "wipe valkey":
+            await self.flushall()
+        elif kind.startswith("cut "):
+            target = kind.split()[1]
+            for name in ("po-publication", "supplier-normalization") if target == "grpc" else (target,):
+                self.proxies[name].cut()
+        elif kind.startswith("stall "):
+            proxy = self.proxies[kind.split()[1]]
+            proxy.stall()
+            try:
+                await asyncio.sleep(rng.uniform(1.0, 5.0))
+            finally:
+                proxy.resume()
+        self.faults[kind] += 1
+        self.fault_log.append(f"{time.monotonic() - self.t0:6.1f}s {kind} ({time.monotonic() - started:.1f}s)")
+
+    def valkey_process(self) -> subprocess.Popen[bytes]:
+        server = self.stack.valkey_server
+        assert server is not None
+        assert server.process is not None
+        return server.process
+
+    async def flushall(self) -> None:
+        from redis.asyncio import Redis
+
+        assert self.stack.valkey_server is not None
+        redis = Redis.from_url(self.stack.valkey_server.url, socket_timeout=5)
+        try:
+            await redis.flushall()
+        finally:
+            await redis.aclose()
+
+    async def faults_until(self, stop_at: float) -> None:
+        deck: list[str] = []
+        await asyncio.sleep(self.args.gap * self.rng.uniform(0.3, 0.8))
+        while time.monotonic() < stop_at:
+            if not deck:  # every kind once per round, in a seeded order
+                deck = list(FAULT_KINDS)
+                self.rng.shuffle(deck)
+            await self.inject(deck.pop())
+            await asyncio.sleep(self.args.gap * self.rng.uniform(0.5, 1.5))
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            os.kill(self.valkey_process().pid, signal.SIGCONT)
+        self.stack.stop(timeout=10)
+
+    t0 = 0.0
+
+
+# --------------------------------------------------------------------------------------------- the judgement
+
+
+@dataclass
+class Invariant:
+    name: str
+    held: bool
+    detail: str = ""
+
+
+def _sample(items: list[str], count: int = 3) -> str:
+    shown = "; ".join(items[:count])
+    return f"{len(items)}: {shown}" + (" ..." if len(items) > count else "")
+
+
+async def scan(reader: EventReader, domain: str) -> list[StoredEvent]:
+    return [stored async for stored in reader.scan(domain)]
+
+
+async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invariant], dict[str, float]]:
+    nats_server = chaos.stack.nats_server
+    assert nats_server is not None
+    nc = await nats.connect(nats_server.url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        reader = EventReader(js, Namespace(chaos.namespace))
+        po_stream = await scan(reader, po_events.DOMAIN)
+        supplier_stream = await scan(reader, "supplier")
+        exception_stream = await scan(reader, "exception")
+    finally:
+        await nc.drain()
+    invariants: list[Invariant] = []
+    figures: dict[str, float] = {
+        "po events": len(po_stream),
+        "supplier events": len(supplier_stream),
+        "exceptions": len(exception_stream),
+    }
+
+    # The stream's picture: document events per (po, version), acknowledgments per (po, version), the fold.
+    documents: dict[tuple[str, int], list[StoredEvent]] = defaultdict(list)
+    acknowledgments: dict[tuple[str, int], list[StoredEvent]] = defaultdict(list)
+    by_key: Counter[str] = Counter()
+    states: dict[str, tuple[po_domain.OrderState, int]] = {}
+    unreadable: list[str] = []
+    for stored in po_stream:
+        envelope = stored.envelope
+        name = stored.subject.rsplit(".", 1)[-1]
+        if envelope.idempotency_key:
+            by_key[f"{name}|{envelope.idempotency_key}"] += 1
+        try:
+            event = po_events.decode(stored)
+        except Exception as error:
+            unreadable.append(f"seq {stored.sequence}: {error}")
+            continue
+        if event is None:
+            continue
+        key = envelope.object_key
+        if name in po_events.DOCUMENT_EVENTS:
+            documents[(key, envelope.object_version)].append(stored)
+        elif name == po_events.ACKNOWLEDGED and isinstance(event, po_domain.VersionAcknowledged):
+            acknowledgments[(key, event.version)].append(stored)
+        state = states.get(key, (po_domain.INITIAL, 0))[0]
+        states[key] = (po_domain.evolve(state, recorded(stored, event)), stored.sequence)
+
+    accepted_orders = [(c, r) for c, r in tally.accepted if c.kind in ("publish", "change", "acknowledge")]
+    missing: list[str] = []
+    duplicated: list[str] = []
+    wrong_content: list[str] = []
+    for command, _ in accepted_orders:
+        where = acknowledgments if command.kind == "acknowledge" else documents
+        found = where.get((command.po_id, command.version), [])
+        if not found:
+            missing.append(f"{command.kind} {command.po_id} v{command.version}")
+        elif len(found) > 1:
+            duplicated.append(f"{command.kind} {command.po_id} v{command.version} x{len(found)}")
+        if command.kind != "acknowledge" and found:
+            stored_doc = document_of(found[0])
+            if stored_doc.lines[0].quantity.value != command.quantity:
+                wrong_content.append(
+                    f"{command.po_id} v{command.version}: stored {stored_doc.lines[0].quantity.value}, "
+                    f"sent {command.quantity}"
+                )
+    extra_documents = [f"{k[0]} v{k[1]} x{len(v)}" for k, v in documents.items() if len(v) > 1]
+    extra_acks = [f"{k[0]} v{k[1]} x{len(v)}" for k, v in acknowledgments.items() if len(v) > 1]
+    repeated_keys = [f"{k} x{n}" for k, n in by_key.items() if n > 1]
+    invariants.append(
+        Invariant("no acknowledged write lost (every OK'd PO command is in the stream)", not missing, _sample(missing))
+    )
+    invariants.append(
+        Invariant(
+            "every accepted command has exactly one effect",
+            not duplicated and not extra_documents and not extra_acks,
+            _sample(duplicated + extra_documents + extra_acks),
+        )
+    )
+    invariants.append(Invariant("no idempotency key used by two events", not repeated_keys, _sample(repeated_keys)))
+    invariants.append(
+        Invariant(
+            "stored documents are the ones answered OK (conflicts left no trace)",
+            not wrong_content,
+            _sample(wrong_content),
+        )
+    )
+    invariants.append(Invariant("every stored PO event decodes", not unreadable, _sample(unreadable)))
+
+    # Suppliers: each accepted submission wrote exactly one event under its key, and resolves to its golden record.
+    supplier_keys = Counter(s.envelope.idempotency_key for s in supplier_stream)
+    accepted_suppliers = [(c, r) for c, r in tally.accepted if c.kind == "supplier"]
+    supplier_problems = [f"{c.key} x{supplier_keys[c.key]}" for c, _ in accepted_suppliers if supplier_keys[c.key] != 1]
+    invariants.append(
+        Invariant(
+            "every accepted supplier record written exactly once", not supplier_problems, _sample(supplier_problems)
+        )
+    )
+
+    # Read models, through the services once they serve again (each gets time to notice a loss and rebuild).
+    expected_listing = {
+        po_id: (state.latest_version, state.acknowledged_version)
+        for po_id, (state, _) in states.items()
+        if state.latest is not None and state.acknowledged_version < state.latest_version
+    }
+    healing = time.monotonic()
+    listing, listing_note = await read_listing(client, expected_listing, timeout=chaos.args.heal_timeout)
+    figures["listing equal after"] = time.monotonic() - healing
+    diff = sorted(
+        f"{po_id}: listed {listing.get(po_id)}, stream {expected_listing.get(po_id)}"
+        for po_id in set(listing) | set(expected_listing)
+        if listing.get(po_id) != expected_listing.get(po_id)
+    )
+    invariants.append(
+        Invariant(
+            "the unacknowledged list equals its projection of the stream",
+            not diff and not listing_note,
+            listing_note or _sample(diff),
+        )
+    )
+    disagreements = await check_gets(client, states)
+    invariants.append(
+        Invariant("GetPurchaseOrder agrees with the stream for every order", not disagreements, _sample(disagreements))
+    )
+    unresolved_suppliers = await check_suppliers(client, accepted_suppliers)
+    invariants.append(
+        Invariant(
+            "every accepted supplier resolves to the golden record it was answered with",
+            not unresolved_suppliers,
+            _sample(unresolved_suppliers),
+        )
+    )
+
+    raised = {
+        stored.unpack(exception_events.ExceptionRaised).exception.exception_id
+        for stored in exception_stream
+        if stored.envelope.event_type == exception_events.ExceptionRaised.DESCRIPTOR.full_name
+    }
+    dropped = [exception_id for exception_id in tally.exception_ids if exception_id not in raised]
+    invariants.append(
+        Invariant(
+            "no exception dropped (every exception id answered is in the exception stream)",
+            not dropped and (bool(tally.exception_ids) or tally.sent["conflict"] == 0),
+            _sample(dropped) if dropped else f"{len(tally.exception_ids)} exception ids answered",
+        )
+    )
+    invariants.append(Invariant("no INTERNAL or UNKNOWN answer", not tally.broken, _sample(tally.broken)))
+    invariants.append(
+        Invariant("no valid command refused, every conflict refused", not tally.unexpected, _sample(tally.unexpected))
+    )
+    invariants.append(
+        Invariant("every command answered once the faults stopped", not tally.unresolved, _sample(tally.unresolved))
+    )
+    invariants.append(
+        Invariant("no component died unless killed", not chaos.unexpected_exits, _sample(chaos.unexpected_exits))
+    )
+    return invariants, figures
+
+
+def document_of(stored: StoredEvent) -> po_pb2.PurchaseOrder:
+    """The purchase order a stored document event (published, changed, cancelled) carries."""
+    name = stored.subject.rsplit(".", 1)[-1]
+    if name == po_events.PUBLISHED:
+        return stored.unpack(po_event_messages.PurchaseOrderPublished).purchase_order
+    if name == po_events.CHANGED:
+        return stored.unpack(po_event_messages.PurchaseOrderChanged).purchase_order
+    return stored.unpack(po_event_messages.PurchaseOrderCancelled).purchase_order
+
+
+async def read_listing(
+    client: Client, expected: dict[str, tuple[int, int]], timeout: float
+) -> tuple[dict[str, tuple[int, int]], str]:
+    """Page through ListUnacknowledgedPurchaseOrders until it equals ``expected`` or ``timeout`` passes; the last
+    listing read (and a note when none could be read)."""
+    deadline = time.monotonic() + timeout
+    listing: dict[str, tuple[int, int]] = {}
+    note = "never listed"
+    while True:
+        try:
+            listing = {}
+            token = ""
+            while True:
+                page = await client.orders.ListUnacknowledgedPurchaseOrders(
+                    po.ListUnacknowledgedPurchaseOrdersRequest(
+                        page=types_pb2.PageRequest(page_size=200, page_token=token)
+                    ),
+                    metadata=as_system("erp"),
+                    timeout=10,
+                )
+                for entry in page.purchase_orders:
+                    listing[entry.po_id] = (entry.latest_version, entry.acknowledged_version)
+                token = page.page_info.next_page_token
+                if not token:
+                    break
+            note = ""
+            if listing == expected:
+                return listing, note
+        except grpc.aio.AioRpcError as error:
+            note = f"last answer {error.code().name}: {error.details()}"
+        if time.monotonic() > deadline:
+            return listing, note
+        await asyncio.sleep(1.0)
+
+
+async def check_gets(client: Client, states: dict[str, tuple[po_domain.OrderState, int]]) -> list[str]:
+    problems: list[str] = []
+    semaphore = asyncio.Semaphore(8)
+
+    async def one(po_id: str, state: po_domain.OrderState) -> None:
+        async with semaphore:
+            for _ in range(20):
+                try:
+                    got = await client.orders.GetPurchaseOrder(
+                        po.GetPurchaseOrderRequest(po_id=po_id), metadata=as_system("erp"), timeout=5
+                    )
+                    break
+                except grpc.aio.AioRpcError as error:
+                    if error.code() not in RETRIED:
+                        problems.append(f"{po_id}: {error.code().name} {error.details()}")
+                        return
+                    await asyncio.sleep(0.5)
+            else:
+                problems.append(f"{po_id}: no answer")
+                return
+        highest = state.highest_acknowledgment()
+        acknowledged = highest.version if highest is not None else 0
+        answered = got.erp_acknowledgment.version if got.HasField("erp_acknowledgment") else 0
+        if got.latest_version != state.latest_version or answered != acknowledged:
+            problems.append(
+                f"{po_id}: answered v{got.latest_version} ack {answered}, "
+                f"stream v{state.latest_version} ack {acknowledged}"
+            )
+
+    await asyncio.gather(*(one(po_id, state) for po_id, (state, _) in states.items() if state.exists))
+    return problems
+
+
+async def check_suppliers(client: Client, accepted: list[tuple[Command, Message]]) -> list[str]:
+    problems: list[str] = []
+    for command, response in accepted:
+        assert isinstance(response, sp.SubmitSupplierRecordResponse)
+        try:
+            got = await client.suppliers.ResolveSupplier(
+                sp.ResolveSupplierRequest(system="procurement", local_id=command.local_id),
+                metadata=as_system("procurement"),
+                timeout=5,
+            )
+        except grpc.aio.AioRpcError as error:
+            problems.append(f"{command.local_id}: {error.code().name} {error.details()}")
+            continue
+        if got.supplier.supplier_id != response.supplier.supplier_id:
+            problems.append(f"{command.local_id}: {got.supplier.supplier_id} != {response.supplier.supplier_id}")
+    return problems
+
+
+# --------------------------------------------------------------------------------------------- the run
+
+
+def print_report(
+    args: argparse.Namespace, chaos: Chaos, tally: Tally, invariants: list[Invariant], figures: dict[str, Any]
+) -> None:
+    print(
+        f"\nchaos run: seed {args.seed}, {args.seconds:.0f}s of load, {args.workers} workers, "
+        f"{figures['duration']:.0f}s in all"
+    )
+    print("\nfaults injected")
+    for kind in FAULT_KINDS:
+        print(f"  {kind:<32} {chaos.faults[kind]:>5}")
+    print(f"  {'total':<32} {sum(chaos.faults.values()):>5}")
+    if chaos.spawn_failures:
+        print(f"  (forks that died before exec and were started again: {chaos.spawn_failures})")
+    if chaos.recovery:
+        print(
+            f"  service kill -> SERVING again: median {sorted(chaos.recovery)[len(chaos.recovery) // 2]:.1f}s, "
+            f"max {max(chaos.recovery):.1f}s"
+        )
+    print("\ncommands                          sent     ok  refused  replayed")
+    for kind in ("publish", "change", "acknowledge", "supplier", "conflict"):
+        refused = sum(n for label, n in tally.refused_expected.items() if label.startswith(kind + ":"))
+        print(f"  {kind:<30} {tally.sent[kind]:>6} {tally.ok[kind]:>6} {refused:>8} {tally.replays[kind]:>9}")
+    print(
+        f"  {'total':<30} {sum(tally.sent.values()):>6} {sum(tally.ok.values()):>6} "
+        f"{sum(tally.refused_expected.values()):>8} {sum(tally.replays.values()):>9}"
+    )
+    retried = ", ".join(f"{code} {n}" for code, n in tally.retries.most_common()) or "none"
+    print(f"  attempts {tally.attempts}, retried: {retried}")
+    print(
+        f"  stream: {figures['po events']:.0f} PO events, {figures['supplier events']:.0f} supplier events, "
+        f"{figures['exceptions']:.0f} exceptions; unacknowledged list equal to the stream "
+        f"{figures['listing equal after']:.1f}s after the load stopped"
+    )
+    print("\ninvariants")
+    for invariant in invariants:
+        verdict = "held" if invariant.held else "VIOLATED"
+        detail = f"  ({invariant.detail})" if invariant.detail and not invariant.held else ""
+        print(f"  {invariant.name:<80} {verdict}{detail}")
+    violated = sum(not i.held for i in invariants)
+    print(f"\n{len(invariants) - violated} invariants held, {violated} violated")
+
+
+async def run(args: argparse.Namespace) -> int:
+    workdir = Path(args.data_dir) if args.data_dir else Path(tempfile.mkdtemp(prefix="syncgov-chaos-"))
+    started = time.monotonic()
+    chaos = Chaos(args, workdir)
+    tally = Tally()
+    client: Client | None = None
+    watcher: asyncio.Task[None] | None = None
+    ok = False
+    try:
+        await chaos.start()
+        print(f"stack up in {time.monotonic() - started:.1f}s (data and logs in {workdir})", flush=True)
+        watcher = asyncio.create_task(chaos.watch())
+        client = Client(
+            chaos.proxies["po-publication"].address,
+            chaos.proxies["supplier-normalization"].address,
+            tally,
+            random.Random(args.seed),
+        )
+        run_id = f"{args.seed}x{int(time.time()) % 100000}"
+        # One golden supplier every order names; po-publication learns of it from the supplier stream a moment later.
+        anchor = Command("supplier", f"chaos-supplier:anchor-{run_id}", local_id=f"ANCHOR-{run_id}")
+        answer = await client.send(
+            anchor,
+            client.suppliers.SubmitSupplierRecord,
+            sp.SubmitSupplierRecordRequest(
+                record=supplier_record(anchor.local_id, random.Random(args.seed)), idempotency_key=anchor.key
+            ),
+            "procurement",
+        )
+        if not isinstance(answer, sp.SubmitSupplierRecordResponse):
+            raise RuntimeError(f"the anchor supplier was not accepted: {answer}")
+        supplier_id = answer.supplier.supplier_id
+        warm = Order(f"CHAOS-{run_id}-warmup", now_timestamp())
+        warm_request = po.PublishPurchaseOrderRequest(
+            purchase_order=purchase_order(warm, 1, "1", supplier_id), idempotency_key=f"chaos:{warm.po_id}:v1"
+        )
+        await client.send(
+            Command("publish", f"chaos:{warm.po_id}:v1", warm.po_id, 1, "1"),
+            client.orders.PublishPurchaseOrder,
+            warm_request,
+            "procurement",
+            retry_invalid_until=time.monotonic() + 30,
+        )
+        chaos.t0 = time.monotonic()
+        stop_at = chaos.t0 + args.seconds
+        faults = asyncio.create_task(chaos.faults_until(stop_at))
+        workers = [
+            asyncio.create_task(worker(i, client, run_id, supplier_id, stop_at, args.pace)) for i in range(args.workers)
+        ]
+        await faults
+        client.give_up_at = time.monotonic() + args.drain_timeout
+        await asyncio.gather(*workers)
+        load_seconds = time.monotonic() - chaos.t0
+        serving = {name: await chaos.wait_serving(name, timeout=args.heal_timeout) for name in STARTED}
+        print(f"load and faults over after {load_seconds:.1f}s; serving: {serving}", flush=True)
+        invariants, figures = await verify(chaos, client, tally)
+        invariants.append(Invariant("every service SERVING after the faults", all(serving.values()), str(serving)))
+        figures["duration"] = time.monotonic() - started
+        figures["load_seconds"] = load_seconds
+        print_report(args, chaos, tally, invariants, figures)
+        if args.verbose:
+            print("\nfault log")
+            for line in chaos.fault_log:
+                print("  " + line)
+        ok = all(i.held for i in invariants)
+        if args.json:
+            write_json(
+                args.json,
+                json.dumps(
+                    {
+                        "seed": args.seed,
+                        "seconds": args.seconds,
+                        "workers": args.workers,
+                        "figures": figures,
+                        "faults": dict(chaos.faults),
+                        "fault_log": chaos.fault_log,
+                        "sent": dict(tally.sent),
+                        "ok": dict(tally.ok),
+                        "refused_expected": dict(tally.refused_expected),
+                        "retries": dict(tally.retries),
+                        "replays": dict(tally.replays),
+                        "unexpected_refusals": tally.unexpected,
+                        "broken_answers": tally.broken,
+                        "spawn_failures": chaos.spawn_failures,
+                        "attempts": tally.attempts,
+                        "invariants": [{"name": i.name, "held": i.held, "detail": i.detail} for i in invariants],
+                    },
+                    indent=2,
+                ),
+            )
+        return 0 if ok else 1
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+        if client is not None:
+            await client.close()
+        for proxy in chaos.proxies.values():
+            await proxy.close()
+        chaos.stop()
+        if ok and not args.keep and not args.data_dir:
+            shutil.rmtree(workdir, ignore_errors=True)
+        elif not ok:
+            print(f"data and logs kept in {workdir}")
+
+
+def write_json(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=90.0, help="how long the load and the faults run")
+    parser.add_argument("--seed", type=int, default=1, help="seeds the fault schedule and the client")
+    parser.add_argument("--workers", type=int, default=6, help="concurrent client workers")
+    parser.add_argument("--pace", type=float, default=0.02, help="mean pause between a worker's commands (s)")
+    parser.add_argument("--gap", type=float, default=3.0, help="mean pause between faults (s)")
+    parser.add_argument("--drain-timeout", type=float, default=60.0, help="how long in-flight commands may retry")
+    parser.add_argument("--heal-timeout", type=float, default=45.0, help="how long read models may take to heal")
+    parser.add_argument("--namespace", default="chaos")
+    parser.add_argument("--log-level", default="WARNING", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--data-dir", default="", help="keep data and logs here (default: a temporary folder)")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary folder after a clean run")
+    parser.add_argument("--json", default="", help="also write the figures and invariants to this file")
+    parser.add_argument("--verbose", action="store_true", help="print the fault log")
+    args = parser.parse_args()
+    # die_with_parent (run in each forked child before exec) imports ctypes and opens libc: done here first,
+    # the child finds both loaded instead of importing and allocating while gRPC's threads hold locks.
+    import ctypes
+
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libc.so.6", use_errno=True)
+    for name in list(os.environ):  # nothing of the caller's shell configures the stack under test
+        if name.startswith(("SYNCGOV_", "OTEL_")):
+            del os.environ[name]
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()
