@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from control_plane import domain
@@ -33,12 +34,15 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         self._audit = audit
 
     async def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context) -> pb.ValidatePolicyResponse:
-        plan = domain.plan_apply(request.document_yaml, "", stored=False)
+        # Reading a large document takes a while: off the event loop, so health and other calls go on.
+        plan = await asyncio.to_thread(domain.plan_apply, request.document_yaml, "", stored=False)
         return pb.ValidatePolicyResponse(valid=not plan.problems, problems=_problems(plan.problems))
 
     async def DiffPolicy(self, request: pb.DiffPolicyRequest, context) -> pb.DiffPolicyResponse:
         latest = await self._store.policies.latest()
-        plan = domain.plan_apply(request.document_yaml, self._in_force(latest), stored=latest is not None)
+        plan = await asyncio.to_thread(
+            domain.plan_apply, request.document_yaml, self._in_force(latest), stored=latest is not None
+        )
         if plan.problems:
             raise _invalid(plan.problems)
         return pb.DiffPolicyResponse(current_revision=latest.revision if latest else 0, unified_diff=plan.diff)
@@ -130,6 +134,9 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
     async def _apply(
         self, text: str, expected: int, comment: str, *, dry_run: bool, force_new: bool = False
     ) -> tuple[controlplane_pb2.PolicyRevision | None, str]:
+        checked = await asyncio.to_thread(domain.plan_apply, text, "", stored=False)  # off the event loop
+        if checked.problems:
+            raise _invalid(checked.problems)
         caller = current_caller()
         bootstrap = self._policy.current
         command = domain.ApplyPolicy(

@@ -37,6 +37,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         exceptions: ExceptionReporter,
         policy: Callable[[], Policy],
     ) -> None:
+        self._projection = projection
         self._registry = projection.registry
         self._suspicions = projection.suspicions
         self._commands = commands
@@ -60,6 +61,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         _require(record.local_id, "record.local_id")
         _require(record.legal_name, "record.legal_name")
         async with self._lock:
+            await self._projection.catch_up()  # decide on everything the stream holds
             placement = self._registry.plan(normalize(mapping.record_from_proto(record)))
             supplier = mapping.golden_to_proto(self._registry.preview(placement), self._policy().revision)
             response = pb.SubmitSupplierRecordResponse(
@@ -156,6 +158,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 reason="ALREADY_MERGED",
             )
         async with self._lock:
+            await self._projection.catch_up()  # decide on everything the stream holds
             key = f"decision:{first.supplier_id}:{second.supplier_id}:{request.same_supplier}"
             event = events.duplicate_decided(
                 first.supplier_id,
@@ -192,6 +195,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
             )
         _require(request.reason, "reason")
         async with self._lock:
+            await self._projection.catch_up()  # decide on everything the stream holds
             current = self._golden(request.supplier_id)
             version = current.version + 1
             event = events.supplier_status_changed(
@@ -214,6 +218,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 reason="ALREADY_MERGED",
             )
         async with self._lock:
+            await self._projection.catch_up()  # decide on everything the stream holds
             preview = mapping.golden_to_proto(
                 self._registry.preview_merge(surviving.supplier_id, merged.supplier_id), self._policy().revision
             )

@@ -7,7 +7,7 @@ import logging
 
 from libs.runtime.commands import CommandHandler, StreamLog, recorded
 from libs.runtime.decider import Recorded
-from libs.runtime.events import EventPublisher, EventReader
+from libs.runtime.events import EventPublisher, EventReader, StoredEvent
 from services.supplier_normalization import domain, events
 
 log = logging.getLogger(__name__)
@@ -22,22 +22,37 @@ class RegistryProjection:
         self.registry = registry
         self.suspicions: events.Suspicions = {}
         self._reader = reader
+        self.sequence = 0  # the last stream sequence folded in
 
     async def applied(
         self, key: str, state: domain.GoldenState, sequence: int, recorded: Recorded[domain.SupplierChange] | None
     ) -> None:
-        if recorded is not None:  # a replay changed nothing
-            events.apply(self.registry, self.suspicions, recorded.event)
+        if recorded is not None and recorded.sequence > self.sequence:  # a replay changed nothing
+            if recorded.sequence > self.sequence + 1:
+                await self.catch_up()  # fold what came before it first: the order of events matters
+            if recorded.sequence > self.sequence:
+                events.apply(self.registry, self.suspicions, recorded.event)
+                self.sequence = recorded.sequence
 
     async def rebuild(self) -> None:
         """Fold the whole stream, oldest first (at start: the registry is the stream's projection)."""
         count = 0
         async for stored in self._reader.scan(events.DOMAIN):
-            change = events.decode(stored)
-            if change is not None:
-                events.apply(self.registry, self.suspicions, recorded(stored, change).event)
+            self._fold(stored)
             count += 1
         log.info("rebuilt %s golden suppliers from %s events", len(self.registry), count)
+
+    async def catch_up(self) -> None:
+        """Fold what the stream holds beyond the registry: an append whose acknowledgment was lost (a broker
+        restart, a timeout) is in the stream but not yet here, and a retry must find it."""
+        for stored in await self._reader.since(events.DOMAIN, self.sequence):
+            self._fold(stored)
+
+    def _fold(self, stored: StoredEvent) -> None:
+        change = events.decode(stored)
+        if change is not None:
+            events.apply(self.registry, self.suspicions, recorded(stored, change).event)
+        self.sequence = max(self.sequence, stored.sequence)
 
 
 def golden_commands(publisher: EventPublisher, reader: EventReader, projection: RegistryProjection) -> GoldenCommands:

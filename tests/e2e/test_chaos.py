@@ -10,7 +10,6 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 from pathlib import Path
 
 import pytest
@@ -56,22 +55,11 @@ def test_a_short_chaos_run_holds_every_invariant(tmp_path: Path) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode in (0, 1), output  # 1: an invariant was violated (judged below)
+    assert process.returncode == 0, output
     result = json.loads(report.read_text())
-    # Known defect (reported, not fixed here): a supplier record whose append landed while nats-server restarted,
-    # but whose answer was lost, is refused on retry (ALREADY_EXISTS GOLDEN_ID_TAKEN) instead of replayed.
-    # Tolerated on its own and warned about; any other refusal of a valid command fails. Remove once fixed.
-    known = [u for u in result["unexpected_refusals"] if u.startswith("supplier ") and "GOLDEN_ID_TAKEN" in u]
-    others = [u for u in result["unexpected_refusals"] if u not in known]
-    assert others == [], output
-    violated = [
-        i
-        for i in result["invariants"]
-        if not i["held"] and not (known and i["name"].startswith("no valid command refused"))
-    ]
+    assert result["unexpected_refusals"] == [], output
+    violated = [i for i in result["invariants"] if not i["held"]]
     assert violated == [], output
-    if known:
-        warnings.warn(f"known defect seen: {known}", stacklevel=1)
     names = " ".join(i["name"] for i in result["invariants"])
     for invariant in (
         "exactly one effect",

@@ -198,3 +198,19 @@ async def test_a_supplier_whose_publish_failed_is_neither_answered_ok_nor_kept(s
             supplier_pb.ResolveSupplierRequest(system="erp", local_id="200"), metadata=(("x-syncgov-system", "erp"),)
         )
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_a_submission_stored_behind_the_registrys_back_is_a_replay_not_a_conflict(supplier_settings):  # noqa: F811
+    """What the chaos run found: an append whose acknowledgment was lost (here: written by a second process)
+    is in the stream but not in this registry; the retry must find it, not call its own write a conflict."""
+    async with (
+        running_service(supplier_settings, wire_suppliers) as (_, first_channel, _),
+        running_service(supplier_settings, wire_suppliers) as (_, second_channel, _),
+    ):
+        first = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(first_channel)
+        second = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(second_channel)
+        stored = await submit(second, SUPPLIER_RECORDS[2])
+        retried = await submit(first, SUPPLIER_RECORDS[2])
+        assert retried.supplier.supplier_id == stored.supplier.supplier_id
+        assert retried.supplier.version == stored.supplier.version
+        assert not retried.created

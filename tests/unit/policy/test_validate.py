@@ -198,8 +198,8 @@ def test_docs_explain_every_key_of_the_format():
     [
         ("format: &f [*f]\n", "refers to itself"),
         ("format: 1\nsystems: &s {x: *s}\n", "refers to itself"),
-        ("a: " + "{a: " * 2000 + "1" + "}" * 2000, "nests deeper"),
-        ("a: " + "[" * 100 + "]" * 100, "nests deeper"),
+        ("a: " + "{a: " * 2000 + "1" + "}" * 2000, "nest"),
+        ("a: " + "[" * 100 + "]" * 100, "nest"),
     ],
 )
 def test_documents_that_cannot_be_read_safely_are_one_problem_not_a_crash(text, says):
