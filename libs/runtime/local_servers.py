@@ -8,6 +8,7 @@ keep their data in a folder given to them, and stop on SIGTERM with a wait.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,18 +33,27 @@ class ServerError(RuntimeError):
     """A local server could not be found, started or reached."""
 
 
+def _load_prctl() -> Callable[..., int] | None:
+    # Loaded once, in the parent: a forked child of a process with threads (gRPC's) must not import or dlopen
+    # anything before exec — doing so crashed children now and then (SIGSEGV before exec).
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL("libc.so.6", use_errno=True).prctl
+        return prctl
+    except (OSError, AttributeError):  # not glibc: children simply outlive a killed parent
+        return None
+
+
+_PRCTL = _load_prctl()
+_PR_SET_PDEATHSIG = 1
+
+
 def die_with_parent() -> None:
     """In a child, before exec: ask Linux to SIGTERM it when the process that started it dies, so that a
     killed ``syncgov up`` or test run leaves no servers behind. Elsewhere it does nothing."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-
-    pr_set_pdeathsig = 1
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except (OSError, AttributeError):  # not glibc: the child simply outlives a killed parent
-        return
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
