@@ -3,8 +3,11 @@
     make bench                      # or: .venv/bin/python bench/publish_po.py --seconds 8
 
 Scenarios, each at concurrency 1 and 64, against servers this script starts:
-  governed       gRPC -> validate -> idempotency (Valkey) -> JetStream publish with ack,
-                 through po-publication run as its own process (python -m services.po_publication)
+  governed       gRPC -> edge (identity, bounds, ownership) -> validate -> decide -> JetStream publish with
+                 ack -> read model (Valkey), through po-publication as its own process
+  governed-change       a change order (v2) of an order this service published: its folded state is cached
+  governed-change-cold  a change order of an order another replica published: the state is folded from the
+                        stream first (what every change cost before states were cached)
   raw-composite  a bare grpc.aio handler: one Valkey SET NX + one JetStream publish with ack
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
 Prints RPS, p50 and p99 per scenario and the governed/raw-composite ratio. Figures only:
@@ -157,7 +160,18 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
                 ],
             )
         )
+        # A second replica in the same namespace: orders it publishes are ones the measured service has never
+        # seen, so changing them folds their history from the stream (its state cache is cold for them).
+        replica_port = free_port()
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "services.po_publication"],
+                cwd=ROOT,
+                env={**env, "SYNCGOV_GRPC_PORT": str(replica_port)},
+            )
+        )
         await wait_serving(f"127.0.0.1:{service_port}")
+        await wait_serving(f"127.0.0.1:{replica_port}")
         await wait_port(raw_port)
 
         template = sample_order("BENCH")
@@ -181,18 +195,38 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
             "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
         )
 
-        published: collections.deque[int] = collections.deque()  # orders the change scenario may change
+        published: collections.deque[int] = collections.deque()  # orders the measured service published
+        published_elsewhere: collections.deque[int] = collections.deque()  # orders the other replica published
+        replica_channel = grpc.aio.insecure_channel(f"127.0.0.1:{replica_port}")
+        replica_publish: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = replica_channel.unary_unary(
+            "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
+        )
+
+        def publish_request(n: int) -> bytes:
+            if n < len(prepared):
+                return prepared[n]
+            order = po_service_pb2.PublishPurchaseOrderRequest()
+            order.purchase_order.CopyFrom(template)
+            order.purchase_order.po_id = f"PO-{run_id}-{n}"
+            return order.SerializeToString()
 
         async def governed(n: int) -> object:
-            if n < len(prepared):
-                answer = await publish_call(prepared[n], metadata=metadata)
-            else:
-                order = po_service_pb2.PublishPurchaseOrderRequest()
-                order.purchase_order.CopyFrom(template)
-                order.purchase_order.po_id = f"PO-{run_id}-{n}"
-                answer = await stub.PublishPurchaseOrder(order, metadata=metadata)
+            answer = await publish_call(publish_request(n), metadata=metadata)
             published.append(n)
             return answer
+
+        async def fill(
+            pool: collections.deque[int], call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], count: int
+        ) -> None:
+            """Publish orders, unmeasured, until ``pool`` holds ``count`` of them to change."""
+
+            async def worker() -> None:
+                while len(pool) < count:
+                    n = next(COUNTER)
+                    await call(publish_request(n), metadata=metadata)
+                    pool.append(n)
+
+            await asyncio.gather(*(worker() for _ in range(64)))
 
         # A change order (version 2, one quantity changed) of an order the publish scenario created; the
         # change path reads the order's history from the stream before it writes.
@@ -204,13 +238,17 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
         second.version = 2
         second.lines[0].quantity.value = "11"
 
-        async def governed_change(_: int) -> object:
-            if not published:
-                raise RuntimeError("the change scenario ran out of published orders")
-            n = published.popleft()
-            second.po_id = f"PO-{run_id}-{n}"
-            request = po_service_pb2.ChangePurchaseOrderRequest(purchase_order=second).SerializeToString()
-            return await change_call(request, metadata=metadata)
+        def changing(pool: collections.deque[int]) -> Call:
+            async def change(_: int) -> object:
+                if not pool:
+                    raise RuntimeError("the change scenario ran out of published orders")
+                second.po_id = f"PO-{run_id}-{pool.popleft()}"
+                request = po_service_pb2.ChangePurchaseOrderRequest(purchase_order=second).SerializeToString()
+                return await change_call(request, metadata=metadata)
+
+            return change
+
+        governed_change, governed_change_cold = changing(published), changing(published_elsewhere)
 
         async def raw_composite(n: int) -> object:
             return await raw_call(payload)
@@ -222,6 +260,7 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
         scenarios = {
             "governed": governed,
             "governed-change": governed_change,
+            "governed-change-cold": governed_change_cold,
             "raw-composite": raw_composite,
             "raw-publish": raw_publish,
         }
@@ -233,13 +272,21 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
                 server = {
                     "governed": processes[0].pid,
                     "governed-change": processes[0].pid,
+                    "governed-change-cold": processes[0].pid,
                     "raw-composite": processes[1].pid,
                 }.get(name)
+                # Enough orders to change for the warm-up and the measured time, published beforehand.
+                needed = int((seconds + 1.0) * (3000 if concurrency > 1 else 1500))
+                if name == "governed-change":
+                    await fill(published, publish_call, needed)
+                elif name == "governed-change-cold":
+                    await fill(published_elsewhere, replica_publish, needed)
                 pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
                 pids["server"] = server or os.getpid()
                 await measure(call, concurrency, min(1.0, seconds / 4), pids)  # warm-up
                 results[(name, concurrency)] = await measure(call, concurrency, seconds, pids)
         await service_channel.close()
+        await replica_channel.close()
         await raw_channel.close()
         await nc.drain()
         report(results, concurrencies, seconds, sync_always, len(payload))
@@ -257,24 +304,28 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
         f"request {payload_bytes} bytes, JetStream sync_interval={'always' if sync_always else 'default (2 min)'}"
     )
     print(
-        f"{'scenario':<15}{'conc':>5}{'RPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'requests':>9}"
+        f"{'scenario':<21}{'conc':>5}{'RPS':>8}{'p50 ms':>9}{'p99 ms':>9}{'requests':>9}"
         f"   CPU us/request: {'server':>7}{'nats':>7}{'valkey':>7}{'client':>7}"
     )
     for concurrency in concurrencies:
-        for name in ("governed", "governed-change", "raw-composite", "raw-publish"):
+        for name in ("governed", "governed-change", "governed-change-cold", "raw-composite", "raw-publish"):
             r = results[(name, concurrency)]
             server = "-" if name == "raw-publish" else f"{r['cpu_us_server']:.0f}"
             print(
-                f"{name:<15}{concurrency:>5}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['count']:>9.0f}"
+                f"{name:<21}{concurrency:>5}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['count']:>9.0f}"
                 f"                   {server:>7}{r['cpu_us_nats']:>7.0f}{r['cpu_us_valkey']:>7.0f}"
                 f"{r['cpu_us_client']:>7.0f}"
             )
     for concurrency in concurrencies:
         governed = results[("governed", concurrency)]["rps"]
         change = results[("governed-change", concurrency)]["rps"]
+        cold = results[("governed-change-cold", concurrency)]["rps"]
         composite = results[("raw-composite", concurrency)]["rps"]
         publish = results[("raw-publish", concurrency)]["rps"]
-        print(f"ratio at concurrency {concurrency}: governed-change/raw-composite = {change / composite:.0%}")
+        print(
+            f"ratio at concurrency {concurrency}: governed-change/raw-composite = {change / composite:.0%}, "
+            f"governed-change-cold/raw-composite = {cold / composite:.0%}"
+        )
         print(
             f"ratio at concurrency {concurrency}: governed/raw-composite = {governed / composite:.0%}, "
             f"governed/raw-publish = {governed / publish:.0%}"
