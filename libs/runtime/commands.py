@@ -159,7 +159,7 @@ class CommandHandler(Generic[S, E]):
                 return key_reused(claim.key)
             except RedisError as error:  # Valkey is a cache: the broker's window and the history still judge
                 log.warning("idempotency key not checked in Valkey (%s); the stream decides", error)
-        folded = self._guess(key, assume_new)
+        folded = self._guess(key, assume_new) or await self._load(key)
         for _attempt in range(self._attempts):
             decision = decide(folded.state)
             if decision is None or isinstance(decision, Refusal):
@@ -212,18 +212,19 @@ class CommandHandler(Generic[S, E]):
         if entry is not None:
             self._cached_bytes -= entry[2]
 
-    def _guess(self, key: str, assume_new: bool) -> _Folded[S]:
+    def _guess(self, key: str, assume_new: bool) -> _Folded[S] | None:
+        """A state to decide on before reading: the cached one, or (creating) "no event yet"; None: read first."""
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)
             return _Folded(cached[0], cached[1], verified=False)
         if assume_new:
             return _Folded(self._initial, 0, verified=False)
-        return _Folded(self._initial, -1, verified=False)  # -1: nothing read yet
+        return None
 
     async def _load(self, key: str, start: _Folded[S] | None = None) -> _Folded[S]:
         """Fold whatever the log holds after ``start`` (the cached state, else nothing)."""
-        if start is None or start.last_sequence < 0:
+        if start is None:
             cached = self._cache.get(key)
             start = _Folded(cached[0], cached[1], False) if cached else _Folded(self._initial, 0, False)
         state, last = start.state, start.last_sequence

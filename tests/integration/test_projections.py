@@ -214,3 +214,19 @@ async def test_a_submission_stored_behind_the_registrys_back_is_a_replay_not_a_c
         assert retried.supplier.supplier_id == stored.supplier.supplier_id
         assert retried.supplier.version == stored.supplier.version
         assert not retried.created
+
+
+async def test_a_decision_on_golden_records_this_process_never_saw_is_guarded_like_any_write(supplier_settings):  # noqa: F811
+    async with running_service(supplier_settings, wire_suppliers) as (_, channel, _):
+        stub = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
+        first = (await submit(stub, SUPPLIER_RECORDS[0])).supplier.supplier_id
+        second = (await submit(stub, SUPPLIER_RECORDS[2])).supplier.supplier_id
+    async with running_service(supplier_settings, wire_suppliers) as (_, channel, _):  # a cold state cache
+        stub = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
+        answer = await stub.DecideDuplicateCandidate(
+            supplier_pb.DecideDuplicateCandidateRequest(
+                supplier_id=first, other_supplier_id=second, same_supplier=False, reason="different firms"
+            ),
+            metadata=(("x-syncgov-system", "ops-console"),),
+        )
+        assert answer.supplier.supplier_id == first
