@@ -228,3 +228,11 @@ def test_a_document_with_thousands_of_problems_lists_a_readable_number():
     _, problems = load("\n".join("x: 1" for _ in range(5_000)))
     assert len(problems) == MAX_PROBLEMS + 1
     assert problems[-1].message == f"and {4_999 - MAX_PROBLEMS} more"
+
+
+def test_a_value_python_will_not_read_is_a_problem_not_a_crash():
+    from libs.policy.yamlsource import load
+
+    data, [problem] = load("format: " + "9" * 6_000)
+    assert data is None
+    assert "cannot be read" in problem.message
