@@ -74,4 +74,7 @@ def load(text: str) -> tuple[Any, list[Problem]]:
         return None, [Problem("(document)", str(refused))]
     if len(problems) > MAX_PROBLEMS:
         problems = [*problems[:MAX_PROBLEMS], Problem("(document)", f"and {len(problems) - MAX_PROBLEMS} more")]
-    return yaml.load(text, Loader=_LOADER), problems
+    try:
+        return yaml.load(text, Loader=_LOADER), problems  # the safe loader, in C where libyaml exists
+    except (yaml.YAMLError, ValueError, OverflowError, RecursionError) as error:  # e.g. a 5,000-digit number
+        return None, [Problem("(document)", f"a value cannot be read: {str(error)[:200]}")]
