@@ -281,6 +281,8 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
                     await fill(published, publish_call, needed)
                 elif name == "governed-change-cold":
                     await fill(published_elsewhere, replica_publish, needed)
+                if name.startswith("governed-change"):
+                    await asyncio.sleep(3.0)  # let the servers finish the fill's background work first
                 pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
                 pids["server"] = server or os.getpid()
                 await measure(call, concurrency, min(1.0, seconds / 4), pids)  # warm-up
