@@ -7,6 +7,7 @@ every decision can say which revision it used.
 from __future__ import annotations
 
 import difflib
+import functools
 import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -214,16 +215,16 @@ class Policy:
         within = self.document.sla.get(workflow, {}).get(criticality)
         return parse_duration(within) if within else None
 
-    @property
+    @functools.cached_property  # a revision never changes: computed once
     def sites(self) -> frozenset[str]:
         """Every site a system declares: where goods may be shipped to."""
         return frozenset(site for system in self.document.systems.values() for site in system.sites)
 
-    @property
+    @functools.cached_property  # a revision never changes: computed once
     def requested_date_past_margin(self) -> timedelta:
         return parse_duration(self.document.purchase_orders.requested_date_past_margin)
 
-    @property
+    @functools.cached_property  # a revision never changes: computed once
     def out_of_order_hold(self) -> timedelta:
         return parse_duration(self.document.ordering.out_of_order_hold)
 
