@@ -20,9 +20,9 @@ class ControlPlaneStore:
         self._chain = chain
         self._chain_lock = asyncio.Lock()  # one appender per process; other processes meet the stream's guard
 
-    async def append_audit(self, entry: controlplane_pb2.AuditEntry) -> int:
+    async def append_audit(self, entry: controlplane_pb2.AuditEntry) -> None:
         async with self._chain_lock:
-            return await self._chain.append(entry)
+            await self._chain.append(entry)
 
     async def audit_for(self, object_type: str, object_key: str) -> list[controlplane_pb2.AuditEntry]:
         return await self._chain.for_object(object_type, object_key)

@@ -108,6 +108,19 @@ class Verdict:
         return self.first_break is None
 
 
+def sealed(entry: controlplane_pb2.AuditEntry, tail_hash: str) -> controlplane_pb2.AuditEntry:
+    """Decide the chain's next entry: a sealed copy of ``entry`` linked to the chain's tail (the decider of the
+    chain, whose state is its last entry's hash; the command handler appends it under the stream-wide guard)."""
+    copy = controlplane_pb2.AuditEntry()
+    copy.CopyFrom(entry)
+    return seal(copy, tail_hash)
+
+
+def tail_after(tail_hash: str, appended: controlplane_pb2.AuditEntry) -> str:
+    """The chain's state after an entry: that entry's hash."""
+    return appended.entry_hash or tail_hash
+
+
 def verify(entries: Iterable[controlplane_pb2.AuditEntry], start_hash: str = GENESIS) -> Verdict:
     """Walk the chain in order; stop at the first entry that does not hold."""
     previous = start_hash

@@ -28,8 +28,10 @@ from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.metrics import Meter
 
-from libs.audit.chain import GENESIS, seal
+from libs.audit.chain import GENESIS, sealed, tail_after
 from libs.policy.catalog import message_descriptor
+from libs.runtime.commands import Appended, CommandHandler, Entry
+from libs.runtime.decider import Recorded, Refusal
 from libs.runtime.events import (
     CONTENT_TYPE,
     HEADER_EVENT_TYPE,
@@ -38,6 +40,7 @@ from libs.runtime.events import (
     Event,
     EventPublisher,
     StoredEvent,
+    WrongLastSequence,
     now_timestamp,
 )
 from libs.runtime.exception_reporter import ExceptionReporter
@@ -180,8 +183,53 @@ def _stored_entry(stream: str, raw: RawStreamMsg) -> controlplane_pb2.AuditEntry
     return entry
 
 
-class ChainConflict(Exception):
-    """Another writer appended to the chain first; re-read the tail and try again."""
+CHAIN_KEY = "chain"  # the chain is one object: its tail is its state
+
+
+class ChainLog:
+    """The audit chain as the command handler's log: one object whose history's last entry is all its state
+    needs, appended under the stream-wide expected last sequence (entries of every object interleave)."""
+
+    def __init__(self, js: JetStreamContext, namespace: Namespace, timeout: float) -> None:
+        self._js = js
+        self._ns = namespace
+        self._stream = namespace.stream(CHAIN_DOMAIN)
+        self._timeout = timeout
+
+    async def read(self, key: str, after: int) -> list[Entry[controlplane_pb2.AuditEntry]]:
+        info = await self._js.stream_info(self._stream)
+        last = info.state.last_seq
+        if last <= after:
+            return []
+        if info.state.messages == 0:
+            return [Entry(last, None)]
+        entry = _stored_entry(self._stream, await self._js.get_msg(self._stream, last))
+        return [Entry(last, Recorded(entry, last, "", 0, entry.source, entry.actor))]
+
+    async def append(
+        self, key: str, entry: controlplane_pb2.AuditEntry, expected_last_sequence: int
+    ) -> Appended[controlplane_pb2.AuditEntry]:
+        headers = {
+            HEADER_MSG_ID: header_value(f"audit:{entry.source}"),
+            HEADER_EXPECTED_LAST_SEQUENCE: str(expected_last_sequence),
+            HEADER_EVENT_TYPE: _ENTRY_TYPE,
+            "Content-Type": CONTENT_TYPE,
+        }
+        subject = self._ns.object_subject(
+            CHAIN_DOMAIN, audit_key(entry.object.object_type, entry.object.object_key), "entry"
+        )
+        try:
+            ack = await self._js.publish(
+                subject, entry.SerializeToString(), timeout=self._timeout, stream=self._stream, headers=headers
+            )
+        except BadRequestError as error:
+            if error.err_code == JS_ERR_WRONG_LAST_SEQUENCE:
+                raise WrongLastSequence(error.description or "wrong last sequence") from error
+            raise
+        if ack.duplicate:  # chained already (a redelivery of the same source)
+            stored = _stored_entry(self._stream, await self._js.get_msg(self._stream, ack.seq))
+            return Appended(Recorded(stored, ack.seq, "", 0, stored.source, stored.actor), duplicate=True)
+        return Appended(Recorded(entry, ack.seq, "", 0, entry.source, entry.actor))
 
 
 class AuditChain:
@@ -189,8 +237,16 @@ class AuditChain:
         self._js = js
         self._ns = namespace
         self._stream = namespace.stream(CHAIN_DOMAIN)
-        self._timeout = timeout
-        self._tail: tuple[int, str] | None = None
+        # Appends run through the one command loop: decide = seal onto the tail, the guard = the stream's
+        # expected last sequence; another writer (a second control plane) makes it read the tail and seal again.
+        self._commands: CommandHandler[str, controlplane_pb2.AuditEntry] = CommandHandler(
+            ChainLog(js, namespace, timeout),
+            initial=GENESIS,
+            evolve=lambda tail, recorded: tail_after(tail, recorded.event),
+            size_of=lambda _tail: 128,
+            attempts=20,
+            name="audit chain",
+        )
 
     async def tail(self) -> tuple[int, str]:
         """(last sequence, last entry hash) of the chain, (0, GENESIS) when it is empty."""
@@ -200,37 +256,10 @@ class AuditChain:
         last = _stored_entry(self._stream, await self._js.get_msg(self._stream, info.state.last_seq))
         return last.sequence, last.entry_hash
 
-    async def append(self, entry: controlplane_pb2.AuditEntry, attempts: int = 20) -> int:
-        """Seal the entry onto the chain and return its sequence; safe to call again for the same source."""
-        for _ in range(attempts):
-            if self._tail is None:
-                self._tail = await self.tail()
-            last_sequence, last_hash = self._tail
-            seal(entry, last_hash)
-            headers = {
-                HEADER_MSG_ID: header_value(f"audit:{entry.source}"),
-                HEADER_EXPECTED_LAST_SEQUENCE: str(last_sequence),
-                HEADER_EVENT_TYPE: _ENTRY_TYPE,
-                "Content-Type": CONTENT_TYPE,
-            }
-            subject = self._ns.object_subject(
-                CHAIN_DOMAIN, audit_key(entry.object.object_type, entry.object.object_key), "entry"
-            )
-            try:
-                ack = await self._js.publish(
-                    subject, entry.SerializeToString(), timeout=self._timeout, stream=self._stream, headers=headers
-                )
-            except BadRequestError as error:
-                if error.err_code != JS_ERR_WRONG_LAST_SEQUENCE:
-                    raise
-                self._tail = None
-                continue
-            if ack.duplicate:  # chained already (a redelivery): the tail did not move
-                self._tail = None
-                return ack.seq
-            self._tail = (ack.seq, entry.entry_hash)
-            return ack.seq
-        raise ChainConflict(f"could not append after {attempts} attempts")
+    async def append(self, entry: controlplane_pb2.AuditEntry) -> None:
+        """Seal the entry onto the chain; safe to call again for the same source (it is chained once)."""
+        result = await self._commands.run(CHAIN_KEY, lambda tail: sealed(entry, tail))
+        assert not isinstance(result, Refusal), "sealing is never refused"
 
     async def entries(self, start: int = 1) -> AsyncIterator[controlplane_pb2.AuditEntry]:
         """Every entry from ``start`` on, in chain order, each with its sequence."""
