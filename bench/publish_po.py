@@ -34,7 +34,7 @@ import grpc
 import nats
 import uvloop
 
-from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
+from syncgov.po.v1 import po_pb2, po_service_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -178,7 +178,6 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
         payload = po_service_pb2.PublishPurchaseOrderRequest(purchase_order=template).SerializeToString()
         service_channel = grpc.aio.insecure_channel(f"127.0.0.1:{service_port}")
         raw_channel = grpc.aio.insecure_channel(f"127.0.0.1:{raw_port}")
-        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(service_channel)
         raw_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = raw_channel.unary_unary("/bench.RawComposite/Do")
         metadata = (("x-syncgov-system", "procurement"),)
         run_id = uuid.uuid4().hex[:8]
