@@ -114,6 +114,8 @@ def decide_apply(command: ApplyPolicy, state: PolicyState, now: datetime) -> Rev
             f"the policy has {len(plan.problems)} problem(s); nothing was applied",
             violations=tuple((f"document_yaml:{p.path}", p.message) for p in plan.problems),
         )
+    if state.stored and command.expected_revision == state.revision - 1 and command.text == state.document_yaml:
+        return None  # the apply that stored the latest revision, sent again (its answer was lost)
     if command.expected_revision != state.revision:
         return Refusal(
             RefusalKind.PRECONDITION,

@@ -56,6 +56,7 @@ class Appended(Generic[E]):
     recorded: Recorded[E]
     duplicate_of_other_object: bool = False  # the idempotency key names an event of another object
     duplicate: bool = False  # the log recognised the write (same idempotency key) and stored nothing new
+    same_content: bool = True  # for a duplicate: whether what the log holds under the key is this very write
 
 
 class EventLog(Protocol[E]):
@@ -173,18 +174,28 @@ class CommandHandler(Generic[S, E]):
             try:
                 appended = await self._log.append(key, decision, folded.last_sequence)
             except WrongLastSequence:
+                before = folded.last_sequence
                 folded = await self._load(key, folded)  # another writer won: read what it wrote, decide again
+                if folded.last_sequence == before:  # nothing after the cached state: it is not the stream's
+                    self.forget(key)
+                    folded = await self._load(key)
                 continue
             if appended.duplicate_of_other_object:
                 return key_reused(appended.recorded.idempotency_key)
             if appended.duplicate:  # the log holds a write under this command's idempotency key already
                 folded = await self._load(key, folded)
-                # The history now judges: other content under the key is refused; anything else — nothing to
-                # do, or the same write again — is the write the log holds, answered as a replay.
-                if isinstance(refused := decide(folded.state), Refusal):
-                    return refused
-                await self._project(key, folded.state, folded.last_sequence, None)
-                return Outcome(folded.state, None)
+                if appended.same_content:  # this very write, stored before: a replay
+                    await self._project(key, folded.state, folded.last_sequence, None)
+                    return Outcome(folded.state, None)
+                # Other content under the key: the history judges (a duplicate transaction), else the key
+                # was reused for a new write — never answered OK, since nothing would be stored.
+                again = decide(folded.state)
+                if isinstance(again, Refusal):
+                    return again
+                if again is None:
+                    await self._project(key, folded.state, folded.last_sequence, None)
+                    return Outcome(folded.state, None)
+                return key_reused(appended.recorded.idempotency_key)
             state = self._evolve(folded.state, appended.recorded)
             self._remember(key, state, appended.recorded.sequence)
             await self._project(key, state, appended.recorded.sequence, appended.recorded)
@@ -233,7 +244,7 @@ class CommandHandler(Generic[S, E]):
             if entry.recorded is not None:
                 state = self._evolve(state, entry.recorded)
             last = entry.sequence
-        if entries or key not in self._cache:
+        if entries:  # an object with no events is not cached: a query for any id must not evict real states
             self._remember(key, state, last)
         return _Folded(state, last, verified=True)
 
@@ -291,6 +302,7 @@ class StreamLog(Generic[E]):
                 recorded(stored, decoded if decoded is not None else event),
                 duplicate_of_other_object=other,
                 duplicate=True,
+                same_content=stored.envelope.payload.value == envelope.payload.value,
             )
         if self._settle is not None:
             event = self._settle(event, message)

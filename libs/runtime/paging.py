@@ -64,3 +64,31 @@ def decode_page_token(listing: str, token: str) -> int | None:
 def _bad_token(why: str) -> InvalidArgument:
     message = f"page_token {why}"
     return InvalidArgument(message, violations=[FieldViolation(PAGE_TOKEN_FIELD, message)], reason="INVALID_PAGE_TOKEN")
+
+
+def encode_page_cursor(listing: str, cursor: str) -> str:
+    """The opaque token for a keyset ``cursor`` (any text: e.g. the last row's sort key and id) in ``listing``:
+    the next page starts after that row, so rows added or removed meanwhile never shift it."""
+    if not listing or ":" in listing:
+        raise ValueError(f"a listing name is non-empty and has no ':': {listing!r}")
+    raw = f"{_TOKEN_VERSION}:{listing}:c:{cursor}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def decode_page_cursor(listing: str, token: str) -> str | None:
+    """The cursor a token from :func:`encode_page_cursor` carries; ``None`` for an empty token (first page)."""
+    if not token:
+        return None
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        raw = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
+    except (UnicodeError, binascii.Error, ValueError):
+        raise _bad_token("is not a page token this server issued") from None
+    version, _, rest = raw.partition(":")
+    issued_for, _, rest = rest.partition(":")
+    kind, _, cursor = rest.partition(":")
+    if version != _TOKEN_VERSION or kind != "c":
+        raise _bad_token("is not a page token this server issued")
+    if issued_for != listing:
+        raise _bad_token("belongs to another listing; send the token the previous page of this listing returned")
+    return cursor

@@ -370,6 +370,12 @@ class StoredVersion:
     def version(self) -> int:
         return self.order.version
 
+    @property
+    def idempotency_key(self) -> str:
+        """The key of the command that stored this version."""
+        event = self.recorded.event
+        return event.idempotency_key if not isinstance(event, HoldExpired) else ""
+
 
 @dataclass(frozen=True, slots=True)
 class Acknowledgment:
@@ -479,7 +485,7 @@ def evolve(state: OrderState, recorded: Recorded[OrderEvent]) -> OrderState:
             recorded.sequence,
             recorded.source_system,
         )
-        return replace(state, held={**state.held, held.version: held})
+        return replace(state, held={**state.held, held.version: held}, expired=state.expired - {held.version})
     return replace(state, expired=state.expired | {event.version})
 
 
@@ -601,8 +607,8 @@ def _change(command: ChangeOrder, state: OrderState, now: datetime, rules: Rules
         # The sender was told this version is held with other content: that content stands.
         return duplicate_transaction(order, command.document, command.idempotency_key, held)
     if place is Sequence.AHEAD:
-        if held is not None:
-            return None  # held already, with this content
+        if held is not None and order.version not in state.expired:
+            return None  # held already, with this content (an expired hold is held anew)
         return VersionHeld(
             order,
             command.document,
@@ -629,6 +635,11 @@ def _cancel(command: CancelOrder, state: OrderState, now: datetime) -> Decision:
     stored = state.version(version)
     if stored is not None and stored.cancelled:
         return None  # cancelled by this very command before
+    if latest.cancelled and not command.version:
+        # A retry that named no version: the cancellation it asked for is the latest one when the keys match.
+        key = command.idempotency_key or natural_idempotency_key(command.source_system, command.po_id, latest.version)
+        if latest.idempotency_key == key:
+            return None
     if latest.cancelled:
         return Refusal(
             RefusalKind.PRECONDITION,

@@ -7,6 +7,7 @@ update the supplier directory.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -20,6 +21,8 @@ from services.po_publication import domain, mapping
 from syncgov.po.v1 import events_pb2, po_pb2
 from syncgov.supplier.v1 import events_pb2 as supplier_events_pb2
 from syncgov.supplier.v1 import supplier_pb2
+
+log = logging.getLogger(__name__)
 
 DOMAIN = "po"
 PUBLISHED = "published"
@@ -138,7 +141,22 @@ def _order(document: po_pb2.PurchaseOrder) -> domain.PurchaseOrder:
 
 
 def decode(stored: StoredEvent) -> domain.OrderEvent | None:
-    """The domain event a stored PO event holds (None for anything else on the order's subject)."""
+    """The domain event a stored PO event holds (None for anything else on the order's subject, and for an
+    event that cannot be read: it is logged and left out rather than making the whole order unreadable)."""
+    try:
+        return _decode(stored)
+    except Exception:
+        log.error(
+            "stored event %s:%s on %s cannot be read; folded without it",
+            stored.stream,
+            stored.sequence,
+            stored.subject,
+            exc_info=True,
+        )
+        return None
+
+
+def _decode(stored: StoredEvent) -> domain.OrderEvent | None:
     name = stored.subject.rsplit(".", 1)[-1]
     envelope = stored.envelope
     if name == PUBLISHED:

@@ -57,6 +57,14 @@ class HeldVersions:
             if not domain.releasable(outcome.state):
                 return
 
+    async def release_quietly(self, po_id: str) -> None:
+        """Release after a request's own write: that write stands whatever happens here, and a release that
+        fails now is done by the next sweep (the held version's deadline is in the to-do list)."""
+        try:
+            await self.release(po_id)
+        except Exception as error:
+            log.warning("held versions of %s not released now (%s); the sweep releases them", po_id, error)
+
     async def expire(self) -> None:
         """Raise out_of_order_version for held versions whose predecessor did not come within the window."""
         now = datetime.now(UTC)

@@ -230,3 +230,18 @@ def unacknowledged_to_proto(entry: domain.Unacknowledged) -> po_service_pb2.Unac
         acknowledged_version=entry.acknowledged_version,
         approved_at=approved,
     )
+
+
+def unacknowledged_cursor(cursor: str) -> tuple[str, str]:
+    """The (approval score, po id) a page cursor names; INVALID_ARGUMENT for one this server did not issue."""
+    score, separator, po_id = cursor.partition("|")
+    try:
+        float(score)
+    except ValueError:
+        score = ""
+    if not separator or not score or not po_id:
+        message = "page_token is not a page token this server issued"
+        raise InvalidArgument(
+            message, violations=[FieldViolation("page.page_token", message)], reason="INVALID_PAGE_TOKEN"
+        )
+    return score, po_id

@@ -21,7 +21,7 @@ from libs.runtime.errors import NotFound, ServiceError, Unavailable
 from libs.runtime.events import content_sha256
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.identity import current_caller
-from libs.runtime.paging import decode_page_token, encode_page_token, page_size
+from libs.runtime.paging import decode_page_cursor, encode_page_cursor, page_size
 from libs.runtime.refusals import refused
 from libs.runtime.values import datetime_from_proto
 from services.po_publication import domain, mapping
@@ -72,9 +72,10 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         document = mapping.normalized(request.purchase_order)
         order, key, fingerprint, caller = self._version(document, request.idempotency_key, change=True)
         command = domain.ChangeOrder(order, document, fingerprint, key, caller)
-        outcome = await self._run(order.po_id, command, context)
-        if outcome.recorded is not None and domain.releasable(outcome.state):
-            await self._holds.release(order.po_id)  # a later version waited for this one
+        claim = Claim(key, fingerprint) if request.idempotency_key else None
+        outcome = await self._run(order.po_id, command, context, claim=claim)
+        if domain.releasable(outcome.state):  # a later version waited for this one (a retry releases it too)
+            await self._holds.release_quietly(order.po_id)
         stored = outcome.state.version(order.version)
         if stored is not None:
             return mapping.change_response(stored)
@@ -86,7 +87,8 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         po_id = mapping.required_po_id(request.po_id)
         reason = mapping.required_text(request.reason, "reason", "a cancellation's reason")
         command = domain.CancelOrder(po_id, request.version, reason, request.idempotency_key, current_caller().system)
-        outcome = await self._run(po_id, command, context)
+        claim = Claim(request.idempotency_key, content_sha256(request)) if request.idempotency_key else None
+        outcome = await self._run(po_id, command, context, claim=claim)
         stored = outcome.state.version(request.version) if request.version else outcome.state.latest
         assert stored is not None
         return mapping.cancel_response(stored)
@@ -129,12 +131,13 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse:
         size = page_size(request.page.page_size)
-        offset = decode_page_token(UNACKNOWLEDGED_LISTING, request.page.page_token) or 0
+        cursor = decode_page_cursor(UNACKNOWLEDGED_LISTING, request.page.page_token)
+        after = mapping.unacknowledged_cursor(cursor) if cursor is not None else None
         try:
-            entries, more = await self._unacknowledged.page(offset, size)
+            entries, following = await self._unacknowledged.page(after, size)
         except ReadModelRebuilding as rebuilding:
             raise Unavailable(str(rebuilding), reason="READ_MODEL_REBUILDING") from None
-        token = encode_page_token(UNACKNOWLEDGED_LISTING, offset + size) if more else ""
+        token = encode_page_cursor(UNACKNOWLEDGED_LISTING, following) if following else ""
         return po_service_pb2.ListUnacknowledgedPurchaseOrdersResponse(
             purchase_orders=[mapping.unacknowledged_to_proto(entry) for entry in entries],
             page_info=types_pb2.PageInfo(next_page_token=token),

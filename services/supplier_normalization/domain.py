@@ -147,6 +147,12 @@ class SupplierRegistry:
         version = golden.version + (1 if placement.changed else 0)
         return self._view(golden.golden_id, sources, tuple(members), golden.status, version)
 
+    def record_version(self, golden_id: str, version: int) -> None:
+        """Take a golden record's version from the event that stored it: the stream, not this process's
+        arithmetic, says which version a record is at (normalization may change between releases)."""
+        if version > 0 and golden_id in self._golden:
+            self._golden[self.resolve(golden_id)].version = version
+
     def preview_merge(self, surviving: str, merged: str) -> GoldenView:
         """The surviving golden record as it will be once ``merged`` joined it (the registry is not changed)."""
         keep, gone = self._golden[self.resolve(surviving)], self._golden[self.resolve(merged)]
@@ -287,7 +293,7 @@ def evolve_golden(state: GoldenState, recorded: Recorded[SupplierChange]) -> Gol
     return GoldenState(max(state.version, change.version), state.status)
 
 
-def decide_change(change: SupplierChange, state: GoldenState, *, creates: bool) -> SupplierChange | Refusal:
+def decide_change(change: SupplierChange, state: GoldenState, *, creates: bool) -> SupplierChange | Refusal | None:
     """Append ``change`` only if the golden record's history is where the registry believed it was."""
     if creates and state.exists:
         return Refusal(
@@ -295,6 +301,8 @@ def decide_change(change: SupplierChange, state: GoldenState, *, creates: bool) 
             "GOLDEN_ID_TAKEN",
             f"golden supplier {change.golden_id} exists already; its source record was placed before",
         )
+    if change.kind == STATUS and state.exists and state.status == change.status:
+        return None  # the status asked for is the status it has: a retry, or nothing to do
     if change.kind != DECIDED and not creates and not state.exists:
         return Refusal(RefusalKind.NOT_FOUND, "SUPPLIER_NOT_FOUND", f"no golden supplier {change.golden_id!r}")
     if change.kind != DECIDED and change.version != state.version + 1:

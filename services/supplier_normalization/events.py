@@ -135,12 +135,15 @@ def apply(registry: domain.SupplierRegistry, suspicions: Suspicions, change: dom
     if isinstance(payload, events_pb2.SupplierUpserted):
         golden = payload.supplier.supplier_id
         registry.submit(mapping.record_from_proto(payload.source_record), golden_id=golden)
+        registry.record_version(golden, payload.supplier.version)
         for candidate in payload.suspected_duplicates:
             suspicions[(golden, candidate.supplier_id)] = candidate
     elif isinstance(payload, events_pb2.SupplierMerged):
         registry.merge(payload.surviving_supplier_id, payload.merged_supplier_id)
+        registry.record_version(payload.surviving_supplier_id, payload.supplier.version)
     elif isinstance(payload, events_pb2.SupplierStatusChanged):
         registry.set_status(payload.supplier_id, change.status)
+        registry.record_version(payload.supplier_id, change.version)
     elif isinstance(payload, events_pb2.SupplierDuplicateDecided):
         if not payload.same_supplier:
             registry.keep_apart(payload.supplier_id, payload.other_supplier_id)

@@ -370,3 +370,25 @@ async def test_unacknowledged_orders_page_one_at_a_time_with_opaque_tokens_and_r
         assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         [bad_request] = [d for d in status_details(failure.value) if isinstance(d, error_details_pb2.BadRequest)]
         assert [v.field for v in bad_request.field_violations] == ["page.page_token"]
+
+
+async def test_paging_is_not_shifted_by_orders_acknowledged_between_pages(po_service):
+    _, stub, _ = po_service
+    for po_id in ("PO-A", "PO-B", "PO-C"):
+        await publish(stub, version(1, po_id=po_id))
+
+    async def page(token: str = ""):
+        return await stub.ListUnacknowledgedPurchaseOrders(
+            po_service_pb2.ListUnacknowledgedPurchaseOrdersRequest(
+                page=types_pb2.PageRequest(page_size=1, page_token=token)
+            ),
+            metadata=ERP,
+        )
+
+    first = await page()
+    await acknowledge(stub, 1, po_id=first.purchase_orders[0].po_id)  # the first row leaves the list
+    second = await page(first.page_info.next_page_token)
+    third = await page(second.page_info.next_page_token)
+    seen = [p.purchase_orders[0].po_id for p in (first, second, third)]
+    assert sorted(seen) == ["PO-A", "PO-B", "PO-C"]
+    assert third.page_info.next_page_token == ""

@@ -55,7 +55,7 @@ def test_a_rollback_stores_a_new_revision_even_for_the_same_text():
 
 
 def test_an_expected_revision_that_is_not_the_latest_is_refused_with_the_current_one():
-    refusal = domain.decide_apply(apply(STRICT, 1), given(DEFAULT, STRICT), NOW)
+    refusal = domain.decide_apply(apply(DEFAULT, 1), given(DEFAULT, STRICT), NOW)
     assert not isinstance(refusal, domain.RevisionStored)
     assert refusal is not None
     assert (refusal.kind, refusal.reason) == (RefusalKind.PRECONDITION, "STALE_POLICY_REVISION")
@@ -80,3 +80,7 @@ def test_evolve_keeps_the_highest_revision():
     assert not domain.POLICY_INITIAL.stored
     assert domain.in_force(domain.POLICY_INITIAL, "bootstrap") == "bootstrap"
     assert domain.in_force(state, "bootstrap") == STRICT
+
+
+def test_the_apply_that_stored_the_latest_revision_sent_again_is_nothing_new():
+    assert domain.decide_apply(apply(STRICT, 1), given(DEFAULT, STRICT), NOW) is None

@@ -310,7 +310,8 @@ def test_a_cancellation_naming_the_next_version_and_a_key_keeps_them():
 
 
 def test_cancelling_a_cancelled_order_is_refused():
-    refusal = refused(when(cancel(), given(published(), cancellation(2))), RefusalKind.PRECONDITION, "PO_CANCELLED")
+    state = given(published(), cancellation(2))
+    refusal = refused(when(cancel(idempotency_key="another"), state), RefusalKind.PRECONDITION, "PO_CANCELLED")
     assert refusal.subject == SUBJECT
 
 
@@ -552,3 +553,25 @@ def test_an_order_must_name_an_active_supplier(supplier_id, says):
 def test_suppliers_are_checked_only_when_known():
     assert validate_order(order(), NOW, suppliers=suppliers()) == []
     assert validate_order(order(supplier_id="SUP-9"), NOW) == []
+
+
+def test_a_cancellation_retried_without_a_version_is_a_replay_when_its_key_matches():
+    first = when(cancel(), given(published()))
+    assert isinstance(first, OrderCancelled)
+    state = given(published(), cancellation(2))
+    assert when(cancel(), state) is None  # the natural key of version 2: the same command
+    assert (
+        when(cancel(idempotency_key="batch-9"), given(published(), replace(cancellation(2), idempotency_key="batch-9")))
+        is None
+    )
+    refused(when(cancel(idempotency_key="another"), state), RefusalKind.PRECONDITION, "PO_CANCELLED")
+
+
+def test_an_expired_held_version_sent_again_is_held_anew():
+    expired = given(published(), held(3), domain.HoldExpired(3, "exception-1"))
+    again = when(change(3, "-b"), expired)
+    assert isinstance(again, VersionHeld)
+    assert again.hold_until == NOW + WINDOW
+    rehold = given(published(), held(3), domain.HoldExpired(3, "exception-1"), again)
+    assert [h.version for h in rehold.pending_held()] == [3]
+    assert rehold.held[3].fingerprint == fp(3, "-b")

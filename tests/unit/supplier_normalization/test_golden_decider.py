@@ -3,7 +3,7 @@ append, and the registry folds only what was applied."""
 
 from __future__ import annotations
 
-from libs.runtime.decider import Recorded, RefusalKind
+from libs.runtime.decider import Recorded, Refusal, RefusalKind
 from services.supplier_normalization import domain
 from services.supplier_normalization.matching import Outcome
 from services.supplier_normalization.normalize import normalize
@@ -28,19 +28,19 @@ def test_a_new_golden_record_is_appended_on_an_empty_history():
 
 def test_creating_a_golden_record_that_exists_is_a_conflict():
     refusal = domain.decide_change(change(version=1), given(change()), creates=True)
-    assert not isinstance(refusal, domain.SupplierChange)
+    assert isinstance(refusal, Refusal)
     assert (refusal.kind, refusal.reason) == (RefusalKind.CONFLICT, "GOLDEN_ID_TAKEN")
 
 
 def test_changing_a_golden_record_that_does_not_exist_is_not_found():
     refusal = domain.decide_change(change(version=1), given(), creates=False)
-    assert not isinstance(refusal, domain.SupplierChange)
+    assert isinstance(refusal, Refusal)
     assert (refusal.kind, refusal.reason) == (RefusalKind.NOT_FOUND, "SUPPLIER_NOT_FOUND")
 
 
 def test_a_change_from_a_registry_behind_the_stream_is_refused():
     refusal = domain.decide_change(change(version=2), given(change(), change(version=2)), creates=False)
-    assert not isinstance(refusal, domain.SupplierChange)
+    assert isinstance(refusal, Refusal)
     assert (refusal.kind, refusal.reason) == (RefusalKind.PRECONDITION, "REGISTRY_BEHIND_STREAM")
 
 
@@ -91,3 +91,11 @@ def test_a_merge_preview_is_the_surviving_record_after_the_merge():
     preview = registry.preview_merge(keep, gone)
     registry.merge(keep, gone)
     assert registry.view(keep) == preview
+
+
+def test_a_status_the_record_has_already_is_not_written_again():
+    blocked = given(change(), change(kind=domain.STATUS, version=2, status=domain.BLOCKED))
+    again = change(kind=domain.STATUS, version=3, status=domain.BLOCKED)
+    assert domain.decide_change(again, blocked, creates=False) is None
+    active = change(kind=domain.STATUS, version=3, status=domain.ACTIVE)
+    assert domain.decide_change(active, blocked, creates=False) is active
