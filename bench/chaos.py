@@ -53,13 +53,13 @@ import nats
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
-from google.type import decimal_pb2, money_pb2
 from grpc_status import rpc_status
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.fault_proxy import FaultProxy
+from libs.cli import samples
 from libs.cli.components import COMPONENTS, Component
 from libs.cli.stack import RunningComponent, Stack, StackOptions
 from libs.runtime.commands import recorded
@@ -249,26 +249,7 @@ class Client:
 
 
 def purchase_order(order: Order, version: int, quantity: str, supplier_id: str) -> po_pb2.PurchaseOrder:
-    return po_pb2.PurchaseOrder(
-        po_id=order.po_id,
-        version=version,
-        supplier_id=supplier_id,
-        currency_code="EUR",
-        business_unit="BU-NORTH",
-        ship_to_site="DC-HAMBURG",
-        approved_by="chaos",
-        approved_at=order.approved_at,
-        lines=[
-            po_pb2.PurchaseOrderLine(
-                line_number=1,
-                item_id="ITEM-42",
-                description="Pallet wrap 500mm",
-                quantity=decimal_pb2.Decimal(value=quantity),
-                unit_of_measure="EA",
-                unit_price=money_pb2.Money(currency_code="EUR", units=12, nanos=500_000_000),
-            )
-        ],
-    )
+    return samples.purchase_order(order.po_id, version, quantity, supplier_id, order.approved_at, "chaos")
 
 
 def supplier_record(local_id: str, rng: random.Random) -> supplier_pb2.SupplierRecord:

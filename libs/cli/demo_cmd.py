@@ -17,12 +17,12 @@ from typing import Annotated
 import grpc
 import typer
 from google.protobuf import timestamp_pb2
-from google.type import decimal_pb2, money_pb2
 from rich.table import Table
 
 from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, stub
 from libs.cli.components import DEFAULT_GRPC_PORT_BASE
 from libs.cli.output import make_console
+from libs.cli.samples import purchase_order
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
@@ -81,26 +81,7 @@ def _record(system: str, local_id: str, name: str, vat: str, iban: str) -> suppl
 def _order(po_id: str, supplier_id: str, version: int, quantity: str) -> po_pb2.PurchaseOrder:
     approved = timestamp_pb2.Timestamp()
     approved.FromDatetime(datetime.now(UTC))
-    return po_pb2.PurchaseOrder(
-        po_id=po_id,
-        version=version,
-        supplier_id=supplier_id,
-        currency_code="EUR",
-        business_unit="BU-NORTH",
-        ship_to_site="DC-HAMBURG",
-        approved_by="demo",
-        approved_at=approved,
-        lines=[
-            po_pb2.PurchaseOrderLine(
-                line_number=1,
-                item_id="ITEM-42",
-                description="Pallet wrap 500mm",
-                quantity=decimal_pb2.Decimal(value=quantity),
-                unit_of_measure="EA",
-                unit_price=money_pb2.Money(currency_code="EUR", units=12, nanos=500_000_000),
-            )
-        ],
-    )
+    return purchase_order(po_id, version, quantity, supplier_id, approved, "demo")
 
 
 def run_scenario(host: str, base: int, run_id: str) -> list[Step]:

@@ -230,28 +230,19 @@ class EventReader:
     async def since(self, domain: str, after: int) -> list[StoredEvent]:
         """Every event of a domain's stream stored after sequence ``after``, oldest first: for a projection
         catching up. Up to date, this is one round trip that finds nothing."""
+        return await self._after(domain, self._ns.domain_subjects(domain), after)
+
+    async def history(self, domain: str, key: str, after: int = 0) -> list[StoredEvent]:
+        """Every event of one object stored after sequence ``after``, oldest first."""
+        return await self._after(domain, self._ns.object_filter(domain, key), after)
+
+    async def _after(self, domain: str, subjects: str, after: int) -> list[StoredEvent]:
         stream = self._ns.stream(domain)
-        subjects = self._ns.domain_subjects(domain)
         events: list[StoredEvent] = []
         sequence = after + 1
         while True:
             try:
                 raw = await self._js.get_msg(stream, sequence, subject=subjects, next=True, direct=True)
-            except NotFoundError:
-                return events
-            stored = parse_raw(stream, raw)
-            events.append(stored)
-            sequence = stored.sequence + 1
-
-    async def history(self, domain: str, key: str, after: int = 0) -> list[StoredEvent]:
-        """Every event of one object stored after sequence ``after``, oldest first."""
-        stream = self._ns.stream(domain)
-        subject = self._ns.object_filter(domain, key)
-        events: list[StoredEvent] = []
-        sequence = after + 1
-        while True:
-            try:
-                raw = await self._js.get_msg(stream, sequence, subject=subject, next=True, direct=True)
             except NotFoundError:
                 return events
             events.append(parse_raw(stream, raw))

@@ -45,20 +45,25 @@ def decode_page_token(listing: str, token: str) -> int | None:
     """
     if not token:
         return None
+    issued_for, _, position = _decoded(token).rpartition(":")
+    if issued_for != listing:
+        raise _bad_token("belongs to another listing; send the token the previous page of this listing returned")
+    if not position.isascii() or not position.isdigit() or len(position) > 19:
+        raise _bad_token("is not a page token this server issued")
+    return int(position)
+
+
+def _decoded(token: str) -> str:
+    """What a token carries after its version: ``<listing>:<position>`` or ``<listing>:c:<cursor>``."""
     try:
         padded = token + "=" * (-len(token) % 4)
         raw = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
     except (UnicodeError, binascii.Error, ValueError):
         raise _bad_token("is not a page token this server issued") from None
     version, _, rest = raw.partition(":")
-    issued_for, _, position = rest.rpartition(":")
     if version != _TOKEN_VERSION:
         raise _bad_token("is not a page token this server issued")
-    if issued_for != listing:
-        raise _bad_token("belongs to another listing; send the token the previous page of this listing returned")
-    if not position.isascii() or not position.isdigit() or len(position) > 19:
-        raise _bad_token("is not a page token this server issued")
-    return int(position)
+    return rest
 
 
 def _bad_token(why: str) -> InvalidArgument:
@@ -79,15 +84,9 @@ def decode_page_cursor(listing: str, token: str) -> str | None:
     """The cursor a token from :func:`encode_page_cursor` carries; ``None`` for an empty token (first page)."""
     if not token:
         return None
-    try:
-        padded = token + "=" * (-len(token) % 4)
-        raw = base64.b64decode(padded.encode("ascii"), altchars=b"-_", validate=True).decode("utf-8")
-    except (UnicodeError, binascii.Error, ValueError):
-        raise _bad_token("is not a page token this server issued") from None
-    version, _, rest = raw.partition(":")
-    issued_for, _, rest = rest.partition(":")
+    issued_for, _, rest = _decoded(token).partition(":")
     kind, _, cursor = rest.partition(":")
-    if version != _TOKEN_VERSION or kind != "c":
+    if kind != "c":
         raise _bad_token("is not a page token this server issued")
     if issued_for != listing:
         raise _bad_token("belongs to another listing; send the token the previous page of this listing returned")
