@@ -227,6 +227,14 @@ class EventReader:
                 continue
             yield parse_raw(stream, raw)
 
+    async def last_sequence(self, domain: str) -> int:
+        """The sequence of the newest event of a domain's stream (0 when it has none)."""
+        try:
+            info = await self._js.stream_info(self._ns.stream(domain))
+        except NotFoundError:
+            return 0
+        return int(info.state.last_seq or 0)
+
     async def since(self, domain: str, after: int) -> list[StoredEvent]:
         """Every event of a domain's stream stored after sequence ``after``, oldest first: for a projection
         catching up. Up to date, this is one round trip that finds nothing."""

@@ -61,7 +61,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         ],
         streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
         # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
-        startup=[follower.start, read_models.check],
+        startup=[follower.start, read_models.start],
         periodic=[
             (rt.settings.hold_sweep_seconds, holds.expire),
             # Read models notice a lost Valkey (or a failed write) and rebuild from the stream while serving.

@@ -230,3 +230,16 @@ async def test_a_decision_on_golden_records_this_process_never_saw_is_guarded_li
             metadata=(("x-syncgov-system", "ops-console"),),
         )
         assert answer.supplier.supplier_id == first
+
+
+async def test_an_entry_whose_projection_died_with_the_process_is_restored_at_start(po_settings, redis):
+    """A kill between the append and the projection, and a caller that never retries: the next start
+    projects the newest events again."""
+    async with running_service(po_settings, wire_po) as (running, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        await publish("PO-7")(stub)
+        prefix = running.runtime.namespace.redis_key("po-publication", "unacknowledged")
+        await redis.zrem(prefix, "PO-7")  # as if the process died before projecting
+        await redis.hdel(prefix + ":entries", "PO-7")
+    async with running_service(po_settings, wire_po) as (_, channel, _):
+        assert await unacknowledged(po_service_pb2_grpc.PurchaseOrderServiceStub(channel)) == [("PO-7", 1, 0)]
