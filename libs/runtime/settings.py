@@ -54,6 +54,12 @@ class RuntimeSettings(BaseSettings):
         gt=0,
         description="Wait for a Valkey answer; past it the call is UNAVAILABLE (a frozen Valkey never hangs a call).",
     )
+    state_cache_mb: int = Field(
+        192,
+        ge=0,
+        le=65_536,
+        description="Memory for folded object states kept by the command handler (0: none; every write reads).",
+    )
     idempotency_ttl_seconds: int = Field(
         7 * 24 * 3600, ge=60, description="How long stored responses replay from Valkey before the stream answers."
     )

@@ -41,6 +41,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         initial=domain.INITIAL,
         evolve=domain.evolve,
         size_of=size_of,
+        cache_bytes=rt.settings.state_cache_mb * 1024 * 1024,
         projections=read_models.projections,
         claims=rt.idempotency_store(name),
         name="purchase order",
