@@ -52,7 +52,7 @@ class RuntimeSettings(BaseSettings):
     redis_timeout_seconds: float = Field(
         2.0,
         gt=0,
-        description="Wait for a Valkey answer; past it the call is UNAVAILABLE (a frozen Valkey never hangs a call).",
+        description="Longest a Valkey call waits: a watchdog then drops its connections (UNAVAILABLE, no hang).",
     )
     state_cache_mb: int = Field(
         192,
