@@ -237,17 +237,19 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
         second.version = 2
         second.lines[0].quantity.value = "11"
 
-        def changing(pool: collections.deque[int]) -> Call:
+        def changing(pool: collections.deque[int], newest_first: bool) -> Call:
+            # Warm: the orders published last, whose states the service still holds (as an order changed
+            # while it is active would be); cold: orders the service never saw.
             async def change(_: int) -> object:
                 if not pool:
                     raise RuntimeError("the change scenario ran out of published orders")
-                second.po_id = f"PO-{run_id}-{pool.popleft()}"
+                second.po_id = f"PO-{run_id}-{pool.pop() if newest_first else pool.popleft()}"
                 request = po_service_pb2.ChangePurchaseOrderRequest(purchase_order=second).SerializeToString()
                 return await change_call(request, metadata=metadata)
 
             return change
 
-        governed_change, governed_change_cold = changing(published), changing(published_elsewhere)
+        governed_change, governed_change_cold = changing(published, True), changing(published_elsewhere, False)
 
         async def raw_composite(n: int) -> object:
             return await raw_call(payload)
