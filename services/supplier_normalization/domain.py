@@ -269,6 +269,8 @@ class SupplierChange:
     status: str = ""  # STATUS: the new status
     payload: object = None
     source_system: str = ""
+    # UPSERTED decided in this process: the placement the registry planned (applied as is, not normalized again)
+    placement: Placement | None = None
 
 
 @dataclass(frozen=True, slots=True)

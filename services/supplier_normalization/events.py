@@ -80,7 +80,7 @@ def _event(key: str, version: int, name: str, payload: Message, idempotency_key:
     )
 
 
-def change_of(event: Event) -> domain.SupplierChange:
+def change_of(event: Event, placement: domain.Placement | None = None) -> domain.SupplierChange:
     """The change an event built here stands for (what the command handler appends and the registry folds)."""
     kind = {UPSERTED: domain.UPSERTED, MERGED: domain.MERGED_EVENT, DECIDED: domain.DECIDED}.get(
         event.name, domain.STATUS
@@ -90,7 +90,14 @@ def change_of(event: Event) -> domain.SupplierChange:
         assert isinstance(event.payload, events_pb2.SupplierStatusChanged)
         status = mapping.STATUS_NAMES[event.payload.status]
     return domain.SupplierChange(
-        kind, event.object_key, event.object_version, event.idempotency_key, status, event.payload, event.source_system
+        kind,
+        event.object_key,
+        event.object_version,
+        event.idempotency_key,
+        status,
+        event.payload,
+        event.source_system,
+        placement,
     )
 
 
@@ -134,7 +141,10 @@ def apply(registry: domain.SupplierRegistry, suspicions: Suspicions, change: dom
     payload = change.payload
     if isinstance(payload, events_pb2.SupplierUpserted):
         golden = payload.supplier.supplier_id
-        registry.submit(mapping.record_from_proto(payload.source_record), golden_id=golden)
+        if change.placement is not None:  # planned here, against this very registry: apply it as planned
+            registry.apply(change.placement)
+        else:
+            registry.submit(mapping.record_from_proto(payload.source_record), golden_id=golden)
         registry.record_version(golden, payload.supplier.version)
         for candidate in payload.suspected_duplicates:
             suspicions[(golden, candidate.supplier_id)] = candidate

@@ -48,10 +48,19 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
 
     async def _append(self, change: domain.SupplierChange, *, creates: bool = False) -> None:
         """Run one change through the command handler; the registry follows once the stream acknowledged it."""
-        result = await self._commands.run(
-            change.golden_id, partial(domain.decide_change, change, creates=creates), assume_new=creates
-        )
+        try:
+            result = await self._commands.run(
+                change.golden_id, partial(domain.decide_change, change, creates=creates), assume_new=creates
+            )
+        except BaseException:
+            self._projection.behind = True  # the append may have landed unacknowledged: read before deciding again
+            raise
         if isinstance(result, Refusal):
+            if result.reason in ("GOLDEN_ID_TAKEN", "REGISTRY_BEHIND_STREAM"):
+                # The stream holds what this registry has not folded (an append whose acknowledgment was lost):
+                # fold it, and let the caller plan once more on the registry as the stream says it is.
+                await self._projection.catch_up()
+                raise _RegistryWasBehind()
             raise refusal_error(result)
 
     async def SubmitSupplierRecord(
@@ -60,8 +69,15 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         record = request.record
         _require(record.local_id, "record.local_id")
         _require(record.legal_name, "record.legal_name")
+        try:
+            return await self._submit(request)
+        except _RegistryWasBehind:
+            return await self._submit(request)  # planned again on the caught-up registry
+
+    async def _submit(self, request: pb.SubmitSupplierRecordRequest) -> pb.SubmitSupplierRecordResponse:
+        record = request.record
         async with self._lock:
-            await self._projection.catch_up()  # decide on everything the stream holds
+            await self._projection.catch_up_if_behind()  # decide on everything the stream holds
             placement = self._registry.plan(normalize(mapping.record_from_proto(record)))
             supplier = mapping.golden_to_proto(self._registry.preview(placement), self._policy().revision)
             response = pb.SubmitSupplierRecordResponse(
@@ -85,7 +101,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 idempotency_key=key,
                 caller=current_caller().system,
             )
-            await self._append(events.change_of(event), creates=placement.created)
+            await self._append(events.change_of(event, placement), creates=placement.created)
         for candidate in response.suspected_duplicates:
             await self._raise_suspicion(supplier, candidate)
         return response
@@ -158,7 +174,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 reason="ALREADY_MERGED",
             )
         async with self._lock:
-            await self._projection.catch_up()  # decide on everything the stream holds
+            await self._projection.catch_up_if_behind()  # decide on everything the stream holds
             key = f"decision:{first.supplier_id}:{second.supplier_id}:{request.same_supplier}"
             event = events.duplicate_decided(
                 first.supplier_id,
@@ -195,7 +211,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
             )
         _require(request.reason, "reason")
         async with self._lock:
-            await self._projection.catch_up()  # decide on everything the stream holds
+            await self._projection.catch_up_if_behind()  # decide on everything the stream holds
             current = self._golden(request.supplier_id)
             version = current.version + 1
             event = events.supplier_status_changed(
@@ -218,7 +234,7 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 reason="ALREADY_MERGED",
             )
         async with self._lock:
-            await self._projection.catch_up()  # decide on everything the stream holds
+            await self._projection.catch_up_if_behind()  # decide on everything the stream holds
             preview = mapping.golden_to_proto(
                 self._registry.preview_merge(surviving.supplier_id, merged.supplier_id), self._policy().revision
             )
@@ -238,6 +254,10 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
         except KeyError:
             raise NotFound(f"no golden supplier {supplier_id!r}", reason="SUPPLIER_NOT_FOUND") from None
         return mapping.golden_to_proto(view, self._policy().revision)
+
+
+class _RegistryWasBehind(Exception):
+    """The registry had not folded everything the stream holds; it has now, and the command is planned again."""
 
 
 def _require(value: str, field: str) -> None:

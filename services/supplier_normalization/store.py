@@ -4,6 +4,7 @@ matching index, cross-references, open suspicions) as a projection of it in memo
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 from libs.runtime.commands import CommandHandler, StreamLog, recorded
 from libs.runtime.decider import Recorded
@@ -23,15 +24,20 @@ class RegistryProjection:
         self.suspicions: events.Suspicions = {}
         self._reader = reader
         self.sequence = 0  # the last stream sequence folded in
+        # Whether the stream may hold what this registry has not folded: only an append of this process whose
+        # acknowledgment was lost (supplier-normalization is the single writer) — so reads are only made then.
+        self.behind = False
 
     async def applied(
         self, key: str, state: domain.GoldenState, sequence: int, recorded: Recorded[domain.SupplierChange] | None
     ) -> None:
         if recorded is not None and recorded.sequence > self.sequence:  # a replay changed nothing
+            change = recorded.event
             if recorded.sequence > self.sequence + 1:
                 await self.catch_up()  # fold what came before it first: the order of events matters
+                change = replace(change, placement=None)  # planned before those: place it from the event
             if recorded.sequence > self.sequence:
-                events.apply(self.registry, self.suspicions, recorded.event)
+                events.apply(self.registry, self.suspicions, change)
                 self.sequence = recorded.sequence
 
     async def rebuild(self) -> None:
@@ -41,6 +47,11 @@ class RegistryProjection:
             self._fold(stored)
             count += 1
         log.info("rebuilt %s golden suppliers from %s events", len(self.registry), count)
+
+    async def catch_up_if_behind(self) -> None:
+        if self.behind:
+            await self.catch_up()
+            self.behind = False
 
     async def catch_up(self) -> None:
         """Fold what the stream holds beyond the registry: an append whose acknowledgment was lost (a broker
