@@ -555,6 +555,15 @@ OrderCommand = PublishOrder | ChangeOrder | CancelOrder | AcknowledgeVersion | R
 Decision = OrderEvent | Refusal | None
 
 
+def version_of(command: OrderCommand) -> int:
+    """The version a command is about (0 when it names none: the next, or the order as a whole)."""
+    if isinstance(command, PublishOrder | ChangeOrder):
+        return command.order.version
+    if isinstance(command, CancelOrder | AcknowledgeVersion | RejectVersion | ExpireHold):
+        return command.version
+    return 0
+
+
 def decide(command: OrderCommand, state: OrderState, now: datetime, rules: Rules) -> Decision:
     """What ``command`` does to an order in ``state``: one event, nothing (already done), or a refusal."""
     if isinstance(command, PublishOrder):

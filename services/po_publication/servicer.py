@@ -206,7 +206,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return result
 
     async def _refused(self, po_id: str, command: domain.OrderCommand, refusal: Refusal, revision: int) -> ServiceError:
-        version = getattr(getattr(command, "order", command), "version", 0)
+        version = domain.version_of(command)
         return await refused(
             refusal,
             exceptions=self._exceptions,

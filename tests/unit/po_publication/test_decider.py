@@ -575,3 +575,10 @@ def test_an_expired_held_version_sent_again_is_held_anew():
     rehold = given(published(), held(3), domain.HoldExpired(3, "exception-1"), again)
     assert [h.version for h in rehold.pending_held()] == [3]
     assert rehold.held[3].fingerprint == fp(3, "-b")
+
+
+def test_the_version_a_command_is_about():
+    assert domain.version_of(change(3)) == 3
+    assert domain.version_of(publish()) == 1
+    assert domain.version_of(cancel(4)) == 4
+    assert domain.version_of(domain.ReleaseHeld()) == 0
