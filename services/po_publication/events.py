@@ -15,7 +15,7 @@ from datetime import timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from libs.policy.catalog import message_descriptor
-from libs.runtime.events import Event, StoredEvent, content_sha256
+from libs.runtime.events import Event, StoredEvent, content_sha256, timestamp
 from libs.runtime.values import datetime_from_proto
 from services.po_publication import domain, mapping
 from syncgov.po.v1 import events_pb2, po_pb2
@@ -37,12 +37,6 @@ HELD_KEY_PREFIX = "held:"
 SYNCGOV_SYSTEM = "syncgov"
 
 
-def _timestamp(moment: object) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)  # type: ignore[arg-type]
-    return stamp
-
-
 def _duration(span: timedelta) -> duration_pb2.Duration:
     value = duration_pb2.Duration()
     value.FromTimedelta(span)
@@ -56,7 +50,7 @@ def cancelled_document(event: domain.OrderCancelled) -> po_pb2.PurchaseOrder:
     document.version = event.order.version
     document.status = po_pb2.PURCHASE_ORDER_STATUS_CANCELLED
     if event.order.approved_at is not None:
-        document.approved_at.CopyFrom(_timestamp(event.order.approved_at))
+        document.approved_at.CopyFrom(timestamp(event.order.approved_at))
     return document
 
 
@@ -89,7 +83,7 @@ def encode(po_id: str, event: domain.OrderEvent) -> Event:
     elif isinstance(event, domain.VersionAcknowledged):
         name, version, key = ACKNOWLEDGED, event.version, event.idempotency_key
         acknowledgment = po_pb2.ErpAcknowledgment(version=event.version, erp_document_number=event.erp_document_number)
-        acknowledgment.acknowledged_at.CopyFrom(_timestamp(event.acknowledged_at))
+        acknowledgment.acknowledged_at.CopyFrom(timestamp(event.acknowledged_at))
         payload = events_pb2.PurchaseOrderAcknowledged(
             po_id=po_id, acknowledgment=acknowledgment, propagation_time=_duration(event.propagation)
         )
@@ -101,7 +95,7 @@ def encode(po_id: str, event: domain.OrderEvent) -> Event:
         name, version, fingerprint = HELD, event.order.version, event.fingerprint
         key = HELD_KEY_PREFIX + event.idempotency_key
         payload = events_pb2.PurchaseOrderVersionHeld(
-            purchase_order=event.document, hold_until=_timestamp(event.hold_until)
+            purchase_order=event.document, hold_until=timestamp(event.hold_until)
         )
     else:
         name, version = HOLD_EXPIRED, event.version

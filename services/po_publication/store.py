@@ -198,7 +198,7 @@ class HoldDeadlines:
 
     async def due(self, now: datetime) -> list[str]:
         members = await self._redis.zrangebyscore(self._key, 0, now.timestamp())
-        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        return [_text(m) for m in members]
 
 
 class ReadModels:

@@ -318,3 +318,15 @@ def decide_change(change: SupplierChange, state: GoldenState, *, creates: bool) 
             subject=f"{OBJECT_TYPE}/{change.golden_id}",
         )
     return change
+
+
+def already_one(named: str, other: str, golden: str, other_golden: str) -> Refusal | None:
+    """Merging or deciding on two records that resolve to one golden supplier leaves nothing to do."""
+    if golden != other_golden:
+        return None
+    return Refusal(
+        RefusalKind.PRECONDITION,
+        "ALREADY_MERGED",
+        f"{named} and {other} are one golden supplier already ({golden}); nothing is left to decide",
+        subject=f"{OBJECT_TYPE}/{golden}",
+    )

@@ -13,7 +13,7 @@ import grpc
 
 from libs.policy.engine import Policy
 from libs.runtime.decider import Refusal
-from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound
+from libs.runtime.errors import FieldViolation, InvalidArgument, NotFound
 from libs.runtime.exception_reporter import ExceptionReporter, severity
 from libs.runtime.identity import current_caller
 from libs.runtime.paging import page_size
@@ -166,13 +166,11 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
                 violations=[FieldViolation("other_supplier_id", "must name another supplier than supplier_id")],
             )
         first, second = self._golden(request.supplier_id), self._golden(request.other_supplier_id)
-        if first.supplier_id == second.supplier_id:
-            raise FailedPrecondition(
-                f"{request.supplier_id} and {request.other_supplier_id} are one golden supplier already "
-                f"({first.supplier_id}); nothing is left to decide",
-                subject=f"supplier/{first.supplier_id}",
-                reason="ALREADY_MERGED",
-            )
+        merged = domain.already_one(
+            request.supplier_id, request.other_supplier_id, first.supplier_id, second.supplier_id
+        )
+        if merged is not None:
+            raise refusal_error(merged)
         async with self._lock:
             await self._projection.catch_up_if_behind()  # decide on everything the stream holds
             key = f"decision:{first.supplier_id}:{second.supplier_id}:{request.same_supplier}"
@@ -227,12 +225,9 @@ class SupplierServicer(supplier_service_pb2_grpc.SupplierNormalizationServiceSer
 
     async def _merge(self, surviving_id: str, merged_id: str, reason: str) -> supplier_pb2.Supplier:
         surviving, merged = self._golden(surviving_id), self._golden(merged_id)
-        if surviving.supplier_id == merged.supplier_id:
-            raise FailedPrecondition(
-                f"{merged_id} and {surviving_id} are one golden supplier already ({surviving.supplier_id})",
-                subject=f"supplier/{merged_id}",
-                reason="ALREADY_MERGED",
-            )
+        refusal = domain.already_one(merged_id, surviving_id, merged.supplier_id, surviving.supplier_id)
+        if refusal is not None:
+            raise refusal_error(refusal)
         async with self._lock:
             await self._projection.catch_up_if_behind()  # decide on everything the stream holds
             preview = mapping.golden_to_proto(

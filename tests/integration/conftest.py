@@ -9,7 +9,10 @@ from redis.asyncio import Redis
 from libs.runtime.testing import running_service, unique_namespace
 from services.po_publication.settings import Settings
 from services.po_publication.wiring import wire
+from services.supplier_normalization.settings import Settings as SupplierSettings
+from services.supplier_normalization.wiring import wire as wire_suppliers
 from syncgov.po.v1 import po_service_pb2_grpc
+from syncgov.supplier.v1 import supplier_service_pb2_grpc
 from tests.integration.helpers import seed_supplier
 
 
@@ -72,3 +75,21 @@ async def governed_stack(po_settings):
             po,
             po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel),
         )
+
+
+@pytest.fixture
+def supplier_settings(nats_server, valkey_server, clean_env) -> SupplierSettings:
+    """Settings for supplier-normalization in a fresh namespace."""
+    return SupplierSettings(
+        grpc_port=0,
+        nats_url=nats_server.url,
+        redis_url=valkey_server.url,
+        namespace=unique_namespace(),
+        log_format="console",
+    )
+
+
+@pytest.fixture
+async def suppliers(supplier_settings):
+    async with running_service(supplier_settings, wire_suppliers) as (running, channel, _):
+        yield running, supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)

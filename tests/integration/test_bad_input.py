@@ -14,12 +14,9 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 
 from libs.runtime.probe import health_status
-from libs.runtime.testing import running_service, unique_namespace
-from services.supplier_normalization.settings import Settings as SupplierSettings
-from services.supplier_normalization.wiring import wire as wire_suppliers
 from syncgov.common.v1 import types_pb2
 from syncgov.po.v1 import po_pb2, po_service_pb2
-from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2, supplier_service_pb2_grpc
+from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2
 from tests.integration.helpers import PROCUREMENT, message_count, sample_order, status_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -212,19 +209,6 @@ async def test_undecodable_bodies_are_invalid_argument_and_one_rate_limited_warn
 
 
 # --- supplier-normalization -------------------------------------------------------------------------
-
-
-@pytest.fixture
-async def suppliers(nats_server, valkey_server, clean_env):
-    settings = SupplierSettings(
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=unique_namespace(),
-        log_format="console",
-    )
-    async with running_service(settings, wire_suppliers) as (running, channel, _):
-        yield running, supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
 
 
 def supplier_record(**fields: object) -> supplier_pb2.SupplierRecord:

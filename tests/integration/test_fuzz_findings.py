@@ -14,8 +14,6 @@ from tests.integration.test_supplier_normalization import (
     as_system,
     record,
     submit,
-    supplier_settings,  # noqa: F401
-    suppliers,  # noqa: F401
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -59,7 +57,7 @@ async def test_a_policy_with_thousands_of_problems_is_a_readable_invalid_argumen
     assert await code_of(diff) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_deciding_on_suppliers_already_merged_is_refused_and_writes_nothing(suppliers, js):  # noqa: F811
+async def test_deciding_on_suppliers_already_merged_is_refused_and_writes_nothing(suppliers, js):
     running, stub = suppliers
     first = (await submit(stub, record("procurement", "P-1", "ACME Industrial Supply GmbH"))).supplier.supplier_id
     second = (await submit(stub, record("procurement", "P-2", "Nordwind Logistik AG"))).supplier.supplier_id
@@ -77,7 +75,7 @@ async def test_deciding_on_suppliers_already_merged_is_refused_and_writes_nothin
     )
 
 
-async def test_a_decision_sent_twice_is_a_replay_not_aborted(suppliers, js):  # noqa: F811
+async def test_a_decision_sent_twice_is_a_replay_not_aborted(suppliers, js):
     running, stub = suppliers
     first = (await submit(stub, record("procurement", "P-1", "Rheinland Logistik GmbH"))).supplier.supplier_id
     second = (await submit(stub, record("procurement", "P-2", "Zeta Paints AG"))).supplier.supplier_id

@@ -19,11 +19,9 @@ from syncgov.po.v1 import po_service_pb2_grpc
 from syncgov.supplier.v1 import supplier_service_pb2 as supplier_pb
 from syncgov.supplier.v1 import supplier_service_pb2_grpc
 from tests.integration.helpers import sample_order
-from tests.integration.test_supplier_normalization import (  # the supplier fixtures live beside their tests
+from tests.integration.test_supplier_normalization import (
     record,
     submit,
-    supplier_settings,  # noqa: F401
-    suppliers,  # noqa: F401
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -163,7 +161,7 @@ async def supplier_view(stub: Any) -> list[tuple[str, str, str, int]]:
     return found
 
 
-async def test_the_supplier_registry_is_the_same_with_a_restart_between_every_submission(supplier_settings):  # noqa: F811
+async def test_the_supplier_registry_is_the_same_with_a_restart_between_every_submission(supplier_settings):
     from libs.runtime.testing import unique_namespace
 
     async with running_service(supplier_settings, wire_suppliers) as (_, channel, _):
@@ -186,7 +184,7 @@ async def test_the_supplier_registry_is_the_same_with_a_restart_between_every_su
     assert names["200"] == "Zeta Paints AG"
 
 
-async def test_a_supplier_whose_publish_failed_is_neither_answered_ok_nor_kept(suppliers, js):  # noqa: F811
+async def test_a_supplier_whose_publish_failed_is_neither_answered_ok_nor_kept(suppliers, js):
     running, stub = suppliers
     await submit(stub, SUPPLIER_RECORDS[0])
     await js.delete_stream(running.runtime.namespace.stream("supplier"))  # the next publish cannot land
@@ -200,7 +198,7 @@ async def test_a_supplier_whose_publish_failed_is_neither_answered_ok_nor_kept(s
     assert missing.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-async def test_a_submission_stored_behind_the_registrys_back_is_a_replay_not_a_conflict(supplier_settings):  # noqa: F811
+async def test_a_submission_stored_behind_the_registrys_back_is_a_replay_not_a_conflict(supplier_settings):
     """What the chaos run found: an append whose acknowledgment was lost (here: written by a second process)
     is in the stream but not in this registry; the retry must find it, not call its own write a conflict."""
     async with (
@@ -216,7 +214,7 @@ async def test_a_submission_stored_behind_the_registrys_back_is_a_replay_not_a_c
         assert not retried.created
 
 
-async def test_a_decision_on_golden_records_this_process_never_saw_is_guarded_like_any_write(supplier_settings):  # noqa: F811
+async def test_a_decision_on_golden_records_this_process_never_saw_is_guarded_like_any_write(supplier_settings):
     async with running_service(supplier_settings, wire_suppliers) as (_, channel, _):
         stub = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
         first = (await submit(stub, SUPPLIER_RECORDS[0])).supplier.supplier_id

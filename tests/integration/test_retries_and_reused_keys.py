@@ -13,10 +13,6 @@ from syncgov.supplier.v1 import supplier_service_pb2 as spb
 from tests.integration.helpers import message_count
 from tests.integration.test_control_plane import DEFAULT, OPS
 from tests.integration.test_po_versions import ERP, PROCUREMENT, publish, version
-from tests.integration.test_supplier_normalization import (
-    supplier_settings,  # noqa: F401
-    suppliers,  # noqa: F401
-)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -51,7 +47,7 @@ async def test_a_cancellation_retried_after_its_answer_was_lost_is_a_replay(po_s
     assert got.latest_version == 2
 
 
-async def test_a_supplier_key_reused_for_new_content_is_never_answered_ok(suppliers, js):  # noqa: F811
+async def test_a_supplier_key_reused_for_new_content_is_never_answered_ok(suppliers, js):
     running, stub = suppliers
     metadata = (("x-syncgov-system", "procurement"),)
     first = supplier_pb2.SupplierRecord(source_system="procurement", local_id="L-9", legal_name="Alpha Pumps GmbH")
@@ -72,7 +68,7 @@ async def test_a_supplier_key_reused_for_new_content_is_never_answered_ok(suppli
     assert (got.supplier.legal_name, got.supplier.version) == (stored.supplier.legal_name, stored.supplier.version)
 
 
-async def test_a_supplier_status_change_retried_is_written_once(suppliers, js):  # noqa: F811
+async def test_a_supplier_status_change_retried_is_written_once(suppliers, js):
     running, stub = suppliers
     record = supplier_pb2.SupplierRecord(source_system="procurement", local_id="L-1", legal_name="ACME Industrial GmbH")
     submitted = await stub.SubmitSupplierRecord(

@@ -6,8 +6,7 @@ import grpc
 import pytest
 
 from libs.runtime.events import EventReader
-from libs.runtime.testing import running_service, unique_namespace
-from services.supplier_normalization.settings import Settings
+from libs.runtime.testing import running_service
 from services.supplier_normalization.wiring import wire
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
@@ -40,23 +39,6 @@ def record(
         addresses=[types_pb2.PostalAddress(lines=[street], locality="Hamburg", postal_code=postal, country_code="DE")],
         bank_accounts=[supplier_pb2.BankAccount(iban=iban)] if iban else [],
     )
-
-
-@pytest.fixture
-def supplier_settings(nats_server, valkey_server, clean_env) -> Settings:
-    return Settings(
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=unique_namespace(),
-        log_format="console",
-    )
-
-
-@pytest.fixture
-async def suppliers(supplier_settings):
-    async with running_service(supplier_settings, wire) as (running, channel, _):
-        yield running, supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
 
 
 async def submit(stub, rec, system=None):

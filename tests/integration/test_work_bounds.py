@@ -14,7 +14,6 @@ from libs.runtime.testing import running_service
 from services.supplier_normalization.wiring import wire
 from syncgov.common.v1 import types_pb2
 from syncgov.supplier.v1 import supplier_pb2, supplier_service_pb2, supplier_service_pb2_grpc
-from tests.integration.test_supplier_normalization import supplier_settings  # noqa: F401
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 ERP = (("x-syncgov-system", "erp"),)
@@ -37,7 +36,7 @@ def largest_record(local_id: str, seed: str) -> supplier_pb2.SupplierRecord:
     )
 
 
-async def test_health_answers_within_a_second_while_the_largest_requests_run(supplier_settings):  # noqa: F811
+async def test_health_answers_within_a_second_while_the_largest_requests_run(supplier_settings):
     async with running_service(supplier_settings, wire) as (_, channel, _):
         stub = supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
         health: Any = health_pb2_grpc.HealthStub(channel)  # the typing stubs declare no methods

@@ -99,3 +99,10 @@ def test_a_status_the_record_has_already_is_not_written_again():
     assert domain.decide_change(again, blocked, creates=False) is None
     active = change(kind=domain.STATUS, version=3, status=domain.ACTIVE)
     assert domain.decide_change(active, blocked, creates=False) is active
+
+
+def test_two_records_of_one_golden_supplier_leave_nothing_to_merge_or_decide():
+    assert domain.already_one("SUP-A", "SUP-B", "SUP-A", "SUP-B") is None
+    refusal = domain.already_one("SUP-A", "SUP-B", "SUP-A", "SUP-A")
+    assert refusal is not None
+    assert (refusal.kind, refusal.reason) == (RefusalKind.PRECONDITION, "ALREADY_MERGED")
