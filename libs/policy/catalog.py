@@ -78,12 +78,20 @@ def touched_fields(message: Message, prefix: str = "") -> set[str]:
     """Field paths a message sets, in the same notation as ``ObjectType.field_paths`` (``lines[].unit_price``)."""
     found: set[str] = set()
     for field, value in message.ListFields():
-        path = field_path(prefix, field)
+        path, inner = _step(prefix, field)
         found.add(path)
-        if descends(field.message_type):
+        if inner is not None:
             for item in value if field.is_repeated else (value,):
-                found |= touched_fields(item, f"{path}.")
+                found |= touched_fields(item, inner)
     return found
+
+
+@functools.cache
+def _step(prefix: str, field: FieldDescriptor) -> tuple[str, str | None]:
+    """A field's path under ``prefix``, and the prefix of the paths inside it (None: a leaf). Computed once:
+    enforcement walks every write request (a few dozen field paths, a bounded set per contract)."""
+    path = field_path(prefix, field)
+    return path, f"{path}." if descends(field.message_type) else None
 
 
 OBJECT_TYPES: dict[str, ObjectType] = {
