@@ -151,5 +151,7 @@ EXCEPTION_TYPES = frozenset(
         "delivery_exhausted",
         "erp_rejected",
         "audit_failed",
+        "superseded_version",
+        "over_return",
     }
 )

@@ -8,7 +8,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class Strict(BaseModel):
@@ -109,6 +109,27 @@ class PurchaseOrders(Strict):
     requested_date_past_margin: str = "7d"
 
 
+class UnitConversion(Strict):
+    """1 ``from`` = ``factor`` ``to`` (1 CS = 12 EA)."""
+
+    from_: str = Field(alias="from")
+    to: str
+    factor: Decimal
+
+    @field_validator("factor", mode="before")
+    @classmethod
+    def _not_a_float(cls, value: Any) -> Any:
+        # YAML reads an unquoted 0.5 as binary floating point, which keeps about 15 digits: a factor with 13
+        # integer digits and 6 decimals could come back changed, and a factor multiplies every quantity.
+        if isinstance(value, float):
+            raise ValueError('write a fractional factor in quotes (factor: "0.5") so it is read as a decimal')
+        return value
+
+
+class Receiving(Strict):
+    unit_conversions: list[UnitConversion] = Field(default_factory=list)
+
+
 class PolicyDocument(Strict):
     format: int
     description: str = ""
@@ -121,6 +142,7 @@ class PolicyDocument(Strict):
     exceptions: Exceptions
     ordering: Ordering = Ordering()
     purchase_orders: PurchaseOrders = PurchaseOrders()
+    receiving: Receiving = Receiving()
 
 
 # Each top-level section and the type pydantic validates it as (a class or a generic alias such as dict[str, System]).
@@ -136,5 +158,6 @@ SECTIONS: dict[str, Any] = {
     "exceptions": Exceptions,
     "ordering": Ordering,
     "purchase_orders": PurchaseOrders,
+    "receiving": Receiving,
 }
 REQUIRED_SECTIONS = ("format", "systems", "ownership", "exceptions")

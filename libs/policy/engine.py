@@ -12,15 +12,18 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import timedelta
+from decimal import Decimal, Inexact, localcontext
 
 import yaml
 
 from libs.policy.document import ObjectRule, PolicyDocument, Route, Tolerance
 from libs.policy.durations import parse_duration
 from libs.policy.problems import Problem
-from libs.policy.validate import check, specificity
+from libs.policy.validate import MAX_FACTOR_DECIMALS, check, specificity
 
 _DECISION_CACHE_SIZE = 4096
+_ONE = Decimal(1)
+_FACTOR_STEP = _ONE.scaleb(-MAX_FACTOR_DECIMALS)
 
 
 class PolicyInvalid(ValueError):
@@ -207,6 +210,37 @@ class Policy:
     def tolerance(self, business_unit: str = "") -> Tolerance:
         return self.document.tolerances.business_units.get(business_unit, self.document.tolerances.default)
 
+    def over_receipt_percent(self, business_unit: str = "") -> Decimal:
+        return self.tolerance(business_unit).over_receipt_percent
+
+    def unit_factor(self, from_unit: str, to_unit: str) -> Decimal | None:
+        """How many ``to_unit`` one ``from_unit`` is (codes compared upper-cased), or None when the policy
+        gives no exact conversion: an unknown pair, or an inverse that 6 decimals cannot hold (1 EA = 1/12 CS)."""
+        source, target = from_unit.upper(), to_unit.upper()
+        if source == target:
+            return _ONE
+        return self._unit_factors.get((source, target))
+
+    @functools.cached_property  # a revision never changes: computed once
+    def _unit_factors(self) -> dict[tuple[str, str], Decimal]:
+        factors: dict[tuple[str, str], Decimal] = {}
+        for conversion in self.document.receiving.unit_conversions:
+            source, target = conversion.from_.upper(), conversion.to.upper()
+            factors[(source, target)] = _plain(conversion.factor)
+            inverse = _exact_inverse(conversion.factor)
+            if inverse is not None:
+                factors[(target, source)] = inverse
+        return factors
+
+    def serves_site(self, system: str, site: str) -> bool:
+        """Whether the system may act for the site: it declares it, or declares no sites at all (opt-in)."""
+        sites = self._sites_by_system.get(system)
+        return sites is not None and (not sites or site in sites)
+
+    @functools.cached_property  # a revision never changes: computed once
+    def _sites_by_system(self) -> dict[str, frozenset[str]]:
+        return {name: frozenset(system.sites) for name, system in self.document.systems.items()}
+
     def retry(self, consumer: str) -> tuple[int, tuple[float, ...]]:
         retry = self.document.retries.consumers.get(consumer, self.document.retries.default)
         return retry.max_deliveries, tuple(parse_duration(step).total_seconds() for step in retry.backoff)
@@ -227,6 +261,22 @@ class Policy:
     @functools.cached_property  # a revision never changes: computed once
     def out_of_order_hold(self) -> timedelta:
         return parse_duration(self.document.ordering.out_of_order_hold)
+
+
+def _plain(value: Decimal) -> Decimal:
+    """The value without trailing zeros or exponent (12, 0.025; not 12.0 or 4E+1), as callers will print it."""
+    return value.quantize(_ONE) if value == value.to_integral_value() else value.normalize()
+
+
+def _exact_inverse(factor: Decimal) -> Decimal | None:
+    # Rounding 1/12 here would put a rounding into every converted quantity without anyone having decided it.
+    with localcontext() as context:
+        context.traps[Inexact] = True
+        try:
+            inverse = _ONE / factor
+        except Inexact:
+            return None
+    return _plain(inverse) if inverse.quantize(_FACTOR_STEP) == inverse else None
 
 
 def normalized(text: str) -> str:

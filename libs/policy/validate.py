@@ -22,6 +22,7 @@ from libs.policy.document import (
     Exceptions,
     ObjectRule,
     PolicyDocument,
+    Receiving,
     Retries,
     Route,
     System,
@@ -35,6 +36,14 @@ from libs.policy.yamlsource import load
 SUPPORTED_FORMAT = 1
 _SYSTEM_ID = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _SEVERITY_LIST = ", ".join(catalog.SEVERITIES)
+# A conversion factor is held like a quantity an ERP holds (libs/runtime/bounds.py): 13 integer digits, 6 decimals.
+MAX_FACTOR_INTEGER_DIGITS = 13
+MAX_FACTOR_DECIMALS = 6
+MAX_UNIT_CONVERSIONS = 500  # a distributor's conversion table is dozens of rows; thousands is a generated mistake
+MAX_UNIT_CODE = 16
+_UNIT_CODE = re.compile(r"[!-~]+")  # printable ASCII without spaces: upper-casing it is plain and unambiguous
+_FACTOR_LIMIT = Decimal(10) ** MAX_FACTOR_INTEGER_DIGITS
+_FACTOR_STEP = Decimal(1).scaleb(-MAX_FACTOR_DECIMALS)
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {name: TypeAdapter(kind) for name, kind in SECTIONS.items()}
 
 
@@ -121,6 +130,8 @@ def _meaning_problems(sections: dict[str, Any], data: dict[str, Any]) -> list[Pr
     if "purchase_orders" in sections:
         margin = sections["purchase_orders"].requested_date_past_margin
         problems.extend(_duration("purchase_orders.requested_date_past_margin", margin, positive=False))
+    if "receiving" in sections:
+        problems.extend(_check_receiving(sections["receiving"]))
     return problems
 
 
@@ -275,6 +286,49 @@ def _check_tolerances(tolerances: Tolerances, units: set[str] | None) -> Iterabl
         if units is not None and unit not in units:
             yield Problem(path, f"unknown business unit {unit!r}; declare it on a system's business_units")
         yield from _check_tolerance(path, tolerance)
+
+
+def _unit_code(path: str, code: str) -> Iterable[Problem]:
+    if not code:
+        yield Problem(path, "is empty: name a unit of measure code (UN/ECE Rec 20, e.g. EA, CS, KGM)")
+    elif len(code) > MAX_UNIT_CODE:
+        yield Problem(path, f"has {len(code)} characters; a unit code has at most {MAX_UNIT_CODE}")
+    elif not _UNIT_CODE.fullmatch(code):
+        yield Problem(path, f"{code!r} is not a unit code: printable ASCII without spaces (EA, CS, KGM)")
+
+
+def _factor(path: str, factor: Decimal) -> Iterable[Problem]:
+    # In this order: quantize needs a value whose integer digits are already known to fit.
+    if factor <= 0:
+        yield Problem(path, f"must be greater than zero, got {factor}")
+    elif factor >= _FACTOR_LIMIT:
+        yield Problem(path, f"has more than {MAX_FACTOR_INTEGER_DIGITS} integer digits")
+    elif factor.quantize(_FACTOR_STEP) != factor:
+        yield Problem(path, f"has more than {MAX_FACTOR_DECIMALS} decimals")
+
+
+def _check_receiving(receiving: Receiving) -> Iterable[Problem]:
+    conversions = receiving.unit_conversions
+    if len(conversions) > MAX_UNIT_CONVERSIONS:
+        yield Problem("receiving.unit_conversions", f"lists {len(conversions)}; at most {MAX_UNIT_CONVERSIONS}")
+    # Both directions of a pair under one key: the engine derives the inverse, so listing it is a second truth.
+    pairs: dict[tuple[str, str], int] = {}
+    for index, conversion in enumerate(conversions):
+        path = f"receiving.unit_conversions[{index}]"
+        yield from _unit_code(f"{path}.from", conversion.from_)
+        yield from _unit_code(f"{path}.to", conversion.to)
+        yield from _factor(f"{path}.factor", conversion.factor)
+        source, target = conversion.from_.upper(), conversion.to.upper()
+        if source and source == target:
+            yield Problem(f"{path}.to", f"is the unit it converts from ({source}); a unit is 1:1 with itself")
+            continue
+        earlier = pairs.setdefault((min(source, target), max(source, target)), index)
+        if earlier != index:
+            yield Problem(
+                path,
+                f"{source} and {target} are already converted by receiving.unit_conversions[{earlier}]; "
+                "list one direction only, the other is derived from it",
+            )
 
 
 def _check_exceptions(exceptions: Exceptions, sites: set[str] | None, units: set[str] | None) -> Iterable[Problem]:

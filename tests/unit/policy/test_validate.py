@@ -236,3 +236,13 @@ def test_a_value_python_will_not_read_is_a_problem_not_a_crash():
     data, [problem] = load("format: " + "9" * 6_000)
     assert data is None
     assert "cannot be read" in problem.message
+
+
+def test_routes_may_name_exactly_the_exception_types_of_the_contract():
+    from libs.policy import catalog
+    from syncgov.exception.v1 import exception_pb2
+
+    names = {
+        value.name.removeprefix("EXCEPTION_TYPE_").lower() for value in exception_pb2.ExceptionType.DESCRIPTOR.values
+    }
+    assert names - {"unspecified"} == catalog.EXCEPTION_TYPES
