@@ -26,12 +26,14 @@ class Read:
 class Write:
     """Writes ``object_type``. ``document`` names the request field holding the object (its set fields are
     what the call touches); without it the call writes the object as a whole. ``key`` and ``version`` are
-    dotted paths in the request, for the audit trail and exceptions."""
+    dotted paths in the request, for the audit trail and exceptions; ``site`` names the site the write
+    happens at, which the caller's system must serve (``systems.<id>.sites``)."""
 
     object_type: str
     key: str
     document: str | None = None
     version: str | None = None
+    site: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

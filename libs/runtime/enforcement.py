@@ -25,6 +25,9 @@ from syncgov.exception.v1 import exception_pb2
 
 log = logging.getLogger(__name__)
 
+# Objects whose rule key is a purchase order id: the workflow key of what their refusals raise.
+_KEYED_BY_ORDER = frozenset({"purchase_order", "goods_receipt"})
+
 
 class OwnershipGuard:
     def __init__(
@@ -107,7 +110,8 @@ class OwnershipGuard:
             document = resolve(request, rule.document) if rule.document else None
             fields = touched_fields(document) if isinstance(document, Message) else {""}
             decision = policy.may_write(caller.system, rule.object_type, fields)
-            if not decision.allowed:
+            site = str(resolve(request, rule.site) or "") if rule.site else ""
+            if not decision.allowed or (site and not policy.serves_site(caller.system, site)):
                 key = str(resolve(request, rule.key) or "")
                 version = resolve(request, rule.version) if rule.version else 0  # an integer field of the request
                 refused = sorted(r.field for r in decision.refusals if r.field)
@@ -118,7 +122,7 @@ class OwnershipGuard:
                     rule.object_type,
                     key,
                     version if isinstance(version, int) else 0,
-                    decision.reason(),
+                    decision.reason() if not decision.allowed else f"{caller.system} does not serve site {site!r}",
                     refused,
                 )
         return policy
@@ -152,7 +156,7 @@ class OwnershipGuard:
                 severity(route.severity),
                 object_ref,
                 f"{method} refused: {reason}",
-                workflow_key=key if object_type == "purchase_order" else "",
+                workflow_key=key if object_type in _KEYED_BY_ORDER else "",
                 discriminator=caller.system,
                 policy_revision=policy.revision,
             )

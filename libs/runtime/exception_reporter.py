@@ -8,12 +8,13 @@ so nothing depends on the router being up.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import uuid
 from collections.abc import Iterable
 from typing import cast
 
-from libs.runtime.events import Event, EventPublisher, now_timestamp
+from libs.runtime.events import Event, EventPublisher, WrongLastSequence, now_timestamp
 from libs.runtime.identity import current_caller
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import events_pb2, exception_pb2
@@ -61,8 +62,11 @@ class ExceptionReporter:
         workflow_key: str = "",
         discriminator: str = "",
         policy_revision: int = 0,
+        exception_id: str = "",
     ) -> exception_pb2.Exception:
-        exception_id = str(uuid.uuid4())
+        """Publish one exception. An ``exception_id`` derived from what was found (rather than a fresh one) makes
+        raising idempotent: the exception's subject guard stores it once however often it is raised again."""
+        exception_id = exception_id or str(uuid.uuid4())
         exception = exception_pb2.Exception(
             exception_id=exception_id,
             type=exception_type,
@@ -80,6 +84,13 @@ class ExceptionReporter:
         exception.raised_at.CopyFrom(now_timestamp())
         if original_message is not None:
             exception.original_message.CopyFrom(original_message)
+        # Raised before under this id (a repeated posting): stored once, and that one stands.
+        with contextlib.suppress(WrongLastSequence):
+            await self._publish(exception, workflow_key, policy_revision)
+        return exception
+
+    async def _publish(self, exception: exception_pb2.Exception, workflow_key: str, policy_revision: int) -> None:
+        exception_id = exception.exception_id
         await self._publisher.publish(
             Event(
                 domain=DOMAIN,
@@ -95,4 +106,3 @@ class ExceptionReporter:
             ),
             expected_last_sequence=0,
         )
-        return exception

@@ -1,0 +1,297 @@
+"""receipt-reconciliation's storage: the receipt stream (source of truth) through the command handler, and the
+Valkey read models ``<ns>:receipt-reconciliation:*`` that are projections of it.
+
+Both read models are projections of single events (a document's entry never depends on another's), so they
+are written per event, guarded by the event's stream sequence, and rebuilt by replaying the stream."""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+from redis.exceptions import RedisError
+
+from libs.runtime.commands import CommandHandler, StreamLog
+from libs.runtime.decider import Recorded
+from libs.runtime.events import EventPublisher, EventReader
+from services.receipt_reconciliation import domain, events
+
+log = logging.getLogger(__name__)
+
+ReceivingCommands = CommandHandler[domain.ReceivingState, domain.ReceivingEvent]
+
+TAIL_ON_START = 1_000  # events projected again at start (more than can be in flight)
+_BYTES_PER_LINE = 1_200  # a document line, its figures and its contract form, measured the way po-publication's is
+
+
+def receiving_log(publisher: EventPublisher, reader: EventReader) -> StreamLog[domain.ReceivingEvent]:
+    return StreamLog(publisher, reader, events.DOMAIN, encode=events.encode, decode=events.decode)
+
+
+def size_of(state: domain.ReceivingState) -> int:
+    """About what a folded receiving record holds in memory."""
+    documents = [posted.event for posted in state.documents.values()]
+    encoded: int = sum(event.document.ByteSize() for event in documents)
+    lines = sum(len(event.receipt.lines) for event in documents)
+    return 1_024 + 2 * encoded + _BYTES_PER_LINE * lines + 256 * len(state.lines)
+
+
+# Record one document's entries unless the model holds them from a later event. KEYS: documents, findings,
+# finding entries, meta. ARGV: document key, sequence, po id, finding entry (JSON, '' for none), score.
+_APPLY = """
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if current then
+  local seen = tonumber(string.match(current, '^(%d+)'))
+  if seen and seen > tonumber(ARGV[2]) then return 0 end
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2] .. '|' .. ARGV[3])
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[4])
+  redis.call('ZADD', KEYS[2], ARGV[5], ARGV[1])
+else
+  redis.call('HDEL', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+end
+local last = tonumber(redis.call('HGET', KEYS[4], 'sequence') or '0')
+if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[4], 'sequence', ARGV[2]) end
+return 1
+"""
+
+# One page of documents with findings, newest first, by keyset (score, document key) after the cursor.
+# KEYS: findings, finding entries, meta. ARGV: cursor score ('' from the newest), cursor member, page size + 1,
+# site ('' any), finding type ('' any), newest score allowed ('+inf' any), most entries examined.
+# Answers {built, examined-to score, examined-to member, entry...}: when the examination limit ends a page
+# early the cursor still moves on, so a filter that matches rarely never makes one call scan everything.
+_PAGE = """
+if not redis.call('HGET', KEYS[3], 'built') then return {0} end
+local want, limit = tonumber(ARGV[3]), tonumber(ARGV[7])
+local high = ARGV[6]
+local after_score = nil
+if ARGV[1] ~= '' then
+  after_score = tonumber(ARGV[1])
+  if after_score < tonumber(high) then high = ARGV[1] end
+end
+local out = {1, '', ''}
+local found, examined, offset = 0, 0, 0
+while found < want and examined < limit do
+  local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], high, '-inf', 'WITHSCORES', 'LIMIT', offset, 100)
+  if #rows == 0 then break end
+  offset = offset + 100
+  for i = 1, #rows, 2 do
+    local member, score = rows[i], rows[i + 1]
+    local skip = after_score and tonumber(score) == after_score and member >= ARGV[2]
+    if not skip and found < want and examined < limit then
+      examined = examined + 1
+      out[2], out[3] = score, member
+      local entry = redis.call('HGET', KEYS[2], member)
+      if entry then
+        local decoded = cjson.decode(entry)
+        local match = ARGV[4] == '' or decoded.site == ARGV[4]
+        if match and ARGV[5] ~= '' then
+          match = false
+          for _, finding in ipairs(decoded.findings) do
+            if finding[1] == ARGV[5] then match = true end
+          end
+        end
+        if match then
+          out[#out + 1] = member
+          out[#out + 1] = entry
+          found = found + 1
+        end
+      end
+    end
+  end
+end
+if found < want and examined < limit then out[2], out[3] = '', '' end
+return out
+"""
+
+
+class ReadModelRebuilding(Exception):
+    """The read model lost its data and is being rebuilt from the stream: answer UNAVAILABLE, retry soon."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListedReceipt:
+    document_key: str
+    po_id: str
+    site_id: str
+    kind: str
+    posted_at_ns: int
+    findings: tuple[domain.Finding, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FindingFilter:
+    site_id: str = ""
+    finding: str = ""  # a finding type, '' for any
+    posted_before: datetime | None = None
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _score(posted_at: datetime) -> str:
+    return str(int(posted_at.timestamp() * 1000))  # milliseconds: exact in a double
+
+
+class ReceiptIndex:
+    """Two read models written together per event: the document index (document key -> ``sequence|po id``, for
+    GetGoodsReceipt and for a document id reused against another order) and the documents with findings (a
+    sorted set by posting time and an entry per document). ``:meta`` holds ``built`` and the highest sequence
+    applied. No TTL: both are rebuilt from the stream whenever ``built`` is missing or a write failed."""
+
+    def __init__(self, redis: Redis, key: str) -> None:
+        self._redis = redis
+        self._documents = key + ":documents"
+        self._findings = key + ":findings"
+        self._entries = key + ":findings:entries"
+        self.meta = key + ":meta"
+        self._apply = redis.register_script(_APPLY)
+        self._page = redis.register_script(_PAGE)
+        self.dirty = False  # a write failed: the periodic check rebuilds
+
+    async def applied(
+        self,
+        key: str,
+        state: domain.ReceivingState,
+        sequence: int,
+        recorded: Recorded[domain.ReceivingEvent] | None,
+    ) -> None:
+        """The command handler's projection hook: after an append, and after a replay (the document again)."""
+        if recorded is not None:
+            event, at = recorded.event, recorded.sequence
+        else:
+            return  # a replay: the original append projected it (and the start-up tail covers a crash between)
+        try:
+            await self.write(self._redis, event, at)
+        except RedisError as error:
+            self.dirty = True
+            log.warning("receipt index not updated for %s (%s); it is rebuilt from the stream", key, error)
+
+    async def write(self, client: Redis | Pipeline, event: domain.Reconciled, sequence: int) -> None:
+        receipt = event.receipt
+        entry = ""
+        if event.findings:
+            entry = json.dumps(
+                {
+                    "po": receipt.po_id,
+                    "site": receipt.site_id,
+                    "kind": receipt.kind.value,
+                    "at": int(receipt.posted_at.timestamp() * 1_000_000) * 1000,
+                    "findings": [[f.type, f.po_line_number, f.detail, f.exception_id] for f in event.findings],
+                },
+                separators=(",", ":"),
+            )
+        await self._apply(
+            keys=[self._documents, self._findings, self._entries, self.meta],
+            args=[receipt.key, sequence, receipt.po_id, entry, _score(receipt.posted_at)],
+            client=client,
+        )
+
+    async def order_of(self, document_key: str) -> str | None:
+        """The order a document was recorded against, or None; raises ReadModelRebuilding while it is rebuilt."""
+        pipeline = self._redis.pipeline(transaction=False)
+        pipeline.hget(self.meta, "built")
+        pipeline.hget(self._documents, document_key)
+        built, indexed = await pipeline.execute()
+        if not built:
+            raise ReadModelRebuilding("the receipt index is being rebuilt from the stream")
+        return _text(indexed).partition("|")[2] if indexed else None
+
+    async def page(
+        self, after: tuple[str, str] | None, count: int, where: FindingFilter, examine: int = 5_000
+    ) -> tuple[list[ListedReceipt], tuple[str, str] | None]:
+        """Up to ``count`` documents with findings after the cursor ``(score, document key)``, newest first, and
+        the cursor of the next page (None when this was the last)."""
+        score, member = after or ("", "")
+        newest = _score(where.posted_before) if where.posted_before is not None else "+inf"
+        raw = await self._page(
+            keys=[self._findings, self._entries, self.meta],
+            args=[score, member, count + 1, where.site_id, where.finding, newest, examine],
+        )
+        if not raw or not int(raw[0]):
+            raise ReadModelRebuilding("the list of receipts with findings is being rebuilt from the stream")
+        rows = [(_text(raw[i]), json.loads(_text(raw[i + 1]))) for i in range(3, len(raw), 2)]
+        listed = [
+            ListedReceipt(
+                member,
+                entry["po"],
+                entry["site"],
+                entry["kind"],
+                int(entry["at"]),
+                tuple(domain.Finding(t, int(line), detail, eid) for t, line, detail, eid in entry["findings"]),
+            )
+            for member, entry in rows[:count]
+        ]
+        if len(rows) > count:  # more matches: the next page starts after the last one shown
+            last = rows[count - 1][0]
+            return listed, (_score_of(rows[count - 1][1]), last)
+        stopped_at = (_text(raw[1]), _text(raw[2]))
+        return listed, stopped_at if stopped_at[1] else None
+
+    async def built(self) -> bool:
+        return bool(await self._redis.hget(self.meta, "built"))
+
+
+def _score_of(entry: dict[str, object]) -> str:
+    return str(int(entry["at"]) // 1_000_000)  # type: ignore[call-overload]
+
+
+class ReadModels:
+    """The receipt index, rebuilt from the receipt stream at start and, while serving, whenever the check finds
+    it lost (Valkey restarted empty, was flushed, or a write failed)."""
+
+    def __init__(self, redis: Redis, reader: EventReader, index: ReceiptIndex) -> None:
+        self._redis = redis
+        self._reader = reader
+        self.index = index
+        self._rebuilding = False
+
+    async def check(self) -> None:
+        if self._rebuilding:
+            return
+        if self.index.dirty or not await self.index.built():
+            await self.rebuild()
+
+    async def start(self, tail: int = TAIL_ON_START) -> None:
+        """At start: rebuild what is missing, then project the newest ``tail`` events again — a process killed
+        between an append and its projection left at most those behind. Entries carry their sequence."""
+        await self.check()
+        last = await self._reader.last_sequence(events.DOMAIN)
+        pipeline = self._redis.pipeline(transaction=False)
+        for stored in await self._reader.since(events.DOMAIN, max(0, last - tail)):
+            event = events.decode(stored)
+            if event is not None:
+                await self.index.write(pipeline, event, stored.sequence)
+        await pipeline.execute()
+
+    async def rebuild(self) -> None:
+        """Replay the whole receipt stream into the index; writes made meanwhile by commands are kept when they
+        are newer (each entry carries its sequence)."""
+        self._rebuilding = True
+        self.index.dirty = False
+        try:
+            count = 0
+            pipeline = self._redis.pipeline(transaction=False)
+            async for stored in self._reader.scan(events.DOMAIN):
+                event = events.decode(stored)
+                if event is None:
+                    continue
+                await self.index.write(pipeline, event, stored.sequence)
+                count += 1
+                if count % 1_000 == 0:
+                    await pipeline.execute()
+            pipeline.hset(self.index.meta, "built", "1")
+            await pipeline.execute()
+            log.info("receipt index rebuilt from %s events", count)
+        except Exception:
+            self.index.dirty = True
+            raise
+        finally:
+            self._rebuilding = False
