@@ -267,6 +267,49 @@ def supplier_problem(supplier_id: str, status: str | None, merged_into: str = ""
     return None
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """Goods received on one order as receipt events tell them: net received (receipts minus returns) per PO
+    line number, in the order line's unit. Lines with nothing received are absent."""
+
+    lines: Mapping[int, Decimal] = field(default_factory=dict)
+
+    def of(self, line_number: int) -> Decimal:
+        return self.lines.get(line_number, Decimal(0))
+
+
+NOTHING_RECEIVED = Received()
+
+
+@dataclass
+class ReceivedQuantities:
+    """Net received quantities per order (a projection of the receipt stream, in memory)."""
+
+    orders: dict[str, Received] = field(default_factory=dict)
+
+    def apply(self, po_id: str, lines: Mapping[int, Decimal]) -> None:
+        """One receipt event's figures: each is the line's cumulative net received after the document, so it
+        replaces what was known (events arrive in stream order: the newest wins)."""
+        merged = {**self.orders.get(po_id, NOTHING_RECEIVED).lines, **lines}
+        # Nothing received constrains nothing: only orders with goods received take memory.
+        kept = {number: quantity for number, quantity in merged.items() if quantity > 0}
+        if kept:
+            self.orders[po_id] = Received(kept)
+        else:
+            self.orders.pop(po_id, None)
+
+    def of(self, po_id: str) -> Received:
+        return self.orders.get(po_id, NOTHING_RECEIVED)
+
+
+def fully_received(order: PurchaseOrder, received: Received) -> bool:
+    """Whether every line of this version has received at least its quantity.
+
+    Judged against the order's own latest version rather than the flag a receipt event carries: that flag is
+    about the version the receipt was reconciled against, which a later change order may have raised or lowered."""
+    return bool(order.lines) and all(received.of(line.line_number) >= line.quantity for line in order.lines)
+
+
 # --- The order as a decider (DESIGN §3 rule 9) --------------------------------------------------------------
 #
 # A PO's history is its events; ``evolve`` folds them into an OrderState and ``decide`` turns a command and
@@ -512,6 +555,7 @@ class ChangeOrder:
     fingerprint: str
     idempotency_key: str
     source_system: str
+    received: Received = NOTHING_RECEIVED  # what receipt events said when the command was made
 
 
 @dataclass(frozen=True, slots=True)
@@ -521,6 +565,7 @@ class CancelOrder:
     reason: str
     idempotency_key: str  # "" : the natural key
     source_system: str
+    received: Received = NOTHING_RECEIVED  # what receipt events said when the command was made
 
 
 @dataclass(frozen=True, slots=True)
@@ -615,9 +660,12 @@ def _change(command: ChangeOrder, state: OrderState, now: datetime, rules: Rules
     if held is not None and held.fingerprint != command.fingerprint and order.version not in state.expired:
         # The sender was told this version is held with other content: that content stands.
         return duplicate_transaction(order, command.document, command.idempotency_key, held)
+    if place is Sequence.AHEAD and held is not None and order.version not in state.expired:
+        return None  # held already, with this content (an expired hold is held anew)
+    lowered = below_received(latest.order, order, command.received)
+    if lowered is not None:
+        return lowered
     if place is Sequence.AHEAD:
-        if held is not None and order.version not in state.expired:
-            return None  # held already, with this content (an expired hold is held anew)
         return VersionHeld(
             order,
             command.document,
@@ -661,6 +709,15 @@ def _cancel(command: CancelOrder, state: OrderState, now: datetime) -> Decision:
             RefusalKind.PRECONDITION,
             "STALE_VERSION",
             f"a cancellation of {command.po_id} is version {latest.version + 1}, not {version}",
+            subject=f"{OBJECT_TYPE}/{command.po_id}",
+            metadata={"latest_version": str(latest.version)},
+        )
+    if fully_received(latest.order, command.received):
+        return Refusal(
+            RefusalKind.PRECONDITION,
+            "FULLY_RECEIVED",
+            f"purchase order {command.po_id} is fully received (every line of version {latest.version}): "
+            "there is nothing left to cancel",
             subject=f"{OBJECT_TYPE}/{command.po_id}",
             metadata={"latest_version": str(latest.version)},
         )
@@ -754,6 +811,32 @@ def duplicate_transaction(
         metadata={"po_id": order.po_id, "version": str(order.version), "idempotency_key": key},
         exception="duplicate_transaction",
         evidence=evidence,
+    )
+
+
+def below_received(previous: PurchaseOrder, order: PurchaseOrder, received: Received) -> Refusal | None:
+    """A change order may not lower a line below what was already received on it; a line it removes is lowered
+    to 0. A line left as it was (or raised) passes even when more was received than ordered: that over-receipt
+    is receipt-reconciliation's finding, not a reason to block every later change to the order."""
+    after = {line.line_number: line.quantity for line in order.lines}
+    lowered = [
+        (line.line_number, after.get(line.line_number, Decimal(0)), received.of(line.line_number))
+        for line in previous.lines
+        if after.get(line.line_number, Decimal(0)) < min(line.quantity, received.of(line.line_number))
+    ]
+    if not lowered:
+        return None
+    number, quantity, got = lowered[0]
+    described = "; ".join(
+        f"line {n} {'removed' if n not in after else f'to {q:f}'} with {r:f} received" for n, q, r in lowered
+    )
+    return Refusal(
+        RefusalKind.PRECONDITION,
+        "BELOW_RECEIVED_QUANTITY",
+        f"version {order.version} of purchase order {order.po_id} lowers {described}: "
+        "a line may not go below what was already received",
+        subject=f"{OBJECT_TYPE}/{order.po_id}",
+        metadata={"line": str(number), "received": f"{got:f}", "quantity": f"{quantity:f}"},
     )
 
 

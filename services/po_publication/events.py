@@ -1,8 +1,8 @@
 """What po-publication publishes and consumes: the order's domain events in their contract form.
 
 ``encode`` turns a domain event into the envelope's payload on ``<ns>.po.<po id>.<name>``; ``decode``
-turns a stored event back into the domain event ``evolve`` folds. The supplier events it follows only
-update the supplier directory.
+turns a stored event back into the domain event ``evolve`` folds. The supplier and receipt events it
+follows only update the supplier directory and the received quantities.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from google.protobuf import duration_pb2, timestamp_pb2
 
 from libs.policy.catalog import message_descriptor
 from libs.runtime.events import Event, StoredEvent, content_sha256, timestamp
-from libs.runtime.values import datetime_from_proto
+from libs.runtime.values import datetime_from_proto, decimal_from_proto
 from services.po_publication import domain, mapping
 from syncgov.po.v1 import events_pb2, po_pb2
+from syncgov.receipt.v1 import events_pb2 as receipt_events_pb2
 from syncgov.supplier.v1 import events_pb2 as supplier_events_pb2
 from syncgov.supplier.v1 import supplier_pb2
 
@@ -232,5 +233,24 @@ def on_supplier_event(directory: domain.SupplierDirectory) -> Callable[[StoredEv
         elif payload.Is(message_descriptor(supplier_events_pb2.SupplierStatusChanged)):
             changed = event.unpack(supplier_events_pb2.SupplierStatusChanged)
             directory.set_status(changed.supplier_id, _SUPPLIER_STATUS.get(changed.status, "inactive"))
+
+    return apply
+
+
+def on_receipt_event(received: domain.ReceivedQuantities) -> Callable[[StoredEvent], None]:
+    """Keeps the received quantities current from receipt-reconciliation's events (never its storage or API)."""
+
+    def apply(event: StoredEvent) -> None:
+        if not event.envelope.payload.Is(message_descriptor(receipt_events_pb2.GoodsReceiptReconciled)):
+            return
+        reconciled = event.unpack(receipt_events_pb2.GoodsReceiptReconciled)
+        received.apply(
+            event.envelope.object_key,
+            {
+                line.po_line_number: decimal_from_proto(line.received_quantity)
+                for line in reconciled.lines
+                if line.HasField("received_quantity")
+            },
+        )
 
     return apply

@@ -44,6 +44,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         holds: HeldVersions,
         exceptions: ExceptionReporter,
         suppliers: domain.SupplierDirectory,
+        received: domain.ReceivedQuantities,
         policy: Callable[[], Policy],
     ) -> None:
         self._commands = commands
@@ -51,6 +52,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self._holds = holds
         self._exceptions = exceptions
         self._suppliers = suppliers
+        self._received = received
         self._policy = policy
 
     async def PublishPurchaseOrder(
@@ -71,7 +73,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     ) -> po_service_pb2.ChangePurchaseOrderResponse:
         document = mapping.normalized(request.purchase_order)
         order, key, fingerprint, caller = self._version(document, request.idempotency_key, change=True)
-        command = domain.ChangeOrder(order, document, fingerprint, key, caller)
+        command = domain.ChangeOrder(order, document, fingerprint, key, caller, self._received.of(order.po_id))
         claim = Claim(key, fingerprint) if request.idempotency_key else None
         outcome = await self._run(order.po_id, command, context, claim=claim)
         if domain.releasable(outcome.state):  # a later version waited for this one (a retry releases it too)
@@ -86,7 +88,9 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     ) -> po_service_pb2.CancelPurchaseOrderResponse:
         po_id = mapping.required_po_id(request.po_id)
         reason = mapping.required_text(request.reason, "reason", "a cancellation's reason")
-        command = domain.CancelOrder(po_id, request.version, reason, request.idempotency_key, current_caller().system)
+        caller = current_caller().system
+        received = self._received.of(po_id)
+        command = domain.CancelOrder(po_id, request.version, reason, request.idempotency_key, caller, received)
         claim = Claim(request.idempotency_key, content_sha256(request)) if request.idempotency_key else None
         outcome = await self._run(po_id, command, context, claim=claim)
         stored = outcome.state.version(request.version) if request.version else outcome.state.latest

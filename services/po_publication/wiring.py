@@ -6,9 +6,9 @@ from libs.runtime.access import AccessRule, Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.commands import CommandHandler
 from libs.runtime.follower import StreamFollower
-from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO, SUPPLIER
+from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO, RECEIPT, SUPPLIER
 from services.po_publication import domain
-from services.po_publication.events import on_supplier_event
+from services.po_publication.events import on_receipt_event, on_supplier_event
 from services.po_publication.holds import HeldVersions
 from services.po_publication.servicer import PurchaseOrderServicer
 from services.po_publication.settings import Settings
@@ -50,7 +50,9 @@ def wire(rt: Runtime[Settings]) -> Service:
     holds = HeldVersions(commands, deadlines, rt.exceptions, policy)
     suppliers = domain.SupplierDirectory()
     follower = StreamFollower(rt.js, rt.namespace, "supplier", on_supplier_event(suppliers))
-    servicer = PurchaseOrderServicer(commands, unacknowledged, holds, rt.exceptions, suppliers, policy)
+    received = domain.ReceivedQuantities()
+    receipts = StreamFollower(rt.js, rt.namespace, "receipt", on_receipt_event(received))
+    servicer = PurchaseOrderServicer(commands, unacknowledged, holds, rt.exceptions, suppliers, received, policy)
     return Service(
         grpc_services=[
             GrpcService(
@@ -60,9 +62,10 @@ def wire(rt: Runtime[Settings]) -> Service:
                 access=ACCESS,
             )
         ],
-        streams=(PO, SUPPLIER, EXCEPTION, AUDIT_INBOX),
-        # Suppliers' states are followed from supplier-normalization's events, caught up before serving.
-        startup=[follower.start, read_models.start],
+        streams=(PO, SUPPLIER, RECEIPT, EXCEPTION, AUDIT_INBOX),
+        # Suppliers' states and received quantities are followed from supplier-normalization's and
+        # receipt-reconciliation's events, caught up before serving.
+        startup=[follower.start, receipts.start, read_models.start],
         periodic=[
             (rt.settings.hold_sweep_seconds, holds.expire),
             # Read models notice a lost Valkey (or a failed write) and rebuild from the stream while serving.

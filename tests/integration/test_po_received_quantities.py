@@ -1,0 +1,184 @@
+"""po-publication learns what was received from receipt-reconciliation's events (issue 10, "The PO side").
+
+The receipt events are published here as receipt-reconciliation publishes them (one ``reconciled`` event per
+posted document on ``<ns>.receipt.<po_id>.reconciled``); po-publication never calls that service."""
+
+from __future__ import annotations
+
+import itertools
+from decimal import Decimal
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from google.type import decimal_pb2
+from opentelemetry.trace import NoOpTracer
+
+from libs.runtime.events import Event, EventPublisher, EventReader
+from libs.runtime.testing import running_service
+from services.po_publication.wiring import wire
+from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
+from syncgov.receipt.v1 import events_pb2 as receipt_events
+from syncgov.receipt.v1 import receipt_pb2
+from tests.integration.helpers import PROCUREMENT, message_count, sample_order, status_details
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+PO_ID = "PO-2001"
+PROBE = "PO-PROBE"
+_receipts = itertools.count(1)
+
+
+def version(number: int, line_1: str = "10", *, po_id: str = PO_ID, drop_line_2: bool = False) -> po_pb2.PurchaseOrder:
+    """Line 1 at ``line_1`` EA, line 2 at 2.5 KGM (sample_order's)."""
+    order = sample_order(po_id, quantity=line_1)
+    order.version = number
+    if drop_line_2:
+        del order.lines[1]
+    return order
+
+
+async def publish(stub, order: po_pb2.PurchaseOrder) -> None:
+    await stub.PublishPurchaseOrder(
+        po_service_pb2.PublishPurchaseOrderRequest(purchase_order=order), metadata=PROCUREMENT
+    )
+
+
+async def change(stub, order: po_pb2.PurchaseOrder) -> po_service_pb2.ChangePurchaseOrderResponse:
+    return await stub.ChangePurchaseOrder(
+        po_service_pb2.ChangePurchaseOrderRequest(purchase_order=order), metadata=PROCUREMENT
+    )
+
+
+async def cancel(stub, po_id: str = PO_ID) -> po_service_pb2.CancelPurchaseOrderResponse:
+    return await stub.CancelPurchaseOrder(
+        po_service_pb2.CancelPurchaseOrderRequest(po_id=po_id, reason="no longer needed"), metadata=PROCUREMENT
+    )
+
+
+async def post_receipt(js, namespace, po_id: str, received: dict[int, str], *, fully_received: bool = False) -> None:
+    """The event receipt-reconciliation publishes for one posted document: every PO line it touched, after it."""
+    receipt_id = f"GR-{next(_receipts)}"
+    reconciled = receipt_events.GoodsReceiptReconciled(
+        receipt=receipt_pb2.GoodsReceipt(
+            receipt_id=receipt_id,
+            source_system="erp",
+            po_id=po_id,
+            po_version=1,
+            site_id="DC-HAMBURG",
+            kind=receipt_pb2.RECEIPT_KIND_RECEIPT,
+        ),
+        reconciled_po_version=1,
+        lines=[
+            receipt_pb2.LineReceiptStatus(po_line_number=line, received_quantity=decimal_pb2.Decimal(value=quantity))
+            for line, quantity in received.items()
+        ],
+        purchase_order_fully_received=fully_received,
+    )
+    await EventPublisher(js, namespace, NoOpTracer(), 5).publish(
+        Event(
+            domain="receipt",
+            object_type="goods_receipt",
+            object_key=po_id,
+            object_version=1,
+            name="reconciled",
+            payload=reconciled,
+            idempotency_key=f"erp:goods_receipt:{receipt_id}",
+            source_system="erp",
+            workflow_key=po_id,
+        )
+    )
+
+
+async def until_followed(stub, js, namespace) -> None:
+    """Returns once po-publication has applied every receipt event posted so far, without guessing a delay.
+
+    Receipt events are applied in stream order, so a probe order is fully received last; change orders then lower
+    the probe's line 1 until one is refused. A try that passed only wrote another version of the probe, and the
+    next one lowers it further."""
+    await publish(stub, version(1, po_id=PROBE))
+    await post_receipt(js, namespace, PROBE, {1: "10"})
+    for number in range(2, 1000):
+        try:
+            await change(stub, version(number, str(Decimal(10) - Decimal(number) / 1000), po_id=PROBE))
+        except grpc.aio.AioRpcError as refusal:
+            if reason_of(refusal) != "BELOW_RECEIVED_QUANTITY":
+                raise
+            return
+    pytest.fail("po-publication did not apply the receipt events")
+
+
+def reason_of(error: grpc.aio.AioRpcError) -> str:
+    return next(d.reason for d in status_details(error) if isinstance(d, error_details_pb2.ErrorInfo))
+
+
+def message_of(error: grpc.aio.AioRpcError) -> str:
+    return error.details() or ""
+
+
+def metadata_of(error: grpc.aio.AioRpcError) -> dict[str, str]:
+    return next(dict(d.metadata) for d in status_details(error) if isinstance(d, error_details_pb2.ErrorInfo))
+
+
+async def refused(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as failure:
+        await call
+    assert failure.value.code() == grpc.StatusCode.FAILED_PRECONDITION, failure.value.details()
+    return failure.value
+
+
+async def test_a_change_order_below_what_was_received_is_refused_and_writes_nothing(po_service, js):
+    running, stub, _ = po_service
+    namespace = running.runtime.namespace
+    await publish(stub, version(1))
+    await post_receipt(js, namespace, PO_ID, {1: "4"})
+    await post_receipt(js, namespace, PO_ID, {1: "6", 2: "0.5"})  # cumulative figures: 6 on line 1 now
+    await until_followed(stub, js, namespace)
+
+    events_before = await message_count(js, namespace, "po")
+    error = await refused(change(stub, version(2, "5")))
+    assert reason_of(error) == "BELOW_RECEIVED_QUANTITY"
+    metadata = metadata_of(error)
+    assert (metadata["line"], metadata["received"], metadata["quantity"]) == ("1", "6", "5")
+    assert PO_ID in message_of(error)
+    assert "line 1 to 5 with 6 received" in message_of(error)
+    removed = await refused(change(stub, version(2, drop_line_2=True)))
+    assert "line 2 removed with 0.5 received" in message_of(removed)
+    assert await message_count(js, namespace, "po") == events_before, "a refused change order writes nothing"
+
+    assert (await change(stub, version(2, "6"))).version == 2, "down to exactly what was received"
+    assert (await change(stub, version(3, "12"))).version == 3, "raised above what was received"
+    history = await EventReader(js, namespace).history("po", PO_ID)
+    assert [e.subject.rsplit(".", 1)[-1] for e in history] == ["published", "changed", "changed"]
+
+
+async def test_a_fully_received_order_cannot_be_cancelled_a_partly_received_one_can(po_service, js):
+    running, stub, _ = po_service
+    namespace = running.runtime.namespace
+    await publish(stub, version(1))
+    await publish(stub, version(1, po_id="PO-2002"))
+    await post_receipt(js, namespace, PO_ID, {1: "10", 2: "2.5"}, fully_received=True)
+    await post_receipt(js, namespace, "PO-2002", {1: "10"})
+    await until_followed(stub, js, namespace)
+
+    events_before = await message_count(js, namespace, "po")
+    error = await refused(cancel(stub))
+    assert reason_of(error) == "FULLY_RECEIVED"
+    assert PO_ID in message_of(error)
+    assert await message_count(js, namespace, "po") == events_before
+    assert (await cancel(stub, "PO-2002")).version == 2, "line 2 is still open: the rest may be cancelled"
+
+
+async def test_the_received_quantities_are_rebuilt_from_the_stream_when_the_service_starts(po_settings, js):
+    async with running_service(po_settings, wire) as (running, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        namespace = running.runtime.namespace
+        await publish(stub, version(1))
+        await post_receipt(js, namespace, PO_ID, {1: "10", 2: "2.5"}, fully_received=True)
+        await until_followed(stub, js, namespace)
+        assert reason_of(await refused(cancel(stub))) == "FULLY_RECEIVED"
+
+    # A new instance answers nothing before it has read the receipt stream: no waiting here.
+    async with running_service(po_settings, wire) as (_, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        assert reason_of(await refused(change(stub, version(2, "9")))) == "BELOW_RECEIVED_QUANTITY"
+        assert reason_of(await refused(cancel(stub))) == "FULLY_RECEIVED"
