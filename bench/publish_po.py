@@ -1,4 +1,5 @@
-"""Benchmark: the governed PublishPurchaseOrder path beside two raw baselines, in one run.
+"""Benchmark: the governed write paths (PublishPurchaseOrder, ChangePurchaseOrder, PostGoodsReceipt) beside
+two raw baselines, in one run.
 
     make bench                      # or: .venv/bin/python bench/publish_po.py --seconds 8
 
@@ -8,6 +9,10 @@ Scenarios, each at concurrency 1 and 64, against servers this script starts:
   governed-change       a change order (v2) of an order this service published: its folded state is cached
   governed-change-cold  a change order of an order another replica published: the state is folded from the
                         stream first (what every change cost before states were cached)
+  governed-receipt      a goods receipt (one line, part of the ordered quantity) posted by the ERP against an
+                        order published beforehand, through receipt-reconciliation as its own process: edge
+                        (incl. the site check) -> validate -> the order's newest PO event (one direct get) ->
+                        the document index (Valkey) -> decide -> JetStream publish with ack -> index write
   raw-composite  a bare grpc.aio handler: one Valkey SET NX + one JetStream publish with ack
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
 Prints RPS, p50 and p99 per scenario and the governed/raw-composite ratio. Figures only:
@@ -33,8 +38,10 @@ from pathlib import Path
 import grpc
 import nats
 import uvloop
+from google.type import decimal_pb2
 
 from syncgov.po.v1 import po_pb2, po_service_pb2
+from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -170,8 +177,18 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
                 env={**env, "SYNCGOV_GRPC_PORT": str(replica_port)},
             )
         )
+        # receipt-reconciliation in the same namespace: it reads the orders po-publication publishes.
+        receipt_port = free_port()
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "services.receipt_reconciliation"],
+                cwd=ROOT,
+                env={**env, "SYNCGOV_GRPC_PORT": str(receipt_port)},
+            )
+        )
         await wait_serving(f"127.0.0.1:{service_port}")
         await wait_serving(f"127.0.0.1:{replica_port}")
+        await wait_serving(f"127.0.0.1:{receipt_port}")
         await wait_port(raw_port)
 
         template = sample_order("BENCH")
@@ -251,6 +268,29 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
 
         governed_change, governed_change_cold = changing(published, True), changing(published_elsewhere, False)
 
+        receipt_channel = grpc.aio.insecure_channel(f"127.0.0.1:{receipt_port}")
+        post_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = receipt_channel.unary_unary(
+            "/syncgov.receipt.v1.ReceiptReconciliationService/PostGoodsReceipt"
+        )
+        erp = (("x-syncgov-system", "erp"),)
+        receivable: collections.deque[int] = collections.deque()  # orders published for the receipt scenario
+
+        async def governed_receipt(n: int) -> object:
+            if not receivable:
+                raise RuntimeError("the receipt scenario ran out of published orders")
+            document = receipt_pb2.GoodsReceipt(
+                receipt_id=f"GR-{run_id}-{n}",
+                po_id=f"PO-{run_id}-{receivable.popleft()}",
+                po_version=1,
+                site_id=template.ship_to_site,
+                kind=receipt_pb2.RECEIPT_KIND_RECEIPT,
+            )
+            document.lines.add(
+                line_number=1, po_line_number=1, quantity=decimal_pb2.Decimal(value="4"), unit_of_measure="EA"
+            )
+            request = receipt_service_pb2.PostGoodsReceiptRequest(receipt=document).SerializeToString()
+            return await post_call(request, metadata=erp)
+
         async def raw_composite(n: int) -> object:
             return await raw_call(payload)
 
@@ -262,6 +302,7 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
             "governed": governed,
             "governed-change": governed_change,
             "governed-change-cold": governed_change_cold,
+            "governed-receipt": governed_receipt,
             "raw-composite": raw_composite,
             "raw-publish": raw_publish,
         }
@@ -274,6 +315,7 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
                     "governed": processes[0].pid,
                     "governed-change": processes[0].pid,
                     "governed-change-cold": processes[0].pid,
+                    "governed-receipt": processes[3].pid,
                     "raw-composite": processes[1].pid,
                 }.get(name)
                 # Enough orders to change for the warm-up and the measured time, published beforehand.
@@ -282,7 +324,9 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
                     await fill(published, publish_call, needed)
                 elif name == "governed-change-cold":
                     await fill(published_elsewhere, replica_publish, needed)
-                if name.startswith("governed-change"):
+                elif name == "governed-receipt":
+                    await fill(receivable, publish_call, needed)
+                if name.startswith(("governed-change", "governed-receipt")):
                     await asyncio.sleep(3.0)  # let the servers finish the fill's background work first
                 pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
                 pids["server"] = server or os.getpid()
@@ -290,6 +334,7 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
                 results[(name, concurrency)] = await measure(call, concurrency, seconds, pids)
         await service_channel.close()
         await replica_channel.close()
+        await receipt_channel.close()
         await raw_channel.close()
         await nc.drain()
         report(results, concurrencies, seconds, sync_always, len(payload))
@@ -311,7 +356,14 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
         f"   CPU us/request: {'server':>7}{'nats':>7}{'valkey':>7}{'client':>7}"
     )
     for concurrency in concurrencies:
-        for name in ("governed", "governed-change", "governed-change-cold", "raw-composite", "raw-publish"):
+        for name in (
+            "governed",
+            "governed-change",
+            "governed-change-cold",
+            "governed-receipt",
+            "raw-composite",
+            "raw-publish",
+        ):
             r = results[(name, concurrency)]
             server = "-" if name == "raw-publish" else f"{r['cpu_us_server']:.0f}"
             print(
@@ -323,6 +375,7 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
         governed = results[("governed", concurrency)]["rps"]
         change = results[("governed-change", concurrency)]["rps"]
         cold = results[("governed-change-cold", concurrency)]["rps"]
+        receipt = results[("governed-receipt", concurrency)]["rps"]
         composite = results[("raw-composite", concurrency)]["rps"]
         publish = results[("raw-publish", concurrency)]["rps"]
         print(
@@ -333,6 +386,7 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
             f"ratio at concurrency {concurrency}: governed/raw-composite = {governed / composite:.0%}, "
             f"governed/raw-publish = {governed / publish:.0%}"
         )
+        print(f"ratio at concurrency {concurrency}: governed-receipt/raw-composite = {receipt / composite:.0%}")
 
 
 if __name__ == "__main__":
