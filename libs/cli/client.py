@@ -117,9 +117,9 @@ def connection_options(
     return decorate
 
 
-def explain_rpc_error(error: grpc.aio.AioRpcError) -> tuple[str, int]:
-    """A readable line and the exit code for a failed call."""
+def explain_rpc_error(error: grpc.aio.AioRpcError, peer: str = "the control plane") -> tuple[str, int]:
+    """A readable line and the exit code for a failed call to ``peer``."""
     code = error.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return f"cannot reach the control plane: {error.details()}", EXIT_UNREACHABLE
+        return f"cannot reach {peer}: {error.details()}", EXIT_UNREACHABLE
     return f"{code.name}: {error.details()}", EXIT_NO
