@@ -3,8 +3,10 @@
 Suppliers from procurement and the ERP become one golden record (the ERP's bank account wins, as
 the policy says); a purchase order is published, changed, receives a version out of order (held,
 then applied), the ERP tries to publish its own change order (refused and audited), acknowledges an
-old version (not enough) and then the latest. Every step states what should happen and what did; the exit
-code is 0 only when all of them held.
+old version (not enough) and then the latest. Then the warehouse: procurement lowers the order, and a goods
+receipt prepared from the superseded version, with its old quantity, is caught (reconciled against the current
+version, findings raised as exceptions) and the order's receiving status is shown line by line. Every step
+states what should happen and what did; the exit code is 0 only when all of them held.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from typing import Annotated
 import grpc
 import typer
 from google.protobuf import timestamp_pb2
+from google.type import decimal_pb2
 from rich.table import Table
 
 from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, stub
-from libs.cli.components import DEFAULT_GRPC_PORT_BASE
+from libs.cli.components import COMPONENTS, DEFAULT_GRPC_PORT_BASE
 from libs.cli.output import make_console
+from libs.cli.receipts_cmd import finding_name, findings_table, status_table
 from libs.cli.samples import purchase_order
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
@@ -30,6 +34,9 @@ from syncgov.controlplane.v1 import controlplane_service_pb2_grpc as cp_rpc
 from syncgov.po.v1 import po_pb2
 from syncgov.po.v1 import po_service_pb2 as po
 from syncgov.po.v1 import po_service_pb2_grpc as po_rpc
+from syncgov.receipt.v1 import receipt_pb2
+from syncgov.receipt.v1 import receipt_service_pb2 as gr
+from syncgov.receipt.v1 import receipt_service_pb2_grpc as gr_rpc
 from syncgov.supplier.v1 import supplier_pb2
 from syncgov.supplier.v1 import supplier_service_pb2 as sp
 from syncgov.supplier.v1 import supplier_service_pb2_grpc as sp_rpc
@@ -39,14 +46,18 @@ console = make_console()
 
 HELP = (
     "Drive one procurement-to-ERP story through a running stack and check every step.\n\n"
-    "It needs the stack `syncgov up` starts: control-plane, supplier-normalization and po-publication on "
-    "consecutive ports from --grpc-port-base, in development mode (no SYNCGOV_CALLER_TOKENS, no mTLS), as the demo "
-    "names each caller's system in x-syncgov-system. Every run uses fresh ids, so it can be repeated.\n\n"
+    "It needs the stack `syncgov up` starts: control-plane, supplier-normalization, po-publication and "
+    "receipt-reconciliation on consecutive ports from --grpc-port-base, in development mode "
+    "(no SYNCGOV_CALLER_TOKENS, no mTLS), as the demo names each caller's system in x-syncgov-system. "
+    "Every run uses fresh ids, so it can be repeated.\n\n"
     "The story: supplier records from procurement and the ERP become one golden record (the ERP's bank "
     "account wins); a VAT number with a wrong check digit is flagged; a purchase order is published, "
     "changed, and receives version 4 before 3 (held, then applied); the ERP's own change order is refused "
     "(PERMISSION_DENIED); the ERP acknowledges version 2 (not the latest), then version 4; the order's "
-    "audit trail is read back.\n\n"
+    "audit trail is read back. Then the warehouse: procurement lowers line 1 (version 5); wms-east, which serves "
+    "DC-EAST only, is refused a receipt for DC-HAMBURG (PERMISSION_DENIED); the ERP posts a goods receipt prepared "
+    "from version 4 with its old quantity, and it is caught: recorded, reconciled against version 5, findings "
+    "superseded_version and over_receipt raised as exceptions; the order's receiving status is printed per line.\n\n"
     "Exit 0 when every step held, 1 when one did not, 3 when the stack cannot be reached."
 )
 
@@ -84,8 +95,35 @@ def _order(po_id: str, supplier_id: str, version: int, quantity: str) -> po_pb2.
     return purchase_order(po_id, version, quantity, supplier_id, approved, "demo")
 
 
-def run_scenario(host: str, base: int, run_id: str) -> list[Step]:
+def _goods_receipt(receipt_id: str, po_id: str, version: int, site: str, quantity: str) -> gr.PostGoodsReceiptRequest:
+    """A receipt of line 1 as the warehouse prepared it: from ``version`` of the order, in each (EA)."""
+    return gr.PostGoodsReceiptRequest(
+        receipt=receipt_pb2.GoodsReceipt(
+            receipt_id=receipt_id,
+            po_id=po_id,
+            po_version=version,
+            site_id=site,
+            kind=receipt_pb2.RECEIPT_KIND_RECEIPT,
+            lines=[
+                receipt_pb2.GoodsReceiptLine(
+                    line_number=1,
+                    po_line_number=1,
+                    quantity=decimal_pb2.Decimal(value=quantity),
+                    unit_of_measure="EA",
+                )
+            ],
+        )
+    )
+
+
+def _port(base: int, name: str) -> int:
+    return next(c for c in COMPONENTS if c.name == name).grpc_port(base)
+
+
+def run_scenario(host: str, base: int, run_id: str, shown: list[Table] | None = None) -> list[Step]:
+    """Run the story; every step is checked and returned, the tables worth reading go to ``shown``."""
     steps: list[Step] = []
+    tables = shown if shown is not None else []
 
     def check(name: str, expected: str, actual: str, ok: bool) -> None:
         steps.append(Step(name, expected, actual, ok))
@@ -93,6 +131,10 @@ def run_scenario(host: str, base: int, run_id: str) -> list[Step]:
     suppliers = stub(sp_rpc.SupplierNormalizationServiceStub, grpc.insecure_channel(f"{host}:{base + 1}"))
     orders = stub(po_rpc.PurchaseOrderServiceStub, grpc.insecure_channel(f"{host}:{base + 2}"))
     control = stub(cp_rpc.ControlPlaneServiceStub, grpc.insecure_channel(f"{host}:{base}"))
+    receipts = stub(
+        gr_rpc.ReceiptReconciliationServiceStub,
+        grpc.insecure_channel(f"{host}:{_port(base, 'receipt-reconciliation')}"),
+    )
 
     vat = "DE136695976"
     procurement = suppliers.SubmitSupplierRecord(
@@ -218,6 +260,65 @@ def run_scenario(host: str, base: int, run_id: str) -> list[Step]:
         ", ".join(actions),
         actions.count("procurement:write") == 5 and "erp:refusal" in actions and actions.count("erp:write") == 2,
     )
+
+    # The warehouse: Hamburg prepared its receiving for version 4 (20 EA); procurement has lowered the order since.
+    lowered = orders.ChangePurchaseOrder(
+        po.ChangePurchaseOrderRequest(purchase_order=_order(po_id, golden.supplier_id, 5, "12")),
+        metadata=_as("procurement"),
+    )
+    check(
+        "procurement lowers line 1 to 12",
+        "version 5, quantity of line 1 changed",
+        f"version {lowered.version}, lines {list(lowered.changes.quantity_changed_line_numbers)}",
+        lowered.version == 5 and list(lowered.changes.quantity_changed_line_numbers) == [1],
+    )
+    try:
+        receipts.PostGoodsReceipt(
+            _goods_receipt(f"WMS-{run_id}", po_id, 5, "DC-HAMBURG", "12"), metadata=_as("wms-east")
+        )
+        elsewhere = "accepted"
+    except grpc.RpcError as error:
+        elsewhere = error.code().name
+    check(
+        "wms-east posts a receipt for DC-HAMBURG",
+        "PERMISSION_DENIED (it serves DC-EAST only)",
+        elsewhere,
+        elsewhere == "PERMISSION_DENIED",
+    )
+    receipt_id = f"GR-{run_id}"
+    posted = receipts.PostGoodsReceipt(_goods_receipt(receipt_id, po_id, 4, "DC-HAMBURG", "20"), metadata=_as("erp"))
+    found = [(finding_name(f.type), f.po_line_number) for f in posted.findings]
+    check(
+        "the ERP receives 20, prepared from v4",
+        "recorded against v5; superseded_version, over_receipt, 2 exception(s) raised",
+        f"recorded against v{posted.reconciled_po_version}; {', '.join(name for name, _ in found) or 'no finding'}, "
+        f"{sum(1 for f in posted.findings if f.exception_id)} exception(s) raised",
+        posted.reconciled_po_version == 5
+        and found == [("superseded_version", 0), ("over_receipt", 1)]
+        and all(posted.exception_ids)
+        and list(posted.exception_ids) == [f.exception_id for f in posted.findings],
+    )
+    tables.append(findings_table(f"findings of erp/{receipt_id} (each raised as an exception)", posted.findings))
+    receiving = receipts.GetPurchaseOrderReceiptStatus(
+        gr.GetPurchaseOrderReceiptStatusRequest(po_id=po_id), metadata=_as("procurement")
+    )
+    line = receiving.lines[0] if receiving.lines else None
+    figures = (
+        f"version {receiving.po_version}: ordered {line.ordered_quantity.value}, received "
+        f"{line.received_quantity.value}, open {line.open_quantity.value} {line.unit_of_measure}"
+        if line is not None
+        else f"version {receiving.po_version}, no lines"
+    )
+    check(
+        "receiving status of the order",
+        "version 5: ordered 12, received 20, open -8 EA; 1 document",
+        f"{figures}; {receiving.documents} document(s)",
+        line is not None
+        and receiving.po_version == 5
+        and (line.ordered_quantity.value, line.received_quantity.value, line.open_quantity.value) == ("12", "20", "-8")
+        and receiving.documents == 1,
+    )
+    tables.append(status_table(po_id, receiving))
     return steps
 
 
@@ -229,8 +330,9 @@ def demo(
 ) -> None:
     """Drive one procurement-to-ERP story through a running stack and check every step."""
     run_id = datetime.now(UTC).strftime("%Y%m%d%H%M%S")
+    shown: list[Table] = []
     try:
-        steps = run_scenario(host, grpc_port_base, run_id)
+        steps = run_scenario(host, grpc_port_base, run_id, shown)
     except grpc.RpcError as error:
         console.print(f"[red]the stack did not answer as expected: {error.code().name}: {error.details()}[/red]")
         raise typer.Exit(EXIT_UNREACHABLE if error.code() == grpc.StatusCode.UNAVAILABLE else EXIT_NO) from None
@@ -240,6 +342,8 @@ def demo(
     for step in steps:
         table.add_row("[green]ok[/green]" if step.ok else "[red]FAIL[/red]", step.name, step.expected, step.actual)
     console.print(table)
+    for exhibit in shown:
+        console.print(exhibit)
     failed = [s for s in steps if not s.ok]
     console.print(f"{len(steps) - len(failed)} of {len(steps)} steps as expected")
     raise typer.Exit(EXIT_NO if failed else EXIT_OK)

@@ -11,6 +11,7 @@ import asyncio
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -35,6 +36,7 @@ from libs.runtime.probe import health_status, reflected_services
 from libs.runtime.telemetry import DURATION_BUCKETS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
+UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
 def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
@@ -218,12 +220,51 @@ def test_demo_scenario_runs_clean_against_the_stack(stack, otlp_receiver):
     assert summary
     done, _, total = summary[0].split()[:3]
     assert done == total
-    assert int(total) >= 10
+    assert int(total) >= 15
+    _assert_the_warehouse_step_was_caught(result.stdout, po_port - 2)
 
     components = existing_components()
     _assert_rpc_durations_read_right(components, metrics_port - 2)
     _assert_one_trace_from_grpc_through_nats_to_a_consumer(receiver)
     _assert_no_error_logged(data_dir / "logs", [c.name for c in components])
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "libs.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "COLUMNS": "220"},
+    )
+
+
+def _assert_the_warehouse_step_was_caught(output: str, base: int) -> None:
+    """The receipt prepared from version 4 was reconciled against 5, its findings raised, and the CLI reads it back."""
+    run_id = re.search(r"syncgov demo (\d+)", output)
+    assert run_id, output
+    po_id, receipt = f"PO-DEMO-{run_id[1]}", f"erp/GR-{run_id[1]}"
+    assert "the ERP receives 20, prepared from v4" in output
+    exception_ids = {}
+    for finding, line in (("superseded_version", r"\(document\)"), ("over_receipt", "1")):
+        found = re.search(rf"│ {finding} +│ {line} +│ ({UUID}) +│", output)
+        assert found, f"no {finding} with its exception id in the demo's findings table:\n{output}"
+        exception_ids[finding] = found[1]
+    assert f"receipts of {po_id} at version 5" in output
+
+    address = (
+        f"127.0.0.1:{next(c for c in existing_components() if c.name == 'receipt-reconciliation').grpc_port(base)}"
+    )
+    status = _cli("receipts", "status", po_id, "--address", address)
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert f"receipts of {po_id} at version 5" in status.stdout
+    assert re.search(r"│ 1 +│ 12 +│ 20 +│ 0 +│ 0 +│ -8 +│ EA +│ yes +│", status.stdout), status.stdout
+    listed = _cli("receipts", "findings", "--finding", "superseded_version", "--address", address)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    assert receipt in listed.stdout
+    assert exception_ids["superseded_version"] in listed.stdout
+    assert exception_ids["over_receipt"] in listed.stdout
 
 
 def _scrape(port: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from google.type import decimal_pb2
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -22,6 +23,8 @@ from libs.cli.main import (
     status_exit_code,
     status_table,
 )
+from libs.cli.receipts_cmd import status_table as receipt_status_table
+from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2
 
 ROOT = Path(__file__).resolve().parents[3]
 LONG_LOG = "/var/lib/a-rather-long-data-directory/for/the/local/stack/logs/supplier-normalization.log"
@@ -109,6 +112,8 @@ def test_demo_help_describes_the_command_it_is():
     assert "--grpc-port-base" in result.stdout
     assert "PERMISSION_DENIED" in result.stdout
     assert "Exit 0 when every step held" in result.stdout
+    assert "receipt-reconciliation" in result.stdout
+    assert "superseded_version" in result.stdout
 
 
 def test_connection_options_are_on_every_command_that_calls_a_service():
@@ -123,3 +128,46 @@ def test_connection_options_are_on_every_command_that_calls_a_service():
     suppliers = runner.invoke(app, ["suppliers", "import", "--help"], env={"COLUMNS": "200"}).stdout
     assert "SYNCGOV_SUPPLIER_ADDR" in suppliers
     assert "--cert" in suppliers
+    for receipts in ("status", "findings"):
+        shown = runner.invoke(app, ["receipts", receipts, "--help"], env={"COLUMNS": "200"}).stdout
+        for option in ("--address", "--system", "--token", "--cert", "--key", "--ca", "SYNCGOV_RECEIPT_ADDR"):
+            assert option in shown, (receipts, option)
+        assert "127.0.0.1:50053" in shown, "receipt-reconciliation's default port"
+
+
+def test_receipt_status_prints_decimals_as_given_and_a_line_the_order_lacks_without_figures():
+    answer = receipt_service_pb2.GetPurchaseOrderReceiptStatusResponse(
+        po_version=3,
+        cancelled=True,
+        documents=4,
+        lines=[
+            receipt_pb2.LineReceiptStatus(
+                po_line_number=1,
+                ordered_quantity=decimal_pb2.Decimal(value="0.1"),
+                received_quantity=decimal_pb2.Decimal(value="0.30"),
+                returned_quantity=decimal_pb2.Decimal(value="0.000001"),
+                open_quantity=decimal_pb2.Decimal(value="-0.20"),
+                unit_of_measure="KGM",
+                fully_received=True,
+            ),
+            receipt_pb2.LineReceiptStatus(
+                po_line_number=7, received_quantity=decimal_pb2.Decimal(value="12"), unit_of_measure="EA"
+            ),
+        ],
+    )
+    wide = Console(width=200, record=True, file=io.StringIO())
+    wide.print(receipt_status_table("PO-9", answer))
+    text = wide.export_text()
+    assert "receipts of PO-9 at version 3: cancelled, fully received no, 4 document(s)" in text
+    assert "ordered (v3)" in text
+    rows = {cells[0]: cells for cells in _rows(text)}
+    assert rows["1"] == ["1", "0.1", "0.30", "0.000001", "0", "-0.20", "KGM", "yes"]
+    assert rows["7"] == ["7", "-", "12", "0", "0", "-", "EA", "no"]
+
+
+def _rows(text: str) -> list[list[str]]:
+    return [
+        [cell.strip() for cell in line.strip().strip("│").split("│")]
+        for line in text.splitlines()
+        if line.startswith("│")
+    ]
