@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 ReceivingCommands = CommandHandler[domain.ReceivingState, domain.ReceivingEvent]
 
+BUILT = "built"  # a field of the documents hash
 TAIL_ON_START = 1_000  # events projected again at start (more than can be in flight)
 _BYTES_PER_LINE = 1_200  # a document line, its figures and its contract form, measured the way po-publication's is
 
@@ -62,12 +63,12 @@ return 1
 """
 
 # One page of documents with findings, newest first, by keyset (score, document key) after the cursor.
-# KEYS: findings, finding entries, meta. ARGV: cursor score ('' from the newest), cursor member, page size + 1,
+# KEYS: findings, finding entries, documents. ARGV: cursor score ('' from the newest), cursor member, page size + 1,
 # site ('' any), finding type ('' any), newest score allowed ('+inf' any), most entries examined.
 # Answers {built, examined-to score, examined-to member, entry...}: when the examination limit ends a page
 # early the cursor still moves on, so a filter that matches rarely never makes one call scan everything.
 _PAGE = """
-if not redis.call('HGET', KEYS[3], 'built') then return {0} end
+if not redis.call('HGET', KEYS[3], 'built') then return {0} end  -- the documents hash says it is built
 local want, limit = tonumber(ARGV[3]), tonumber(ARGV[7])
 local high = ARGV[6]
 local after_score = nil
@@ -143,8 +144,9 @@ def _score(posted_at: datetime) -> str:
 class ReceiptIndex:
     """Two read models written together per event: the document index (document key -> ``sequence|po id``, for
     GetGoodsReceipt and for a document id reused against another order) and the documents with findings (a
-    sorted set by posting time and an entry per document). ``:meta`` holds ``built`` and the highest sequence
-    applied. No TTL: both are rebuilt from the stream whenever ``built`` is missing or a write failed."""
+    sorted set by posting time and an entry per document). The documents hash also holds the field ``built``
+    (never a document key: those hold a ``/``), so a posting's check is one HMGET; ``:meta`` holds the highest
+    sequence applied. No TTL: both are rebuilt from the stream whenever ``built`` is missing or a write failed."""
 
     def __init__(self, redis: Redis, key: str) -> None:
         self._redis = redis
@@ -196,10 +198,7 @@ class ReceiptIndex:
 
     async def order_of(self, document_key: str) -> str | None:
         """The order a document was recorded against, or None; raises ReadModelRebuilding while it is rebuilt."""
-        pipeline = self._redis.pipeline(transaction=False)
-        pipeline.hget(self.meta, "built")
-        pipeline.hget(self._documents, document_key)
-        built, indexed = await pipeline.execute()
+        built, indexed = await self._redis.hmget(self._documents, [BUILT, document_key])
         if not built:
             raise ReadModelRebuilding("the receipt index is being rebuilt from the stream")
         return _text(indexed).partition("|")[2] if indexed else None
@@ -212,7 +211,7 @@ class ReceiptIndex:
         score, member = after or ("", "")
         newest = _score(where.posted_before) if where.posted_before is not None else "+inf"
         raw = await self._page(
-            keys=[self._findings, self._entries, self.meta],
+            keys=[self._findings, self._entries, self._documents],
             args=[score, member, count + 1, where.site_id, where.finding, newest, examine],
         )
         if not raw or not int(raw[0]):
@@ -236,7 +235,10 @@ class ReceiptIndex:
         return listed, stopped_at if stopped_at[1] else None
 
     async def built(self) -> bool:
-        return bool(await self._redis.hget(self.meta, "built"))
+        return bool(await self._redis.hget(self._documents, BUILT))
+
+    def mark_built(self, pipeline: Pipeline) -> None:
+        pipeline.hset(self._documents, BUILT, "1")
 
 
 def _score_of(entry: dict[str, object]) -> str:
@@ -287,7 +289,7 @@ class ReadModels:
                 count += 1
                 if count % 1_000 == 0:
                     await pipeline.execute()
-            pipeline.hset(self.index.meta, "built", "1")
+            self.index.mark_built(pipeline)
             await pipeline.execute()
             log.info("receipt index rebuilt from %s events", count)
         except Exception:
