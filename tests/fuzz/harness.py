@@ -1,8 +1,10 @@
 """Runs one input against a real service and checks the invariants the fuzz holds every service to.
 
-Per input: the status is never INTERNAL, UNKNOWN or DEADLINE_EXCEEDED (under a generous deadline);
+Per input: the status is never INTERNAL, UNKNOWN or DEADLINE_EXCEEDED (under a generous deadline); an
+INVALID_ARGUMENT names at least one field violation (google.rpc.BadRequest), unless the body did not decode;
 a refused request (any status but OK) adds nothing to the component's domain streams (the exception
-and audit streams may grow: refusals are reported and audited); the health service answers SERVING
+and audit streams may grow: refusals are reported and audited); no request makes the streams grow by more
+than :data:`WRITE_FACTOR` times its size (at least :data:`WRITE_FLOOR`); the health service answers SERVING
 within a second while a slow call is in flight, and every :data:`HEALTH_EVERY` inputs. A raw body
 that does not decode as the request message is INVALID_ARGUMENT.
 
@@ -29,7 +31,9 @@ import grpc
 import nats
 from google.protobuf import text_format
 from google.protobuf.message import DecodeError, Message
+from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
 from hypothesis import strategies as st
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
@@ -60,6 +64,10 @@ NOTABLE = frozenset(
 )
 # Streams a refused request may grow: exceptions are raised and refusals audited.
 MAY_GROW = frozenset(spec.domain for spec in (EXCEPTION, AUDIT_INBOX, AUDIT))
+# What one request may make the streams grow by (events, exceptions and audit records together): the request
+# carried as an event and as evidence a few times over is fine, a multiple of it per line is not.
+WRITE_FACTOR = 64
+WRITE_FLOOR = 1024 * 1024
 SYSTEM_HEADER = "x-syncgov-system"
 MAX_REQUEST_BYTES = int(RuntimeSettings.model_fields["max_message_bytes"].default)
 REQUEST_BUDGET = MAX_REQUEST_BYTES * 9 // 10  # requests stay below the services' gRPC limit
@@ -211,6 +219,10 @@ class Target:
         self._health: Any = health_pb2_grpc.HealthStub(channel)  # the typing stubs declare no methods
         self._watched = [self.namespace.stream(s.domain) for s in ALL_STREAMS if s.domain not in MAY_GROW]
         self._watched.append(f"KV_{self.namespace.root}_policy")
+        self._streams = [
+            *self._watched,
+            *(self.namespace.stream(s.domain) for s in ALL_STREAMS if s.domain in MAY_GROW),
+        ]
         self.errors = ServerErrors()
 
     # calls
@@ -242,9 +254,14 @@ class Target:
     # strategies
 
     def requests(self, rpc: Rpc) -> st.SearchStrategy[Message]:
-        return self.strategies.requests(
-            rpc.method.input_type, self.seeds.requests.get(rpc.method.input_type.full_name, ())
-        )
+        name = rpc.method.input_type.full_name
+        built = self.strategies.requests(rpc.method.input_type, self.seeds.requests.get(name, ()))
+        structured = self.seeds.strategies.get(name, [])
+        if not structured:
+            return built
+        # Half and half (st.one_of would flatten ``built``'s own branches and give each structured one a share).
+        either = st.one_of(*structured)
+        return st.booleans().flatmap(lambda use_structured: either if use_structured else built)
 
     def raw_requests(self, rpc: Rpc) -> st.SearchStrategy[bytes]:
         seeds = [m.SerializeToString() for m in self.seeds.requests.get(rpc.method.input_type.full_name, ())]
@@ -254,7 +271,7 @@ class Target:
         """Mostly a system the policy lets make the call (for a report: the source the request names)."""
         policy = self.running.runtime.policy.current
         rule = access_rules(self.component).get(rpc.method.name)
-        preferred = preferred_systems(rule, policy) or sorted(policy.systems)
+        preferred = self.seeds.systems.get(rpc.method.name) or preferred_systems(rule, policy) or sorted(policy.systems)
         if isinstance(rule, Report) and request is not None:
             try:
                 source = resolve(request, rule.source)
@@ -272,15 +289,18 @@ class Target:
 
     # invariants
 
-    async def sequences(self) -> dict[str, int]:
-        async def last(stream: str) -> int:
-            try:
-                return int((await self.js.stream_info(stream)).state.last_seq)
-            except NotFoundError:
-                return -1
+    async def volumes(self) -> dict[str, tuple[int, int]]:
+        """(last sequence, bytes held) of every stream of the component's namespace."""
 
-        values = await asyncio.gather(*(last(stream) for stream in self._watched))
-        return dict(zip(self._watched, values, strict=True))
+        async def state(stream: str) -> tuple[int, int]:
+            try:
+                info = (await self.js.stream_info(stream)).state
+            except NotFoundError:
+                return -1, 0
+            return int(info.last_seq), int(info.bytes)
+
+        values = await asyncio.gather(*(state(stream) for stream in self._streams))
+        return dict(zip(self._streams, values, strict=True))
 
     async def health(self) -> str | None:
         """None when SERVING within HEALTH_TIMEOUT, else what went wrong."""
@@ -297,7 +317,8 @@ class Target:
         raw = isinstance(body, bytes)
         callable_ = self._callable(rpc.path, raw, rpc.response_class())
         metadata = () if system is None else ((SYSTEM_HEADER, system),)
-        before = await self.sequences()
+        volumes = await self.volumes()
+        before = {stream: last for stream, (last, _) in volumes.items() if stream in self._watched}
         self.errors.records.clear()
         task = asyncio.ensure_future(callable_(body, metadata=metadata, timeout=CALL_TIMEOUT))
         slow_health: str | None = None
@@ -307,11 +328,16 @@ class Target:
             if problem is not None:
                 slow_health = f"{problem} while {rpc.method.name} was in flight"
         code, details = grpc.StatusCode.OK, ""
+        violations: int | None = None  # field violations of an INVALID_ARGUMENT (None: no BadRequest at all)
         try:
             await task
         except grpc.aio.AioRpcError as error:
             code, details = error.code(), error.details() or ""
-        after = await self.sequences()
+            if code == grpc.StatusCode.INVALID_ARGUMENT:
+                violations = _field_violations(error)
+        volumes_after = await self.volumes()
+        after = {stream: last for stream, (last, _) in volumes_after.items() if stream in self._watched}
+        written = sum(max(0, volumes_after[stream][1] - volumes[stream][1]) for stream in volumes)
         self.inputs += 1
         (RECORD.raw_statuses if raw else RECORD.statuses)[rpc.name][code.name] += 1
 
@@ -327,11 +353,37 @@ class Target:
             fail("refused request wrote", f"{details[:200]} — streams grew (last seq before, after): {grown}")
         if raw and code not in FORBIDDEN | {grpc.StatusCode.INVALID_ARGUMENT} and not _decodes(rpc, body):
             fail("undecodable body not INVALID_ARGUMENT")
+        if code == grpc.StatusCode.INVALID_ARGUMENT and not violations and (not raw or _decodes(rpc, body)):
+            fail("INVALID_ARGUMENT without field violations", f"{details[:200]} — BadRequest: {violations}")
+        size = len(body) if isinstance(body, bytes) else body.ByteSize()
+        if written > max(WRITE_FLOOR, WRITE_FACTOR * size):
+            grew = {
+                name: volumes_after[name][1] - volumes[name][1]
+                for name in volumes
+                if volumes_after[name][1] != volumes[name][1]
+            }
+            fail("writes out of proportion", f"a {size}-byte request made the streams grow by {written} bytes: {grew}")
         if slow_health is not None:
             fail("health during a slow call", slow_health)
         if self.inputs % HEALTH_EVERY == 0 and (problem := await self.health()) is not None:
             fail("not SERVING", problem)
         return code
+
+
+def _field_violations(error: grpc.aio.AioRpcError) -> int | None:
+    """How many field violations the google.rpc.Status of an error carries; None when it carries no BadRequest."""
+    try:
+        status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    except ValueError:
+        return None
+    if status is None:
+        return None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            return len(bad_request.field_violations)
+    return None
 
 
 def _decodes(rpc: Rpc, body: Message | bytes) -> bool:
@@ -380,7 +432,7 @@ class Pool:
         )
         preparation = PREPARATIONS.get(component.name)
         if preparation is not None and preparation.before_start is not None:
-            await preparation.before_start(self._nats_url, settings.namespace)
+            await preparation.before_start(settings)
         running, channel, _ = await self._stack.enter_async_context(running_service(settings, wire))
         target = Target(component, running, channel, self._nc.jetstream())
         logging.getLogger().addHandler(target.errors)

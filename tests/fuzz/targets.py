@@ -4,7 +4,9 @@ Components come from ``libs.cli.components`` (those whose package exists); a com
 services are the ``syncgov.*.v1.*_service_pb2`` modules its ``wiring`` imports, and its RPCs are their
 descriptors' methods. A new component or RPC is therefore fuzzed without a change here: it gets
 descriptor-built requests (and an empty seed). The seeds below only make the fuzz reach deeper into
-the services that exist: valid requests naming objects that exist, each then mutated in one place.
+the services that exist: valid requests naming objects that exist, each then mutated in one place, and for
+receipt-reconciliation (tests/fuzz/receipts.py) orders published through po-publication first and a
+structured strategy per RPC beside the descriptor-built one.
 """
 
 from __future__ import annotations
@@ -22,10 +24,11 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import MethodDescriptor, ServiceDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
+from hypothesis import strategies as st
 
 from libs.cli.components import Component, existing_components
 from libs.runtime.access import Administer, Read, Report, Write
-from libs.runtime.settings import DEFAULT_POLICY_FILE
+from libs.runtime.settings import DEFAULT_POLICY_FILE, RuntimeSettings
 
 DEFAULT_POLICY_TEXT = Path(DEFAULT_POLICY_FILE).read_text()
 
@@ -126,10 +129,14 @@ Call = Callable[[str, Message, str], Awaitable[Message]]
 
 @dataclass
 class Seeds:
-    """Valid requests by request message full name, and plausible values by field name."""
+    """Valid requests by request message full name, plausible values by field name, structured strategies by
+    request message full name (drawn as often as the descriptor-built requests), and the systems an RPC is
+    mostly called as by method name (instead of the writers the policy names)."""
 
     requests: dict[str, list[Message]] = field(default_factory=dict)
     plausible: dict[str, list[str]] = field(default_factory=dict)
+    strategies: dict[str, list[st.SearchStrategy[Message]]] = field(default_factory=dict)
+    systems: dict[str, list[str]] = field(default_factory=dict)
 
     def add(self, *messages: Message) -> None:
         for message in messages:
@@ -149,10 +156,10 @@ async def _ignore_refusal(call: Call, path: str, request: Message, system: str) 
         return None
 
 
-async def before_po_publication(nats_url: str, namespace: str) -> None:
+async def before_po_publication(settings: RuntimeSettings) -> None:
     from tests.integration.helpers import seed_supplier
 
-    await seed_supplier(nats_url, namespace, "SUP-ACME")
+    await seed_supplier(settings.nats_url, settings.namespace, "SUP-ACME")
 
 
 async def seed_po_publication(call: Call) -> Seeds:
@@ -292,9 +299,23 @@ async def seed_control_plane(call: Call) -> Seeds:
     return seeds
 
 
+async def before_receipt_reconciliation(settings: RuntimeSettings) -> None:
+    from tests.fuzz import receipts
+
+    await receipts.before_start(settings)
+
+
+async def seed_receipt_reconciliation(call: Call) -> Seeds:
+    from tests.fuzz import receipts
+
+    seeds: Seeds = await receipts.seed(call)
+    return seeds
+
+
 @dataclass(frozen=True)
 class Preparation:
-    before_start: Callable[[str, str], Awaitable[None]] | None = None
+    # Runs with the settings the component will start with (its namespace, NATS and Valkey), before it starts.
+    before_start: Callable[[RuntimeSettings], Awaitable[None]] | None = None
     seeds: Callable[[Call], Awaitable[Seeds]] | None = None
 
 
@@ -303,6 +324,7 @@ PREPARATIONS: dict[str, Preparation] = {
     "po-publication": Preparation(before_po_publication, seed_po_publication),
     "supplier-normalization": Preparation(None, seed_supplier_normalization),
     "control-plane": Preparation(None, seed_control_plane),
+    "receipt-reconciliation": Preparation(before_receipt_reconciliation, seed_receipt_reconciliation),
 }
 
 # Settings the fuzz overrides where a component has them: no periodic sweep may write while a refused

@@ -3,7 +3,8 @@
 Requests are generated from each RPC's request descriptor (tests/fuzz/strategies.py), mostly as a valid
 seed mutated in one place, and sent as each system the policy knows (and as odd ones) with generic unary
 callables; raw bodies are arbitrary or broken bytes. Invariants (tests/fuzz/harness.py): never
-INTERNAL, UNKNOWN or DEADLINE_EXCEEDED; no domain event for a refused request; health SERVING.
+INTERNAL, UNKNOWN or DEADLINE_EXCEEDED; INVALID_ARGUMENT names its field violations; no domain event for a
+refused request; no request makes the streams grow out of proportion to its size; health SERVING.
 """
 
 from __future__ import annotations

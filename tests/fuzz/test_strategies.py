@@ -6,6 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.fuzz import receipts
 from tests.fuzz.harness import REQUEST_BUDGET
 from tests.fuzz.strategies import MessageStrategies, decimal_strings, raw_bodies
 from tests.fuzz.targets import all_rpcs
@@ -18,7 +19,12 @@ BUILDER = MessageStrategies()
 
 def test_every_built_component_has_rpcs_to_fuzz() -> None:
     components = {rpc.component for rpc in RPCS}
-    assert {"po-publication", "supplier-normalization", "control-plane"} <= components
+    assert {"po-publication", "supplier-normalization", "control-plane", "receipt-reconciliation"} <= components
+
+
+def test_every_receipt_rpc_has_a_structured_strategy() -> None:
+    inputs = {rpc.method.input_type.full_name for rpc in RPCS if rpc.component == "receipt-reconciliation"}
+    assert set(receipts.structured()) == inputs
 
 
 @settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
@@ -30,6 +36,18 @@ def test_requests_of_every_rpc_build_and_serialize(data: st.DataObject) -> None:
     body = request.SerializeToString()
     if len(body) <= REQUEST_BUDGET:
         assert rpc.request_class().FromString(body) == request
+
+
+STRUCTURED = sorted(receipts.structured(["MTpyZWNlaXB0LmZpbmRpbmdzOmM6MXxlcnAvR1ItRlotMQ"]).items())
+
+
+@settings(max_examples=40, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_structured_receipt_requests_build_and_serialize(data: st.DataObject) -> None:
+    name, strategy = data.draw(st.sampled_from(STRUCTURED))
+    request = data.draw(strategy)
+    assert request.DESCRIPTOR.full_name == name
+    assert type(request).FromString(request.SerializeToString()) == request
 
 
 @settings(max_examples=30, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
