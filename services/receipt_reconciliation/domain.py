@@ -42,7 +42,8 @@ SUPERSEDED_VERSION = "superseded_version"
 OVER_RETURN = "over_return"
 FINDING_TYPES = (OVER_RECEIPT, UNKNOWN_PO, SUPERSEDED_VERSION, OVER_RETURN)
 
-# Exception ids are derived from the document, so a repeated posting names (and re-raises) the same ones.
+# Exception ids are derived from the document and the finding type, so a repeated posting names (and raises
+# again, storing nothing twice) the same ones.
 _EXCEPTION_IDS = uuid.UUID("6f1d3c52-2b0e-4c1a-9a57-1c0f6d0e8b31")
 
 
@@ -96,8 +97,10 @@ def natural_idempotency_key(source_system: str, receipt_id: str) -> str:
     return f"{source_system}:{OBJECT_TYPE}:{receipt_id}"
 
 
-def exception_id(po_id: str, document: str, finding_type: str, po_line_number: int) -> str:
-    return str(uuid.uuid5(_EXCEPTION_IDS, f"{po_id}|{document}|{finding_type}|{po_line_number}"))
+def exception_id(po_id: str, document: str, finding_type: str) -> str:
+    """One exception per finding type of a document, whatever the number of lines it concerns: a document of
+    5,000 lines the order lacks raises one exception naming them, not 5,000 each carrying the document."""
+    return str(uuid.uuid5(_EXCEPTION_IDS, f"{po_id}|{document}|{finding_type}"))
 
 
 def validate_receipt(receipt: Receipt, now: datetime, prefix: str = "receipt") -> list[Violation]:
@@ -184,7 +187,25 @@ class Finding:
     type: str  # one of FINDING_TYPES
     po_line_number: int  # 0: the document as a whole
     detail: str
-    exception_id: str
+    exception_id: str  # shared by the findings of one type in one document
+
+
+MAX_DETAILS_PER_EXCEPTION = 20
+
+
+def exceptions_of(findings: tuple[Finding, ...]) -> list[tuple[str, str, str]]:
+    """(exception id, finding type, detail) per exception to raise: the findings of one type together, their
+    details listed up to a bound (the event keeps every finding)."""
+    grouped: dict[str, list[Finding]] = {}
+    for finding in findings:
+        grouped.setdefault(finding.exception_id, []).append(finding)
+    raised = []
+    for exception, same in grouped.items():
+        details = [finding.detail for finding in same[:MAX_DETAILS_PER_EXCEPTION]]
+        if len(same) > MAX_DETAILS_PER_EXCEPTION:
+            details.append(f"and {len(same) - MAX_DETAILS_PER_EXCEPTION} more line(s)")
+        raised.append((exception, same[0].type, "; ".join(details)))
+    return raised
 
 
 @dataclass(frozen=True, slots=True)
@@ -460,7 +481,7 @@ def _reconcile(
                 finding_type,
                 po_line_number,
                 detail,
-                exception_id(receipt.po_id, receipt.key, finding_type, po_line_number),
+                exception_id(receipt.po_id, receipt.key, finding_type),
             )
         )
 

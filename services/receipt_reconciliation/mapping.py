@@ -194,7 +194,7 @@ def post_response(event: domain.Reconciled) -> receipt_service_pb2.PostGoodsRece
     return receipt_service_pb2.PostGoodsReceiptResponse(
         reconciled_po_version=event.reconciled_version,
         lines=[status_to_proto(status) for status in event.lines],
-        exception_ids=[finding.exception_id for finding in event.findings],
+        exception_ids=list(dict.fromkeys(finding.exception_id for finding in event.findings)),
         findings=[finding_to_proto(finding) for finding in event.findings],
         purchase_order_fully_received=event.fully_received,
     )

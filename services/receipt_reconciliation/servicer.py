@@ -159,18 +159,19 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptReconciliationServiceServi
     async def _raise_findings(self, posted: domain.Reconciled, order: domain.OrderView | None, policy: Policy) -> None:
         receipt = posted.receipt
         business_unit = order.business_unit if order is not None else ""
-        for finding in posted.findings:
-            route = policy.route(finding.type, site=receipt.site_id, business_unit=business_unit)
+        evidence = [json_format.MessageToJson(posted.document, indent=None)] if posted.findings else []
+        for exception_id, finding_type, detail in domain.exceptions_of(posted.findings):
+            route = policy.route(finding_type, site=receipt.site_id, business_unit=business_unit)
             await self._exceptions.raise_exception(
-                mapping.finding_type(finding.type),
+                mapping.finding_type(finding_type),
                 severity(route.severity, default=exception_pb2.SEVERITY_MEDIUM),
                 _document_ref(receipt),
-                finding.detail,
-                evidence=[json_format.MessageToJson(posted.document, indent=None)],
+                detail,
+                evidence=evidence,
                 workflow_key=receipt.po_id,
-                discriminator=f"{receipt.key}|{finding.po_line_number}",
+                discriminator=receipt.key,
                 policy_revision=policy.revision,
-                exception_id=finding.exception_id,
+                exception_id=exception_id,
             )
 
 
@@ -222,7 +223,8 @@ def _finding_filter(request: receipt_service_pb2.ListReceiptsWithFindingsRequest
 
 def _cursor(cursor: str) -> tuple[str, str]:
     score, separator, member = cursor.partition("|")
-    if not separator or not score.isdigit() or not member:
+    # ASCII digits only: str.isdigit() accepts '²' and other scripts' digits, which Valkey's tonumber() does not.
+    if not separator or not (score.isascii() and score.isdigit() and len(score) <= 20) or not member:
         message = "page_token is not a page token this server issued"
         raise InvalidArgument(
             message, violations=[FieldViolation("page.page_token", message)], reason="INVALID_PAGE_TOKEN"

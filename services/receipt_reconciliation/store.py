@@ -166,12 +166,14 @@ class ReceiptIndex:
         recorded: Recorded[domain.ReceivingEvent] | None,
     ) -> None:
         """The command handler's projection hook: after an append, and after a replay (the document again)."""
-        if recorded is not None:
-            event, at = recorded.event, recorded.sequence
-        else:
-            return  # a replay: the original append projected it (and the start-up tail covers a crash between)
         try:
-            await self.write(self._redis, event, at)
+            if recorded is not None:
+                await self.write(self._redis, recorded.event, recorded.sequence)
+            else:  # a replay: the first answer may have been lost before its projection ran, so project again
+                pipeline = self._redis.pipeline(transaction=False)
+                for posted in state.documents.values():
+                    await self.write(pipeline, posted.event, posted.sequence)
+                await pipeline.execute()
         except RedisError as error:
             self.dirty = True
             log.warning("receipt index not updated for %s (%s); it is rebuilt from the stream", key, error)

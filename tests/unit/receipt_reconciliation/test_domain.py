@@ -288,6 +288,17 @@ def test_an_order_holds_a_bounded_number_of_documents():
     assert refusal.reason == "TOO_MANY_DOCUMENTS"
 
 
+def test_one_exception_per_finding_type_of_a_document_names_its_lines():
+    many = receipt("GR-1", *(line(n, 100 + n, "1") for n in range(1, 31)))
+    _, event = posted(domain.INITIAL, many, order())
+    assert len(event.findings) == 30
+    [(exception, kind, detail)] = domain.exceptions_of(event.findings)
+    assert kind == domain.UNKNOWN_PO
+    assert {f.exception_id for f in event.findings} == {exception}
+    assert "has no line 101" in detail
+    assert detail.endswith("and 10 more line(s)")
+
+
 def test_finding_exception_ids_are_derived_from_the_document():
     _, first = posted(domain.INITIAL, receipt(), None)
     _, again = posted(domain.INITIAL, receipt(), None)
