@@ -7,20 +7,26 @@ What it starts, all on loopback, all dying with this script (PR_SET_PDEATHSIG, a
 nats-server (JetStream, file storage, ``sync_interval: always``) and valkey-server through
 libs/runtime/local_servers.py with a user per component (libs/cli/stack.py's Stack), a fault-injecting
 TCP proxy (bench/fault_proxy.py) in front of each of them and of each gRPC port the client calls, and
-control-plane, supplier-normalization and po-publication as separate processes with the environment
-``syncgov up`` gives them (their NATS and Valkey URLs point at the proxies).
+control-plane, supplier-normalization, po-publication and receipt-reconciliation as separate processes
+with the environment ``syncgov up`` gives them (their NATS and Valkey URLs point at the proxies).
 
-The client: ``--workers`` workers, each owning its purchase orders, publish orders, change them,
-acknowledge versions as the ERP, submit supplier records, and now and then re-send an order's first
-version with other content under the same idempotency key (a duplicate transaction, refused with an
-exception). Every command keeps its request bytes and idempotency key; UNAVAILABLE, DEADLINE_EXCEEDED,
-ABORTED, CANCELLED and RESOURCE_EXHAUSTED are retried with backoff until an answer; INTERNAL and
-UNKNOWN are retried too but count as violations. The client records every command answered OK.
+The client: ``--workers`` workers, each owning its purchase orders, publish orders, change them (never
+below what may have been received), acknowledge versions as the ERP, submit supplier records, and now
+and then re-send an order's first version with other content under the same idempotency key (a
+duplicate transaction, refused with an exception). Against their orders they post goods receipts as
+erp or wms-east (EA or CS, sometimes prepared from the superseded version, with a line the order lacks
+or goods rejected at the dock), returns of those receipts (now and then more than was received), the
+same document again (a replay), and a document id used before with other content, against its order
+or another (refused ALREADY_EXISTS with an exception). Every command keeps its request bytes and
+idempotency key; UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED and RESOURCE_EXHAUSTED are retried
+with backoff until an answer; INTERNAL and UNKNOWN are retried too but count as violations. The client
+records every command answered OK.
 
 The faults (seeded, one at a time, every kind at least once when the run is long enough): SIGKILL of
-po-publication or supplier-normalization (restarted at once), SIGKILL of nats-server (restarted on the
-same port and data after a pause), SIGSTOP/SIGCONT of valkey-server (frozen), FLUSHALL as the operator
-(wiped), and the proxies cutting every connection or holding every byte for a while.
+po-publication, supplier-normalization or receipt-reconciliation (restarted at once), SIGKILL of
+nats-server (restarted on the same port and data after a pause), SIGSTOP/SIGCONT of valkey-server
+(frozen), FLUSHALL as the operator (wiped), and the proxies cutting every connection or holding every
+byte for a while.
 
 At the end, once the faults stopped and the services serve again, it reads the streams as the operator
 and checks the invariants (see ``verify``); it prints the faults, the commands and each invariant, and
@@ -45,6 +51,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +60,7 @@ import nats
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
+from google.type import decimal_pb2
 from grpc_status import rpc_status
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -69,17 +77,23 @@ from libs.runtime.probe import health_status
 from libs.runtime.subjects import Namespace
 from services.po_publication import domain as po_domain
 from services.po_publication import events as po_events
+from services.receipt_reconciliation import events as receipt_events
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.po.v1 import events_pb2 as po_event_messages
 from syncgov.po.v1 import po_pb2
 from syncgov.po.v1 import po_service_pb2 as po
 from syncgov.po.v1 import po_service_pb2_grpc as po_rpc
+from syncgov.receipt.v1 import events_pb2 as receipt_event_messages
+from syncgov.receipt.v1 import receipt_pb2
+from syncgov.receipt.v1 import receipt_service_pb2 as rc
+from syncgov.receipt.v1 import receipt_service_pb2_grpc as rc_rpc
 from syncgov.supplier.v1 import supplier_pb2
 from syncgov.supplier.v1 import supplier_service_pb2 as sp
 from syncgov.supplier.v1 import supplier_service_pb2_grpc as sp_rpc
 
-STARTED = ("control-plane", "supplier-normalization", "po-publication")
+STARTED = ("control-plane", "supplier-normalization", "po-publication", "receipt-reconciliation")
+SERVED = ("po-publication", "supplier-normalization", "receipt-reconciliation")  # the ports the client calls
 RETRIED = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -97,6 +111,7 @@ CHANNEL_OPTIONS = [
 FAULT_KINDS = (
     "kill po-publication",
     "kill supplier-normalization",
+    "kill receipt-reconciliation",
     "kill nats-server",
     "freeze valkey",
     "wipe valkey",
@@ -111,6 +126,11 @@ SYLLABLES = (
     "zu", "bri", "cor", "dal", "fen", "gor", "hul", "jin", "kes", "lum", "mar", "nor",
 )  # fmt: skip
 CITIES = [("Hamburg", "DE", "20457"), ("Lyon", "FR", "69001"), ("Turin", "IT", "10121"), ("Porto", "PT", "4000-001")]
+# Who posts receipts where (the default policy: erp receives at both DCs, wms-east at DC-EAST only), and the units
+# the chaos orders' one line (EA) converts from.
+RECEIPT_POSTERS = (("erp", "DC-HAMBURG"), ("erp", "DC-EAST"), ("wms-east", "DC-EAST"))
+UNIT_FACTORS = {"EA": 1, "CS": 12}
+RECEIPT_KINDS = ("receipt", "return", "receipt replay", "receipt conflict")
 
 
 def as_system(system: str) -> tuple[tuple[str, str], ...]:
@@ -133,16 +153,46 @@ class Order:
     version: int = 0  # the latest version answered OK
     acknowledged: int = 0  # the latest version whose acknowledgment was answered OK
     broken: bool = False  # a command on it was refused unexpectedly: the client's picture is no longer sure
+    # Every EA ever sent in a receipt against it, answered or not: more than it can have received, so a change
+    # order never lowers the line below what was received (po-publication refuses that).
+    received_bound: int = 0
 
 
 @dataclass(frozen=True)
 class Command:
-    kind: str  # publish | change | acknowledge | supplier | conflict
-    key: str  # the idempotency key (explicit or natural)
+    kind: str  # publish | change | acknowledge | supplier | conflict | receipt | return | receipt replay | ...
+    key: str  # the idempotency key (explicit or natural); for a receipt command its document key
     po_id: str = ""
     version: int = 0
     quantity: str = ""
     local_id: str = ""
+
+
+@dataclass(frozen=True)
+class SentDocument:
+    """What a receipt or return answered OK holds, in the order line's unit (EA): what the stream must hold."""
+
+    po_id: str
+    kind: str  # receipt | return
+    quantities: tuple[tuple[int, Decimal, Decimal], ...]  # (po line, quantity, rejected)
+
+
+@dataclass
+class Posted:
+    """A document answered OK, kept by its worker to repeat it, reuse its id, or return its goods."""
+
+    system: str
+    site: str
+    receipt_id: str
+    po_id: str
+    kind: str
+    request: rc.PostGoodsReceiptRequest
+    received: int = 0  # EA received on line 1 (a receipt)
+    returned: int = 0  # EA its returns gave back so far
+
+    @property
+    def key(self) -> str:
+        return f"{self.system}/{self.receipt_id}"
 
 
 @dataclass
@@ -160,6 +210,8 @@ class Tally:
     unresolved: list[str] = field(default_factory=list)  # no answer before the drain deadline
     accepted: list[tuple[Command, Message]] = field(default_factory=list)  # every command answered OK
     exception_ids: list[str] = field(default_factory=list)  # exceptions the services said they raised
+    documents: dict[str, SentDocument] = field(default_factory=dict)  # receipts and returns answered OK, by key
+    refused: list[Command] = field(default_factory=list)  # commands refused as expected
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
@@ -180,11 +232,15 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
 class Client:
     """Sends commands through the gRPC proxies and retries them until they are answered."""
 
-    def __init__(self, po_address: str, supplier_address: str, tally: Tally, rng: random.Random) -> None:
+    def __init__(
+        self, po_address: str, supplier_address: str, receipt_address: str, tally: Tally, rng: random.Random
+    ) -> None:
         self.po_channel = grpc.aio.insecure_channel(po_address, options=CHANNEL_OPTIONS)
         self.supplier_channel = grpc.aio.insecure_channel(supplier_address, options=CHANNEL_OPTIONS)
+        self.receipt_channel = grpc.aio.insecure_channel(receipt_address, options=CHANNEL_OPTIONS)
         self.orders = po_rpc.PurchaseOrderServiceStub(self.po_channel)
         self.suppliers = sp_rpc.SupplierNormalizationServiceStub(self.supplier_channel)
+        self.receipts = rc_rpc.ReceiptReconciliationServiceStub(self.receipt_channel)
         self.tally = tally
         self.rng = rng
         self.give_up_at = float("inf")  # set when the load stops: the drain deadline
@@ -193,6 +249,7 @@ class Client:
     async def close(self) -> None:
         await self.po_channel.close()
         await self.supplier_channel.close()
+        await self.receipt_channel.close()
 
     async def send(
         self,
@@ -244,6 +301,7 @@ class Client:
             self.tally.exception_ids.append(info.metadata["exception_id"])
         if expect is not None and error.code() == expect:
             self.tally.refused_expected[f"{command.kind}: {error.code().name} {reason}"] += 1
+            self.tally.refused.append(command)
             return
         self.tally.unexpected.append(f"{command.kind} {command.key}: {error.code().name} {reason} {error.details()}")
 
@@ -270,12 +328,14 @@ def supplier_record(local_id: str, rng: random.Random) -> supplier_pb2.SupplierR
 async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop_at: float, pace: float) -> None:
     rng = random.Random(f"{run_id}-{index}")
     orders: list[Order] = []
+    posted: list[Posted] = []  # this worker's receipts and returns answered OK
     made = 0
     suppliers = 0
+    documents = 0
     while time.monotonic() < stop_at:
         live = [o for o in orders if not o.broken]
         roll = rng.random()
-        if not live or (roll < 0.25 and len(live) < 40):
+        if not live or (roll < 0.20 and len(live) < 40):
             made += 1
             order = Order(f"CHAOS-{run_id}-{index}-{made}", now_timestamp())
             orders.append(order)
@@ -287,14 +347,14 @@ async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop
             )
             answer = await client.send(command, client.orders.PublishPurchaseOrder, request, "procurement")
             _settle(order, answer, version=1)
-        elif roll < 0.31:
+        elif roll < 0.25:
             suppliers += 1
             local_id = f"CS-{run_id}-{index}-{suppliers}"
             key = f"chaos-supplier:{local_id}"
             command = Command("supplier", key, local_id=local_id)
             submission = sp.SubmitSupplierRecordRequest(record=supplier_record(local_id, rng), idempotency_key=key)
             await client.send(command, client.suppliers.SubmitSupplierRecord, submission, "procurement")
-        elif roll < 0.34:
+        elif roll < 0.28:
             order = rng.choice(live)
             quantity = str(1000 + rng.randint(1, 999))  # never the first version's quantity
             key = f"chaos:{order.po_id}:v1"
@@ -309,6 +369,9 @@ async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop
                 "procurement",
                 expect=grpc.StatusCode.ALREADY_EXISTS,
             )
+        elif roll < 0.50:
+            documents += 1
+            await receiving(client, rng, live, posted, f"{run_id}-{index}-{documents}")
         else:
             order = rng.choice(live)
             if order.acknowledged < order.version and rng.random() < 0.5:
@@ -328,7 +391,9 @@ async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop
                     order.broken = True
             else:
                 version = order.version + 1
-                quantity = str(rng.randint(1, 999))
+                # Never below what may have been received: po-publication refuses such a change order.
+                low = max(1, order.received_bound)
+                quantity = str(rng.randint(low, max(low, 999)) if low <= 999 else low + rng.randint(0, 99))
                 key = po_domain.natural_idempotency_key("procurement", order.po_id, version)
                 command = Command("change", key, order.po_id, version, quantity)
                 change_request = po.ChangePurchaseOrderRequest(
@@ -338,6 +403,114 @@ async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop
                 _settle(order, answer, version=version)
         if pace:
             await asyncio.sleep(pace * (0.5 + rng.random()))
+
+
+def goods_receipt(
+    receipt_id: str,
+    order: Order,
+    version: int,
+    site: str,
+    lines: list[tuple[int, int, str, int]],
+    *,
+    reverses: str = "",
+) -> rc.PostGoodsReceiptRequest:
+    """A receipt (or, naming the receipt it reverses, a return): lines of (po line, quantity, unit, rejected)."""
+    document = receipt_pb2.GoodsReceipt(
+        receipt_id=receipt_id,
+        po_id=order.po_id,
+        po_version=version,
+        site_id=site,
+        kind=receipt_pb2.RECEIPT_KIND_RETURN if reverses else receipt_pb2.RECEIPT_KIND_RECEIPT,
+        reverses_receipt_id=reverses,
+    )
+    for number, (po_line, quantity, unit, rejected) in enumerate(lines, start=1):
+        line = document.lines.add(
+            line_number=number,
+            po_line_number=po_line,
+            quantity=decimal_pb2.Decimal(value=str(quantity)),
+            unit_of_measure=unit,
+        )
+        if rejected:
+            line.rejected_quantity.value = str(rejected)
+            line.reject_reason_code = "damaged"
+    return rc.PostGoodsReceiptRequest(receipt=document)
+
+
+def sent_document(request: rc.PostGoodsReceiptRequest) -> SentDocument:
+    document = request.receipt
+    return SentDocument(
+        document.po_id,
+        "return" if document.kind == receipt_pb2.RECEIPT_KIND_RETURN else "receipt",
+        tuple(
+            (
+                line.po_line_number,
+                Decimal(line.quantity.value) * UNIT_FACTORS[line.unit_of_measure],
+                Decimal(line.rejected_quantity.value or "0") * UNIT_FACTORS[line.unit_of_measure],
+            )
+            for line in document.lines
+        ),
+    )
+
+
+async def receiving(client: Client, rng: random.Random, live: list[Order], posted: list[Posted], name: str) -> None:
+    """One receiving command: a new receipt (EA or CS, sometimes from the superseded version, sometimes with a line
+    the order lacks or goods rejected at the dock), a return of an earlier receipt (now and then more than it
+    received), the same document again, or a document id used before with other content (on its order or
+    another)."""
+    roll = rng.random()
+    receipts = [p for p in posted if p.kind == "receipt"]
+    if posted and roll < 0.12:
+        again = rng.choice(posted)
+        command = Command("receipt replay", again.key, again.po_id)
+        await client.send(command, client.receipts.PostGoodsReceipt, again.request, again.system)
+        return
+    if posted and roll < 0.20:
+        reused = rng.choice(posted)
+        request = rc.PostGoodsReceiptRequest()
+        request.CopyFrom(reused.request)
+        request.receipt.lines[0].quantity.value = str(int(Decimal(request.receipt.lines[0].quantity.value)) + 1000)
+        # A receipt's id against another order of this worker too (a return's would name a receipt that order
+        # does not hold, a refusal of its own when the document index is being rebuilt).
+        if reused.kind == "receipt" and rng.random() < 0.4:
+            other = rng.choice(live)
+            request.receipt.po_id, request.receipt.po_version = other.po_id, other.version
+        command = Command("receipt conflict", reused.key, request.receipt.po_id)
+        await client.send(
+            command, client.receipts.PostGoodsReceipt, request, reused.system, expect=grpc.StatusCode.ALREADY_EXISTS
+        )
+        return
+    by_order = {order.po_id: order for order in live}
+    returnable = [p for p in receipts if p.po_id in by_order and p.returned < p.received]
+    if returnable and roll < 0.40:
+        original = rng.choice(returnable)
+        order = by_order[original.po_id]
+        quantity = rng.randint(1, original.received - original.returned)
+        if rng.random() < 0.1:
+            quantity = original.received - original.returned + 1  # more than is left: an over-return finding
+        request = goods_receipt(
+            f"RT-{name}", order, order.version, original.site, [(1, quantity, "EA", 0)], reverses=original.receipt_id
+        )
+        document = Posted(original.system, original.site, f"RT-{name}", order.po_id, "return", request)
+        original.returned += quantity
+    else:
+        order = rng.choice(live)
+        system, site = rng.choice(RECEIPT_POSTERS)
+        unit = "CS" if rng.random() < 0.25 else "EA"
+        quantity = 1 if unit == "CS" else rng.randint(1, 5)
+        rejected = 1 if rng.random() < 0.1 else 0
+        lines = [(1, quantity, unit, rejected)]
+        if rng.random() < 0.05:
+            lines.append((2, 1, "EA", 0))  # a line the order does not have: a finding
+        version = order.version - 1 if order.version > 1 and rng.random() < 0.15 else order.version
+        request = goods_receipt(f"GR-{name}", order, version, site, lines)
+        received = quantity * UNIT_FACTORS[unit]
+        order.received_bound += received
+        document = Posted(system, site, f"GR-{name}", order.po_id, "receipt", request, received=received)
+    command = Command(document.kind, document.key, document.po_id)
+    answer = await client.send(command, client.receipts.PostGoodsReceipt, document.request, document.system)
+    if isinstance(answer, Message):
+        posted.append(document)
+        client.tally.documents.setdefault(document.key, sent_document(document.request))
 
 
 def _settle(order: Order, answer: object, *, version: int) -> None:
@@ -394,7 +567,7 @@ class Chaos:
         assert self.stack.valkey_server is not None
         self.proxies["nats"] = await FaultProxy("nats", self.stack.nats_server.port).start()
         self.proxies["valkey"] = await FaultProxy("valkey", self.stack.valkey_server.port).start()
-        for name in ("po-publication", "supplier-normalization"):
+        for name in SERVED:
             port = self.components[name].grpc_port(self.stack.options.grpc_port_base)
             self.proxies[name] = await FaultProxy(name, port).start()
         # The components reach NATS and Valkey through the proxies (their credentials as `syncgov up` hands them).
@@ -487,7 +660,7 @@ class Chaos:
             await self.flushall()
         elif kind.startswith("cut "):
             target = kind.split()[1]
-            for name in ("po-publication", "supplier-normalization") if target == "grpc" else (target,):
+            for name in SERVED if target == "grpc" else (target,):
                 self.proxies[name].cut()
         elif kind.startswith("stall "):
             proxy = self.proxies[kind.split()[1]]
@@ -561,6 +734,7 @@ async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invar
         reader = EventReader(js, Namespace(chaos.namespace))
         po_stream = await scan(reader, po_events.DOMAIN)
         supplier_stream = await scan(reader, "supplier")
+        receipt_stream = await scan(reader, receipt_events.DOMAIN)
         exception_stream = await scan(reader, "exception")
     finally:
         await nc.drain()
@@ -568,6 +742,7 @@ async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invar
     figures: dict[str, float] = {
         "po events": len(po_stream),
         "supplier events": len(supplier_stream),
+        "receipt events": len(receipt_stream),
         "exceptions": len(exception_stream),
     }
 
@@ -682,11 +857,13 @@ async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invar
         )
     )
 
-    raised = {
+    raised_count: Counter[str] = Counter(
         stored.unpack(exception_events.ExceptionRaised).exception.exception_id
         for stored in exception_stream
         if stored.envelope.event_type == exception_events.ExceptionRaised.DESCRIPTOR.full_name
-    }
+    )
+    raised = set(raised_count)
+    invariants.extend(await verify_receipts(client, tally, receipt_stream, raised_count, states, figures))
     dropped = [exception_id for exception_id in tally.exception_ids if exception_id not in raised]
     invariants.append(
         Invariant(
@@ -706,6 +883,238 @@ async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invar
         Invariant("no component died unless killed", not chaos.unexpected_exits, _sample(chaos.unexpected_exits))
     )
     return invariants, figures
+
+
+@dataclass
+class Figures:
+    """One order line's receiving figures in EA."""
+
+    received: Decimal = Decimal(0)
+    returned: Decimal = Decimal(0)
+    rejected: Decimal = Decimal(0)
+
+    def as_tuple(self) -> tuple[Decimal, Decimal, Decimal]:
+        return (self.received, self.returned, self.rejected)
+
+
+def _figures_of(status: receipt_pb2.LineReceiptStatus) -> tuple[Decimal, Decimal, Decimal]:
+    return (
+        Decimal(status.received_quantity.value or "0"),
+        Decimal(status.returned_quantity.value or "0"),
+        Decimal(status.rejected_quantity.value or "0"),
+    )
+
+
+async def verify_receipts(
+    client: Client,
+    tally: Tally,
+    receipt_stream: list[StoredEvent],
+    raised: Counter[str],
+    states: dict[str, tuple[po_domain.OrderState, int]],
+    figures: dict[str, float],
+) -> list[Invariant]:
+    """The receiving invariants, from the receipt stream: each document once, the figures every event carries equal
+    to the sum of the order's documents so far (recomputed here from their converted quantities), the service's
+    status equal to that sum, and every finding's exception raised exactly once."""
+    invariants: list[Invariant] = []
+    stored_documents: dict[str, list[tuple[str, receipt_event_messages.GoodsReceiptReconciled]]] = defaultdict(list)
+    per_order: dict[str, dict[int, Figures]] = defaultdict(lambda: defaultdict(Figures))
+    documents_per_order: Counter[str] = Counter()
+    unreadable: list[str] = []
+    wrong_figures: list[str] = []
+    finding_ids: list[str] = []
+    checked_lines = 0
+    for stored in receipt_stream:
+        if stored.subject.rsplit(".", 1)[-1] != receipt_events.RECONCILED:
+            continue
+        try:
+            payload = stored.unpack(receipt_event_messages.GoodsReceiptReconciled)
+            if receipt_events.decode(stored) is None:
+                raise ValueError("the service's decoder refused it")
+        except Exception as error:
+            unreadable.append(f"seq {stored.sequence}: {error}")
+            continue
+        po_id = stored.envelope.object_key
+        key = f"{payload.receipt.source_system}/{payload.receipt.receipt_id}"
+        stored_documents[key].append((po_id, payload))
+        finding_ids.extend(finding.exception_id for finding in payload.findings)
+        if len(stored_documents[key]) > 1:
+            continue  # the service folds a document once; the exactly-once invariant reports the second
+        documents_per_order[po_id] += 1
+        lines = per_order[po_id]
+        returning = payload.receipt.kind == receipt_pb2.RECEIPT_KIND_RETURN
+        for quantity in payload.quantities:
+            line = lines[quantity.po_line_number]
+            amount = Decimal(quantity.quantity.value or "0")
+            if returning:
+                line.received -= amount
+                line.returned += amount
+            else:
+                line.received += amount
+                line.rejected += Decimal(quantity.rejected_quantity.value or "0")
+        for status in payload.lines:
+            checked_lines += 1
+            expected = lines[status.po_line_number].as_tuple()
+            if _figures_of(status) != expected:
+                wrong_figures.append(
+                    f"{po_id} line {status.po_line_number} after {key} (seq {stored.sequence}): event says "
+                    f"{tuple(str(v) for v in _figures_of(status))}, documents sum to {tuple(str(v) for v in expected)}"
+                )
+    figures["receipt documents"] = len(stored_documents)
+    figures["receipt figures checked"] = checked_lines
+    figures["orders received against"] = len(per_order)
+
+    accepted = [c for c, _ in tally.accepted if c.kind in ("receipt", "return", "receipt replay")]
+    missing: list[str] = []
+    differing: list[str] = []
+    for command in accepted:
+        found = stored_documents.get(command.key, [])
+        sent = tally.documents.get(command.key)
+        if len(found) != 1:
+            missing.append(f"{command.kind} {command.key}: {len(found)} events")
+            continue
+        po_id, payload = found[0]
+        held = tuple(
+            (
+                q.po_line_number,
+                Decimal(q.quantity.value or "0"),
+                Decimal(q.rejected_quantity.value or "0"),
+            )
+            for q in payload.quantities
+        )
+        if sent is not None and (po_id != sent.po_id or held != sent.quantities):
+            differing.append(f"{command.key}: stored {po_id} {held}, answered OK for {sent.po_id} {sent.quantities}")
+    invariants.append(
+        Invariant(
+            "every receipt and return answered OK is in the receipt stream exactly once, as sent (in EA)",
+            not missing and not differing,
+            _sample(missing + differing),
+        )
+    )
+    twice = [f"{key} x{len(events)}" for key, events in stored_documents.items() if len(events) > 1]
+    traces: list[str] = []
+    for command in tally.refused:
+        if command.kind != "receipt conflict":
+            continue
+        original = tally.documents.get(command.key)
+        for po_id, payload in stored_documents.get(command.key, []):
+            content = tuple(
+                (q.po_line_number, Decimal(q.quantity.value or "0"), Decimal(q.rejected_quantity.value or "0"))
+                for q in payload.quantities
+            )
+            if original is None or po_id != original.po_id or content != original.quantities:
+                traces.append(f"{command.key} on {po_id}: {content}")
+    invariants.append(
+        Invariant(
+            "no document stored twice; a reused document id left no trace",
+            not twice and not traces,
+            _sample(twice + traces),
+        )
+    )
+    invariants.append(
+        Invariant(
+            "each event's cumulative figures equal the sum of its order's documents (receipts minus returns)",
+            not wrong_figures and not unreadable,
+            _sample(unreadable + wrong_figures),
+        )
+    )
+    replays_ok = tally.ok["receipt replay"]
+    invariants.append(
+        Invariant(
+            "every repeated document answered OK as a replay",
+            tally.replays["receipt replay"] >= replays_ok,
+            f"{tally.replays['receipt replay']} replay answers for {replays_ok} repeats",
+        )
+    )
+    status_problems = await check_receipt_status(client, per_order, documents_per_order, states)
+    invariants.append(
+        Invariant(
+            "GetPurchaseOrderReceiptStatus equals the recomputation from the stream for every order",
+            not status_problems,
+            _sample(status_problems),
+        )
+    )
+    not_found = await check_receipt_gets(client, list(tally.documents))
+    invariants.append(Invariant("GetGoodsReceipt finds every document answered OK", not not_found, _sample(not_found)))
+    not_once = [f"{eid} x{raised[eid]}" for eid in dict.fromkeys(finding_ids) if raised[eid] != 1]
+    figures["receipt findings"] = len(set(finding_ids))
+    invariants.append(
+        Invariant(
+            "every exception a receipt finding names is in the exception stream exactly once",
+            not not_once,
+            _sample(not_once) if not_once else f"{len(set(finding_ids))} finding exceptions",
+        )
+    )
+    return invariants
+
+
+async def _answer(call: Callable[[], Any]) -> Any:
+    """A read, retried while the service heals (UNAVAILABLE while a read model is rebuilt); an error it keeps."""
+    for _ in range(20):
+        try:
+            return await call()
+        except grpc.aio.AioRpcError as error:
+            if error.code() not in RETRIED:
+                return error
+            last = error
+        await asyncio.sleep(0.5)
+    return last
+
+
+async def check_receipt_status(
+    client: Client,
+    per_order: dict[str, dict[int, Figures]],
+    documents: Counter[str],
+    states: dict[str, tuple[po_domain.OrderState, int]],
+) -> list[str]:
+    problems: list[str] = []
+    semaphore = asyncio.Semaphore(8)
+
+    async def one(po_id: str, lines: dict[int, Figures]) -> None:
+        async with semaphore:
+            got = await _answer(
+                lambda: client.receipts.GetPurchaseOrderReceiptStatus(
+                    rc.GetPurchaseOrderReceiptStatusRequest(po_id=po_id), metadata=as_system("erp"), timeout=5
+                )
+            )
+        if isinstance(got, grpc.aio.AioRpcError):
+            problems.append(f"{po_id}: {got.code().name} {got.details()}")
+            return
+        answered = {status.po_line_number: _figures_of(status) for status in got.lines}
+        for number, expected in lines.items():
+            if answered.get(number) != expected.as_tuple():
+                problems.append(f"{po_id} line {number}: answered {answered.get(number)}, stream {expected.as_tuple()}")
+        state = states.get(po_id)
+        latest = state[0].latest_version if state is not None else 0
+        if got.documents != documents[po_id] or got.po_version != latest:
+            problems.append(
+                f"{po_id}: answered {got.documents} documents at v{got.po_version}, "
+                f"stream {documents[po_id]} at v{latest}"
+            )
+
+    await asyncio.gather(*(one(po_id, lines) for po_id, lines in per_order.items()))
+    return problems
+
+
+async def check_receipt_gets(client: Client, keys: list[str]) -> list[str]:
+    problems: list[str] = []
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(key: str) -> None:
+        system, _, receipt_id = key.partition("/")
+        async with semaphore:
+            got = await _answer(
+                lambda: client.receipts.GetGoodsReceipt(
+                    rc.GetGoodsReceiptRequest(source_system=system, receipt_id=receipt_id),
+                    metadata=as_system("erp"),
+                    timeout=5,
+                )
+            )
+        if isinstance(got, grpc.aio.AioRpcError):
+            problems.append(f"{key}: {got.code().name} {got.details()}")
+
+    await asyncio.gather(*(one(key) for key in keys))
+    return problems
 
 
 def document_of(stored: StoredEvent) -> po_pb2.PurchaseOrder:
@@ -826,7 +1235,7 @@ def print_report(
             f"max {max(chaos.recovery):.1f}s"
         )
     print("\ncommands                          sent     ok  refused  replayed")
-    for kind in ("publish", "change", "acknowledge", "supplier", "conflict"):
+    for kind in ("publish", "change", "acknowledge", "supplier", "conflict", *RECEIPT_KINDS):
         refused = sum(n for label, n in tally.refused_expected.items() if label.startswith(kind + ":"))
         print(f"  {kind:<30} {tally.sent[kind]:>6} {tally.ok[kind]:>6} {refused:>8} {tally.replays[kind]:>9}")
     print(
@@ -837,8 +1246,13 @@ def print_report(
     print(f"  attempts {tally.attempts}, retried: {retried}")
     print(
         f"  stream: {figures['po events']:.0f} PO events, {figures['supplier events']:.0f} supplier events, "
+        f"{figures['receipt events']:.0f} receipt events ({figures['receipt findings']:.0f} finding exceptions), "
         f"{figures['exceptions']:.0f} exceptions; unacknowledged list equal to the stream "
         f"{figures['listing equal after']:.1f}s after the load stopped"
+    )
+    print(
+        f"  receiving: {figures['receipt documents']:.0f} documents on {figures['orders received against']:.0f} "
+        f"orders, {figures['receipt figures checked']:.0f} line figures recomputed from the stream"
     )
     print("\ninvariants")
     for invariant in invariants:
@@ -864,6 +1278,7 @@ async def run(args: argparse.Namespace) -> int:
         client = Client(
             chaos.proxies["po-publication"].address,
             chaos.proxies["supplier-normalization"].address,
+            chaos.proxies["receipt-reconciliation"].address,
             tally,
             random.Random(args.seed),
         )
