@@ -273,6 +273,10 @@ def _finding(name: str) -> Any:
     return int(exception_pb2.ExceptionType.Value(f"EXCEPTION_TYPE_{name}"))
 
 
+# Scores that are str.isdigit() and no number to anyone else: Arabic-Indic, superscript, full-width digits.
+OTHER_DIGITS = ("\u0661\u0662\u0663", "\u00b2", "\uff11", "\u0661")
+
+
 def crafted_tokens() -> list[str]:
     """Page tokens the listing never issued but that decode: odd cursors, another listing's, offsets."""
     cursors = (
@@ -285,9 +289,7 @@ def crafted_tokens() -> list[str]:
         "-1|erp/GR-FZ-1",
         "1.5|erp/GR-FZ-1",
         "1e3|erp/GR-FZ-1",
-        "\u0661\u0662\u0663|erp/GR-FZ-1",
-        "\u00b2|erp/GR-FZ-1",
-        "\uff11|erp/GR-FZ-1",
+        *(f"{score}|erp/GR-FZ-1" for score in OTHER_DIGITS),
         "9" * 400 + "|erp/GR-FZ-1",
         "0|\x00",
         "1|" + "x" * 300,
@@ -380,9 +382,9 @@ def receipt_lines(*, wild: bool = True, kind: int = RECEIPT) -> st.SearchStrateg
                 built.serial_number = draw(_text(("SN-1", "SN-\u0661"), wild=wild))
             return built
 
-        shapes = ("few", "few", "few", "few", "duplicate", "odd numbers", "many")
+        shapes: tuple[str, ...] = ("few", "few", "few", "few", "duplicate", "odd numbers", "many")
         if not wild:
-            shapes = ("few", "few", "few", "few", "few", "few", "many")
+            shapes = ("few", "few", "few", "few", "many", "many")
         shape = draw(st.sampled_from(shapes))
         if shape == "many":
             return draw(many_lines())
@@ -539,8 +541,9 @@ def listing_requests(tokens: Sequence[str] = ()) -> st.SearchStrategy[Message]:
         _finding(name) for name in ("OVER_RECEIPT", "RECEIPT_UNKNOWN_PO", "SUPERSEDED_VERSION", "OVER_RETURN")
     ]
     issued = st.sampled_from(list(tokens)) if tokens else st.just("")
-    crafted = [st.sampled_from(crafted_tokens()) for _ in range(3)]
-    page_tokens = st.one_of(st.just(""), issued, *crafted, _text(("MTA=", "abc")))
+    crafted = [st.sampled_from(crafted_tokens()) for _ in range(2)]
+    digits = st.sampled_from([encode_page_cursor(LISTING, f"{score}|erp/GR-FZ-1") for score in OTHER_DIGITS])
+    page_tokens = st.one_of(st.just(""), issued, *crafted, digits, _text(("MTA=", "abc")))
 
     @st.composite
     def build(draw: st.DrawFn) -> Message:
