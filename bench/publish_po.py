@@ -118,7 +118,23 @@ async def wait_port(port: int, timeout: float = 30) -> None:
             await asyncio.sleep(0.1)
 
 
-async def run(seconds: float, sync_always: bool, concurrencies: list[int], profile: Path | None = None) -> None:
+SCENARIOS = (
+    "governed",
+    "governed-change",
+    "governed-change-cold",
+    "governed-receipt",
+    "raw-composite",
+    "raw-publish",
+)
+
+
+async def run(
+    seconds: float,
+    sync_always: bool,
+    concurrencies: list[int],
+    profile: Path | None = None,
+    only: tuple[str, ...] = SCENARIOS,
+) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="syncgov-bench-"))
     nats_server = NatsServer(data_dir=workdir / "nats", sync_always=sync_always).start()
     valkey = ValkeyServer(data_dir=workdir / "valkey").start()
@@ -311,6 +327,8 @@ async def run(seconds: float, sync_always: bool, concurrencies: list[int], profi
         assert valkey.process is not None, "valkey-server was started above"
         for concurrency in concurrencies:
             for name, call in scenarios.items():
+                if name not in only:
+                    continue
                 server = {
                     "governed": processes[0].pid,
                     "governed-change": processes[0].pid,
@@ -356,15 +374,10 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
         f"   CPU us/request: {'server':>7}{'nats':>7}{'valkey':>7}{'client':>7}"
     )
     for concurrency in concurrencies:
-        for name in (
-            "governed",
-            "governed-change",
-            "governed-change-cold",
-            "governed-receipt",
-            "raw-composite",
-            "raw-publish",
-        ):
-            r = results[(name, concurrency)]
+        for name in SCENARIOS:
+            r = results.get((name, concurrency))
+            if r is None:
+                continue
             server = "-" if name == "raw-publish" else f"{r['cpu_us_server']:.0f}"
             print(
                 f"{name:<21}{concurrency:>5}{r['rps']:>8.0f}{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r['count']:>9.0f}"
@@ -372,21 +385,17 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
                 f"{r['cpu_us_client']:>7.0f}"
             )
     for concurrency in concurrencies:
-        governed = results[("governed", concurrency)]["rps"]
-        change = results[("governed-change", concurrency)]["rps"]
-        cold = results[("governed-change-cold", concurrency)]["rps"]
-        receipt = results[("governed-receipt", concurrency)]["rps"]
-        composite = results[("raw-composite", concurrency)]["rps"]
-        publish = results[("raw-publish", concurrency)]["rps"]
-        print(
-            f"ratio at concurrency {concurrency}: governed-change/raw-composite = {change / composite:.0%}, "
-            f"governed-change-cold/raw-composite = {cold / composite:.0%}"
-        )
-        print(
-            f"ratio at concurrency {concurrency}: governed/raw-composite = {governed / composite:.0%}, "
-            f"governed/raw-publish = {governed / publish:.0%}"
-        )
-        print(f"ratio at concurrency {concurrency}: governed-receipt/raw-composite = {receipt / composite:.0%}")
+        rps = {name: r["rps"] for (name, at), r in results.items() if at == concurrency}
+        for baseline in ("raw-composite", "raw-publish"):
+            if baseline not in rps:
+                continue
+            ratios = ", ".join(
+                f"{name}/{baseline} = {rps[name] / rps[baseline]:.0%}"
+                for name in SCENARIOS
+                if name.startswith("governed") and name in rps
+            )
+            if ratios:
+                print(f"ratio at concurrency {concurrency}: {ratios}")
 
 
 if __name__ == "__main__":
@@ -395,8 +404,11 @@ if __name__ == "__main__":
     parser.add_argument("--no-sync-always", action="store_true", help="JetStream's default fsync (every 2 min)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     parser.add_argument("--profile", type=Path, help="run po-publication under cProfile and write its stats here")
+    parser.add_argument(
+        "--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS), help="run only these scenarios"
+    )
     args = parser.parse_args()
-    uvloop.run(run(args.seconds, not args.no_sync_always, args.concurrency, args.profile))
+    uvloop.run(run(args.seconds, not args.no_sync_always, args.concurrency, args.profile, tuple(args.scenarios)))
     if args.profile:
         import pstats
 
