@@ -111,7 +111,9 @@ class OwnershipGuard:
             fields = touched_fields(document) if isinstance(document, Message) else {""}
             decision = policy.may_write(caller.system, rule.object_type, fields)
             site = str(resolve(request, rule.site) or "") if rule.site else ""
-            if not decision.allowed or (site and not policy.serves_site(caller.system, site)):
+            # A site no system declares is a typo for the servicer to answer (INVALID_ARGUMENT), not a violation.
+            foreign_site = bool(site) and site in policy.sites and not policy.serves_site(caller.system, site)
+            if not decision.allowed or foreign_site:
                 key = str(resolve(request, rule.key) or "")
                 version = resolve(request, rule.version) if rule.version else 0  # an integer field of the request
                 refused = sorted(r.field for r in decision.refusals if r.field)

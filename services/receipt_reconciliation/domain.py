@@ -18,7 +18,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Any
@@ -31,6 +31,7 @@ MAX_LINES = 5_000
 # loop in the posting system, and the receiving record (folded on every posting) must stay small.
 MAX_DOCUMENTS_PER_ORDER = 1_000
 POSTING_CLOCK_SKEW = timedelta(minutes=5)
+EARLIEST_POSTING = datetime(2000, 1, 1, tzinfo=UTC)  # listings page by posting time in milliseconds since 1970
 MAX_DECIMALS = 6  # libs.runtime.bounds.MAX_DECIMALS: what quantities hold everywhere
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)
@@ -117,6 +118,8 @@ def validate_receipt(receipt: Receipt, now: datetime, prefix: str = "receipt") -
         bad("po_version", "is required: the purchase order version the warehouse worked from (1 or more)")
     if receipt.posted_at > now + POSTING_CLOCK_SKEW:
         bad("posted_at", f"lies in the future ({receipt.posted_at.isoformat()})")
+    elif receipt.posted_at < EARLIEST_POSTING:
+        bad("posted_at", f"lies before {EARLIEST_POSTING.date().isoformat()}: not a receipt this system can have")
     if receipt.kind is Kind.RETURN and not receipt.reverses.strip():
         bad("reverses_receipt_id", "is required for a return: the receipt whose goods go back")
     if receipt.kind is Kind.RECEIPT and receipt.reverses:
@@ -281,17 +284,19 @@ class ReceivingState:
     def exists(self) -> bool:
         return bool(self.documents)
 
-    def returned_against(self, receipt_key: str, po_line_number: int) -> Decimal:
-        """What returns have given back so far of one receipt's goods on one order line."""
-        total = ZERO
+    def returned_against(self, receipt_key: str) -> dict[int, Decimal]:
+        """What returns have given back so far of one receipt's goods, per order line (one pass)."""
+        given_back: dict[int, Decimal] = {}
         for key in self.order:
             event = self.documents[key].event
-            if (
-                event.receipt.kind is Kind.RETURN
-                and document_key(event.receipt.source_system, event.receipt.reverses) == receipt_key
-            ):
-                total += sum((q.quantity for q in event.quantities if q.po_line_number == po_line_number), ZERO)
-        return total
+            if event.receipt.kind is not Kind.RETURN:
+                continue
+            if document_key(event.receipt.source_system, event.receipt.reverses) != receipt_key:
+                continue
+            for quantity in event.quantities:
+                line = quantity.po_line_number
+                given_back[line] = given_back.get(line, ZERO) + quantity.quantity
+        return given_back
 
 
 INITIAL = ReceivingState()
@@ -515,6 +520,7 @@ def _reconcile(
             touched.append(line)
 
     live = order is not None and not order.cancelled
+    received_here = _per_line(quantities)
     for line in touched:
         after = figures[line]
         if live and order is not None and line not in order.lines:
@@ -523,7 +529,7 @@ def _reconcile(
         if not live or order is None:
             continue
         ordered = order.lines[line].quantity
-        if receipt.kind is Kind.RECEIPT:
+        if receipt.kind is Kind.RECEIPT and received_here.get(line, ZERO) > 0:  # only what this document took in
             allowance = rules.over_receipt_percent(order.business_unit)
             limit = ordered * (1 + allowance / HUNDRED)
             if after.received > limit:
@@ -535,18 +541,18 @@ def _reconcile(
                 )
     if reversed_receipt is not None:
         original = reversed_receipt.event
+        taken = _per_line(original.quantities)
+        given_back = state.returned_against(original.receipt.key)
+        returning = _per_line(quantities)
         for line in touched:
-            taken = sum((q.quantity for q in original.quantities if q.po_line_number == line), ZERO)
-            given_back = state.returned_against(original.receipt.key, line) + sum(
-                (q.quantity for q in quantities if q.po_line_number == line), ZERO
-            )
-            if given_back > taken:
+            total = given_back.get(line, ZERO) + returning.get(line, ZERO)
+            if total > taken.get(line, ZERO):
                 unit = figures[line].unit
                 find(
                     OVER_RETURN,
                     line,
-                    f"line {line}: {_plain(given_back)} {unit} returned against receipt {original.receipt.receipt_id}, "
-                    f"which received {_plain(taken)} {unit}",
+                    f"line {line}: {_plain(total)} {unit} returned against receipt {original.receipt.receipt_id}, "
+                    f"which received {_plain(taken.get(line, ZERO))} {unit}",
                 )
 
     def status(line: int) -> LineStatus:
@@ -563,25 +569,42 @@ def _reconcile(
         quantities=quantities,
         lines=tuple(status(line) for line in touched),
         findings=tuple(findings),
-        fully_received=order is not None and fully_received(order, figures),
+        fully_received=order is not None
+        and fully_received_status(status_of(replace(state, lines=figures), order, rules.unit_factor), order),
     )
 
 
-def fully_received(order: OrderView, lines: Mapping[int, LineFigures]) -> bool:
-    return all(
-        (figures := lines.get(number)) is not None and figures.received >= line.quantity
-        for number, line in order.lines.items()
-    )
+def _per_line(quantities: tuple[LineQuantity, ...]) -> dict[int, Decimal]:
+    totals: dict[int, Decimal] = {}
+    for quantity in quantities:
+        totals[quantity.po_line_number] = totals.get(quantity.po_line_number, ZERO) + quantity.quantity
+    return totals
 
 
-def status_of(state: ReceivingState, order: OrderView | None) -> tuple[LineStatus, ...]:
-    """Per line of the order (and per line received that it does not have): ordered, received, open."""
+def status_of(
+    state: ReceivingState, order: OrderView | None, unit_factor: Callable[[str, str], Decimal | None] | None = None
+) -> tuple[LineStatus, ...]:
+    """Per line of the order (and per line received that it does not have): ordered, received, open. Figures
+    counted in a document's unit before the order was known are shown in the order line's unit when the policy
+    converts it exactly."""
     statuses: list[LineStatus] = []
     for number in sorted({*(order.lines if order is not None else ()), *state.lines}):
         ordered = order.lines.get(number) if order is not None else None
         figures = state.lines.get(number) or LineFigures(unit=ordered.unit if ordered is not None else "")
+        if ordered is not None and figures.unit != ordered.unit and unit_factor is not None:
+            factor = unit_factor(figures.unit, ordered.unit)
+            if factor is not None:
+                figures = LineFigures(
+                    figures.received * factor, figures.returned * factor, figures.rejected * factor, ordered.unit
+                )
         statuses.append(LineStatus(number, ordered.quantity if ordered is not None else None, figures))
     return tuple(statuses)
+
+
+def fully_received_status(statuses: tuple[LineStatus, ...], order: OrderView) -> bool:
+    """Whether every line of the order is fully received, judged on the statuses (in the order's units)."""
+    received = {status.po_line_number: status for status in statuses}
+    return all(number in received and received[number].fully_received for number in order.lines)
 
 
 def _plain(number: Decimal) -> str:

@@ -3,6 +3,7 @@ responses and event payloads built from the domain's figures."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -210,12 +211,15 @@ def document_response(event: domain.Reconciled) -> receipt_service_pb2.GetGoodsR
 
 
 def status_response(
-    state: domain.ReceivingState, order: domain.OrderView | None
+    state: domain.ReceivingState,
+    order: domain.OrderView | None,
+    unit_factor: Callable[[str, str], Decimal | None] | None = None,
 ) -> receipt_service_pb2.GetPurchaseOrderReceiptStatusResponse:
+    statuses = domain.status_of(state, order, unit_factor)
     return receipt_service_pb2.GetPurchaseOrderReceiptStatusResponse(
         po_version=order.version if order is not None else 0,
-        lines=[status_to_proto(status) for status in domain.status_of(state, order)],
-        fully_received=order is not None and domain.fully_received(order, state.lines),
+        lines=[status_to_proto(status) for status in statuses],
+        fully_received=order is not None and domain.fully_received_status(statuses, order),
         cancelled=order is not None and order.cancelled,
         documents=len(state.documents),
     )

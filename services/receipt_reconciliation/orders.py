@@ -5,7 +5,7 @@ changed or cancelled version is. "The version current at posting" must be exact 
 second after a change order was acknowledged must be told it worked from the superseded version — so each
 posting asks the stream for the order's newest event (one direct get) and reads what came after the version
 it knows only when that moved. Held versions are not current and acknowledgments change no quantity: they
-advance what was examined, not the version. Recently used orders stay in memory, bounded by count.
+advance what was examined, not the version. Recently used orders stay in memory, bounded by estimated bytes.
 """
 
 from __future__ import annotations
@@ -22,7 +22,17 @@ from syncgov.po.v1 import events_pb2, po_pb2
 log = logging.getLogger(__name__)
 
 PO_DOMAIN = "po"
-DEFAULT_CACHED_ORDERS = 50_000
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+# Measured with tracemalloc: a view holds ~250 bytes per order line (a Decimal, a unit, a dict slot) beyond its
+# ~300-byte shell; the estimate errs high.
+_VIEW_BYTES = 512
+_LINE_BYTES = 256
+
+
+def size_of(view: domain.OrderView) -> int:
+    return _VIEW_BYTES + _LINE_BYTES * len(view.lines)
+
+
 _DocumentEvent = events_pb2.PurchaseOrderPublished | events_pb2.PurchaseOrderChanged | events_pb2.PurchaseOrderCancelled
 _DOCUMENT_EVENTS: dict[str, type[_DocumentEvent]] = {
     "published": events_pb2.PurchaseOrderPublished,
@@ -53,10 +63,11 @@ def view_of(stored: StoredEvent) -> domain.OrderView | None:
 class OrderBook:
     """Orders' current versions by po id, each with the PO stream sequence examined through."""
 
-    def __init__(self, reader: EventReader, capacity: int = DEFAULT_CACHED_ORDERS) -> None:
+    def __init__(self, reader: EventReader, capacity_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._reader = reader
-        self._capacity = capacity
+        self._capacity = capacity_bytes
         self._orders: OrderedDict[str, domain.OrderView] = OrderedDict()
+        self.bytes = 0
 
     async def current(self, po_id: str) -> domain.OrderView | None:
         """The order's latest version as the PO stream holds it now; None when no version was ever published."""
@@ -86,10 +97,14 @@ class OrderBook:
             return None
 
     def _remember(self, po_id: str, view: domain.OrderView) -> None:
+        previous = self._orders.pop(po_id, None)
+        if previous is not None:
+            self.bytes -= size_of(previous)
         self._orders[po_id] = view
-        self._orders.move_to_end(po_id)
-        while len(self._orders) > self._capacity:
-            self._orders.popitem(last=False)
+        self.bytes += size_of(view)
+        while self.bytes > self._capacity and self._orders:
+            _, evicted = self._orders.popitem(last=False)
+            self.bytes -= size_of(evicted)
 
     def __len__(self) -> int:
         return len(self._orders)

@@ -20,13 +20,14 @@ from libs.runtime.commands import Claim
 from libs.runtime.decider import Refusal
 from libs.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from libs.runtime.events import content_sha256
-from libs.runtime.exception_reporter import ExceptionReporter, severity
+from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.identity import current_caller
 from libs.runtime.paging import decode_page_cursor, encode_page_cursor, page_size
 from libs.runtime.refusals import refused
 from libs.runtime.subjects import MAX_KEY_CHARS
 from libs.runtime.values import datetime_from_proto
 from services.receipt_reconciliation import domain, mapping
+from services.receipt_reconciliation.findings import FindingExceptions, document_ref
 from services.receipt_reconciliation.orders import OrderBook
 from services.receipt_reconciliation.store import FindingFilter, ReadModelRebuilding, ReceiptIndex, ReceivingCommands
 from syncgov.common.v1 import types_pb2
@@ -46,12 +47,14 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptReconciliationServiceServi
         orders: OrderBook,
         index: ReceiptIndex,
         exceptions: ExceptionReporter,
+        findings: FindingExceptions,
         policy: Callable[[], Policy],
     ) -> None:
         self._commands = commands
         self._orders = orders
         self._index = index
         self._exceptions = exceptions
+        self._findings = findings
         self._policy = policy
 
     async def PostGoodsReceipt(
@@ -65,9 +68,12 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptReconciliationServiceServi
         mapping.received_now_unless_dated(document, now)
         receipt = mapping.valid_receipt(document, now)
         _check_site(receipt.site_id, policy)
-        key = request.idempotency_key or domain.natural_idempotency_key(caller, receipt.receipt_id)
+        # The document's own key is the broker's message id whatever key the caller chose: within the broker's
+        # duplicate window one document id cannot land on two orders, even at the same instant or while the index
+        # is being rebuilt. A caller's key is a claim beside it, scoped to the caller's system.
+        key = domain.natural_idempotency_key(caller, receipt.receipt_id)
         trace.get_current_span().set_attributes(
-            {attributes.WORKFLOW_KEY: receipt.po_id, attributes.IDEMPOTENCY_KEY: key}
+            {attributes.WORKFLOW_KEY: receipt.po_id, attributes.IDEMPOTENCY_KEY: request.idempotency_key or key}
         )
         command = domain.PostReceipt(receipt, document, fingerprint, key, await self._recorded_against(receipt))
         order = await self._orders.current(receipt.po_id)
@@ -75,25 +81,27 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptReconciliationServiceServi
             over_receipt_percent=lambda unit: policy.tolerance(unit).over_receipt_percent,
             unit_factor=policy.unit_factor,
         )
-        claim = Claim(request.idempotency_key, fingerprint) if request.idempotency_key else None
+        claim = Claim(f"{caller}:{request.idempotency_key}", fingerprint) if request.idempotency_key else None
         decide = partial(_decide, command, order=order, rules=rules)
         result = await self._commands.run(receipt.po_id, decide, assume_new=True, claim=claim)
         if isinstance(result, Refusal):
             raise await refused(
                 result,
                 exceptions=self._exceptions,
-                object_ref=_document_ref(receipt),
+                object_ref=document_ref(receipt),
                 render=_render,
                 workflow_key=receipt.po_id,
                 policy_revision=policy.revision,
             )
-        posted = result.state.documents[receipt.key].event
+        posted = result.state.documents[receipt.key]
         if result.replayed:
+            # The first answer may have been lost before its projection ran: this document, not the whole order.
+            await self._index.replayed(posted.event, posted.sequence)
             await context.send_initial_metadata(REPLAY_METADATA)
         # Raised after the append, on a replay too: the ids are derived from the document, so a crash in between
-        # is mended by the caller's retry and a repeat stores nothing twice.
-        await self._raise_findings(posted, order, policy)
-        return mapping.post_response(posted)
+        # is mended by the caller's retry (or the start-up tail) and a repeat stores nothing twice.
+        await self._findings.raise_for(posted.event, order)
+        return mapping.post_response(posted.event)
 
     async def GetGoodsReceipt(
         self, request: receipt_service_pb2.GetGoodsReceiptRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -126,7 +134,7 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptReconciliationServiceServi
             raise NotFound(
                 f"purchase order {po_id!r} is unknown and nothing was received against it", reason="PO_NOT_FOUND"
             )
-        return mapping.status_response(state, order)
+        return mapping.status_response(state, order, self._policy().unit_factor)
 
     async def ListReceiptsWithFindings(
         self,
@@ -156,24 +164,6 @@ class ReceiptServicer(receipt_service_pb2_grpc.ReceiptReconciliationServiceServi
             log.warning("receipt index not consulted for %s (%s); the stream's window decides", receipt.key, error)
             return None
 
-    async def _raise_findings(self, posted: domain.Reconciled, order: domain.OrderView | None, policy: Policy) -> None:
-        receipt = posted.receipt
-        business_unit = order.business_unit if order is not None else ""
-        evidence = [json_format.MessageToJson(posted.document, indent=None)] if posted.findings else []
-        for exception_id, finding_type, detail in domain.exceptions_of(posted.findings):
-            route = policy.route(finding_type, site=receipt.site_id, business_unit=business_unit)
-            await self._exceptions.raise_exception(
-                mapping.finding_type(finding_type),
-                severity(route.severity, default=exception_pb2.SEVERITY_MEDIUM),
-                _document_ref(receipt),
-                detail,
-                evidence=evidence,
-                workflow_key=receipt.po_id,
-                discriminator=receipt.key,
-                policy_revision=policy.revision,
-                exception_id=exception_id,
-            )
-
 
 def _decide(
     command: domain.PostReceipt,
@@ -194,10 +184,6 @@ def _check_site(site_id: str, policy: Policy) -> None:
             violations=[FieldViolation("receipt.site_id", f"{site_id!r} is not a site the policy knows ({known})")],
             reason="UNKNOWN_SITE",
         )
-
-
-def _document_ref(receipt: domain.Receipt) -> types_pb2.ObjectRef:
-    return types_pb2.ObjectRef(object_type=domain.OBJECT_TYPE, object_key=receipt.key, version=receipt.po_version)
 
 
 def _render(document: object) -> str:

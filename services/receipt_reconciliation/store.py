@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 ReceivingCommands = CommandHandler[domain.ReceivingState, domain.ReceivingEvent]
 
 BUILT = "built"  # a field of the documents hash
+REBUILDING = "rebuilding"  # a field of the documents hash: the token of the rebuild under way
+# Findings a listed document carries (GetGoodsReceipt has them all): a page of 500 wide documents stays far below
+# gRPC's 4 MiB message limit.
+LISTED_FINDINGS = 20
 TAIL_ON_START = 1_000  # events projected again at start (more than can be in flight)
 _BYTES_PER_LINE = 1_200  # a document line, its figures and its contract form, measured the way po-publication's is
 
@@ -112,6 +118,15 @@ return out
 """
 
 
+# Set ``built`` only if this rebuild's token is still there: a Valkey that lost its data halfway lost the token too.
+_FINISH = """
+if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'rebuilding')
+redis.call('HSET', KEYS[1], 'built', '1')
+return 1
+"""
+
+
 class ReadModelRebuilding(Exception):
     """The read model lost its data and is being rebuilt from the stream: answer UNAVAILABLE, retry soon."""
 
@@ -156,6 +171,7 @@ class ReceiptIndex:
         self.meta = key + ":meta"
         self._apply = redis.register_script(_APPLY)
         self._page = redis.register_script(_PAGE)
+        self._finish = redis.register_script(_FINISH)
         self.dirty = False  # a write failed: the periodic check rebuilds
 
     async def applied(
@@ -165,18 +181,22 @@ class ReceiptIndex:
         sequence: int,
         recorded: Recorded[domain.ReceivingEvent] | None,
     ) -> None:
-        """The command handler's projection hook: after an append, and after a replay (the document again)."""
+        """The command handler's projection hook, after an append. A replay (``recorded`` None) names no document:
+        the servicer projects the replayed one with :meth:`replayed`."""
+        if recorded is not None:
+            await self._write_quietly(recorded.event, recorded.sequence)
+
+    async def replayed(self, event: domain.Reconciled, sequence: int) -> None:
+        await self._write_quietly(event, sequence)
+
+    async def _write_quietly(self, event: domain.Reconciled, sequence: int) -> None:
         try:
-            if recorded is not None:
-                await self.write(self._redis, recorded.event, recorded.sequence)
-            else:  # a replay: the first answer may have been lost before its projection ran, so project again
-                pipeline = self._redis.pipeline(transaction=False)
-                for posted in state.documents.values():
-                    await self.write(pipeline, posted.event, posted.sequence)
-                await pipeline.execute()
+            await self.write(self._redis, event, sequence)
         except RedisError as error:
             self.dirty = True
-            log.warning("receipt index not updated for %s (%s); it is rebuilt from the stream", key, error)
+            log.warning(
+                "receipt index not updated for %s (%s); it is rebuilt from the stream", event.receipt.key, error
+            )
 
     async def write(self, client: Redis | Pipeline, event: domain.Reconciled, sequence: int) -> None:
         receipt = event.receipt
@@ -188,7 +208,9 @@ class ReceiptIndex:
                     "site": receipt.site_id,
                     "kind": receipt.kind.value,
                     "at": int(receipt.posted_at.timestamp() * 1_000_000) * 1000,
-                    "findings": [[f.type, f.po_line_number, f.detail, f.exception_id] for f in event.findings],
+                    "findings": [
+                        [f.type, f.po_line_number, f.detail, f.exception_id] for f in event.findings[:LISTED_FINDINGS]
+                    ],
                 },
                 separators=(",", ":"),
             )
@@ -239,8 +261,14 @@ class ReceiptIndex:
     async def built(self) -> bool:
         return bool(await self._redis.hget(self._documents, BUILT))
 
-    def mark_built(self, pipeline: Pipeline) -> None:
-        pipeline.hset(self._documents, BUILT, "1")
+    async def begin_rebuild(self) -> str:
+        token = uuid.uuid4().hex
+        await self._redis.hset(self._documents, REBUILDING, token)
+        return token
+
+    async def finish_rebuild(self, token: str) -> bool:
+        """Mark the index built, unless Valkey lost the data written since the rebuild began (its token is gone)."""
+        return bool(await self._finish(keys=[self._documents], args=[token]))
 
 
 def _score_of(entry: dict[str, object]) -> str:
@@ -251,10 +279,17 @@ class ReadModels:
     """The receipt index, rebuilt from the receipt stream at start and, while serving, whenever the check finds
     it lost (Valkey restarted empty, was flushed, or a write failed)."""
 
-    def __init__(self, redis: Redis, reader: EventReader, index: ReceiptIndex) -> None:
+    def __init__(
+        self,
+        redis: Redis,
+        reader: EventReader,
+        index: ReceiptIndex,
+        on_tail: Callable[[domain.Reconciled], Awaitable[None]] | None = None,
+    ) -> None:
         self._redis = redis
         self._reader = reader
         self.index = index
+        self._on_tail = on_tail
         self._rebuilding = False
 
     async def check(self) -> None:
@@ -264,23 +299,29 @@ class ReadModels:
             await self.rebuild()
 
     async def start(self, tail: int = TAIL_ON_START) -> None:
-        """At start: rebuild what is missing, then project the newest ``tail`` events again — a process killed
-        between an append and its projection left at most those behind. Entries carry their sequence."""
+        """At start: rebuild what is missing, then project the newest ``tail`` events again (and hand them to
+        ``on_tail``) — a process killed between an append and what follows it left at most those behind."""
         await self.check()
         last = await self._reader.last_sequence(events.DOMAIN)
         pipeline = self._redis.pipeline(transaction=False)
+        tail_events: list[domain.Reconciled] = []
         for stored in await self._reader.since(events.DOMAIN, max(0, last - tail)):
             event = events.decode(stored)
             if event is not None:
                 await self.index.write(pipeline, event, stored.sequence)
+                tail_events.append(event)
         await pipeline.execute()
+        if self._on_tail is not None:  # e.g. raising the findings' exceptions a crash may have left unraised
+            for event in tail_events:
+                await self._on_tail(event)
 
     async def rebuild(self) -> None:
         """Replay the whole receipt stream into the index; writes made meanwhile by commands are kept when they
-        are newer (each entry carries its sequence)."""
+        are newer (each entry carries its sequence). Marked built only if Valkey kept everything written."""
         self._rebuilding = True
         self.index.dirty = False
         try:
+            token = await self.index.begin_rebuild()
             count = 0
             pipeline = self._redis.pipeline(transaction=False)
             async for stored in self._reader.scan(events.DOMAIN):
@@ -291,8 +332,11 @@ class ReadModels:
                 count += 1
                 if count % 1_000 == 0:
                     await pipeline.execute()
-            self.index.mark_built(pipeline)
             await pipeline.execute()
+            if not await self.index.finish_rebuild(token):
+                self.index.dirty = True  # Valkey lost data while it ran: the next check rebuilds again
+                log.warning("receipt index rebuild lost its writes (Valkey restarted meanwhile); rebuilding again")
+                return
             log.info("receipt index rebuilt from %s events", count)
         except Exception:
             self.index.dirty = True

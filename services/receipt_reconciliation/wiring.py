@@ -7,6 +7,7 @@ from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.commands import CommandHandler
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO, RECEIPT
 from services.receipt_reconciliation import domain
+from services.receipt_reconciliation.findings import FindingExceptions
 from services.receipt_reconciliation.orders import OrderBook
 from services.receipt_reconciliation.servicer import ReceiptServicer
 from services.receipt_reconciliation.settings import Settings
@@ -26,7 +27,10 @@ ACCESS: dict[str, AccessRule] = {
 def wire(rt: Runtime[Settings]) -> Service:
     name = rt.settings.service_name
     index = ReceiptIndex(rt.redis, rt.namespace.redis_key(name, "receipts"))
-    read_models = ReadModels(rt.redis, rt.reader, index)
+    orders = OrderBook(rt.reader)
+    policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
+    findings = FindingExceptions(rt.exceptions, orders, policy)
+    read_models = ReadModels(rt.redis, rt.reader, index, on_tail=findings.raise_for)
     commands = CommandHandler(
         receiving_log(rt.publisher, rt.reader),
         initial=domain.INITIAL,
@@ -37,9 +41,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         claims=rt.idempotency_store(name),
         name="receiving record",
     )
-    orders = OrderBook(rt.reader)
-    policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
-    servicer = ReceiptServicer(commands, orders, index, rt.exceptions, policy)
+    servicer = ReceiptServicer(commands, orders, index, rt.exceptions, findings, policy)
     return Service(
         grpc_services=[
             GrpcService(
