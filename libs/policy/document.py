@@ -68,6 +68,9 @@ class Tolerance(Strict):
     price: PriceTolerance = PriceTolerance()
     quantity: QuantityTolerance = QuantityTolerance()
     over_receipt_percent: Decimal = Decimal(0)
+    # An invoice whose totals differ from what its lines add up to by at most this amount (in the invoice's
+    # currency) is accepted, the difference reported as a small difference; above it the invoice is blocked.
+    small_difference: Decimal = Decimal(0)
 
 
 class Tolerances(Strict):

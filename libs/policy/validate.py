@@ -44,6 +44,13 @@ MAX_UNIT_CODE = 16
 _UNIT_CODE = re.compile(r"[!-~]+")  # printable ASCII without spaces: upper-casing it is plain and unambiguous
 _FACTOR_LIMIT = Decimal(10) ** MAX_FACTOR_INTEGER_DIGITS
 _FACTOR_STEP = Decimal(1).scaleb(-MAX_FACTOR_DECIMALS)
+# tolerances.*.small_difference: an amount in the invoice's currency with at most 6 decimals (like every amount an
+# ERP holds), and bounded: a million units is a generous small difference even in VND or IDR, and beyond it the
+# totals of an invoice would hardly be checked at all. 13 significant digits at most, so YAML's float reading of
+# an unquoted 1.00 gives back exactly what was written.
+MAX_SMALL_DIFFERENCE = Decimal(1_000_000)
+MAX_SMALL_DIFFERENCE_DECIMALS = 6
+_SMALL_DIFFERENCE_STEP = Decimal(1).scaleb(-MAX_SMALL_DIFFERENCE_DECIMALS)
 _ADAPTERS: dict[str, TypeAdapter[Any]] = {name: TypeAdapter(kind) for name, kind in SECTIONS.items()}
 
 
@@ -277,6 +284,17 @@ def _check_tolerance(path: str, tolerance: Tolerance) -> Iterable[Problem]:
         if value < 0:
             yield Problem(f"{path}.price.{name}", f"must not be negative, got {value}")
     yield from _percent(f"{path}.over_receipt_percent", tolerance.over_receipt_percent)
+    yield from _small_difference(f"{path}.small_difference", tolerance.small_difference)
+
+
+def _small_difference(path: str, amount: Decimal) -> Iterable[Problem]:
+    # In this order: quantize needs a value whose integer digits are already known to fit.
+    if amount < 0:
+        yield Problem(path, f"must not be negative, got {amount}")
+    elif amount > MAX_SMALL_DIFFERENCE:
+        yield Problem(path, f"must be at most {MAX_SMALL_DIFFERENCE:,}, got {amount}")
+    elif amount.quantize(_SMALL_DIFFERENCE_STEP) != amount:
+        yield Problem(path, f"has more than {MAX_SMALL_DIFFERENCE_DECIMALS} decimals")
 
 
 def _check_tolerances(tolerances: Tolerances, units: set[str] | None) -> Iterable[Problem]:
