@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -45,6 +46,8 @@ JS_ERR_WRONG_LAST_SEQUENCE = 10071
 current_policy_revision: contextvars.ContextVar[int] = contextvars.ContextVar("syncgov_policy_revision", default=0)
 
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class WrongLastSequence(Exception):
@@ -102,6 +105,22 @@ class StoredEvent:
         if not self.envelope.payload.Unpack(payload):
             raise TypeError(f"event {self.envelope.event_type} is not {message_type.DESCRIPTOR.full_name}")
         return payload
+
+
+def readable(stored: StoredEvent, decode: Callable[[StoredEvent], T]) -> T | None:
+    """``decode(stored)``, or None for an event that cannot be read: logged and left out of the fold rather than
+    making the whole object unreadable (every event was validated before it was stored; this is a bug's trace)."""
+    try:
+        return decode(stored)
+    except Exception:
+        log.error(
+            "stored event %s:%s on %s cannot be read; folded without it",
+            stored.stream,
+            stored.sequence,
+            stored.subject,
+            exc_info=True,
+        )
+        return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,6 @@ follows only update the supplier directory and the received quantities.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
@@ -15,15 +14,13 @@ from datetime import timedelta
 from google.protobuf import duration_pb2, timestamp_pb2
 
 from libs.policy.catalog import message_descriptor
-from libs.runtime.events import Event, StoredEvent, content_sha256, timestamp
+from libs.runtime.events import Event, StoredEvent, content_sha256, readable, timestamp
 from libs.runtime.values import datetime_from_proto, decimal_from_proto
 from services.po_publication import domain, mapping
 from syncgov.po.v1 import events_pb2, po_pb2
 from syncgov.receipt.v1 import events_pb2 as receipt_events_pb2
 from syncgov.supplier.v1 import events_pb2 as supplier_events_pb2
 from syncgov.supplier.v1 import supplier_pb2
-
-log = logging.getLogger(__name__)
 
 DOMAIN = "po"
 PUBLISHED = "published"
@@ -138,17 +135,7 @@ def _order(document: po_pb2.PurchaseOrder) -> domain.PurchaseOrder:
 def decode(stored: StoredEvent) -> domain.OrderEvent | None:
     """The domain event a stored PO event holds (None for anything else on the order's subject, and for an
     event that cannot be read: it is logged and left out rather than making the whole order unreadable)."""
-    try:
-        return _decode(stored)
-    except Exception:
-        log.error(
-            "stored event %s:%s on %s cannot be read; folded without it",
-            stored.stream,
-            stored.sequence,
-            stored.subject,
-            exc_info=True,
-        )
-        return None
+    return readable(stored, _decode)
 
 
 def _decode(stored: StoredEvent) -> domain.OrderEvent | None:

@@ -6,13 +6,9 @@
 
 from __future__ import annotations
 
-import logging
-
-from libs.runtime.events import Event, StoredEvent
+from libs.runtime.events import Event, StoredEvent, readable
 from services.receipt_reconciliation import domain, mapping
 from syncgov.receipt.v1 import events_pb2
-
-log = logging.getLogger(__name__)
 
 DOMAIN = "receipt"
 RECONCILED = "reconciled"
@@ -40,17 +36,10 @@ def decode(stored: StoredEvent) -> domain.ReceivingEvent | None:
     read: it is logged and left out rather than making the order's whole receiving record unreadable)."""
     if stored.subject.rsplit(".", 1)[-1] != RECONCILED:
         return None
-    try:
-        return from_proto(stored.unpack(events_pb2.GoodsReceiptReconciled), stored.envelope.idempotency_key)
-    except Exception:
-        log.error(
-            "stored event %s:%s on %s cannot be read; folded without it",
-            stored.stream,
-            stored.sequence,
-            stored.subject,
-            exc_info=True,
-        )
-        return None
+    return readable(
+        stored,
+        lambda event: from_proto(event.unpack(events_pb2.GoodsReceiptReconciled), event.envelope.idempotency_key),
+    )
 
 
 def from_proto(payload: events_pb2.GoodsReceiptReconciled, idempotency_key: str) -> domain.Reconciled:

@@ -93,3 +93,21 @@ def supplier_settings(nats_server, valkey_server, clean_env) -> SupplierSettings
 async def suppliers(supplier_settings):
     async with running_service(supplier_settings, wire_suppliers) as (running, channel, _):
         yield running, supplier_service_pb2_grpc.SupplierNormalizationServiceStub(channel)
+
+
+@pytest.fixture
+async def receipt_stack(po_settings):
+    """po-publication and receipt-reconciliation in one namespace: (po stub, receipt stub, running receipts)."""
+    from services.receipt_reconciliation.wiring import wire as wire_receipts
+    from syncgov.receipt.v1 import receipt_service_pb2_grpc
+    from tests.integration.helpers import receipt_settings
+
+    async with (
+        running_service(po_settings, wire) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (receipts, receipt_channel, _),
+    ):
+        yield (
+            po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel),
+            receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel),
+            receipts,
+        )

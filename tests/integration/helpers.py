@@ -135,3 +135,75 @@ async def raised_exceptions(js, namespace) -> list:
         raised.exception
         for raised in await stored_payloads(js, namespace, "exception", exception_events.ExceptionRaised)
     ]
+
+
+# --- receipts -------------------------------------------------------------------------------------------------
+
+ERP = (("x-syncgov-system", "erp"),)
+WMS_EAST = (("x-syncgov-system", "wms-east"),)
+
+
+def receipt_settings(settings, **extra):
+    """receipt-reconciliation's settings in the namespace (and on the servers) of another service's ``settings``."""
+    from services.receipt_reconciliation.settings import Settings as ReceiptSettings
+
+    return ReceiptSettings(
+        grpc_port=0,
+        nats_url=settings.nats_url,
+        redis_url=settings.redis_url,
+        namespace=settings.namespace,
+        log_format="console",
+        **extra,
+    )
+
+
+def goods_receipt(
+    receipt_id: str,
+    po_id: str = "PO-1001",
+    *lines: tuple,
+    version: int = 1,
+    site: str = "DC-HAMBURG",
+    kind: int = 1,
+    reverses: str = "",
+    key: str = "",
+    posted_at: datetime | None = None,
+):
+    """A PostGoodsReceiptRequest; each line is (po line, quantity[, unit]), EA unless a unit is given."""
+    from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2
+
+    document = receipt_pb2.GoodsReceipt(
+        receipt_id=receipt_id,
+        po_id=po_id,
+        po_version=version,
+        site_id=site,
+        kind=kind,  # type: ignore[arg-type]
+        reverses_receipt_id=reverses,
+    )
+    if posted_at is not None:
+        document.posted_at.FromDatetime(posted_at)
+    for number, (po_line, quantity, *unit) in enumerate(lines or ((1, "4"),), start=1):
+        document.lines.add(
+            line_number=number,
+            po_line_number=po_line,
+            quantity=decimal_pb2.Decimal(value=quantity),
+            unit_of_measure=unit[0] if unit else "EA",
+        )
+    return receipt_service_pb2.PostGoodsReceiptRequest(receipt=document, idempotency_key=key)
+
+
+async def publish_order(po_stub, po_id: str = "PO-1001", quantity: str = "10") -> None:
+    from syncgov.po.v1 import po_service_pb2
+
+    await po_stub.PublishPurchaseOrder(
+        po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order(po_id, quantity=quantity)),
+        metadata=PROCUREMENT,
+    )
+
+
+async def code_of(call) -> grpc.StatusCode:
+    """The status a call ended with (OK included)."""
+    try:
+        await call
+    except grpc.aio.AioRpcError as error:
+        return error.code()
+    return grpc.StatusCode.OK

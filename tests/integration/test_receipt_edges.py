@@ -13,7 +13,6 @@ from datetime import UTC, datetime
 import grpc
 import nats.errors
 import pytest
-from google.type import decimal_pb2
 
 from libs.runtime.events import EventReader
 from libs.runtime.exception_reporter import ExceptionReporter
@@ -21,81 +20,23 @@ from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire as wire_po
 from services.receipt_reconciliation import orders as orders_module
-from services.receipt_reconciliation.settings import Settings as ReceiptSettings
 from services.receipt_reconciliation.store import ReadModels, ReceiptIndex
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.exception.v1 import exception_pb2
-from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
-from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2, receipt_service_pb2_grpc
-from tests.integration.helpers import PROCUREMENT, message_count, raised_exceptions, sample_order
+from syncgov.po.v1 import po_service_pb2_grpc
+from syncgov.receipt.v1 import receipt_service_pb2, receipt_service_pb2_grpc
+from tests.integration.helpers import (
+    ERP,
+    WMS_EAST,
+    code_of,
+    goods_receipt,
+    message_count,
+    publish_order,
+    raised_exceptions,
+    receipt_settings,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
-
-ERP = (("x-syncgov-system", "erp"),)
-WMS_EAST = (("x-syncgov-system", "wms-east"),)
-
-
-def receipt_settings(po_settings, **extra) -> ReceiptSettings:
-    return ReceiptSettings(
-        grpc_port=0,
-        nats_url=po_settings.nats_url,
-        redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace,
-        log_format="console",
-        **extra,
-    )
-
-
-@pytest.fixture
-async def stack(po_settings):
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(receipt_settings(po_settings), wire_receipts) as (receipts, receipt_channel, _),
-    ):
-        yield (
-            po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel),
-            receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel),
-            receipts,
-        )
-
-
-def goods_receipt(
-    receipt_id: str,
-    po_id: str = "PO-1001",
-    *lines: tuple,
-    version: int = 1,
-    site: str = "DC-HAMBURG",
-    key: str = "",
-    posted_at: datetime | None = None,
-) -> receipt_service_pb2.PostGoodsReceiptRequest:
-    document = receipt_pb2.GoodsReceipt(
-        receipt_id=receipt_id, po_id=po_id, po_version=version, site_id=site, kind=receipt_pb2.RECEIPT_KIND_RECEIPT
-    )
-    if posted_at is not None:
-        document.posted_at.FromDatetime(posted_at)
-    for number, (po_line, quantity, *unit) in enumerate(lines or ((1, "4"),), start=1):
-        document.lines.add(
-            line_number=number,
-            po_line_number=po_line,
-            quantity=decimal_pb2.Decimal(value=quantity),
-            unit_of_measure=unit[0] if unit else "EA",
-        )
-    return receipt_service_pb2.PostGoodsReceiptRequest(receipt=document, idempotency_key=key)
-
-
-async def publish(po_stub, po_id: str = "PO-1001", quantity: str = "10") -> None:
-    await po_stub.PublishPurchaseOrder(
-        po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order(po_id, quantity=quantity)),
-        metadata=PROCUREMENT,
-    )
-
-
-async def code_of(call) -> grpc.StatusCode:
-    try:
-        await call
-    except grpc.aio.AioRpcError as error:
-        return error.code()
-    return grpc.StatusCode.OK
 
 
 async def documents_named(js, namespace: Namespace, receipt_id: str) -> list[str]:
@@ -126,8 +67,8 @@ async def test_a_document_id_reused_on_another_order_under_its_own_key_is_refuse
     ):
         po_stub = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
         stub = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(channel)
-        await publish(po_stub, "PO-1001")
-        await publish(po_stub, "PO-2002")
+        await publish_order(po_stub, "PO-1001")
+        await publish_order(po_stub, "PO-2002")
         await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4"), key="erp-batch-1"), metadata=ERP)
         keys = [key async for key in redis.scan_iter(match=f"{settings.namespace}:receipt-reconciliation:*")]
         await redis.delete(*keys)  # Valkey came back empty
@@ -138,14 +79,16 @@ async def test_a_document_id_reused_on_another_order_under_its_own_key_is_refuse
     assert (code, stored_on) == (grpc.StatusCode.ALREADY_EXISTS, ["PO-1001"])
 
 
-async def test_one_document_id_posted_against_two_orders_at_once_is_recorded_once(stack, js, po_settings, monkeypatch):
+async def test_one_document_id_posted_against_two_orders_at_once_is_recorded_once(
+    receipt_stack, js, po_settings, monkeypatch
+):
     """Two postings of erp's GR-1 at the same instant against two orders, each with its own idempotency key: both
     pass the index (neither is there yet) and append on different subjects, so only the broker's message id (the
     document's key) can tell them apart: one is recorded, the other is ALREADY_EXISTS. (A barrier in the order
     read, between the index check and the append, makes the interleaving deterministic.)"""
-    po_stub, stub, _ = stack
-    await publish(po_stub, "PO-1001")
-    await publish(po_stub, "PO-2002")
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub, "PO-1001")
+    await publish_order(po_stub, "PO-2002")
     barrier = asyncio.Barrier(2)
     current = orders_module.OrderBook.current
 
@@ -170,12 +113,12 @@ async def test_one_document_id_posted_against_two_orders_at_once_is_recorded_onc
 # --- figures counted before the order was known -------------------------------------------------------------
 
 
-async def test_status_after_the_order_is_published_counts_earlier_receipts_in_its_unit(stack):
+async def test_status_after_the_order_is_published_counts_earlier_receipts_in_its_unit(receipt_stack):
     """2 CS (= 24 EA) arrive for PO-LATE before procurement publishes it with 24 EA on line 1: the status shows
     them in the order line's unit — 24 received, 0 open, fully received."""
-    po_stub, stub, _ = stack
+    po_stub, stub, _ = receipt_stack
     await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-LATE", (1, "2", "CS")), metadata=ERP)
-    await publish(po_stub, "PO-LATE", quantity="24")
+    await publish_order(po_stub, "PO-LATE", quantity="24")
     status = await stub.GetPurchaseOrderReceiptStatus(
         receipt_service_pb2.GetPurchaseOrderReceiptStatusRequest(po_id="PO-LATE"), metadata=ERP
     )
@@ -205,7 +148,7 @@ async def test_a_findings_exception_lost_after_the_append_is_raised_without_the_
         await publish_exception(self, exception, workflow_key, policy_revision)
 
     async with running_service(po_settings, wire_po) as (_, po_channel, _):
-        await publish(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel), "PO-1001")
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel), "PO-1001")
         monkeypatch.setattr(ExceptionReporter, "_publish", fail_once)
         async with running_service(settings, wire_receipts) as (_, channel, _):
             stub = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(channel)
@@ -226,11 +169,11 @@ async def test_a_findings_exception_lost_after_the_append_is_raised_without_the_
 # --- idempotency keys ----------------------------------------------------------------------------------------
 
 
-async def test_two_systems_may_use_the_same_idempotency_key_for_their_own_documents(stack):
+async def test_two_systems_may_use_the_same_idempotency_key_for_their_own_documents(receipt_stack):
     """wms-east and erp each number their postings "batch-0001": a caller's idempotency key is claimed within its
     own system, so one system cannot block another's postings."""
-    po_stub, stub, _ = stack
-    await publish(po_stub, "PO-1001")
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub, "PO-1001")
     await stub.PostGoodsReceipt(
         goods_receipt("GR-A", "PO-1001", (1, "1"), site="DC-EAST", key="batch-0001"), metadata=WMS_EAST
     )
@@ -256,21 +199,21 @@ async def _list_all(stub, page_size: int = 0) -> list[str]:
             return names
 
 
-async def test_a_document_dated_before_2000_is_invalid_argument(stack):
+async def test_a_document_dated_before_2000_is_invalid_argument(receipt_stack):
     """Listings page by posting time in milliseconds since 1970: a document dated 1969 (or year 1) would carry a
     negative score its own next-page token could not name. No receipt this system holds predates 2000."""
-    _, stub, _ = stack
+    _, stub, _ = receipt_stack
     posted_at = datetime(1969, 6, 1, tzinfo=UTC)
     code = await code_of(stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-NOBODY", posted_at=posted_at), metadata=ERP))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_the_default_page_of_receipts_with_findings_fits_a_grpc_message(stack):
+async def test_the_default_page_of_receipts_with_findings_fits_a_grpc_message(receipt_stack):
     """Four documents of 5,000 lines the order lacks: a listed document carries its first findings only (all are in
     GetGoodsReceipt), so the default page stays within gRPC's 4 MiB message limit."""
-    po_stub, stub, _ = stack
+    po_stub, stub, _ = receipt_stack
     po_id = "PO-" + "X" * 230
-    await publish(po_stub, po_id)
+    await publish_order(po_stub, po_id)
     for number in range(4):
         wide = goods_receipt(f"GR-WIDE-{number}", po_id, *((n, "1") for n in range(3, 5003)))
         response = await stub.PostGoodsReceipt(wide, metadata=ERP, timeout=60)
@@ -284,11 +227,11 @@ async def test_the_default_page_of_receipts_with_findings_fits_a_grpc_message(st
 # --- the read models beside the stream -----------------------------------------------------------------------
 
 
-async def test_a_replay_projects_its_own_document_not_the_orders_whole_record(stack, monkeypatch):
+async def test_a_replay_projects_its_own_document_not_the_orders_whole_record(receipt_stack, monkeypatch):
     """A repeated posting projects the replayed document into the index, not every document of the order (up to
     1,000): a retry storm against a busy order must not rewrite the whole record."""
-    po_stub, stub, _ = stack
-    await publish(po_stub, "PO-1001", quantity="1000")
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub, "PO-1001", quantity="1000")
     for number in range(30):
         await stub.PostGoodsReceipt(goods_receipt(f"GR-{number}", "PO-1001", (1, "1")), metadata=ERP)
     writes = 0
@@ -304,13 +247,13 @@ async def test_a_replay_projects_its_own_document_not_the_orders_whole_record(st
     assert writes <= 1, f"{writes} index writes for one replayed document"
 
 
-async def test_a_rebuild_that_valkey_loses_again_halfway_is_not_marked_built(stack, redis, js, po_settings):
+async def test_a_rebuild_that_valkey_loses_again_halfway_is_not_marked_built(receipt_stack, redis, js, po_settings):
     """Valkey loses its data again while a rebuild runs: the rebuild is not marked built (its token went with the
     data), the index stays dirty, and the next check rebuilds it whole."""
-    po_stub, stub, _ = stack
+    po_stub, stub, _ = receipt_stack
     orders = [f"PO-{number}" for number in range(20)]
     for po_id in orders:
-        await publish(po_stub, po_id, quantity="1000")
+        await publish_order(po_stub, po_id, quantity="1000")
 
     async def post_many(po_id: str) -> None:
         for number in range(51):
@@ -348,11 +291,13 @@ async def test_a_rebuild_that_valkey_loses_again_halfway_is_not_marked_built(sta
 # --- sites -----------------------------------------------------------------------------------------------------
 
 
-async def test_a_site_no_system_declares_is_invalid_argument_for_a_system_that_declares_sites(stack, js, po_settings):
+async def test_a_site_no_system_declares_is_invalid_argument_for_a_system_that_declares_sites(
+    receipt_stack, js, po_settings
+):
     """A mistyped site ("DC-HAMBRUG") from a system that declares sites is a typo, INVALID_ARGUMENT — not a
     PERMISSION_DENIED with a critical ownership_violation."""
-    po_stub, stub, _ = stack
-    await publish(po_stub, "PO-1001")
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub, "PO-1001")
     code = await code_of(stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", site="DC-HAMBRUG"), metadata=ERP))
     raised = [
         exception_pb2.ExceptionType.Name(e.type) for e in await raised_exceptions(js, Namespace(po_settings.namespace))

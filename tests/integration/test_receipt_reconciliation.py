@@ -12,75 +12,29 @@ from decimal import Decimal
 import grpc
 import pytest
 from google.rpc import error_details_pb2
-from google.type import decimal_pb2
 
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire as wire_po
-from services.receipt_reconciliation.settings import Settings as ReceiptSettings
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import events_pb2, receipt_pb2, receipt_service_pb2, receipt_service_pb2_grpc
-from tests.integration.helpers import PROCUREMENT, message_count, raised_exceptions, sample_order, status_details
+from tests.integration.helpers import (
+    ERP,
+    PROCUREMENT,
+    WMS_EAST,
+    goods_receipt,
+    message_count,
+    publish_order,
+    raised_exceptions,
+    receipt_settings,
+    sample_order,
+    status_details,
+)
 
-ERP = (("x-syncgov-system", "erp"),)
-WMS_EAST = (("x-syncgov-system", "wms-east"),)
 RECEIPT = receipt_pb2.RECEIPT_KIND_RECEIPT
 RETURN = receipt_pb2.RECEIPT_KIND_RETURN
-
-
-def receipt_settings(po_settings) -> ReceiptSettings:
-    return ReceiptSettings(
-        grpc_port=0,
-        nats_url=po_settings.nats_url,
-        redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace,
-        log_format="console",
-    )
-
-
-@pytest.fixture
-async def stack(po_settings):
-    """po-publication and receipt-reconciliation in one namespace."""
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(receipt_settings(po_settings), wire_receipts) as (receipts, receipt_channel, _),
-    ):
-        yield (
-            po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel),
-            receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel),
-            receipts,
-        )
-
-
-def goods_receipt(
-    receipt_id: str,
-    po_id: str = "PO-1001",
-    *lines: tuple[int, str] | tuple[int, str, str],
-    version: int = 1,
-    site: str = "DC-HAMBURG",
-    kind: receipt_pb2.ReceiptKind = RECEIPT,
-    reverses: str = "",
-) -> receipt_service_pb2.PostGoodsReceiptRequest:
-    document = receipt_pb2.GoodsReceipt(
-        receipt_id=receipt_id, po_id=po_id, po_version=version, site_id=site, kind=kind, reverses_receipt_id=reverses
-    )
-    for number, (po_line, quantity, *unit) in enumerate(lines or ((1, "4"),), start=1):
-        document.lines.add(
-            line_number=number,
-            po_line_number=po_line,
-            quantity=decimal_pb2.Decimal(value=quantity),
-            unit_of_measure=unit[0] if unit else "EA",
-        )
-    return receipt_service_pb2.PostGoodsReceiptRequest(receipt=document)
-
-
-async def publish(po_stub, po_id: str = "PO-1001", quantity: str = "10") -> None:
-    await po_stub.PublishPurchaseOrder(
-        po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order(po_id, quantity=quantity)),
-        metadata=PROCUREMENT,
-    )
 
 
 def line(response, po_line: int):
@@ -91,9 +45,9 @@ def finding_types(response) -> list[tuple[str, int]]:
     return [(exception_pb2.ExceptionType.Name(f.type), f.po_line_number) for f in response.findings]
 
 
-async def test_partial_receipts_complete_a_line(stack):
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+async def test_partial_receipts_complete_a_line(receipt_stack):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     first = await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
     assert (line(first, 1).received_quantity.value, line(first, 1).open_quantity.value) == ("4", "6")
     assert not line(first, 1).fully_received
@@ -112,9 +66,9 @@ async def test_partial_receipts_complete_a_line(stack):
     assert [(s.po_line_number, s.received_quantity.value) for s in status.lines] == [(1, "10"), (2, "2.5")]
 
 
-async def test_a_receipt_against_v1_after_v2_lowered_the_quantity_is_caught(stack, po_settings, js):
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+async def test_a_receipt_against_v1_after_v2_lowered_the_quantity_is_caught(receipt_stack, po_settings, js):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     lowered = sample_order("PO-1001")
     lowered.version = 2
     lowered.lines[0].quantity.value = "6"
@@ -134,9 +88,9 @@ async def test_a_receipt_against_v1_after_v2_lowered_the_quantity_is_caught(stac
     assert list(response.exception_ids) == [f.exception_id for f in response.findings]  # one type each here
 
 
-async def test_a_return_reduces_received_and_one_beyond_the_receipt_is_a_finding(stack):
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+async def test_a_return_reduces_received_and_one_beyond_the_receipt_is_a_finding(receipt_stack):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "10")), metadata=ERP)
     returned = await stub.PostGoodsReceipt(
         goods_receipt("RT-1", "PO-1001", (1, "4"), kind=RETURN, reverses="GR-1"), metadata=ERP
@@ -155,9 +109,9 @@ async def test_a_return_reduces_received_and_one_beyond_the_receipt_is_a_finding
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-async def test_units_are_converted_and_an_unknown_conversion_is_refused_naming_the_line(stack, po_settings, js):
-    po_stub, stub, _ = stack
-    await publish(po_stub, quantity="24")
+async def test_units_are_converted_and_an_unknown_conversion_is_refused_naming_the_line(receipt_stack, po_settings, js):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub, quantity="24")
     converted = await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "1.5", "CS")), metadata=ERP)
     assert (line(converted, 1).received_quantity.value, line(converted, 1).unit_of_measure) == ("18", "EA")
     before = await message_count(js, Namespace(po_settings.namespace), "receipt")
@@ -169,12 +123,12 @@ async def test_units_are_converted_and_an_unknown_conversion_is_refused_naming_t
     assert await message_count(js, Namespace(po_settings.namespace), "receipt") == before
 
 
-async def test_unknown_cancelled_and_unknown_line_findings_still_record_the_document(stack):
-    po_stub, stub, _ = stack
+async def test_unknown_cancelled_and_unknown_line_findings_still_record_the_document(receipt_stack):
+    po_stub, stub, _ = receipt_stack
     unknown = await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-NOBODY", (1, "3")), metadata=ERP)
     assert finding_types(unknown) == [("EXCEPTION_TYPE_RECEIPT_UNKNOWN_PO", 0)]
     assert unknown.reconciled_po_version == 0
-    await publish(po_stub, "PO-2")
+    await publish_order(po_stub, "PO-2")
     odd_line = await stub.PostGoodsReceipt(goods_receipt("GR-2", "PO-2", (1, "1"), (9, "1")), metadata=ERP)
     assert finding_types(odd_line) == [("EXCEPTION_TYPE_RECEIPT_UNKNOWN_PO", 9)]
     await po_stub.CancelPurchaseOrder(
@@ -190,11 +144,11 @@ async def test_unknown_cancelled_and_unknown_line_findings_still_record_the_docu
 
 
 async def test_the_same_receipt_twice_is_published_once_and_other_content_is_a_duplicate_transaction(
-    stack, po_settings, js
+    receipt_stack, po_settings, js
 ):
-    po_stub, stub, _ = stack
+    po_stub, stub, _ = receipt_stack
     ns = Namespace(po_settings.namespace)
-    await publish(po_stub)
+    await publish_order(po_stub)
     request = goods_receipt("GR-1", "PO-1001", (1, "12"))  # over-receipt: a finding, raised once
     first = await stub.PostGoodsReceipt(request, metadata=ERP)
     replay = stub.PostGoodsReceipt(request, metadata=ERP)
@@ -218,10 +172,12 @@ async def test_the_same_receipt_twice_is_published_once_and_other_content_is_a_d
     [(PROCUREMENT, "DC-HAMBURG"), (WMS_EAST, "DC-HAMBURG")],
     ids=["a system that does not own receipts", "a site the system does not serve"],
 )
-async def test_a_posting_the_policy_does_not_allow_is_refused_and_writes_nothing(stack, po_settings, js, caller, site):
-    po_stub, stub, _ = stack
+async def test_a_posting_the_policy_does_not_allow_is_refused_and_writes_nothing(
+    receipt_stack, po_settings, js, caller, site
+):
+    po_stub, stub, _ = receipt_stack
     ns = Namespace(po_settings.namespace)
-    await publish(po_stub)
+    await publish_order(po_stub)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "1"), site=site), metadata=caller)
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
@@ -230,9 +186,9 @@ async def test_a_posting_the_policy_does_not_allow_is_refused_and_writes_nothing
     assert line(allowed, 1).received_quantity.value == "1"
 
 
-async def test_receipts_with_findings_are_listed_by_site_finding_and_age(stack):
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+async def test_receipts_with_findings_are_listed_by_site_finding_and_age(receipt_stack):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "11")), metadata=ERP)  # over, Hamburg
     await stub.PostGoodsReceipt(goods_receipt("GR-2", "PO-X", (1, "1"), site="DC-EAST"), metadata=WMS_EAST)  # unknown
     await stub.PostGoodsReceipt(goods_receipt("GR-3", "PO-1001", (2, "1", "KGM")), metadata=ERP)  # no finding
@@ -297,7 +253,7 @@ async def test_receiving_status_is_identical_after_a_restart_and_after_valkey_lo
     settings = receipt_settings(po_settings)
     async with running_service(po_settings, wire_po) as (_, po_channel, _):
         po_stub = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
-        await publish(po_stub)
+        await publish_order(po_stub)
         async with running_service(settings, wire_receipts) as (_, channel, _):
             stub = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(channel)
             await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "8")), metadata=ERP)
@@ -317,18 +273,18 @@ async def test_receiving_status_is_identical_after_a_restart_and_after_valkey_lo
             assert await _until_served(stub) == before
 
 
-async def test_a_posting_against_a_version_not_yet_published_is_refused(stack, po_settings, js):
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+async def test_a_posting_against_a_version_not_yet_published_is_refused(receipt_stack, po_settings, js):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "1"), version=2), metadata=ERP)
     assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert await message_count(js, Namespace(po_settings.namespace), "receipt") == 0
 
 
-async def test_the_event_carries_the_document_and_its_figures(stack, po_settings, js):
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+async def test_the_event_carries_the_document_and_its_figures(receipt_stack, po_settings, js):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "0.5", "CS")), metadata=ERP)
     from tests.integration.helpers import stored_payloads
 
@@ -340,9 +296,9 @@ async def test_the_event_carries_the_document_and_its_figures(stack, po_settings
     assert event.content_sha256
 
 
-async def test_a_document_of_many_lines_the_order_lacks_raises_one_exception(stack, po_settings, js):
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+async def test_a_document_of_many_lines_the_order_lacks_raises_one_exception(receipt_stack, po_settings, js):
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     wide = goods_receipt("GR-WIDE", "PO-1001", *((n, "1") for n in range(3, 303)))
     response = await stub.PostGoodsReceipt(wide, metadata=ERP, timeout=30)
     assert len(response.findings) == 300
@@ -352,13 +308,13 @@ async def test_a_document_of_many_lines_the_order_lacks_raises_one_exception(sta
     assert len(exception.evidence) == 1
 
 
-async def test_a_retry_after_a_lost_answer_still_reaches_the_index(stack, monkeypatch):
+async def test_a_retry_after_a_lost_answer_still_reaches_the_index(receipt_stack, monkeypatch):
     """The first call's caller gave up after the append, before the projection ran: the retry (a replay)
     projects the document, so it is found and its id stays bound to its order."""
     from services.receipt_reconciliation.store import ReceiptIndex
 
-    po_stub, stub, _ = stack
-    await publish(po_stub)
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub)
     write = ReceiptIndex.write
     stalled = asyncio.Event()
 
@@ -383,10 +339,10 @@ async def test_a_retry_after_a_lost_answer_still_reaches_the_index(stack, monkey
     assert got.receipt.po_id == "PO-1001"
 
 
-async def test_a_page_token_with_other_scripts_digits_is_invalid_argument(stack):
+async def test_a_page_token_with_other_scripts_digits_is_invalid_argument(receipt_stack):
     from libs.runtime.paging import encode_page_cursor
 
-    _, stub, _ = stack
+    _, stub, _ = receipt_stack
     token = encode_page_cursor("receipt.findings", "\u00b2|erp/GR-1")
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await stub.ListReceiptsWithFindings(
