@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import date, datetime, timedelta
@@ -310,6 +311,83 @@ def fully_received(order: PurchaseOrder, received: Received) -> bool:
     return bool(order.lines) and all(received.of(line.line_number) >= line.quantity for line in order.lines)
 
 
+@dataclass(frozen=True, slots=True)
+class ReceiptReconciled:
+    """One receipt event as po-publication reads it: the document, the order version receipt-reconciliation
+    reconciled it against, each touched line's net received after it, and when it was recorded."""
+
+    po_id: str
+    document: str  # the receipt document's identity: posting system / receipt id
+    is_receipt: bool  # goods received (a return only lowers what was received)
+    reconciled_version: int  # 0: the order was unknown to receipt-reconciliation
+    recorded_at_ns: int
+    lines: Mapping[int, Decimal]
+    over_receipt_found: frozenset[int] = frozenset()  # lines receipt-reconciliation raised over_receipt for
+
+
+@dataclass(frozen=True, slots=True)
+class OverReceipt:
+    """A line over-received against a version the receipt was not reconciled against."""
+
+    line_number: int
+    received: Decimal
+    ordered: Decimal  # in that version; 0 for a line it removed
+    version: int
+    exception_id: str
+
+
+# How long after a receipt was recorded a change order may have landed without po-publication knowing the receipt
+# (receipt-reconciliation's read-then-append window, and this follower's lag). Versions recorded later were decided
+# knowing it, so a restart replaying old receipts does not judge them against changes made since.
+RECEIPT_UNSEEN_FOR = timedelta(seconds=10)
+_OVER_RECEIPTS = uuid.UUID("0b7e2f64-51a3-4d8e-b6c2-93e1a0f47d25")
+
+
+def over_receipt_exception_id(po_id: str, document: str, line_number: int) -> str:
+    """Derived from the receipt document and the line: a replay of the receipt stream raises it once."""
+    return str(uuid.uuid5(_OVER_RECEIPTS, f"{po_id}|{document}|line {line_number}|over_receipt_after_change"))
+
+
+def over_received(
+    receipt: ReceiptReconciled, versions: tuple[StoredVersion, ...], allowance_percent: Decimal = Decimal(0)
+) -> list[OverReceipt]:
+    """Lines of a receipt reconciled against an older version than the order's latest that are over-received
+    against the latest, beyond the allowance.
+
+    "Latest" is the newest version recorded no later than ``RECEIPT_UNSEEN_FOR`` after the receipt: a change
+    order that landed while receipt-reconciliation was reading the order, or before po-publication followed the
+    receipt, was decided without it (and may have lowered a line below it). A line receipt-reconciliation already
+    found over-received for this document is not raised again; a return raises nothing."""
+    if not receipt.is_receipt or receipt.reconciled_version <= 0:
+        return []
+    until = receipt.recorded_at_ns + RECEIPT_UNSEEN_FOR // timedelta(microseconds=1) * 1_000
+    seen = [v for v in versions if v.recorded.recorded_at_ns <= until]
+    if not seen:
+        return []
+    latest = seen[-1]
+    if latest.cancelled or latest.version <= receipt.reconciled_version:
+        return []
+    against = next((v for v in versions if v.version == receipt.reconciled_version), None)
+    if against is None:
+        return []
+    had = {line.line_number for line in against.order.lines}  # a line it lacked is receipt_unknown_po's finding
+    ordered = {line.line_number: line.quantity for line in latest.order.lines}
+    factor = 1 + allowance_percent / 100
+    return [
+        OverReceipt(
+            number,
+            quantity,
+            ordered.get(number, Decimal(0)),
+            latest.version,
+            over_receipt_exception_id(receipt.po_id, receipt.document, number),
+        )
+        for number, quantity in sorted(receipt.lines.items())
+        if number in had
+        and number not in receipt.over_receipt_found
+        and quantity > ordered.get(number, Decimal(0)) * factor
+    ]
+
+
 # --- The order as a decider (DESIGN §3 rule 9) --------------------------------------------------------------
 #
 # A PO's history is its events; ``evolve`` folds them into an OrderState and ``decide`` turns a command and
@@ -587,7 +665,10 @@ class RejectVersion:
 
 @dataclass(frozen=True, slots=True)
 class ReleaseHeld:
-    """Apply the held version that follows the latest one, if its predecessor has landed."""
+    """Apply the held version that follows the latest one, if its predecessor has landed and it lowers no line
+    below what was received (else its hold ends: see ``unreleasable``)."""
+
+    received: Received = NOTHING_RECEIVED  # what receipt events said when the command was made
 
 
 @dataclass(frozen=True, slots=True)
@@ -622,7 +703,7 @@ def decide(command: OrderCommand, state: OrderState, now: datetime, rules: Rules
     if isinstance(command, RejectVersion):
         return _reject(command, state)
     if isinstance(command, ReleaseHeld):
-        return _release(state)
+        return _release(command, state)
     return _expire(command, state)
 
 
@@ -764,13 +845,55 @@ def _reject(command: RejectVersion, state: OrderState) -> Decision:
     )
 
 
-def _release(state: OrderState) -> Decision:
+def _following(state: OrderState) -> HeldVersion | None:
+    """The held version that follows the latest one, if there is one to apply."""
     latest = state.latest
     if latest is None or latest.cancelled:
         return None
     following = state.held.get(latest.version + 1)
     if following is None or following.version in state.expired:
         return None
+    return following
+
+
+@dataclass(frozen=True, slots=True)
+class Unreleasable:
+    """A held version whose predecessor landed but which lowers a line below what was received meanwhile: it is
+    not applied, its hold ends (HoldExpired) and an out_of_order_version exception says why."""
+
+    held: HeldVersion
+    exception_id: str  # derived from the held version, so raising it again is raising it once
+    detail: str
+
+
+_HOLD_EXCEPTIONS = uuid.UUID("6c1f3a52-8d0e-4c53-9a1e-2f5b7d4e9c10")
+
+
+def unreleasable(state: OrderState, received: Received) -> Unreleasable | None:
+    """Whether the held version that would be released next lowers a line below what was received."""
+    latest, following = state.latest, _following(state)
+    if latest is None or following is None:
+        return None
+    lowered = _lowered(latest.order, following.order, received)
+    if not lowered:
+        return None
+    po_id, version = following.order.po_id, following.version
+    exception_id = str(uuid.uuid5(_HOLD_EXCEPTIONS, f"{po_id}|v{version}|{following.sequence}|below_received"))
+    detail = (
+        f"held version {version} of {po_id} was not applied when version {latest.version} landed: it lowers "
+        f"{_describe_lowered(following.order, lowered)} (a line may not go below what was already received); "
+        f"send version {version} again with the line at or above what was received"
+    )
+    return Unreleasable(following, exception_id, detail)
+
+
+def _release(command: ReleaseHeld, state: OrderState) -> Decision:
+    latest, following = state.latest, _following(state)
+    if latest is None or following is None:
+        return None
+    refused = unreleasable(state, command.received)
+    if refused is not None:
+        return HoldExpired(following.version, refused.exception_id)
     return VersionChanged(
         following.order,
         following.document,
@@ -789,8 +912,8 @@ def _expire(command: ExpireHold, state: OrderState) -> Decision:
 
 
 def releasable(state: OrderState) -> bool:
-    """Whether a held version follows the latest one and can be applied now."""
-    return _release(state) is not None
+    """Whether a held version follows the latest one: it is applied now, or its hold ends (``unreleasable``)."""
+    return _following(state) is not None
 
 
 def due_holds(state: OrderState, now: datetime) -> list[HeldVersion]:
@@ -814,26 +937,35 @@ def duplicate_transaction(
     )
 
 
-def below_received(previous: PurchaseOrder, order: PurchaseOrder, received: Received) -> Refusal | None:
-    """A change order may not lower a line below what was already received on it; a line it removes is lowered
-    to 0. A line left as it was (or raised) passes even when more was received than ordered: that over-receipt
-    is receipt-reconciliation's finding, not a reason to block every later change to the order."""
+def _lowered(previous: PurchaseOrder, order: PurchaseOrder, received: Received) -> list[tuple[int, Decimal, Decimal]]:
+    """(line, new quantity, received) for each line ``order`` lowers below what was received on it."""
     after = {line.line_number: line.quantity for line in order.lines}
-    lowered = [
+    return [
         (line.line_number, after.get(line.line_number, Decimal(0)), received.of(line.line_number))
         for line in previous.lines
         if after.get(line.line_number, Decimal(0)) < min(line.quantity, received.of(line.line_number))
     ]
+
+
+def _describe_lowered(order: PurchaseOrder, lowered: list[tuple[int, Decimal, Decimal]]) -> str:
+    kept = {line.line_number for line in order.lines}
+    return "; ".join(
+        f"line {n} {'removed' if n not in kept else f'to {q:f}'} with {r:f} received" for n, q, r in lowered
+    )
+
+
+def below_received(previous: PurchaseOrder, order: PurchaseOrder, received: Received) -> Refusal | None:
+    """A change order may not lower a line below what was already received on it; a line it removes is lowered
+    to 0. A line left as it was (or raised) passes even when more was received than ordered: that over-receipt
+    is receipt-reconciliation's finding, not a reason to block every later change to the order."""
+    lowered = _lowered(previous, order, received)
     if not lowered:
         return None
     number, quantity, got = lowered[0]
-    described = "; ".join(
-        f"line {n} {'removed' if n not in after else f'to {q:f}'} with {r:f} received" for n, q, r in lowered
-    )
     return Refusal(
         RefusalKind.PRECONDITION,
         "BELOW_RECEIVED_QUANTITY",
-        f"version {order.version} of purchase order {order.po_id} lowers {described}: "
+        f"version {order.version} of purchase order {order.po_id} lowers {_describe_lowered(order, lowered)}: "
         "a line may not go below what was already received",
         subject=f"{OBJECT_TYPE}/{order.po_id}",
         metadata={"line": str(number), "received": f"{got:f}", "quantity": f"{quantity:f}"},

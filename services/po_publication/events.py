@@ -17,8 +17,10 @@ from libs.policy.catalog import message_descriptor
 from libs.runtime.events import Event, StoredEvent, content_sha256, readable, timestamp
 from libs.runtime.values import datetime_from_proto, decimal_from_proto
 from services.po_publication import domain, mapping
+from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import events_pb2, po_pb2
 from syncgov.receipt.v1 import events_pb2 as receipt_events_pb2
+from syncgov.receipt.v1 import receipt_pb2
 from syncgov.supplier.v1 import events_pb2 as supplier_events_pb2
 from syncgov.supplier.v1 import supplier_pb2
 
@@ -224,20 +226,43 @@ def on_supplier_event(directory: domain.SupplierDirectory) -> Callable[[StoredEv
     return apply
 
 
-def on_receipt_event(received: domain.ReceivedQuantities) -> Callable[[StoredEvent], None]:
-    """Keeps the received quantities current from receipt-reconciliation's events (never its storage or API)."""
+def receipt_reconciled(event: StoredEvent) -> domain.ReceiptReconciled | None:
+    """A receipt event in the domain's terms (None for any other event on the receipt stream)."""
+    if not event.envelope.payload.Is(message_descriptor(receipt_events_pb2.GoodsReceiptReconciled)):
+        return None
+    reconciled = event.unpack(receipt_events_pb2.GoodsReceiptReconciled)
+    receipt = reconciled.receipt
+    return domain.ReceiptReconciled(
+        po_id=event.envelope.object_key,
+        document=f"{receipt.source_system}/{receipt.receipt_id}",
+        is_receipt=receipt.kind == receipt_pb2.RECEIPT_KIND_RECEIPT,
+        reconciled_version=reconciled.reconciled_po_version,
+        recorded_at_ns=event.envelope.recorded_at.ToNanoseconds(),
+        lines={
+            line.po_line_number: decimal_from_proto(line.received_quantity)
+            for line in reconciled.lines
+            if line.HasField("received_quantity")
+        },
+        over_receipt_found=frozenset(
+            finding.po_line_number
+            for finding in reconciled.findings
+            if finding.type == exception_pb2.EXCEPTION_TYPE_OVER_RECEIPT
+        ),
+    )
+
+
+def on_receipt_event(
+    received: domain.ReceivedQuantities, then: Callable[[domain.ReceiptReconciled], None] | None = None
+) -> Callable[[StoredEvent], None]:
+    """Keeps the received quantities current from receipt-reconciliation's events (never its storage or API),
+    and hands each receipt to ``then`` once applied (the over-receipt check after a change order)."""
 
     def apply(event: StoredEvent) -> None:
-        if not event.envelope.payload.Is(message_descriptor(receipt_events_pb2.GoodsReceiptReconciled)):
+        receipt = receipt_reconciled(event)
+        if receipt is None:
             return
-        reconciled = event.unpack(receipt_events_pb2.GoodsReceiptReconciled)
-        received.apply(
-            event.envelope.object_key,
-            {
-                line.po_line_number: decimal_from_proto(line.received_quantity)
-                for line in reconciled.lines
-                if line.HasField("received_quantity")
-            },
-        )
+        received.apply(receipt.po_id, receipt.lines)
+        if then is not None:
+            then(receipt)
 
     return apply

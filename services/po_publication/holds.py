@@ -32,11 +32,13 @@ class HeldVersions:
         deadlines: HoldDeadlines,
         exceptions: ExceptionReporter,
         policy: Callable[[], Policy],
+        received: domain.ReceivedQuantities | None = None,
     ) -> None:
         self._commands = commands
         self._deadlines = deadlines
         self._exceptions = exceptions
         self._policy = policy
+        self._received = received if received is not None else domain.ReceivedQuantities()
 
     async def _run(self, po_id: str, command: domain.OrderCommand) -> Outcome[domain.OrderState, domain.OrderEvent]:
         rules = domain.Rules(hold_window=self._policy().out_of_order_hold)
@@ -46,16 +48,39 @@ class HeldVersions:
         return result
 
     async def release(self, po_id: str) -> None:
-        """Apply held versions whose predecessor has now landed, in order, as their senders sent them."""
+        """Apply held versions whose predecessor has now landed, in order, as their senders sent them — checked
+        against what was received, like a change order sent directly: one that lowers a line below it is not
+        applied, its hold ends and an out_of_order_version exception says why (raised before the hold ends, under
+        an id derived from the held version, so a retry raises it once)."""
         while True:
-            outcome = await self._run(po_id, domain.ReleaseHeld())
+            command = domain.ReleaseHeld(self._received.of(po_id))
+            blocked = domain.unreleasable(await self._commands.state(po_id), command.received)
+            if blocked is not None:
+                await self._raise_unreleasable(po_id, blocked)
+            outcome = await self._run(po_id, command)
             if outcome.recorded is None:
                 return
             event = outcome.recorded.event
             if isinstance(event, domain.VersionChanged):
                 log.info("applied held version %s of %s", event.order.version, po_id)
+            elif isinstance(event, domain.HoldExpired):
+                log.info("held version %s of %s not applied: it lowers a line below receipts", event.version, po_id)
             if not domain.releasable(outcome.state):
                 return
+
+    async def _raise_unreleasable(self, po_id: str, blocked: domain.Unreleasable) -> None:
+        held = blocked.held
+        await self._exceptions.raise_exception(
+            exception_pb2.EXCEPTION_TYPE_OUT_OF_ORDER_VERSION,
+            exception_pb2.SEVERITY_HIGH,
+            types_pb2.ObjectRef(object_type=domain.OBJECT_TYPE, object_key=po_id, version=held.version),
+            blocked.detail,
+            evidence=[json_format.MessageToJson(held.document, indent=None)],
+            workflow_key=po_id,
+            discriminator=f"{held.sequence}|below_received",
+            policy_revision=self._policy().revision,
+            exception_id=blocked.exception_id,
+        )
 
     async def release_quietly(self, po_id: str) -> None:
         """Release after a request's own write: that write stands whatever happens here, and a release that

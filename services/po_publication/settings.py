@@ -16,3 +16,8 @@ class Settings(RuntimeSettings):
     read_model_check_seconds: float = Field(
         1.0, gt=0, description="How often the Valkey read models are checked for loss and rebuilt from the stream."
     )
+    receipt_check_seconds: float = Field(
+        0.5,
+        gt=0,
+        description="How often followed receipts are checked for lines over-received after a change order.",
+    )

@@ -10,6 +10,7 @@ from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO, RECEIPT, SUPPLIER
 from services.po_publication import domain
 from services.po_publication.events import on_receipt_event, on_supplier_event
 from services.po_publication.holds import HeldVersions
+from services.po_publication.receipts import ReceiptChecks
 from services.po_publication.servicer import PurchaseOrderServicer
 from services.po_publication.settings import Settings
 from services.po_publication.store import HoldDeadlines, ReadModels, UnacknowledgedOrders, order_log, size_of
@@ -47,11 +48,12 @@ def wire(rt: Runtime[Settings]) -> Service:
         name="purchase order",
     )
     policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
-    holds = HeldVersions(commands, deadlines, rt.exceptions, policy)
+    received = domain.ReceivedQuantities()
+    holds = HeldVersions(commands, deadlines, rt.exceptions, policy, received)
     suppliers = domain.SupplierDirectory()
     follower = StreamFollower(rt.js, rt.namespace, "supplier", on_supplier_event(suppliers))
-    received = domain.ReceivedQuantities()
-    receipts = StreamFollower(rt.js, rt.namespace, "receipt", on_receipt_event(received))
+    checks = ReceiptChecks(commands, rt.exceptions, policy)
+    receipts = StreamFollower(rt.js, rt.namespace, "receipt", on_receipt_event(received, checks.followed))
     servicer = PurchaseOrderServicer(commands, unacknowledged, holds, rt.exceptions, suppliers, received, policy)
     return Service(
         grpc_services=[
@@ -68,6 +70,8 @@ def wire(rt: Runtime[Settings]) -> Service:
         startup=[follower.start, receipts.start, read_models.start],
         periodic=[
             (rt.settings.hold_sweep_seconds, holds.expire),
+            # Receipts reconciled against an older version than the latest: over_receipt after a change order.
+            (rt.settings.receipt_check_seconds, checks.run),
             # Read models notice a lost Valkey (or a failed write) and rebuild from the stream while serving.
             (rt.settings.read_model_check_seconds, read_models.check),
         ],

@@ -5,6 +5,7 @@ posted document on ``<ns>.receipt.<po_id>.reconciled``); po-publication never ca
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from decimal import Decimal
 
@@ -17,10 +18,11 @@ from opentelemetry.trace import NoOpTracer
 from libs.runtime.events import Event, EventPublisher, EventReader
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire
+from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import events_pb2 as receipt_events
 from syncgov.receipt.v1 import receipt_pb2
-from tests.integration.helpers import PROCUREMENT, message_count, sample_order, status_details
+from tests.integration.helpers import PROCUREMENT, message_count, raised_exceptions, sample_order, status_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 PO_ID = "PO-2001"
@@ -55,8 +57,11 @@ async def cancel(stub, po_id: str = PO_ID) -> po_service_pb2.CancelPurchaseOrder
     )
 
 
-async def post_receipt(js, namespace, po_id: str, received: dict[int, str], *, fully_received: bool = False) -> None:
-    """The event receipt-reconciliation publishes for one posted document: every PO line it touched, after it."""
+async def post_receipt(
+    js, namespace, po_id: str, received: dict[int, str], *, fully_received: bool = False, against: int = 1
+) -> None:
+    """The event receipt-reconciliation publishes for one posted document: every PO line it touched, after it,
+    reconciled against version ``against``."""
     receipt_id = f"GR-{next(_receipts)}"
     reconciled = receipt_events.GoodsReceiptReconciled(
         receipt=receipt_pb2.GoodsReceipt(
@@ -67,7 +72,7 @@ async def post_receipt(js, namespace, po_id: str, received: dict[int, str], *, f
             site_id="DC-HAMBURG",
             kind=receipt_pb2.RECEIPT_KIND_RECEIPT,
         ),
-        reconciled_po_version=1,
+        reconciled_po_version=against,
         lines=[
             receipt_pb2.LineReceiptStatus(po_line_number=line, received_quantity=decimal_pb2.Decimal(value=quantity))
             for line, quantity in received.items()
@@ -182,3 +187,60 @@ async def test_the_received_quantities_are_rebuilt_from_the_stream_when_the_serv
         stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
         assert reason_of(await refused(change(stub, version(2, "9")))) == "BELOW_RECEIVED_QUANTITY"
         assert reason_of(await refused(cancel(stub))) == "FULLY_RECEIVED"
+
+
+async def exceptions_of(js, namespace, kind, po_id: str = PO_ID) -> list:
+    return [e for e in await raised_exceptions(js, namespace) if e.type == kind and e.object.object_key == po_id]
+
+
+async def until_raised(js, namespace, kind, po_id: str = PO_ID) -> list:
+    """Polls the exception stream until one of ``kind`` names ``po_id`` (the test's timeout bounds it)."""
+    while not (found := await exceptions_of(js, namespace, kind, po_id)):  # noqa: ASYNC110 - a periodic job raises
+        await asyncio.sleep(0.05)
+    return found
+
+
+async def test_a_held_version_lowering_a_line_below_what_arrived_meanwhile_is_not_applied(po_service, js):
+    running, stub, _ = po_service
+    namespace = running.runtime.namespace
+    await publish(stub, version(1))
+    held = await change(stub, version(3, "2"))  # before any goods arrived: held until version 2 lands
+    assert held.held
+    await post_receipt(js, namespace, PO_ID, {1: "10"})
+    await until_followed(stub, js, namespace)
+
+    assert (await change(stub, version(2, "10"))).version == 2
+    versions = await stub.ListPurchaseOrderVersions(
+        po_service_pb2.ListPurchaseOrderVersionsRequest(po_id=PO_ID), metadata=PROCUREMENT
+    )
+    assert [o.version for o in versions.purchase_orders] == [1, 2], "version 3 would lower line 1 below the 10"
+    [raised] = await exceptions_of(js, namespace, exception_pb2.EXCEPTION_TYPE_OUT_OF_ORDER_VERSION)
+    assert raised.object.version == 3
+    assert "line 1 to 2 with 10 received" in raised.detail
+    history = await EventReader(js, namespace).history("po", PO_ID)
+    assert [e.subject.rsplit(".", 1)[-1] for e in history] == ["published", "held", "changed", "hold_expired"]
+    assert reason_of(await refused(change(stub, version(3, "2")))) == "BELOW_RECEIVED_QUANTITY", "sent directly"
+
+
+async def test_a_receipt_reconciled_before_a_change_that_lowered_its_line_raises_over_receipt_once(po_settings, js):
+    kind = exception_pb2.EXCEPTION_TYPE_OVER_RECEIPT
+    async with running_service(po_settings, wire) as (running, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        namespace = running.runtime.namespace
+        await publish(stub, version(1))
+        assert (await change(stub, version(2, "6"))).version == 2  # nothing received yet, as far as it knows
+        await post_receipt(js, namespace, PO_ID, {1: "10"}, against=1)  # receipt-reconciliation read version 1
+        [raised] = await until_raised(js, namespace, kind)
+        assert raised.object.version == 2
+        assert "10 received" in raised.detail
+        assert "6 ordered in version 2" in raised.detail
+
+    # A restart replays the receipt stream: the same receipt is checked again and raises nothing new. A probe
+    # order's over-receipt, posted after it, is raised only once the replayed one was checked (in stream order).
+    async with running_service(po_settings, wire) as (running, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        await publish(stub, version(1, po_id=PROBE))
+        await change(stub, version(2, "6", po_id=PROBE))
+        await post_receipt(js, namespace, PROBE, {1: "10"}, against=1)
+        await until_raised(js, namespace, kind, PROBE)
+        assert [e.exception_id for e in await exceptions_of(js, namespace, kind)] == [raised.exception_id]

@@ -13,14 +13,22 @@ from libs.runtime.decider import RefusalKind
 from libs.runtime.events import Event, build_envelope, now_timestamp, parse_stored
 from services.po_publication.domain import (
     NOTHING_RECEIVED,
+    HoldExpired,
     OrderCancelled,
+    ReceiptReconciled,
     Received,
     ReceivedQuantities,
+    ReleaseHeld,
     VersionChanged,
     VersionHeld,
     fully_received,
+    over_receipt_exception_id,
+    over_received,
+    releasable,
+    unreleasable,
 )
 from services.po_publication.events import on_receipt_event
+from syncgov.exception.v1 import exception_pb2
 from syncgov.receipt.v1 import events_pb2 as receipt_events
 from syncgov.receipt.v1 import receipt_pb2
 from tests.unit.po_publication.test_decider import (
@@ -31,6 +39,7 @@ from tests.unit.po_publication.test_decider import (
     change,
     changed,
     given,
+    held,
     published,
     refused,
     when,
@@ -52,6 +61,8 @@ def change_to(version: int, *quantities: str, got: Received = NOTHING_RECEIVED):
 def cancel_knowing(got: Received, version: int = 0):
     return replace(cancel(version), received=got)
 
+
+RECEIPT = receipt_pb2.RECEIPT_KIND_RECEIPT
 
 # Version 1: lines 1 and 2, 10 each.
 ORDERED = given(published())
@@ -291,3 +302,145 @@ def test_other_payloads_and_lines_without_a_figure_change_nothing():
     apply(stored(receipt_events.GoodsReceiptRefused(reason="not ours")))
     apply(stored(reconciled(status(1, None))))
     assert view.orders == {}
+
+
+def test_each_receipt_event_is_handed_on_in_domain_terms_after_the_view_is_updated():
+    view = ReceivedQuantities()
+    seen: list = []
+    apply = on_receipt_event(view, lambda receipt: seen.append((receipt, view.of(PO).of(1))))
+    event = reconciled(status(1, "10"), status(2, "1"))
+    event.receipt.CopyFrom(receipt_pb2.GoodsReceipt(receipt_id="GR-7", source_system="erp", kind=RECEIPT))
+    event.reconciled_po_version = 1
+    event.findings.add(type=exception_pb2.EXCEPTION_TYPE_OVER_RECEIPT, po_line_number=2)
+    apply(stored(event))
+    apply(stored(receipt_events.GoodsReceiptRefused(reason="not ours")))
+    [(receipt, figure)] = seen
+    assert figure == Decimal("10"), "handed on once the view holds it"
+    assert (receipt.po_id, receipt.document, receipt.reconciled_version) == (PO, "erp/GR-7", 1)
+    assert receipt.is_receipt
+    assert receipt.lines == {1: Decimal("10"), 2: Decimal("1")}
+    assert receipt.over_receipt_found == frozenset({2})
+    assert receipt.recorded_at_ns > 0
+
+
+# --- a held version released after goods arrived ------------------------------------------------------------
+#
+# Given version 1 (line 1 at 10), version 3 held lowering line 1 to 2, and 10 received meanwhile: when version 2
+# lands and the hold is released, version 3 is not applied — its hold ends, naming why.
+
+HELD_LOWERING = (published(), held(3, lines=(line(1, "2"), line(2, "10"))), changed(2))
+
+
+def test_a_held_version_lowering_a_line_below_what_was_received_is_not_applied_its_hold_ends():
+    state = given(*HELD_LOWERING)
+    decision = when(ReleaseHeld(received(l1="10")), state)
+    blocked = unreleasable(state, received(l1="10"))
+    assert blocked is not None
+    assert decision == HoldExpired(3, blocked.exception_id)
+    assert "held version 3 of PO-1 was not applied when version 2 landed" in blocked.detail
+    assert "line 1 to 2 with 10 received" in blocked.detail
+    after = given(*HELD_LOWERING, decision)
+    assert when(ReleaseHeld(received(l1="10")), after) is None, "its hold ended: nothing left to release"
+    assert not releasable(after)
+    assert after.latest_version == 2
+    assert after.next_hold_deadline() is None
+
+
+def test_the_same_version_sent_directly_is_refused_as_the_release_is():
+    refused(
+        when(change_to(3, "2", "10", got=received(l1="10")), given(published(), changed(2))),
+        RefusalKind.PRECONDITION,
+        "BELOW_RECEIVED_QUANTITY",
+    )
+
+
+def test_a_held_version_within_what_was_received_is_released_as_before():
+    state = given(*HELD_LOWERING)
+    assert isinstance(when(ReleaseHeld(received(l1="2")), state), VersionChanged)
+    assert isinstance(when(ReleaseHeld(), state), VersionChanged), "nothing received"
+    assert unreleasable(state, received(l1="2")) is None
+
+
+def test_the_ended_holds_exception_id_is_derived_from_the_held_version():
+    def exception_id(*history, got: str = "10") -> str:
+        found = unreleasable(given(*history), received(l1=got))
+        assert found is not None
+        return found.exception_id
+
+    first = exception_id(*HELD_LOWERING)
+    assert exception_id(*HELD_LOWERING, got="9") == first, "a retry of the release raises it once"
+    later = (published(), changed(2), held(4, lines=(line(1, "2"), line(2, "10"))), changed(3))
+    assert exception_id(*later) != first
+
+
+# --- a receipt reconciled against an older version than the latest -----------------------------------------
+#
+# Version 1 orders 10 on line 1; the receipt was reconciled against it, with 10 received; version 2 lowered line 1
+# to 6 before po-publication knew the receipt: line 1 is over-received against the latest version.
+
+SECOND = 1_000_000_000
+
+
+def receipt(reconciled_version: int = 1, at_ns: int = 0, is_receipt: bool = True, found=frozenset(), **lines: str):
+    figures = {int(name.removeprefix("l")): Decimal(quantity) for name, quantity in lines.items()}
+    return ReceiptReconciled(PO, "erp/GR-1", is_receipt, reconciled_version, at_ns, figures, frozenset(found))
+
+
+LOWERED_TO_6 = given(published(), changed(2, lines=(line(1, "6"), line(2, "10")))).versions
+
+
+def test_a_line_over_received_against_a_later_version_is_found():
+    [over] = over_received(receipt(l1="10", l2="3"), LOWERED_TO_6)
+    assert (over.line_number, over.received, over.ordered, over.version) == (1, Decimal(10), Decimal(6), 2)
+    assert over.exception_id == over_receipt_exception_id(PO, "erp/GR-1", 1)
+
+
+def test_the_exception_id_is_derived_from_order_document_and_line():
+    assert over_receipt_exception_id(PO, "erp/GR-1", 1) == over_receipt_exception_id(PO, "erp/GR-1", 1)
+    assert over_receipt_exception_id(PO, "erp/GR-1", 1) != over_receipt_exception_id(PO, "erp/GR-1", 2)
+    assert over_receipt_exception_id(PO, "erp/GR-1", 1) != over_receipt_exception_id(PO, "erp/GR-2", 1)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        receipt(reconciled_version=2, l1="10"),  # reconciled against the latest: receipt-reconciliation judged it
+        receipt(l1="6"),  # exactly the new quantity
+        receipt(is_receipt=False, l1="10"),  # a return lowers what was received
+        receipt(reconciled_version=0, l1="10"),  # the order was unknown to receipt-reconciliation
+        receipt(found={1}, l1="10"),  # receipt-reconciliation raised over_receipt for this line already
+    ],
+    ids=["latest", "within", "return", "unknown order", "found already"],
+)
+def test_nothing_is_found(case):
+    assert over_received(case, LOWERED_TO_6) == []
+
+
+def test_the_policys_allowance_applies():
+    assert over_received(receipt(l1="6.5"), LOWERED_TO_6, Decimal(10)) == []
+    assert [o.line_number for o in over_received(receipt(l1="6.7"), LOWERED_TO_6, Decimal(10))] == [1]
+
+
+def test_a_line_the_later_version_removed_is_over_received_against_nothing():
+    removed = given(published(), changed(2, lines=(line(1, "10"),))).versions
+    [over] = over_received(receipt(l2="0.5"), removed)
+    assert (over.line_number, over.ordered) == (2, Decimal(0))
+
+
+def test_a_line_the_reconciled_version_lacked_is_not_this_finding():
+    added = given(published(lines=(line(1),)), changed(2, lines=(line(1), line(2, "1")))).versions
+    assert over_received(receipt(l3="5"), added) == []
+
+
+def test_a_cancelled_latest_version_raises_nothing():
+    assert over_received(receipt(l1="10"), given(published(), cancellation(2)).versions) == []
+
+
+def test_versions_recorded_long_after_the_receipt_were_decided_knowing_it():
+    # A restart replays old receipts: a change made well after one (knowing it, and a return since) is no race.
+    late = tuple(
+        replace(v, recorded=replace(v.recorded, recorded_at_ns=60 * SECOND)) if v.version == 2 else v
+        for v in LOWERED_TO_6
+    )
+    assert over_received(receipt(l1="10"), late) == []
+    assert [o.line_number for o in over_received(receipt(l1="10", at_ns=55 * SECOND), late)] == [1]
