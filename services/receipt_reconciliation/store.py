@@ -68,30 +68,32 @@ if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[4], 'sequence', ARGV[2]
 return 1
 """
 
-# One page of documents with findings, newest first, by keyset (score, document key) after the cursor.
-# KEYS: findings, finding entries, documents. ARGV: cursor score ('' from the newest), cursor member, page size + 1,
-# site ('' any), finding type ('' any), newest score allowed ('+inf' any), most entries examined.
-# Answers {built, examined-to score, examined-to member, entry...}: when the examination limit ends a page
-# early the cursor still moves on, so a filter that matches rarely never makes one call scan everything.
+# One page of documents with findings, newest first, continuing after the cursor's own entry by its rank (not its
+# score: documents posted in the same millisecond — an ERP sending dates without a time — share one), so a page
+# costs what it examines however many share the cursor's time. KEYS: findings, finding entries, documents.
+# ARGV: cursor score ('' from the newest), cursor member, page size + 1, site ('' any), finding type ('' any),
+# newest score allowed ('+inf' any), most entries examined. Answers {built, examined-to score, examined-to member,
+# entry...}: when the examination limit ends a page early the cursor still moves on, so a filter that matches
+# rarely never makes one call scan everything.
 _PAGE = """
 if not redis.call('HGET', KEYS[3], 'built') then return {0} end  -- the documents hash says it is built
 local want, limit = tonumber(ARGV[3]), tonumber(ARGV[7])
-local high = ARGV[6]
-local after_score = nil
-if ARGV[1] ~= '' then
-  after_score = tonumber(ARGV[1])
-  if after_score < tonumber(high) then high = ARGV[1] end
+local start = 0
+if ARGV[2] ~= '' then
+  local rank = redis.call('ZREVRANK', KEYS[1], ARGV[2])
+  if rank then start = rank + 1 else start = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[1], '+inf') end
+elseif ARGV[6] ~= '+inf' then
+  start = redis.call('ZCOUNT', KEYS[1], '(' .. ARGV[6], '+inf')
 end
 local out = {1, '', ''}
-local found, examined, offset = 0, 0, 0
+local found, examined = 0, 0
 while found < want and examined < limit do
-  local rows = redis.call('ZREVRANGEBYSCORE', KEYS[1], high, '-inf', 'WITHSCORES', 'LIMIT', offset, 100)
+  local rows = redis.call('ZREVRANGE', KEYS[1], start, start + 99, 'WITHSCORES')
   if #rows == 0 then break end
-  offset = offset + 100
+  start = start + 100
   for i = 1, #rows, 2 do
-    local member, score = rows[i], rows[i + 1]
-    local skip = after_score and tonumber(score) == after_score and member >= ARGV[2]
-    if not skip and found < want and examined < limit then
+    if found < want and examined < limit then
+      local member, score = rows[i], rows[i + 1]
       examined = examined + 1
       out[2], out[3] = score, member
       local entry = redis.call('HGET', KEYS[2], member)

@@ -303,3 +303,40 @@ async def test_a_site_no_system_declares_is_invalid_argument_for_a_system_that_d
         exception_pb2.ExceptionType.Name(e.type) for e in await raised_exceptions(js, Namespace(po_settings.namespace))
     ]
     assert (code, raised) == (grpc.StatusCode.INVALID_ARGUMENT, [])
+
+
+async def test_pages_of_documents_posted_in_the_same_millisecond_list_each_once_in_order(redis):
+    """An ERP sending dates without a time gives a day's documents one posting time: pages continue after the
+    cursor's own entry (its rank), so every document is listed once, newest key first, page after page."""
+    from services.receipt_reconciliation import domain
+    from services.receipt_reconciliation.store import FindingFilter, ReceiptIndex
+
+    key = "sameday:" + datetime.now(UTC).strftime("%H%M%S%f") + ":receipt-reconciliation:receipts"
+    index = ReceiptIndex(redis, key)
+    midnight = datetime(2026, 11, 26, tzinfo=UTC)
+    pipeline = redis.pipeline(transaction=False)
+    for number in range(1_500):
+        document = domain.Receipt(f"GR-{number:05d}", "erp", "PO-X", 1, "DC-EAST", domain.Kind.RECEIPT, midnight, ())
+        finding = domain.Finding(domain.UNKNOWN_PO, 0, "unknown", f"ex-{number}")
+        event = domain.Reconciled(document, None, "fp", "k", 0, (), (), (finding,), False)
+        await index.write(pipeline, event, number + 1)
+    pipeline.hset(key + ":documents", "built", "1")
+    await pipeline.execute()
+    async def range_reads() -> int:  # commands run inside Lua scripts count too
+        stats = await redis.info("commandstats")
+        return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("zrevrange", "zrevrangebyscore"))
+
+    try:
+        listed, cursor, pages = [], None, 0
+        before = await range_reads()
+        while True:
+            page, cursor = await index.page(cursor, 100, FindingFilter())
+            pages += 1
+            listed += [entry.document_key for entry in page]
+            if cursor is None:
+                break
+        reads = await range_reads() - before
+        assert listed == sorted((f"erp/GR-{n:05d}" for n in range(1_500)), reverse=True)
+        assert reads <= 2 * pages, f"{reads} range reads for {pages} pages: the cursor's time group is re-read"
+    finally:
+        await redis.delete(*(key + suffix for suffix in (":documents", ":findings", ":findings:entries", ":meta")))
