@@ -33,6 +33,12 @@ class StreamFollower:
         self._subscription: JetStreamContext.PushSubscription | None = None
         self.applied = 0
 
+    @property
+    def caught_up(self) -> bool:
+        """Whether every message that existed at the start has been applied (a start that timed out serves
+        before; decisions that need the whole stream should refuse until then)."""
+        return self._caught_up.is_set()
+
     async def start(self, catch_up_timeout: float = 60.0) -> None:
         """Subscribe and wait until every message that existed at the start has been applied."""
         info = await self._js.stream_info(self._stream)

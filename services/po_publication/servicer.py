@@ -45,6 +45,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         exceptions: ExceptionReporter,
         suppliers: domain.SupplierDirectory,
         received: domain.ReceivedQuantities,
+        receipts_caught_up: Callable[[], bool],
         policy: Callable[[], Policy],
     ) -> None:
         self._commands = commands
@@ -53,6 +54,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         self._exceptions = exceptions
         self._suppliers = suppliers
         self._received = received
+        self._receipts_caught_up = receipts_caught_up
         self._policy = policy
 
     async def PublishPurchaseOrder(
@@ -73,7 +75,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
     ) -> po_service_pb2.ChangePurchaseOrderResponse:
         document = mapping.normalized(request.purchase_order)
         order, key, fingerprint, caller = self._version(document, request.idempotency_key, change=True)
-        command = domain.ChangeOrder(order, document, fingerprint, key, caller, self._received.of(order.po_id))
+        command = domain.ChangeOrder(order, document, fingerprint, key, caller, self._received_of(order.po_id))
         claim = Claim(key, fingerprint) if request.idempotency_key else None
         outcome = await self._run(order.po_id, command, context, claim=claim)
         if domain.releasable(outcome.state):  # a later version waited for this one (a retry releases it too)
@@ -89,7 +91,7 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         po_id = mapping.required_po_id(request.po_id)
         reason = mapping.required_text(request.reason, "reason", "a cancellation's reason")
         caller = current_caller().system
-        received = self._received.of(po_id)
+        received = self._received_of(po_id)
         command = domain.CancelOrder(po_id, request.version, reason, request.idempotency_key, caller, received)
         claim = Claim(request.idempotency_key, content_sha256(request)) if request.idempotency_key else None
         outcome = await self._run(po_id, command, context, claim=claim)
@@ -176,6 +178,17 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         return po_service_pb2.ListPurchaseOrderVersionsResponse(
             purchase_orders=[mapping.document_of(v) for v in state.versions]
         )
+
+    def _received_of(self, po_id: str) -> domain.Received:
+        """What was received on the order's lines; UNAVAILABLE while the receipt stream is still being read at
+        start (a start that took longer than the follower waits serves before it is through): a change or
+        cancellation decided on a partial view could lower a line below what was received."""
+        if not self._receipts_caught_up():
+            raise Unavailable(
+                "received quantities are still being read from the receipt stream; retry shortly",
+                reason="RECEIPTS_CATCHING_UP",
+            )
+        return self._received.of(po_id)
 
     def _version(
         self, document: po_pb2.PurchaseOrder, idempotency_key: str, *, change: bool

@@ -54,7 +54,9 @@ def wire(rt: Runtime[Settings]) -> Service:
     follower = StreamFollower(rt.js, rt.namespace, "supplier", on_supplier_event(suppliers))
     checks = ReceiptChecks(commands, rt.exceptions, policy)
     receipts = StreamFollower(rt.js, rt.namespace, "receipt", on_receipt_event(received, checks.followed))
-    servicer = PurchaseOrderServicer(commands, unacknowledged, holds, rt.exceptions, suppliers, received, policy)
+    servicer = PurchaseOrderServicer(
+        commands, unacknowledged, holds, rt.exceptions, suppliers, received, lambda: receipts.caught_up, policy
+    )
     return Service(
         grpc_services=[
             GrpcService(

@@ -22,7 +22,14 @@ from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import events_pb2 as receipt_events
 from syncgov.receipt.v1 import receipt_pb2
-from tests.integration.helpers import PROCUREMENT, message_count, raised_exceptions, sample_order, status_details
+from tests.integration.helpers import (
+    PROCUREMENT,
+    code_of,
+    message_count,
+    raised_exceptions,
+    sample_order,
+    status_details,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 PO_ID = "PO-2001"
@@ -244,3 +251,49 @@ async def test_a_receipt_reconciled_before_a_change_that_lowered_its_line_raises
         await post_receipt(js, namespace, PROBE, {1: "10"}, against=1)
         await until_raised(js, namespace, kind, PROBE)
         assert [e.exception_id for e in await exceptions_of(js, namespace, kind)] == [raised.exception_id]
+
+
+async def test_changes_wait_until_the_receipt_stream_is_read_at_start(po_settings, js, monkeypatch):
+    """A start that outlasts the follower's wait serves before every receipt is applied: a change or cancellation
+    decided on that partial view could lower a line below what was received, so both are UNAVAILABLE (retry)
+    until the receipt stream is read through; publishing is not held up."""
+    from libs.runtime.follower import StreamFollower
+    from libs.runtime.subjects import Namespace
+
+    async with running_service(po_settings, wire) as (_, channel, _):
+        await publish(po_service_pb2_grpc.PurchaseOrderServiceStub(channel), version(1))
+    await post_receipt(js, Namespace(po_settings.namespace), PO_ID, {1: "10"})
+    start = StreamFollower.start
+    held_back = asyncio.Event()
+
+    async def slow_receipts(self, catch_up_timeout: float = 60.0) -> None:
+        if self._stream.endswith("_RECEIPT"):
+            original = self._on_message
+
+            async def late(message) -> None:  # receipts arrive only once the test lets them
+                await held_back.wait()
+                await original(message)
+
+            self._on_message = late
+            await start(self, catch_up_timeout=0.2)
+        else:
+            await start(self, catch_up_timeout)
+
+    monkeypatch.setattr(StreamFollower, "start", slow_receipts)
+    async with running_service(po_settings, wire) as (_, channel, _):
+        stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        with pytest.raises(grpc.aio.AioRpcError) as waiting:
+            await change(stub, version(2, "4"))
+        assert waiting.value.code() == grpc.StatusCode.UNAVAILABLE
+        with pytest.raises(grpc.aio.AioRpcError) as cancelling:
+            await cancel(stub)
+        assert cancelling.value.code() == grpc.StatusCode.UNAVAILABLE
+        await publish(stub, version(1, po_id="PO-OTHER"))  # publishing needs no receipts
+        held_back.set()
+        codes = []
+        for _ in range(50):
+            codes.append(await code_of(change(stub, version(2, "4"))))
+            if codes[-1] != grpc.StatusCode.UNAVAILABLE:
+                break
+            await asyncio.sleep(0.1)
+        assert codes[-1] == grpc.StatusCode.FAILED_PRECONDITION  # read through: 10 were received, 4 is below
