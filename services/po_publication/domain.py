@@ -323,6 +323,7 @@ class ReceiptReconciled:
     recorded_at_ns: int
     lines: Mapping[int, Decimal]
     over_receipt_found: frozenset[int] = frozenset()  # lines receipt-reconciliation raised over_receipt for
+    took_in: frozenset[int] = frozenset()  # lines this document itself received goods on
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +384,7 @@ def over_received(
         )
         for number, quantity in sorted(receipt.lines.items())
         if number in had
+        and number in receipt.took_in  # a document that only rejected goods on a line is not the one to blame
         and number not in receipt.over_receipt_found
         and quantity > ordered.get(number, Decimal(0)) * factor
     ]

@@ -248,6 +248,11 @@ def receipt_reconciled(event: StoredEvent) -> domain.ReceiptReconciled | None:
             for finding in reconciled.findings
             if finding.type == exception_pb2.EXCEPTION_TYPE_OVER_RECEIPT
         ),
+        took_in=frozenset(
+            quantity.po_line_number
+            for quantity in reconciled.quantities
+            if quantity.quantity.value and decimal_from_proto(quantity.quantity) > 0
+        ),
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from google.protobuf import json_format
+from google.protobuf.message import Message
 
 from libs.policy.engine import Policy
 from libs.runtime.commands import Outcome
@@ -40,10 +41,18 @@ class HeldVersions:
         self._policy = policy
         self._received = received if received is not None else domain.ReceivedQuantities()
 
-    async def _run(self, po_id: str, command: domain.OrderCommand) -> Outcome[domain.OrderState, domain.OrderEvent]:
+    async def _run(
+        self, po_id: str, command: domain.OrderCommand, decided_on: list[domain.OrderState] | None = None
+    ) -> Outcome[domain.OrderState, domain.OrderEvent]:
         rules = domain.Rules(hold_window=self._policy().out_of_order_hold)
         now = datetime.now(UTC)
-        result = await self._commands.run(po_id, lambda state: domain.decide(command, state, now, rules))
+
+        def decide(state: domain.OrderState) -> domain.Decision:
+            if decided_on is not None:
+                decided_on.append(state)  # the state the appended event was decided on (the last one)
+            return domain.decide(command, state, now, rules)
+
+        result = await self._commands.run(po_id, decide)
         assert not isinstance(result, Refusal), "releasing and expiring holds are never refused"
         return result
 
@@ -57,13 +66,19 @@ class HeldVersions:
             blocked = domain.unreleasable(await self._commands.state(po_id), command.received)
             if blocked is not None:
                 await self._raise_unreleasable(po_id, blocked)
-            outcome = await self._run(po_id, command)
+            decided_on: list[domain.OrderState] = []
+            outcome = await self._run(po_id, command, decided_on)
             if outcome.recorded is None:
                 return
             event = outcome.recorded.event
             if isinstance(event, domain.VersionChanged):
                 log.info("applied held version %s of %s", event.order.version, po_id)
             elif isinstance(event, domain.HoldExpired):
+                # Decided under the guard, perhaps on a newer state than the check above read: raised (again)
+                # from the state it was decided on; the derived id stores it once.
+                decided = domain.unreleasable(decided_on[-1], command.received) if decided_on else None
+                if decided is not None:
+                    await self._raise_unreleasable(po_id, decided)
                 log.info("held version %s of %s not applied: it lowers a line below receipts", event.version, po_id)
             if not domain.releasable(outcome.state):
                 return
@@ -75,7 +90,7 @@ class HeldVersions:
             exception_pb2.SEVERITY_HIGH,
             types_pb2.ObjectRef(object_type=domain.OBJECT_TYPE, object_key=po_id, version=held.version),
             blocked.detail,
-            evidence=[json_format.MessageToJson(held.document, indent=None)],
+            evidence=[_render(held.document)],
             workflow_key=po_id,
             discriminator=f"{held.sequence}|below_received",
             policy_revision=self._policy().revision,
@@ -110,3 +125,7 @@ class HeldVersions:
                 )
                 await self._run(po_id, domain.ExpireHold(held.version, exception.exception_id))
             await self._deadlines.reschedule(po_id, await self._commands.state(po_id))
+
+
+def _render(document: object) -> str:
+    return json_format.MessageToJson(document, indent=None) if isinstance(document, Message) else str(document)

@@ -23,9 +23,11 @@ from syncgov.exception.v1 import exception_pb2
 
 log = logging.getLogger(__name__)
 
-# Receipts older than this when followed (a restart replaying the stream) are not checked again: the change order
-# that raced one landed within seconds of it, while this service ran and checked it.
-RECHECKED_AT_START = timedelta(days=1)
+# Receipts older than this when followed (a restart replaying the stream) are not queued: a change order racing
+# one lands within RECEIPT_UNSEEN_FOR of it, and a restart longer than this is the limit of the check.
+RECHECKED_AT_START = timedelta(minutes=10)
+# The most receipts waiting for their check; beyond it the oldest are checked no more (logged).
+MAX_PENDING = 100_000
 
 
 class ReceiptChecks:
@@ -43,20 +45,37 @@ class ReceiptChecks:
         recorded = datetime.fromtimestamp(receipt.recorded_at_ns / 1e9, UTC)
         if recorded < datetime.now(UTC) - RECHECKED_AT_START:
             return
+        if len(self.pending) >= MAX_PENDING:
+            dropped = self.pending.popleft()
+            log.warning(
+                "receipt check queue full: %s of %s is not checked for a racing change", dropped.document, dropped.po_id
+            )
         self.pending.append(receipt)
 
     async def run(self) -> None:
-        """Check the queued receipts in stream order (the periodic job). A receipt whose check fails stays first
-        in the queue and is checked again at the next run."""
-        while self.pending:
-            await self.check(self.pending[0])
-            self.pending.popleft()
+        """Check the queued receipts in stream order (the periodic job). A receipt stays queued until its window
+        has passed — the change order that raced it may land after its first check — and one whose check fails
+        is checked again at the next run."""
+        now_ns = datetime.now(UTC).timestamp() * 1e9
+        window_ns = domain.RECEIPT_UNSEEN_FOR / timedelta(microseconds=1) * 1_000
+        waiting: deque[domain.ReceiptReconciled] = deque()
+        try:
+            while self.pending:
+                receipt = self.pending[0]
+                found_newer = await self.check(receipt)
+                self.pending.popleft()
+                if not found_newer and receipt.recorded_at_ns + window_ns > now_ns:
+                    waiting.append(receipt)  # its window is still open: look again at the next run
+        finally:
+            self.pending.extendleft(reversed(waiting))
 
-    async def check(self, receipt: domain.ReceiptReconciled) -> list[domain.OverReceipt]:
+    async def check(self, receipt: domain.ReceiptReconciled) -> bool:
+        """Raise over_receipt for what a newer version than the receipt's left over-received; whether the order
+        has a newer version at all (until it has, a racing change order may still land)."""
         state = await self._commands.state(receipt.po_id)
         latest = state.latest
         if latest is None or latest.version <= receipt.reconciled_version:
-            return []
+            return False
         policy = self._policy()
         found = domain.over_received(receipt, state.versions, policy.over_receipt_percent(latest.order.business_unit))
         for over in found:
@@ -74,4 +93,4 @@ class ReceiptChecks:
                 exception_id=over.exception_id,
             )
             log.info("over_receipt on line %s of %s after version %s", over.line_number, receipt.po_id, over.version)
-        return found
+        return True
