@@ -85,6 +85,16 @@ async def post_receipt(
             for line, quantity in received.items()
         ],
         purchase_order_fully_received=fully_received,
+        # What this document took in on each line, in the order's unit (here: the line's whole figure).
+        quantities=[
+            receipt_pb2.ReceiptLineQuantity(
+                line_number=line,
+                po_line_number=line,
+                quantity=decimal_pb2.Decimal(value=quantity),
+                unit_of_measure="EA",
+            )
+            for line, quantity in received.items()
+        ],
     )
     await EventPublisher(js, namespace, NoOpTracer(), 5).publish(
         Event(

@@ -383,7 +383,10 @@ SECOND = 1_000_000_000
 
 def receipt(reconciled_version: int = 1, at_ns: int = 0, is_receipt: bool = True, found=frozenset(), **lines: str):
     figures = {int(name.removeprefix("l")): Decimal(quantity) for name, quantity in lines.items()}
-    return ReceiptReconciled(PO, "erp/GR-1", is_receipt, reconciled_version, at_ns, figures, frozenset(found))
+    # The document took goods in on every line it names (figures are the lines' cumulative net received).
+    return ReceiptReconciled(
+        PO, "erp/GR-1", is_receipt, reconciled_version, at_ns, figures, frozenset(found), frozenset(figures)
+    )
 
 
 LOWERED_TO_6 = given(published(), changed(2, lines=(line(1, "6"), line(2, "10")))).versions
