@@ -322,6 +322,7 @@ async def test_pages_of_documents_posted_in_the_same_millisecond_list_each_once_
         await index.write(pipeline, event, number + 1)
     pipeline.hset(key + ":documents", "built", "1")
     await pipeline.execute()
+
     async def range_reads() -> int:  # commands run inside Lua scripts count too
         stats = await redis.info("commandstats")
         return sum(stats.get(f"cmdstat_{name}", {}).get("calls", 0) for name in ("zrevrange", "zrevrangebyscore"))
