@@ -1,0 +1,421 @@
+"""Invoices between the contract (``syncgov.invoice.v1``) and the domain: conversion with field violations for
+bad decimals, money and dates, and the match results and fact versions as the events and responses carry them.
+
+Every amount and quantity is an exact :class:`~decimal.Decimal`: money comes from ``google.type.Money`` (units and
+nanos), quantities and the match's figures travel as ``google.type.Decimal`` strings, never floats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from datetime import date
+from decimal import Decimal
+
+from google.type import decimal_pb2, money_pb2
+
+from libs.runtime.errors import FieldViolation, InvalidArgument
+from libs.runtime.values import (
+    date_from_proto,
+    date_to_proto,
+    decimal_from_proto,
+    decimal_to_proto,
+    money_from_proto,
+    money_to_proto,
+)
+from services.invoice_status.decider import FactVersions, InvoiceStatus
+from services.invoice_status.domain import (
+    ZERO,
+    AmountCheck,
+    DuplicateOf,
+    HeaderCheck,
+    Invoice,
+    InvoiceLine,
+    Limit,
+    LineMatch,
+    MatchResult,
+    MatchState,
+    PriceCheck,
+    QuantityCheck,
+    Reason,
+    SuspectedDuplicate,
+    validate_invoice,
+)
+from syncgov.invoice.v1 import invoice_pb2
+
+FIELD = "invoice"
+
+_REASON_TO_PROTO: Mapping[Reason, invoice_pb2.BlockReason] = {
+    Reason.PRICE_VARIANCE: invoice_pb2.BLOCK_REASON_PRICE_VARIANCE,
+    Reason.QUANTITY_VARIANCE: invoice_pb2.BLOCK_REASON_QUANTITY_VARIANCE,
+    Reason.AWAITING_RECEIPT: invoice_pb2.BLOCK_REASON_AWAITING_RECEIPT,
+    Reason.UNKNOWN_PO_LINE: invoice_pb2.BLOCK_REASON_UNKNOWN_PO_LINE,
+    Reason.PO_CANCELLED: invoice_pb2.BLOCK_REASON_PO_CANCELLED,
+    Reason.CURRENCY_MISMATCH: invoice_pb2.BLOCK_REASON_CURRENCY_MISMATCH,
+    Reason.DUPLICATE_INVOICE: invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE,
+    Reason.ARITHMETIC_ERROR: invoice_pb2.BLOCK_REASON_ARITHMETIC_ERROR,
+}
+_REASON_FROM_PROTO: Mapping[int, Reason] = {number: reason for reason, number in _REASON_TO_PROTO.items()}
+
+_STATUS_TO_PROTO: Mapping[InvoiceStatus, invoice_pb2.InvoiceState] = {
+    InvoiceStatus.RECEIVED: invoice_pb2.INVOICE_STATE_RECEIVED,
+    InvoiceStatus.MATCHED: invoice_pb2.INVOICE_STATE_MATCHED,
+    InvoiceStatus.BLOCKED: invoice_pb2.INVOICE_STATE_BLOCKED,
+    InvoiceStatus.RELEASED: invoice_pb2.INVOICE_STATE_RELEASED,
+    InvoiceStatus.APPROVED_FOR_PAYMENT: invoice_pb2.INVOICE_STATE_APPROVED,
+    InvoiceStatus.PAID: invoice_pb2.INVOICE_STATE_PAID,
+    InvoiceStatus.DISPUTED: invoice_pb2.INVOICE_STATE_DISPUTED,
+    InvoiceStatus.CANCELLED: invoice_pb2.INVOICE_STATE_CANCELLED,
+}
+_STATUS_FROM_PROTO: Mapping[int, InvoiceStatus] = {number: status for status, number in _STATUS_TO_PROTO.items()}
+
+
+# --- Enums -------------------------------------------------------------------------------------------------
+
+
+def reason_to_proto(reason: Reason) -> invoice_pb2.BlockReason:
+    return _REASON_TO_PROTO[reason]
+
+
+def reason_from_proto(value: int) -> Reason:
+    reason = _REASON_FROM_PROTO.get(value)
+    if reason is None:
+        raise ValueError(f"block reason {value} is not a known reason")
+    return reason
+
+
+def reasons_to_proto(reasons: tuple[Reason, ...]) -> list[invoice_pb2.BlockReason]:
+    return [_REASON_TO_PROTO[reason] for reason in reasons]
+
+
+def reasons_from_proto(values: object) -> tuple[Reason, ...]:
+    return tuple(reason_from_proto(value) for value in values)  # type: ignore[attr-defined]
+
+
+def status_to_proto(status: InvoiceStatus) -> invoice_pb2.InvoiceState:
+    return _STATUS_TO_PROTO[status]
+
+
+def status_from_proto(value: int) -> InvoiceStatus:
+    status = _STATUS_FROM_PROTO.get(value)
+    if status is None:
+        raise ValueError(f"invoice state {value} is not a known state")
+    return status
+
+
+# --- The invoice: contract -> domain, with field violations ------------------------------------------------
+
+
+class _Reader:
+    """Collects every problem of a document rather than stopping at the first."""
+
+    def __init__(self, currency: str) -> None:
+        self.currency = currency
+        self.problems: list[FieldViolation] = []
+
+    def bad(self, path: str, description: str) -> None:
+        self.problems.append(FieldViolation(path, description))
+
+    def quantity(self, value: decimal_pb2.Decimal, path: str) -> Decimal:
+        try:
+            return decimal_from_proto(value)
+        except ValueError as error:
+            self.bad(path, str(error))
+            return ZERO
+
+    def money(self, owner: object, name: str, path: str, *, required: bool) -> Decimal | None:
+        if not owner.HasField(name):  # type: ignore[attr-defined]
+            if required:
+                self.bad(path, "is required")
+            return None
+        money: money_pb2.Money = getattr(owner, name)
+        if money.currency_code and money.currency_code != self.currency:
+            self.bad(path, f"is in {money.currency_code}, not the invoice's currency {self.currency or '(none)'}")
+        try:
+            return money_from_proto(money)
+        except ValueError as error:
+            self.bad(path, str(error))
+            return None
+
+
+def to_domain(document: invoice_pb2.Invoice, prefix: str = FIELD) -> tuple[Invoice | None, list[FieldViolation]]:
+    """The domain form of an invoice, or None and every conversion problem (bad decimals, money, dates).
+    The invoice's own rules (required ids, ISO currency, positive quantities) are :func:`valid_invoice`'s."""
+    reader = _Reader(document.currency_code)
+    invoice_date: date | None = None
+    try:
+        invoice_date = date_from_proto(document.invoice_date)
+        if invoice_date is None:
+            reader.bad(f"{prefix}.invoice_date", "is required")
+    except ValueError as error:
+        reader.bad(f"{prefix}.invoice_date", str(error))
+    lines: list[InvoiceLine] = []
+    for index, line in enumerate(document.lines):
+        path = f"{prefix}.lines[{index}]"
+        lines.append(
+            InvoiceLine(
+                line_number=line.line_number,
+                po_id=line.po_id,
+                po_line_number=line.po_line_number,
+                quantity=reader.quantity(line.quantity, f"{path}.quantity"),
+                unit_price=reader.money(line, "unit_price", f"{path}.unit_price", required=True) or ZERO,
+                line_amount=reader.money(line, "line_amount", f"{path}.line_amount", required=True) or ZERO,
+                tax_amount=reader.money(line, "tax_amount", f"{path}.tax_amount", required=False),
+            )
+        )
+    net = reader.money(document, "net_amount", f"{prefix}.net_amount", required=True)
+    tax = reader.money(document, "tax_amount", f"{prefix}.tax_amount", required=False)
+    gross = reader.money(document, "total_amount", f"{prefix}.total_amount", required=True)
+    if reader.problems or invoice_date is None:
+        return None, reader.problems
+    return (
+        Invoice(
+            invoice_id=document.invoice_id,
+            supplier_id=document.supplier_id,
+            invoice_number=document.invoice_number,
+            invoice_date=invoice_date,
+            currency=document.currency_code,
+            lines=tuple(lines),
+            net_total=net if net is not None else ZERO,
+            tax_total=tax if tax is not None else ZERO,
+            gross_total=gross if gross is not None else ZERO,
+            credit_note=document.credit_note,
+            credited_invoice_id=document.credited_invoice_id,
+        ),
+        [],
+    )
+
+
+def valid_invoice(document: invoice_pb2.Invoice) -> Invoice:
+    """The domain form of an invoice, or INVALID_ARGUMENT listing every problem (nothing is recorded)."""
+    invoice, problems = to_domain(document)
+    violations = list(problems)
+    if invoice is not None:
+        violations.extend(FieldViolation(v.field, v.description) for v in validate_invoice(invoice, FIELD))
+    if violations or invoice is None:
+        raise InvalidArgument(
+            f"invoice {document.invoice_id or '(no id)'} is invalid: {len(violations)} problem(s); "
+            "nothing was recorded",
+            violations=violations,
+            reason="INVALID_INVOICE",
+        )
+    return invoice
+
+
+def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
+    currency = invoice.currency
+    document = invoice_pb2.Invoice(
+        invoice_id=invoice.invoice_id,
+        supplier_id=invoice.supplier_id,
+        invoice_number=invoice.invoice_number,
+        invoice_date=date_to_proto(invoice.invoice_date),
+        currency_code=currency,
+        total_amount=money_to_proto(invoice.gross_total, currency),
+        tax_amount=money_to_proto(invoice.tax_total, currency),
+        net_amount=money_to_proto(invoice.net_total, currency),
+        credit_note=invoice.credit_note,
+        credited_invoice_id=invoice.credited_invoice_id,
+    )
+    for line in invoice.lines:
+        message = document.lines.add(
+            line_number=line.line_number,
+            po_id=line.po_id,
+            po_line_number=line.po_line_number,
+            quantity=decimal_to_proto(line.quantity),
+            unit_price=money_to_proto(line.unit_price, currency),
+            line_amount=money_to_proto(line.line_amount, currency),
+        )
+        if line.tax_amount is not None:
+            message.tax_amount.CopyFrom(money_to_proto(line.tax_amount, currency))
+    return document
+
+
+# --- Match results -----------------------------------------------------------------------------------------
+
+
+def _optional(number: Decimal | None) -> decimal_pb2.Decimal | None:
+    return None if number is None else decimal_to_proto(number)
+
+
+def _optional_from(owner: object, name: str) -> Decimal | None:
+    return decimal_from_proto(getattr(owner, name)) if owner.HasField(name) else None  # type: ignore[attr-defined]
+
+
+def limit_text(limit: Limit) -> str:
+    """The limit for people: ``upper percent 2 (up to 10.2)``."""
+    return f"{limit.side} {limit.basis} {limit.value} (up to {limit.bound})"
+
+
+def limit_to_proto(limit: Limit) -> invoice_pb2.ToleranceLimit:
+    return invoice_pb2.ToleranceLimit(
+        side=limit.side,
+        basis=limit.basis,
+        value=decimal_to_proto(limit.value),
+        bound=decimal_to_proto(limit.bound),
+        text=limit_text(limit),
+    )
+
+
+def limit_from_proto(message: invoice_pb2.ToleranceLimit) -> Limit:
+    return Limit(message.side, message.basis, decimal_from_proto(message.value), decimal_from_proto(message.bound))
+
+
+def price_to_proto(check: PriceCheck) -> invoice_pb2.PriceMatch:
+    return invoice_pb2.PriceMatch(
+        expected=decimal_to_proto(check.expected),
+        actual=decimal_to_proto(check.actual),
+        variance=decimal_to_proto(check.variance),
+        variance_amount=decimal_to_proto(check.variance_amount),
+        variance_percent=_optional(check.variance_percent),
+        limit=limit_to_proto(check.limit),
+        within=check.within,
+    )
+
+
+def price_from_proto(message: invoice_pb2.PriceMatch) -> PriceCheck:
+    return PriceCheck(
+        expected=decimal_from_proto(message.expected),
+        actual=decimal_from_proto(message.actual),
+        variance=decimal_from_proto(message.variance),
+        variance_amount=decimal_from_proto(message.variance_amount),
+        variance_percent=_optional_from(message, "variance_percent"),
+        limit=limit_from_proto(message.limit),
+        within=message.within,
+    )
+
+
+def quantity_to_proto(check: QuantityCheck) -> invoice_pb2.QuantityMatch:
+    return invoice_pb2.QuantityMatch(
+        expected=decimal_to_proto(check.expected),
+        basis=check.basis,
+        invoiced=decimal_to_proto(check.invoiced),
+        invoiced_by_others=decimal_to_proto(check.invoiced_by_others),
+        cumulative=decimal_to_proto(check.actual),
+        variance=decimal_to_proto(check.variance),
+        variance_percent=_optional(check.variance_percent),
+        limit=limit_to_proto(check.limit),
+        within=check.within,
+    )
+
+
+def quantity_from_proto(message: invoice_pb2.QuantityMatch) -> QuantityCheck:
+    return QuantityCheck(
+        expected=decimal_from_proto(message.expected),
+        basis=message.basis,
+        invoiced=decimal_from_proto(message.invoiced),
+        invoiced_by_others=decimal_from_proto(message.invoiced_by_others),
+        actual=decimal_from_proto(message.cumulative),
+        variance=decimal_from_proto(message.variance),
+        variance_percent=_optional_from(message, "variance_percent"),
+        limit=limit_from_proto(message.limit),
+        within=message.within,
+    )
+
+
+def line_match_to_proto(line: LineMatch, currency: str = "") -> invoice_pb2.LineMatchResult:
+    """A line's match; ``currency`` (the invoice's) fills the Money form of the PO unit price when it fits."""
+    message = invoice_pb2.LineMatchResult(
+        line_number=line.line_number,
+        matched=line.matched,
+        block_reasons=reasons_to_proto(line.reasons),
+        po_version=line.po_version,
+        po_id=line.po_id,
+        po_line_number=line.po_line_number,
+        business_unit=line.business_unit,
+        basis=invoice_pb2.MATCH_BASIS_TWO_WAY if line.two_way else invoice_pb2.MATCH_BASIS_THREE_WAY,
+        stated_amount=decimal_to_proto(line.amount.stated),
+        computed_amount=decimal_to_proto(line.amount.computed),
+    )
+    if line.price is not None:
+        message.price.CopyFrom(price_to_proto(line.price))
+        if currency:
+            with contextlib.suppress(ValueError):  # more than 9 decimals: the exact figure is price.expected
+                message.po_unit_price.CopyFrom(money_to_proto(line.price.expected, currency))
+    if line.quantity is not None:
+        message.quantity.CopyFrom(quantity_to_proto(line.quantity))
+        if not line.two_way:
+            message.received_quantity.CopyFrom(decimal_to_proto(line.quantity.expected))
+    return message
+
+
+def line_match_from_proto(message: invoice_pb2.LineMatchResult) -> LineMatch:
+    return LineMatch(
+        line_number=message.line_number,
+        po_id=message.po_id,
+        po_line_number=message.po_line_number,
+        po_version=message.po_version,
+        business_unit=message.business_unit,
+        two_way=message.basis == invoice_pb2.MATCH_BASIS_TWO_WAY,
+        amount=AmountCheck(decimal_from_proto(message.stated_amount), decimal_from_proto(message.computed_amount)),
+        price=price_from_proto(message.price) if message.HasField("price") else None,
+        quantity=quantity_from_proto(message.quantity) if message.HasField("quantity") else None,
+        reasons=reasons_from_proto(message.block_reasons),
+    )
+
+
+def match_to_proto(match: MatchResult, currency: str = "") -> invoice_pb2.InvoiceMatch:
+    return invoice_pb2.InvoiceMatch(
+        invoice_id=match.invoice_id,
+        matched=match.matched,
+        block_reasons=reasons_to_proto(match.reasons),
+        header_block_reasons=reasons_to_proto(match.header_reasons),
+        lines=[line_match_to_proto(line, currency) for line in match.lines],
+        header_checks=[
+            invoice_pb2.HeaderCheck(
+                name=check.name,
+                stated=decimal_to_proto(check.stated),
+                computed=decimal_to_proto(check.computed),
+                small_difference=decimal_to_proto(check.small_difference),
+            )
+            for check in match.header
+        ],
+        duplicates=[
+            invoice_pb2.DuplicateOf(invoice_id=d.invoice_id, invoice_number=d.invoice_number, rules=list(d.rules))
+            for d in match.duplicates
+        ],
+        suspected_duplicates=[
+            invoice_pb2.SuspectedDuplicate(
+                invoice_id=s.invoice_id, invoice_number=s.invoice_number, days_apart=s.days_apart
+            )
+            for s in match.suspected_duplicates
+        ],
+    )
+
+
+def match_from_proto(message: invoice_pb2.InvoiceMatch) -> MatchResult:
+    return MatchResult(
+        invoice_id=message.invoice_id,
+        state=MatchState.MATCHED if message.matched else MatchState.BLOCKED,
+        reasons=reasons_from_proto(message.block_reasons),
+        header_reasons=reasons_from_proto(message.header_block_reasons),
+        lines=tuple(line_match_from_proto(line) for line in message.lines),
+        header=tuple(
+            HeaderCheck(
+                check.name,
+                decimal_from_proto(check.stated),
+                decimal_from_proto(check.computed),
+                decimal_from_proto(check.small_difference),
+            )
+            for check in message.header_checks
+        ),
+        duplicates=tuple(DuplicateOf(d.invoice_id, d.invoice_number, tuple(d.rules)) for d in message.duplicates),
+        suspected_duplicates=tuple(
+            SuspectedDuplicate(s.invoice_id, s.invoice_number, s.days_apart) for s in message.suspected_duplicates
+        ),
+    )
+
+
+def facts_to_proto(facts: FactVersions) -> invoice_pb2.FactVersions:
+    return invoice_pb2.FactVersions(
+        po_versions=[invoice_pb2.PoVersion(po_id=po_id, version=version) for po_id, version in facts.po_versions],
+        receipt_sequence=facts.receipt_sequence,
+        invoice_sequence=facts.invoice_sequence,
+    )
+
+
+def facts_from_proto(message: invoice_pb2.FactVersions) -> FactVersions:
+    return FactVersions(
+        po_versions=tuple((po.po_id, po.version) for po in message.po_versions),
+        receipt_sequence=message.receipt_sequence,
+        invoice_sequence=message.invoice_sequence,
+    )
