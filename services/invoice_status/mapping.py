@@ -23,7 +23,7 @@ from libs.runtime.values import (
     money_from_proto,
     money_to_proto,
 )
-from services.invoice_status.decider import FactVersions, InvoiceStatus
+from services.invoice_status.decider import FactVersions, InvoiceState, InvoiceStatus
 from services.invoice_status.domain import (
     ZERO,
     AmountCheck,
@@ -419,3 +419,18 @@ def facts_from_proto(message: invoice_pb2.FactVersions) -> FactVersions:
         receipt_sequence=message.receipt_sequence,
         invoice_sequence=message.invoice_sequence,
     )
+
+
+def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
+    """An invoice and its state as the responses carry it: the submitted document and the match in force."""
+    message = invoice_pb2.InvoiceStatus()
+    submitted = state.submitted
+    if submitted is None or state.status is None:
+        return message
+    document = submitted.document if isinstance(submitted.document, invoice_pb2.Invoice) else None
+    message.invoice.CopyFrom(document if document is not None else invoice_to_proto(submitted.invoice))
+    message.state = status_to_proto(state.status)
+    if state.match is not None:
+        currency = submitted.invoice.currency
+        message.line_results.extend(line_match_to_proto(line, currency) for line in state.match.lines)
+    return message

@@ -1,0 +1,79 @@
+"""Raising an exception per blocking reason of an invoice's match, after the append and again on a replay.
+
+The ids derive from the invoice, the reason and the match event's sequence, so raising again stores nothing twice
+and a later match that blocks for the same reason raises anew. Reasons with no exception type of their own in the
+contract (unknown_po_line, po_cancelled, currency_mismatch, arithmetic_error) are raised as validation_failed,
+the reason named in the detail.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+
+from libs.policy.engine import Policy
+from libs.runtime.exception_reporter import ExceptionReporter, severity
+from services.invoice_status.decider import InvoiceState
+from services.invoice_status.domain import OBJECT_TYPE, MatchState, Reason
+from syncgov.common.v1 import types_pb2
+from syncgov.exception.v1 import exception_pb2
+
+_EXCEPTION_IDS = uuid.UUID("6f0f5b8e-2f0e-4c55-9a55-1e7c1c0b7a11")
+_OWN_TYPE = {
+    Reason.PRICE_VARIANCE: exception_pb2.EXCEPTION_TYPE_PRICE_VARIANCE,
+    Reason.QUANTITY_VARIANCE: exception_pb2.EXCEPTION_TYPE_QUANTITY_VARIANCE,
+    Reason.AWAITING_RECEIPT: exception_pb2.EXCEPTION_TYPE_AWAITING_RECEIPT,
+    Reason.DUPLICATE_INVOICE: exception_pb2.EXCEPTION_TYPE_DUPLICATE_INVOICE,
+}
+
+
+def exception_id(invoice_id: str, reason: Reason, sequence: int) -> str:
+    return str(uuid.uuid5(_EXCEPTION_IDS, f"{invoice_id}|{reason.value}|{sequence}"))
+
+
+def exception_type_of(reason: Reason) -> tuple[exception_pb2.ExceptionType, str]:
+    """The contract's exception type for a blocking reason, and the policy's name routing it."""
+    own = _OWN_TYPE.get(reason)
+    if own is not None:
+        return own, reason.value
+    return exception_pb2.EXCEPTION_TYPE_VALIDATION_FAILED, "validation_failed"
+
+
+def _detail(state: InvoiceState, reason: Reason) -> str:
+    assert state.match is not None
+    assert state.submitted is not None
+    invoice = state.submitted.invoice
+    lines = [line for line in state.match.lines if reason in line.reasons]
+    where = ", ".join(f"line {line.line_number} (PO {line.po_id} line {line.po_line_number})" for line in lines[:20])
+    if len(lines) > 20:
+        where += f" and {len(lines) - 20} more"
+    subject = f"invoice {invoice.invoice_id} ({invoice.invoice_number}) of {invoice.supplier_id}"
+    return f"{subject} blocked: {reason.value}" + (f" on {where}" if where else "")
+
+
+class BlockingExceptions:
+    def __init__(self, exceptions: ExceptionReporter, policy: Callable[[], Policy]) -> None:
+        self._exceptions = exceptions
+        self._policy = policy
+
+    async def raise_for(self, invoice_id: str, state: InvoiceState, match_sequence: int) -> None:
+        """One exception per blocking reason of the match in force, if it blocks."""
+        match = state.match
+        if match is None or match.state is not MatchState.BLOCKED:
+            return
+        policy = self._policy()
+        business_unit = next((line.business_unit for line in match.lines if line.business_unit), "")
+        workflow_key = match.lines[0].po_id if match.lines else ""
+        for reason in match.reasons:
+            contract_type, routed_as = exception_type_of(reason)
+            route = policy.route(routed_as, business_unit=business_unit)
+            await self._exceptions.raise_exception(
+                contract_type,
+                severity(route.severity, default=exception_pb2.SEVERITY_MEDIUM),
+                types_pb2.ObjectRef(object_type=OBJECT_TYPE, object_key=invoice_id),
+                _detail(state, reason),
+                workflow_key=workflow_key,
+                discriminator=f"{invoice_id}:{reason.value}",
+                policy_revision=policy.revision,
+                exception_id=exception_id(invoice_id, reason, match_sequence),
+            )

@@ -1,0 +1,295 @@
+"""InvoiceStatusService: each handler translates the request, runs the command, translates the result.
+
+The rules are in decider.py (decide/evolve) and matching.py (the three-way match, pure); the facts the match
+reads come from the streams (facts.py); the loop around them is libs/runtime/commands.py."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+from opentelemetry import trace
+
+from libs.policy.engine import Policy
+from libs.runtime import attributes
+from libs.runtime.commands import Claim, Outcome
+from libs.runtime.decider import Refusal
+from libs.runtime.errors import FailedPrecondition, FieldViolation, InvalidArgument, NotFound, Unavailable
+from libs.runtime.events import content_sha256
+from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.identity import current_caller
+from libs.runtime.paging import decode_page_cursor, encode_page_cursor, page_size
+from libs.runtime.refusals import refused
+from libs.runtime.subjects import MAX_KEY_CHARS
+from services.invoice_status import decider, mapping, matching
+from services.invoice_status.decider import FactVersions, InvoiceEvent, InvoiceState, InvoiceStatus
+from services.invoice_status.domain import (
+    OBJECT_TYPE,
+    Invoice,
+    LineKey,
+    MatchFacts,
+    PoLineFacts,
+    ReceivedFacts,
+    TolerancePolicy,
+)
+from services.invoice_status.facts import InvoiceLedger, OrderLines, ReceivedLines, SupplierStates
+from services.invoice_status.findings import BlockingExceptions
+from services.invoice_status.store import InvoiceCommands
+from syncgov.common.v1 import types_pb2
+from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+REPLAY_METADATA = (("syncgov-idempotent-replay", "true"),)
+BLOCKED_LISTING = "invoice.blocked"
+
+
+class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
+    def __init__(
+        self,
+        commands: InvoiceCommands,
+        orders: OrderLines,
+        receipts: ReceivedLines,
+        suppliers: SupplierStates,
+        ledger: InvoiceLedger,
+        ready: Callable[[], bool],
+        exceptions: ExceptionReporter,
+        blocking: BlockingExceptions,
+        policy: Callable[[], Policy],
+    ) -> None:
+        self._commands = commands
+        self._orders = orders
+        self._receipts = receipts
+        self._suppliers = suppliers
+        self._ledger = ledger
+        self._ready = ready
+        self._exceptions = exceptions
+        self._blocking = blocking
+        self._policy = policy
+
+    async def SubmitInvoice(
+        self, request: invoice_service_pb2.SubmitInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> invoice_service_pb2.SubmitInvoiceResponse:
+        caller = current_caller().system
+        policy = self._policy()
+        document = request.invoice
+        invoice = mapping.valid_invoice(document)
+        _check_supplier(self._suppliers, invoice.supplier_id)
+        if not self._ready():
+            raise Unavailable(
+                "the invoices recorded so far are still being read from the stream; retry shortly",
+                reason="READ_MODEL_REBUILDING",
+            )
+        fingerprint = content_sha256(document)
+        # The invoice id is the broker's message id whatever key the caller chose: a number the supplier reused is
+        # the match's duplicate_invoice, never a message the broker drops.
+        key = f"{caller}:{OBJECT_TYPE}:{invoice.invoice_id}"
+        trace.get_current_span().set_attributes(
+            {
+                attributes.WORKFLOW_KEY: invoice.lines[0].po_id if invoice.lines else "",
+                attributes.IDEMPOTENCY_KEY: request.idempotency_key or key,
+            }
+        )
+        facts, versions = await self._facts(invoice)
+        match = matching.match_invoice(
+            invoice,
+            facts,
+            TolerancePolicy.of(policy.document.tolerances),
+            earlier=self._ledger.earlier_of(invoice.supplier_id, invoice.invoice_id),
+        )
+        command = decider.SubmitInvoice(invoice, fingerprint, key, match, versions, document)
+        claim = Claim(f"{caller}:{request.idempotency_key}", fingerprint) if request.idempotency_key else None
+        result = await self._commands.run(
+            invoice.invoice_id, lambda state: decider.decide(command, state), assume_new=True, claim=claim
+        )
+        outcome = await self._outcome(invoice.invoice_id, result, context)
+        await self._raise_blocking(invoice.invoice_id, outcome)
+        return invoice_service_pb2.SubmitInvoiceResponse(status=mapping.status_message(outcome.state))
+
+    async def GetInvoice(
+        self, request: invoice_service_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> invoice_service_pb2.GetInvoiceResponse:
+        state = await self._existing(request.invoice_id)
+        return invoice_service_pb2.GetInvoiceResponse(status=mapping.status_message(state))
+
+    async def ListBlockedInvoices(
+        self, request: invoice_service_pb2.ListBlockedInvoicesRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> invoice_service_pb2.ListBlockedInvoicesResponse:
+        reason = None
+        if request.reason != invoice_pb2.BLOCK_REASON_UNSPECIFIED:
+            try:
+                reason = mapping.reason_from_proto(request.reason)
+            except ValueError as error:
+                raise InvalidArgument(
+                    str(error), violations=[FieldViolation("reason", str(error))], reason="UNKNOWN_BLOCK_REASON"
+                ) from None
+        size = page_size(request.page.page_size)
+        cursor = decode_page_cursor(BLOCKED_LISTING, request.page.page_token)
+        after = _cursor(cursor) if cursor is not None else None
+        listed: list[tuple[tuple[int, str], InvoiceState]] = []
+        more = False
+        for invoice_id, state in self._ledger.blocked():
+            position = (self._ledger.first_sequence.get(invoice_id, 0), invoice_id)
+            if after is not None and position <= after:
+                continue
+            if reason is not None and (state.match is None or reason not in state.match.reasons):
+                continue
+            if len(listed) == size:
+                more = True
+                break
+            listed.append((position, state))
+        token = ""
+        if more and listed:
+            sequence, invoice_id = listed[-1][0]
+            token = encode_page_cursor(BLOCKED_LISTING, f"{sequence}|{invoice_id}")
+        return invoice_service_pb2.ListBlockedInvoicesResponse(
+            statuses=[mapping.status_message(state) for _, state in listed],
+            page_info=types_pb2.PageInfo(next_page_token=token),
+        )
+
+    async def ReleaseInvoice(
+        self, request: invoice_service_pb2.ReleaseInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> invoice_service_pb2.ReleaseInvoiceResponse:
+        invoice_id = _invoice_id(request.invoice_id)
+        command = decider.Release(invoice_id, current_caller().system, request.reason.strip())
+        result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
+        outcome = await self._outcome(invoice_id, result, context)
+        return invoice_service_pb2.ReleaseInvoiceResponse(status=mapping.status_message(outcome.state))
+
+    async def DisputeInvoice(
+        self, request: invoice_service_pb2.DisputeInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> invoice_service_pb2.DisputeInvoiceResponse:
+        invoice_id = _invoice_id(request.invoice_id)
+        command = decider.Dispute(invoice_id, request.reason.strip())
+        result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
+        outcome = await self._outcome(invoice_id, result, context)
+        return invoice_service_pb2.DisputeInvoiceResponse(status=mapping.status_message(outcome.state))
+
+    async def RecordInvoicePayment(
+        self, request: invoice_service_pb2.RecordInvoicePaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> invoice_service_pb2.RecordInvoicePaymentResponse:
+        """The ERP paying a matched or released invoice approves it for payment first (one event each); the
+        payment is for the invoice's gross amount, dated today (a retry keeps the date recorded)."""
+        invoice_id = _invoice_id(request.invoice_id)
+        caller = current_caller().system
+        state = await self._existing(invoice_id)
+        if state.status in decider.APPROVABLE:
+            approve = decider.Approve(invoice_id, caller)
+            approved = await self._commands.run(invoice_id, lambda current: decider.decide(approve, current))
+            state = (await self._outcome(invoice_id, approved, None)).state
+        assert state.submitted is not None
+        invoice = state.submitted.invoice
+        paid_on = datetime.now(UTC).date()
+        if state.payment is not None and state.payment.payment_reference == request.payment_reference:
+            paid_on = state.payment.paid_on
+        command = decider.RecordPayment(
+            invoice_id, request.payment_reference.strip(), invoice.gross_total, invoice.currency, paid_on
+        )
+        result = await self._commands.run(invoice_id, lambda current: decider.decide(command, current))
+        outcome = await self._outcome(invoice_id, result, context)
+        return invoice_service_pb2.RecordInvoicePaymentResponse(status=mapping.status_message(outcome.state))
+
+    async def _facts(self, invoice: Invoice) -> tuple[MatchFacts, FactVersions]:
+        """The PO lines of the versions current now, net received and what other invoices invoiced, per PO line."""
+        po_lines: dict[LineKey, PoLineFacts] = {}
+        received: dict[LineKey, ReceivedFacts] = {}
+        versions: list[tuple[str, int]] = []
+        receipt_sequence = 0
+        for po_id in sorted({line.po_id for line in invoice.lines}):
+            order = await self._orders.current(po_id)
+            if order is not None:
+                versions.append((po_id, order.version))
+                po_lines.update(((po_id, number), line) for number, line in order.lines.items())
+            receipts = await self._receipts.of(po_id)
+            receipt_sequence = max(receipt_sequence, receipts.sequence)
+            received.update(((po_id, number), figures) for number, figures in receipts.lines.items())
+        others = self._ledger.invoiced_by_others((line.key for line in invoice.lines), invoice.invoice_id)
+        return (
+            MatchFacts(po_lines, received, others),
+            FactVersions(tuple(versions), receipt_sequence, self._ledger.sequence),
+        )
+
+    async def _outcome(
+        self,
+        invoice_id: str,
+        result: Outcome[InvoiceState, InvoiceEvent] | Refusal,
+        context: grpc.aio.ServicerContext[Any, Any] | None,
+    ) -> Outcome[InvoiceState, InvoiceEvent]:
+        if isinstance(result, Refusal):
+            raise await refused(
+                result,
+                exceptions=self._exceptions,
+                object_ref=types_pb2.ObjectRef(object_type=OBJECT_TYPE, object_key=invoice_id),
+                render=_render,
+                workflow_key=self._workflow_key(invoice_id),
+                policy_revision=self._policy().revision,
+            )
+        if result.replayed and context is not None:
+            await context.send_initial_metadata(REPLAY_METADATA)
+        return result
+
+    async def _raise_blocking(self, invoice_id: str, outcome: Outcome[InvoiceState, InvoiceEvent]) -> None:
+        """After the append, and on a replay of a still-blocked invoice (the first answer's raise may have been
+        lost): the ids derive from the match's event, so raising again stores nothing twice."""
+        state = outcome.state
+        if state.status is not InvoiceStatus.BLOCKED:
+            return
+        sequence = outcome.recorded.sequence if outcome.recorded is not None else state.sequence
+        await self._blocking.raise_for(invoice_id, state, sequence)
+
+    async def _existing(self, invoice_id: str) -> InvoiceState:
+        invoice_id = _invoice_id(invoice_id)
+        state = await self._commands.state(invoice_id)
+        if state.status is None:
+            raise NotFound(f"no invoice {invoice_id!r} was submitted", reason="INVOICE_NOT_FOUND")
+        return state
+
+    def _workflow_key(self, invoice_id: str) -> str:
+        state = self._ledger.states.get(invoice_id)
+        if state is None or state.submitted is None or not state.submitted.invoice.lines:
+            return ""
+        return state.submitted.invoice.lines[0].po_id
+
+
+def _check_supplier(suppliers: SupplierStates, supplier_id: str) -> None:
+    problem = suppliers.problem(supplier_id)
+    if problem is None:
+        return
+    kind, message = problem
+    if kind == "unknown":
+        raise InvalidArgument(
+            message + "; nothing was recorded",
+            violations=[FieldViolation("invoice.supplier_id", message)],
+            reason="UNKNOWN_SUPPLIER",
+        )
+    raise FailedPrecondition(message + "; nothing was recorded", reason="SUPPLIER_NOT_ACTIVE", subject=supplier_id)
+
+
+def _invoice_id(value: str) -> str:
+    invoice_id = value.strip()
+    if not invoice_id or len(invoice_id) > MAX_KEY_CHARS:
+        problem = "is required" if not invoice_id else f"must be at most {MAX_KEY_CHARS} characters"
+        raise InvalidArgument(
+            f"invoice_id {problem}", violations=[FieldViolation("invoice_id", problem)], reason="INVALID_INVOICE_ID"
+        )
+    return invoice_id
+
+
+def _render(document: object) -> str:
+    if isinstance(document, invoice_pb2.Invoice):
+        return json_format.MessageToJson(document, indent=None)
+    return str(document)
+
+
+def _cursor(cursor: str) -> tuple[int, str]:
+    sequence, separator, invoice_id = cursor.partition("|")
+    if not separator or not (sequence.isascii() and sequence.isdigit() and len(sequence) <= 20) or not invoice_id:
+        message = "page_token is not a page token this server issued"
+        raise InvalidArgument(
+            message, violations=[FieldViolation("page.page_token", message)], reason="INVALID_PAGE_TOKEN"
+        )
+    return int(sequence), invoice_id

@@ -1,0 +1,68 @@
+"""invoice-status's composition root: the only place its parts meet."""
+
+from __future__ import annotations
+
+from libs.runtime.access import AccessRule, Read, Write
+from libs.runtime.app import GrpcService, Runtime, Service
+from libs.runtime.commands import CommandHandler
+from libs.runtime.follower import StreamFollower
+from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, SUPPLIER
+from services.invoice_status import decider, events
+from services.invoice_status.facts import InvoiceLedger, OrderLines, ReceivedLines, SupplierStates
+from services.invoice_status.findings import BlockingExceptions
+from services.invoice_status.servicer import InvoiceServicer
+from services.invoice_status.settings import Settings
+from services.invoice_status.store import invoice_log, size_of
+from syncgov.invoice.v1 import invoice_service_pb2, invoice_service_pb2_grpc
+
+ACCESS: dict[str, AccessRule] = {
+    "SubmitInvoice": Write("invoice", key="invoice.invoice_id", document="invoice"),
+    "GetInvoice": Read("invoice"),
+    "ListBlockedInvoices": Read("invoice"),
+    "ReleaseInvoice": Write("invoice_release", key="invoice_id"),
+    "DisputeInvoice": Write("invoice_release", key="invoice_id"),
+    "RecordInvoicePayment": Write("payment", key="invoice_id"),
+}
+
+
+def wire(rt: Runtime[Settings]) -> Service:
+    name = rt.settings.service_name
+    policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
+    ledger = InvoiceLedger()
+    suppliers = SupplierStates()
+    supplier_follower = StreamFollower(rt.js, rt.namespace, "supplier", suppliers.apply)
+    invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, ledger.follow)
+    commands = CommandHandler(
+        invoice_log(rt.publisher, rt.reader, lambda invoice_id: events.workflow_key_of(ledger.state_of(invoice_id))),
+        initial=decider.InvoiceState(),
+        evolve=decider.evolve,
+        size_of=size_of,
+        cache_bytes=rt.settings.state_cache_mb * 1024 * 1024,
+        projections=(ledger,),
+        claims=rt.idempotency_store(name),
+        name="invoice",
+    )
+    servicer = InvoiceServicer(
+        commands,
+        OrderLines(rt.reader),
+        ReceivedLines(rt.reader),
+        suppliers,
+        ledger,
+        lambda: invoice_follower.caught_up,
+        rt.exceptions,
+        BlockingExceptions(rt.exceptions, policy),
+        policy,
+    )
+    return Service(
+        grpc_services=[
+            GrpcService(
+                invoice_service_pb2.DESCRIPTOR.services_by_name["InvoiceStatusService"],
+                invoice_service_pb2_grpc.add_InvoiceStatusServiceServicer_to_server,
+                servicer,
+                access=ACCESS,
+            )
+        ],
+        streams=(INVOICE, PO, RECEIPT, SUPPLIER, EXCEPTION, AUDIT_INBOX),
+        # Suppliers' states and every invoice recorded so far are followed into memory, caught up before serving.
+        startup=[supplier_follower.start, invoice_follower.start],
+    )

@@ -1,0 +1,257 @@
+"""invoice-status against real nats-server and valkey, with po-publication publishing the orders and
+receipt-reconciliation posting the receipts.
+
+The default policy: procurement owns invoices, procurement and ops-console may release, the ERP alone records
+payments; price tolerance +2% / 5.00 absolute, no quantity over the net received, small difference 1.00.
+``sample_order``: line 1 is 10 EA at 12.50 EUR, line 2 is 2.5 KGM at 3.00 EUR.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from decimal import Decimal
+
+import grpc
+import pytest
+from google.type import date_pb2, decimal_pb2, money_pb2
+
+from libs.runtime.subjects import Namespace
+from libs.runtime.testing import running_service
+from services.invoice_status.settings import Settings as InvoiceSettings
+from services.invoice_status.wiring import wire as wire_invoices
+from services.po_publication.wiring import wire as wire_po
+from services.receipt_reconciliation.wiring import wire as wire_receipts
+from syncgov.exception.v1 import exception_pb2
+from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
+from syncgov.po.v1 import po_service_pb2_grpc
+from syncgov.receipt.v1 import receipt_service_pb2_grpc
+from syncgov.supplier.v1 import supplier_pb2
+from tests.integration.helpers import (
+    ERP,
+    PROCUREMENT,
+    goods_receipt,
+    publish_order,
+    raised_exceptions,
+    receipt_settings,
+    seed_supplier,
+)
+
+OPS = (("x-syncgov-system", "ops-console"),)
+WMS_EAST = (("x-syncgov-system", "wms-east"),)
+BLOCKED = invoice_pb2.INVOICE_STATE_BLOCKED
+MATCHED = invoice_pb2.INVOICE_STATE_MATCHED
+
+
+def invoice_settings(settings) -> InvoiceSettings:
+    return InvoiceSettings(
+        grpc_port=0,
+        nats_url=settings.nats_url,
+        redis_url=settings.redis_url,
+        namespace=settings.namespace,
+        log_format="console",
+    )
+
+
+def _money(amount: str) -> money_pb2.Money:
+    value = Decimal(amount)
+    units = int(value)
+    return money_pb2.Money(currency_code="EUR", units=units, nanos=int((value - units) * 1_000_000_000))
+
+
+def invoice(
+    invoice_id: str = "INV-1",
+    number: str = "INV-00123",
+    *,
+    quantity: str = "4",
+    price: str = "12.50",
+    supplier: str = "SUP-ACME",
+    po_id: str = "PO-1001",
+    day: int = 20,
+) -> invoice_service_pb2.SubmitInvoiceRequest:
+    """An invoice of ``quantity`` units of PO line 1 at ``price``, 19% tax, totals that add up."""
+    net = (Decimal(quantity) * Decimal(price)).quantize(Decimal("0.01"))
+    tax = (net * Decimal("0.19")).quantize(Decimal("0.01"))
+    document = invoice_pb2.Invoice(
+        invoice_id=invoice_id,
+        supplier_id=supplier,
+        invoice_number=number,
+        invoice_date=date_pb2.Date(year=2027, month=1, day=day),
+        currency_code="EUR",
+        lines=[
+            invoice_pb2.InvoiceLine(
+                line_number=1,
+                po_id=po_id,
+                po_line_number=1,
+                quantity=decimal_pb2.Decimal(value=quantity),
+                unit_price=_money(price),
+                line_amount=_money(str(net)),
+                tax_amount=_money(str(tax)),
+            )
+        ],
+        net_amount=_money(str(net)),
+        tax_amount=_money(str(tax)),
+        total_amount=_money(str(net + tax)),
+    )
+    return invoice_service_pb2.SubmitInvoiceRequest(invoice=document)
+
+
+def reasons(status: invoice_pb2.InvoiceStatus) -> set[str]:
+    return {
+        invoice_pb2.BlockReason.Name(reason).removeprefix("BLOCK_REASON_").lower()
+        for line in status.line_results
+        for reason in line.block_reasons
+    }
+
+
+@pytest.fixture
+async def invoice_stack(po_settings):
+    """po-publication, receipt-reconciliation and invoice-status in one namespace, order PO-1001 published."""
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+        running_service(invoice_settings(po_settings), wire_invoices) as (_, invoice_channel, _),
+    ):
+        po_stub = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
+        await publish_order(po_stub)
+        yield (
+            po_stub,
+            receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel),
+            invoice_service_pb2_grpc.InvoiceStatusServiceStub(invoice_channel),
+            po_settings,
+        )
+
+
+async def test_an_invoice_before_its_receipt_is_blocked_awaiting_receipt(invoice_stack, js):
+    _, _, stub, settings = invoice_stack
+    response = await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
+    assert response.status.state == BLOCKED
+    assert reasons(response.status) == {"awaiting_receipt"}
+    raised = await raised_exceptions(js, Namespace(settings.namespace))
+    assert [e.type for e in raised if e.object.object_key == "INV-1"] == [exception_pb2.EXCEPTION_TYPE_AWAITING_RECEIPT]
+
+
+async def test_an_exact_invoice_matches_and_a_price_outside_tolerance_is_blocked(invoice_stack):
+    _, receipts, stub, _ = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "8")), metadata=ERP)
+    exact = await stub.SubmitInvoice(invoice("INV-1", "A-1"), metadata=PROCUREMENT)
+    assert exact.status.state == MATCHED, reasons(exact.status)
+    dear = await stub.SubmitInvoice(invoice("INV-2", "A-2", price="13.50"), metadata=PROCUREMENT)
+    assert dear.status.state == BLOCKED
+    assert reasons(dear.status) == {"price_variance"}
+    # Cumulative: 4 + 4 invoiced of 8 received; a third invoice of 4 is over what was received.
+    over = await stub.SubmitInvoice(invoice("INV-3", "A-3"), metadata=PROCUREMENT)
+    assert reasons(over.status) == {"quantity_variance"}
+
+
+async def test_the_same_invoice_twice_is_a_replay_and_other_content_already_exists(invoice_stack):
+    _, _, stub, _ = invoice_stack
+    first = await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
+    call = stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
+    again = await call
+    assert again.status == first.status
+    assert ("syncgov-idempotent-replay", "true") in tuple(await call.initial_metadata())
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await stub.SubmitInvoice(invoice(quantity="3"), metadata=PROCUREMENT)
+    assert refused.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_a_duplicate_number_written_differently_is_blocked(invoice_stack):
+    _, receipts, stub, _ = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "10")), metadata=ERP)
+    first = await stub.SubmitInvoice(invoice("INV-1", "INV-00123"), metadata=PROCUREMENT)
+    assert first.status.state == MATCHED
+    second = await stub.SubmitInvoice(invoice("INV-2", "inv 123", quantity="2", day=25), metadata=PROCUREMENT)
+    assert second.status.state == BLOCKED
+    assert reasons(second.status) == set()  # the lines match: the invoice as a whole is the duplicate
+    listed = await stub.ListBlockedInvoices(
+        invoice_service_pb2.ListBlockedInvoicesRequest(reason=invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE),
+        metadata=PROCUREMENT,
+    )
+    assert [status.invoice.invoice_id for status in listed.statuses] == ["INV-2"]
+
+
+async def test_unknown_and_blocked_suppliers_are_refused(invoice_stack):
+    _, _, stub, settings = invoice_stack
+    with pytest.raises(grpc.aio.AioRpcError) as unknown:
+        await stub.SubmitInvoice(invoice(supplier="SUP-NOBODY"), metadata=PROCUREMENT)
+    assert unknown.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    await seed_supplier(settings.nats_url, settings.namespace, "SUP-BAD", supplier_pb2.SUPPLIER_STATUS_BLOCKED)
+    for _ in range(50):  # the supplier stream is followed: wait until the event arrived
+        try:
+            await stub.SubmitInvoice(invoice(supplier="SUP-BAD"), metadata=PROCUREMENT)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("a blocked supplier's invoice was not refused FAILED_PRECONDITION")
+
+
+async def test_release_needs_invoice_release_and_a_reason(invoice_stack):
+    _, _, stub, _ = invoice_stack
+    await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await stub.ReleaseInvoice(
+            invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1", reason="goods seen"), metadata=WMS_EAST
+        )
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    with pytest.raises(grpc.aio.AioRpcError) as no_reason:
+        await stub.ReleaseInvoice(invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1"), metadata=OPS)
+    assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    released = await stub.ReleaseInvoice(
+        invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1", reason="goods seen at the dock"), metadata=OPS
+    )
+    assert released.status.state == invoice_pb2.INVOICE_STATE_RELEASED
+
+
+async def test_payment_only_from_the_erp(invoice_stack):
+    _, receipts, stub, _ = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
+    request = invoice_service_pb2.RecordInvoicePaymentRequest(invoice_id="INV-1", payment_reference="PAY-9")
+    with pytest.raises(grpc.aio.AioRpcError) as denied:
+        await stub.RecordInvoicePayment(request, metadata=PROCUREMENT)
+    assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    paid = await stub.RecordInvoicePayment(request, metadata=ERP)
+    assert paid.status.state == invoice_pb2.INVOICE_STATE_PAID
+    call = stub.RecordInvoicePayment(request, metadata=ERP)
+    assert (await call).status == paid.status
+    assert ("syncgov-idempotent-replay", "true") in tuple(await call.initial_metadata())
+
+
+async def test_status_is_identical_after_a_restart(po_settings):
+    settings = invoice_settings(po_settings)
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+    ):
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
+        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+        async with running_service(settings, wire_invoices) as (_, channel, _):
+            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+            await stub.SubmitInvoice(invoice("INV-1", "INV-7"), metadata=PROCUREMENT)
+            await stub.SubmitInvoice(invoice("INV-2", "B-1", price="14.00"), metadata=PROCUREMENT)
+            before = [
+                (await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id=i), metadata=PROCUREMENT))
+                for i in ("INV-1", "INV-2")
+            ]
+        async with running_service(settings, wire_invoices) as (_, channel, _):
+            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+            after = [
+                (await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id=i), metadata=PROCUREMENT))
+                for i in ("INV-1", "INV-2")
+            ]
+            assert after == before
+            # What other invoices invoiced and their numbers were read back from the stream.
+            duplicate = await stub.SubmitInvoice(invoice("INV-3", "inv 7", quantity="1"), metadata=PROCUREMENT)
+            assert duplicate.status.state == BLOCKED
+            assert reasons(duplicate.status) == {"quantity_variance"}  # 4 + 1 invoiced of 4 received
+            listed = await stub.ListBlockedInvoices(invoice_service_pb2.ListBlockedInvoicesRequest(), metadata=OPS)
+            assert [status.invoice.invoice_id for status in listed.statuses] == ["INV-2", "INV-3"]
+            # The contract's InvoiceStatus carries line reasons only; a duplicate is the invoice's (its header's).
+            duplicates = await stub.ListBlockedInvoices(
+                invoice_service_pb2.ListBlockedInvoicesRequest(reason=invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE),
+                metadata=OPS,
+            )
+            assert [status.invoice.invoice_id for status in duplicates.statuses] == ["INV-3"]
