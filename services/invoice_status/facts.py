@@ -15,9 +15,9 @@
   at once. It answers the quantity already invoiced on a PO line by other invoices, the supplier's earlier
   invoices for duplicate detection, and the blocked invoices (``ListBlockedInvoices``). In memory rather than in
   Valkey: the match must see every invoice (a lost Valkey key would let a duplicate through), it is rebuilt from
-  the stream at every start, and it costs about one submitted invoice per entry. Two replicas submitting two
-  invoices on one PO line at the same instant may each miss the other's quantity; the re-match consumer (not yet
-  built) is what closes that window.
+  the stream at every start, and it costs about one submitted invoice per entry. An invoice counts only the
+  invoices recorded before it. Two replicas submitting two invoices on one PO line at the same instant may each
+  miss the other's quantity until the next re-match of that PO (rematch.py).
 """
 
 from __future__ import annotations
@@ -33,9 +33,18 @@ from libs.runtime.commands import recorded
 from libs.runtime.decider import Recorded
 from libs.runtime.events import EventReader, StoredEvent
 from libs.runtime.values import decimal_from_proto, money_from_proto
-from services.invoice_status import events
-from services.invoice_status.decider import InvoiceEvent, InvoiceState, InvoiceStatus, evolve
-from services.invoice_status.domain import ZERO, Invoice, LineKey, PoLineFacts, ReceivedFacts
+from services.invoice_status import events, matching
+from services.invoice_status.decider import REMATCHABLE, FactVersions, InvoiceEvent, InvoiceState, InvoiceStatus, evolve
+from services.invoice_status.domain import (
+    ZERO,
+    Invoice,
+    LineKey,
+    MatchFacts,
+    MatchResult,
+    PoLineFacts,
+    ReceivedFacts,
+    TolerancePolicy,
+)
 from syncgov.po.v1 import events_pb2 as po_events_pb2
 from syncgov.po.v1 import po_pb2
 from syncgov.receipt.v1 import events_pb2 as receipt_events_pb2
@@ -237,7 +246,8 @@ class InvoiceLedger:
     def __init__(self) -> None:
         self.states: dict[str, InvoiceState] = {}
         self.sequence = 0  # the highest invoice-stream sequence folded
-        self.first_sequence: dict[str, int] = {}  # each invoice's submission: the blocked list's order
+        self.first_sequence: dict[str, int] = {}  # each invoice's submission: the order invoices count in
+        self.by_order: dict[str, set[str]] = {}  # PO id -> the invoices with a line on it
 
     def follow(self, stored: StoredEvent) -> None:
         """The follower's handler: fold one stored event (one already folded is skipped)."""
@@ -250,7 +260,7 @@ class InvoiceLedger:
         state = self.states.get(invoice_id, InvoiceState())
         if event.sequence > state.sequence:
             self.states[invoice_id] = evolve(state, event)
-            self.first_sequence.setdefault(invoice_id, event.sequence)
+            self._index(invoice_id, event.sequence)
         self.sequence = max(self.sequence, event.sequence)
 
     async def applied(
@@ -260,16 +270,37 @@ class InvoiceLedger:
         known = self.states.get(key)
         if known is None or known.sequence < state.sequence:
             self.states[key] = state
-            self.first_sequence.setdefault(key, recorded.sequence if recorded is not None else state.sequence)
+            self._index(key, recorded.sequence if recorded is not None else state.sequence)
         self.sequence = max(self.sequence, sequence)
+
+    def _index(self, invoice_id: str, sequence: int) -> None:
+        if invoice_id in self.first_sequence:
+            return
+        self.first_sequence[invoice_id] = sequence
+        submitted = self.states[invoice_id].submitted
+        for line in submitted.invoice.lines if submitted is not None else ():
+            self.by_order.setdefault(line.po_id, set()).add(invoice_id)
+
+    def waiting_on(self, po_id: str) -> list[str]:
+        """The invoices with a line on this PO that a re-match may change, oldest submission first."""
+        rematchable = [
+            invoice_id for invoice_id in self.by_order.get(po_id, ()) if self.states[invoice_id].status in REMATCHABLE
+        ]
+        return sorted(rematchable, key=lambda invoice_id: (self.first_sequence[invoice_id], invoice_id))
 
     def state_of(self, invoice_id: str) -> InvoiceState:
         return self.states.get(invoice_id) or InvoiceState()
 
     def invoices(self, *, excluding: str = "") -> Iterable[Invoice]:
+        """Every invoice not cancelled but ``excluding``; when ``excluding`` was recorded already, only those
+        recorded before it (a re-match of an invoice never counts a later one against it)."""
+        before = self.first_sequence.get(excluding)
         for invoice_id, state in self.states.items():
-            if invoice_id != excluding and state.submitted is not None and state.status in COUNTED:
-                yield state.submitted.invoice
+            if invoice_id == excluding or state.submitted is None or state.status not in COUNTED:
+                continue
+            if before is not None and self.first_sequence.get(invoice_id, 0) > before:
+                continue
+            yield state.submitted.invoice
 
     def invoiced_by_others(self, lines: Iterable[LineKey], invoice_id: str) -> dict[LineKey, Decimal]:
         """Quantities invoiced on these PO lines by every other invoice not cancelled (credit notes subtract)."""
@@ -290,3 +321,39 @@ class InvoiceLedger:
         """Blocked invoices, oldest submission first."""
         listed = [(key, state) for key, state in self.states.items() if state.status == InvoiceStatus.BLOCKED]
         return sorted(listed, key=lambda item: (self.first_sequence.get(item[0], 0), item[0]))
+
+
+# --- The match against the facts current now ---------------------------------------------------------------
+
+
+class Matcher:
+    """Reads the facts an invoice's lines need and runs the (pure) three-way match on them."""
+
+    def __init__(self, orders: OrderLines, receipts: ReceivedLines, ledger: InvoiceLedger) -> None:
+        self._orders = orders
+        self._receipts = receipts
+        self._ledger = ledger
+
+    async def match(self, invoice: Invoice, tolerances: TolerancePolicy) -> tuple[MatchResult, FactVersions]:
+        """The match of ``invoice`` now, and the versions of the facts it read."""
+        po_lines: dict[LineKey, PoLineFacts] = {}
+        received: dict[LineKey, ReceivedFacts] = {}
+        versions: list[tuple[str, int]] = []
+        receipt_sequence = 0
+        invoice_sequence = self._ledger.sequence  # read first: what the ledger held when the facts were read
+        for po_id in sorted({line.po_id for line in invoice.lines}):
+            order = await self._orders.current(po_id)
+            if order is not None:
+                versions.append((po_id, order.version))
+                po_lines.update(((po_id, number), line) for number, line in order.lines.items())
+            receipts = await self._receipts.of(po_id)
+            receipt_sequence = max(receipt_sequence, receipts.sequence)
+            received.update(((po_id, number), figures) for number, figures in receipts.lines.items())
+        others = self._ledger.invoiced_by_others((line.key for line in invoice.lines), invoice.invoice_id)
+        result = matching.match_invoice(
+            invoice,
+            MatchFacts(po_lines, received, others),
+            tolerances,
+            earlier=self._ledger.earlier_of(invoice.supplier_id, invoice.invoice_id),
+        )
+        return result, FactVersions(tuple(versions), receipt_sequence, invoice_sequence)

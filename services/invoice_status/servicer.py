@@ -25,18 +25,13 @@ from libs.runtime.identity import current_caller
 from libs.runtime.paging import decode_page_cursor, encode_page_cursor, page_size
 from libs.runtime.refusals import refused
 from libs.runtime.subjects import MAX_KEY_CHARS
-from services.invoice_status import decider, mapping, matching
-from services.invoice_status.decider import FactVersions, InvoiceEvent, InvoiceState, InvoiceStatus
+from services.invoice_status import decider, mapping
+from services.invoice_status.decider import InvoiceEvent, InvoiceState, InvoiceStatus
 from services.invoice_status.domain import (
     OBJECT_TYPE,
-    Invoice,
-    LineKey,
-    MatchFacts,
-    PoLineFacts,
-    ReceivedFacts,
     TolerancePolicy,
 )
-from services.invoice_status.facts import InvoiceLedger, OrderLines, ReceivedLines, SupplierStates
+from services.invoice_status.facts import InvoiceLedger, Matcher, SupplierStates
 from services.invoice_status.findings import BlockingExceptions
 from services.invoice_status.store import InvoiceCommands
 from syncgov.common.v1 import types_pb2
@@ -52,8 +47,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
     def __init__(
         self,
         commands: InvoiceCommands,
-        orders: OrderLines,
-        receipts: ReceivedLines,
+        matcher: Matcher,
         suppliers: SupplierStates,
         ledger: InvoiceLedger,
         ready: Callable[[], bool],
@@ -62,8 +56,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         policy: Callable[[], Policy],
     ) -> None:
         self._commands = commands
-        self._orders = orders
-        self._receipts = receipts
+        self._matcher = matcher
         self._suppliers = suppliers
         self._ledger = ledger
         self._ready = ready
@@ -94,13 +87,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
                 attributes.IDEMPOTENCY_KEY: request.idempotency_key or key,
             }
         )
-        facts, versions = await self._facts(invoice)
-        match = matching.match_invoice(
-            invoice,
-            facts,
-            TolerancePolicy.of(policy.document.tolerances),
-            earlier=self._ledger.earlier_of(invoice.supplier_id, invoice.invoice_id),
-        )
+        match, versions = await self._matcher.match(invoice, TolerancePolicy.of(policy.document.tolerances))
         command = decider.SubmitInvoice(invoice, fingerprint, key, match, versions, document)
         claim = Claim(f"{caller}:{request.idempotency_key}", fingerprint) if request.idempotency_key else None
         result = await self._commands.run(
@@ -192,26 +179,6 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         result = await self._commands.run(invoice_id, lambda current: decider.decide(command, current))
         outcome = await self._outcome(invoice_id, result, context)
         return invoice_service_pb2.RecordInvoicePaymentResponse(status=mapping.status_message(outcome.state))
-
-    async def _facts(self, invoice: Invoice) -> tuple[MatchFacts, FactVersions]:
-        """The PO lines of the versions current now, net received and what other invoices invoiced, per PO line."""
-        po_lines: dict[LineKey, PoLineFacts] = {}
-        received: dict[LineKey, ReceivedFacts] = {}
-        versions: list[tuple[str, int]] = []
-        receipt_sequence = 0
-        for po_id in sorted({line.po_id for line in invoice.lines}):
-            order = await self._orders.current(po_id)
-            if order is not None:
-                versions.append((po_id, order.version))
-                po_lines.update(((po_id, number), line) for number, line in order.lines.items())
-            receipts = await self._receipts.of(po_id)
-            receipt_sequence = max(receipt_sequence, receipts.sequence)
-            received.update(((po_id, number), figures) for number, figures in receipts.lines.items())
-        others = self._ledger.invoiced_by_others((line.key for line in invoice.lines), invoice.invoice_id)
-        return (
-            MatchFacts(po_lines, received, others),
-            FactVersions(tuple(versions), receipt_sequence, self._ledger.sequence),
-        )
 
     async def _outcome(
         self,

@@ -8,8 +8,9 @@ from libs.runtime.commands import CommandHandler
 from libs.runtime.follower import StreamFollower
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, SUPPLIER
 from services.invoice_status import decider, events
-from services.invoice_status.facts import InvoiceLedger, OrderLines, ReceivedLines, SupplierStates
+from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines, SupplierStates
 from services.invoice_status.findings import BlockingExceptions
+from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
 from services.invoice_status.store import invoice_log, size_of
@@ -42,17 +43,12 @@ def wire(rt: Runtime[Settings]) -> Service:
         claims=rt.idempotency_store(name),
         name="invoice",
     )
+    matcher = Matcher(OrderLines(rt.reader), ReceivedLines(rt.reader), ledger)
+    blocking = BlockingExceptions(rt.exceptions, policy)
     servicer = InvoiceServicer(
-        commands,
-        OrderLines(rt.reader),
-        ReceivedLines(rt.reader),
-        suppliers,
-        ledger,
-        lambda: invoice_follower.caught_up,
-        rt.exceptions,
-        BlockingExceptions(rt.exceptions, policy),
-        policy,
+        commands, matcher, suppliers, ledger, lambda: invoice_follower.caught_up, rt.exceptions, blocking, policy
     )
+    rematcher = Rematcher(commands, matcher, ledger, blocking, policy)
     return Service(
         grpc_services=[
             GrpcService(
@@ -65,4 +61,6 @@ def wire(rt: Runtime[Settings]) -> Service:
         streams=(INVOICE, PO, RECEIPT, SUPPLIER, EXCEPTION, AUDIT_INBOX),
         # Suppliers' states and every invoice recorded so far are followed into memory, caught up before serving.
         startup=[supplier_follower.start, invoice_follower.start],
+        # Receipts and PO versions re-match the invoices waiting on their PO (after the followers caught up).
+        consumers=consumers(rematcher),
     )

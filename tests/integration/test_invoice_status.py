@@ -23,7 +23,7 @@ from services.po_publication.wiring import wire as wire_po
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.exception.v1 import exception_pb2
 from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
-from syncgov.po.v1 import po_service_pb2_grpc
+from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
 from syncgov.supplier.v1 import supplier_pb2
 from tests.integration.helpers import (
@@ -33,6 +33,7 @@ from tests.integration.helpers import (
     publish_order,
     raised_exceptions,
     receipt_settings,
+    sample_order,
     seed_supplier,
 )
 
@@ -255,3 +256,58 @@ async def test_status_is_identical_after_a_restart(po_settings):
                 metadata=OPS,
             )
             assert [status.invoice.invoice_id for status in duplicates.statuses] == ["INV-3"]
+
+
+async def _state_becomes(stub, invoice_id: str, state: int, within: float = 10.0) -> invoice_pb2.InvoiceStatus:
+    """The invoice's status once it reaches ``state`` (re-matched by the consumers, with no call from anyone)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        got = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id=invoice_id), metadata=PROCUREMENT)
+        if got.status.state == state or asyncio.get_running_loop().time() > deadline:
+            return got.status
+        await asyncio.sleep(0.05)
+
+
+async def test_an_invoice_awaiting_its_receipt_matches_when_the_receipt_is_posted(invoice_stack, js):
+    _, receipts, stub, settings = invoice_stack
+    blocked = await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
+    assert reasons(blocked.status) == {"awaiting_receipt"}
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    matched = await _state_becomes(stub, "INV-1", MATCHED)
+    assert matched.state == MATCHED, reasons(matched)
+    events = [stored.subject.rsplit(".", 1)[-1] async for stored in _invoice_events(js, settings)]
+    assert events == ["submitted", "matched"]
+
+
+async def test_a_price_block_clears_when_a_change_order_fixes_the_price(invoice_stack):
+    po_stub, receipts, stub, _ = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    dear = await stub.SubmitInvoice(invoice(price="13.50"), metadata=PROCUREMENT)
+    assert reasons(dear.status) == {"price_variance"}
+    changed = sample_order(price_units=13)  # 13.50: the buyer agrees to the supplier's price
+    changed.version = 2
+    await po_stub.ChangePurchaseOrder(
+        po_service_pb2.ChangePurchaseOrderRequest(purchase_order=changed), metadata=PROCUREMENT
+    )
+    matched = await _state_becomes(stub, "INV-1", MATCHED)
+    assert matched.state == MATCHED, reasons(matched)
+
+
+async def test_a_later_invoice_never_blocks_an_earlier_one_on_re_match(invoice_stack):
+    _, receipts, stub, _ = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    first = await stub.SubmitInvoice(invoice("INV-1", "C-1"), metadata=PROCUREMENT)
+    assert first.status.state == MATCHED
+    second = await stub.SubmitInvoice(invoice("INV-2", "C-2"), metadata=PROCUREMENT)
+    assert reasons(second.status) == {"quantity_variance"}  # 4 + 4 invoiced of 4 received
+    await receipts.PostGoodsReceipt(goods_receipt("GR-2", "PO-1001", (1, "4")), metadata=ERP)
+    assert (await _state_becomes(stub, "INV-2", MATCHED)).state == MATCHED
+    again = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-1"), metadata=PROCUREMENT)
+    assert again.status.state == MATCHED
+
+
+async def _invoice_events(js, settings):
+    from libs.runtime.events import EventReader
+
+    async for stored in EventReader(js, Namespace(settings.namespace)).scan("invoice"):
+        yield stored

@@ -35,7 +35,8 @@ def test_other_invoices_count_credit_notes_subtract_and_cancelled_ones_do_not():
     ledger.fold("I-3", submitted(4, invoice(line(quantity="7"), invoice_id="I-3", number="A-3")))
     ledger.fold("I-3", cancelled(5))
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-4") == {("PO-1", 1): D(12)}
-    assert ledger.invoiced_by_others([("PO-1", 1)], "I-1") == {("PO-1", 1): D(2)}
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-1") == {}  # recorded first: nothing counts before it
+    assert ledger.invoiced_by_others([("PO-1", 1)], "C-1") == {("PO-1", 1): D(15)}
     assert ledger.invoiced_by_others([("PO-1", 2)], "I-4") == {}
     assert ledger.sequence == 5
 
@@ -81,3 +82,17 @@ def test_unknown_blocked_and_merged_suppliers_are_refused():
     assert suppliers.problem("SUP-9")[0] == "unknown"  # type: ignore[index]
     assert suppliers.problem("SUP-2")[0] == "not_active"  # type: ignore[index]
     assert "SUP-1" in suppliers.problem("SUP-3")[1]  # type: ignore[index]
+
+
+def test_an_invoice_recorded_counts_only_the_invoices_recorded_before_it():
+    ledger = InvoiceLedger()
+    ledger.fold("I-1", submitted(1, invoice(line(quantity="4"), invoice_id="I-1", number="INV-00123")))
+    ledger.fold("I-2", submitted(2, invoice(line(quantity="4"), invoice_id="I-2", number="inv 123")))
+    # Re-matching I-1 never counts I-2's quantity nor takes I-2 for the earlier duplicate.
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-1") == {}
+    assert ledger.earlier_of("SUP-1", "I-1") == []
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-2") == {("PO-1", 1): D(4)}
+    assert [i.invoice_id for i in ledger.earlier_of("SUP-1", "I-2")] == ["I-1"]
+    assert ledger.waiting_on("PO-1") == ["I-1", "I-2"]
+    ledger.fold("I-1", cancelled(3))
+    assert ledger.waiting_on("PO-1") == ["I-2"]

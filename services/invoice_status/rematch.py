@@ -1,0 +1,79 @@
+"""Re-matching the invoices waiting on a PO the moment a fact they read changes (issue 11, "Re-match").
+
+Work that is not a request, like po-publication's hold sweep: durable consumers of receipt-reconciliation's
+``reconciled`` events and of po-publication's version events (published, changed, cancelled) hand each PO id to
+:meth:`Rematcher.order_changed`, which matches every invoice with a line on that PO that a re-match may change
+(received, matched, blocked, released), oldest first, against the facts current now and runs ``Rematch``
+through the same command handler. ``decide`` appends only a changed result on facts not older than the last,
+so a redelivered event, or one that changes nothing an invoice reads, appends nothing. A re-match that blocks
+raises its reasons' exceptions (ids derived from the new match event).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+from libs.policy.engine import Policy
+from libs.runtime.consumers import ConsumerSpec
+from libs.runtime.decider import Refusal
+from libs.runtime.events import StoredEvent
+from services.invoice_status import decider
+from services.invoice_status.decider import InvoiceStatus
+from services.invoice_status.domain import TolerancePolicy
+from services.invoice_status.facts import PO_DOMAIN, RECEIPT_DOMAIN, InvoiceLedger, Matcher
+from services.invoice_status.findings import BlockingExceptions
+from services.invoice_status.store import InvoiceCommands
+
+log = logging.getLogger(__name__)
+
+PO_VERSION_EVENTS = frozenset({"published", "changed", "cancelled"})
+
+
+class Rematcher:
+    def __init__(
+        self,
+        commands: InvoiceCommands,
+        matcher: Matcher,
+        ledger: InvoiceLedger,
+        blocking: BlockingExceptions,
+        policy: Callable[[], Policy],
+    ) -> None:
+        self._commands = commands
+        self._matcher = matcher
+        self._ledger = ledger
+        self._blocking = blocking
+        self._policy = policy
+
+    async def on_receipt(self, stored: StoredEvent) -> None:
+        await self.order_changed(stored.envelope.object_key)
+
+    async def on_order(self, stored: StoredEvent) -> None:
+        if stored.subject.rsplit(".", 1)[-1] in PO_VERSION_EVENTS:
+            await self.order_changed(stored.envelope.object_key)
+
+    async def order_changed(self, po_id: str) -> None:
+        """Re-match every invoice waiting on ``po_id``; an error leaves the event unacknowledged (redelivered)."""
+        for invoice_id in self._ledger.waiting_on(po_id):
+            await self.rematch(invoice_id)
+
+    async def rematch(self, invoice_id: str) -> None:
+        submitted = self._ledger.state_of(invoice_id).submitted
+        if submitted is None:
+            return
+        policy = self._policy()
+        match, versions = await self._matcher.match(submitted.invoice, TolerancePolicy.of(policy.document.tolerances))
+        command = decider.Rematch(invoice_id, match, versions)
+        result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
+        if isinstance(result, Refusal):  # approved, paid, disputed or cancelled meanwhile: nothing to re-match
+            log.info("invoice %s not re-matched: %s", invoice_id, result.message)
+            return
+        if result.recorded is not None and result.state.status is InvoiceStatus.BLOCKED:
+            await self._blocking.raise_for(invoice_id, result.state, result.recorded.sequence)
+
+
+def consumers(rematcher: Rematcher) -> tuple[ConsumerSpec, ...]:
+    return (
+        ConsumerSpec("invoice-status-rematch-receipts", RECEIPT_DOMAIN, "receipt.*.reconciled", rematcher.on_receipt),
+        ConsumerSpec("invoice-status-rematch-orders", PO_DOMAIN, "po.>", rematcher.on_order),
+    )
