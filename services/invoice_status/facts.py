@@ -1,8 +1,7 @@
 """What a match needs, read from the streams: never another service's storage and never a call to it.
 
-- **PO lines** (:class:`OrderLines`): the version current at match time, from po-publication's events. Each
-  match asks the PO stream for the order's newest event (one direct get) and reads what came after the event
-  it knows only when that moved; acknowledgments and held versions change nothing (the version in force stays).
+- **PO lines** (:class:`OrderLines`): the version current at match time, from po-publication's events, read as
+  ``libs/runtime/in_force.py`` reads a version in force (one direct get per match).
 - **Net received** (:class:`ReceivedLines`): receipt-reconciliation's ``<ns>.receipt.<po id>.reconciled``
   events carry, per PO line the document touched, that line's cumulative figures after it (received net of
   returns, and returned). The newest figure of each line wins; the order's receipt subject is read from the
@@ -32,6 +31,7 @@ from libs.policy.catalog import message_descriptor
 from libs.runtime.commands import recorded
 from libs.runtime.decider import Recorded
 from libs.runtime.events import EventReader, StoredEvent
+from libs.runtime.in_force import VersionsInForce
 from libs.runtime.values import decimal_from_proto, money_from_proto
 from services.invoice_status import events, matching
 from services.invoice_status.decider import REMATCHABLE, FactVersions, InvoiceEvent, InvoiceState, InvoiceStatus, evolve
@@ -56,7 +56,11 @@ log = logging.getLogger(__name__)
 PO_DOMAIN = "po"
 RECEIPT_DOMAIN = "receipt"
 SUPPLIER_DOMAIN = "supplier"
-DEFAULT_CACHE_ENTRIES = 50_000
+DEFAULT_CACHE_ENTRIES = 50_000  # orders whose receipt figures are kept
+DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
+# A PO line's facts hold two Decimals and two strings besides the shell: ~400 bytes; the estimate errs high.
+_FACTS_BYTES = 512
+_LINE_BYTES = 512
 
 # --- PO lines ------------------------------------------------------------------------------------------------
 
@@ -66,7 +70,7 @@ class OrderFacts:
     po_id: str
     version: int
     lines: Mapping[int, PoLineFacts]
-    sequence: int  # of the PO stream's newest event on the order, examined through
+    sequence: int  # of the PO event that set this version
 
 
 _VERSION_EVENTS: dict[str, type[po_events_pb2.PurchaseOrderPublished]] = {
@@ -97,43 +101,15 @@ def order_facts_of(stored: StoredEvent) -> OrderFacts | None:
     return OrderFacts(order.po_id, order.version, lines, stored.sequence)
 
 
-class OrderLines:
-    """Orders' current versions by PO id, recently used ones kept in memory (LRU, by count)."""
+class OrderLines(VersionsInForce[OrderFacts]):
+    """Orders' versions in force, by PO id (libs/runtime/in_force.py), recently used ones kept by bytes."""
 
-    def __init__(self, reader: EventReader, capacity: int = DEFAULT_CACHE_ENTRIES) -> None:
-        self._reader = reader
-        self._capacity = capacity
-        self._orders: OrderedDict[str, OrderFacts] = OrderedDict()
-
-    async def current(self, po_id: str) -> OrderFacts | None:
-        newest = await self._reader.last(PO_DOMAIN, po_id)
-        if newest is None:
-            return None
-        known = self._orders.get(po_id)
-        if known is not None and known.sequence >= newest.sequence:
-            self._orders.move_to_end(po_id)
-            return known
-        facts = _quietly(order_facts_of, newest)
-        if facts is None:  # an acknowledgment or a held version: the version in force is an earlier event's
-            facts = known
-            for stored in await self._reader.history(PO_DOMAIN, po_id, after=known.sequence if known else 0):
-                facts = _quietly(order_facts_of, stored) or facts
-            if facts is None:
-                return None
-            facts = OrderFacts(facts.po_id, facts.version, facts.lines, newest.sequence)
-        self._orders[po_id] = facts
-        self._orders.move_to_end(po_id)
-        while len(self._orders) > self._capacity:
-            self._orders.popitem(last=False)
-        return facts
+    def __init__(self, reader: EventReader, capacity_bytes: int = DEFAULT_CACHE_BYTES) -> None:
+        super().__init__(reader, PO_DOMAIN, order_facts_of, _size_of, capacity_bytes)
 
 
-def _quietly(read: object, stored: StoredEvent) -> OrderFacts | None:
-    try:
-        return read(stored)  # type: ignore[operator, no-any-return]
-    except Exception:  # the owner validated what it stored; a payload that does not read is its bug
-        log.error("event %s on %s cannot be read; left out", stored.sequence, stored.subject, exc_info=True)
-        return None
+def _size_of(facts: OrderFacts) -> int:
+    return _FACTS_BYTES + _LINE_BYTES * len(facts.lines)
 
 
 # --- Net received ----------------------------------------------------------------------------------------------

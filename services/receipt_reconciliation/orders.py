@@ -3,23 +3,18 @@
 Never po-publication's storage and never a call to it: the PO stream says what each order's latest published,
 changed or cancelled version is. "The version current at posting" must be exact — a warehouse posting a
 second after a change order was acknowledged must be told it worked from the superseded version — so each
-posting asks the stream for the order's newest event (one direct get) and reads what came after the version
-it knows only when that moved. Held versions are not current and acknowledgments change no quantity: they
-advance what was examined, not the version. Recently used orders stay in memory, bounded by estimated bytes.
+posting asks the stream for the order's version in force (libs/runtime/in_force.py: one direct get, and the
+events after the one it holds only when that moved). Recently used orders stay in memory, bounded by bytes.
 """
 
 from __future__ import annotations
 
-import logging
-from collections import OrderedDict
-from dataclasses import replace
 from decimal import Decimal
 
 from libs.runtime.events import EventReader, StoredEvent
+from libs.runtime.in_force import VersionsInForce
 from services.receipt_reconciliation import domain
 from syncgov.po.v1 import events_pb2, po_pb2
-
-log = logging.getLogger(__name__)
 
 PO_DOMAIN = "po"
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
@@ -60,51 +55,8 @@ def view_of(stored: StoredEvent) -> domain.OrderView | None:
     )
 
 
-class OrderBook:
-    """Orders' current versions by po id, each with the PO stream sequence examined through."""
+class OrderBook(VersionsInForce[domain.OrderView]):
+    """Orders' versions in force, by po id (libs/runtime/in_force.py)."""
 
     def __init__(self, reader: EventReader, capacity_bytes: int = DEFAULT_CACHE_BYTES) -> None:
-        self._reader = reader
-        self._capacity = capacity_bytes
-        self._orders: OrderedDict[str, domain.OrderView] = OrderedDict()
-        self.bytes = 0
-
-    async def current(self, po_id: str) -> domain.OrderView | None:
-        """The order's latest version as the PO stream holds it now; None when no version was ever published."""
-        newest = await self._reader.last(PO_DOMAIN, po_id)
-        if newest is None:
-            return None
-        known = self._orders.get(po_id)
-        if known is not None and known.sequence >= newest.sequence:
-            self._orders.move_to_end(po_id)
-            return known
-        view = self._view(newest)
-        if view is None:  # the newest event is no version (an acknowledgment, a held version): read from the known one
-            view = known
-            for stored in await self._reader.history(PO_DOMAIN, po_id, after=known.sequence if known else 0):
-                view = self._view(stored) or view
-            if view is None:
-                return None
-            view = replace(view, sequence=newest.sequence)
-        self._remember(po_id, view)
-        return view
-
-    def _view(self, stored: StoredEvent) -> domain.OrderView | None:
-        try:
-            return view_of(stored)
-        except Exception:  # po-publication validated what it stored; a payload that does not read is its bug
-            log.error("PO event %s on %s cannot be read; left out", stored.sequence, stored.subject, exc_info=True)
-            return None
-
-    def _remember(self, po_id: str, view: domain.OrderView) -> None:
-        previous = self._orders.pop(po_id, None)
-        if previous is not None:
-            self.bytes -= size_of(previous)
-        self._orders[po_id] = view
-        self.bytes += size_of(view)
-        while self.bytes > self._capacity and self._orders:
-            _, evicted = self._orders.popitem(last=False)
-            self.bytes -= size_of(evicted)
-
-    def __len__(self) -> int:
-        return len(self._orders)
+        super().__init__(reader, PO_DOMAIN, view_of, size_of, capacity_bytes)

@@ -23,7 +23,7 @@ from services.receipt_reconciliation import orders as orders_module
 from services.receipt_reconciliation.store import ReadModels, ReceiptIndex
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.exception.v1 import exception_pb2
-from syncgov.po.v1 import po_service_pb2_grpc
+from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2, receipt_service_pb2_grpc
 from tests.integration.helpers import (
     ERP,
@@ -341,3 +341,17 @@ async def test_pages_of_documents_posted_in_the_same_millisecond_list_each_once_
         assert reads <= 2 * pages, f"{reads} range reads for {pages} pages: the cursor's time group is re-read"
     finally:
         await redis.delete(*(key + suffix for suffix in (":documents", ":findings", ":findings:entries", ":meta")))
+
+
+async def test_an_order_whose_newest_event_is_an_acknowledgment_is_reconciled_against_its_version(receipt_stack):
+    """The PO's newest event sets no version (the ERP's acknowledgment): the version in force is read from the
+    events before it, not taken for an unknown order."""
+    po_stub, stub, _ = receipt_stack
+    await publish_order(po_stub, "PO-1001")
+    await po_stub.AcknowledgePurchaseOrder(
+        po_service_pb2.AcknowledgePurchaseOrderRequest(po_id="PO-1001", version=1, erp_document_number="4500001"),
+        metadata=ERP,
+    )
+    response = await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    assert response.reconciled_po_version == 1
+    assert list(response.findings) == []

@@ -161,6 +161,6 @@ def test_the_order_book_is_bounded_by_an_estimate_of_its_bytes_that_errs_high():
 
     book = orders.OrderBook(reader=None, capacity_bytes=10 * orders.size_of(kept[0]))  # type: ignore[arg-type]
     for view in kept[:25]:
-        book._remember(view.po_id, view)
+        book.remember(view.po_id, view, view.sequence)
     assert len(book) == 10
     assert book.bytes <= 10 * orders.size_of(kept[0])
