@@ -15,11 +15,10 @@ from typer.testing import CliRunner
 from libs.cli.main import app
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire as wire_po
-from services.receipt_reconciliation.settings import Settings as ReceiptSettings
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2, receipt_service_pb2_grpc
-from tests.integration.helpers import PROCUREMENT, sample_order
+from tests.integration.helpers import PROCUREMENT, receipt_settings, sample_order
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 runner = CliRunner()
@@ -34,13 +33,7 @@ async def cli(*args: str):
 @pytest.fixture
 async def received(po_settings):
     """PO-1001 published (10 EA), lowered to 6 EA in version 2, then 10 EA received against version 1."""
-    settings = ReceiptSettings(
-        grpc_port=0,
-        nats_url=po_settings.nats_url,
-        redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace,
-        log_format="console",
-    )
+    settings = receipt_settings(po_settings)
     async with (
         running_service(po_settings, wire_po) as (_, po_channel, _),
         running_service(settings, wire_receipts) as (receipts, receipt_channel, _),
