@@ -24,7 +24,7 @@ from services.receipt_reconciliation.store import ReadModels, ReceiptIndex
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
-from syncgov.receipt.v1 import receipt_service_pb2, receipt_service_pb2_grpc
+from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2, receipt_service_pb2_grpc
 from tests.integration.helpers import (
     ERP,
     WMS_EAST,
@@ -355,3 +355,26 @@ async def test_an_order_whose_newest_event_is_an_acknowledgment_is_reconciled_ag
     response = await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
     assert response.reconciled_po_version == 1
     assert list(response.findings) == []
+
+
+async def test_after_a_restart_new_documents_count_on_top_of_the_ones_before(po_settings):
+    """A fresh process holds no folded receiving record: a new receipt and a return of a receipt posted before the
+    restart are decided on the record read back from the stream, and the same document again is still a replay."""
+    settings = receipt_settings(po_settings)
+    async with running_service(po_settings, wire_po) as (_, po_channel, _):
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
+        async with running_service(settings, wire_receipts) as (_, channel, _):
+            stub = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(channel)
+            await stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "6")), metadata=ERP)
+        async with running_service(settings, wire_receipts) as (_, channel, _):
+            stub = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(channel)
+            more = await stub.PostGoodsReceipt(goods_receipt("GR-2", "PO-1001", (1, "3")), metadata=ERP)
+            assert more.lines[0].received_quantity.value == "9"
+            back = await stub.PostGoodsReceipt(
+                goods_receipt("RT-1", "PO-1001", (1, "2"), kind=receipt_pb2.RECEIPT_KIND_RETURN, reverses="GR-1"),
+                metadata=ERP,
+            )
+            assert back.lines[0].received_quantity.value == "7"
+            again = stub.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "6")), metadata=ERP)
+            await again
+            assert ("syncgov-idempotent-replay", "true") in tuple(await again.initial_metadata())
