@@ -439,6 +439,8 @@ class Pool:
         self._stack.callback(logging.getLogger().removeHandler, target.errors)
         if preparation is not None and preparation.seeds is not None:
             target.seeds = await preparation.seeds(target.call)
+        if preparation is not None and preparation.settle is not None:
+            await preparation.settle(settings, target.js)
         target.strategies = MessageStrategies(target.seeds.plausible)
         return target
 

@@ -5,7 +5,8 @@ services are the ``syncgov.*.v1.*_service_pb2`` modules its ``wiring`` imports, 
 descriptors' methods. A new component or RPC is therefore fuzzed without a change here: it gets
 descriptor-built requests (and an empty seed). The seeds below only make the fuzz reach deeper into
 the services that exist: valid requests naming objects that exist, each then mutated in one place, and for
-receipt-reconciliation (tests/fuzz/receipts.py) orders published through po-publication first and a
+receipt-reconciliation (tests/fuzz/receipts.py) and invoice-status (tests/fuzz/invoices.py) orders published
+through po-publication first (and, for invoices, receipts posted through receipt-reconciliation) and a
 structured strategy per RPC beside the descriptor-built one.
 """
 
@@ -26,7 +27,7 @@ from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
 from hypothesis import strategies as st
 
-from libs.cli.components import Component, existing_components
+from libs.cli.components import COMPONENTS, Component, existing_components
 from libs.runtime.access import Administer, Read, Report, Write
 from libs.runtime.settings import DEFAULT_POLICY_FILE, RuntimeSettings
 
@@ -79,7 +80,10 @@ def services_of(component: Component) -> list[ServiceDescriptor]:
 
 
 def fuzzed_components() -> list[Component]:
-    return [component for component in existing_components() if _has_wiring(component)]
+    """Every component with a composition root: those that run (a ``__main__``) and those built but not yet
+    started by ``syncgov up`` (invoice-status runs in the integration tests before its ``__main__`` lands)."""
+    started = {component.name for component in existing_components()}
+    return [component for component in COMPONENTS if component.name in started or _has_wiring(component)]
 
 
 def _has_wiring(component: Component) -> bool:
@@ -312,11 +316,33 @@ async def seed_receipt_reconciliation(call: Call) -> Seeds:
     return seeds
 
 
+async def before_invoice_status(settings: RuntimeSettings) -> None:
+    from tests.fuzz import invoices
+
+    await invoices.before_start(settings)
+
+
+async def seed_invoice_status(call: Call) -> Seeds:
+    from tests.fuzz import invoices
+
+    seeds: Seeds = await invoices.seed(call)
+    return seeds
+
+
+async def settle_invoice_status(settings: RuntimeSettings, js: Any) -> None:
+    from tests.fuzz import invoices
+
+    await invoices.settle(settings, js)
+
+
 @dataclass(frozen=True)
 class Preparation:
     # Runs with the settings the component will start with (its namespace, NATS and Valkey), before it starts.
     before_start: Callable[[RuntimeSettings], Awaitable[None]] | None = None
     seeds: Callable[[Call], Awaitable[Seeds]] | None = None
+    # Runs after the seeds, with the settings and a JetStream context: waits until the component's background
+    # work on what was seeded is done, so none of it lands while a refused request is checked for writes.
+    settle: Callable[[RuntimeSettings, Any], Awaitable[None]] | None = None
 
 
 # Deeper seeds for the components that have them; any other component is fuzzed from descriptors alone.
@@ -325,6 +351,7 @@ PREPARATIONS: dict[str, Preparation] = {
     "supplier-normalization": Preparation(None, seed_supplier_normalization),
     "control-plane": Preparation(None, seed_control_plane),
     "receipt-reconciliation": Preparation(before_receipt_reconciliation, seed_receipt_reconciliation),
+    "invoice-status": Preparation(before_invoice_status, seed_invoice_status, settle_invoice_status),
 }
 
 # Settings the fuzz overrides where a component has them: no periodic sweep may write while a refused

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.fuzz import receipts
+from tests.fuzz import invoices, receipts
 from tests.fuzz.harness import REQUEST_BUDGET
 from tests.fuzz.strategies import MessageStrategies, decimal_strings, raw_bodies
 from tests.fuzz.targets import all_rpcs
@@ -19,7 +19,13 @@ BUILDER = MessageStrategies()
 
 def test_every_built_component_has_rpcs_to_fuzz() -> None:
     components = {rpc.component for rpc in RPCS}
-    assert {"po-publication", "supplier-normalization", "control-plane", "receipt-reconciliation"} <= components
+    assert {
+        "po-publication",
+        "supplier-normalization",
+        "control-plane",
+        "receipt-reconciliation",
+        "invoice-status",
+    } <= components
 
 
 def test_every_receipt_rpc_has_a_structured_strategy() -> None:
@@ -38,12 +44,23 @@ def test_requests_of_every_rpc_build_and_serialize(data: st.DataObject) -> None:
         assert rpc.request_class().FromString(body) == request
 
 
-STRUCTURED = sorted(receipts.structured(["MTpyZWNlaXB0LmZpbmRpbmdzOmM6MXxlcnAvR1ItRlotMQ"]).items())
+def test_every_invoice_rpc_has_a_structured_strategy() -> None:
+    inputs = {rpc.method.input_type.full_name for rpc in RPCS if rpc.component == "invoice-status"}
+    assert len(inputs) == 6
+    assert set(invoices.structured()) == inputs
 
 
-@settings(max_examples=40, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+STRUCTURED = sorted(
+    [
+        *receipts.structured(["MTpyZWNlaXB0LmZpbmRpbmdzOmM6MXxlcnAvR1ItRlotMQ"]).items(),
+        *invoices.structured(invoices.crafted_tokens()[:1]).items(),
+    ]
+)
+
+
+@settings(max_examples=60, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
-def test_structured_receipt_requests_build_and_serialize(data: st.DataObject) -> None:
+def test_structured_requests_build_and_serialize(data: st.DataObject) -> None:
     name, strategy = data.draw(st.sampled_from(STRUCTURED))
     request = data.draw(strategy)
     assert request.DESCRIPTOR.full_name == name
