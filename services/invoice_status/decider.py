@@ -4,7 +4,7 @@ The object is one invoice, keyed by procurement's invoice id. Its states::
 
     (none) --submitted--> matched | blocked          (the submission carries its first match)
     matched | blocked | released --re-match--> matched | blocked | released
-    blocked --released (a person, a reason)--> released
+    blocked --released (a person, through a system, a reason)--> released
     matched | released --approved--> approved_for_payment --paid (the ERP)--> paid
     matched | blocked --disputed--> disputed
     anything but paid --cancelled--> cancelled
@@ -106,9 +106,10 @@ class Blocked:
 class Released:
     """A person overrode every blocking reason that applied at the time (audited)."""
 
-    released_by: str
+    released_by: str  # the person
     reason: str
     overridden: tuple[Reason, ...]  # the blocking reasons of the match in force
+    released_through: str = ""  # the system the person released it through ("" in events recorded before it)
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +155,13 @@ class InvoiceState:
     dispute: Disputed | None = None
     cancellation: Cancelled | None = None
     sequence: int = 0  # of the last event folded
+    submitted_at_ns: int = 0  # when the submission was recorded (the stream's time, epoch nanoseconds)
+    matched_at_ns: int = 0  # when the match in force was recorded
+    match_sequence: int = 0  # the sequence of the event that recorded the match in force
+    # The sequence of the match event whose blocking reasons were raised as exceptions: the match in force left
+    # the invoice blocked when it was recorded (0: it did not — matched, or a re-match the release covered).
+    exceptions_sequence: int = 0
+    blocked_since_ns: int = 0  # when the invoice last became blocked, while it is blocked (0 otherwise)
 
     @property
     def exists(self) -> bool:
@@ -170,23 +178,57 @@ def _status_of(match: MatchResult) -> InvoiceStatus:
 def evolve(state: InvoiceState, recorded: Recorded[InvoiceEvent]) -> InvoiceState:
     event = recorded.event
     seq = recorded.sequence
+    at = recorded.recorded_at_ns
     if isinstance(event, InvoiceSubmitted):
         if state.exists:  # one submission per invoice; a second is not folded
             return state
+        status = _status_of(event.match)
+        blocked = status is InvoiceStatus.BLOCKED
         return InvoiceState(
-            submitted=event, status=_status_of(event.match), match=event.match, facts=event.facts, sequence=seq
+            submitted=event,
+            status=status,
+            match=event.match,
+            facts=event.facts,
+            sequence=seq,
+            submitted_at_ns=at,
+            matched_at_ns=at,
+            match_sequence=seq,
+            exceptions_sequence=seq if blocked else 0,
+            blocked_since_ns=at if blocked else 0,
         )
     if not state.exists:  # nothing is folded before the submission
         return state
     if isinstance(event, Matched):
-        return _with(state, seq, status=InvoiceStatus.MATCHED, match=event.match, facts=event.facts, release=None)
+        return _with(
+            state,
+            seq,
+            status=InvoiceStatus.MATCHED,
+            match=event.match,
+            facts=event.facts,
+            release=None,
+            matched_at_ns=at,
+            match_sequence=seq,
+            exceptions_sequence=0,
+        )
     if isinstance(event, Blocked):
         release = state.release
         if release is not None and set(event.match.reasons) <= set(release.overridden):
             status = InvoiceStatus.RELEASED  # nothing the release did not cover
         else:
             status, release = InvoiceStatus.BLOCKED, None
-        return _with(state, seq, status=status, match=event.match, facts=event.facts, release=release)
+        blocked = status is InvoiceStatus.BLOCKED
+        return _with(
+            state,
+            seq,
+            status=status,
+            match=event.match,
+            facts=event.facts,
+            release=release,
+            matched_at_ns=at,
+            match_sequence=seq,
+            exceptions_sequence=seq if blocked else 0,
+            blocked_since_ns=(state.blocked_since_ns or at) if blocked else 0,
+        )
     if isinstance(event, Released):
         return _with(state, seq, status=InvoiceStatus.RELEASED, release=event)
     if isinstance(event, ApprovedForPayment):
@@ -199,6 +241,11 @@ def evolve(state: InvoiceState, recorded: Recorded[InvoiceEvent]) -> InvoiceStat
 
 
 def _with(state: InvoiceState, sequence: int, **changes: Any) -> InvoiceState:
+    """The state after an event; an invoice no longer blocked has no blocked time."""
+    changes.setdefault(
+        "blocked_since_ns",
+        state.blocked_since_ns if changes.get("status", state.status) is InvoiceStatus.BLOCKED else 0,
+    )
     return replace(state, sequence=sequence, **changes)
 
 
@@ -225,8 +272,9 @@ class Rematch:
 @dataclass(frozen=True, slots=True)
 class Release:
     invoice_id: str
-    released_by: str  # the person (the edge checks the policy's ``invoice_release`` permission)
+    released_by: str  # the person
     reason: str
+    released_through: str = ""  # the calling system (the edge checks the policy's ``invoice_release`` permission)
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,10 +395,10 @@ def decide_release(command: Release, state: InvoiceState) -> Released | Refusal 
         and release is not None
         and (release.released_by, release.reason) == (command.released_by, command.reason)
     ):
-        return None  # the same release again
+        return None  # the same release again (the same person and reason, through whichever system)
     if state.status is not InvoiceStatus.BLOCKED or state.match is None:
         return _precondition("NOT_BLOCKED", command.invoice_id, state, "only a blocked invoice can be released")
-    return Released(command.released_by, command.reason, state.match.reasons)
+    return Released(command.released_by, command.reason, state.match.reasons, command.released_through)
 
 
 def decide_approve(command: Approve, state: InvoiceState) -> ApprovedForPayment | Refusal | None:

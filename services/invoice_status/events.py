@@ -91,6 +91,7 @@ def encode(invoice_id: str, event: InvoiceEvent, *, workflow_key: str = "") -> E
             released_by=event.released_by,
             reason=event.reason,
             overridden=mapping.reasons_to_proto(event.overridden),
+            released_through=event.released_through,
         )
     elif isinstance(event, ApprovedForPayment):
         name = APPROVED
@@ -153,7 +154,12 @@ def _decode(stored: StoredEvent) -> InvoiceEvent | None:
         return Blocked(mapping.match_from_proto(blocked.match), mapping.facts_from_proto(blocked.facts))
     if name == RELEASED:
         released = stored.unpack(events_pb2.InvoiceReleased)
-        return Released(released.released_by, released.reason, mapping.reasons_from_proto(released.overridden))
+        return Released(
+            released.released_by,
+            released.reason,
+            mapping.reasons_from_proto(released.overridden),
+            released.released_through,
+        )
     if name == APPROVED:
         return ApprovedForPayment(stored.unpack(events_pb2.InvoiceApprovedForPayment).approved_by)
     if name == PAID:

@@ -31,6 +31,14 @@ def exception_id(invoice_id: str, reason: Reason, sequence: int) -> str:
     return str(uuid.uuid5(_EXCEPTION_IDS, f"{invoice_id}|{reason.value}|{sequence}"))
 
 
+def exception_ids(invoice_id: str, state: InvoiceState) -> list[str]:
+    """The ids of the exceptions raised for the blocking reasons of the match in force: none when it matched, or
+    when it was a re-match the release in force covered (nothing was raised for it)."""
+    if state.match is None or not state.exceptions_sequence:
+        return []
+    return [exception_id(invoice_id, reason, state.exceptions_sequence) for reason in state.match.reasons]
+
+
 def exception_type_of(reason: Reason) -> tuple[exception_pb2.ExceptionType, str]:
     """The contract's exception type for a blocking reason, and the policy's name routing it."""
     own = _OWN_TYPE.get(reason)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
 
+from google.protobuf import timestamp_pb2
 from google.type import decimal_pb2, money_pb2
 
 from libs.runtime.errors import FieldViolation, InvalidArgument
+from libs.runtime.subjects import MAX_KEY_CHARS
 from libs.runtime.values import (
     date_from_proto,
     date_to_proto,
@@ -23,7 +26,7 @@ from libs.runtime.values import (
     money_from_proto,
     money_to_proto,
 )
-from services.invoice_status.decider import FactVersions, InvoiceState, InvoiceStatus
+from services.invoice_status.decider import FactVersions, InvoiceState, InvoiceStatus, Released
 from services.invoice_status.domain import (
     ZERO,
     AmountCheck,
@@ -41,9 +44,12 @@ from services.invoice_status.domain import (
     SuspectedDuplicate,
     validate_invoice,
 )
-from syncgov.invoice.v1 import invoice_pb2
+from services.invoice_status.findings import exception_ids
+from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2
 
 FIELD = "invoice"
+_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z, the contract's earliest Timestamp
+_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z, its latest
 
 _REASON_TO_PROTO: Mapping[Reason, invoice_pb2.BlockReason] = {
     Reason.PRICE_VARIANCE: invoice_pb2.BLOCK_REASON_PRICE_VARIANCE,
@@ -421,8 +427,26 @@ def facts_from_proto(message: invoice_pb2.FactVersions) -> FactVersions:
     )
 
 
+def _timestamp(nanoseconds: int) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(nanoseconds)
+    return stamp
+
+
+def release_to_proto(release: Released) -> invoice_pb2.InvoiceRelease:
+    return invoice_pb2.InvoiceRelease(
+        released_by=release.released_by,
+        released_through=release.released_through,
+        reason=release.reason,
+        overridden=reasons_to_proto(release.overridden),
+    )
+
+
 def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
-    """An invoice and its state as the responses carry it: the submitted document and the match in force."""
+    """An invoice and its state as the responses carry it: the submitted document, when it was recorded, the match
+    in force (per line, and whole: header reasons, totals, duplicates) with when it was recorded, the release in
+    force and the exceptions raised for the match's blocking reasons. ``policy_revision`` is not recorded by a
+    match and stays 0."""
     message = invoice_pb2.InvoiceStatus()
     submitted = state.submitted
     if submitted is None or state.status is None:
@@ -430,7 +454,66 @@ def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
     document = submitted.document if isinstance(submitted.document, invoice_pb2.Invoice) else None
     message.invoice.CopyFrom(document if document is not None else invoice_to_proto(submitted.invoice))
     message.state = status_to_proto(state.status)
+    if state.submitted_at_ns:
+        message.submitted_at.CopyFrom(_timestamp(state.submitted_at_ns))
     if state.match is not None:
         currency = submitted.invoice.currency
         message.line_results.extend(line_match_to_proto(line, currency) for line in state.match.lines)
+        message.match.CopyFrom(match_to_proto(state.match, currency))
+        if state.matched_at_ns:
+            message.matched_at.CopyFrom(_timestamp(state.matched_at_ns))
+    if state.release is not None:
+        message.release.CopyFrom(release_to_proto(state.release))
+    message.exception_ids.extend(exception_ids(submitted.invoice.invoice_id, state))
     return message
+
+
+@dataclass(frozen=True, slots=True)
+class BlockedFilter:
+    """What ``ListBlockedInvoices`` lists: blocked for this reason, of this golden supplier, blocked at or before."""
+
+    reason: Reason | None = None
+    supplier_id: str = ""
+    blocked_before_ns: int | None = None
+
+
+def blocked_filter(request: invoice_service_pb2.ListBlockedInvoicesRequest) -> BlockedFilter:
+    """The listing's filters, or INVALID_ARGUMENT with a field violation for each bad one."""
+    violations: list[FieldViolation] = []
+    reason = None
+    if request.reason != invoice_pb2.BLOCK_REASON_UNSPECIFIED:
+        try:
+            reason = reason_from_proto(request.reason)
+        except ValueError as error:
+            violations.append(FieldViolation("reason", str(error)))
+    supplier_id = request.supplier_id.strip()
+    if len(supplier_id) > MAX_KEY_CHARS:
+        violations.append(FieldViolation("supplier_id", f"must be at most {MAX_KEY_CHARS} characters"))
+    before = None
+    if request.HasField("blocked_before"):
+        stamp = request.blocked_before
+        if not (_MIN_SECONDS <= stamp.seconds <= _MAX_SECONDS and 0 <= stamp.nanos < 1_000_000_000):
+            violations.append(FieldViolation("blocked_before", "is not a valid timestamp"))
+        else:
+            before = stamp.ToNanoseconds()
+    if violations:
+        raise InvalidArgument(
+            f"the listing's filters are invalid: {violations[0].field} {violations[0].description}",
+            violations=violations,
+            reason="INVALID_FILTER",
+        )
+    return BlockedFilter(reason=reason, supplier_id=supplier_id, blocked_before_ns=before)
+
+
+def released_by(value: str) -> str:
+    """The person releasing an invoice: required and bounded like every id, else INVALID_ARGUMENT (nothing is
+    written)."""
+    person = value.strip()
+    if not person or len(person) > MAX_KEY_CHARS:
+        problem = "is required" if not person else f"must be at most {MAX_KEY_CHARS} characters"
+        raise InvalidArgument(
+            f"released_by {problem}: name the person who releases the invoice; nothing was recorded",
+            violations=[FieldViolation("released_by", problem)],
+            reason="RELEASED_BY_REQUIRED" if not person else "INVALID_RELEASED_BY",
+        )
+    return person

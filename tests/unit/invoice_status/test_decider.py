@@ -380,3 +380,60 @@ def test_fact_versions_compare_component_wise() -> None:
     assert not V2.older_than(V2)
     assert not FactVersions((("PO-2", 1),)).older_than(V3)  # another PO: not comparable
     assert FactVersions((("PO-1", 1),)).older_than(FactVersions((("PO-1", 1), ("PO-2", 1))))
+
+
+# --- What the state remembers for the responses and the blocked list ---------------------------------------
+
+
+def at(*events: InvoiceEvent, times: Sequence[int]) -> InvoiceState:
+    """The state after ``events``, the n-th recorded at ``times[n]`` (epoch nanoseconds)."""
+    state = INITIAL
+    for sequence, (event, time) in enumerate(zip(events, times, strict=True), start=1):
+        state = evolve(state, Recorded(event, sequence, f"e-{sequence}", time, f"k-{sequence}", "procurement"))
+    return state
+
+
+def test_a_release_records_the_person_and_the_system_and_a_replay_is_the_same_person_and_reason() -> None:
+    state = given(submitted(PRICE))
+    released = decide(Release(ID, "alice", "price agreed by phone", "ops-console"), state)
+    assert released == Released("alice", "price agreed by phone", (Reason.PRICE_VARIANCE,), "ops-console")
+    assert isinstance(released, Released)
+    after = given(submitted(PRICE), released)
+    assert after.release == released
+    # The same person and reason through another system is the same release; another person is not.
+    assert decide(Release(ID, "alice", "price agreed by phone", "procurement"), after) is None
+    refused(
+        decide(Release(ID, "bob", "price agreed by phone", "ops-console"), after),
+        RefusalKind.PRECONDITION,
+        "NOT_BLOCKED",
+    )
+
+
+def test_the_state_remembers_when_it_was_submitted_matched_and_blocked() -> None:
+    state = at(submitted(AWAITING), Blocked(PRICE, V2), Matched(MATCHED, V3), times=(100, 200, 300))
+    assert (state.submitted_at_ns, state.matched_at_ns, state.match_sequence) == (100, 300, 3)
+    assert state.blocked_since_ns == 0
+    still = at(submitted(AWAITING), Blocked(PRICE, V2), times=(100, 200))
+    assert still.blocked_since_ns == 100  # blocked since the submission, whatever the reasons became
+    assert still.match_sequence == still.exceptions_sequence == 2
+
+
+def test_blocked_time_and_raised_exceptions_end_with_the_block() -> None:
+    released = at(submitted(PRICE), RELEASED, times=(100, 200))
+    assert released.blocked_since_ns == 0
+    assert released.exceptions_sequence == 1  # the blocking match's exceptions stay the ones raised
+    # A re-match the release covers raises nothing; one with a new reason blocks again, from its own time.
+    covered = at(submitted(PRICE), RELEASED, Blocked(replace_figures(PRICE), V2), times=(100, 200, 300))
+    assert covered.status is InvoiceStatus.RELEASED
+    assert covered.exceptions_sequence == 0
+    again = at(submitted(PRICE), RELEASED, Blocked(PRICE_AND_QUANTITY, V2), times=(100, 200, 300))
+    assert again.status is InvoiceStatus.BLOCKED
+    assert (again.blocked_since_ns, again.exceptions_sequence) == (300, 3)
+    disputed = at(submitted(PRICE), Disputed("wrong price"), times=(100, 200))
+    assert disputed.blocked_since_ns == 0
+    assert at(submitted(), times=(100,)).exceptions_sequence == 0
+
+
+def replace_figures(match: MatchResult) -> MatchResult:
+    """The same reasons on other figures (a re-match on newer facts)."""
+    return match_invoice(INVOICE, facts(price="8.00"), POLICY) if match == PRICE else match

@@ -95,7 +95,10 @@ def test_every_decider_event_survives_the_envelope() -> None:
         ),
         (Matched(_matched_match(), FACTS), "matched"),
         (Blocked(blocked, FACTS), "blocked"),
-        (Released("alice", "price agreed by phone", (Reason.PRICE_VARIANCE, Reason.UNKNOWN_PO_LINE)), "released"),
+        (
+            Released("alice", "price agreed by phone", (Reason.PRICE_VARIANCE, Reason.UNKNOWN_PO_LINE), "ops-console"),
+            "released",
+        ),
         (ApprovedForPayment("bob"), "approved"),
         (Paid("PAY-1", D("130.802"), "EUR", date(2026, 4, 1)), "paid"),
         (Disputed("wrong goods"), "disputed"),

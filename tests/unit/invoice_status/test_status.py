@@ -1,0 +1,101 @@
+"""What GetInvoice, SubmitInvoice and ListBlockedInvoices answer: the whole status from the folded state, and the
+listing's and release's requests checked field by field (issue 11)."""
+
+from __future__ import annotations
+
+import pytest
+from google.protobuf import timestamp_pb2
+
+from libs.runtime.decider import Recorded
+from libs.runtime.errors import InvalidArgument
+from services.invoice_status import mapping
+from services.invoice_status.decider import (
+    INITIAL,
+    Blocked,
+    FactVersions,
+    InvoiceEvent,
+    InvoiceState,
+    InvoiceSubmitted,
+    Released,
+    evolve,
+)
+from services.invoice_status.domain import MatchResult, Reason
+from services.invoice_status.findings import exception_id
+from services.invoice_status.matching import match_invoice
+from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2
+from tests.unit.invoice_status.builders import POLICY, facts, invoice, line, po_line
+
+SUBJECT = invoice(line(1, quantity="10", price="11.00"), number="INV-7", gross="200")  # 10% dear; totals off
+EARLIER = invoice(line(1, quantity="10", price="10.00"), invoice_id="I-0", number="INV-7")
+BLOCKED = match_invoice(SUBJECT, facts({("PO-1", 1): po_line(price="10.00")}), POLICY, earlier=[EARLIER])
+
+
+def folded(*events: InvoiceEvent) -> InvoiceState:
+    state = INITIAL
+    for sequence, event in enumerate(events, start=11):
+        state = evolve(state, Recorded(event, sequence, f"e{sequence}", sequence * 1_000_000_000, "k", "procurement"))
+    return state
+
+
+def submitted(match: MatchResult) -> InvoiceSubmitted:
+    return InvoiceSubmitted(SUBJECT, "fp", "procurement:invoice:I-1", match, FactVersions())
+
+
+def test_the_status_carries_the_whole_match_its_header_reasons_and_the_exceptions_raised() -> None:
+    assert Reason.DUPLICATE_INVOICE in BLOCKED.header_reasons
+    assert Reason.PRICE_VARIANCE in BLOCKED.reasons
+    status = mapping.status_message(folded(submitted(BLOCKED)))
+    assert status.state == invoice_pb2.INVOICE_STATE_BLOCKED
+    assert status.match == mapping.match_to_proto(BLOCKED, "EUR")
+    assert invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE in status.match.header_block_reasons
+    assert [d.invoice_id for d in status.match.duplicates] == ["I-0"]
+    assert status.match.header_checks
+    assert status.submitted_at.seconds == status.matched_at.seconds == 11
+    assert list(status.exception_ids) == [exception_id("I-1", reason, 11) for reason in BLOCKED.reasons]
+    assert not status.HasField("release")
+
+
+def test_a_release_shows_the_person_the_system_and_the_reason() -> None:
+    release = Released("alice", "agreed by phone", BLOCKED.reasons, "ops-console")
+    status = mapping.status_message(folded(submitted(BLOCKED), release))
+    assert status.state == invoice_pb2.INVOICE_STATE_RELEASED
+    assert status.release == invoice_pb2.InvoiceRelease(
+        released_by="alice",
+        released_through="ops-console",
+        reason="agreed by phone",
+        overridden=mapping.reasons_to_proto(BLOCKED.reasons),
+    )
+    assert list(status.exception_ids) == [exception_id("I-1", reason, 11) for reason in BLOCKED.reasons]
+    # A later re-match the release covers raised nothing: no exception is claimed for it.
+    covered = mapping.status_message(folded(submitted(BLOCKED), release, Blocked(BLOCKED, FactVersions())))
+    assert covered.state == invoice_pb2.INVOICE_STATE_RELEASED
+    assert list(covered.exception_ids) == []
+    assert covered.matched_at.seconds == 13
+
+
+@pytest.mark.parametrize(("person", "problem"), [("", "is required"), ("  ", "is required"), ("p" * 257, "at most")])
+def test_a_release_names_a_bounded_person(person: str, problem: str) -> None:
+    with pytest.raises(InvalidArgument) as refused:
+        mapping.released_by(person)
+    assert [v.field for v in refused.value.violations] == ["released_by"]
+    assert problem in refused.value.violations[0].description
+    assert mapping.released_by(" alice ") == "alice"
+
+
+def test_the_listing_filters_are_read_and_bad_ones_are_field_violations() -> None:
+    before = timestamp_pb2.Timestamp(seconds=1_800_000_000, nanos=5)
+    request = invoice_service_pb2.ListBlockedInvoicesRequest(
+        reason=invoice_pb2.BLOCK_REASON_PRICE_VARIANCE, supplier_id=" SUP-1 ", blocked_before=before
+    )
+    assert mapping.blocked_filter(request) == mapping.BlockedFilter(
+        Reason.PRICE_VARIANCE, "SUP-1", 1_800_000_000_000_000_005
+    )
+    assert mapping.blocked_filter(invoice_service_pb2.ListBlockedInvoicesRequest()) == mapping.BlockedFilter()
+    bad = invoice_service_pb2.ListBlockedInvoicesRequest(
+        reason=99,  # type: ignore[arg-type]
+        supplier_id="S" * 300,
+        blocked_before=timestamp_pb2.Timestamp(seconds=1, nanos=-1),
+    )
+    with pytest.raises(InvalidArgument) as refused:
+        mapping.blocked_filter(bad)
+    assert [v.field for v in refused.value.violations] == ["reason", "supplier_id", "blocked_before"]
