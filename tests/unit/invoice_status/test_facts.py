@@ -2,11 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from libs.runtime.decider import Recorded
 from services.invoice_status import matching
-from services.invoice_status.decider import Cancelled, FactVersions, InvoiceEvent, InvoiceSubmitted
+from services.invoice_status.decider import (
+    REMATCHABLE,
+    ApprovedForPayment,
+    Cancelled,
+    FactVersions,
+    InvoiceEvent,
+    InvoiceState,
+    InvoiceStatus,
+    InvoiceSubmitted,
+    evolve,
+)
 from services.invoice_status.domain import Invoice
 from services.invoice_status.facts import InvoiceLedger, SupplierStates
 from tests.unit.invoice_status.builders import POLICY, facts, invoice, line
@@ -96,3 +110,178 @@ def test_an_invoice_recorded_counts_only_the_invoices_recorded_before_it():
     assert ledger.waiting_on("PO-1") == ["I-1", "I-2"]
     ledger.fold("I-1", cancelled(3))
     assert ledger.waiting_on("PO-1") == ["I-2"]
+
+
+# --- The ledger's indexes -------------------------------------------------------------------------------------
+
+
+def test_cumulative_quantity_per_po_line_counts_a_credit_note_negative_and_drops_a_cancelled_invoice():
+    ledger = InvoiceLedger()
+    two_lines = invoice(line(1, quantity="6"), line(2, quantity="1.5"), invoice_id="I-1", number="A-1")  # one PO line
+    ledger.fold("I-1", submitted(1, two_lines))
+    ledger.fold("I-2", submitted(2, invoice(line(po_line=2, quantity="9"), invoice_id="I-2", number="A-2")))
+    credit = invoice(line(quantity="2.25"), invoice_id="C-1", number="CN-1", credit_note=True, credits="I-1")
+    ledger.fold("C-1", submitted(3, credit))
+    ledger.fold("I-3", submitted(4, invoice(line(po="PO-2", quantity="4"), invoice_id="I-3", number="A-3")))
+    wanted = [("PO-1", 1), ("PO-1", 2), ("PO-2", 1)]
+    assert ledger.invoiced_by_others(wanted, "I-9") == {("PO-1", 1): D("5.25"), ("PO-1", 2): D(9), ("PO-2", 1): D(4)}
+    ledger.fold("C-1", cancelled(5))  # the credit note no longer reduces what was invoiced
+    assert ledger.invoiced_by_others(wanted, "I-9")[("PO-1", 1)] == D("7.5")
+    ledger.fold("I-1", cancelled(6))
+    assert ledger.invoiced_by_others(wanted, "I-9") == {("PO-1", 2): D(9), ("PO-2", 1): D(4)}
+    assert [i.invoice_id for i in ledger.earlier_of("SUP-1", "I-9")] == ["I-2", "I-3"]
+
+
+async def test_only_invoices_recorded_before_count_whatever_order_the_ledger_learnt_them_in():
+    ledger = InvoiceLedger()
+    late = submitted(9, invoice(line(quantity="4"), invoice_id="I-9", number="X-9"))
+    state = InvoiceLedger()
+    state.fold("I-9", late)
+    # This process appended I-9 (sequence 9) before its follower delivered I-5 (sequence 5, another replica's).
+    early = submitted(5, invoice(line(quantity="3"), invoice_id="I-5", number="X-5"))
+    await ledger.applied("I-9", state.states["I-9"], 9, late)
+    ledger.fold("I-5", early)
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-9") == {("PO-1", 1): D(3)}
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-5") == {}
+    assert [i.invoice_id for i in ledger.earlier_of("SUP-1", "I-9")] == ["I-5"]
+    assert ledger.earlier_of("SUP-1", "I-5") == []
+    assert ledger.waiting_on("PO-1") == ["I-5", "I-9"]
+
+
+async def test_the_stream_is_read_through_only_where_every_event_is_folded():
+    ledger = InvoiceLedger()
+    ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
+    appended = submitted(3, invoice(invoice_id="I-3", number="A-3"))
+    state = InvoiceLedger()
+    state.fold("I-3", appended)
+    await ledger.applied("I-3", state.states["I-3"], 3, appended)
+    assert (ledger.read_through, ledger.sequence) == (1, 3)  # sequence 2 is not folded yet
+    ledger.fold("I-2", submitted(2, invoice(invoice_id="I-2", number="A-2")))
+    assert ledger.read_through == 3  # the append folded ahead joins once the gap is filled
+
+
+async def test_an_event_of_an_invoice_not_read_yet_waits_for_the_follower():
+    ledger = InvoiceLedger()
+    elsewhere = InvoiceLedger()
+    elsewhere.fold("I-1", submitted(4, invoice(invoice_id="I-1")))
+    elsewhere.fold("I-1", cancelled(6))
+    # A command on another replica's invoice: the submission's sequence (its place in the order) is unknown here.
+    await ledger.applied("I-1", elsewhere.states["I-1"], 6, cancelled(6))
+    assert ledger.states == {}
+    assert ledger.read_through == 0
+    ledger.fold("I-1", submitted(4, invoice(invoice_id="I-1")))
+    assert ledger.first_sequence == {"I-1": 4}
+
+
+async def test_waiting_for_the_stream_to_be_read_up_to_a_sequence():
+    ledger = InvoiceLedger()
+    waiting = asyncio.ensure_future(ledger.read_up_to(2))
+    ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    ledger.fold("I-2", submitted(2, invoice(invoice_id="I-2", number="A-2")))
+    await asyncio.wait_for(waiting, 1)
+
+
+def matched_with(
+    sequence: int, submitted_invoice: Invoice, read_through: int, received: str = "100"
+) -> Recorded[InvoiceEvent]:
+    """A submission whose match read the invoice stream up to ``read_through``."""
+    match = matching.match_invoice(submitted_invoice, facts(received={("PO-1", 1): received}), POLICY)
+    event = InvoiceSubmitted(
+        submitted_invoice, f"fp-{sequence}", f"key-{sequence}", match, FactVersions((), 0, read_through)
+    )
+    return Recorded(event, sequence, f"e{sequence}", sequence, f"key-{sequence}", "procurement")
+
+
+def test_an_invoice_matched_without_one_recorded_just_before_it_is_known_to_have_missed_it():
+    ledger = InvoiceLedger()
+    ledger.fold("I-1", matched_with(1, invoice(line(quantity="4"), invoice_id="I-1", number="A-1"), 0))
+    # I-2 and I-3 were matched at the same instant, neither seeing the other; I-4 later, on another PO.
+    ledger.fold("I-2", matched_with(2, invoice(line(quantity="4"), invoice_id="I-2", number="A-2"), 1))
+    ledger.fold("I-3", matched_with(3, invoice(line(quantity="4"), invoice_id="I-3", number="A-3"), 1))
+    other_po = invoice(line(po="PO-2"), invoice_id="I-4", supplier="SUP-2", number="A-4")
+    ledger.fold("I-4", matched_with(4, other_po, 1))
+    same_number = invoice(line(po="PO-3"), invoice_id="I-5", supplier="SUP-2", number="a 4")  # I-4's number
+    ledger.fold("I-5", matched_with(5, same_number, 3))
+    assert [ledger.missed(i) for i in ("I-1", "I-2", "I-3", "I-4", "I-5")] == [False, False, True, False, True]
+    ledger.fold("I-2", cancelled(6))  # what I-3 missed no longer counts
+    assert not ledger.missed("I-3")
+
+
+def _counted_by_scan(ledger: InvoiceLedger, asking: str) -> list[tuple[str, Invoice]]:
+    """What the ledger answered before it had indexes: every invoice not cancelled but ``asking``, and once
+    ``asking`` is recorded only those recorded before it, oldest first."""
+    before = ledger.first_sequence.get(asking)
+    return [
+        (other, state.submitted.invoice)
+        for other, state in sorted(ledger.states.items(), key=lambda item: ledger.first_sequence[item[0]])
+        if other != asking
+        and state.submitted is not None
+        and state.status is not InvoiceStatus.CANCELLED
+        and (before is None or ledger.first_sequence[other] < before)
+    ]
+
+
+def _event(sequence: int, invoice_id: str, action: tuple) -> Recorded[InvoiceEvent]:  # type: ignore[type-arg]
+    if action[0] == "submit":
+        _, lines, quantity, credit, supplier = action
+        built = invoice(
+            *(line(n, po=po, po_line=number, quantity=str(quantity)) for n, (po, number) in enumerate(lines, 1)),
+            invoice_id=invoice_id,
+            supplier=supplier,
+            number=f"N-{sequence}",
+            credit_note=credit,
+            credits="I-0" if credit else "",
+        )
+        return submitted(sequence, built)
+    if action[0] == "cancel":
+        return cancelled(sequence)
+    return Recorded(ApprovedForPayment("erp"), sequence, f"e{sequence}", sequence, "", "erp")
+
+
+_LINES = [(po, number) for po in ("PO-1", "PO-2") for number in (1, 2, 3)]
+_SUBMIT = st.tuples(
+    st.just("submit"),
+    st.lists(st.sampled_from(_LINES), min_size=1, max_size=3),
+    st.integers(1, 9),
+    st.booleans(),  # a credit note
+    st.sampled_from(["SUP-1", "SUP-2"]),
+)
+_STEP = st.tuples(
+    st.sampled_from(["I-1", "I-2", "I-3", "I-4", "I-5"]),
+    st.one_of(_SUBMIT, st.just(("cancel",)), st.just(("approve",))),
+    st.booleans(),  # appended by this process: the handler's state first, the follower's event after it
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_STEP, max_size=12))
+def test_the_indexes_answer_what_a_scan_of_every_invoice_answers(steps):
+    ledger = InvoiceLedger()
+    history: dict[str, InvoiceState] = {}
+    for sequence, (invoice_id, action, by_handler) in enumerate(steps, start=1):
+        event = _event(sequence, invoice_id, action)
+        history[invoice_id] = evolve(history.get(invoice_id, InvoiceState()), event)
+        if by_handler:
+            asyncio.run(ledger.applied(invoice_id, history[invoice_id], sequence, event))
+        ledger.fold(invoice_id, event)
+    assert ledger.states == {key: state for key, state in history.items() if state.exists}
+    assert ledger.read_through == len(steps)
+    for asking in ("I-1", "I-2", "I-3", "I-4", "I-5", "I-9"):
+        counted = _counted_by_scan(ledger, asking)
+        expected = matching.invoiced_quantities(counted_invoice for _, counted_invoice in counted)
+        assert ledger.invoiced_by_others(_LINES, asking) == expected
+        for supplier in ("SUP-1", "SUP-2"):
+            earlier = [other for other, counted_invoice in counted if counted_invoice.supplier_id == supplier]
+            assert [found.invoice_id for found in ledger.earlier_of(supplier, asking)] == earlier
+    oldest_first = sorted(ledger.states, key=lambda key: (ledger.first_sequence[key], key))
+    for po in ("PO-1", "PO-2"):
+        assert ledger.waiting_on(po) == [
+            key
+            for key in oldest_first
+            if ledger.states[key].status in REMATCHABLE
+            and any(found.po_id == po for found in ledger._invoice(key).lines)
+        ]
+    blocked = [key for key in oldest_first if ledger.states[key].status is InvoiceStatus.BLOCKED]
+    assert [key for key, _ in ledger.blocked()] == blocked
