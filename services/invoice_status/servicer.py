@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from opentelemetry import trace
+from redis.exceptions import RedisError
 
 from libs.policy.engine import Policy
 from libs.runtime import attributes
@@ -33,7 +34,7 @@ from services.invoice_status.domain import (
 )
 from services.invoice_status.facts import InvoiceLedger, Matcher, SupplierStates
 from services.invoice_status.findings import BlockingExceptions
-from services.invoice_status.store import InvoiceCommands
+from services.invoice_status.store import BlockedInvoices, InvoiceCommands, ReadModelRebuilding, valid_member
 from syncgov.common.v1 import types_pb2
 from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
 
@@ -50,6 +51,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         matcher: Matcher,
         suppliers: SupplierStates,
         ledger: InvoiceLedger,
+        blocked: BlockedInvoices,
         ready: Callable[[], bool],
         exceptions: ExceptionReporter,
         blocking: BlockingExceptions,
@@ -59,6 +61,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         self._matcher = matcher
         self._suppliers = suppliers
         self._ledger = ledger
+        self._blocked = blocked
         self._ready = ready
         self._exceptions = exceptions
         self._blocking = blocking
@@ -106,43 +109,44 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
     async def ListBlockedInvoices(
         self, request: invoice_service_pb2.ListBlockedInvoicesRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> invoice_service_pb2.ListBlockedInvoicesResponse:
-        reason = None
-        if request.reason != invoice_pb2.BLOCK_REASON_UNSPECIFIED:
-            try:
-                reason = mapping.reason_from_proto(request.reason)
-            except ValueError as error:
-                raise InvalidArgument(
-                    str(error), violations=[FieldViolation("reason", str(error))], reason="UNKNOWN_BLOCK_REASON"
-                ) from None
+        """Oldest blocked first, from the Valkey read model; each invoice's status from the ledger (or the stream,
+        when the ledger has not followed the entry's event yet), left out if it is no longer blocked."""
+        where = mapping.blocked_filter(request)
         size = page_size(request.page.page_size)
-        cursor = decode_page_cursor(BLOCKED_LISTING, request.page.page_token)
-        after = _cursor(cursor) if cursor is not None else None
-        listed: list[tuple[tuple[int, str], InvoiceState]] = []
-        more = False
-        for invoice_id, state in self._ledger.blocked():
-            position = (self._ledger.first_sequence.get(invoice_id, 0), invoice_id)
-            if after is not None and position <= after:
-                continue
-            if reason is not None and (state.match is None or reason not in state.match.reasons):
-                continue
-            if len(listed) == size:
-                more = True
-                break
-            listed.append((position, state))
-        token = ""
-        if more and listed:
-            sequence, invoice_id = listed[-1][0]
-            token = encode_page_cursor(BLOCKED_LISTING, f"{sequence}|{invoice_id}")
+        after = decode_page_cursor(BLOCKED_LISTING, request.page.page_token)
+        if after is not None and not valid_member(after):
+            message = "page_token is not a page token this server issued"
+            raise InvalidArgument(
+                message, violations=[FieldViolation("page.page_token", message)], reason="INVALID_PAGE_TOKEN"
+            )
+        try:
+            listed, following = await self._blocked.page(after, size, where)
+        except ReadModelRebuilding as rebuilding:
+            raise Unavailable(str(rebuilding), reason="READ_MODEL_REBUILDING") from None
+        except RedisError as error:
+            raise Unavailable(
+                f"the list of blocked invoices could not be read ({type(error).__name__}); retry",
+                reason="STORE_UNAVAILABLE",
+            ) from None
+        statuses = []
+        for entry in listed:
+            state = self._ledger.state_of(entry.invoice_id)
+            if state.sequence < entry.sequence:  # another replica's append the ledger has not followed yet
+                state = await self._commands.state(entry.invoice_id)
+            if state.status is InvoiceStatus.BLOCKED:
+                statuses.append(mapping.status_message(state))
+        token = encode_page_cursor(BLOCKED_LISTING, following) if following else ""
         return invoice_service_pb2.ListBlockedInvoicesResponse(
-            statuses=[mapping.status_message(state) for _, state in listed],
-            page_info=types_pb2.PageInfo(next_page_token=token),
+            statuses=statuses, page_info=types_pb2.PageInfo(next_page_token=token)
         )
 
     async def ReleaseInvoice(
         self, request: invoice_service_pb2.ReleaseInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> invoice_service_pb2.ReleaseInvoiceResponse:
+        """The person releasing is ``released_by``; the calling system is recorded as ``released_through``."""
         invoice_id = _invoice_id(request.invoice_id)
-        command = decider.Release(invoice_id, current_caller().system, request.reason.strip())
+        person = mapping.released_by(request.released_by)
+        command = decider.Release(invoice_id, person, request.reason.strip(), current_caller().system)
         result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
         outcome = await self._outcome(invoice_id, result, context)
         return invoice_service_pb2.ReleaseInvoiceResponse(status=mapping.status_message(outcome.state))
@@ -205,8 +209,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         state = outcome.state
         if state.status is not InvoiceStatus.BLOCKED:
             return
-        sequence = outcome.recorded.sequence if outcome.recorded is not None else state.sequence
-        await self._blocking.raise_for(invoice_id, state, sequence)
+        await self._blocking.raise_for(invoice_id, state, state.exceptions_sequence)
 
     async def _existing(self, invoice_id: str) -> InvoiceState:
         invoice_id = _invoice_id(invoice_id)
@@ -250,13 +253,3 @@ def _render(document: object) -> str:
     if isinstance(document, invoice_pb2.Invoice):
         return json_format.MessageToJson(document, indent=None)
     return str(document)
-
-
-def _cursor(cursor: str) -> tuple[int, str]:
-    sequence, separator, invoice_id = cursor.partition("|")
-    if not separator or not (sequence.isascii() and sequence.isdigit() and len(sequence) <= 20) or not invoice_id:
-        message = "page_token is not a page token this server issued"
-        raise InvalidArgument(
-            message, violations=[FieldViolation("page.page_token", message)], reason="INVALID_PAGE_TOKEN"
-        )
-    return int(sequence), invoice_id

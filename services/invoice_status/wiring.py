@@ -5,6 +5,7 @@ from __future__ import annotations
 from libs.runtime.access import AccessRule, Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.commands import CommandHandler
+from libs.runtime.events import StoredEvent
 from libs.runtime.follower import StreamFollower
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, SUPPLIER
 from services.invoice_status import decider, events
@@ -13,7 +14,7 @@ from services.invoice_status.findings import BlockingExceptions
 from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
-from services.invoice_status.store import invoice_log, size_of
+from services.invoice_status.store import FOLLOW_FLUSH_SECONDS, BlockedInvoices, ReadModels, invoice_log, size_of
 from syncgov.invoice.v1 import invoice_service_pb2, invoice_service_pb2_grpc
 
 ACCESS: dict[str, AccessRule] = {
@@ -30,23 +31,38 @@ def wire(rt: Runtime[Settings]) -> Service:
     name = rt.settings.service_name
     policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
     ledger = InvoiceLedger()
+    blocked = BlockedInvoices(rt.redis, rt.namespace.redis_key(name, "blocked"))
+    read_models = ReadModels(rt.redis, rt.reader, blocked, ledger.state_of)
     suppliers = SupplierStates()
     supplier_follower = StreamFollower(rt.js, rt.namespace, "supplier", suppliers.apply)
-    invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, ledger.follow)
+
+    def on_invoice(stored: StoredEvent) -> None:  # other replicas' appends reach the blocked list through here
+        ledger.follow(stored)
+        read_models.followed(stored)
+
+    invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, on_invoice)
     commands = CommandHandler(
         invoice_log(rt.publisher, rt.reader, lambda invoice_id: events.workflow_key_of(ledger.state_of(invoice_id))),
         initial=decider.InvoiceState(),
         evolve=decider.evolve,
         size_of=size_of,
         cache_bytes=rt.settings.state_cache_mb * 1024 * 1024,
-        projections=(ledger,),
+        projections=(ledger, blocked),
         claims=rt.idempotency_store(name),
         name="invoice",
     )
     matcher = Matcher(OrderLines(rt.reader), ReceivedLines(rt.reader), ledger)
     blocking = BlockingExceptions(rt.exceptions, policy)
     servicer = InvoiceServicer(
-        commands, matcher, suppliers, ledger, lambda: invoice_follower.caught_up, rt.exceptions, blocking, policy
+        commands,
+        matcher,
+        suppliers,
+        ledger,
+        blocked,
+        lambda: invoice_follower.caught_up,
+        rt.exceptions,
+        blocking,
+        policy,
     )
     rematcher = Rematcher(commands, matcher, ledger, blocking, policy)
     return Service(
@@ -59,8 +75,16 @@ def wire(rt: Runtime[Settings]) -> Service:
             )
         ],
         streams=(INVOICE, PO, RECEIPT, SUPPLIER, EXCEPTION, AUDIT_INBOX),
-        # Suppliers' states and every invoice recorded so far are followed into memory, caught up before serving.
-        startup=[supplier_follower.start, invoice_follower.start],
+        # The blocked list is checked (rebuilt from the stream when Valkey lost it) and its newest entries projected
+        # again; suppliers' states and every invoice recorded so far are followed into memory, caught up before
+        # serving.
+        startup=[read_models.start, supplier_follower.start, invoice_follower.start],
+        # The blocked list notices a lost Valkey (or a failed write) and rebuilds while serving; what the follower
+        # folded of other replicas' appends is written to it.
+        periodic=[
+            (rt.settings.read_model_check_seconds, read_models.check),
+            (FOLLOW_FLUSH_SECONDS, read_models.flush),
+        ],
         # Receipts and PO versions re-match the invoices waiting on their PO (after the followers caught up).
         consumers=consumers(rematcher),
     )

@@ -13,6 +13,7 @@ from decimal import Decimal
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
 from google.type import date_pb2, decimal_pb2, money_pb2
 
 from libs.runtime.subjects import Namespace
@@ -22,7 +23,7 @@ from services.invoice_status.wiring import wire as wire_invoices
 from services.po_publication.wiring import wire as wire_po
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.exception.v1 import exception_pb2
-from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
+from syncgov.invoice.v1 import events_pb2, invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
 from syncgov.supplier.v1 import supplier_pb2
@@ -35,6 +36,7 @@ from tests.integration.helpers import (
     receipt_settings,
     sample_order,
     seed_supplier,
+    status_details,
 )
 
 OPS = (("x-syncgov-system", "ops-console"),)
@@ -188,21 +190,82 @@ async def test_unknown_and_blocked_suppliers_are_refused(invoice_stack):
         pytest.fail("a blocked supplier's invoice was not refused FAILED_PRECONDITION")
 
 
-async def test_release_needs_invoice_release_and_a_reason(invoice_stack):
-    _, _, stub, _ = invoice_stack
+async def test_release_needs_invoice_release_a_person_and_a_reason(invoice_stack, js):
+    _, _, stub, settings = invoice_stack
     await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
     with pytest.raises(grpc.aio.AioRpcError) as denied:
         await stub.ReleaseInvoice(
-            invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1", reason="goods seen"), metadata=WMS_EAST
+            invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1", reason="goods seen", released_by="w.ost"),
+            metadata=WMS_EAST,
         )
     assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
     with pytest.raises(grpc.aio.AioRpcError) as no_reason:
-        await stub.ReleaseInvoice(invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1"), metadata=OPS)
+        await stub.ReleaseInvoice(
+            invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1", released_by="a.lee"), metadata=OPS
+        )
     assert no_reason.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    released = await stub.ReleaseInvoice(
-        invoice_service_pb2.ReleaseInvoiceRequest(invoice_id="INV-1", reason="goods seen at the dock"), metadata=OPS
+    for person in ("", "   ", "p" * 257):
+        with pytest.raises(grpc.aio.AioRpcError) as no_person:
+            await stub.ReleaseInvoice(
+                invoice_service_pb2.ReleaseInvoiceRequest(
+                    invoice_id="INV-1", reason="goods seen at the dock", released_by=person
+                ),
+                metadata=OPS,
+            )
+        assert no_person.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        [bad_request] = [d for d in status_details(no_person.value) if isinstance(d, error_details_pb2.BadRequest)]
+        assert [v.field for v in bad_request.field_violations] == ["released_by"]
+    assert [name async for name in _event_names(js, settings)] == ["submitted"]  # nothing was written
+    request = invoice_service_pb2.ReleaseInvoiceRequest(
+        invoice_id="INV-1", reason="goods seen at the dock", released_by="a.lee"
     )
+    released = await stub.ReleaseInvoice(request, metadata=OPS)
     assert released.status.state == invoice_pb2.INVOICE_STATE_RELEASED
+    got = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-1"), metadata=PROCUREMENT)
+    assert got.status.release == invoice_pb2.InvoiceRelease(
+        released_by="a.lee",
+        released_through="ops-console",
+        reason="goods seen at the dock",
+        overridden=[invoice_pb2.BLOCK_REASON_AWAITING_RECEIPT],
+    )
+    assert got.status == released.status
+    # The same person and reason again is a replay, through procurement as well: one released event.
+    call = stub.ReleaseInvoice(request, metadata=PROCUREMENT)
+    assert (await call).status == released.status
+    assert ("syncgov-idempotent-replay", "true") in tuple(await call.initial_metadata())
+    [event] = [
+        e.unpack(events_pb2.InvoiceReleased)
+        async for e in _invoice_events(js, settings)
+        if e.subject.endswith(".released")
+    ]
+    assert (event.released_by, event.released_through, event.reason) == (
+        "a.lee",
+        "ops-console",
+        "goods seen at the dock",
+    )
+
+
+async def test_get_invoice_carries_the_whole_match_header_reasons_and_the_exceptions_raised(invoice_stack, js):
+    _, receipts, stub, settings = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "10")), metadata=ERP)
+    first = await stub.SubmitInvoice(invoice("INV-1", "INV-00123"), metadata=PROCUREMENT)
+    assert first.status.state == MATCHED
+    assert list(first.status.exception_ids) == []
+    assert first.status.submitted_at.seconds > 0
+    await stub.SubmitInvoice(invoice("INV-2", "inv 123", quantity="2", day=25, price="14.00"), metadata=PROCUREMENT)
+    got = (await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-2"), metadata=OPS)).status
+    assert got.state == BLOCKED
+    assert list(got.match.header_block_reasons) == [invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE]
+    assert set(got.match.block_reasons) == {
+        invoice_pb2.BLOCK_REASON_PRICE_VARIANCE,
+        invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE,
+    }
+    assert [d.invoice_id for d in got.match.duplicates] == ["INV-1"]
+    assert got.match.header_checks
+    assert got.matched_at == got.submitted_at
+    raised = [e for e in await raised_exceptions(js, Namespace(settings.namespace)) if e.object.object_key == "INV-2"]
+    assert sorted(got.exception_ids) == sorted(e.exception_id for e in raised)
+    assert len(got.exception_ids) == 2
 
 
 async def test_payment_only_from_the_erp(invoice_stack):
@@ -304,6 +367,11 @@ async def test_a_later_invoice_never_blocks_an_earlier_one_on_re_match(invoice_s
     assert (await _state_becomes(stub, "INV-2", MATCHED)).state == MATCHED
     again = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-1"), metadata=PROCUREMENT)
     assert again.status.state == MATCHED
+
+
+async def _event_names(js, settings):
+    async for stored in _invoice_events(js, settings):
+        yield stored.subject.rsplit(".", 1)[-1]
 
 
 async def _invoice_events(js, settings):
