@@ -7,18 +7,29 @@ Work that is not a request, like po-publication's hold sweep: durable consumers 
 through the same command handler. ``decide`` appends only a changed result on facts not older than the last,
 so a redelivered event, or one that changes nothing an invoice reads, appends nothing. A re-match that blocks
 raises its reasons' exceptions (ids derived from the new match event).
+
+Invoices in flight at once: two submissions on one PO line (or of one supplier) matched at the same instant, on
+two replicas or two requests of one, may each be matched without the other. A third durable consumer, of this
+service's own ``submitted`` events, closes that: once the ledger has read the invoice stream up to the invoice
+(every replica reads every invoice), an invoice whose match read the stream to a point before an invoice that
+counts for it (recorded earlier, on one of its PO lines or of its supplier: ``InvoiceLedger.missed``) is re-matched.
+It is the later of the two that is re-matched, so whichever append the stream took first keeps its match, and an
+append that lands long after its match was computed is still caught (its own event is consumed after it). Every
+re-match waits until the ledger has read the stream up to the invoice's submission, so it counts every invoice
+recorded before it, whichever replica recorded them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 
 from libs.policy.engine import Policy
-from libs.runtime.consumers import ConsumerSpec
+from libs.runtime.consumers import ConsumerSpec, Retry
 from libs.runtime.decider import Refusal
 from libs.runtime.events import StoredEvent
-from services.invoice_status import decider
+from services.invoice_status import decider, events
 from services.invoice_status.decider import InvoiceStatus
 from services.invoice_status.domain import TolerancePolicy
 from services.invoice_status.facts import PO_DOMAIN, RECEIPT_DOMAIN, InvoiceLedger, Matcher
@@ -28,6 +39,9 @@ from services.invoice_status.store import InvoiceCommands
 log = logging.getLogger(__name__)
 
 PO_VERSION_EVENTS = frozenset({"published", "changed", "cancelled"})
+# How long a re-match waits for the ledger to read the invoice stream up to the invoice before the message is
+# delivered again (the follower normally trails by milliseconds).
+READ_UP_TO_SECONDS = 10.0
 
 
 class Rematcher:
@@ -52,6 +66,14 @@ class Rematcher:
         if stored.subject.rsplit(".", 1)[-1] in PO_VERSION_EVENTS:
             await self.order_changed(stored.envelope.object_key)
 
+    async def on_invoice(self, stored: StoredEvent) -> None:
+        """An invoice recorded: re-match it if its match was computed without an invoice recorded before it."""
+        await self._read_up_to(stored.sequence)
+        invoice_id = stored.envelope.object_key
+        if self._ledger.missed(invoice_id):
+            log.info("invoice %s was matched without an invoice recorded just before it; re-matching", invoice_id)
+            await self.rematch(invoice_id)
+
     async def order_changed(self, po_id: str) -> None:
         """Re-match every invoice waiting on ``po_id``; an error leaves the event unacknowledged (redelivered)."""
         for invoice_id in self._ledger.waiting_on(po_id):
@@ -61,6 +83,7 @@ class Rematcher:
         submitted = self._ledger.state_of(invoice_id).submitted
         if submitted is None:
             return
+        await self._read_up_to(self._ledger.first_sequence[invoice_id])  # every invoice before it counts
         policy = self._policy()
         match, versions = await self._matcher.match(submitted.invoice, TolerancePolicy.of(policy.document.tolerances))
         command = decider.Rematch(invoice_id, match, versions)
@@ -71,9 +94,22 @@ class Rematcher:
         if result.recorded is not None and result.state.status is InvoiceStatus.BLOCKED:
             await self._blocking.raise_for(invoice_id, result.state, result.recorded.sequence)
 
+    async def _read_up_to(self, sequence: int) -> None:
+        try:
+            async with asyncio.timeout(READ_UP_TO_SECONDS):
+                await self._ledger.read_up_to(sequence)
+        except TimeoutError:
+            raise Retry(f"the invoice stream is read up to {self._ledger.read_through}, not yet {sequence}") from None
+
 
 def consumers(rematcher: Rematcher) -> tuple[ConsumerSpec, ...]:
     return (
         ConsumerSpec("invoice-status-rematch-receipts", RECEIPT_DOMAIN, "receipt.*.reconciled", rematcher.on_receipt),
         ConsumerSpec("invoice-status-rematch-orders", PO_DOMAIN, "po.>", rematcher.on_order),
+        ConsumerSpec(
+            "invoice-status-rematch-invoices",
+            events.DOMAIN,
+            f"{events.DOMAIN}.*.{events.SUBMITTED}",
+            rematcher.on_invoice,
+        ),
     )
