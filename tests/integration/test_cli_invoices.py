@@ -177,3 +177,56 @@ async def test_release_prints_the_new_state_and_a_matched_invoice_is_not_blocked
     assert not_blocked.stdout.startswith("FAILED_PRECONDITION: only a blocked invoice can be released")
     missing = await cli("invoices", "release", "INV-2", "--reason", "x", "--address", invoices.address)
     assert missing.exit_code == 2
+
+
+# --- what invoice-status sends since issue 11's contract: the whole match, the release in force, the filters ---
+
+
+async def test_show_prints_the_header_checks_the_duplicate_and_the_exceptions(invoices):
+    result = await cli("invoices", "show", "INV-3", "--address", invoices.address)
+    assert result.exit_code == 0, result.stdout
+    out = result.stdout
+    assert re.search(r"submitted \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, matched \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", out), out
+    # total, stated, computed, difference, small difference, within
+    for name, amount in (("net", "12.50"), ("tax", "2.38"), ("gross", "14.88")):
+        row = _row(out, name)
+        assert [Decimal(cell) for cell in row[1:5]] == [Decimal(amount), Decimal(amount), 0, Decimal("1.00")]
+        assert row[5] == "yes"
+    assert "header blocking reasons: duplicate_invoice" in out
+    assert "duplicate of INV-1 (number INV-00123), found by invoice_number" in out
+    ids = list((await invoices.get("INV-3")).exception_ids)
+    assert len(ids) == 2  # quantity_variance (1 more of 8 received, all invoiced) and duplicate_invoice
+    assert f"exceptions: {', '.join(ids)}" in out
+
+
+async def test_a_release_names_the_person_and_the_system_and_show_prints_it(invoices):
+    released = await cli(
+        "invoices", "release", "INV-2", "--reason", "price agreed by phone", "--person", "j.smith",
+        "--address", invoices.address,
+    )  # fmt: skip
+    assert released.exit_code == 0, released.stdout
+    expected = "released by j.smith through ops-console: price agreed by phone (overrode price_variance)"
+    assert released.stdout.splitlines() == ["INV-2: released", expected]
+    shown = await cli("invoices", "show", "INV-2", "--address", invoices.address)
+    assert expected in shown.stdout.splitlines()
+
+
+async def test_blocked_filters_by_supplier_and_by_how_long_ago(invoices):
+    acme = await cli("invoices", "blocked", "--supplier", "SUP-ACME", "--address", invoices.address)
+    assert acme.exit_code == 0, acme.stdout
+    assert "2 blocked invoice(s) (supplier SUP-ACME)" in acme.stdout
+    nobody = await cli("invoices", "blocked", "--supplier", "SUP-NOBODY", "--address", invoices.address)
+    assert nobody.exit_code == 0, nobody.stdout
+    assert "0 blocked invoice(s) (supplier SUP-NOBODY)" in nobody.stdout
+    assert "INV-2" not in nobody.stdout
+    # Blocked moments ago: not a week ago; at or before now, yes.
+    week = await cli("invoices", "blocked", "--older-than", "7d", "--address", invoices.address)
+    assert week.exit_code == 0, week.stdout
+    assert "0 blocked invoice(s) (blocked 7d ago or earlier)" in week.stdout
+    assert "INV-2" not in week.stdout
+    now = await cli(
+        "invoices", "blocked", "--older-than", "0s", "--reason", "price_variance", "--address", invoices.address
+    )
+    assert now.exit_code == 0, now.stdout
+    assert "1 blocked invoice(s) (reason price_variance, blocked 0s ago or earlier)" in now.stdout
+    assert "INV-2" in now.stdout
