@@ -5,32 +5,41 @@ the policy says); a purchase order is published, changed, receives a version out
 then applied), the ERP tries to publish its own change order (refused and audited), acknowledges an
 old version (not enough) and then the latest. Then the warehouse: procurement lowers the order, and a goods
 receipt prepared from the superseded version, with its old quantity, is caught (reconciled against the current
-version, findings raised as exceptions) and the order's receiving status is shown line by line. Every step
+version, findings raised as exceptions) and the order's receiving status is shown line by line. Then accounts
+payable: an invoice for a line nothing was received on yet is blocked, and matched by itself once the goods land;
+one over the price tolerance is blocked and released by a person; the matched one is paid by the ERP. Every step
 states what should happen and what did; the exit code is 0 only when all of them held.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated
 
 import grpc
 import typer
 from google.protobuf import timestamp_pb2
-from google.type import decimal_pb2
+from google.type import decimal_pb2, money_pb2
 from rich.table import Table
 
 from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, stub
 from libs.cli.components import COMPONENTS, DEFAULT_GRPC_PORT_BASE
+from libs.cli.invoices_cmd import reason_name, state_name
 from libs.cli.output import make_console
 from libs.cli.receipts_cmd import finding_name, findings_table, status_table
 from libs.cli.samples import purchase_order
+from libs.runtime.values import date_to_proto, money_from_proto, money_to_proto
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.controlplane.v1 import controlplane_service_pb2_grpc as cp_rpc
+from syncgov.invoice.v1 import invoice_pb2
+from syncgov.invoice.v1 import invoice_service_pb2 as inv
+from syncgov.invoice.v1 import invoice_service_pb2_grpc as inv_rpc
 from syncgov.po.v1 import po_pb2
 from syncgov.po.v1 import po_service_pb2 as po
 from syncgov.po.v1 import po_service_pb2_grpc as po_rpc
@@ -46,8 +55,8 @@ console = make_console()
 
 HELP = (
     "Drive one procurement-to-ERP story through a running stack and check every step.\n\n"
-    "It needs the stack `syncgov up` starts: control-plane, supplier-normalization, po-publication and "
-    "receipt-reconciliation on consecutive ports from --grpc-port-base, in development mode "
+    "It needs the stack `syncgov up` starts: control-plane, supplier-normalization, po-publication, "
+    "receipt-reconciliation and invoice-status on consecutive ports from --grpc-port-base, in development mode "
     "(no SYNCGOV_CALLER_TOKENS, no mTLS), as the demo names each caller's system in x-syncgov-system. "
     "Every run uses fresh ids, so it can be repeated.\n\n"
     "The story: supplier records from procurement and the ERP become one golden record (the ERP's bank "
@@ -57,7 +66,13 @@ HELP = (
     "audit trail is read back. Then the warehouse: procurement lowers line 1 (version 5); wms-east, which serves "
     "DC-EAST only, is refused a receipt for DC-HAMBURG (PERMISSION_DENIED); the ERP posts a goods receipt prepared "
     "from version 4 with its old quantity, and it is caught: recorded, reconciled against version 5, findings "
-    "superseded_version and over_receipt raised as exceptions; the order's receiving status is printed per line.\n\n"
+    "superseded_version and over_receipt raised as exceptions; the order's receiving status is printed per line. "
+    "Then the invoices: procurement adds line 2 (version 6) and submits an invoice for it before anything is "
+    "received (blocked awaiting_receipt, an exception raised); the ERP receives the goods and invoice-status "
+    "re-matches the invoice by itself (matched); an invoice for line 1 above the price tolerance is blocked "
+    "(price_variance, with the limit that applied), wms-east may not release it (PERMISSION_DENIED), j.doe "
+    "releases it through ops-console; procurement may not record a payment (PERMISSION_DENIED), the ERP pays the "
+    "matched invoice (paid).\n\n"
     "Exit 0 when every step held, 1 when one did not, 3 when the stack cannot be reached."
 )
 
@@ -89,14 +104,16 @@ def _record(system: str, local_id: str, name: str, vat: str, iban: str) -> suppl
     )
 
 
-def _order(po_id: str, supplier_id: str, version: int, quantity: str) -> po_pb2.PurchaseOrder:
+def _order(po_id: str, supplier_id: str, version: int, quantity: str, stretch_film: str = "") -> po_pb2.PurchaseOrder:
     approved = timestamp_pb2.Timestamp()
     approved.FromDatetime(datetime.now(UTC))
-    return purchase_order(po_id, version, quantity, supplier_id, approved, "demo")
+    return purchase_order(po_id, version, quantity, supplier_id, approved, "demo", stretch_film)
 
 
-def _goods_receipt(receipt_id: str, po_id: str, version: int, site: str, quantity: str) -> gr.PostGoodsReceiptRequest:
-    """A receipt of line 1 as the warehouse prepared it: from ``version`` of the order, in each (EA)."""
+def _goods_receipt(
+    receipt_id: str, po_id: str, version: int, site: str, quantity: str, po_line: int = 1
+) -> gr.PostGoodsReceiptRequest:
+    """A receipt of one line (line 1 unless told) as the warehouse prepared it: from ``version``, in each (EA)."""
     return gr.PostGoodsReceiptRequest(
         receipt=receipt_pb2.GoodsReceipt(
             receipt_id=receipt_id,
@@ -107,7 +124,7 @@ def _goods_receipt(receipt_id: str, po_id: str, version: int, site: str, quantit
             lines=[
                 receipt_pb2.GoodsReceiptLine(
                     line_number=1,
-                    po_line_number=1,
+                    po_line_number=po_line,
                     quantity=decimal_pb2.Decimal(value=quantity),
                     unit_of_measure="EA",
                 )
@@ -118,6 +135,220 @@ def _goods_receipt(receipt_id: str, po_id: str, version: int, site: str, quantit
 
 def _port(base: int, name: str) -> int:
     return next(c for c in COMPONENTS if c.name == name).grpc_port(base)
+
+
+VAT_RATE = Decimal("0.19")
+
+
+def _invoice(
+    invoice_id: str, supplier_id: str, po_id: str, po_line: int, quantity: str, price: str
+) -> inv.SubmitInvoiceRequest:
+    """A one-line supplier invoice in EUR with German VAT, its totals adding up."""
+    net = (Decimal(quantity) * Decimal(price)).quantize(Decimal("0.01"))
+    tax = (net * VAT_RATE).quantize(Decimal("0.01"))
+    return inv.SubmitInvoiceRequest(
+        invoice=invoice_pb2.Invoice(
+            invoice_id=invoice_id,
+            supplier_id=supplier_id,
+            invoice_number=f"RE-{invoice_id}",
+            invoice_date=date_to_proto(datetime.now(UTC).date()),
+            currency_code="EUR",
+            lines=[
+                invoice_pb2.InvoiceLine(
+                    line_number=1,
+                    po_id=po_id,
+                    po_line_number=po_line,
+                    quantity=decimal_pb2.Decimal(value=quantity),
+                    unit_price=money_to_proto(Decimal(price), "EUR"),
+                    line_amount=money_to_proto(net, "EUR"),
+                )
+            ],
+            net_amount=money_to_proto(net, "EUR"),
+            tax_amount=money_to_proto(tax, "EUR"),
+            total_amount=money_to_proto(net + tax, "EUR"),
+        )
+    )
+
+
+def reasons_of(status: invoice_pb2.InvoiceStatus) -> list[str]:
+    """Every blocking reason of the latest match, header and lines, once each, as policy names them."""
+    names: list[str] = []
+    for reason in [*status.match.block_reasons, *(r for line in status.line_results for r in line.block_reasons)]:
+        if reason_name(reason) not in names:
+            names.append(reason_name(reason))
+    return names
+
+
+def tolerance_of(status: invoice_pb2.InvoiceStatus) -> str:
+    """The price limit that applied to the first line checked for price, as the service words it."""
+    return next((line.price.limit.text for line in status.line_results if line.HasField("price")), "")
+
+
+def _amount(money: money_pb2.Money) -> str:
+    """12.5 EUR -> 12.50, 0.125 EUR -> 0.125: at least the cents."""
+    value = money_from_proto(money)
+    cents = value.quantize(Decimal("0.01"))
+    return f"{cents if cents == value else value.normalize():f}"
+
+
+def invoices_table(title: str, statuses: list[invoice_pb2.InvoiceStatus]) -> Table:
+    """One row per invoice: what it bills, its state, why it is blocked, the exceptions raised, the release."""
+    table = Table(title=title)
+    for column in ("invoice", "bills", "state", "reasons", "price limit", "exception ids", "released by"):
+        table.add_column(column, overflow="fold")
+    for status in statuses:
+        line = status.invoice.lines[0] if status.invoice.lines else None
+        release = status.release if status.HasField("release") else None
+        table.add_row(
+            status.invoice.invoice_id,
+            f"{line.po_id} line {line.po_line_number}: {line.quantity.value} x {_amount(line.unit_price)}"
+            if line is not None
+            else "",
+            state_name(status.state),
+            ", ".join(reasons_of(status)) or "-",
+            tolerance_of(status) or "-",
+            "\n".join(status.exception_ids) or "-",
+            f"{release.released_by} via {release.released_through}: {release.reason}" if release is not None else "-",
+        )
+    return table
+
+
+def _refusal(call: Callable[[], object]) -> str:
+    try:
+        call()
+    except grpc.RpcError as error:
+        return str(error.code().name)
+    return "accepted"
+
+
+def invoice_steps(
+    host: str,
+    base: int,
+    run_id: str,
+    po_id: str,
+    supplier_id: str,
+    check: Callable[[str, str, str, bool], None],
+    tables: list[Table],
+) -> None:
+    """Accounts payable: an invoice ahead of its goods, re-matched when they land, one over the price tolerance
+    released by a person, the matched one paid, and two systems refused what they do not own."""
+    orders = stub(po_rpc.PurchaseOrderServiceStub, grpc.insecure_channel(f"{host}:{_port(base, 'po-publication')}"))
+    receipts = stub(
+        gr_rpc.ReceiptReconciliationServiceStub,
+        grpc.insecure_channel(f"{host}:{_port(base, 'receipt-reconciliation')}"),
+    )
+    invoices = stub(inv_rpc.InvoiceStatusServiceStub, grpc.insecure_channel(f"{host}:{_port(base, 'invoice-status')}"))
+    added = orders.ChangePurchaseOrder(
+        po.ChangePurchaseOrderRequest(purchase_order=_order(po_id, supplier_id, 6, "12", stretch_film="5")),
+        metadata=_as("procurement"),
+    )
+    check(
+        "procurement adds line 2: 5 rolls of film at 40.00",
+        "version 6",
+        f"version {added.version}",
+        added.version == 6,
+    )
+
+    early_id = f"INV-{run_id}-1"
+    # invoice-status learns of the golden supplier from its event; a caller retries while it has not yet.
+    request = _invoice(early_id, supplier_id, po_id, 2, "5", "40.00")
+    for attempt in range(50):
+        try:
+            early = invoices.SubmitInvoice(request, metadata=_as("procurement")).status
+            break
+        except grpc.RpcError as error:
+            retry = error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAVAILABLE)
+            if not retry or attempt == 49:
+                raise
+            time.sleep(0.1)
+    check(
+        "an invoice for line 2, nothing received yet",
+        "blocked: awaiting_receipt, an exception raised",
+        f"{state_name(early.state)}: {', '.join(reasons_of(early)) or 'no reason'}; "
+        f"exception {', '.join(early.exception_ids) or '(none reported)'}",
+        early.state == invoice_pb2.INVOICE_STATE_BLOCKED
+        and reasons_of(early) == ["awaiting_receipt"]
+        and len(early.exception_ids) == 1,
+    )
+
+    posted = receipts.PostGoodsReceipt(
+        _goods_receipt(f"GR-{run_id}-2", po_id, 6, "DC-HAMBURG", "5", po_line=2), metadata=_as("erp")
+    )
+    check(
+        "the ERP receives the 5 rolls",
+        "recorded against v6, no finding",
+        f"recorded against v{posted.reconciled_po_version}, {len(posted.findings)} finding(s)",
+        posted.reconciled_po_version == 6 and not posted.findings,
+    )
+    # Nobody calls invoice-status: it re-matches the invoice when the receipt's event reaches its consumer.
+    deadline = time.monotonic() + 10
+    rematched = early
+    while time.monotonic() < deadline:
+        rematched = invoices.GetInvoice(inv.GetInvoiceRequest(invoice_id=early_id), metadata=_as("procurement")).status
+        if rematched.state != invoice_pb2.INVOICE_STATE_BLOCKED:
+            break
+        time.sleep(0.1)
+    check(
+        "the invoice, once the goods are in",
+        "matched by itself within 10 s (no call)",
+        f"{state_name(rematched.state)}: {', '.join(reasons_of(rematched)) or 'no reason'}",
+        rematched.state == invoice_pb2.INVOICE_STATE_MATCHED and not reasons_of(rematched),
+    )
+
+    priced_id = f"INV-{run_id}-2"
+    priced = invoices.SubmitInvoice(
+        _invoice(priced_id, supplier_id, po_id, 1, "10", "13.00"), metadata=_as("procurement")
+    ).status
+    limit = tolerance_of(priced)
+    check(
+        "an invoice for line 1 at 13.00 (order: 12.50)",
+        "blocked: price_variance, over the 2% limit",
+        f"{state_name(priced.state)}: {', '.join(reasons_of(priced)) or 'no reason'}; limit {limit or '(none)'}; "
+        f"exception {', '.join(priced.exception_ids) or '(none reported)'}",
+        priced.state == invoice_pb2.INVOICE_STATE_BLOCKED
+        and reasons_of(priced) == ["price_variance"]
+        and limit.startswith("upper percent 2")
+        and len(priced.exception_ids) == 1,
+    )
+    release = inv.ReleaseInvoiceRequest(
+        invoice_id=priced_id, reason="price rise agreed with the supplier by phone", released_by="j.doe"
+    )
+    refused = _refusal(lambda: invoices.ReleaseInvoice(release, metadata=_as("wms-east")))
+    check(
+        "wms-east releases that invoice",
+        "PERMISSION_DENIED (not a release writer)",
+        refused,
+        refused == "PERMISSION_DENIED",
+    )
+    released = invoices.ReleaseInvoice(release, metadata=_as("ops-console")).status
+    person = released.release.released_by if released.HasField("release") else ""
+    check(
+        "j.doe releases it through ops-console",
+        "released by j.doe via ops-console, price_variance overridden",
+        f"{state_name(released.state)} by {person or '(no one recorded)'} via "
+        f"{released.release.released_through or '(no system recorded)'}",
+        released.state == invoice_pb2.INVOICE_STATE_RELEASED
+        and person == "j.doe"
+        and released.release.released_through == "ops-console"
+        and [reason_name(r) for r in released.release.overridden] == ["price_variance"],
+    )
+
+    payment = inv.RecordInvoicePaymentRequest(invoice_id=early_id, payment_reference=f"PAY-{run_id}")
+    refused = _refusal(lambda: invoices.RecordInvoicePayment(payment, metadata=_as("procurement")))
+    check(
+        "procurement records the payment",
+        "PERMISSION_DENIED (the ERP owns payments)",
+        refused,
+        refused == "PERMISSION_DENIED",
+    )
+    paid = invoices.RecordInvoicePayment(payment, metadata=_as("erp")).status
+    check(
+        "the ERP pays the matched invoice",
+        "paid",
+        state_name(paid.state),
+        paid.state == invoice_pb2.INVOICE_STATE_PAID,
+    )
+    tables.append(invoices_table(f"invoices of {po_id}", [paid, released]))
 
 
 def run_scenario(host: str, base: int, run_id: str, shown: list[Table] | None = None) -> list[Step]:
@@ -319,6 +550,7 @@ def run_scenario(host: str, base: int, run_id: str, shown: list[Table] | None = 
         and receiving.documents == 1,
     )
     tables.append(status_table(po_id, receiving))
+    invoice_steps(host, base, run_id, po_id, golden.supplier_id, check, tables)
     return steps
 
 

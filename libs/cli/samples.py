@@ -15,9 +15,10 @@ def purchase_order(
     supplier_id: str,
     approved_at: timestamp_pb2.Timestamp,
     approved_by: str,
+    stretch_film: str = "",
 ) -> po_pb2.PurchaseOrder:
-    """One line of pallet wrap for the Hamburg DC, in EUR."""
-    return po_pb2.PurchaseOrder(
+    """One line of pallet wrap for the Hamburg DC, in EUR; with ``stretch_film`` (a quantity), a second line."""
+    order = po_pb2.PurchaseOrder(
         po_id=po_id,
         version=version,
         supplier_id=supplier_id,
@@ -37,3 +38,15 @@ def purchase_order(
             )
         ],
     )
+    if stretch_film:
+        order.lines.append(
+            po_pb2.PurchaseOrderLine(
+                line_number=2,
+                item_id="ITEM-77",
+                description="Stretch film 23um, roll",
+                quantity=decimal_pb2.Decimal(value=stretch_film),
+                unit_of_measure="EA",
+                unit_price=money_pb2.Money(currency_code="EUR", units=40),
+            )
+        )
+    return order

@@ -220,8 +220,9 @@ def test_demo_scenario_runs_clean_against_the_stack(stack, otlp_receiver):
     assert summary
     done, _, total = summary[0].split()[:3]
     assert done == total
-    assert int(total) >= 15
+    assert int(total) >= 24
     _assert_the_warehouse_step_was_caught(result.stdout, po_port - 2)
+    _assert_the_invoice_step_held(result.stdout, po_port - 2)
 
     components = existing_components()
     _assert_rpc_durations_read_right(components, metrics_port - 2)
@@ -229,14 +230,14 @@ def test_demo_scenario_runs_clean_against_the_stack(stack, otlp_receiver):
     _assert_no_error_logged(data_dir / "logs", [c.name for c in components])
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+def _cli(*args: str, columns: int = 220) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "libs.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
-        env={**os.environ, "COLUMNS": "220"},
+        env={**os.environ, "COLUMNS": str(columns)},
     )
 
 
@@ -258,13 +259,47 @@ def _assert_the_warehouse_step_was_caught(output: str, base: int) -> None:
     )
     status = _cli("receipts", "status", po_id, "--address", address)
     assert status.returncode == 0, status.stdout + status.stderr
-    assert f"receipts of {po_id} at version 5" in status.stdout
+    # The invoice step then added line 2 (version 6) and received it.
+    assert f"receipts of {po_id} at version 6" in status.stdout
     assert re.search(r"│ 1 +│ 12 +│ 20 +│ 0 +│ 0 +│ -8 +│ EA +│ yes +│", status.stdout), status.stdout
+    assert re.search(r"│ 2 +│ 5 +│ 5 +│ 0 +│ 0 +│ 0 +│ EA +│ yes +│", status.stdout), status.stdout
     listed = _cli("receipts", "findings", "--finding", "superseded_version", "--address", address)
     assert listed.returncode == 0, listed.stdout + listed.stderr
     assert receipt in listed.stdout
     assert exception_ids["superseded_version"] in listed.stdout
     assert exception_ids["over_receipt"] in listed.stdout
+
+
+def _assert_the_invoice_step_held(output: str, base: int) -> None:
+    """The early invoice was blocked awaiting its receipt, re-matched by itself and paid; the one over the price
+    tolerance was blocked with its limit and exception, and released by j.doe; both read back with the CLI."""
+    run_id = re.search(r"syncgov demo (\d+)", output)
+    assert run_id, output
+    early, priced = f"INV-{run_id[1]}-1", f"INV-{run_id[1]}-2"
+    blocked = re.search(rf"blocked: awaiting_receipt; exception ({UUID})", output)
+    assert blocked, f"the early invoice's reason and exception are not printed:\n{output}"
+    assert re.search(rf"│ {early} +│ .+│ paid +│ - +│", output), output
+    row = re.search(
+        rf"│ {priced} +│ .+│ released +│ price_variance +│ upper percent 2 [^│]+│ ({UUID}) +│ j\.doe via", output
+    )
+    assert row, f"no released price_variance invoice with its exception in the demo's invoices table:\n{output}"
+
+    address = f"127.0.0.1:{next(c for c in existing_components() if c.name == 'invoice-status').grpc_port(base)}"
+    shown = _cli("invoices", "show", early, "--address", address, "--system", "procurement", columns=400)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"invoice {early}: paid" in shown.stdout
+    assert re.search(rf"│ 1 +│ PO-DEMO-{run_id[1]}/2 +│ .+│ matched +│", shown.stdout), shown.stdout
+    shown = _cli("invoices", "show", priced, "--address", address, "--system", "procurement", columns=400)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"invoice {priced}: released" in shown.stdout
+    assert re.search(rf"│ 1 +│ PO-DEMO-{run_id[1]}/1 +│ .+│ upper percent 2 .+│ price_variance +│", shown.stdout), (
+        shown.stdout
+    )
+    assert (
+        "released by j.doe through ops-console: price rise agreed with the supplier by phone (overrode price_variance)"
+        in " ".join(shown.stdout.split())
+    ), shown.stdout
+    assert f"exceptions: {row[1]}" in shown.stdout
 
 
 def _scrape(port: int) -> dict[str, Any]:
