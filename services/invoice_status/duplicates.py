@@ -20,6 +20,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Iterable
+from datetime import timedelta
 
 from services.invoice_status.domain import (
     DEFAULT_SUSPECT_WITHIN_DAYS,
@@ -39,6 +40,7 @@ PREFIXES = frozenset({"inv", "invoice", "re", "rg", "fac", "fact", "bill", "no",
 # Runs of decimal digits (any script) or of letters; everything else (spaces, punctuation, symbols) separates.
 _PARTS = re.compile(r"(\d+)|[^\W\d_]+")
 _SEPARATOR = "-"
+LISTED = 10  # duplicates, and suspected duplicates, a match names at most (each)
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -71,6 +73,28 @@ def reference(number: str) -> str:
     return " ".join(number.split()).casefold()
 
 
+def index_keys(invoice: Invoice) -> tuple[tuple[object, ...], ...]:
+    """The keys a ledger files ``invoice`` under so that :func:`lookup_keys` finds it for any invoice it could
+    duplicate: its supplier and normalized number (none when that is empty), and its supplier, kind, currency,
+    gross amount and date (the check key and a suspicion both need the same amount, and a date at most
+    ``within_days`` apart)."""
+    number = normalized_invoice_number(invoice.invoice_number)
+    amount = ("amount", invoice.supplier_id, invoice.credit_note, invoice.currency, invoice.gross_total)
+    dated = (*amount, invoice.invoice_date)
+    return (("number", invoice.supplier_id, number), dated) if number else (dated,)
+
+
+def lookup_keys(invoice: Invoice, within_days: int = DEFAULT_SUSPECT_WITHIN_DAYS) -> list[tuple[object, ...]]:
+    """The :func:`index_keys` of every invoice ``invoice`` could duplicate or be a suspected duplicate of: its
+    number, and its amount on each date within ``within_days``. A ledger indexed so hands :func:`find_duplicates`
+    only invoices that can be found, never every invoice of the supplier."""
+    keys = list(index_keys(invoice))
+    amount = keys.pop()[:-1]
+    day = invoice.invoice_date
+    keys.extend((*amount, day + timedelta(days=offset)) for offset in range(-within_days, within_days + 1))
+    return keys
+
+
 def check_key(invoice: Invoice) -> tuple[object, ...]:
     """SAP's duplicate check key (company code aside): supplier, kind, currency, gross amount, reference, date."""
     return (
@@ -90,7 +114,9 @@ def find_duplicates(
 
     ``earlier`` are the invoices recorded before this one (a re-match passes the same set, so the first of two
     duplicates never becomes a duplicate of the second); the invoice itself, other suppliers' invoices and the
-    other kind are skipped, so passing every invoice of the supplier is fine."""
+    other kind are skipped, so passing every invoice of the supplier is fine. At most :data:`LISTED` of each are
+    listed (the duplicates recorded first, the suspects dated nearest, then the latest recorded): a supplier
+    billing one amount every day must not grow every match event by its history."""
     if within_days < 0:
         raise ValueError("within_days must not be negative")
     number = normalized_invoice_number(invoice.invoice_number)
@@ -118,4 +144,5 @@ def find_duplicates(
             days = abs((invoice.invoice_date - other.invoice_date).days)
             if days <= within_days:
                 suspected.append(SuspectedDuplicate(other.invoice_id, other.invoice_number, days))
-    return Duplicates(tuple(duplicates), tuple(suspected))
+    nearest = sorted(enumerate(suspected), key=lambda found: (found[1].days_apart, -found[0]))[:LISTED]
+    return Duplicates(tuple(duplicates[:LISTED]), tuple(suspect for _, suspect in nearest))

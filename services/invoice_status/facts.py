@@ -8,16 +8,16 @@
   sequence already known (one direct get when nothing moved).
 - **Suppliers** (:class:`SupplierStates`): supplier-normalization's events followed into memory, like
   po-publication's supplier directory: unknown, blocked, inactive or merged suppliers are refused.
-- **Other invoices** (:class:`InvoiceLedger`): every invoice's folded state, in memory, followed from this
-  service's own invoice stream (a :class:`~libs.runtime.follower.StreamFollower` caught up before serving) and
-  fed by the command handler after each append (a projection), so an invoice this process just recorded counts
-  at once. It answers the quantity already invoiced on a PO line by other invoices, the supplier's earlier
-  invoices for duplicate detection, and the blocked invoices (``ListBlockedInvoices``), each from an index (by PO
-  line, by supplier, by PO), never by scanning every invoice. In memory rather than in Valkey: the match must see
-  every invoice (a lost Valkey key would let a duplicate through), it is rebuilt from the stream at every start,
-  and it costs about one submitted invoice per entry (figures in the class). An invoice counts only the invoices
-  recorded before it. Two submissions on one PO line (or of one supplier) in flight at the same instant may each
-  be matched without the other; once the invoice stream is read up to the later one, it is re-matched
+- **Other invoices** (:class:`InvoiceLedger`): every invoice's folded state, in memory, followed from this service's
+  own invoice stream (a :class:`~libs.runtime.follower.StreamFollower` caught up before serving) and fed by the
+  command handler after each append (a projection), so an invoice this process just recorded counts at once. It
+  answers the quantity already invoiced on a PO line by other invoices, the supplier's earlier invoices of the same
+  number or amount for duplicate detection, and the invoices a re-match may change, each from an index (by PO line,
+  by supplier and number or amount, by PO), never by scanning every invoice. In memory rather than in Valkey: the
+  match must see every invoice (a lost Valkey key would let a duplicate through), it is rebuilt from the stream at
+  every start, and it costs about one submitted invoice per entry (figures in the class). An invoice counts only the
+  invoices recorded before it. Two submissions on one PO line (or of one supplier) in flight at the same instant may
+  each be matched without the other; once the invoice stream is read up to the later one, it is re-matched
   (rematch.py, ``InvoiceLedger.missed``).
 """
 
@@ -27,9 +27,10 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import TypeVar
 
 from libs.policy.catalog import message_descriptor
 from libs.runtime.commands import recorded
@@ -58,6 +59,7 @@ from services.invoice_status.domain import (
     ReceivedFacts,
     TolerancePolicy,
 )
+from services.invoice_status.duplicates import index_keys, lookup_keys
 from syncgov.po.v1 import events_pb2 as po_events_pb2
 from syncgov.po.v1 import po_pb2
 from syncgov.receipt.v1 import events_pb2 as receipt_events_pb2
@@ -65,6 +67,7 @@ from syncgov.supplier.v1 import events_pb2 as supplier_events_pb2
 from syncgov.supplier.v1 import supplier_pb2
 
 log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
 
 PO_DOMAIN = "po"
 RECEIPT_DOMAIN = "receipt"
@@ -238,7 +241,9 @@ class InvoiceLedger:
 
     - ``(PO id, PO line number)`` -> the counted invoices (not cancelled) with their signed quantity on that line
       (a credit note's is negative): :meth:`invoiced_by_others` costs the invoices on the lines asked for;
-    - golden supplier -> its counted invoices: :meth:`earlier_of` costs that supplier's invoices;
+    - each of :func:`~services.invoice_status.duplicates.index_keys` (supplier and normalized number; supplier,
+      kind, currency, gross amount and date) -> the counted invoices under it: :meth:`duplicate_candidates` costs
+      the supplier's invoices of that number, or of that amount within the suspicion window;
     - PO id -> the invoices a re-match may change (received, matched, blocked, released): :meth:`waiting_on`;
     - the blocked invoices: :meth:`blocked`.
 
@@ -268,7 +273,7 @@ class InvoiceLedger:
         self._ahead: set[int] = set()  # appends of this process folded before the follower reached them
         self._moved = asyncio.Event()  # set (and replaced) whenever read_through moves
         self._on_line: dict[LineKey, dict[str, Decimal]] = {}
-        self._of_supplier: dict[str, set[str]] = {}
+        self._duplicate_keys: dict[tuple[object, ...], set[str]] = {}  # duplicates.index_keys -> invoices
         self._waiting: dict[str, set[str]] = {}
         self._blocked: set[str] = set()
 
@@ -277,6 +282,9 @@ class InvoiceLedger:
     def follow(self, stored: StoredEvent) -> None:
         """The follower's handler: fold one stored event (one already folded is skipped), in stream order."""
         try:
+            known = self.states.get(stored.envelope.object_key)
+            if known is not None and known.sequence >= stored.sequence:
+                return  # this process's own append, folded when it was made: not decoded again
             event = events.decode(stored)
             if event is not None:
                 self.fold(stored.envelope.object_key, recorded(stored, event))
@@ -322,7 +330,8 @@ class InvoiceLedger:
         if state.status in COUNTED:
             for key, quantity in _signed_quantities(invoice).items():
                 _place(self._on_line, key, invoice_id, quantity if present else None)
-            _mark(self._of_supplier, invoice.supplier_id, invoice_id, present)
+            for filed_under in index_keys(invoice):
+                _mark(self._duplicate_keys, filed_under, invoice_id, present)
         if state.status in REMATCHABLE:
             for po_id in {line.po_id for line in invoice.lines}:
                 _mark(self._waiting, po_id, invoice_id, present)
@@ -374,14 +383,14 @@ class InvoiceLedger:
                 totals[key] = functools.reduce(EXACT.add, on_line, ZERO)
         return totals
 
-    def earlier_of(self, supplier_id: str, invoice_id: str) -> list[Invoice]:
-        """The supplier's other invoices not cancelled that count for ``invoice_id``, in the order they were
-        recorded: what duplicate detection compares with."""
-        counts = self._counts_for(invoice_id)
-        earlier = sorted(
-            (self.first_sequence[other], other) for other in self._of_supplier.get(supplier_id, ()) if counts(other)
-        )
-        return [self._invoice(other) for _, other in earlier]
+    def duplicate_candidates(self, invoice: Invoice) -> list[Invoice]:
+        """The other invoices not cancelled that count for ``invoice`` and are filed under one of its
+        :func:`~services.invoice_status.duplicates.lookup_keys` (its supplier's invoices of the same number, or of
+        the same amount dated within the suspicion window), in the order they were recorded: all duplicate
+        detection can find, so a supplier with ten thousand invoices costs a match a few dictionary lookups."""
+        counts = self._counts_for(invoice.invoice_id)
+        found = {other for key in lookup_keys(invoice) for other in self._duplicate_keys.get(key, ()) if counts(other)}
+        return [self._invoice(other) for _, other in sorted((self.first_sequence[other], other) for other in found)]
 
     def waiting_on(self, po_id: str) -> list[str]:
         """The invoices with a line on this PO that a re-match may change, oldest submission first."""
@@ -406,8 +415,8 @@ class InvoiceLedger:
         def unseen(others: Iterable[str]) -> bool:
             return any(seen < self.first_sequence[other] < first for other in others)
 
-        return any(unseen(self._on_line.get(line.key, ())) for line in invoice.lines) or unseen(
-            self._of_supplier.get(invoice.supplier_id, ())
+        return any(unseen(self._on_line.get(line.key, ())) for line in invoice.lines) or any(
+            unseen(self._duplicate_keys.get(key, ())) for key in lookup_keys(invoice)
         )
 
     def _oldest_first(self, invoice_ids: Iterable[str]) -> list[str]:
@@ -439,7 +448,7 @@ def _place(index: dict[LineKey, dict[str, Decimal]], key: LineKey, invoice_id: s
             del index[key]
 
 
-def _mark(index: dict[str, set[str]], key: str, invoice_id: str, present: bool) -> None:
+def _mark(index: dict[K, set[str]], key: K, invoice_id: str, present: bool) -> None:
     if present:
         index.setdefault(key, set()).add(invoice_id)
         return
@@ -481,6 +490,6 @@ class Matcher:
             invoice,
             MatchFacts(po_lines, received, others),
             tolerances,
-            earlier=self._ledger.earlier_of(invoice.supplier_id, invoice.invoice_id),
+            earlier=self._ledger.duplicate_candidates(invoice),
         )
         return result, FactVersions(tuple(versions), receipt_sequence, invoice_sequence)

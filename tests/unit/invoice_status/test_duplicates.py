@@ -9,7 +9,14 @@ from datetime import timedelta
 import pytest
 
 from services.invoice_status.domain import DUPLICATE_BY_CHECK_KEY, DUPLICATE_BY_NUMBER, MatchState, Reason
-from services.invoice_status.duplicates import PREFIXES, find_duplicates, normalized_invoice_number
+from services.invoice_status.duplicates import (
+    LISTED,
+    PREFIXES,
+    find_duplicates,
+    index_keys,
+    lookup_keys,
+    normalized_invoice_number,
+)
 from services.invoice_status.matching import match_invoice
 from tests.unit.invoice_status.builders import DAY, POLICY, D, facts, invoice, line
 
@@ -158,3 +165,35 @@ def test_another_amount_or_currency_is_not_suspected():
         invoice(line(), invoice_id="I-2", number="INV-501", currency="USD"),
     ):
         assert find_duplicates(later, [earlier]).suspected == ()
+
+
+def test_a_match_names_at_most_ten_duplicates_and_the_nearest_ten_suspects():
+    same_number = [invoice(line(), invoice_id=f"D-{n}", number="INV-7", day=DAY - timedelta(days=n)) for n in range(12)]
+    found = find_duplicates(invoice(line(), invoice_id="I-9", number="inv 7"), same_number)
+    assert [d.invoice_id for d in found.duplicates] == [f"D-{n}" for n in range(LISTED)]  # recorded first
+    # Fifteen invoices of the same amount, one for each day around the later one's date, recorded in date order.
+    around = [
+        invoice(line(), invoice_id=f"S-{offset}", number=f"A-{offset}", day=DAY + timedelta(days=offset))
+        for offset in range(-7, 8)
+    ]
+    suspects = find_duplicates(invoice(line(), invoice_id="I-9", number="B-1"), around).suspected
+    assert len(suspects) == LISTED
+    assert [s.days_apart for s in suspects] == [0, 1, 1, 2, 2, 3, 3, 4, 4, 5]
+    assert [s.invoice_id for s in suspects[1:3]] == ["S-1", "S--1"]  # at the same distance, the latest recorded first
+
+
+def test_the_keys_an_invoice_is_looked_up_by_find_every_invoice_it_can_duplicate():
+    later = invoice(line(), invoice_id="I-9", number="INV-123")
+    reachable = [
+        invoice(line(), invoice_id="N", number="inv 123", day=DAY - timedelta(days=400)),  # same number, long ago
+        invoice(line(), invoice_id="W", number="X-1", day=DAY + timedelta(days=7)),  # same amount, window's edge
+    ]
+    unreachable = [
+        invoice(line(), invoice_id="F", number="X-2", day=DAY - timedelta(days=8)),  # same amount, too far apart
+        invoice(line(quantity="3"), invoice_id="A", number="X-3"),  # another amount
+        invoice(line(), invoice_id="S", number="inv 123", supplier="SUP-2"),  # another supplier
+    ]
+    wanted = set(lookup_keys(later))
+    assert all(set(index_keys(other)) & wanted for other in reachable)
+    assert not any(set(index_keys(other)) & wanted for other in unreachable)
+    assert find_duplicates(later, reachable + unreachable) == find_duplicates(later, reachable)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
 from decimal import Decimal
 
 from hypothesis import given, settings
@@ -22,6 +23,7 @@ from services.invoice_status.decider import (
     evolve,
 )
 from services.invoice_status.domain import Invoice
+from services.invoice_status.duplicates import find_duplicates
 from services.invoice_status.facts import InvoiceLedger, SupplierStates
 from tests.unit.invoice_status.builders import POLICY, facts, invoice, line
 
@@ -55,14 +57,22 @@ def test_other_invoices_count_credit_notes_subtract_and_cancelled_ones_do_not():
     assert ledger.sequence == 5
 
 
-def test_earlier_invoices_are_the_suppliers_own_and_not_the_invoice_itself():
+def ids(invoices: list[Invoice]) -> list[str]:
+    return [found.invoice_id for found in invoices]
+
+
+def test_duplicate_candidates_are_the_suppliers_own_of_the_same_number_or_amount_and_not_the_invoice_itself():
     ledger = InvoiceLedger()
     ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="INV-00123")))
     ledger.fold("I-2", submitted(2, invoice(invoice_id="I-2", supplier="SUP-2", number="INV-00123")))
-    assert [i.invoice_id for i in ledger.earlier_of("SUP-1", "I-9")] == ["I-1"]
-    assert ledger.earlier_of("SUP-1", "I-1") == []
+    ledger.fold("I-3", submitted(3, invoice(line(quantity="3"), invoice_id="I-3", number="B-7")))  # another amount
     candidate = invoice(invoice_id="I-9", number="inv 123")
-    match = matching.match_invoice(candidate, facts(), POLICY, earlier=ledger.earlier_of("SUP-1", "I-9"))
+    assert ids(ledger.duplicate_candidates(candidate)) == ["I-1"]
+    assert ledger.duplicate_candidates(invoice(invoice_id="I-1", number="INV-00123")) == []
+    same_amount = invoice(invoice_id="I-9", number="C-9")  # I-1's amount, another number: a suspicion to check
+    assert ids(ledger.duplicate_candidates(same_amount)) == ["I-1"]
+    assert ids(ledger.duplicate_candidates(invoice(line(quantity="3"), invoice_id="I-9", number="b 7"))) == ["I-3"]
+    match = matching.match_invoice(candidate, facts(), POLICY, earlier=ledger.duplicate_candidates(candidate))
     assert [duplicate.invoice_id for duplicate in match.duplicates] == ["I-1"]
 
 
@@ -104,9 +114,9 @@ def test_an_invoice_recorded_counts_only_the_invoices_recorded_before_it():
     ledger.fold("I-2", submitted(2, invoice(line(quantity="4"), invoice_id="I-2", number="inv 123")))
     # Re-matching I-1 never counts I-2's quantity nor takes I-2 for the earlier duplicate.
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-1") == {}
-    assert ledger.earlier_of("SUP-1", "I-1") == []
+    assert ledger.duplicate_candidates(ledger.states["I-1"].submitted.invoice) == []  # type: ignore[union-attr]
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-2") == {("PO-1", 1): D(4)}
-    assert [i.invoice_id for i in ledger.earlier_of("SUP-1", "I-2")] == ["I-1"]
+    assert ids(ledger.duplicate_candidates(ledger.states["I-2"].submitted.invoice)) == ["I-1"]  # type: ignore[union-attr]
     assert ledger.waiting_on("PO-1") == ["I-1", "I-2"]
     ledger.fold("I-1", cancelled(3))
     assert ledger.waiting_on("PO-1") == ["I-2"]
@@ -129,7 +139,8 @@ def test_cumulative_quantity_per_po_line_counts_a_credit_note_negative_and_drops
     assert ledger.invoiced_by_others(wanted, "I-9")[("PO-1", 1)] == D("7.5")
     ledger.fold("I-1", cancelled(6))
     assert ledger.invoiced_by_others(wanted, "I-9") == {("PO-1", 2): D(9), ("PO-2", 1): D(4)}
-    assert [i.invoice_id for i in ledger.earlier_of("SUP-1", "I-9")] == ["I-2", "I-3"]
+    assert ids(ledger.duplicate_candidates(invoice(line(quantity="6"), invoice_id="I-9", number="a 1"))) == []
+    assert ids(ledger.duplicate_candidates(invoice(invoice_id="I-9", number="a 2"))) == ["I-2"]
 
 
 async def test_only_invoices_recorded_before_count_whatever_order_the_ledger_learnt_them_in():
@@ -143,8 +154,8 @@ async def test_only_invoices_recorded_before_count_whatever_order_the_ledger_lea
     ledger.fold("I-5", early)
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-9") == {("PO-1", 1): D(3)}
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-5") == {}
-    assert [i.invoice_id for i in ledger.earlier_of("SUP-1", "I-9")] == ["I-5"]
-    assert ledger.earlier_of("SUP-1", "I-5") == []
+    assert ids(ledger.duplicate_candidates(invoice(invoice_id="I-9", number="x 5"))) == ["I-5"]
+    assert ledger.duplicate_candidates(invoice(invoice_id="I-5", number="x 9")) == []
     assert ledger.waiting_on("PO-1") == ["I-5", "I-9"]
 
 
@@ -272,9 +283,10 @@ def test_the_indexes_answer_what_a_scan_of_every_invoice_answers(steps):
         counted = _counted_by_scan(ledger, asking)
         expected = matching.invoiced_quantities(counted_invoice for _, counted_invoice in counted)
         assert ledger.invoiced_by_others(_LINES, asking) == expected
-        for supplier in ("SUP-1", "SUP-2"):
-            earlier = [other for other, counted_invoice in counted if counted_invoice.supplier_id == supplier]
-            assert [found.invoice_id for found in ledger.earlier_of(supplier, asking)] == earlier
+        for _, counted_invoice in counted:  # an invoice like each counted one: what duplicate detection finds
+            probe = replace(counted_invoice, invoice_id=asking)
+            every = [other_invoice for _, other_invoice in counted]
+            assert find_duplicates(probe, ledger.duplicate_candidates(probe)) == find_duplicates(probe, every)
     oldest_first = sorted(ledger.states, key=lambda key: (ledger.first_sequence[key], key))
     for po in ("PO-1", "PO-2"):
         assert ledger.waiting_on(po) == [
