@@ -1,4 +1,5 @@
-"""Benchmark: the governed write paths (PublishPurchaseOrder, ChangePurchaseOrder, PostGoodsReceipt) beside
+"""Benchmark: the governed write paths (PublishPurchaseOrder, ChangePurchaseOrder, PostGoodsReceipt,
+SubmitInvoice) beside
 two raw baselines, in one run.
 
     make bench                      # or: .venv/bin/python bench/publish_po.py --seconds 8
@@ -13,6 +14,12 @@ Scenarios, each at concurrency 1 and 64, against servers this script starts:
                         order published beforehand, through receipt-reconciliation as its own process: edge
                         (incl. the site check) -> validate -> the order's newest PO event (one direct get) ->
                         the document index (Valkey) -> decide -> JetStream publish with ack -> index write
+  governed-invoice      SubmitInvoice of one line (4 EA at the PO's price, 19% tax) by procurement, billing an
+                        order published and received (4 EA) beforehand, through invoice-status as its own
+                        process (each order at its own price, so amounts differ as a supplier's do): edge
+                        -> validate -> the supplier (memory) -> the order's newest PO event and its
+                        newest receipt event (two direct gets) -> three-way match and duplicate check (memory)
+                        -> decide -> JetStream publish with ack -> read models
   raw-composite  a bare grpc.aio handler: one Valkey SET NX + one JetStream publish with ack
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
 Prints RPS, p50 and p99 per scenario and the governed/raw-composite ratio. Figures only:
@@ -38,15 +45,16 @@ from pathlib import Path
 import grpc
 import nats
 import uvloop
-from google.type import decimal_pb2
+from google.type import date_pb2, decimal_pb2, money_pb2
 
+from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2
 from syncgov.po.v1 import po_pb2, po_service_pb2
 from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from libs.runtime.local_servers import NatsServer, ValkeyServer, free_port
+from libs.runtime.local_servers import NatsServer, ValkeyServer, die_with_parent, free_port
 from libs.runtime.probe import health_status
 from libs.runtime.streams import PO, provision_streams
 from libs.runtime.subjects import Namespace
@@ -96,6 +104,17 @@ async def measure(call: Call, concurrency: int, seconds: float, pids: dict[str, 
     }
 
 
+async def wait_consumers_idle(js, namespace: Namespace, domains: tuple[str, ...], timeout: float = 120) -> None:
+    """Wait until every durable consumer of these streams has handled everything (the fills' events)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        infos = [info for domain in domains for info in await js.consumers_info(namespace.stream(domain))]
+        if all(info.num_pending == 0 and info.num_ack_pending == 0 for info in infos):
+            return
+        await asyncio.sleep(0.5)
+    raise RuntimeError("the services' consumers did not catch up with the fill")
+
+
 async def wait_serving(address: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     async with grpc.aio.insecure_channel(address) as channel:
@@ -123,6 +142,7 @@ SCENARIOS = (
     "governed-change",
     "governed-change-cold",
     "governed-receipt",
+    "governed-invoice",
     "raw-composite",
     "raw-publish",
 )
@@ -160,6 +180,7 @@ async def run(
                 ],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(service_port)},
+                preexec_fn=die_with_parent,  # dies with this script, however it ends
             )
         )
         nc = await nats.connect(nats_server.url)
@@ -181,6 +202,7 @@ async def run(
                     "--subject-root",
                     raw_root,
                 ],
+                preexec_fn=die_with_parent,
             )
         )
         # A second replica in the same namespace: orders it publishes are ones the measured service has never
@@ -191,6 +213,7 @@ async def run(
                 [sys.executable, "-m", "services.po_publication"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(replica_port)},
+                preexec_fn=die_with_parent,  # dies with this script, however it ends
             )
         )
         # receipt-reconciliation in the same namespace: it reads the orders po-publication publishes.
@@ -200,9 +223,21 @@ async def run(
                 [sys.executable, "-m", "services.receipt_reconciliation"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(receipt_port)},
+                preexec_fn=die_with_parent,  # dies with this script, however it ends
+            )
+        )
+        # invoice-status in the same namespace: it reads the orders and the receipts of the two services above.
+        invoice_port = free_port()
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "services.invoice_status"],
+                cwd=ROOT,
+                env={**env, "SYNCGOV_GRPC_PORT": str(invoice_port)},
+                preexec_fn=die_with_parent,  # dies with this script, however it ends
             )
         )
         await wait_serving(f"127.0.0.1:{service_port}")
+        await wait_serving(f"127.0.0.1:{invoice_port}")
         await wait_serving(f"127.0.0.1:{replica_port}")
         await wait_serving(f"127.0.0.1:{receipt_port}")
         await wait_port(raw_port)
@@ -291,12 +326,10 @@ async def run(
         erp = (("x-syncgov-system", "erp"),)
         receivable: collections.deque[int] = collections.deque()  # orders published for the receipt scenario
 
-        async def governed_receipt(n: int) -> object:
-            if not receivable:
-                raise RuntimeError("the receipt scenario ran out of published orders")
+        def receipt_request(n: int, order: int) -> bytes:
             document = receipt_pb2.GoodsReceipt(
                 receipt_id=f"GR-{run_id}-{n}",
-                po_id=f"PO-{run_id}-{receivable.popleft()}",
+                po_id=f"PO-{run_id}-{order}",
                 po_version=1,
                 site_id=template.ship_to_site,
                 kind=receipt_pb2.RECEIPT_KIND_RECEIPT,
@@ -304,8 +337,78 @@ async def run(
             document.lines.add(
                 line_number=1, po_line_number=1, quantity=decimal_pb2.Decimal(value="4"), unit_of_measure="EA"
             )
-            request = receipt_service_pb2.PostGoodsReceiptRequest(receipt=document).SerializeToString()
-            return await post_call(request, metadata=erp)
+            return receipt_service_pb2.PostGoodsReceiptRequest(receipt=document).SerializeToString()
+
+        async def governed_receipt(n: int) -> object:
+            if not receivable:
+                raise RuntimeError("the receipt scenario ran out of published orders")
+            return await post_call(receipt_request(n, receivable.popleft()), metadata=erp)
+
+        invoice_channel = grpc.aio.insecure_channel(f"127.0.0.1:{invoice_port}")
+        submit_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = invoice_channel.unary_unary(
+            "/syncgov.invoice.v1.InvoiceStatusService/SubmitInvoice"
+        )
+        invoiceable: collections.deque[int] = collections.deque()  # orders published and received for invoices
+
+        def cents_of(order: int) -> int:
+            """Line 1's unit price in cents: the orders (and so the invoices' amounts) differ, as a supplier's do."""
+            return 1_000 + order % 9_973
+
+        def priced_order(order: int) -> bytes:
+            request = po_service_pb2.PublishPurchaseOrderRequest()
+            request.purchase_order.CopyFrom(template)
+            request.purchase_order.po_id = f"PO-{run_id}-{order}"
+            cents = cents_of(order)
+            request.purchase_order.lines[0].unit_price.units = cents // 100
+            request.purchase_order.lines[0].unit_price.nanos = cents % 100 * 10_000_000
+            return request.SerializeToString()
+
+        async def fill_received(count: int) -> None:
+            """Publish orders (line 1 at its own price) and post a receipt of 4 EA on line 1 of each, unmeasured."""
+
+            async def worker() -> None:
+                while len(invoiceable) < count:
+                    n = next(COUNTER)
+                    await publish_call(priced_order(n), metadata=metadata)
+                    await post_call(receipt_request(n, n), metadata=erp)
+                    invoiceable.append(n)
+
+            await asyncio.gather(*(worker() for _ in range(64)))
+
+        async def governed_invoice(n: int) -> object:
+            if not invoiceable:
+                raise RuntimeError("the invoice scenario ran out of received orders")
+            return await submit_call(invoice_request(f"{run_id}-{n}", invoiceable.popleft()), metadata=metadata)
+
+        def invoice_request(invoice_id: str, order: int) -> bytes:
+            """4 EA of the order's line 1 at its price, 19% tax, dated one of 336 days: a matching invoice."""
+
+            def eur(cents: int) -> money_pb2.Money:
+                return money_pb2.Money(currency_code="EUR", units=cents // 100, nanos=cents % 100 * 10_000_000)
+
+            price = cents_of(order)
+            net = 4 * price
+            tax = (net * 19 + 50) // 100  # cents, rounded half up
+            document = invoice_pb2.Invoice(
+                invoice_id=f"INV-{invoice_id}",
+                supplier_id="SUP-ACME",
+                invoice_number=f"B-{invoice_id}",
+                invoice_date=date_pb2.Date(year=2027, month=1 + order // 28 % 12, day=1 + order % 28),
+                currency_code="EUR",
+                net_amount=eur(net),
+                tax_amount=eur(tax),
+                total_amount=eur(net + tax),
+            )
+            document.lines.add(
+                line_number=1,
+                po_id=f"PO-{run_id}-{order}",
+                po_line_number=1,
+                quantity=decimal_pb2.Decimal(value="4"),
+                unit_price=eur(price),
+                line_amount=eur(net),
+                tax_amount=eur(tax),
+            )
+            return invoice_service_pb2.SubmitInvoiceRequest(invoice=document).SerializeToString()
 
         async def raw_composite(n: int) -> object:
             return await raw_call(payload)
@@ -319,6 +422,7 @@ async def run(
             "governed-change": governed_change,
             "governed-change-cold": governed_change_cold,
             "governed-receipt": governed_receipt,
+            "governed-invoice": governed_invoice,
             "raw-composite": raw_composite,
             "raw-publish": raw_publish,
         }
@@ -334,6 +438,7 @@ async def run(
                     "governed-change": processes[0].pid,
                     "governed-change-cold": processes[0].pid,
                     "governed-receipt": processes[3].pid,
+                    "governed-invoice": processes[4].pid,
                     "raw-composite": processes[1].pid,
                 }.get(name)
                 # Enough orders to change for the warm-up and the measured time, published beforehand.
@@ -344,8 +449,13 @@ async def run(
                     await fill(published_elsewhere, replica_publish, needed)
                 elif name == "governed-receipt":
                     await fill(receivable, publish_call, needed)
-                if name.startswith(("governed-change", "governed-receipt")):
-                    await asyncio.sleep(3.0)  # let the servers finish the fill's background work first
+                elif name == "governed-invoice":
+                    await fill_received(int((seconds + 1.0) * (1500 if concurrency > 1 else 500)))
+                if name.startswith(("governed-change", "governed-receipt", "governed-invoice")):
+                    # Let the servers finish the fill's background work first: the consumers of its events
+                    # (invoice-status re-matches on every PO and receipt event), then whatever else settles.
+                    await wait_consumers_idle(js, Namespace(namespace), ("po", "receipt"))
+                    await asyncio.sleep(3.0)
                 pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
                 pids["server"] = server or os.getpid()
                 await measure(call, concurrency, min(1.0, seconds / 4), pids)  # warm-up
@@ -353,6 +463,7 @@ async def run(
         await service_channel.close()
         await replica_channel.close()
         await receipt_channel.close()
+        await invoice_channel.close()
         await raw_channel.close()
         await nc.drain()
         report(results, concurrencies, seconds, sync_always, len(payload))
