@@ -162,6 +162,7 @@ class InvoiceState:
     # the invoice blocked when it was recorded (0: it did not — matched, or a re-match the release covered).
     exceptions_sequence: int = 0
     blocked_since_ns: int = 0  # when the invoice last became blocked, while it is blocked (0 otherwise)
+    ever_blocked: bool = False  # some event up to ``sequence`` left it blocked (the blocked list may name it)
 
     @property
     def exists(self) -> bool:
@@ -195,6 +196,7 @@ def evolve(state: InvoiceState, recorded: Recorded[InvoiceEvent]) -> InvoiceStat
             match_sequence=seq,
             exceptions_sequence=seq if blocked else 0,
             blocked_since_ns=at if blocked else 0,
+            ever_blocked=blocked,
         )
     if not state.exists:  # nothing is folded before the submission
         return state
@@ -228,6 +230,7 @@ def evolve(state: InvoiceState, recorded: Recorded[InvoiceEvent]) -> InvoiceStat
             match_sequence=seq,
             exceptions_sequence=seq if blocked else 0,
             blocked_since_ns=(state.blocked_since_ns or at) if blocked else 0,
+            ever_blocked=state.ever_blocked or blocked,
         )
     if isinstance(event, Released):
         return _with(state, seq, status=InvoiceStatus.RELEASED, release=event)

@@ -210,8 +210,8 @@ class BlockedInvoices:
 
     async def write(self, client: Redis | Pipeline, invoice_id: str, state: InvoiceState, sequence: int) -> None:
         submitted = state.submitted
-        if submitted is None:
-            return
+        if submitted is None or not state.ever_blocked:
+            return  # no event up to ``sequence`` put it on the list: nothing to write, nothing to keep off
         supplier_id = submitted.invoice.supplier_id
         entry = ""
         if state.status is InvoiceStatus.BLOCKED and state.match is not None:

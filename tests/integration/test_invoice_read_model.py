@@ -272,3 +272,18 @@ async def test_an_older_event_never_re_adds_an_invoice_and_a_rebuild_valkey_lost
     await blocked.write(redis, "I-1", first, 3)
     assert not await blocked.finish_rebuild(token)
     assert not await blocked.built()
+
+
+async def test_an_invoice_never_blocked_costs_the_list_no_write_and_one_that_was_keeps_its_tombstone(
+    po_settings, redis
+):
+    blocked = BlockedInvoices(redis, f"{po_settings.namespace}:invoice-status:blocked")
+    _, _, matched = _states()
+    assert matched.submitted is not None
+    assert matched.match is not None
+    submission = InvoiceSubmitted(matched.submitted.invoice, "fp", "k", matched.match, FactVersions())
+    never_blocked = evolve(INITIAL, Recorded(submission, 9, "e9", 9_000, "k", "procurement"))
+    await blocked.write(redis, "I-2", never_blocked, 9)
+    assert not await redis.hexists(blocked.entries, "i:I-2")
+    await blocked.write(redis, "I-1", matched, 7)  # blocked at 3 and 5, matched at 7: kept off by a tombstone
+    assert (await redis.hget(blocked.entries, "i:I-1")).decode().startswith("7|")
