@@ -111,9 +111,11 @@ class FuzzLog:
     """The failures of one test, distinct by (RPC, invariant, status, details), each with its smallest input."""
 
     failures: dict[tuple[str, str, str, str], Failure] = field(default_factory=dict)
+    shared: bool = True  # False: a known finding replayed on purpose, kept out of the session's summary
 
     def add(self, failure: Failure) -> None:
-        RECORD.failures.append(failure)
+        if self.shared:
+            RECORD.failures.append(failure)
         known = self.failures.get(failure.key())
         if known is None:
             self.failures[failure.key()] = failure
@@ -339,12 +341,13 @@ class Target:
         after = {stream: last for stream, (last, _) in volumes_after.items() if stream in self._watched}
         written = sum(max(0, volumes_after[stream][1] - volumes[stream][1]) for stream in volumes)
         self.inputs += 1
-        (RECORD.raw_statuses if raw else RECORD.statuses)[rpc.name][code.name] += 1
+        if log.shared:
+            (RECORD.raw_statuses if raw else RECORD.statuses)[rpc.name][code.name] += 1
 
         def fail(invariant: str, extra: str = "") -> None:
             log.add(Failure(rpc.name, invariant, code.name, extra or details, system, body, list(self.errors.records)))
 
-        if code in NOTABLE and (rpc.name, code.name) not in RECORD.notable:
+        if log.shared and code in NOTABLE and (rpc.name, code.name) not in RECORD.notable:
             RECORD.notable[(rpc.name, code.name)] = Failure(rpc.name, "notable", code.name, details, system, body)
         if code in FORBIDDEN:
             fail("forbidden status")

@@ -7,7 +7,7 @@ namespace invoice-status will run in, so a submission reaches every match path: 
 variances, awaiting receipt, unknown PO lines, a cancelled order, currency mismatches, totals that do not add up,
 duplicates. The seeds submit a few invoices (matched, blocked for each of several reasons, one released, one
 disputed, one paid, a credit note), collect a page token the listing really issued, and wait until the service's
-re-match consumers have read every PO and receipt event (so no background write lands while a refused request
+re-match consumers have read every PO, receipt and invoice event (so no background write lands while a refused request
 is checked for writes).
 
 Besides the descriptor-built requests every RPC gets, each of the six RPCs gets a structured strategy here, drawn
@@ -32,6 +32,7 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from google.type import date_pb2, decimal_pb2, money_pb2
 from hypothesis import strategies as st
+from nats.js.errors import NotFoundError
 
 from libs.runtime.paging import encode_page_cursor, encode_page_token
 from libs.runtime.settings import RuntimeSettings
@@ -39,13 +40,13 @@ from tests.fuzz.strategies import HOSTILE_DECIMALS, HOSTILE_FRAGMENTS, HOSTILE_S
 
 SERVICE = "/syncgov.invoice.v1.InvoiceStatusService/"
 LISTING = "invoice.blocked"  # services/invoice_status/servicer.py BLOCKED_LISTING
-REMATCH_CONSUMERS = (("po", "invoice-status-rematch-orders"), ("receipt", "invoice-status-rematch-receipts"))
 
 OPEN_PO = "PO-IN-1"  # version 1: line 1 is 10 EA at 12.50 EUR, line 2 is 2.5 KGM at 3.00 EUR (sample_order)
 CHANGED_PO = "PO-IN-2"  # version 2 lowered line 1 to 6 EA
 CANCELLED_PO = "PO-IN-3"  # cancelled (version 2)
 UNKNOWN_PO = "PO-IN-404"  # never published
-ORDERS = (OPEN_PO, CHANGED_PO, CANCELLED_PO, UNKNOWN_PO)
+PAYABLE_PO = "PO-IN-4"  # line 1 is 1,000 EA, all received: the matched invoices payments and releases name
+ORDERS = (OPEN_PO, CHANGED_PO, CANCELLED_PO, UNKNOWN_PO, PAYABLE_PO)
 PRICES = {1: Decimal("12.50"), 2: Decimal("3.00")}  # unit price per PO line, every order
 ACME, BLOCKED_SUPPLIER, INACTIVE_SUPPLIER, UNKNOWN_SUPPLIER = "SUP-ACME", "SUP-BLOCKED", "SUP-SLEEPY", "SUP-NOBODY"
 SUPPLIERS = (ACME, ACME, ACME, BLOCKED_SUPPLIER, INACTIVE_SUPPLIER, UNKNOWN_SUPPLIER)
@@ -64,6 +65,7 @@ RELEASED = "INV-FZ-7"  # blocked awaiting receipt (PO-IN-1 line 2 received only 
 DISPUTED = "INV-FZ-8"  # blocked for price, disputed
 CREDIT = "CN-FZ-1"  # a credit note of INV-FZ-1
 USD = "INV-FZ-9"  # in USD on a EUR order: blocked currency_mismatch
+PAYABLE = tuple(f"INV-FZ-M{n}" for n in range(1, 25))  # 1 EA of PO-IN-4 each: matched, approvable
 SEEDED = (MATCHED, PRICE_BLOCKED, CANCELLED_BLOCKED, UNKNOWN_LINE, ARITHMETIC, PAID, RELEASED, DISPUTED, CREDIT, USD)
 SEEDED_NUMBERS = ("A-1", "A-2", "A-3", "A-4", "A-5", "A-6", "A-7", "A-8", "CN-1", "A-9", "a 1", "A-0001", "A\u200b-1")
 
@@ -256,9 +258,10 @@ async def before_start(settings: RuntimeSettings) -> None:
     )
     async with running_service(po_settings, wire_po) as (_, channel, _):
         stub = po_rpc.PurchaseOrderServiceStub(channel)
-        for po_id in (OPEN_PO, CHANGED_PO, CANCELLED_PO):
+        for po_id, quantity in ((OPEN_PO, "10"), (CHANGED_PO, "10"), (CANCELLED_PO, "10"), (PAYABLE_PO, "1000")):
             await stub.PublishPurchaseOrder(
-                po.PublishPurchaseOrderRequest(purchase_order=sample_order(po_id)), metadata=PROCUREMENT
+                po.PublishPurchaseOrderRequest(purchase_order=sample_order(po_id, quantity=quantity)),
+                metadata=PROCUREMENT,
             )
         lowered = sample_order(CHANGED_PO, quantity="6")
         lowered.version = 2
@@ -277,6 +280,7 @@ async def before_start(settings: RuntimeSettings) -> None:
         for request in (
             goods_receipt("GR-IN-1", OPEN_PO, (1, "8"), (2, "1", "KGM")),
             goods_receipt("GR-IN-2", CHANGED_PO, (1, "6"), version=2),
+            goods_receipt("GR-IN-3", PAYABLE_PO, (1, "1000")),
         ):
             await receipts.PostGoodsReceipt(request, metadata=ERP)
 
@@ -358,7 +362,8 @@ async def seed(call: Any) -> Any:
         submit(invoice(CREDIT, "CN-1", (OPEN_PO, 1, "1", "12.50"), credited=MATCHED)),
         submit(invoice(USD, "A-9", (OPEN_PO, 1, "1", "12.50"), currency="USD")),
     ]
-    for request in submitted:
+    payable = [submit(invoice(invoice_id, f"M-{invoice_id}", (PAYABLE_PO, 1, "1", "12.50"))) for invoice_id in PAYABLE]
+    for request in (*submitted, *payable):
         await call(SERVICE + "SubmitInvoice", request, "procurement")
     release = pb.ReleaseInvoiceRequest(invoice_id=RELEASED, reason="goods seen at the dock", released_by="j.doe")
     dispute = pb.DisputeInvoiceRequest(invoice_id=DISPUTED, reason="price not agreed")
@@ -374,7 +379,7 @@ async def seed(call: Any) -> Any:
     tokens = [listing.page_info.next_page_token] if listing.page_info.next_page_token else []
     seeds = Seeds(
         plausible={
-            "invoice_id": [*SEEDED, "INV-FZ-404"],
+            "invoice_id": [*SEEDED, *PAYABLE[:4], "INV-FZ-404"],
             "credited_invoice_id": [MATCHED, PAID, "INV-FZ-404"],
             "supplier_id": [ACME, BLOCKED_SUPPLIER, UNKNOWN_SUPPLIER],
             "invoice_number": list(SEEDED_NUMBERS),
@@ -386,7 +391,7 @@ async def seed(call: Any) -> Any:
             "page_token": [*tokens, *crafted_tokens()],
         },
         systems={
-            "SubmitInvoice": ["procurement", "procurement", "procurement", "erp", "ops-console", "wms-east"],
+            "SubmitInvoice": ["procurement"] * 5 + ["erp", "ops-console", "wms-east"],
             "GetInvoice": list(SYSTEMS),
             "ListBlockedInvoices": list(SYSTEMS),
             "ReleaseInvoice": ["ops-console", "ops-console", "procurement", "erp", "wms-east"],
@@ -409,6 +414,7 @@ async def seed(call: Any) -> Any:
         pb.ReleaseInvoiceRequest(invoice_id=PRICE_BLOCKED, reason="price agreed by phone", released_by="a.buyer"),
         pb.DisputeInvoiceRequest(invoice_id=CANCELLED_BLOCKED, reason="order was cancelled"),
         pb.RecordInvoicePaymentRequest(invoice_id=MATCHED, payment_reference="PAY-1"),
+        pb.RecordInvoicePaymentRequest(invoice_id=PAYABLE[0], payment_reference="PAY-M1"),
         pb.RecordInvoicePaymentRequest(invoice_id=PAID, payment_reference="PAY-2"),  # another reference
     )
     for message, strategy in structured(tokens).items():
@@ -420,21 +426,28 @@ SETTLE_SECONDS = 30.0
 
 
 async def settle(settings: RuntimeSettings, js: Any) -> None:
-    """Wait until the re-match consumers have read and acknowledged every PO and receipt event: after that no
-    background work appends while the fuzz checks a refused request for writes."""
+    """Wait until every durable consumer of the namespace (the re-match consumers of PO, receipt and invoice
+    events) has read and acknowledged everything: after that no background work on the seeds appends while the
+    fuzz checks a refused request for writes."""
+    from libs.runtime.streams import ALL_STREAMS
     from libs.runtime.subjects import Namespace
 
     namespace = Namespace(settings.namespace)
     deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
     while True:
-        pending = 0
-        for domain, name in REMATCH_CONSUMERS:
-            info = await js.consumer_info(namespace.stream(domain), f"{namespace.root}-{name}")
-            pending += int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        if pending == 0:
+        pending: dict[str, int] = {}
+        for spec in ALL_STREAMS:
+            try:
+                consumers = await js.consumers_info(namespace.stream(spec.domain))
+            except NotFoundError:
+                continue
+            for info in consumers:
+                if info.config.durable_name:
+                    pending[info.name] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        if not any(pending.values()):
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"invoice-status's re-match consumers still have {pending} event(s) to process")
+            raise TimeoutError(f"invoice-status's consumers still have events to process: {pending}")
         await asyncio.sleep(0.05)
 
 
@@ -644,6 +657,26 @@ def many_lines(draw: st.DrawFn, currency: str = "EUR") -> list[Any]:
     return lines
 
 
+@st.composite
+def large_invoices(draw: st.DrawFn) -> Message:
+    """A plausible invoice of 4,999 or 5,000 lines (the bound) that the match takes: fresh id and number, the
+    seeded supplier, the open or the payable order's lines, totals that add up; what it records and what it
+    answers must stay within bounds."""
+    from syncgov.invoice.v1 import invoice_service_pb2 as pb
+
+    count = draw(st.sampled_from((4_999, 5_000)))
+    # Prices to the nano and quantities to the sixth decimal (within every bound) make each line's figures longest.
+    first, second = draw(st.sampled_from((("12.50", "3.00"), ("12.499999999", "3.000000001"))))
+    if draw(st.booleans()):  # the open order's two lines
+        quantity = draw(st.sampled_from(("0.001", "0.01", "1", "1234.123457")))
+        lines = [(OPEN_PO, 1 + n % 2, quantity, first if n % 2 == 0 else second) for n in range(count)]
+    else:  # the payable order's line, a little each (5,000 x 0.01 = 50 of the 1,000 received)
+        quantity = draw(st.sampled_from(("0.001", "0.01", "0.000001")))
+        lines = [(PAYABLE_PO, 1, quantity, first) for _ in range(count)]
+    invoice_id = _fresh_id("INV")
+    return pb.SubmitInvoiceRequest(invoice=invoice(invoice_id, f"L-{invoice_id}", *lines))
+
+
 def _sum(lines: Sequence[Any], name: str) -> Decimal:
     total = Decimal(0)
     for line in lines:
@@ -710,9 +743,13 @@ def submit_requests(draw: st.DrawFn) -> Message:
 
 
 def _invoice_ids() -> st.SearchStrategy[str]:
+    """Seeded invoices in every state, the matched ones payments and releases use up, invoices the fuzz submitted
+    (pooled ids), unknown ones, hostile ones, and ids at and past the 256-character bound."""
     pooled = st.integers(1, 60).map(lambda n: f"INV-FZ-P{n}")
     return st.one_of(
         _text((*SEEDED, "INV-FZ-404", "INV-FZ-20")),
+        st.sampled_from(PAYABLE),
+        st.sampled_from(PAYABLE),
         pooled,
         st.sampled_from(("I" * 256, "I" * 257, " " * 300)),
     )
@@ -816,8 +853,10 @@ def listing_requests(tokens: Sequence[str] = ()) -> st.SearchStrategy[Message]:
 def structured(tokens: Sequence[str] = ()) -> dict[str, st.SearchStrategy[Message]]:
     """The structured strategy of each RPC's request, by request message full name (``tokens``: page tokens the
     listing issued)."""
+    # One in six a large plausible invoice (each distinct object counts once in one_of: the weights are copies).
+    submissions = st.one_of(*(submit_requests() for _ in range(5)), large_invoices())
     return {
-        "syncgov.invoice.v1.SubmitInvoiceRequest": submit_requests(),
+        "syncgov.invoice.v1.SubmitInvoiceRequest": submissions,
         "syncgov.invoice.v1.GetInvoiceRequest": get_requests(),
         "syncgov.invoice.v1.ListBlockedInvoicesRequest": listing_requests(tokens),
         "syncgov.invoice.v1.ReleaseInvoiceRequest": release_requests(),
