@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
@@ -382,6 +383,15 @@ def _run_loop(main: Coroutine[Any, Any, None]) -> None:
         uvloop.run(main)
 
 
+SHUTDOWN_SLACK_SECONDS = 5.0  # beyond the RPC grace: consumers finishing a message, the NATS drain, Valkey
+
+
+def _give_up_shutdown(deadline: float) -> None:
+    log.error("shutdown did not finish within %.1fs; exiting without finishing it", deadline)
+    logging.shutdown()
+    os._exit(1)
+
+
 async def _serve_until_signalled(settings: S, wire: Callable[[Runtime[S]], Service]) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -390,3 +400,7 @@ async def _serve_until_signalled(settings: S, wire: Callable[[Runtime[S]], Servi
     async with serve(settings, wire):
         await stop.wait()
         log.info("signal received, shutting down")
+        # A shutdown step that never ends (a handler waiting on a broker that is gone) must not leave the process
+        # running for ever once its parent (syncgov up, a test, the kubelet) asked it to stop.
+        deadline = settings.shutdown_grace_seconds + SHUTDOWN_SLACK_SECONDS
+        loop.call_later(deadline, _give_up_shutdown, deadline)

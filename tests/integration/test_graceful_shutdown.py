@@ -1,22 +1,31 @@
-"""Draining: health turns NOT_SERVING first, while the server still finishes the calls it has."""
+"""Draining: health turns NOT_SERVING first, while the server still finishes the calls it has; a shutdown that
+never finishes is cut at its deadline."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
+import signal
+import sys
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from libs.runtime.app import Runtime, Service, serve
+from libs.runtime.app import SHUTDOWN_SLACK_SECONDS, Runtime, Service, serve
+from libs.runtime.local_servers import die_with_parent
 from services.po_publication.settings import Settings
 from services.po_publication.wiring import wire
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
-from tests.integration.helpers import PROCUREMENT
+from tests.integration.helpers import PROCUREMENT, publish_order
+from tests.integration.stuck_shutdown import HANDLING
 
-pytestmark = pytest.mark.timeout(30)
+ROOT = Path(__file__).resolve().parents[2]
+
+pytestmark = pytest.mark.timeout(60)
 
 
 class _SlowReads:
@@ -88,3 +97,54 @@ async def test_health_is_not_serving_while_an_in_flight_call_drains(po_settings:
         if not service.done():
             service.cancel()
         await asyncio.gather(service, return_exceptions=True)
+
+
+async def test_a_shutdown_that_never_finishes_is_cut_at_its_deadline(po_settings: Settings) -> None:
+    """A consumer's handler that never returns (a broker gone mid-message) would keep the process after SIGTERM for
+    ever; the process exits 1 once the grace period and the slack have passed, saying so."""
+    grace = 0.5
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCGOV_", "OTEL_"))}
+    env = {
+        **base,
+        "SYNCGOV_NATS_URL": po_settings.nats_url,
+        "SYNCGOV_REDIS_URL": po_settings.redis_url,
+        "SYNCGOV_NAMESPACE": po_settings.namespace,
+        "SYNCGOV_GRPC_PORT": "0",
+        "SYNCGOV_METRICS_PORT": "0",
+        "SYNCGOV_SHUTDOWN_GRACE_SECONDS": str(grace),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.integration.stuck_shutdown",
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,  # the service logs there
+        stderr=asyncio.subprocess.STDOUT,
+        preexec_fn=die_with_parent,
+    )
+    assert process.stdout is not None
+    logged: list[str] = []
+
+    async def wait_for_line(text: str) -> None:
+        while True:
+            line = (await process.stdout.readline()).decode()  # type: ignore[union-attr]
+            assert line, f"the process ended before saying {text!r}: {logged}"
+            logged.append(line)
+            if text in line:
+                return
+
+    try:
+        await asyncio.wait_for(wait_for_line("serving"), 30)
+        async with serve(po_settings, wire) as running, grpc.aio.insecure_channel(running.address) as channel:
+            await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(channel))
+        await asyncio.wait_for(wait_for_line(HANDLING), 30)
+        process.send_signal(signal.SIGTERM)
+        rest = (await asyncio.wait_for(process.stdout.read(), 30)).decode()
+        returncode = await asyncio.wait_for(process.wait(), 5)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert returncode == 1
+    assert f"shutdown did not finish within {grace + SHUTDOWN_SLACK_SECONDS:.1f}s" in rest
