@@ -135,6 +135,9 @@ def _size_of(facts: OrderFacts) -> int:
 class OrderReceipts:
     lines: Mapping[int, ReceivedFacts]
     sequence: int  # the receipt stream's sequence of the newest event on the order read
+    # Every event of the order up to ``sequence`` was read: a line missing from ``lines`` received nothing. When
+    # False, ``lines`` holds only lines the newest events touched (each carries its cumulative figures).
+    complete: bool = True
 
 
 def received_lines_of(stored: StoredEvent) -> dict[int, ReceivedFacts]:
@@ -152,7 +155,12 @@ def received_lines_of(stored: StoredEvent) -> dict[int, ReceivedFacts]:
 
 
 class ReceivedLines:
-    """Net received per PO line, by order, read from the receipt stream and remembered with its sequence."""
+    """Net received per PO line, by order, read from the receipt stream and remembered with its sequence.
+
+    A reconciled event carries the cumulative figures of every line its document touched, so the order's newest
+    event answers for those lines by itself: when it touched every line a match needs (one receipt per order, the
+    common case), one direct get is all the read; the order's earlier events are read only for a line it did not
+    touch."""
 
     def __init__(self, reader: EventReader, capacity: int = DEFAULT_CACHE_ENTRIES) -> None:
         self._reader = reader
@@ -160,25 +168,43 @@ class ReceivedLines:
         self._orders: OrderedDict[str, OrderReceipts] = OrderedDict()
         self.sequence = 0  # the newest receipt sequence any answer reflected
 
-    async def of(self, po_id: str) -> OrderReceipts:
+    async def of(self, po_id: str, needed: Iterable[int] | None = None) -> OrderReceipts:
+        """The order's figures now; complete, or (``needed``: the PO line numbers a match reads) holding those."""
         newest = await self._reader.last(RECEIPT_DOMAIN, po_id)
         if newest is None:
             return OrderReceipts({}, 0)
-        known = self._orders.get(po_id, OrderReceipts({}, 0))
-        if known.sequence < newest.sequence:
-            lines = dict(known.lines)
-            for stored in await self._reader.history(RECEIPT_DOMAIN, po_id, after=known.sequence):
-                try:
-                    lines.update(received_lines_of(stored))
-                except Exception:
-                    log.error("receipt event %s cannot be read; left out", stored.sequence, exc_info=True)
-            known = OrderReceipts(lines, newest.sequence)
+        wanted = None if needed is None else set(needed)
+        known = self._orders.get(po_id)
+        if known is None and wanted is not None:
+            newest_lines = _readable_lines(newest)
+            if wanted <= newest_lines.keys():
+                known = OrderReceipts(newest_lines, newest.sequence, complete=False)
+        if known is not None and known.sequence < newest.sequence:
+            known = OrderReceipts(
+                await self._read(po_id, after=known.sequence, lines=known.lines), newest.sequence, known.complete
+            )
+        if known is None or not (known.complete or (wanted is not None and wanted <= known.lines.keys())):
+            known = OrderReceipts(await self._read(po_id, after=0, lines={}), newest.sequence)
         self._orders[po_id] = known
         self._orders.move_to_end(po_id)
         while len(self._orders) > self._capacity:
             self._orders.popitem(last=False)
         self.sequence = max(self.sequence, known.sequence)
         return known
+
+    async def _read(self, po_id: str, *, after: int, lines: Mapping[int, ReceivedFacts]) -> dict[int, ReceivedFacts]:
+        updated = dict(lines)
+        for stored in await self._reader.history(RECEIPT_DOMAIN, po_id, after=after):
+            updated.update(_readable_lines(stored))
+        return updated
+
+
+def _readable_lines(stored: StoredEvent) -> dict[int, ReceivedFacts]:
+    try:
+        return received_lines_of(stored)
+    except Exception:
+        log.error("receipt event %s cannot be read; left out", stored.sequence, exc_info=True)
+        return {}
 
 
 # --- Suppliers -------------------------------------------------------------------------------------------------
@@ -482,7 +508,9 @@ class Matcher:
             if order is not None:
                 versions.append((po_id, order.version))
                 po_lines.update(((po_id, number), line) for number, line in order.lines.items())
-            receipts = await self._receipts.of(po_id)
+            receipts = await self._receipts.of(
+                po_id, (line.po_line_number for line in invoice.lines if line.po_id == po_id)
+            )
             receipt_sequence = max(receipt_sequence, receipts.sequence)
             received.update(((po_id, number), figures) for number, figures in receipts.lines.items())
         others = self._ledger.invoiced_by_others((line.key for line in invoice.lines), invoice.invoice_id)

@@ -1,0 +1,71 @@
+"""What invoice-status's match reads of goods received (facts.ReceivedLines), against the receipt stream that
+receipt-reconciliation writes: exact figures whichever events are read, and the order's newest event alone when it
+touched every line the match needs."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from libs.runtime.events import EventReader, StoredEvent
+from libs.runtime.subjects import Namespace
+from libs.runtime.testing import running_service
+from services.invoice_status.facts import ReceivedLines
+from services.po_publication.wiring import wire as wire_po
+from services.receipt_reconciliation.wiring import wire as wire_receipts
+from syncgov.po.v1 import po_service_pb2_grpc
+from syncgov.receipt.v1 import receipt_service_pb2_grpc
+from tests.integration.helpers import ERP, goods_receipt, publish_order, receipt_settings
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+class CountingReader:
+    """The real reader, counting the reads it serves (each ``history`` call reads at least two messages)."""
+
+    def __init__(self, reader: EventReader) -> None:
+        self._reader = reader
+        self.reads: list[str] = []
+
+    async def last(self, domain: str, key: str) -> StoredEvent | None:
+        self.reads.append("last")
+        return await self._reader.last(domain, key)
+
+    async def history(self, domain: str, key: str, after: int = 0) -> list[StoredEvent]:
+        self.reads.append(f"history after {after}")
+        return await self._reader.history(domain, key, after=after)
+
+
+def net(figures: Any, line: int) -> Decimal:
+    return figures.lines[line].received - figures.lines[line].returned
+
+
+async def test_the_newest_receipt_answers_alone_for_the_lines_it_touched_and_the_rest_are_read_when_needed(
+    po_settings, js
+):
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+    ):
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
+        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "3")), metadata=ERP)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-2", "PO-1001", (1, "4"), (2, "1.5", "KGM")), metadata=ERP)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-3", "PO-1001", (2, "0.5", "KGM")), metadata=ERP)
+    reader = CountingReader(EventReader(js, Namespace(po_settings.namespace)))
+    received = ReceivedLines(reader)  # type: ignore[arg-type]
+
+    newest_only = await received.of("PO-1001", [2])  # GR-3 touched line 2: its cumulative 2.0 is current
+    assert (net(newest_only, 2), newest_only.complete, reader.reads) == (Decimal("2.0"), False, ["last"])
+
+    reader.reads.clear()
+    whole = await received.of("PO-1001", [1, 2])  # line 1 was last touched by GR-2: every event is read
+    assert (net(whole, 1), net(whole, 2), whole.complete) == (Decimal(7), Decimal("2.0"), True)
+    assert reader.reads == ["last", "history after 0"]
+
+    reader.reads.clear()
+    again = await received.of("PO-1001", [1])  # nothing moved: the complete figures are kept
+    assert (net(again, 1), reader.reads) == (Decimal(7), ["last"])
+    assert await ReceivedLines(reader).of("PO-1001") == whole  # type: ignore[arg-type]  # no lines named: complete
