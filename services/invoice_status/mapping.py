@@ -248,8 +248,13 @@ def _optional_from(owner: object, name: str) -> Decimal | None:
 
 
 def limit_text(limit: Limit) -> str:
-    """The limit for people: ``upper percent 2 (up to 10.2)``."""
-    return f"{limit.side} {limit.basis} {limit.value} (up to {limit.bound})"
+    """The limit for people: ``upper percent 2 (up to 10.2)`` (the exact figures are in the message's fields; the
+    text drops the trailing zeros an exact product carries, 10.2000000 is 10.2)."""
+    return f"{limit.side} {limit.basis} {_plain(limit.value)} (up to {_plain(limit.bound)})"
+
+
+def _plain(number: Decimal) -> str:
+    return format(number.normalize() if number else Decimal(0), "f")
 
 
 def limit_to_proto(limit: Limit) -> invoice_pb2.ToleranceLimit:

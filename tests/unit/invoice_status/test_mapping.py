@@ -209,7 +209,7 @@ def test_match_result_maps_to_line_results() -> None:
     assert (first.price.expected.value, first.price.actual.value) == ("10.00", "11.00")
     assert first.price.variance_amount.value == "10.00"
     assert D(first.price.variance_percent.value) == D(10)
-    assert first.price.limit.text == "upper percent 2 (up to 10.2000)"
+    assert first.price.limit.text == "upper percent 2 (up to 10.2)"
     assert not first.price.within
     assert first.po_unit_price == money_pb2.Money(currency_code="EUR", units=10)
     assert first.basis == invoice_pb2.MATCH_BASIS_THREE_WAY
