@@ -8,6 +8,7 @@ nanos), quantities and the match's figures travel as ``google.type.Decimal`` str
 from __future__ import annotations
 
 import contextlib
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -514,8 +515,15 @@ def released_by(value: str) -> str:
     """The person releasing an invoice: required and bounded like every id, else INVALID_ARGUMENT (nothing is
     written)."""
     person = value.strip()
-    if not person or len(person) > MAX_KEY_CHARS:
-        problem = "is required" if not person else f"must be at most {MAX_KEY_CHARS} characters"
+    problem = None
+    if not person:
+        problem = "is required"
+    elif len(person) > MAX_KEY_CHARS:
+        problem = f"must be at most {MAX_KEY_CHARS} characters"
+    elif any(unicodedata.category(char).startswith("C") for char in person):
+        # A user id is printed in audit trails and listings: a line break or a bidi override would forge them.
+        problem = "must not contain control or format characters"
+    if problem is not None:
         raise InvalidArgument(
             f"released_by {problem}: name the person who releases the invoice; nothing was recorded",
             violations=[FieldViolation("released_by", problem)],

@@ -73,7 +73,16 @@ def test_a_release_shows_the_person_the_system_and_the_reason() -> None:
     assert covered.matched_at.seconds == 13
 
 
-@pytest.mark.parametrize(("person", "problem"), [("", "is required"), ("  ", "is required"), ("p" * 257, "at most")])
+@pytest.mark.parametrize(
+    ("person", "problem"),
+    [
+        ("", "is required"),
+        ("  ", "is required"),
+        ("p" * 257, "at most"),
+        ("j.doe\nreleased_by: ceo", "control"),  # a forged second line in an audit trail
+        ("j.doe\u202egnp.exe", "control"),  # a right-to-left override
+    ],
+)
 def test_a_release_names_a_bounded_person(person: str, problem: str) -> None:
     with pytest.raises(InvalidArgument) as refused:
         mapping.released_by(person)
