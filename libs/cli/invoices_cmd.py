@@ -98,8 +98,8 @@ def age_text(age: timedelta) -> str:
 
 
 def _lines(status: invoice_pb2.InvoiceStatus) -> Iterable[invoice_pb2.LineMatchResult]:
-    """The latest match's lines: from the whole match when the service sends it, else the per-line results."""
-    return status.match.lines if status.HasField("match") else status.line_results
+    """The latest match's lines (``line_results``: the whole match travels without them)."""
+    return status.line_results
 
 
 def blocking_reasons(status: invoice_pb2.InvoiceStatus) -> list[str]:

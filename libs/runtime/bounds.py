@@ -112,13 +112,14 @@ VERSION = Range(0, MAX_VERSION)
 LINE_NUMBER = Range(0, MAX_LINE_NUMBER)
 NON_NEGATIVE = Range(0, MAX_INT64)
 DOCUMENT_LINES = Items(5_000)  # services/po_publication/domain.py MAX_LINES
+INVOICE_LINES = Items(3_000)  # services/invoice_status/domain.py MAX_LINES: an invoice's status must fit 4 MiB
 PARTY_ITEMS = Items(50)  # a supplier's addresses, contacts, tax ids, bank accounts
 
 # By full field name: the most specific rules, and the PO fields the domain bounds more tightly.
 BY_FIELD: Mapping[str, Bound] = {
     "syncgov.po.v1.PurchaseOrder.lines": DOCUMENT_LINES,
     "syncgov.receipt.v1.GoodsReceipt.lines": DOCUMENT_LINES,
-    "syncgov.invoice.v1.Invoice.lines": DOCUMENT_LINES,
+    "syncgov.invoice.v1.Invoice.lines": INVOICE_LINES,
     "syncgov.po.v1.PurchaseOrder.supplier_id": Text(128, Charset.ID),
     "syncgov.po.v1.PurchaseOrderLine.item_id": Text(128, Charset.ID),
     "syncgov.po.v1.PurchaseOrderLine.unit_of_measure": Text(16, Charset.ID),

@@ -62,6 +62,7 @@ class FactVersions:
     po_versions: tuple[tuple[str, int], ...] = ()  # (PO id, version), sorted by PO id
     receipt_sequence: int = 0
     invoice_sequence: int = 0
+    policy_revision: int = 0  # whose tolerances the match applied (not a fact: never compared)
 
     def older_than(self, other: FactVersions) -> bool:
         mine = dict(self.po_versions)
@@ -420,6 +421,20 @@ def decide_approve(command: Approve, state: InvoiceState) -> ApprovedForPayment 
             "only a matched or released invoice can be approved for payment",
         )
     return ApprovedForPayment(command.approved_by)
+
+
+def payment_refused(approve: Approve, payment: RecordPayment, state: InvoiceState) -> Refusal | None:
+    """What paying would answer once the invoice is approved (the ERP's payment approves a matched or released invoice
+    first, one event each): a payment that would be refused must be refused before the approval is appended, so a
+    refused request leaves nothing behind."""
+    if state.status in APPROVABLE:
+        approval = decide_approve(approve, state)
+        if isinstance(approval, Refusal):
+            return approval
+        if approval is not None:
+            state = evolve(state, Recorded(approval, state.sequence + 1, "", 0, "", approve.approved_by))
+    decision = decide_payment(payment, state)
+    return decision if isinstance(decision, Refusal) else None
 
 
 def decide_payment(command: RecordPayment, state: InvoiceState) -> Paid | Refusal | None:

@@ -27,7 +27,10 @@ from typing import Protocol
 import pycountry
 
 OBJECT_TYPE = "invoice"
-MAX_LINES = 5_000
+# Lines an invoice may have: its status (the document and the match of every line, up to ~1 KiB a line at the widest)
+# must fit the 4 MiB a gRPC client accepts, so SubmitInvoice and GetInvoice can answer every invoice they take.
+# Fewer than an order's 5,000: an order billed whole beyond 3,000 lines is billed in two invoices.
+MAX_LINES = 3_000
 DEFAULT_SUSPECT_WITHIN_DAYS = 7
 ZERO = Decimal(0)
 HUNDRED = Decimal(100)

@@ -496,8 +496,11 @@ class Matcher:
         self._receipts = receipts
         self._ledger = ledger
 
-    async def match(self, invoice: Invoice, tolerances: TolerancePolicy) -> tuple[MatchResult, FactVersions]:
-        """The match of ``invoice`` now, and the versions of the facts it read."""
+    async def match(
+        self, invoice: Invoice, tolerances: TolerancePolicy, policy_revision: int = 0
+    ) -> tuple[MatchResult, FactVersions]:
+        """The match of ``invoice`` now, and the versions of the facts it read (``policy_revision``: the revision
+        whose ``tolerances`` these are)."""
         po_lines: dict[LineKey, PoLineFacts] = {}
         received: dict[LineKey, ReceivedFacts] = {}
         versions: list[tuple[str, int]] = []
@@ -520,4 +523,4 @@ class Matcher:
             tolerances,
             earlier=self._ledger.duplicate_candidates(invoice),
         )
-        return result, FactVersions(tuple(versions), receipt_sequence, invoice_sequence)
+        return result, FactVersions(tuple(versions), receipt_sequence, invoice_sequence, policy_revision)

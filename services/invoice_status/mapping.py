@@ -365,13 +365,14 @@ def line_match_from_proto(message: invoice_pb2.LineMatchResult) -> LineMatch:
     )
 
 
-def match_to_proto(match: MatchResult, currency: str = "") -> invoice_pb2.InvoiceMatch:
+def match_to_proto(match: MatchResult, currency: str = "", *, lines: bool = True) -> invoice_pb2.InvoiceMatch:
+    """The whole match; without its ``lines`` when they travel beside it (``InvoiceStatus.line_results``)."""
     return invoice_pb2.InvoiceMatch(
         invoice_id=match.invoice_id,
         matched=match.matched,
         block_reasons=reasons_to_proto(match.reasons),
         header_block_reasons=reasons_to_proto(match.header_reasons),
-        lines=[line_match_to_proto(line, currency) for line in match.lines],
+        lines=[line_match_to_proto(line, currency) for line in match.lines] if lines else [],
         header_checks=[
             invoice_pb2.HeaderCheck(
                 name=check.name,
@@ -422,6 +423,7 @@ def facts_to_proto(facts: FactVersions) -> invoice_pb2.FactVersions:
         po_versions=[invoice_pb2.PoVersion(po_id=po_id, version=version) for po_id, version in facts.po_versions],
         receipt_sequence=facts.receipt_sequence,
         invoice_sequence=facts.invoice_sequence,
+        policy_revision=facts.policy_revision,
     )
 
 
@@ -430,6 +432,7 @@ def facts_from_proto(message: invoice_pb2.FactVersions) -> FactVersions:
         po_versions=tuple((po.po_id, po.version) for po in message.po_versions),
         receipt_sequence=message.receipt_sequence,
         invoice_sequence=message.invoice_sequence,
+        policy_revision=message.policy_revision,
     )
 
 
@@ -451,8 +454,8 @@ def release_to_proto(release: Released) -> invoice_pb2.InvoiceRelease:
 def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
     """An invoice and its state as the responses carry it: the submitted document, when it was recorded, the match
     in force (per line, and whole: header reasons, totals, duplicates) with when it was recorded, the release in
-    force and the exceptions raised for the match's blocking reasons. ``policy_revision`` is not recorded by a
-    match and stays 0."""
+    force and the exceptions raised for the match's blocking reasons. The match's lines are ``line_results``
+    (``match`` carries the rest, so an invoice at the line bound is answered inside gRPC's 4 MiB)."""
     message = invoice_pb2.InvoiceStatus()
     submitted = state.submitted
     if submitted is None or state.status is None:
@@ -465,7 +468,8 @@ def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
     if state.match is not None:
         currency = submitted.invoice.currency
         message.line_results.extend(line_match_to_proto(line, currency) for line in state.match.lines)
-        message.match.CopyFrom(match_to_proto(state.match, currency))
+        message.match.CopyFrom(match_to_proto(state.match, currency, lines=False))
+        message.policy_revision = state.facts.policy_revision
         if state.matched_at_ns:
             message.matched_at.CopyFrom(_timestamp(state.matched_at_ns))
     if state.release is not None:

@@ -85,7 +85,8 @@ class Rematcher:
             return
         await self._read_up_to(self._ledger.first_sequence[invoice_id])  # every invoice before it counts
         policy = self._policy()
-        match, versions = await self._matcher.match(submitted.invoice, TolerancePolicy.of(policy.document.tolerances))
+        tolerances = TolerancePolicy.of(policy.document.tolerances)
+        match, versions = await self._matcher.match(submitted.invoice, tolerances, policy.revision)
         command = decider.Rematch(invoice_id, match, versions)
         result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
         if isinstance(result, Refusal):  # approved, paid, disputed or cancelled meanwhile: nothing to re-match

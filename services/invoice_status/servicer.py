@@ -34,7 +34,13 @@ from services.invoice_status.domain import (
 )
 from services.invoice_status.facts import InvoiceLedger, Matcher, SupplierStates
 from services.invoice_status.findings import BlockingExceptions
-from services.invoice_status.store import BlockedInvoices, InvoiceCommands, ReadModelRebuilding, valid_member
+from services.invoice_status.store import (
+    BlockedInvoices,
+    InvoiceCommands,
+    ReadModelRebuilding,
+    member_of,
+    valid_member,
+)
 from syncgov.common.v1 import types_pb2
 from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
 
@@ -42,6 +48,9 @@ log = logging.getLogger(__name__)
 
 REPLAY_METADATA = (("syncgov-idempotent-replay", "true"),)
 BLOCKED_LISTING = "invoice.blocked"
+# A listing page's statuses stop growing past this (at least one is listed; an invoice at the line bound is ~3 MB):
+# gRPC refuses a response over 4 MiB, and every status carries its whole invoice.
+LISTING_BYTES = 2 * 1024 * 1024
 
 
 class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
@@ -90,7 +99,8 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
                 attributes.IDEMPOTENCY_KEY: request.idempotency_key or key,
             }
         )
-        match, versions = await self._matcher.match(invoice, TolerancePolicy.of(policy.document.tolerances))
+        tolerances = TolerancePolicy.of(policy.document.tolerances)
+        match, versions = await self._matcher.match(invoice, tolerances, policy.revision)
         command = decider.SubmitInvoice(invoice, fingerprint, key, match, versions, document)
         claim = Claim(f"{caller}:{request.idempotency_key}", fingerprint) if request.idempotency_key else None
         result = await self._commands.run(
@@ -128,13 +138,22 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
                 f"the list of blocked invoices could not be read ({type(error).__name__}); retry",
                 reason="STORE_UNAVAILABLE",
             ) from None
-        statuses = []
+        statuses: list[invoice_pb2.InvoiceStatus] = []
+        listed_bytes = 0
+        previous = after  # the member of the last status listed
         for entry in listed:
             state = self._ledger.state_of(entry.invoice_id)
             if state.sequence < entry.sequence:  # another replica's append the ledger has not followed yet
                 state = await self._commands.state(entry.invoice_id)
-            if state.status is InvoiceStatus.BLOCKED:
-                statuses.append(mapping.status_message(state))
+            if state.status is not InvoiceStatus.BLOCKED:
+                continue
+            status = mapping.status_message(state)
+            listed_bytes += status.ByteSize()
+            if statuses and listed_bytes > LISTING_BYTES:  # a page of large invoices ends early, the next starts here
+                following = previous
+                break
+            statuses.append(status)
+            previous = member_of(entry.blocked_at_ns, entry.invoice_id)
         token = encode_page_cursor(BLOCKED_LISTING, following) if following else ""
         return invoice_service_pb2.ListBlockedInvoicesResponse(
             statuses=statuses, page_info=types_pb2.PageInfo(next_page_token=token)
@@ -168,18 +187,15 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         invoice_id = _invoice_id(request.invoice_id)
         caller = current_caller().system
         state = await self._existing(invoice_id)
+        command = _payment(invoice_id, request.payment_reference.strip(), state)
+        approve = decider.Approve(invoice_id, caller)
+        refusal = decider.payment_refused(approve, command, state)
+        if refusal is not None:  # refused before the approval is appended: a refused payment leaves nothing behind
+            await self._outcome(invoice_id, refusal, context)
         if state.status in decider.APPROVABLE:
-            approve = decider.Approve(invoice_id, caller)
             approved = await self._commands.run(invoice_id, lambda current: decider.decide(approve, current))
             state = (await self._outcome(invoice_id, approved, None)).state
-        assert state.submitted is not None
-        invoice = state.submitted.invoice
-        paid_on = datetime.now(UTC).date()
-        if state.payment is not None and state.payment.payment_reference == request.payment_reference:
-            paid_on = state.payment.paid_on
-        command = decider.RecordPayment(
-            invoice_id, request.payment_reference.strip(), invoice.gross_total, invoice.currency, paid_on
-        )
+            command = _payment(invoice_id, command.payment_reference, state)
         result = await self._commands.run(invoice_id, lambda current: decider.decide(command, current))
         outcome = await self._outcome(invoice_id, result, context)
         return invoice_service_pb2.RecordInvoicePaymentResponse(status=mapping.status_message(outcome.state))
@@ -223,6 +239,16 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         if state is None or state.submitted is None or not state.submitted.invoice.lines:
             return ""
         return state.submitted.invoice.lines[0].po_id
+
+
+def _payment(invoice_id: str, reference: str, state: InvoiceState) -> decider.RecordPayment:
+    """A payment of the invoice's gross amount, dated today (a retry of a recorded payment keeps its date)."""
+    assert state.submitted is not None
+    invoice = state.submitted.invoice
+    paid_on = datetime.now(UTC).date()
+    if state.payment is not None and state.payment.payment_reference == reference:
+        paid_on = state.payment.paid_on
+    return decider.RecordPayment(invoice_id, reference, invoice.gross_total, invoice.currency, paid_on)
 
 
 def _check_supplier(suppliers: SupplierStates, supplier_id: str) -> None:

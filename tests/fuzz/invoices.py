@@ -36,6 +36,7 @@ from nats.js.errors import NotFoundError
 
 from libs.runtime.paging import encode_page_cursor, encode_page_token
 from libs.runtime.settings import RuntimeSettings
+from services.invoice_status.domain import MAX_LINES
 from tests.fuzz.strategies import HOSTILE_DECIMALS, HOSTILE_FRAGMENTS, HOSTILE_STRINGS, decimal_strings
 
 SERVICE = "/syncgov.invoice.v1.InvoiceStatusService/"
@@ -404,7 +405,7 @@ async def seed(call: Any) -> Any:
         submit(invoice("INV-FZ-20", "B-1", (OPEN_PO, 1, "1", "12.50"), (OPEN_PO, 2, "0.5", "3.00"))),
         submit(invoice("INV-FZ-21", "a-1", (OPEN_PO, 1, "1", "12.50"))),  # A-1 written differently: a duplicate
         submit(invoice("CN-FZ-2", "CN-2", (OPEN_PO, 1, "1", "12.50"), credited="INV-FZ-404")),
-        submit(invoice("INV-FZ-22", "B-2", *((OPEN_PO, 1 + n % 2, "0.001", "1") for n in range(5_000)))),
+        submit(invoice("INV-FZ-22", "B-2", *((OPEN_PO, 1 + n % 2, "0.001", "1") for n in range(MAX_LINES)))),
         pb.GetInvoiceRequest(invoice_id=MATCHED),
         pb.GetInvoiceRequest(invoice_id="INV-FZ-404"),
         pb.ListBlockedInvoicesRequest(),
@@ -626,12 +627,12 @@ def invoice_lines(draw: st.DrawFn, currency: str, wild: bool) -> list[Any]:
 
 @st.composite
 def many_lines(draw: st.DrawFn, currency: str = "EUR") -> list[Any]:
-    """Thousands of lines: 4,999 .. 5,003 (the bound is 5,000) on the open order's two lines, on one line, with
+    """Thousands of lines: around the bound (MAX_LINES - 1 .. + 3) on the open order's two lines, on one line, with
     every 250th on a line the order lacks, or each on an order of its own that nobody published (a read each)."""
     from syncgov.invoice.v1 import invoice_pb2
 
     spread = draw(st.sampled_from(("known lines", "one line", "some unknown", "many orders")))
-    count = draw(st.sampled_from((4_999, 5_000, 5_000, 5_001, 5_003)))
+    count = MAX_LINES + draw(st.sampled_from((-1, 0, 0, 1, 3)))
     quantity = draw(st.sampled_from(("0.001", "1", "1e-6", "2.5")))
     lines = []
     for number in range(1, count + 1):
@@ -659,18 +660,18 @@ def many_lines(draw: st.DrawFn, currency: str = "EUR") -> list[Any]:
 
 @st.composite
 def large_invoices(draw: st.DrawFn) -> Message:
-    """A plausible invoice of 4,999 or 5,000 lines (the bound) that the match takes: fresh id and number, the
-    seeded supplier, the open or the payable order's lines, totals that add up; what it records and what it
+    """A plausible invoice of MAX_LINES - 1 or MAX_LINES lines (the bound) that the match takes: fresh id and number,
+    the seeded supplier, the open or the payable order's lines, totals that add up; what it records and what it
     answers must stay within bounds."""
     from syncgov.invoice.v1 import invoice_service_pb2 as pb
 
-    count = draw(st.sampled_from((4_999, 5_000)))
+    count = MAX_LINES - draw(st.sampled_from((1, 0)))
     # Prices to the nano and quantities to the sixth decimal (within every bound) make each line's figures longest.
     first, second = draw(st.sampled_from((("12.50", "3.00"), ("12.499999999", "3.000000001"))))
     if draw(st.booleans()):  # the open order's two lines
         quantity = draw(st.sampled_from(("0.001", "0.01", "1", "1234.123457")))
         lines = [(OPEN_PO, 1 + n % 2, quantity, first if n % 2 == 0 else second) for n in range(count)]
-    else:  # the payable order's line, a little each (5,000 x 0.01 = 50 of the 1,000 received)
+    else:  # the payable order's line, a little each (3,000 x 0.01 = 30 of the 1,000 received)
         quantity = draw(st.sampled_from(("0.001", "0.01", "0.000001")))
         lines = [(PAYABLE_PO, 1, quantity, first) for _ in range(count)]
     invoice_id = _fresh_id("INV")

@@ -1,9 +1,7 @@
-"""What the hostile-input suite found in invoice-status and is not mended yet: each smallest reproducer, replayed
-through the harness's invariants against the fuzzed service.
-
-Each test is ``xfail(strict=True)``: it fails the suite the day the service is mended (XPASS), so the mark and
-the entry in docs/reliability.md are removed with the mend. The fuzz itself (test_hostile_input.py) draws these
-shapes too and reports them per RPC at the nightly size.
+"""What the hostile-input suite found in invoice-status, kept as regression tests: each smallest reproducer, replayed
+through the harness's invariants against the fuzzed service (found 2026-11-27, mended the same day: a refused
+payment no longer leaves an approval behind, a response carries an invoice's line results once, and a page of the
+blocked list is bounded by bytes). The fuzz itself (test_hostile_input.py) draws these shapes too.
 """
 
 from __future__ import annotations
@@ -13,6 +11,7 @@ from typing import Any
 import grpc
 import pytest
 
+from services.invoice_status.domain import MAX_LINES
 from tests.fuzz import invoices
 from tests.fuzz.harness import FuzzLog, Target
 from tests.fuzz.targets import all_rpcs
@@ -41,12 +40,6 @@ async def _fresh_approvable_invoice(target: Target) -> str:
     return invoice_id
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invoice-status: RecordInvoicePayment appends `approved` before the payment is decided, so a payment "
-    "refused INVALID_ARGUMENT (payment_reference empty: 'payment_reference required') leaves the invoice "
-    "approved: a refused request wrote an event",
-)
 @pytest.mark.parametrize("target", ["invoice-status"], indirect=True)
 @pytest.mark.parametrize("reference", [""])
 async def test_a_refused_payment_approves_nothing(target: Target, reference: str) -> None:
@@ -61,20 +54,13 @@ async def test_a_refused_payment_approves_nothing(target: Target, reference: str
 
 
 def _large(invoice_id: str, quantity: str = "1234.123457", prices: tuple[str, str] = ("12.499999999", "3.000000001")):
-    """5,000 lines (the bound) on PO-IN-1's two lines, every figure within its bound, totals that add up."""
+    """MAX_LINES lines (the bound) on PO-IN-1's two lines, every figure within its bound, totals that add up."""
     from syncgov.invoice.v1 import invoice_service_pb2 as pb
 
-    lines = [(invoices.OPEN_PO, 1 + n % 2, quantity, prices[n % 2]) for n in range(5_000)]
+    lines = [(invoices.OPEN_PO, 1 + n % 2, quantity, prices[n % 2]) for n in range(MAX_LINES)]
     return pb.SubmitInvoiceRequest(invoice=invoices.invoice(invoice_id, f"RL-{invoice_id}", *lines))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invoice-status: a 5,000-line invoice (the bound; 1234.123457 of PO-IN-1's lines at 12.499999999 and "
-    "3.000000001) is recorded (submitted and blocked, ~2.3 MB on the invoice stream) and then answered "
-    "RESOURCE_EXHAUSTED: its InvoiceStatus response (~4.4 MB: the invoice and the whole match per line) is larger "
-    "than the 4 MiB gRPC limit; a refused request wrote, and GetInvoice can never answer it either",
-)
 @pytest.mark.parametrize("target", ["invoice-status"], indirect=True)
 async def test_an_invoice_at_the_line_bound_is_answered(target: Target) -> None:
     from syncgov.invoice.v1 import invoice_service_pb2 as pb
@@ -88,12 +74,6 @@ async def test_an_invoice_at_the_line_bound_is_answered(target: Target) -> None:
     assert await target.exercise(_rpc("GetInvoice"), read, "procurement", log) == grpc.StatusCode.OK
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invoice-status: ListBlockedInvoices pages by count (50 by default, up to 500), not by bytes: two "
-    "blocked 5,000-line invoices (~3.7 MB each, each answered OK) make every page that holds both ~7.5 MB, "
-    "answered RESOURCE_EXHAUSTED to every caller",
-)
 @pytest.mark.parametrize("target", ["invoice-status"], indirect=True)
 async def test_the_blocked_list_pages_through_large_invoices(target: Target) -> None:
     from syncgov.common.v1 import types_pb2

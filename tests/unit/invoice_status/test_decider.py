@@ -37,6 +37,7 @@ from services.invoice_status.decider import (
     SubmitInvoice,
     decide,
     evolve,
+    payment_refused,
 )
 from services.invoice_status.domain import MatchFacts, MatchResult, PoLineFacts, Reason, ReceivedFacts
 from services.invoice_status.matching import match_invoice
@@ -437,3 +438,22 @@ def test_blocked_time_and_raised_exceptions_end_with_the_block() -> None:
 def replace_figures(match: MatchResult) -> MatchResult:
     """The same reasons on other figures (a re-match on newer facts)."""
     return match_invoice(INVOICE, facts(price="8.00"), POLICY) if match == PRICE else match
+
+
+@pytest.mark.parametrize("status", [InvoiceStatus.MATCHED, InvoiceStatus.RELEASED])
+def test_a_payment_that_would_be_refused_is_refused_before_the_invoice_is_approved(status: InvoiceStatus) -> None:
+    """The ERP's payment approves a matched or released invoice first: it is decided on the approved state before
+    the approval is appended, so a refused payment leaves no approval behind."""
+    state = in_status(status)
+    without_reference = RecordPayment(ID, "", D("100"), "EUR", PAY_DAY)
+    refused(
+        payment_refused(Approve(ID, "erp"), without_reference, state), RefusalKind.INVALID, "PAYMENT_REFERENCE_REQUIRED"
+    )
+    wrong_amount = RecordPayment(ID, "PAY-9", D("99"), "EUR", PAY_DAY)
+    refused(
+        payment_refused(Approve(ID, "erp"), wrong_amount, state), RefusalKind.PRECONDITION, "PAYMENT_AMOUNT_MISMATCH"
+    )
+    assert payment_refused(Approve(ID, "erp"), PAYMENT, state) is None
+    assert payment_refused(Approve(ID, "erp"), PAYMENT, in_status(InvoiceStatus.PAID)) is None  # a replay
+    blocked = payment_refused(Approve(ID, "erp"), PAYMENT, in_status(InvoiceStatus.BLOCKED))
+    refused(blocked, RefusalKind.PRECONDITION, "NOT_APPROVED_FOR_PAYMENT")
