@@ -92,8 +92,11 @@ class Rematcher:
         if isinstance(result, Refusal):  # approved, paid, disputed or cancelled meanwhile: nothing to re-match
             log.info("invoice %s not re-matched: %s", invoice_id, result.message)
             return
-        if result.recorded is not None and result.state.status is InvoiceStatus.BLOCKED:
-            await self._blocking.raise_for(invoice_id, result.state, result.recorded.sequence)
+        # Raised whether or not this delivery appended: a re-match whose append landed and whose raise was lost (the
+        # process killed between the two) is redelivered, decides nothing new, and must still raise. The ids derive
+        # from the match event, so raising again stores nothing twice.
+        if result.state.status is InvoiceStatus.BLOCKED and result.state.exceptions_sequence:
+            await self._blocking.raise_for(invoice_id, result.state, result.state.exceptions_sequence)
 
     async def _read_up_to(self, sequence: int) -> None:
         try:
