@@ -470,7 +470,14 @@ async def run(
     finally:
         for process in processes:
             process.terminate()
-            process.wait(10)
+        for process in processes:
+            # A service exits within its shutdown grace (10 s) plus 5 s, whatever it waits on (libs/runtime/app.py).
+            try:
+                process.wait(20)
+            except subprocess.TimeoutExpired:
+                print(f"{process.args} did not stop within 20 s; killed", file=sys.stderr)
+                process.kill()
+                process.wait()
         valkey.stop()
         nats_server.stop()
 

@@ -275,9 +275,7 @@ async def serve(
         yield RunningService(port, runtime, health_servicer, runners)
     finally:
         await health_servicer.enter_graceful_shutdown()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await cancel_until_done(tasks)
         if policy_view is not None:
             await policy_view.stop()
         await asyncio.gather(*(runner.stop() for runner in runners))
@@ -321,6 +319,20 @@ def valkey_watchdog(redis: Redis, timeout: float) -> Callable[[], Awaitable[None
             await redis.connection_pool.disconnect(inuse_connections=True)
 
     return check
+
+
+async def cancel_until_done(tasks: Sequence[asyncio.Task[Any]], every: float = 0.2) -> None:
+    """Cancel the tasks and wait until each ended, cancelling again those still running: on Python 3.11,
+    ``asyncio.wait_for`` (which nats-py and redis-py use for every request) loses a cancellation that arrives as its
+    inner future completes (CPython gh-86296), so one ``cancel()`` may leave a busy loop running for ever."""
+    pending = {task for task in tasks if not task.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=every)
+    for task in tasks:
+        if not task.cancelled():
+            task.exception()  # retrieved: a job that failed on its way out was logged by the job's runner
 
 
 async def _every(interval: float, job: Callable[[], Awaitable[None]]) -> None:
