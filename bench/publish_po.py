@@ -104,6 +104,21 @@ async def measure(call: Call, concurrency: int, seconds: float, pids: dict[str, 
     }
 
 
+async def wait_quiet(pids: dict[str, int], timeout: float = 90) -> float:
+    """Wait until the servers and services together use under 5% of a core over half a second (work left over
+    from an earlier scenario, e.g. po-publication checking every receipt against its order, would slow the next
+    scenario and flatter or wrong its ratio); the seconds waited."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        before = cpu_seconds(pids)
+        await asyncio.sleep(0.5)
+        after = cpu_seconds(pids)
+        if sum(after[name] - before[name] for name in pids) < 0.025:  # idle processes use ~0.010
+            return time.monotonic() - started
+    print(f"the servers never went quiet within {timeout:.0f}s; measuring anyway", file=sys.stderr)
+    return time.monotonic() - started
+
+
 async def wait_consumers_idle(js, namespace: Namespace, domains: tuple[str, ...], timeout: float = 120) -> None:
     """Wait until every durable consumer of these streams has handled everything (the fills' events)."""
     deadline = time.monotonic() + timeout
@@ -455,7 +470,14 @@ async def run(
                     # Let the servers finish the fill's background work first: the consumers of its events
                     # (invoice-status re-matches on every PO and receipt event), then whatever else settles.
                     await wait_consumers_idle(js, Namespace(namespace), ("po", "receipt"))
-                    await asyncio.sleep(3.0)
+                # Every scenario starts on quiet servers, whatever the one before left them doing.
+                await wait_quiet(
+                    {
+                        "nats": nats_server.process.pid,
+                        "valkey": valkey.process.pid,
+                        **{f"process {n}": process.pid for n, process in enumerate(processes)},
+                    }
+                )
                 pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
                 pids["server"] = server or os.getpid()
                 await measure(call, concurrency, min(1.0, seconds / 4), pids)  # warm-up
@@ -475,7 +497,7 @@ async def run(
             try:
                 process.wait(20)
             except subprocess.TimeoutExpired:
-                print(f"{process.args} did not stop within 20 s; killed", file=sys.stderr)
+                print(f"{process.args!r} did not stop within 20 s; killed", file=sys.stderr)
                 process.kill()
                 process.wait()
         valkey.stop()
