@@ -101,9 +101,13 @@ async def test_show_of_a_price_block_prints_the_variance_and_the_tolerance_that_
     assert "invoice INV-2: blocked" in out
     row = _row(out, "1")
     assert [Decimal(cell) for cell in row[4:6]] == [Decimal("12.50"), Decimal("13.50")]
-    variance, percent = re.fullmatch(r"(\S+) \((\S+)%\)", row[6]).groups()  # +1.00 per unit, 8% of 12.50
+    found = re.fullmatch(r"(\S+) \((\S+)%\)", row[6])  # +1.00 per unit, 8% of 12.50
+    assert found is not None, row[6]
+    variance, percent = found.groups()
     assert (Decimal(variance), Decimal(percent)) == (Decimal("1.00"), Decimal("8"))
-    side, basis, value, bound = re.fullmatch(r"(\w+) (\w+) (\S+) \(up to (\S+)\)", row[7]).groups()
+    limit = re.fullmatch(r"(\w+) (\w+) (\S+) \(up to (\S+)\)", row[7])
+    assert limit is not None, row[7]
+    side, basis, value, bound = limit.groups()
     assert (side, basis, Decimal(value)) == ("upper", "percent", Decimal("2"))
     assert Decimal(bound) == Decimal("12.75")  # 12.50 + 2%: the furthest price the limit lets pass
     assert row[8:12] == ["8 received", "4", "4", "8"]  # INV-1's 4 were invoiced before

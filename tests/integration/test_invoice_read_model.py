@@ -24,6 +24,7 @@ from services.invoice_status.decider import (
     INITIAL,
     Blocked,
     FactVersions,
+    InvoiceEvent,
     InvoiceState,
     InvoiceSubmitted,
     Matched,
@@ -237,7 +238,7 @@ def _states() -> tuple[InvoiceState, InvoiceState, InvoiceState]:
     dear = match_invoice(subject, facts(received={}), POLICY)
     dearer = match_invoice(subject, facts(received={("PO-1", 1): "5"}), POLICY)
     matched = match_invoice(subject, facts(), POLICY)
-    events = [
+    events: list[tuple[InvoiceEvent, int]] = [
         (InvoiceSubmitted(subject, "fp", "k", dear, FactVersions()), 3),
         (Blocked(dearer, FactVersions(receipt_sequence=1)), 5),
         (Matched(matched, FactVersions(receipt_sequence=2)), 7),

@@ -234,7 +234,7 @@ def _counted_by_scan(ledger: InvoiceLedger, asking: str) -> list[tuple[str, Invo
     ]
 
 
-def _event(sequence: int, invoice_id: str, action: tuple) -> Recorded[InvoiceEvent]:  # type: ignore[type-arg]
+def _event(sequence: int, invoice_id: str, action: tuple) -> Recorded[InvoiceEvent]:
     if action[0] == "submit":
         _, lines, quantity, credit, supplier = action
         built = invoice(
