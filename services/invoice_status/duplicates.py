@@ -20,7 +20,7 @@ import functools
 import re
 import unicodedata
 from collections.abc import Iterable
-from datetime import timedelta
+from datetime import date, timedelta
 
 from services.invoice_status.domain import (
     DEFAULT_SUSPECT_WITHIN_DAYS,
@@ -91,7 +91,10 @@ def lookup_keys(invoice: Invoice, within_days: int = DEFAULT_SUSPECT_WITHIN_DAYS
     keys = list(index_keys(invoice))
     amount = keys.pop()[:-1]
     day = invoice.invoice_date
-    keys.extend((*amount, day + timedelta(days=offset)) for offset in range(-within_days, within_days + 1))
+    # The window stops at the calendar's ends: an invoice dated 9999-12-31 has no day after it to look up.
+    first = -min(within_days, (day - date.min).days)
+    last = min(within_days, (date.max - day).days)
+    keys.extend((*amount, day + timedelta(days=offset)) for offset in range(first, last + 1))
     return keys
 
 

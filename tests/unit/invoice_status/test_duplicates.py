@@ -4,7 +4,7 @@ for a person."""
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import timedelta
+from datetime import date, timedelta
 
 import pytest
 
@@ -197,3 +197,13 @@ def test_the_keys_an_invoice_is_looked_up_by_find_every_invoice_it_can_duplicate
     assert all(set(index_keys(other)) & wanted for other in reachable)
     assert not any(set(index_keys(other)) & wanted for other in unreachable)
     assert find_duplicates(later, reachable + unreachable) == find_duplicates(later, reachable)
+
+
+@pytest.mark.parametrize("day", [date.min, date.min + timedelta(days=3), date.max - timedelta(days=5), date.max])
+def test_invoices_dated_at_the_calendars_ends_are_looked_up_within_it(day: date) -> None:
+    """The edge accepts any date of years 1-9999; the suspicion window stops at the calendar's ends (an overflow
+    there answered INTERNAL)."""
+    later = invoice(line(), invoice_id="I-9", number="B-1", day=day)
+    earlier = invoice(line(), invoice_id="I-1", number="A-1", day=day)
+    assert set(index_keys(earlier)) & set(lookup_keys(later))
+    assert [s.invoice_id for s in find_duplicates(later, [earlier]).suspected] == ["I-1"]
