@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
@@ -83,7 +83,11 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         policy = self._policy()
         document = request.invoice
         invoice = mapping.valid_invoice(document)
-        _check_supplier(self._suppliers, invoice.supplier_id)
+        problem = self._suppliers.problem(invoice.supplier_id)
+        # A retry of an invoice recorded before its supplier was blocked (or merged) is a replay, not a refusal that
+        # would tell its sender nothing was recorded: the stream is asked before refusing.
+        if problem is not None and not (await self._commands.state(invoice.invoice_id)).exists:
+            _refuse_supplier(invoice.supplier_id, problem)
         if not self._ready():
             raise Unavailable(
                 "the invoices recorded so far are still being read from the stream; retry shortly",
@@ -251,10 +255,7 @@ def _payment(invoice_id: str, reference: str, state: InvoiceState) -> decider.Re
     return decider.RecordPayment(invoice_id, reference, invoice.gross_total, invoice.currency, paid_on)
 
 
-def _check_supplier(suppliers: SupplierStates, supplier_id: str) -> None:
-    problem = suppliers.problem(supplier_id)
-    if problem is None:
-        return
+def _refuse_supplier(supplier_id: str, problem: tuple[str, str]) -> NoReturn:
     kind, message = problem
     if kind == "unknown":
         raise InvalidArgument(

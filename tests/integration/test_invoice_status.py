@@ -190,6 +190,35 @@ async def test_unknown_and_blocked_suppliers_are_refused(invoice_stack):
         pytest.fail("a blocked supplier's invoice was not refused FAILED_PRECONDITION")
 
 
+async def test_a_retry_of_an_invoice_recorded_before_its_supplier_was_blocked_is_a_replay(invoice_stack):
+    """The first answer was lost, the supplier blocked meanwhile: the retry must not say nothing was recorded."""
+    _, _, stub, settings = invoice_stack
+    await seed_supplier(settings.nats_url, settings.namespace, "SUP-LATER")
+    sent = invoice("INV-L1", "L-1", supplier="SUP-LATER")
+    for _ in range(50):  # the supplier stream is followed: wait until the supplier is known
+        try:
+            first = await stub.SubmitInvoice(sent, metadata=PROCUREMENT)
+            break
+        except grpc.aio.AioRpcError:
+            await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the supplier never became known")
+    await seed_supplier(settings.nats_url, settings.namespace, "SUP-LATER", supplier_pb2.SUPPLIER_STATUS_BLOCKED)
+    for _ in range(50):  # until the block arrived: a new invoice of the supplier is refused
+        try:
+            await stub.SubmitInvoice(invoice("INV-L2", "L-2", supplier="SUP-LATER"), metadata=PROCUREMENT)
+        except grpc.aio.AioRpcError as error:
+            if error.code() == grpc.StatusCode.FAILED_PRECONDITION:
+                break
+        await asyncio.sleep(0.05)
+    else:
+        pytest.fail("the blocked supplier's new invoice was not refused")
+    call = stub.SubmitInvoice(sent, metadata=PROCUREMENT)
+    retried = await call
+    assert ("syncgov-idempotent-replay", "true") in tuple(await call.initial_metadata())
+    assert retried.status.state == first.status.state
+
+
 async def test_release_needs_invoice_release_a_person_and_a_reason(invoice_stack, js):
     _, _, stub, settings = invoice_stack
     await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
