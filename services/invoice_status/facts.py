@@ -56,6 +56,7 @@ from services.invoice_status.domain import (
     MatchFacts,
     MatchResult,
     PoLineFacts,
+    Reason,
     ReceivedFacts,
     TolerancePolicy,
 )
@@ -354,8 +355,9 @@ class InvoiceLedger:
         assert state.submitted is not None
         invoice = state.submitted.invoice
         if state.status in COUNTED:
-            for key, quantity in _signed_quantities(invoice).items():
-                _place(self._on_line, key, invoice_id, quantity if present else None)
+            if not _blocked_as_duplicate(state):  # a resent invoice bills nothing a second time
+                for key, quantity in _signed_quantities(invoice).items():
+                    _place(self._on_line, key, invoice_id, quantity if present else None)
             for filed_under in index_keys(invoice):
                 _mark(self._duplicate_keys, filed_under, invoice_id, present)
         if state.status in REMATCHABLE:
@@ -391,12 +393,18 @@ class InvoiceLedger:
 
     def _counts_for(self, invoice_id: str) -> Callable[[str], bool]:
         """Which other invoices count for ``invoice_id``: every one if it is not recorded yet (a submission), else
-        those recorded before it."""
+        those recorded before it — and, whenever recorded, the credit notes that credit it (a credit note is how an
+        over-invoiced document is mended, so it must clear that document's block)."""
         before = self.first_sequence.get(invoice_id)
         if before is None:
             return lambda other: other != invoice_id
         first = self.first_sequence
-        return lambda other: other != invoice_id and first[other] < before
+        return lambda other: other != invoice_id and (first[other] < before or self._credits(other) == invoice_id)
+
+    def _credits(self, other: str) -> str:
+        """The invoice a credit note credits; "" for an invoice."""
+        submitted = self.states[other].submitted
+        return submitted.invoice.credited_invoice_id if submitted is not None else ""
 
     def invoiced_by_others(self, lines: Iterable[LineKey], invoice_id: str) -> dict[LineKey, Decimal]:
         """Quantities invoiced on these PO lines by the other invoices not cancelled that count for ``invoice_id``
@@ -452,6 +460,16 @@ class InvoiceLedger:
         submitted = self.states[invoice_id].submitted
         assert submitted is not None
         return submitted.invoice
+
+
+def _blocked_as_duplicate(state: InvoiceState) -> bool:
+    """Blocked (not released) as a duplicate of an earlier invoice: its quantities are the earlier one's, counted
+    there; counting them again would block every later invoice of those PO lines for quantity."""
+    return (
+        state.status is InvoiceStatus.BLOCKED
+        and state.match is not None
+        and Reason.DUPLICATE_INVOICE in state.match.reasons
+    )
 
 
 def _signed_quantities(invoice: Invoice) -> dict[LineKey, Decimal]:

@@ -408,3 +408,17 @@ async def _invoice_events(js, settings):
 
     async for stored in EventReader(js, Namespace(settings.namespace)).scan("invoice"):
         yield stored
+
+
+async def test_an_invoice_sent_twice_bills_its_quantity_once(invoice_stack):
+    """The resent copy is blocked as a duplicate and counts for nothing: a later, honest invoice of the rest of the
+    received quantity matches (it was blocked for quantity while the copy's quantity counted)."""
+    _, receipts, stub, _ = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "8")), metadata=ERP)
+    first = await stub.SubmitInvoice(invoice("INV-1", "A-1"), metadata=PROCUREMENT)
+    assert first.status.state == MATCHED, reasons(first.status)
+    copy = await stub.SubmitInvoice(invoice("INV-2", "a 1"), metadata=PROCUREMENT)
+    assert copy.status.state == BLOCKED
+    assert invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE in copy.status.match.header_block_reasons
+    rest = await stub.SubmitInvoice(invoice("INV-3", "B-7"), metadata=PROCUREMENT)
+    assert rest.status.state == MATCHED, reasons(rest.status)

@@ -22,7 +22,7 @@ from services.invoice_status.decider import (
     InvoiceSubmitted,
     evolve,
 )
-from services.invoice_status.domain import Invoice
+from services.invoice_status.domain import Invoice, Reason
 from services.invoice_status.duplicates import find_duplicates
 from services.invoice_status.facts import InvoiceLedger, SupplierStates
 from tests.unit.invoice_status.builders import POLICY, facts, invoice, line
@@ -51,7 +51,8 @@ def test_other_invoices_count_credit_notes_subtract_and_cancelled_ones_do_not():
     ledger.fold("I-3", submitted(4, invoice(line(quantity="7"), invoice_id="I-3", number="A-3")))
     ledger.fold("I-3", cancelled(5))
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-4") == {("PO-1", 1): D(12)}
-    assert ledger.invoiced_by_others([("PO-1", 1)], "I-1") == {}  # recorded first: nothing counts before it
+    # I-1 was recorded first: only the credit note crediting it counts for it, recorded later or not.
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-1") == {("PO-1", 1): D(-3)}
     assert ledger.invoiced_by_others([("PO-1", 1)], "C-1") == {("PO-1", 1): D(15)}
     assert ledger.invoiced_by_others([("PO-1", 2)], "I-4") == {}
     assert ledger.sequence == 5
@@ -230,7 +231,11 @@ def _counted_by_scan(ledger: InvoiceLedger, asking: str) -> list[tuple[str, Invo
         if other != asking
         and state.submitted is not None
         and state.status is not InvoiceStatus.CANCELLED
-        and (before is None or ledger.first_sequence[other] < before)
+        and (
+            before is None
+            or ledger.first_sequence[other] < before
+            or state.submitted.invoice.credited_invoice_id == asking
+        )
     ]
 
 
@@ -297,3 +302,18 @@ def test_the_indexes_answer_what_a_scan_of_every_invoice_answers(steps):
         ]
     blocked = [key for key in oldest_first if ledger.states[key].status is InvoiceStatus.BLOCKED]
     assert [key for key, _ in ledger.blocked()] == blocked
+
+
+def test_a_credit_note_counts_for_the_invoice_it_credits_and_a_duplicate_bills_nothing_twice():
+    ledger = InvoiceLedger()
+    ledger.fold("I-1", submitted(1, invoice(line(quantity="6"), invoice_id="I-1", number="A-1"), received="4"))
+    assert ledger.states["I-1"].status is InvoiceStatus.BLOCKED  # 6 invoiced of 4 received
+    credit = invoice(line(quantity="2"), invoice_id="C-1", number="CN-1", credit_note=True, credits="I-1")
+    ledger.fold("C-1", submitted(2, credit))
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-1") == {("PO-1", 1): D(-2)}  # recorded after I-1, counts
+    resent = invoice(line(quantity="6"), invoice_id="I-2", number="a 1")  # I-1 again: blocked as a duplicate
+    match = matching.match_invoice(resent, facts(), POLICY, earlier=ledger.duplicate_candidates(resent))
+    event = InvoiceSubmitted(resent, "fp-3", "key-3", match, FactVersions())
+    ledger.fold("I-2", Recorded(event, 3, "e3", 3, "key-3", "procurement"))
+    assert Reason.DUPLICATE_INVOICE in ledger.states["I-2"].match.reasons  # type: ignore[union-attr]
+    assert ledger.invoiced_by_others([("PO-1", 1)], "I-3") == {("PO-1", 1): D(4)}  # 6 - 2, not 6 more
