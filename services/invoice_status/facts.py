@@ -73,7 +73,6 @@ K = TypeVar("K", bound=Hashable)
 PO_DOMAIN = "po"
 RECEIPT_DOMAIN = "receipt"
 SUPPLIER_DOMAIN = "supplier"
-DEFAULT_CACHE_ENTRIES = 50_000  # orders whose receipt figures are kept
 DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # A PO line's facts hold two Decimals and two strings besides the shell: ~400 bytes; the estimate errs high.
 _FACTS_BYTES = 512
@@ -163,10 +162,11 @@ class ReceivedLines:
     common case), one direct get is all the read; the order's earlier events are read only for a line it did not
     touch."""
 
-    def __init__(self, reader: EventReader, capacity: int = DEFAULT_CACHE_ENTRIES) -> None:
+    def __init__(self, reader: EventReader, capacity_bytes: int = DEFAULT_CACHE_BYTES) -> None:
         self._reader = reader
-        self._capacity = capacity
-        self._orders: OrderedDict[str, OrderReceipts] = OrderedDict()
+        self._capacity = capacity_bytes  # by estimated bytes: an order of 5,000 lines is not one of 1
+        self._orders: OrderedDict[str, tuple[OrderReceipts, int]] = OrderedDict()
+        self.bytes = 0
         self.sequence = 0  # the newest receipt sequence any answer reflected
 
     async def of(self, po_id: str, needed: Iterable[int] | None = None) -> OrderReceipts:
@@ -175,7 +175,8 @@ class ReceivedLines:
         if newest is None:
             return OrderReceipts({}, 0)
         wanted = None if needed is None else set(needed)
-        known = self._orders.get(po_id)
+        cached = self._orders.get(po_id)
+        known = cached[0] if cached is not None else None
         if known is None and wanted is not None:
             newest_lines = _readable_lines(newest)
             if wanted <= newest_lines.keys():
@@ -186,12 +187,20 @@ class ReceivedLines:
             )
         if known is None or not (known.complete or (wanted is not None and wanted <= known.lines.keys())):
             known = OrderReceipts(await self._read(po_id, after=0, lines={}), newest.sequence)
-        self._orders[po_id] = known
-        self._orders.move_to_end(po_id)
-        while len(self._orders) > self._capacity:
-            self._orders.popitem(last=False)
+        self._keep(po_id, known)
         self.sequence = max(self.sequence, known.sequence)
         return known
+
+    def _keep(self, po_id: str, figures: OrderReceipts) -> None:
+        size = _FACTS_BYTES + _LINE_BYTES * len(figures.lines)
+        previous = self._orders.pop(po_id, None)
+        if previous is not None:
+            self.bytes -= previous[1]
+        self._orders[po_id] = (figures, size)
+        self.bytes += size
+        while self.bytes > self._capacity and len(self._orders) > 1:
+            _, (_, evicted) = self._orders.popitem(last=False)
+            self.bytes -= evicted
 
     async def _read(self, po_id: str, *, after: int, lines: Mapping[int, ReceivedFacts]) -> dict[int, ReceivedFacts]:
         updated = dict(lines)

@@ -69,3 +69,23 @@ async def test_the_newest_receipt_answers_alone_for_the_lines_it_touched_and_the
     again = await received.of("PO-1001", [1])  # nothing moved: the complete figures are kept
     assert (net(again, 1), reader.reads) == (Decimal(7), ["last"])
     assert await ReceivedLines(reader).of("PO-1001") == whole  # type: ignore[arg-type]  # no lines named: complete
+
+
+async def test_the_figures_kept_are_bounded_by_bytes_the_least_recently_used_order_leaving_first(po_settings, js):
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+    ):
+        orders = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
+        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
+        for po_id in ("PO-A", "PO-B"):
+            await publish_order(orders, po_id)
+            await receipts.PostGoodsReceipt(goods_receipt(f"GR-{po_id}", po_id, (1, "3")), metadata=ERP)
+    reader = CountingReader(EventReader(js, Namespace(po_settings.namespace)))
+    received = ReceivedLines(reader, capacity_bytes=1_500)  # type: ignore[arg-type]  # room for one order
+    await received.of("PO-A")
+    await received.of("PO-B")
+    assert received.bytes <= 1_500
+    reader.reads.clear()
+    assert net(await received.of("PO-A"), 1) == Decimal(3)  # evicted: read again from the stream
+    assert reader.reads == ["last", "history after 0"]
