@@ -139,10 +139,14 @@ return out
 """
 
 # Set ``built`` only if this rebuild's token is still there: a Valkey that lost its data halfway lost the token too.
+# Then raise ``sequence`` to ARGV[2], the highest this process had written when it asked: the rebuild reflects every
+# write acknowledged before it began, and one lost since took the token, so the next check is satisfied.
 _FINISH = """
 if redis.call('HGET', KEYS[1], 'rebuilding') ~= ARGV[1] then return 0 end
 redis.call('HDEL', KEYS[1], 'rebuilding')
 redis.call('HSET', KEYS[1], 'built', '1')
+local last = tonumber(redis.call('HGET', KEYS[1], 'sequence') or '0')
+if tonumber(ARGV[2]) > last then redis.call('HSET', KEYS[1], 'sequence', ARGV[2]) end
 return 1
 """
 
@@ -183,7 +187,8 @@ class BlockedInvoices:
     what it lists), and ``:entries`` (a hash: ``i:<invoice id>`` -> ``<sequence>|<entry JSON>``, the tombstone
     ``<sequence>|`` for an invoice no longer blocked; and the fields ``built``, ``rebuilding``, ``sequence``, the
     highest stream sequence applied). No TTL on any: they are a projection of the invoice stream, rebuilt from it
-    whenever ``built`` is missing (Valkey lost it) or a write failed."""
+    whenever ``built`` is missing (Valkey lost it), ``sequence`` is below the highest this process wrote (Valkey came
+    back with an older copy: a failover to a lagging replica, a restart from an older snapshot) or a write failed."""
 
     def __init__(self, redis: Redis, key: str) -> None:
         self._redis = redis
@@ -194,6 +199,7 @@ class BlockedInvoices:
         self._page = redis.register_script(_PAGE)
         self._finish = redis.register_script(_FINISH)
         self.dirty = False  # a write failed: the periodic check rebuilds
+        self.written = 0  # the highest sequence written that Valkey acknowledged: its ``sequence`` is not lower
 
     def supplier_key(self, supplier_id: str) -> str:
         return f"{self.key}:supplier:{supplier_id}"
@@ -203,15 +209,22 @@ class BlockedInvoices:
     ) -> None:
         """The command handler's projection hook, after an append (or a replay: the state the command found)."""
         try:
-            await self.write(self._redis, key, state, sequence)
+            self.acknowledged(await self.write(self._redis, key, state, sequence))
         except RedisError as error:
             self.dirty = True
             log.warning("blocked list not updated for %s (%s); it is rebuilt from the stream", key, error)
 
-    async def write(self, client: Redis | Pipeline, invoice_id: str, state: InvoiceState, sequence: int) -> None:
+    def acknowledged(self, sequence: int) -> None:
+        """Valkey acknowledged writes up to ``sequence`` (what :meth:`write` answered; through a pipeline, once it
+        was executed): the entries hash's ``sequence`` is at least that unless Valkey lost data since."""
+        self.written = max(self.written, sequence)
+
+    async def write(self, client: Redis | Pipeline, invoice_id: str, state: InvoiceState, sequence: int) -> int:
+        """Write (or queue on a pipeline) the invoice's entry as of ``sequence``; answers ``sequence`` when a write
+        was made, which raises the hash's ``sequence`` to at least it, else 0 (never blocked: nothing written)."""
         submitted = state.submitted
         if submitted is None or not state.ever_blocked:
-            return  # no event up to ``sequence`` put it on the list: nothing to write, nothing to keep off
+            return 0  # no event up to ``sequence`` put it on the list: nothing to write, nothing to keep off
         supplier_id = submitted.invoice.supplier_id
         entry = ""
         if state.status is InvoiceStatus.BLOCKED and state.match is not None:
@@ -230,6 +243,7 @@ class BlockedInvoices:
             args=[invoice_id, sequence, entry],
             client=client,
         )
+        return sequence
 
     async def page(
         self, after: str | None, count: int, where: BlockedFilter, examine: int = EXAMINE
@@ -266,14 +280,31 @@ class BlockedInvoices:
     async def built(self) -> bool:
         return bool(await self._redis.hget(self.entries, BUILT))
 
+    async def lost(self) -> bool:
+        """Whether Valkey lost the list, whole (``built`` missing) or in part (its ``sequence`` is below what this
+        process wrote: an older copy came back). One round trip."""
+        written = self.written  # before asking: every write counted here was applied before the HMGET runs
+        built, sequence = await self._redis.hmget(self.entries, [BUILT, SEQUENCE])
+        if not built:
+            return True
+        if int(sequence or 0) < written:
+            log.warning(
+                "blocked list at sequence %s, below the %s written: Valkey lost data; rebuilding",
+                _text(sequence or 0),
+                written,
+            )
+            return True
+        return False
+
     async def begin_rebuild(self) -> str:
         token = uuid.uuid4().hex
         await self._redis.hset(self.entries, REBUILDING, token)
         return token
 
     async def finish_rebuild(self, token: str) -> bool:
-        """Mark the list built, unless Valkey lost the data written since the rebuild began (its token is gone)."""
-        return bool(await self._finish(keys=[self.entries], args=[token]))
+        """Mark the list built, unless Valkey lost the data written since the rebuild began (its token is gone), with
+        its ``sequence`` at least what this process wrote."""
+        return bool(await self._finish(keys=[self.entries], args=[token, self.written]))
 
 
 def _entry(value: str) -> BlockedEntry:
@@ -288,7 +319,8 @@ class ReadModels:
     """The blocked list, kept a projection of the invoice stream: fed by the command handler after every append
     (:meth:`BlockedInvoices.applied`) and by the follower of the invoice stream for the appends of other replicas
     (:meth:`followed`, written by :meth:`flush`, from the ledger's folded state); rebuilt from the stream at start
-    and, while serving, whenever the check finds it lost (Valkey restarted empty, was flushed, or a write failed)."""
+    and, while serving, whenever the check finds it lost (Valkey restarted empty, was flushed, came back with an older
+    copy whose ``sequence`` is below what this process wrote, or a write failed)."""
 
     def __init__(
         self,
@@ -318,11 +350,13 @@ class ReadModels:
             return
         invoice_ids, self._followed = list(self._followed), {}
         pipeline = self._redis.pipeline(transaction=False)
+        highest = 0
         for invoice_id in invoice_ids:
             state = self._state_of(invoice_id)
-            await self.blocked.write(pipeline, invoice_id, state, state.sequence)
+            highest = max(highest, await self.blocked.write(pipeline, invoice_id, state, state.sequence))
         try:
             await pipeline.execute()
+            self.blocked.acknowledged(highest)
         except RedisError as error:
             self.blocked.dirty = True
             log.warning("blocked list not updated for %s followed invoices (%s); rebuilding", len(invoice_ids), error)
@@ -330,7 +364,7 @@ class ReadModels:
     async def check(self) -> None:
         if self._rebuilding:
             return
-        if self.blocked.dirty or not await self.blocked.built():
+        if self.blocked.dirty or await self.blocked.lost():
             await self.rebuild()
 
     async def start(self, tail: int = TAIL_ON_START) -> None:
@@ -342,10 +376,12 @@ class ReadModels:
             stored.envelope.object_key for stored in await self._reader.since(events.DOMAIN, max(0, last - tail))
         }
         pipeline = self._redis.pipeline(transaction=False)
+        highest = 0
         for invoice_id in touched:
             state, sequence = await self._fold(invoice_id)
-            await self.blocked.write(pipeline, invoice_id, state, sequence)
+            highest = max(highest, await self.blocked.write(pipeline, invoice_id, state, sequence))
         await pipeline.execute()
+        self.blocked.acknowledged(highest)
         self._projected_at_start = last
 
     async def _fold(self, invoice_id: str) -> tuple[InvoiceState, int]:
@@ -376,11 +412,14 @@ class ReadModels:
                 state = states.get(key, (decider.INITIAL, 0))[0]
                 states[key] = (decider.evolve(state, recorded(stored, event)), stored.sequence)
             pipeline = self._redis.pipeline(transaction=False)
+            highest = 0
             for written, (invoice_id, (state, sequence)) in enumerate(states.items(), start=1):
-                await self.blocked.write(pipeline, invoice_id, state, sequence)
+                highest = max(highest, await self.blocked.write(pipeline, invoice_id, state, sequence))
                 if written % 1_000 == 0:
                     await pipeline.execute()
+                    self.blocked.acknowledged(highest)
             await pipeline.execute()
+            self.blocked.acknowledged(highest)
             if not await self.blocked.finish_rebuild(token):
                 self.blocked.dirty = True  # Valkey lost data while it ran: the next check rebuilds again
                 log.warning("blocked list rebuild lost its writes (Valkey restarted meanwhile); rebuilding again")

@@ -288,3 +288,43 @@ async def test_an_invoice_never_blocked_costs_the_list_no_write_and_one_that_was
     assert not await redis.hexists(blocked.entries, "i:I-2")
     await blocked.write(redis, "I-1", matched, 7)  # blocked at 3 and 5, matched at 7: kept off by a tombstone
     assert (await redis.hget(blocked.entries, "i:I-1")).decode().startswith("7|")
+
+
+async def test_a_valkey_that_came_back_with_an_older_copy_of_the_list_is_noticed_and_rebuilt(po_settings, redis):
+    """A partial loss: the list's keys restored from a snapshot taken before an invoice was blocked (a failover to a
+    lagging replica, a restart from an older RDB). ``built`` is still there, so only the ``sequence`` the list
+    reflects, lower than what this process wrote, tells; the check rebuilds and the invoice is listed again."""
+    settings = invoice_settings(po_settings).model_copy(update={"read_model_check_seconds": 0.2})
+    pattern = f"{settings.namespace}:invoice-status:blocked*"
+    async with order_and_receipts(po_settings), invoices(settings) as stub:
+        await stub.SubmitInvoice(invoice("A1", "N-1"), metadata=PROCUREMENT)
+        assert await listed(stub) == ["A1"]
+        snapshot = {key: await redis.dump(key) async for key in redis.scan_iter(match=pattern)}
+        assert any(_text(key).endswith(":blocked:entries") for key in snapshot)
+        answer = await stub.SubmitInvoice(invoice("A3", "N-4", quantity="1"), metadata=PROCUREMENT)
+        assert answer.status.state == invoice_pb2.INVOICE_STATE_BLOCKED
+        assert await listed(stub) == ["A1", "A3"]
+        await asyncio.sleep(0.5)  # the follower's flush of A3 (this process's own append) is done too
+        newer = [key async for key in redis.scan_iter(match=pattern) if key not in snapshot]
+        if newer:
+            await redis.delete(*newer)
+        for key, value in snapshot.items():
+            await redis.restore(key, 0, value, replace=True)
+        assert await _until_served_listed(stub, ["A1", "A3"]) == ["A1", "A3"]
+        got = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="A3"), metadata=OPS)
+        assert got.status.state == invoice_pb2.INVOICE_STATE_BLOCKED
+
+
+async def _until_served_listed(stub, expected: list[str]) -> list[str]:
+    """The listing once it equals ``expected`` (UNAVAILABLE while rebuilding), or the last one after 10 seconds."""
+    got: list[str] = []
+    for _ in range(100):
+        try:
+            got = await listed(stub)
+            if got == expected:
+                return got
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE:
+                raise
+        await asyncio.sleep(0.1)
+    return got
