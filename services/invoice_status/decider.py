@@ -18,7 +18,9 @@ finds none matches it. Approved, paid, disputed and cancelled invoices are never
 
 The match itself (:func:`services.invoice_status.matching.match_invoice`) is computed by the caller against the
 facts it followed; a command carries its result and the versions of the facts it used (:class:`FactVersions`),
-so a re-match on facts older than the last one, or one whose result is the last one, appends nothing.
+so a re-match on facts older than the last one, or one whose result is the last one, appends nothing. A re-match
+older than the last one on one fact and newer on another (two replicas, each having read something the other had
+not) is refused (``STALE_FACTS``): the caller matches again once it has read as far as the match recorded.
 
 Every amount is a :class:`~decimal.Decimal`.
 """
@@ -56,8 +58,9 @@ DISPUTABLE = frozenset({InvoiceStatus.MATCHED, InvoiceStatus.BLOCKED})
 @dataclass(frozen=True, slots=True)
 class FactVersions:
     """Which facts a match read: the version of each PO it looked at, and how far it had read the receipt and the
-    invoice streams (their last sequences). Compared component-wise: a match older than the last one on every
-    component (and older on one) is stale."""
+    invoice streams (their last sequences). Compared component-wise: a match no newer than the last one on any
+    component (and older on one) is superseded (:meth:`older_than`); one older on some component and newer on
+    another read facts the last one did not, and missed some it did (:meth:`older_on_any`): neither is recorded."""
 
     po_versions: tuple[tuple[str, int], ...] = ()  # (PO id, version), sorted by PO id
     receipt_sequence: int = 0
@@ -72,6 +75,17 @@ class FactVersions:
         pairs = [(mine[po], theirs[po]) for po in mine]
         pairs += [(self.receipt_sequence, other.receipt_sequence), (self.invoice_sequence, other.invoice_sequence)]
         return all(a <= b for a, b in pairs) and (any(a < b for a, b in pairs) or mine.keys() < theirs.keys())
+
+    def older_on_any(self, other: FactVersions) -> bool:
+        """Whether one fact read is older than ``other``'s: a PO at a lower version (or not read at all, where
+        ``other`` read it), or a stream read to a lower sequence. A match read this way may have missed what
+        ``other``'s saw (a receipt, an invoice), whatever it read newer elsewhere."""
+        mine = dict(self.po_versions)
+        return (
+            any(mine.get(po, 0) < version for po, version in other.po_versions)
+            or self.receipt_sequence < other.receipt_sequence
+            or self.invoice_sequence < other.invoice_sequence
+        )
 
 
 # --- Events ------------------------------------------------------------------------------------------------
@@ -308,6 +322,9 @@ class Cancel:
     reason: str
 
 
+# A re-match refused for reading a fact older than the match recorded (and another newer): the caller matches again.
+STALE_FACTS = "STALE_FACTS"
+
 InvoiceCommand = SubmitInvoice | Rematch | Release | Approve | RecordPayment | Dispute | Cancel
 Decision = InvoiceEvent | Refusal | None
 
@@ -380,6 +397,8 @@ def decide_rematch(command: Rematch, state: InvoiceState) -> Matched | Blocked |
         )
     if command.facts.older_than(state.facts):
         return None  # a newer match is recorded already
+    if command.facts.older_on_any(state.facts):
+        return _stale(command, state)  # newer on some fact, older on another: matched again on the facts recorded
     if command.match == state.match:
         return None  # nothing changed
     if command.match.state is MatchState.MATCHED:
@@ -538,6 +557,24 @@ def _other_invoice(invoice_id: str, match: MatchResult) -> Refusal:
         f"the match result is of invoice {match.invoice_id}, not of {invoice_id}",
         subject=invoice_id,
         metadata={"invoice_id": invoice_id, "match_invoice_id": match.invoice_id},
+    )
+
+
+def _stale(command: Rematch, state: InvoiceState) -> Refusal:
+    recorded, read = state.facts, command.facts
+    return Refusal(
+        RefusalKind.PRECONDITION,
+        STALE_FACTS,
+        f"the re-match of invoice {command.invoice_id} read facts older than the match recorded on some fact "
+        f"(receipts to {read.receipt_sequence}, invoices to {read.invoice_sequence}, orders {dict(read.po_versions)}; "
+        f"recorded: {recorded.receipt_sequence}, {recorded.invoice_sequence}, {dict(recorded.po_versions)}); "
+        "match it again on facts at least as new",
+        subject=command.invoice_id,
+        metadata={
+            "invoice_id": command.invoice_id,
+            "receipt_sequence": str(recorded.receipt_sequence),
+            "invoice_sequence": str(recorded.invoice_sequence),
+        },
     )
 
 

@@ -17,11 +17,21 @@ It is the later of the two that is re-matched, so whichever append the stream to
 append that lands long after its match was computed is still caught (its own event is consumed after it). Every
 re-match waits until the ledger has read the stream up to the invoice's submission, so it counts every invoice
 recorded before it, whichever replica recorded them.
+
+Two replicas re-matching one invoice at once (each woken by another event) may each have read a fact the other had
+not: ``decide`` refuses the one whose facts are older on some fact than the match recorded (``STALE_FACTS``), and it
+is matched again once the ledger has read the invoice stream as far as the match recorded (a few times, then the
+message is delivered again), so the match in force is never replaced by one that missed a receipt.
+
+The same consumer raises the exceptions of a submission that blocked (the request that appended it may have died
+before raising them; the ids derive from the match event, so raising again stores nothing twice), and re-matches the
+invoice a credit note credits (the credit note counts for it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable
 
@@ -42,6 +52,9 @@ PO_VERSION_EVENTS = frozenset({"published", "changed", "cancelled"})
 # How long a re-match waits for the ledger to read the invoice stream up to the invoice before the message is
 # delivered again (the follower normally trails by milliseconds).
 READ_UP_TO_SECONDS = 10.0
+# How many times a re-match refused for stale facts (another replica recorded a match on facts it had not read) is
+# matched again before the message is delivered again.
+STALE_ATTEMPTS = 3
 
 
 class Rematcher:
@@ -67,12 +80,26 @@ class Rematcher:
             await self.order_changed(stored.envelope.object_key)
 
     async def on_invoice(self, stored: StoredEvent) -> None:
-        """An invoice recorded: re-match it if its match was computed without an invoice recorded before it."""
+        """An invoice recorded: re-match it if its match was computed without an invoice recorded before it, else
+        raise the exceptions of the block in force (the request that appended it may have died before raising
+        them); a credit note re-matches the invoice it credits."""
         await self._read_up_to(stored.sequence)
         invoice_id = stored.envelope.object_key
         if self._ledger.missed(invoice_id):
             log.info("invoice %s was matched without an invoice recorded just before it; re-matching", invoice_id)
-            await self.rematch(invoice_id)
+            await self.rematch(invoice_id)  # raises for the block it leaves in force
+        else:
+            state = self._ledger.state_of(invoice_id)
+            if state.status is InvoiceStatus.BLOCKED and state.exceptions_sequence:
+                # The ids derive from the match event: raised by the request already, this stores nothing twice.
+                await self._blocking.raise_for(invoice_id, state, state.exceptions_sequence)
+        submitted = self._ledger.state_of(invoice_id).submitted
+        if submitted is None or not submitted.invoice.credit_note:
+            return
+        credited_id = submitted.invoice.credited_invoice_id
+        if credited_id and self._ledger.state_of(credited_id).exists:
+            log.info("credit note %s credits invoice %s; re-matching it", invoice_id, credited_id)
+            await self.rematch(credited_id)
 
     async def order_changed(self, po_id: str) -> None:
         """Re-match every invoice waiting on ``po_id``; an error leaves the event unacknowledged (redelivered)."""
@@ -84,11 +111,21 @@ class Rematcher:
         if submitted is None:
             return
         await self._read_up_to(self._ledger.first_sequence[invoice_id])  # every invoice before it counts
-        policy = self._policy()
-        tolerances = TolerancePolicy.of(policy.document.tolerances)
-        match, versions = await self._matcher.match(submitted.invoice, tolerances, policy.revision)
-        command = decider.Rematch(invoice_id, match, versions)
-        result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
+        for _attempt in range(STALE_ATTEMPTS):
+            policy = self._policy()
+            tolerances = TolerancePolicy.of(policy.document.tolerances)
+            match, versions = await self._matcher.match(submitted.invoice, tolerances, policy.revision)
+            command = decider.Rematch(invoice_id, match, versions)
+            result = await self._commands.run(invoice_id, functools.partial(decider.decide, command))
+            if not (isinstance(result, Refusal) and result.reason == decider.STALE_FACTS):
+                break
+            # Another replica recorded a match on facts this one had not read (a receipt, an order version, an
+            # invoice); the receipt and order streams are read afresh by the next match, the invoice stream is the
+            # ledger's: wait until it is read as far as the match recorded, then match again.
+            log.info("invoice %s: re-match on stale facts refused (%s); matching again", invoice_id, result.message)
+            await self._read_up_to(int(result.metadata.get("invoice_sequence", "0")))
+        else:
+            raise Retry(f"invoice {invoice_id}: every re-match read facts older than the match recorded")
         if isinstance(result, Refusal):  # approved, paid, disputed or cancelled meanwhile: nothing to re-match
             log.info("invoice %s not re-matched: %s", invoice_id, result.message)
             return

@@ -8,27 +8,58 @@ Two replicas of invoice-status share the stream and the durable consumers, as on
 each invoice to a different replica, both at once (whether the two matches overlap is up to the scheduler, so its
 outcome, not the overlap, is asserted); the second records the later invoice exactly as a replica that had not read
 the earlier one yet records it, so the overlap is certain.
+
+The same consumer raises a blocked submission's exceptions when the request that appended it never did (the process
+died in between), and re-matches the invoice a credit note credits. The last tests drive the Rematcher alone (its
+command handler and matcher in memory): two replicas re-matching one invoice at once, each having read a fact the
+other had not.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import replace
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 
+from libs.runtime.commands import Outcome
+from libs.runtime.consumers import Retry
+from libs.runtime.decider import Recorded, Refusal
 from libs.runtime.events import content_sha256
+from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
-from services.invoice_status import events, mapping
-from services.invoice_status.decider import InvoiceSubmitted
-from services.invoice_status.domain import TolerancePolicy
+from services.invoice_status import events, mapping, rematch
+from services.invoice_status.decider import (
+    INITIAL,
+    Decision,
+    FactVersions,
+    InvoiceEvent,
+    InvoiceState,
+    InvoiceStatus,
+    InvoiceSubmitted,
+    Matched,
+    evolve,
+)
+from services.invoice_status.domain import MatchResult, TolerancePolicy
 from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines
 from services.invoice_status.wiring import wire as wire_invoices
 from services.po_publication.wiring import wire as wire_po
 from services.receipt_reconciliation.wiring import wire as wire_receipts
+from syncgov.exception.v1 import exception_pb2
 from syncgov.invoice.v1 import invoice_service_pb2, invoice_service_pb2_grpc
 from syncgov.po.v1 import po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
-from tests.integration.helpers import ERP, PROCUREMENT, goods_receipt, publish_order, receipt_settings
+from tests.integration.helpers import (
+    ERP,
+    PROCUREMENT,
+    goods_receipt,
+    publish_order,
+    raised_exceptions,
+    receipt_settings,
+)
 from tests.integration.test_invoice_status import (
     BLOCKED,
     MATCHED,
@@ -38,6 +69,10 @@ from tests.integration.test_invoice_status import (
     invoice_settings,
     reasons,
 )
+from tests.unit.invoice_status.builders import POLICY as UNIT_POLICY
+from tests.unit.invoice_status.test_decider import AWAITING as UNIT_AWAITING
+from tests.unit.invoice_status.test_decider import INVOICE as UNIT_INVOICE
+from tests.unit.invoice_status.test_decider import MATCHED as UNIT_MATCHED
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -117,3 +152,138 @@ async def test_an_invoice_recorded_with_a_match_that_missed_an_earlier_one_is_re
         assert reasons(blocked) == {"quantity_variance"}  # 3 + 3 invoiced of 4 received
         kept = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-A"), metadata=PROCUREMENT)
         assert kept.status.state == MATCHED, reasons(kept.status)
+
+
+async def test_a_blocked_submission_whose_request_raised_nothing_has_its_exceptions_raised(two_replicas, js):
+    first, _, settings, runtime = two_replicas
+    # Appended as a request appends it, and nothing raised after: the process died between the append and the raise.
+    await _record_as_a_replica_that_had_not_read_the_others(runtime, invoice("INV-C", "C-1", quantity="6"))
+    blocked = await _state_becomes(first, "INV-C", BLOCKED)
+    assert reasons(blocked) == {"quantity_variance"}  # 6 invoiced of 4 received
+    namespace = Namespace(settings.namespace)
+    deadline = asyncio.get_running_loop().time() + 10.0
+    while True:
+        raised = [e for e in await raised_exceptions(js, namespace) if e.object.object_key == "INV-C"]
+        if raised or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    assert [e.type for e in raised] == [exception_pb2.EXCEPTION_TYPE_QUANTITY_VARIANCE]
+    assert list(blocked.exception_ids) == [e.exception_id for e in raised]  # the ids the status names
+
+
+def _credit_note(
+    invoice_id: str, number: str, credited: str, quantity: str
+) -> invoice_service_pb2.SubmitInvoiceRequest:
+    request = invoice(invoice_id, number, quantity=quantity)
+    request.invoice.credit_note = True
+    request.invoice.credited_invoice_id = credited
+    return request
+
+
+async def test_a_credit_note_re_matches_the_invoice_it_credits(two_replicas):
+    first, second, _, _ = two_replicas
+    over = await first.SubmitInvoice(invoice("INV-D", "D-1", quantity="6"), metadata=PROCUREMENT)
+    assert over.status.state == BLOCKED
+    assert reasons(over.status) == {"quantity_variance"}  # 6 invoiced of 4 received
+    credit = await second.SubmitInvoice(_credit_note("CN-D", "CN-1", "INV-D", "2"), metadata=PROCUREMENT)
+    assert credit.status.invoice.credit_note
+    for stub in (first, second):
+        matched = await _state_becomes(stub, "INV-D", MATCHED)  # 6 - 2 credited of 4 received
+        assert matched.state == MATCHED, reasons(matched)
+
+
+# --- Two replicas re-matching one invoice at once (the Rematcher alone: its command handler and matcher in memory) --
+
+
+class _OneInvoice:
+    """The command handler of one invoice, its state in memory: decide, and fold what is appended."""
+
+    def __init__(self, state: InvoiceState) -> None:
+        self.state = state
+        self.appended: list[InvoiceEvent] = []
+
+    async def run(self, key: str, decide: Callable[[InvoiceState], Decision]) -> Outcome | Refusal:
+        decision = decide(self.state)
+        if decision is None:
+            return Outcome(self.state, None)
+        if isinstance(decision, Refusal):
+            return decision
+        recorded = Recorded(decision, self.state.sequence + 1, "e", 0, "k", "invoice-status")
+        self.state = evolve(self.state, recorded)
+        self.appended.append(decision)
+        return Outcome(self.state, recorded)
+
+
+class _Matches:
+    """A matcher answering each call with the next of ``answers`` (the last one again once they run out)."""
+
+    def __init__(self, *answers: tuple[MatchResult, FactVersions]) -> None:
+        self.answers = list(answers)
+        self.calls = 0
+
+    async def match(self, _invoice, _tolerances, _policy_revision=0) -> tuple[MatchResult, FactVersions]:
+        self.calls += 1
+        return self.answers[min(self.calls, len(self.answers)) - 1]
+
+
+class _Raised:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int]] = []
+
+    async def raise_for(self, invoice_id: str, _state: InvoiceState, match_sequence: int) -> None:
+        self.calls.append((invoice_id, match_sequence))
+
+
+# Replica B, woken by receipt 12 with its ledger at invoice 2, recorded the match; this replica's re-match read the
+# receipts before 12 landed, a newer order version, and its ledger at invoice 1 only.
+RECORDED_BY_B = FactVersions((("PO-1", 1),), receipt_sequence=12, invoice_sequence=2)
+STALE = FactVersions((("PO-1", 2),), receipt_sequence=10, invoice_sequence=1)
+FRESH = FactVersions((("PO-1", 2),), receipt_sequence=12, invoice_sequence=2)
+
+
+def _rematcher(monkeypatch, matcher: _Matches) -> tuple[rematch.Rematcher, _OneInvoice, InvoiceLedger]:
+    monkeypatch.setattr(rematch, "TolerancePolicy", SimpleNamespace(of=lambda _: UNIT_POLICY))
+    submission = InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_AWAITING, FactVersions())
+    ledger = InvoiceLedger()
+    ledger.fold(UNIT_INVOICE.invoice_id, Recorded(submission, 1, "e-1", 0, "k", "procurement"))
+    state = evolve(evolve(INITIAL, Recorded(submission, 1, "e-1", 0, "k", "procurement")), _b_matched())
+    commands = _OneInvoice(state)
+    policy = SimpleNamespace(document=SimpleNamespace(tolerances=None), revision=1)
+    rematcher = rematch.Rematcher(
+        cast(Any, commands), cast(Any, matcher), ledger, cast(Any, _Raised()), cast(Any, lambda: policy)
+    )
+    return rematcher, commands, ledger
+
+
+def _other_invoice() -> Recorded[InvoiceEvent]:
+    """Another invoice's submission, at sequence 2."""
+    other = InvoiceSubmitted(replace(UNIT_INVOICE, invoice_id="I-2"), "fp-2", "k-2", UNIT_MATCHED, FactVersions())
+    return Recorded(other, 2, "e-2", 0, "k-2", "procurement")
+
+
+def _b_matched() -> Recorded[InvoiceEvent]:
+    return Recorded(Matched(UNIT_MATCHED, RECORDED_BY_B), 3, "e-3", 0, "k", "invoice-status")
+
+
+async def test_a_rematch_on_facts_older_on_one_fact_is_matched_again_once_the_ledger_read_as_far(monkeypatch):
+    matcher = _Matches((UNIT_AWAITING, STALE), (UNIT_MATCHED, FRESH))
+    rematcher, commands, ledger = _rematcher(monkeypatch, matcher)
+    running = asyncio.create_task(rematcher.rematch(UNIT_INVOICE.invoice_id))
+    await asyncio.sleep(0.05)
+    assert matcher.calls == 1  # refused as stale: waits until the ledger has read invoice 2 before matching again
+    assert not running.done()
+    ledger.fold("I-2", _other_invoice())
+    await asyncio.wait_for(running, 1.0)
+    assert matcher.calls == 2
+    assert commands.appended == []  # the fresh match is B's: the match in force stays, nothing awaiting_receipt
+    assert commands.state.status is InvoiceStatus.MATCHED
+
+
+async def test_a_rematch_stale_every_time_is_delivered_again(monkeypatch):
+    matcher = _Matches((UNIT_AWAITING, FactVersions((("PO-1", 2),), receipt_sequence=10, invoice_sequence=3)))
+    rematcher, commands, ledger = _rematcher(monkeypatch, matcher)
+    ledger.fold("I-2", _other_invoice())  # the ledger has read as far as the match recorded
+    with pytest.raises(Retry):
+        await rematcher.rematch(UNIT_INVOICE.invoice_id)
+    assert matcher.calls == rematch.STALE_ATTEMPTS
+    assert commands.appended == []

@@ -195,6 +195,40 @@ def test_a_rematch_on_older_facts_than_the_last_appends_nothing() -> None:
     assert decide(Rematch(ID, AWAITING, V2), state) is None
 
 
+# Replica B, woken by receipt 12 with its ledger at invoice 100, recorded the match; replica A's re-match read the
+# receipts before 12 landed and its ledger at 105.
+RECORDED_BY_B = FactVersions((("PO-1", 2),), receipt_sequence=12, invoice_sequence=100)
+
+
+@pytest.mark.parametrize(
+    "read_by_a",
+    [
+        FactVersions((("PO-1", 2),), receipt_sequence=10, invoice_sequence=105),  # an older receipt
+        FactVersions((("PO-1", 1),), receipt_sequence=13, invoice_sequence=105),  # an older order version
+        FactVersions((("PO-1", 3),), receipt_sequence=12, invoice_sequence=99),  # an older ledger
+        FactVersions((("PO-2", 1),), receipt_sequence=13, invoice_sequence=105),  # the order B read, not read
+    ],
+)
+def test_a_rematch_newer_on_one_fact_and_older_on_another_is_refused_as_stale(read_by_a: FactVersions) -> None:
+    state = given(submitted(AWAITING), Matched(MATCHED, RECORDED_BY_B))
+    refusal = refused(decide(Rematch(ID, AWAITING, read_by_a), state), RefusalKind.PRECONDITION, "STALE_FACTS")
+    # What the caller must have read before it matches again.
+    assert (refusal.metadata["invoice_sequence"], refusal.metadata["receipt_sequence"]) == ("100", "12")
+    assert refusal.subject == ID
+
+
+def test_a_rematch_newer_on_one_fact_and_as_new_on_the_others_is_recorded() -> None:
+    state = given(submitted(AWAITING), Matched(MATCHED, RECORDED_BY_B))
+    newer = FactVersions((("PO-1", 2), ("PO-2", 1)), receipt_sequence=12, invoice_sequence=101)
+    assert decide(Rematch(ID, PRICE, newer), state) == Blocked(PRICE, newer)
+
+
+def test_the_policy_revision_is_not_a_fact_a_rematch_is_stale_on() -> None:
+    state = given(submitted(AWAITING), Matched(MATCHED, FactVersions(V2.po_versions, 11, 7, policy_revision=5)))
+    earlier_revision = FactVersions(V2.po_versions, 11, 7, policy_revision=4)
+    assert decide(Rematch(ID, PRICE, earlier_revision), state) == Blocked(PRICE, earlier_revision)
+
+
 @pytest.mark.parametrize(
     "status",
     [InvoiceStatus.APPROVED_FOR_PAYMENT, InvoiceStatus.PAID, InvoiceStatus.CANCELLED, InvoiceStatus.DISPUTED],
@@ -381,6 +415,19 @@ def test_fact_versions_compare_component_wise() -> None:
     assert not V2.older_than(V2)
     assert not FactVersions((("PO-2", 1),)).older_than(V3)  # another PO: not comparable
     assert FactVersions((("PO-1", 1),)).older_than(FactVersions((("PO-1", 1), ("PO-2", 1))))
+
+
+def test_fact_versions_older_on_any_component() -> None:
+    assert V1.older_on_any(V2)
+    assert not V2.older_on_any(V1)
+    assert not V2.older_on_any(V2)
+    mixed = FactVersions((("PO-1", 1),), receipt_sequence=12, invoice_sequence=3)
+    assert mixed.older_on_any(V3)  # an older order version
+    assert V3.older_on_any(mixed)  # an older receipt: each newer on one fact, so neither is older_than the other
+    assert not mixed.older_than(V3)
+    assert not V3.older_than(mixed)
+    assert FactVersions((("PO-2", 1),), receipt_sequence=11).older_on_any(V3)  # PO-1, read by V3, not read
+    assert not FactVersions(V2.po_versions, 11, policy_revision=1).older_on_any(FactVersions(V2.po_versions, 11, 0, 2))
 
 
 # --- What the state remembers for the responses and the blocked list ---------------------------------------
