@@ -21,7 +21,7 @@ import os
 import re
 import time
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -226,6 +226,8 @@ class Target:
             *(self.namespace.stream(s.domain) for s in ALL_STREAMS if s.domain in MAY_GROW),
         ]
         self.errors = ServerErrors()
+        # Waits until the component's background work on what was accepted so far is done (Preparation.settle).
+        self.settle: Callable[[], Awaitable[None]] | None = None
 
     # calls
 
@@ -319,6 +321,8 @@ class Target:
         raw = isinstance(body, bytes)
         callable_ = self._callable(rpc.path, raw, rpc.response_class())
         metadata = () if system is None else ((SYSTEM_HEADER, system),)
+        if self.settle is not None:  # background work an earlier input started (a re-match) is not this one's write
+            await self.settle()
         volumes = await self.volumes()
         before = {stream: last for stream, (last, _) in volumes.items() if stream in self._watched}
         self.errors.records.clear()
@@ -443,7 +447,9 @@ class Pool:
         if preparation is not None and preparation.seeds is not None:
             target.seeds = await preparation.seeds(target.call)
         if preparation is not None and preparation.settle is not None:
-            await preparation.settle(settings, target.js)
+            settle = preparation.settle
+            await settle(settings, target.js)
+            target.settle = lambda: settle(settings, target.js)
         target.strategies = MessageStrategies(target.seeds.plausible)
         return target
 
