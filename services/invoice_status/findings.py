@@ -9,11 +9,11 @@ the reason named in the detail.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from libs.policy.engine import Policy
 from libs.runtime.exception_reporter import ExceptionReporter, severity
-from services.invoice_status.decider import InvoiceState
+from services.invoice_status.decider import InvoiceState, InvoiceStatus
 from services.invoice_status.domain import OBJECT_TYPE, MatchState, Reason
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
@@ -85,3 +85,40 @@ class BlockingExceptions:
                 policy_revision=policy.revision,
                 exception_id=exception_id(invoice_id, reason, match_sequence),
             )
+
+
+TAIL_ON_START = 1_000  # the invoice stream's newest events whose blocking matches are raised again at start
+
+
+class TailExceptions:
+    """At start, the exceptions of the blocking matches among the invoice stream's newest events are raised again.
+
+    A process killed between a match's append and its raises leaves them unraised: a request's client may not
+    retry, and a re-match's trigger redelivered later may no longer re-match the invoice (released or approved
+    meanwhile). The follower replays the stream at start; each event that left its invoice blocked with exceptions
+    of its own is noted with the state after it, and raised once the follower caught up. The ids derive from the
+    match event, so what was raised before is stored once."""
+
+    def __init__(self, blocking: BlockingExceptions, newest: Callable[[], Awaitable[int]], tail: int = TAIL_ON_START):
+        self._blocking = blocking
+        self._newest = newest
+        self._tail = tail
+        self._after: int | None = None  # noting while the start-up replay runs; None otherwise
+        self._pending: dict[tuple[str, int], InvoiceState] = {}
+
+    async def begin(self) -> None:
+        """Before the follower starts: which events are the tail."""
+        self._after = max(0, await self._newest() - self._tail)
+
+    def followed(self, invoice_id: str, state: InvoiceState, sequence: int) -> None:
+        if self._after is None or sequence <= self._after:
+            return
+        if state.status is InvoiceStatus.BLOCKED and state.exceptions_sequence == sequence:
+            self._pending[(invoice_id, sequence)] = state
+
+    async def raise_all(self) -> None:
+        """After the follower caught up: raise what was noted (a failure fails the start, which is retried)."""
+        self._after = None
+        for (invoice_id, sequence), state in list(self._pending.items()):
+            await self._blocking.raise_for(invoice_id, state, sequence)
+            del self._pending[(invoice_id, sequence)]

@@ -10,7 +10,7 @@ from libs.runtime.follower import StreamFollower
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, SUPPLIER
 from services.invoice_status import decider, events
 from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines, SupplierStates
-from services.invoice_status.findings import BlockingExceptions
+from services.invoice_status.findings import BlockingExceptions, TailExceptions
 from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
@@ -34,11 +34,14 @@ def wire(rt: Runtime[Settings]) -> Service:
     blocked = BlockedInvoices(rt.redis, rt.namespace.redis_key(name, "blocked"))
     read_models = ReadModels(rt.redis, rt.reader, blocked, ledger.state_of)
     suppliers = SupplierStates()
+    blocking = BlockingExceptions(rt.exceptions, policy)
+    tail = TailExceptions(blocking, lambda: rt.reader.last_sequence(events.DOMAIN))
     supplier_follower = StreamFollower(rt.js, rt.namespace, "supplier", suppliers.apply)
 
     def on_invoice(stored: StoredEvent) -> None:  # other replicas' appends reach the blocked list through here
         ledger.follow(stored)
         read_models.followed(stored)
+        tail.followed(stored.envelope.object_key, ledger.state_of(stored.envelope.object_key), stored.sequence)
 
     invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, on_invoice)
     commands = CommandHandler(
@@ -52,7 +55,6 @@ def wire(rt: Runtime[Settings]) -> Service:
         name="invoice",
     )
     matcher = Matcher(OrderLines(rt.reader), ReceivedLines(rt.reader), ledger)
-    blocking = BlockingExceptions(rt.exceptions, policy)
     servicer = InvoiceServicer(
         commands,
         matcher,
@@ -78,7 +80,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         # The blocked list is checked (rebuilt from the stream when Valkey lost it) and its newest entries projected
         # again; suppliers' states and every invoice recorded so far are followed into memory, caught up before
         # serving.
-        startup=[read_models.start, supplier_follower.start, invoice_follower.start],
+        # The blocking matches among the newest invoice events raise their exceptions again (a process killed between
+        # an append and its raises).
+        startup=[read_models.start, supplier_follower.start, tail.begin, invoice_follower.start, tail.raise_all],
         # The blocked list notices a lost Valkey (or a failed write) and rebuilds while serving; what the follower
         # folded of other replicas' appends is written to it.
         periodic=[

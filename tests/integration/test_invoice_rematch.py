@@ -287,3 +287,34 @@ async def test_a_rematch_stale_every_time_is_delivered_again(monkeypatch):
         await rematcher.rematch(UNIT_INVOICE.invoice_id)
     assert matcher.calls == rematch.STALE_ATTEMPTS
     assert commands.appended == []
+
+
+def _without_consumers(rt: Any) -> Any:
+    """invoice-status with no consumer: what raises a match's exceptions is the request or the start-up alone."""
+    return replace(wire_invoices(rt), consumers=())
+
+
+async def test_a_blocking_match_appended_by_a_process_that_died_before_raising_is_raised_at_the_next_start(
+    po_settings, js
+):
+    settings = invoice_settings(po_settings)
+    namespace = Namespace(po_settings.namespace)
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+    ):
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
+        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+        async with running_service(settings, _without_consumers) as (died, _, _):
+            # Appended as a request appends it; the process then died before raising anything.
+            await _record_as_a_replica_that_had_not_read_the_others(died.runtime, invoice("INV-T", "T-1", quantity="6"))
+        assert [e for e in await raised_exceptions(js, namespace) if e.object.object_key == "INV-T"] == []
+        async with running_service(settings, _without_consumers) as (_, channel, _):
+            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+            status = (
+                await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-T"), metadata=PROCUREMENT)
+            ).status
+            raised = [e for e in await raised_exceptions(js, namespace) if e.object.object_key == "INV-T"]
+    assert [e.type for e in raised] == [exception_pb2.EXCEPTION_TYPE_QUANTITY_VARIANCE]
+    assert list(status.exception_ids) == [e.exception_id for e in raised]
