@@ -422,3 +422,26 @@ async def test_an_invoice_sent_twice_bills_its_quantity_once(invoice_stack):
     assert invoice_pb2.BLOCK_REASON_DUPLICATE_INVOICE in copy.status.match.header_block_reasons
     rest = await stub.SubmitInvoice(invoice("INV-3", "B-7"), metadata=PROCUREMENT)
     assert rest.status.state == MATCHED, reasons(rest.status)
+
+
+async def test_a_match_names_the_policy_revision_whose_tolerances_it_applied(governed_stack, po_settings):
+    """The control plane applies a policy (revision 1); invoice-status follows it and its match records it."""
+    from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
+    from tests.integration.test_control_plane import DEFAULT
+    from tests.integration.test_control_plane import OPS as CONTROL_OPS
+
+    _, control_stub, _, po_stub = governed_stack
+    applied = await control_stub.ApplyPolicy(
+        cp.ApplyPolicyRequest(document_yaml=DEFAULT, expected_revision=0, comment="revision 1"), metadata=CONTROL_OPS
+    )
+    assert applied.revision.revision == 1
+    await publish_order(po_stub)
+    async with running_service(invoice_settings(po_settings), wire_invoices) as (running, channel, _):
+        for _ in range(100):  # the policy bucket is followed: wait until revision 1 is in force
+            if running.runtime.policy.current.revision == 1:
+                break
+            await asyncio.sleep(0.05)
+        stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+        submitted = await stub.SubmitInvoice(invoice(), metadata=PROCUREMENT)
+        read = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-1"), metadata=PROCUREMENT)
+    assert submitted.status.policy_revision == read.status.policy_revision == 1
