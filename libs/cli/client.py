@@ -12,11 +12,16 @@ import functools
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import grpc
 import typer
+from google.protobuf import timestamp_pb2
+
+from libs.policy.durations import parse_duration
+from syncgov.common.v1 import types_pb2
 
 EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 CONTROL_PLANE_ADDRESS = "127.0.0.1:50050"
@@ -123,3 +128,32 @@ def explain_rpc_error(error: grpc.aio.AioRpcError, peer: str = "the control plan
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return f"cannot reach {peer}: {error.details()}", EXIT_UNREACHABLE
     return f"{code.name}: {error.details()}", EXIT_NO
+
+
+def older_than(value: str | None, now: datetime) -> timestamp_pb2.Timestamp | None:
+    """``--older-than 7d`` as the listing's "at or before" timestamp; None when not given; a bad duration is a usage
+    error (exit 2)."""
+    if not value:
+        return None
+    try:
+        age = parse_duration(value)
+    except ValueError as error:
+        raise typer.BadParameter(str(error), param_hint="--older-than") from None
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(now - age)
+    return stamp
+
+
+def collect_pages(fetch: Callable[[Any], Any], request: Any, items: str, limit: int) -> tuple[list[Any], str]:
+    """Up to ``limit`` items of a paged listing, following its page tokens (at most 100 a page); the token where it
+    stopped ("" when nothing is left). ``fetch`` answers one page; ``items`` names the answer's repeated field."""
+    listed: list[Any] = []
+    token = ""
+    while len(listed) < limit:
+        request.page.CopyFrom(types_pb2.PageRequest(page_size=min(limit - len(listed), 100), page_token=token))
+        answer = fetch(request)
+        listed.extend(getattr(answer, items))
+        token = answer.page_info.next_page_token
+        if not token:
+            break
+    return listed, token

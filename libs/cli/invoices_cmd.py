@@ -22,11 +22,10 @@ from grpc_status import rpc_status
 from rich.markup import escape
 from rich.table import Table
 
-from libs.cli.client import EXIT_OK, Connection, connection_options, explain_rpc_error, stub
+from libs.cli.client import EXIT_OK, Connection, collect_pages, connection_options, explain_rpc_error, stub
+from libs.cli.client import older_than as blocked_before
 from libs.cli.components import COMPONENTS, DEFAULT_GRPC_PORT_BASE
 from libs.cli.output import make_console, table
-from libs.policy.durations import parse_duration
-from syncgov.common.v1 import types_pb2
 from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
 
 app = typer.Typer(
@@ -309,18 +308,6 @@ def _reason(name: str | None) -> invoice_pb2.BlockReason:
         raise typer.BadParameter(f"{name!r} is not one of {', '.join(BLOCK_REASONS)}", param_hint="--reason") from None
 
 
-def _blocked_before(older_than: str | None, now: datetime) -> timestamp_pb2.Timestamp | None:
-    if not older_than:
-        return None
-    try:
-        age = parse_duration(older_than)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--older-than") from None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(now - age)
-    return stamp
-
-
 def _blocked_since(status: invoice_pb2.InvoiceStatus, now: datetime) -> str:
     """When the blocking match ran (else when the invoice was recorded) and how long ago."""
     for name in ("matched_at", "submitted_at"):
@@ -349,18 +336,12 @@ def blocked(
         raise typer.BadParameter("must be at least 1", param_hint="--limit")
     now = datetime.now(UTC)
     request = invoice_service_pb2.ListBlockedInvoicesRequest(reason=_reason(reason), supplier_id=supplier.strip())
-    before = _blocked_before(older_than, now)
+    before = blocked_before(older_than, now)
     if before is not None:
         request.blocked_before.CopyFrom(before)
-    listed: list[invoice_pb2.InvoiceStatus] = []
-    token = ""
-    while len(listed) < limit:
-        request.page.CopyFrom(types_pb2.PageRequest(page_size=min(limit - len(listed), 100), page_token=token))
-        answer = _run(connection, "ListBlockedInvoices", request)
-        listed.extend(answer.statuses)
-        token = answer.page_info.next_page_token
-        if not token:
-            break
+    listed, token = collect_pages(
+        lambda page: _run(connection, "ListBlockedInvoices", page), request, "statuses", limit
+    )
     where = ", ".join(
         part
         for part in (

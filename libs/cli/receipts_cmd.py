@@ -13,16 +13,14 @@ from typing import Annotated, Any
 
 import grpc
 import typer
-from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from rich.markup import escape
 from rich.table import Table
 
-from libs.cli.client import EXIT_OK, Connection, connection_options, explain_rpc_error, stub
+from libs.cli.client import EXIT_OK, Connection, collect_pages, connection_options, explain_rpc_error, stub
+from libs.cli.client import older_than as posted_before
 from libs.cli.components import COMPONENTS, DEFAULT_GRPC_PORT_BASE
 from libs.cli.output import make_console, table
-from libs.policy.durations import parse_duration
-from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
 from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2, receipt_service_pb2_grpc
 
@@ -137,18 +135,6 @@ def _finding_type(name: str | None) -> str:
     return enum_name
 
 
-def _posted_before(older_than: str | None) -> timestamp_pb2.Timestamp | None:
-    if not older_than:
-        return None
-    try:
-        age = parse_duration(older_than)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint="--older-than") from None
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(datetime.now(UTC) - age)
-    return stamp
-
-
 @app.command()
 @connection_options(address=ADDRESS, address_envvar=ADDRESS_ENVVAR, peer=PEER)
 def findings(
@@ -167,18 +153,11 @@ def findings(
     if limit < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--limit")
     request = receipt_service_pb2.ListReceiptsWithFindingsRequest(site_id=site, finding=_finding_type(finding))
-    before = _posted_before(older_than)
+    before = posted_before(older_than, datetime.now(UTC))
     if before is not None:
         request.posted_before.CopyFrom(before)
-    listed: list[receipt_service_pb2.ReceiptWithFindings] = []
-    token = ""
-    while len(listed) < limit:
-        request.page.CopyFrom(types_pb2.PageRequest(page_size=min(limit - len(listed), 100), page_token=token))
-        answer = _run(connection, "ListReceiptsWithFindings", request)
-        listed.extend(answer.receipts)
-        token = answer.page_info.next_page_token
-        if not token:
-            break
+    fetch = lambda page: _run(connection, "ListReceiptsWithFindings", page)  # noqa: E731 - one page of the listing
+    listed, token = collect_pages(fetch, request, "receipts", limit)
     where = ", ".join(
         part
         for part in (
