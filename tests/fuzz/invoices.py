@@ -37,7 +37,15 @@ from nats.js.errors import NotFoundError
 from libs.runtime.paging import encode_page_cursor, encode_page_token
 from libs.runtime.settings import RuntimeSettings
 from services.invoice_status.domain import MAX_LINES
-from tests.fuzz.strategies import HOSTILE_DECIMALS, HOSTILE_FRAGMENTS, HOSTILE_STRINGS, decimal_strings
+from tests.fuzz.strategies import (
+    HOSTILE_DECIMALS,
+    HOSTILE_STRINGS,
+    OTHER_DIGITS,
+    decimal_strings,
+    mostly_plausible,
+    timestamp,
+    whole_seconds_now,
+)
 
 SERVICE = "/syncgov.invoice.v1.InvoiceStatusService/"
 LISTING = "invoice.blocked"  # services/invoice_status/servicer.py BLOCKED_LISTING
@@ -193,7 +201,6 @@ HOSTILE_REFERENCES: tuple[str, ...] = (
     "P" * 257,
     "P" * 100_000,
 )
-OTHER_DIGITS = ("\u0661\u0662\u0663", "\u00b2", "\uff11", "\u0661")
 
 
 _ISSUED = itertools.count(1)
@@ -202,16 +209,6 @@ _ISSUED = itertools.count(1)
 def _fresh_id(prefix: str) -> str:
     """An id no input used before: hypothesis repeats its draws, a supplier (mostly) does not."""
     return f"{prefix}-FZ-N{next(_ISSUED)}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 def money(amount: Decimal, currency: str = "EUR") -> money_pb2.Money:
@@ -410,7 +407,9 @@ async def seed(call: Any) -> Any:
         pb.GetInvoiceRequest(invoice_id="INV-FZ-404"),
         pb.ListBlockedInvoicesRequest(),
         pb.ListBlockedInvoicesRequest(reason=invoice_pb2.BLOCK_REASON_PRICE_VARIANCE, supplier_id=ACME),
-        pb.ListBlockedInvoicesRequest(blocked_before=_stamp(_now()), page=types_pb2.PageRequest(page_size=2)),
+        pb.ListBlockedInvoicesRequest(
+            blocked_before=timestamp(whole_seconds_now()), page=types_pb2.PageRequest(page_size=2)
+        ),
         *(pb.ListBlockedInvoicesRequest(page=types_pb2.PageRequest(page_token=token)) for token in tokens),
         pb.ReleaseInvoiceRequest(invoice_id=PRICE_BLOCKED, reason="price agreed by phone", released_by="a.buyer"),
         pb.DisputeInvoiceRequest(invoice_id=CANCELLED_BLOCKED, reason="order was cancelled"),
@@ -490,22 +489,7 @@ def crafted_tokens() -> list[str]:
 def _text(
     plausible: Sequence[str], hostile: Sequence[str] = HOSTILE_IDS, *, wild: bool = True
 ) -> st.SearchStrategy[str]:
-    """A plausible value; when ``wild``, sometimes a hostile one or a plausible one with a fragment spliced in."""
-    if not wild:
-        return st.sampled_from(list(plausible))
-    spliced = st.builds(
-        lambda value, fragment, at: value[: min(at, len(value))] + fragment + value[min(at, len(value)) :],
-        st.sampled_from(list(plausible)),
-        st.sampled_from(HOSTILE_FRAGMENTS),
-        st.integers(0, 8),
-    )
-    return st.one_of(
-        st.sampled_from(list(plausible)),
-        st.sampled_from(list(plausible)),
-        st.sampled_from(list(plausible)),
-        st.sampled_from(list(hostile)),
-        spliced,
-    )
+    return mostly_plausible(plausible, hostile, wild=wild)
 
 
 def _numbers(plausible: tuple[int, int], *, wild: bool = True) -> st.SearchStrategy[int]:
@@ -793,8 +777,8 @@ def payment_requests(draw: st.DrawFn) -> Message:
 
 
 def _blocked_before(*, wild: bool = True) -> st.SearchStrategy[timestamp_pb2.Timestamp | None]:
-    now = _now()
-    plausible = st.sampled_from((now, now - timedelta(days=7), now + timedelta(hours=1))).map(_stamp)
+    now = whole_seconds_now()
+    plausible = st.sampled_from((now, now - timedelta(days=7), now + timedelta(hours=1))).map(timestamp)
     if not wild:
         return st.one_of(st.none(), plausible)
     return st.one_of(
@@ -802,7 +786,7 @@ def _blocked_before(*, wild: bool = True) -> st.SearchStrategy[timestamp_pb2.Tim
         plausible,
         st.sampled_from(
             (datetime(1970, 1, 1, tzinfo=UTC), datetime(1, 1, 1, tzinfo=UTC), datetime(9999, 12, 31, tzinfo=UTC))
-        ).map(_stamp),
+        ).map(timestamp),
         st.builds(
             lambda seconds, nanos: timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
             st.sampled_from((-62_135_596_801, 253_402_300_800, 2**63 - 1, -(2**63), -1, 0)),

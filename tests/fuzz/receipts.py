@@ -29,7 +29,15 @@ from hypothesis import strategies as st
 
 from libs.runtime.paging import encode_page_cursor, encode_page_token
 from libs.runtime.settings import RuntimeSettings
-from tests.fuzz.strategies import HOSTILE_DECIMALS, HOSTILE_FRAGMENTS, HOSTILE_STRINGS, decimal_strings
+from tests.fuzz.strategies import (
+    HOSTILE_DECIMALS,
+    HOSTILE_STRINGS,
+    OTHER_DIGITS,
+    decimal_strings,
+    mostly_plausible,
+    timestamp,
+    whole_seconds_now,
+)
 
 SERVICE = "/syncgov.receipt.v1.ReceiptReconciliationService/"
 LISTING = "receipt.findings"  # services/receipt_reconciliation/servicer.py FINDINGS_LISTING
@@ -124,16 +132,6 @@ _ISSUED = itertools.count(1)
 def _fresh_id(prefix: str) -> str:
     """A document id no input used before: hypothesis repeats its draws, a warehouse does not."""
     return f"{prefix}-FZ-N{next(_ISSUED)}"
-
-
-def _now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def _stamp(moment: datetime) -> timestamp_pb2.Timestamp:
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromDatetime(moment)
-    return stamp
 
 
 # -- orders and seeds -----------------------------------------------------------------------------------
@@ -259,7 +257,9 @@ async def seed(call: Any) -> Any:
         pb.GetPurchaseOrderReceiptStatusRequest(po_id=UNKNOWN_PO),
         pb.ListReceiptsWithFindingsRequest(),
         pb.ListReceiptsWithFindingsRequest(site_id="DC-HAMBURG", finding=_finding("OVER_RECEIPT")),
-        pb.ListReceiptsWithFindingsRequest(posted_before=_stamp(_now()), page=types_pb2.PageRequest(page_size=2)),
+        pb.ListReceiptsWithFindingsRequest(
+            posted_before=timestamp(whole_seconds_now()), page=types_pb2.PageRequest(page_size=2)
+        ),
         *(pb.ListReceiptsWithFindingsRequest(page=types_pb2.PageRequest(page_token=token)) for token in tokens),
     )
     for message, strategy in structured(tokens).items():
@@ -274,7 +274,6 @@ def _finding(name: str) -> Any:
 
 
 # Scores that are str.isdigit() and no number to anyone else: Arabic-Indic, superscript, full-width digits.
-OTHER_DIGITS = ("\u0661\u0662\u0663", "\u00b2", "\uff11", "\u0661")
 
 
 def crafted_tokens() -> list[str]:
@@ -312,22 +311,7 @@ def crafted_tokens() -> list[str]:
 def _text(
     plausible: Sequence[str], hostile: Sequence[str] = HOSTILE_IDS, *, wild: bool = True
 ) -> st.SearchStrategy[str]:
-    """A plausible value; when ``wild``, sometimes a hostile one or a plausible one with a fragment spliced in."""
-    if not wild:
-        return st.sampled_from(list(plausible))
-    spliced = st.builds(
-        lambda value, fragment, at: value[: min(at, len(value))] + fragment + value[min(at, len(value)) :],
-        st.sampled_from(list(plausible)),
-        st.sampled_from(HOSTILE_FRAGMENTS),
-        st.integers(0, 8),
-    )
-    return st.one_of(
-        st.sampled_from(list(plausible)),
-        st.sampled_from(list(plausible)),
-        st.sampled_from(list(plausible)),
-        st.sampled_from(list(hostile)),
-        spliced,
-    )
+    return mostly_plausible(plausible, hostile, wild=wild)
 
 
 def quantities(*, wild: bool = True) -> st.SearchStrategy[str]:
@@ -436,8 +420,8 @@ def many_lines(draw: st.DrawFn) -> list[Any]:
 
 
 def _posted_at(*, wild: bool = True) -> st.SearchStrategy[timestamp_pb2.Timestamp | None]:
-    now = _now()
-    past = st.sampled_from((now - timedelta(hours=1), now - timedelta(days=400))).map(_stamp)
+    now = whole_seconds_now()
+    past = st.sampled_from((now - timedelta(hours=1), now - timedelta(days=400))).map(timestamp)
     if not wild:
         return st.one_of(st.none(), past)
     return st.one_of(
@@ -451,7 +435,7 @@ def _posted_at(*, wild: bool = True) -> st.SearchStrategy[timestamp_pb2.Timestam
                 datetime(1970, 1, 1, tzinfo=UTC),
                 datetime(1, 1, 1, tzinfo=UTC),
             )
-        ).map(_stamp),
+        ).map(timestamp),
         st.builds(
             lambda seconds, nanos: timestamp_pb2.Timestamp(seconds=seconds, nanos=nanos),
             st.sampled_from((-62_135_596_801, 253_402_300_800, 2**63 - 1, -1)),

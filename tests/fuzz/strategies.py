@@ -24,8 +24,10 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.message_factory import GetMessageClass
@@ -652,3 +654,37 @@ def raw_bodies(seeds: Sequence[bytes] = ()) -> st.SearchStrategy[bytes]:
 
         options += [broken_seed(), broken_seed(), broken_seed(), st.sampled_from(list(seeds))]
     return st.one_of(*options)
+
+
+# -- pieces the structured strategies of several services share --------------------------------------------
+
+OTHER_DIGITS = ("\u0661\u0662\u0663", "\u00b2", "\uff11", "\u0661")  # digits of other scripts, superscripts
+
+
+def mostly_plausible(plausible: Sequence[str], hostile: Sequence[str], *, wild: bool = True) -> st.SearchStrategy[str]:
+    """A plausible value; when ``wild``, sometimes a hostile one or a plausible one with a fragment spliced in."""
+    if not wild:
+        return st.sampled_from(list(plausible))
+    spliced = st.builds(
+        lambda value, fragment, at: value[: min(at, len(value))] + fragment + value[min(at, len(value)) :],
+        st.sampled_from(list(plausible)),
+        st.sampled_from(HOSTILE_FRAGMENTS),
+        st.integers(0, 8),
+    )
+    return st.one_of(
+        st.sampled_from(list(plausible)),
+        st.sampled_from(list(plausible)),
+        st.sampled_from(list(plausible)),
+        st.sampled_from(list(hostile)),
+        spliced,
+    )
+
+
+def whole_seconds_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromDatetime(moment)
+    return stamp
