@@ -328,3 +328,26 @@ def recorded(stored: StoredEvent, event: E) -> Recorded[E]:
         envelope.idempotency_key,
         envelope.source_system,
     )
+
+
+async def fold_stream(
+    reader: EventReader,
+    domain: str,
+    decode: Callable[[StoredEvent], E | None],
+    evolve: Callable[[S, Recorded[E]], S],
+    initial: S,
+) -> tuple[dict[str, tuple[S, int]], int]:
+    """Every object of a domain's stream folded from its events, oldest first, with the sequence of its last event,
+    and how many events were read (events ``decode`` does not know are skipped): what a read model's rebuild
+    projects."""
+    states: dict[str, tuple[S, int]] = {}
+    count = 0
+    async for stored in reader.scan(domain):
+        count += 1
+        event = decode(stored)
+        if event is None:
+            continue
+        key = stored.envelope.object_key
+        state = states.get(key, (initial, 0))[0]
+        states[key] = (evolve(state, recorded(stored, event)), stored.sequence)
+    return states, count

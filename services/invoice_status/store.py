@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from libs.runtime.commands import CommandHandler, StreamLog, recorded
+from libs.runtime.commands import CommandHandler, StreamLog, fold_stream, recorded
 from libs.runtime.decider import Recorded
 from libs.runtime.events import Event, EventPublisher, EventReader, StoredEvent
 from services.invoice_status import decider, events
@@ -401,16 +401,9 @@ class ReadModels:
         self.blocked.dirty = False
         try:
             token = await self.blocked.begin_rebuild()
-            states: dict[str, tuple[InvoiceState, int]] = {}
-            count = 0
-            async for stored in self._reader.scan(events.DOMAIN):
-                count += 1
-                event = events.decode(stored)
-                if event is None:
-                    continue
-                key = stored.envelope.object_key
-                state = states.get(key, (decider.INITIAL, 0))[0]
-                states[key] = (decider.evolve(state, recorded(stored, event)), stored.sequence)
+            states, count = await fold_stream(
+                self._reader, events.DOMAIN, events.decode, decider.evolve, decider.INITIAL
+            )
             pipeline = self._redis.pipeline(transaction=False)
             highest = 0
             for written, (invoice_id, (state, sequence)) in enumerate(states.items(), start=1):

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from libs.runtime.commands import CommandHandler, StreamLog, recorded
+from libs.runtime.commands import CommandHandler, StreamLog, fold_stream, recorded
 from libs.runtime.decider import Recorded
 from libs.runtime.events import EventPublisher, EventReader
 from services.po_publication import domain, events
@@ -250,16 +250,7 @@ class ReadModels:
         self._rebuilding = True
         self.unacknowledged.dirty = self.holds.dirty = False
         try:
-            states: dict[str, tuple[domain.OrderState, int]] = {}
-            count = 0
-            async for stored in self._reader.scan(events.DOMAIN):
-                count += 1
-                event = events.decode(stored)
-                if event is None:
-                    continue
-                key = stored.envelope.object_key
-                state = states.get(key, (domain.INITIAL, 0))[0]
-                states[key] = (domain.evolve(state, recorded(stored, event)), stored.sequence)
+            states, count = await fold_stream(self._reader, events.DOMAIN, events.decode, domain.evolve, domain.INITIAL)
             pipeline = self._redis.pipeline(transaction=False)
             for po_id, (state, sequence) in states.items():
                 await self.unacknowledged.write(pipeline, po_id, state, sequence)
