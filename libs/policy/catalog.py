@@ -121,7 +121,8 @@ OBJECT_TYPES: dict[str, ObjectType] = {
         ObjectType("invoice_match_status", "Three-way match results, computed by syncgov", required=True),
         ObjectType("invoice_release", "A person's release or dispute of a blocked invoice"),
         ObjectType("payment", "Payment status", required=True),
-        ObjectType("exception", "Exceptions and their handling"),
+        ObjectType("exception", "Exceptions raised by systems"),
+        ObjectType("exception_handling", "A person's acknowledgment, resolution or replay of an exception"),
     )
 }
 

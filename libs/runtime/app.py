@@ -55,6 +55,7 @@ from libs.runtime.identity import IdentityResolver
 from libs.runtime.interceptors import EdgeInterceptor
 from libs.runtime.logs import setup_logging
 from libs.runtime.policy_store import PolicyStore, PolicyView
+from libs.runtime.replays import ReplayDispatcher, replay_consumer
 from libs.runtime.settings import RuntimeSettings
 from libs.runtime.streams import ALL_STREAMS, StreamSpec, provision_streams
 from libs.runtime.subjects import Namespace
@@ -233,6 +234,20 @@ async def serve(
             )
             await runner.provision()
             runners.append(runner)
+        if runners:  # a message one of them gave up on comes back through here when a person replays it
+            dispatcher = ReplayDispatcher(
+                {runner.durable: runner.spec for runner in runners}, publisher, runtime.reader
+            )
+            replays = ConsumerRunner(
+                js,
+                namespace,
+                replay_consumer(settings.service_name, dispatcher),
+                runtime.exceptions,
+                telemetry.tracer,
+                retry=lambda name: policy_view.current.retry(name),
+            )
+            await replays.provision()
+            runners.append(replays)
 
         identity = IdentityResolver(settings.caller_tokens, mtls=settings.tls_client_ca_file is not None)
         if identity.development_mode:

@@ -47,7 +47,7 @@ from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.subjects import Namespace, header_value
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
-from syncgov.exception.v1 import exception_pb2
+from syncgov.exception.v1 import events_pb2, exception_pb2
 
 log = logging.getLogger(__name__)
 INBOX_DOMAIN = "auditin"
@@ -158,14 +158,21 @@ def entry_from_event(event: StoredEvent) -> controlplane_pb2.AuditEntry:
         entry.source = source
         return entry
     traceparent = event.headers.get("traceparent", "")
+    actor, action, reason = envelope.source_system, "write", envelope.event_type
+    if envelope.payload.Is(message_descriptor(events_pb2.ExceptionStateChanged)):
+        # An exception's transition: the person (or the router, or the consumer that processed a replay) and why.
+        change = event.unpack(events_pb2.ExceptionStateChanged)
+        name = event.subject.rsplit(".", 1)[-1]
+        actor = f"{change.actor} via {change.through}" if change.actor and change.through else change.actor or actor
+        action, reason = f"exception_{name}", change.reason or name
     entry = controlplane_pb2.AuditEntry(
-        actor=envelope.source_system,
-        action="write",
+        actor=actor,
+        action=action,
         object=types_pb2.ObjectRef(
             object_type=envelope.object_type, object_key=envelope.object_key, version=envelope.object_version
         ),
         outcome="allowed",
-        reason=envelope.event_type,
+        reason=reason,
         policy_revision=envelope.policy_revision,
         trace_id=traceparent.split("-")[1] if traceparent.count("-") >= 3 else "",
         source=source,

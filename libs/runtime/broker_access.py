@@ -53,7 +53,8 @@ ROLES: tuple[BrokerRole, ...] = (
     BrokerRole("po-publication", ("po",)),
     BrokerRole("receipt-reconciliation", ("receipt",)),
     BrokerRole("invoice-status", ("invoice",)),
-    BrokerRole("exception-router", ("exception",)),
+    # The router keeps JetStream's max-deliveries advisories in a stream of its own (libs/runtime/streams.ADVISORY).
+    BrokerRole("exception-router", ("exception",), extra_stream_updates=("advisory",)),
 )
 COMPONENT_USERS = tuple(role.component for role in ROLES)
 

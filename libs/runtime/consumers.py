@@ -32,17 +32,25 @@ from libs.runtime.events import StoredEvent, parse_stored
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.subjects import Namespace
 from libs.runtime.telemetry import extract_context
-from syncgov.common.v1 import types_pb2
+from syncgov.common.v1 import envelope_pb2, types_pb2
 from syncgov.exception.v1 import exception_pb2
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[StoredEvent], Awaitable[None]]
+# What a hand-off reports for a message: the original message, the object it concerns and the fingerprint's
+# discriminator (by default the message itself, its stream position and the consumer that gave up).
+HandOff = Callable[[Msg, int, str], tuple[exception_pb2.OriginalMessage, types_pb2.ObjectRef, str]]
 # consumer name -> (max deliveries, backoff steps in seconds)
 RetryPolicy = Callable[[str], tuple[int, tuple[float, ...]]]
 # The server's own delivery limit: a backstop above any policy's (policy allows at most 100), for
 # messages that kill the process before the runner can hand them off.
 SERVER_MAX_DELIVER = 101
+
+
+def message_ref(stream: str, sequence: int) -> types_pb2.ObjectRef:
+    """What a delivery exception is about: one message, by its place in its stream."""
+    return types_pb2.ObjectRef(object_type="message", object_key=f"{stream}:{sequence}")
 
 
 class Retry(Exception):
@@ -55,7 +63,10 @@ class Poison(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ConsumerSpec:
-    """``name`` is ``<consumer>-<purpose>``; ``filter`` is relative to the namespace (``po.*.published``)."""
+    """``name`` is ``<consumer>-<purpose>``; ``filter`` is relative to the namespace (``po.*.published``), or, when
+    it starts with ``$``, a system subject as it is (JetStream advisories). ``raw`` messages are not events: the
+    handler gets their bytes and headers with an empty envelope. ``hand_off`` replaces what a hand-off reports
+    (a replay hands off the message it carries, so its exception is the original's)."""
 
     name: str
     domain: str
@@ -63,6 +74,10 @@ class ConsumerSpec:
     handler: Handler
     batch: int = 16
     ack_wait_seconds: float = 30.0
+    raw: bool = False
+    hand_off: HandOff | None = None
+    # More than one filter (relative to the namespace, like ``filter``): the consumer takes any of them.
+    filters: tuple[str, ...] = ()
 
 
 def backoff_delay(backoff: tuple[float, ...], delivered: int) -> float:
@@ -90,18 +105,27 @@ class ConsumerRunner:
         self._stopping = asyncio.Event()
         self._processing = False
         self._task: asyncio.Task[None] | None = None
-        self._subject = f"{namespace.root}.{spec.filter}"
+        self._subject = self._absolute(spec.filter)
+        self._subjects = [self._absolute(each) for each in spec.filters]
+
+    def _absolute(self, subject: str) -> str:
+        return subject if subject.startswith("$") else f"{self._ns.root}.{subject}"
 
     @property
     def durable(self) -> str:
         return f"{self._ns.root}-{self._spec.name}"
+
+    @property
+    def spec(self) -> ConsumerSpec:
+        return self._spec
 
     async def provision(self) -> None:
         """Create the durable consumer, or update it to spec; idempotent."""
         stream = self._ns.stream(self._spec.domain)
         config = ConsumerConfig(
             durable_name=self.durable,
-            filter_subject=self._subject,
+            filter_subject=None if self._subjects else self._subject,
+            filter_subjects=self._subjects or None,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
             ack_wait=self._spec.ack_wait_seconds,
@@ -169,9 +193,19 @@ class ConsumerRunner:
             },
         ) as span:
             try:
-                event = parse_stored(
-                    metadata.stream, metadata.sequence.stream, message.subject, message.headers, message.data
-                )
+                if self._spec.raw:
+                    event = StoredEvent(
+                        metadata.stream,
+                        metadata.sequence.stream,
+                        message.subject,
+                        dict(message.headers or {}),
+                        message.data,
+                        envelope_pb2.EventEnvelope(),
+                    )
+                else:
+                    event = parse_stored(
+                        metadata.stream, metadata.sequence.stream, message.subject, message.headers, message.data
+                    )
                 span.set_attribute(attributes.WORKFLOW_KEY, event.envelope.workflow_key)
                 await self._spec.handler(event)
             except Poison as error:
@@ -195,7 +229,9 @@ class ConsumerRunner:
                 return
             await message.ack()
 
-    async def _hand_off(self, message: Msg, delivered: int, last_error: str, backoff: tuple[float, ...]) -> None:
+    def _original(
+        self, message: Msg, delivered: int, last_error: str
+    ) -> tuple[exception_pb2.OriginalMessage, types_pb2.ObjectRef, str]:
         metadata = message.metadata
         original = exception_pb2.OriginalMessage(
             subject=message.subject,
@@ -207,15 +243,20 @@ class ConsumerRunner:
             deliveries=delivered,
             last_error=last_error[:2000],
         )
-        ref = types_pb2.ObjectRef(object_type="message", object_key=f"{metadata.stream}:{metadata.sequence.stream}")
+        return original, message_ref(metadata.stream, metadata.sequence.stream), self.durable
+
+    async def _hand_off(self, message: Msg, delivered: int, last_error: str, backoff: tuple[float, ...]) -> None:
         try:
+            describe = self._spec.hand_off or self._original
+            original, ref, discriminator = describe(message, delivered, last_error)
             await self._reporter.raise_exception(
                 exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED,
                 exception_pb2.SEVERITY_HIGH,
                 ref,
-                f"{self.durable} gave up on {message.subject} after {delivered} deliveries: {last_error[:500]}",
+                f"{original.consumer} gave up on {original.subject} after {original.deliveries} deliveries: "
+                f"{last_error[:500]}",
                 original_message=original,
-                discriminator=self.durable,
+                discriminator=discriminator,
             )
         except Exception:
             log.exception("hand-off of %s failed; message stays pending", message.subject)

@@ -21,6 +21,19 @@ from syncgov.exception.v1 import events_pb2, exception_pb2
 
 DOMAIN = "exception"
 OBJECT_TYPE = "exception"
+RAISED = "raised"
+# The exception router's transitions, each the last token of its event's subject (<ns>.exception.<id>.<name>);
+# the control plane chains them into the audit trail.
+TRANSITION_EVENTS = (
+    "opened",
+    "acknowledged",
+    "resolved",
+    "replay_requested",
+    "replayed",
+    "reopened",
+    "escalated",
+    "rerouted",
+)
 
 
 def severity(name: str | None, default: exception_pb2.Severity = exception_pb2.SEVERITY_HIGH) -> exception_pb2.Severity:
@@ -97,7 +110,7 @@ class ExceptionReporter:
                 object_type=OBJECT_TYPE,
                 object_key=exception_id,
                 object_version=1,
-                name="raised",
+                name=RAISED,
                 payload=events_pb2.ExceptionRaised(exception=exception),
                 idempotency_key=f"exception:{exception_id}",
                 source_system=current_caller().system,

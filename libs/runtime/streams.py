@@ -9,7 +9,7 @@ an hour-long outage recognisable. The audit stream also denies purges.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -30,6 +30,8 @@ class StreamSpec:
     description: str
     deny_purge: bool = False
     max_age_seconds: float | None = None
+    # The subjects it holds, when not the domain's own (<ns>.<domain>.>).
+    subjects: Callable[[Namespace], list[str]] | None = None
 
 
 SUPPLIER = StreamSpec("supplier", "Golden supplier records and their changes")
@@ -42,14 +44,32 @@ AUDIT = StreamSpec("audit", "Hash-chained audit trail; append-only", deny_purge=
 # kept a month so a control plane that was down for a while still finds them.
 AUDIT_INBOX = StreamSpec("auditin", "Audit records waiting for their place in the chain", max_age_seconds=30 * 86400)
 
-ALL_STREAMS = (SUPPLIER, PO, RECEIPT, INVOICE, EXCEPTION, AUDIT, AUDIT_INBOX)
+DOMAIN_STREAMS = (SUPPLIER, PO, RECEIPT, INVOICE, EXCEPTION, AUDIT, AUDIT_INBOX)
+MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
+
+
+def max_deliveries_advisories(namespace: Namespace) -> list[str]:
+    """The server's advisories for messages that hit a consumer's delivery limit in this namespace's streams."""
+    return [f"{MAX_DELIVERIES_ADVISORY}.{namespace.stream(spec.domain)}.*" for spec in DOMAIN_STREAMS]
+
+
+# JetStream announces a message that reached a consumer's max deliveries only as a core-NATS advisory, gone if
+# nobody listens at that instant; this stream keeps them for the exception router (a month, like the inbox).
+ADVISORY = StreamSpec(
+    "advisory",
+    "JetStream max-deliveries advisories of this namespace's consumers",
+    max_age_seconds=30 * 86400,
+    subjects=max_deliveries_advisories,
+)
+
+ALL_STREAMS = (*DOMAIN_STREAMS, ADVISORY)
 
 
 def stream_config(namespace: Namespace, spec: StreamSpec, replicas: int) -> StreamConfig:
     return StreamConfig(
         name=namespace.stream(spec.domain),
         description=spec.description,
-        subjects=[namespace.domain_subjects(spec.domain)],
+        subjects=spec.subjects(namespace) if spec.subjects else [namespace.domain_subjects(spec.domain)],
         retention=RetentionPolicy.LIMITS,
         storage=StorageType.FILE,
         discard=DiscardPolicy.OLD,

@@ -8,7 +8,6 @@ nanos), quantities and the match's figures travel as ``google.type.Decimal`` str
 from __future__ import annotations
 
 import contextlib
-import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
@@ -18,6 +17,7 @@ from google.protobuf import timestamp_pb2
 from google.type import decimal_pb2, money_pb2
 
 from libs.runtime.errors import FieldViolation, InvalidArgument
+from libs.runtime.people import person
 from libs.runtime.subjects import MAX_KEY_CHARS
 from libs.runtime.values import (
     date_from_proto,
@@ -516,21 +516,5 @@ def blocked_filter(request: invoice_service_pb2.ListBlockedInvoicesRequest) -> B
 
 
 def released_by(value: str) -> str:
-    """The person releasing an invoice: required and bounded like every id, else INVALID_ARGUMENT (nothing is
-    written)."""
-    person = value.strip()
-    problem = None
-    if not person:
-        problem = "is required"
-    elif len(person) > MAX_KEY_CHARS:
-        problem = f"must be at most {MAX_KEY_CHARS} characters"
-    elif any(unicodedata.category(char).startswith("C") for char in person):
-        # A user id is printed in audit trails and listings: a line break or a bidi override would forge them.
-        problem = "must not contain control or format characters"
-    if problem is not None:
-        raise InvalidArgument(
-            f"released_by {problem}: name the person who releases the invoice; nothing was recorded",
-            violations=[FieldViolation("released_by", problem)],
-            reason="RELEASED_BY_REQUIRED" if not person else "INVALID_RELEASED_BY",
-        )
-    return person
+    """The person releasing an invoice, else INVALID_ARGUMENT (nothing is written)."""
+    return person(value, "released_by", "releases the invoice")

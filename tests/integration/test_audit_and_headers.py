@@ -20,8 +20,8 @@ from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import message_count, raised_exceptions, sample_order
-from tests.integration.test_control_plane import ERP, OPS, PROCUREMENT, eventually
+from tests.integration.helpers import eventually, message_count, raised_exceptions, sample_order
+from tests.integration.test_control_plane import ERP, OPS, PROCUREMENT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 LONG_ID = "PO-" + "7" * 250  # 253 characters: the edge accepts it (ids may have 256)

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 
 from libs.cli.main import app
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import sample_order
-from tests.integration.test_control_plane import DEFAULT, PROCUREMENT, eventually
+from tests.integration.helpers import eventually, sample_order
+from tests.integration.test_control_plane import DEFAULT, PROCUREMENT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,7 +15,7 @@ from libs.runtime.audit import AuditChain
 from libs.runtime.events import EventReader
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import raised_exceptions, sample_order, status_details
+from tests.integration.helpers import eventually, raised_exceptions, sample_order, status_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -32,15 +32,6 @@ def erp_may_write_prices() -> str:
         "lines[].unit_price": {"system_of_record": "procurement", "writers": ["procurement", "erp"]}
     }
     return yaml.safe_dump(data, sort_keys=False)
-
-
-async def eventually(check, within: float = 10.0):
-    async with asyncio.timeout(within):
-        while True:
-            result = await check()
-            if result:
-                return result
-            await asyncio.sleep(0.05)
 
 
 async def test_a_valid_policy_applies_and_running_services_switch_without_restart(governed_stack, js):

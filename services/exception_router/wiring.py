@@ -1,0 +1,80 @@
+"""exception-router's composition root: the only place its parts meet."""
+
+from __future__ import annotations
+
+from libs.runtime.access import AccessRule, Read, Write
+from libs.runtime.app import GrpcService, Runtime, Service
+from libs.runtime.commands import CommandHandler, StreamLog
+from libs.runtime.consumers import ConsumerSpec
+from libs.runtime.follower import StreamFollower
+from libs.runtime.streams import ADVISORY, AUDIT_INBOX, EXCEPTION, MAX_DELIVERIES_ADVISORY
+from services.exception_router import events
+from services.exception_router.store import ExceptionBook
+from services.exception_router.decider import INITIAL, CaseState, Change, evolve
+from services.exception_router.intake import Advisories, Intake
+from services.exception_router.servicer import ExceptionRouterServicer
+from services.exception_router.settings import Settings
+from services.exception_router.sweeps import Sweeper
+from syncgov.exception.v1 import exception_service_pb2, exception_service_pb2_grpc
+
+ACCESS: dict[str, AccessRule] = {
+    "RaiseException": Write("exception", key="exception.object.object_key"),
+    "GetException": Read("exception"),
+    "ListExceptions": Read("exception"),
+    "SummarizeExceptions": Read("exception"),
+    "AcknowledgeException": Write("exception_handling", key="exception_id"),
+    "ResolveException": Write("exception_handling", key="exception_id"),
+    "ReplayException": Write("exception_handling", key="exception_id"),
+}
+
+
+def wire(rt: Runtime[Settings]) -> Service:
+    policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
+    book = ExceptionBook()
+    follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, book.follow)
+    commands: CommandHandler[CaseState, Change] = CommandHandler(
+        StreamLog(rt.publisher, rt.reader, events.DOMAIN, encode=events.encode, decode=events.decode),
+        initial=INITIAL,
+        evolve=evolve,
+        size_of=lambda _state: 1024,
+        cache_bytes=rt.settings.state_cache_mb * 1024 * 1024,
+        name="exception",
+    )
+    intake = Intake(commands, book, policy)
+    advisories = Advisories(rt.js, rt.namespace, rt.exceptions)
+    sweeper = Sweeper(commands, book, policy)
+    servicer = ExceptionRouterServicer(commands, book, intake, rt.publisher, rt.reader, lambda: follower.caught_up)
+
+    async def follow() -> None:
+        await follower.start(catch_up_timeout=rt.settings.catch_up_seconds)
+
+    return Service(
+        grpc_services=[
+            GrpcService(
+                exception_service_pb2.DESCRIPTOR.services_by_name["ExceptionRouterService"],
+                exception_service_pb2_grpc.add_ExceptionRouterServiceServicer_to_server,
+                servicer,
+                access=ACCESS,
+            )
+        ],
+        streams=(EXCEPTION, ADVISORY, AUDIT_INBOX),
+        # Every exception is folded from the stream into memory before the service answers.
+        startup=[follow],
+        periodic=[(rt.settings.sweep_seconds, sweeper.sweep)],
+        consumers=(
+            ConsumerSpec(
+                "exception-router-intake",
+                events.DOMAIN,
+                f"{events.DOMAIN}.*.{events.RAISED}",
+                intake.on_raised,
+                batch=256,
+            ),
+            ConsumerSpec(
+                "exception-router-advisories",
+                ADVISORY.domain,
+                f"{MAX_DELIVERIES_ADVISORY}.>",
+                advisories.on_advisory,
+                raw=True,
+            ),
+        ),
+    )
