@@ -566,3 +566,88 @@ async def test_a_max_deliveries_advisory_without_a_hand_off_becomes_an_exception
         assert got.original_message.data == data
         assert got.object.object_key == f"{namespace.upper()}_PO:{sequence}"
         assert got.occurrences == 1
+
+
+async def _snapshot(stub) -> tuple[list[bytes], bytes]:
+    """Everything the router answers about its exceptions: the whole listing and the summary (bytes compare)."""
+    rows = []
+    token = ""
+    while True:
+        page = await stub.ListExceptions(
+            svc.ListExceptionsRequest(page=types_pb2.PageRequest(page_size=500, page_token=token)), metadata=OPS
+        )
+        rows += [row.SerializeToString(deterministic=True) for row in page.exceptions]
+        token = page.page_info.next_page_token
+        if not token:
+            break
+    summary = await stub.SummarizeExceptions(svc.SummarizeExceptionsRequest(), metadata=OPS)
+    return rows, summary.SerializeToString(deterministic=True)
+
+
+async def test_a_restart_between_any_two_operations_answers_the_same(nats_server, valkey_server, clean_env):
+    namespace = unique_namespace()
+    settings = router_settings(nats_server, valkey_server, namespace)
+    async with reporter_for(nats_server, namespace) as reporter, router(settings) as (_, stub):
+        ref = types_pb2.ObjectRef(object_type="invoice", object_key="INV-R")
+
+        async def raise_one():
+            await reporter.raise_exception(ex.EXCEPTION_TYPE_PRICE_VARIANCE, ex.SEVERITY_MEDIUM, ref, "over")
+            await asyncio.sleep(0.3)  # the intake opens it
+
+        async def first_id() -> str:
+            return (await eventually(lambda: routed(listed(stub))))[0].exception_id
+
+        async def acknowledge():
+            await stub.AcknowledgeException(
+                svc.AcknowledgeExceptionRequest(exception_id=await first_id(), acknowledged_by="j.doe"), metadata=OPS
+            )
+
+        async def resolve():
+            await stub.ResolveException(
+                svc.ResolveExceptionRequest(
+                    exception_id=await first_id(), resolution="ok", kind=ex.RESOLUTION_KIND_FIXED, resolved_by="j.doe"
+                ),
+                metadata=OPS,
+            )
+
+        async def raise_other():
+            await reporter.raise_exception(
+                ex.EXCEPTION_TYPE_OVER_RECEIPT, ex.SEVERITY_MEDIUM, over_receipt_ref("PO-R"), "over"
+            )
+            await asyncio.sleep(0.3)
+
+        for operation in (raise_one, raise_one, acknowledge, resolve, raise_one, raise_other):
+            await operation()
+            before = await _snapshot(stub)
+            # A fresh process on the same stream (a restart, or a new replica) answers exactly the same.
+            async with router(settings) as (_, restarted):
+                assert await _snapshot(restarted) == before, operation.__name__
+
+
+async def test_a_failed_publish_answers_unavailable_and_the_retry_lands_once(nats_server, valkey_server, clean_env):
+    """A frozen broker: the acknowledgment is answered UNAVAILABLE (its publish may or may not have been stored when
+    the broker thaws); whatever the stream holds, the running router and a fresh one answer the same, and the retry
+    is answered OK with one ``acknowledged`` in the stream."""
+    import os
+    import signal
+
+    namespace = unique_namespace()
+    settings = router_settings(nats_server, valkey_server, namespace, publish_timeout_seconds=0.5)
+    async with router(settings) as (_, stub), reporter_for(nats_server, namespace) as reporter:
+        await reporter.raise_exception(ex.EXCEPTION_TYPE_PRICE_VARIANCE, ex.SEVERITY_MEDIUM, over_receipt_ref(), "x")
+        [row] = await eventually(lambda: routed(listed(stub)))
+        ack = svc.AcknowledgeExceptionRequest(exception_id=row.exception_id, acknowledged_by="j.doe")
+        os.kill(nats_server.process.pid, signal.SIGSTOP)
+        try:
+            with pytest.raises(grpc.aio.AioRpcError) as failed:
+                await stub.AcknowledgeException(ack, metadata=OPS, timeout=10)
+        finally:
+            os.kill(nats_server.process.pid, signal.SIGCONT)
+        assert failed.value.code() == grpc.StatusCode.UNAVAILABLE
+        await asyncio.sleep(0.5)
+        after = await _snapshot(stub)
+        async with router(settings) as (_, restarted):
+            assert await _snapshot(restarted) == after  # the state is the stream's, whatever it kept
+        taken = await stub.AcknowledgeException(ack, metadata=OPS)  # the retry lands
+        assert taken.exception.state == ex.EXCEPTION_STATE_ACKNOWLEDGED
+        assert await transitions(nats_server, namespace, row.exception_id) == ["opened", "acknowledged"]
