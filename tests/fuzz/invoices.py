@@ -32,7 +32,6 @@ from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from google.type import date_pb2, decimal_pb2, money_pb2
 from hypothesis import strategies as st
-from nats.js.errors import NotFoundError
 
 from libs.runtime.paging import encode_page_cursor, encode_page_token
 from libs.runtime.settings import RuntimeSettings
@@ -420,35 +419,6 @@ async def seed(call: Any) -> Any:
     for message, strategy in structured(tokens).items():
         seeds.strategies.setdefault(message, []).append(strategy)
     return seeds
-
-
-SETTLE_SECONDS = 30.0
-
-
-async def settle(settings: RuntimeSettings, js: Any) -> None:
-    """Wait until every durable consumer of the namespace (the re-match consumers of PO, receipt and invoice
-    events) has read and acknowledged everything: after that no background work on the seeds appends while the
-    fuzz checks a refused request for writes."""
-    from libs.runtime.streams import ALL_STREAMS
-    from libs.runtime.subjects import Namespace
-
-    namespace = Namespace(settings.namespace)
-    deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
-    while True:
-        pending: dict[str, int] = {}
-        for spec in ALL_STREAMS:
-            try:
-                consumers = await js.consumers_info(namespace.stream(spec.domain))
-            except NotFoundError:
-                continue
-            for info in consumers:
-                if info.config.durable_name:
-                    pending[info.name] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
-        if not any(pending.values()):
-            return
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"invoice-status's consumers still have events to process: {pending}")
-        await asyncio.sleep(0.05)
 
 
 def crafted_tokens() -> list[str]:

@@ -12,6 +12,7 @@ structured strategy per RPC beside the descriptor-built one.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -329,10 +330,48 @@ async def seed_invoice_status(call: Call) -> Seeds:
     return seeds
 
 
-async def settle_invoice_status(settings: RuntimeSettings, js: Any) -> None:
-    from tests.fuzz import invoices
+SETTLE_SECONDS = 30.0
 
-    await invoices.settle(settings, js)
+
+async def settle_consumers(settings: RuntimeSettings, js: Any) -> None:
+    """Wait until every durable consumer of the namespace (invoice-status's re-match consumers, the exception
+    router's intake) has read and acknowledged everything: after that no background work on the seeds appends while
+    the fuzz checks a refused request for writes."""
+    from nats.js.errors import NotFoundError
+
+    from libs.runtime.streams import ALL_STREAMS
+    from libs.runtime.subjects import Namespace
+
+    namespace = Namespace(settings.namespace)
+    deadline = asyncio.get_running_loop().time() + SETTLE_SECONDS
+    while True:
+        pending: dict[str, int] = {}
+        for spec in ALL_STREAMS:
+            try:
+                consumers = await js.consumers_info(namespace.stream(spec.domain))
+            except NotFoundError:
+                continue
+            for info in consumers:
+                if info.config.durable_name:
+                    pending[info.name] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
+        if not any(pending.values()):
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"consumers still have events to process: {pending}")
+        await asyncio.sleep(0.05)
+
+
+async def before_exception_router(settings: RuntimeSettings) -> None:
+    from tests.fuzz import exceptions
+
+    await exceptions.before_start(settings)
+
+
+async def seed_exception_router(call: Call) -> Seeds:
+    from tests.fuzz import exceptions
+
+    seeds: Seeds = await exceptions.seed(call)
+    return seeds
 
 
 @dataclass(frozen=True)
@@ -351,9 +390,10 @@ PREPARATIONS: dict[str, Preparation] = {
     "supplier-normalization": Preparation(None, seed_supplier_normalization),
     "control-plane": Preparation(None, seed_control_plane),
     "receipt-reconciliation": Preparation(before_receipt_reconciliation, seed_receipt_reconciliation),
-    "invoice-status": Preparation(before_invoice_status, seed_invoice_status, settle_invoice_status),
+    "invoice-status": Preparation(before_invoice_status, seed_invoice_status, settle_consumers),
+    "exception-router": Preparation(before_exception_router, seed_exception_router, settle_consumers),
 }
 
 # Settings the fuzz overrides where a component has them: no periodic sweep may write while a refused
 # request is being checked for writes.
-QUIET_SETTINGS: dict[str, object] = {"hold_sweep_seconds": 86_400.0}
+QUIET_SETTINGS: dict[str, object] = {"hold_sweep_seconds": 86_400.0, "sweep_seconds": 3_600.0}
