@@ -34,9 +34,9 @@ from libs.runtime.events import StoredEvent
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.subjects import Namespace
 from services.exception_router import events
-from services.exception_router.store import ExceptionBook, case_of
 from services.exception_router.decider import CaseState, Change, Observe, decide
 from services.exception_router.domain import route_for
+from services.exception_router.store import ExceptionBook, case_of
 from syncgov.exception.v1 import exception_pb2
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from libs.runtime.errors import FieldViolation, InvalidArgument
 from libs.runtime.exception_reporter import fingerprint
 from services.exception_router import events
-from services.exception_router.store import CaseView
 from services.exception_router.decider import Resolution, State
+from services.exception_router.store import CaseView
 from syncgov.exception.v1 import exception_pb2, exception_service_pb2
 
 MAX_EVIDENCE_BYTES = 64 * 1024  # each evidence document a caller raises

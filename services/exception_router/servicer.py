@@ -23,7 +23,6 @@ from libs.runtime.paging import decode_page_token, encode_page_token, page_size
 from libs.runtime.people import person
 from libs.runtime.refusals import refusal_error
 from services.exception_router import events, mapping
-from services.exception_router.store import CaseView, ExceptionBook, case_of
 from services.exception_router.decider import (
     Acknowledge,
     CaseState,
@@ -35,6 +34,7 @@ from services.exception_router.decider import (
 )
 from services.exception_router.domain import is_case_id
 from services.exception_router.intake import ExceptionCommands, Intake, read_up_to
+from services.exception_router.store import CaseView, ExceptionBook, case_of
 from services.exception_router.summary import summarize
 from syncgov.exception.v1 import events_pb2, exception_pb2, exception_service_pb2, exception_service_pb2_grpc
 

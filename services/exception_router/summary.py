@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from services.exception_router import events
-from services.exception_router.store import CaseView
 from services.exception_router.decider import State
 from services.exception_router.domain import DEFAULT_CLOSURE_WINDOW, percentile
+from services.exception_router.store import CaseView
 from syncgov.exception.v1 import exception_service_pb2
 
 NANOS = 1_000_000_000

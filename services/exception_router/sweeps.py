@@ -20,10 +20,10 @@ from collections.abc import Callable
 
 from libs.policy.engine import Policy
 from libs.runtime.decider import Refusal
-from services.exception_router.store import ExceptionBook
 from services.exception_router.decider import Escalate, Reroute, State, decide
 from services.exception_router.domain import route_for
 from services.exception_router.intake import ExceptionCommands
+from services.exception_router.store import ExceptionBook
 
 log = logging.getLogger(__name__)
 

@@ -9,11 +9,11 @@ from libs.runtime.consumers import ConsumerSpec
 from libs.runtime.follower import StreamFollower
 from libs.runtime.streams import ADVISORY, AUDIT_INBOX, EXCEPTION, MAX_DELIVERIES_ADVISORY
 from services.exception_router import events
-from services.exception_router.store import ExceptionBook
 from services.exception_router.decider import INITIAL, CaseState, Change, evolve
 from services.exception_router.intake import Advisories, Intake
 from services.exception_router.servicer import ExceptionRouterServicer
 from services.exception_router.settings import Settings
+from services.exception_router.store import ExceptionBook
 from services.exception_router.sweeps import Sweeper
 from syncgov.exception.v1 import exception_service_pb2, exception_service_pb2_grpc
 

@@ -62,7 +62,8 @@ def observe(history: History, route: Route = AP, now: int = 0, exhausted: bool =
 def test_the_first_raise_opens_and_routes_with_a_deadline_and_repeats_write_nothing():
     history = History()
     opened = observe(history, now=10)
-    assert isinstance(opened, Change) and opened.transition is Transition.OPENED
+    assert isinstance(opened, Change)
+    assert opened.transition is Transition.OPENED
     assert history.state.state is State.OPEN
     assert history.state.owner_team == "accounts-payable"
     assert history.state.escalate_at_ns == 10 + HOUR
@@ -78,7 +79,8 @@ def test_acknowledge_once_per_person_and_the_clock_runs_for_the_resolution():
     assert history.state.escalate_at_ns == 6 * HOUR
     assert decide(Acknowledge("j.doe", "ops-console", 0), history.state) is None
     other = decide(Acknowledge("m.roe", "ops-console", 0), history.state)
-    assert isinstance(other, Refusal) and other.reason == ALREADY_ACKNOWLEDGED
+    assert isinstance(other, Refusal)
+    assert other.reason == ALREADY_ACKNOWLEDGED
 
 
 def test_resolving_closes_and_only_a_raise_stored_after_the_closure_reopens():
@@ -90,10 +92,12 @@ def test_resolving_closes_and_only_a_raise_stored_after_the_closure_reopens():
     late = decide(Observe(before_closure, "price_variance", AP, 0, False), history.state)
     assert late is None
     reopened = observe(history, now=7)
-    assert isinstance(reopened, Change) and reopened.transition is Transition.REOPENED
+    assert isinstance(reopened, Change)
+    assert reopened.transition is Transition.REOPENED
     assert history.state.state is State.OPEN
     assert history.state.reopened == 1
-    assert history.state.resolution is None and history.state.acknowledged_by == ""
+    assert history.state.resolution is None
+    assert history.state.acknowledged_by == ""
 
 
 def test_a_closed_exception_refuses_changes_but_answers_the_same_resolution_again():
@@ -103,9 +107,12 @@ def test_a_closed_exception_refuses_changes_but_answers_the_same_resolution_agai
     history.apply(decide(resolve, history.state))
     assert decide(resolve, history.state) is None
     other = decide(Resolve(Resolution.WONT_FIX, "no", "j.doe", "ops-console"), history.state)
-    assert isinstance(other, Refusal) and other.reason == CLOSED and other.kind is RefusalKind.PRECONDITION
+    assert isinstance(other, Refusal)
+    assert other.reason == CLOSED
+    assert other.kind is RefusalKind.PRECONDITION
     ack = decide(Acknowledge("j.doe", "ops-console", 0), history.state)
-    assert isinstance(ack, Refusal) and ack.reason == CLOSED
+    assert isinstance(ack, Refusal)
+    assert ack.reason == CLOSED
 
 
 def test_commands_on_an_unknown_exception_are_not_found():
@@ -115,7 +122,8 @@ def test_commands_on_an_unknown_exception_are_not_found():
         RequestReplay("j.doe", "r", "ops", "c"),
     ):
         refusal = decide(command, INITIAL)
-        assert isinstance(refusal, Refusal) and refusal.reason == NOT_FOUND
+        assert isinstance(refusal, Refusal)
+        assert refusal.reason == NOT_FOUND
 
 
 def exhausted_case() -> History:
@@ -129,7 +137,8 @@ def test_a_replay_is_requested_once_however_often_it_is_pressed_and_closes_when_
     history = exhausted_case()
     press = RequestReplay("j.doe", "mapping fixed", "ops-console", "sg-erp-sink")
     requested = history.apply(decide(press, history.state))
-    assert isinstance(requested, Change) and requested.transition is Transition.REPLAY_REQUESTED
+    assert isinstance(requested, Change)
+    assert requested.transition is Transition.REPLAY_REQUESTED
     request_sequence = history.sequence
     assert decide(press, history.state) is None
     history.apply(Change(Transition.REPLAYED, actor="sg-erp-sink", cause_sequence=request_sequence), 99)
@@ -151,7 +160,8 @@ def test_a_raise_after_a_pending_replay_means_the_replay_failed_and_reopens():
     history = exhausted_case()
     history.apply(decide(RequestReplay("j.doe", "fix", "ops", "c"), history.state))
     failed = observe(history, exhausted=True)
-    assert isinstance(failed, Change) and failed.transition is Transition.REOPENED
+    assert isinstance(failed, Change)
+    assert failed.transition is Transition.REOPENED
     assert "replay failed" in failed.reason
     assert history.state.replay_sequence == 0  # a new replay may be pressed
     again = decide(RequestReplay("j.doe", "fix 2", "ops", "c"), history.state)
@@ -162,9 +172,11 @@ def test_only_delivery_exceptions_with_a_message_replay():
     history = History()
     observe(history)
     refusal = decide(RequestReplay("j.doe", "fix", "ops", "c"), history.state)
-    assert isinstance(refusal, Refusal) and refusal.reason == NOT_REPLAYABLE
+    assert isinstance(refusal, Refusal)
+    assert refusal.reason == NOT_REPLAYABLE
     no_message = decide(RequestReplay("j.doe", "fix", "ops", ""), exhausted_case().state)
-    assert isinstance(no_message, Refusal) and no_message.reason == NOT_REPLAYABLE
+    assert isinstance(no_message, Refusal)
+    assert no_message.reason == NOT_REPLAYABLE
 
 
 def test_escalation_fires_at_the_deadline_once_and_moves_to_the_escalation_team():
@@ -225,7 +237,8 @@ def test_any_sequence_keeps_the_lifecycle_consistent(script):
         if state.state is State.ACKNOWLEDGED:
             assert state.acknowledged_by
         if state.state.closed:
-            assert state.resolution is not None and state.closed_sequence > 0
+            assert state.resolution is not None
+            assert state.closed_sequence > 0
     # Escalation happens at most once per opening.
     openings = 1 + history.state.reopened if history.state.exists else 0
     assert escalations <= openings
@@ -242,4 +255,5 @@ def test_fold_is_deterministic():
     folded = reduce(
         lambda s, item: evolve(s, Recorded(item[1], item[0] + 1, "e", 0, "k", "s")), enumerate(changes), INITIAL
     )
-    assert folded.state is State.ACKNOWLEDGED and folded.owner_team == "accounts-payable"
+    assert folded.state is State.ACKNOWLEDGED
+    assert folded.owner_team == "accounts-payable"

@@ -66,7 +66,8 @@ def test_raises_fold_by_type_object_and_fingerprint_with_first_and_last_seen():
     assert view.last_raised_id == "r2"
     assert view.original_sequence == 2
     assert len(view.detail) == 500  # clipped in memory; GetException reads the whole raise
-    assert book.read_through == 3 and book.raises == 3
+    assert book.read_through == 3
+    assert book.raises == 3
 
 
 def test_transitions_fold_onto_the_exception_once_each():
@@ -80,7 +81,9 @@ def test_transitions_fold_onto_the_exception_once_each():
     resolved = stream.change(key, Change(Transition.RESOLVED, actor="j", resolution=Resolution.FIXED, reason="n"), 70)
     book.follow(resolved)
     view = book.get(key)
-    assert view is not None and view.state.state.closed and view.state.owner_team == "accounts-payable"
+    assert view is not None
+    assert view.state.state.closed
+    assert view.state.owner_team == "accounts-payable"
     assert book.needs_decision(view, resolved.sequence + 1, False)
     assert not book.needs_decision(view, resolved.sequence - 1, False)
 
