@@ -7,8 +7,10 @@ old version (not enough) and then the latest. Then the warehouse: procurement lo
 receipt prepared from the superseded version, with its old quantity, is caught (reconciled against the current
 version, findings raised as exceptions) and the order's receiving status is shown line by line. Then accounts
 payable: an invoice for a line nothing was received on yet is blocked, and matched by itself once the goods land;
-one over the price tolerance is blocked and released by a person; the matched one is paid by the ERP. Every step
-states what should happen and what did; the exit code is 0 only when all of them held.
+one over the price tolerance is blocked and released by a person; the matched one is paid by the ERP. Then operations:
+the exceptions the story raised are listed, each routed to its owner team by policy; a person takes the price
+variance of the released invoice and closes it, and the backlog and closure times are read back. Every step states
+what should happen and what did; the exit code is 0 only when all of them held.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated
 
@@ -28,6 +30,15 @@ from rich.table import Table
 
 from libs.cli.client import EXIT_NO, EXIT_OK, EXIT_UNREACHABLE, stub
 from libs.cli.components import COMPONENTS, DEFAULT_GRPC_PORT_BASE
+from libs.cli.exceptions_cmd import (
+    backlog_table,
+    closure_table,
+    duration_text,
+    exception_type,
+    exceptions_table,
+    kind_name,
+)
+from libs.cli.exceptions_cmd import state_name as exception_state
 from libs.cli.invoices_cmd import reason_name, state_name
 from libs.cli.output import make_console
 from libs.cli.receipts_cmd import finding_name, findings_table, status_table
@@ -37,6 +48,9 @@ from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.controlplane.v1 import controlplane_service_pb2_grpc as cp_rpc
+from syncgov.exception.v1 import exception_pb2
+from syncgov.exception.v1 import exception_service_pb2 as exc
+from syncgov.exception.v1 import exception_service_pb2_grpc as exc_rpc
 from syncgov.invoice.v1 import invoice_pb2
 from syncgov.invoice.v1 import invoice_service_pb2 as inv
 from syncgov.invoice.v1 import invoice_service_pb2_grpc as inv_rpc
@@ -56,7 +70,8 @@ console = make_console()
 HELP = (
     "Drive one procurement-to-ERP story through a running stack and check every step.\n\n"
     "It needs the stack `syncgov up` starts: control-plane, supplier-normalization, po-publication, "
-    "receipt-reconciliation and invoice-status on consecutive ports from --grpc-port-base, in development mode "
+    "receipt-reconciliation, invoice-status and exception-router on consecutive ports from --grpc-port-base, in "
+    "development mode "
     "(no SYNCGOV_CALLER_TOKENS, no mTLS), as the demo names each caller's system in x-syncgov-system. "
     "Every run uses fresh ids, so it can be repeated.\n\n"
     "The story: supplier records from procurement and the ERP become one golden record (the ERP's bank "
@@ -72,7 +87,10 @@ HELP = (
     "re-matches the invoice by itself (matched); an invoice for line 1 above the price tolerance is blocked "
     "(price_variance, with the limit that applied), wms-east may not release it (PERMISSION_DENIED), j.doe "
     "releases it through ops-console; procurement may not record a payment (PERMISSION_DENIED), the ERP pays the "
-    "matched invoice (paid).\n\n"
+    "matched invoice (paid). Then operations: the exceptions the story raised (four refusals, the receipt's two "
+    "findings, the two invoice blocks) are listed, each routed by policy to its owner team; j.doe acknowledges the "
+    "price_variance exception of the released invoice through ops-console and resolves it (accepted, with a note); "
+    "the backlog by team and type and the closure times are read back.\n\n"
     "Exit 0 when every step held, 1 when one did not, 3 when the stack cannot be reached."
 )
 
@@ -351,10 +369,151 @@ def invoice_steps(
     tables.append(invoices_table(f"invoices of {po_id}", [paid, released]))
 
 
+# What the story raises, by type, and the owner team the default policy routes it to: four refusals (the ERP's change
+# order, wms-east's receipt and release, procurement's payment), the two findings of the receipt prepared from
+# version 4, the invoice ahead of its goods and the one over the price tolerance.
+RAISED = {
+    "ownership_violation": ("integration-team", 4),
+    "superseded_version": ("procurement-ops", 1),
+    "over_receipt": ("procurement-ops", 1),
+    "awaiting_receipt": ("accounts-payable", 1),
+    "price_variance": ("accounts-payable", 1),
+}
+
+
+def _raised_by_run(
+    router: exc_rpc.ExceptionRouterServiceStub, run_id: str, since: datetime
+) -> list[exception_pb2.Exception]:
+    """The exceptions about this run's objects (every id the story makes holds ``run_id``), oldest first."""
+    request = exc.ListExceptionsRequest()
+    request.raised_after.FromDatetime(since)
+    found: list[exception_pb2.Exception] = []
+    while True:
+        request.page.page_size = 500
+        answer = router.ListExceptions(request, metadata=_as("ops-console"))
+        found += [e for e in answer.exceptions if run_id in e.object.object_key]
+        if not answer.page_info.next_page_token:
+            return found
+        request.page.page_token = answer.page_info.next_page_token
+
+
+def _by_type(exceptions: list[exception_pb2.Exception]) -> dict[str, tuple[str, int]]:
+    """type -> (its owner teams, how many), as RAISED states what is expected."""
+    grouped: dict[str, list[str]] = {}
+    for exception in exceptions:
+        grouped.setdefault(exception_type(exception.type), []).append(exception.owner_team or "(not routed)")
+    return {name: (", ".join(sorted(set(teams))), len(teams)) for name, teams in grouped.items()}
+
+
+def exception_steps(
+    host: str,
+    base: int,
+    run_id: str,
+    since: datetime,
+    check: Callable[[str, str, str, bool], None],
+    tables: list[Table],
+) -> None:
+    """Operations: every exception the story raised is routed to its owner team; j.doe takes the price variance of the
+    invoice released earlier and closes it; the backlog and how long closing takes are read back."""
+    router = stub(
+        exc_rpc.ExceptionRouterServiceStub, grpc.insecure_channel(f"{host}:{_port(base, 'exception-router')}")
+    )
+    invoices = stub(inv_rpc.InvoiceStatusServiceStub, grpc.insecure_channel(f"{host}:{_port(base, 'invoice-status')}"))
+    ops = _as("ops-console")
+    # Raises travel on the exception stream; the router opens and routes each a moment later.
+    deadline = time.monotonic() + 10
+    raised = _raised_by_run(router, run_id, since)
+    while _by_type(raised) != RAISED and time.monotonic() < deadline:
+        time.sleep(0.1)
+        raised = _raised_by_run(router, run_id, since)
+    found = _by_type(raised)
+    teams: dict[str, int] = {}
+    for team, count in found.values():
+        teams[team] = teams.get(team, 0) + count
+    check(
+        "the exceptions the story raised",
+        f"{sum(n for _, n in RAISED.values())}, each routed by policy to its team",
+        f"{len(raised)}: " + (", ".join(f"{team} {n}" for team, n in teams.items()) or "none"),
+        found == RAISED,
+    )
+
+    priced_id = f"INV-{run_id}-2"
+    reported = invoices.GetInvoice(inv.GetInvoiceRequest(invoice_id=priced_id), metadata=_as("procurement")).status
+    raise_id = reported.exception_ids[0] if reported.exception_ids else ""
+    case = router.GetException(exc.GetExceptionRequest(exception_id=raise_id), metadata=ops).exception
+    listed = next((e for e in raised if exception_type(e.type) == "price_variance"), None)
+    check(
+        "the exception id invoice-status gave",
+        "the open price_variance exception of accounts-payable",
+        f"{case.exception_id}: {exception_state(case.state)} {exception_type(case.type)} of {case.owner_team}",
+        listed is not None
+        and case.exception_id == listed.exception_id
+        and case.state == exception_pb2.EXCEPTION_STATE_OPEN
+        and case.owner_team == "accounts-payable",
+    )
+
+    taken = router.AcknowledgeException(
+        exc.AcknowledgeExceptionRequest(exception_id=case.exception_id, acknowledged_by="j.doe"), metadata=ops
+    ).exception
+    check(
+        "j.doe takes it through ops-console",
+        "acknowledged by j.doe via ops-console",
+        f"{exception_state(taken.state)} by {taken.acknowledgment.by or '(no one recorded)'} via "
+        f"{taken.acknowledgment.through or '(no system recorded)'}",
+        taken.state == exception_pb2.EXCEPTION_STATE_ACKNOWLEDGED
+        and (taken.acknowledgment.by, taken.acknowledgment.through) == ("j.doe", "ops-console"),
+    )
+
+    before = router.SummarizeExceptions(exc.SummarizeExceptionsRequest(), metadata=ops)
+    closed_before = (
+        before.closure_by_team["accounts-payable"].closed if "accounts-payable" in before.closure_by_team else 0
+    )
+    note = "price rise agreed with the supplier by phone; invoice released"
+    closed = router.ResolveException(
+        exc.ResolveExceptionRequest(
+            exception_id=case.exception_id,
+            kind=exception_pb2.RESOLUTION_KIND_ACCEPTED,
+            resolution=note,
+            resolved_by="j.doe",
+        ),
+        metadata=ops,
+    ).exception
+    kept = "the note" if closed.resolution.note == note else repr(closed.resolution.note or "no note")
+    check(
+        "j.doe resolves it with a note",
+        "resolved: accepted by j.doe, with the note",
+        f"{exception_state(closed.state)}: {kind_name(closed.resolution.kind)} by "
+        f"{closed.resolution.by or '(no one recorded)'}, with {kept}",
+        closed.state == exception_pb2.EXCEPTION_STATE_RESOLVED
+        and closed.resolution.kind == exception_pb2.RESOLUTION_KIND_ACCEPTED
+        and (closed.resolution.by, closed.resolution.note) == ("j.doe", note),
+    )
+
+    # The summary reads the router's book, which follows the stream: the closure is counted a moment later.
+    deadline = time.monotonic() + 10
+    summary = router.SummarizeExceptions(exc.SummarizeExceptionsRequest(), metadata=ops)
+    while summary.closure_by_team["accounts-payable"].closed <= closed_before and time.monotonic() < deadline:
+        time.sleep(0.1)
+        summary = router.SummarizeExceptions(exc.SummarizeExceptionsRequest(), metadata=ops)
+    payable = summary.closure_by_team["accounts-payable"]
+    check(
+        "the summary of accounts-payable",
+        "one more closure counted, with its time",
+        f"{payable.closed} closure(s) (before: {closed_before}), p50 {duration_text(payable.p50_seconds)}",
+        payable.closed > closed_before and payable.p50_seconds > 0,
+    )
+    now = datetime.now(UTC)
+    tables.append(exceptions_table(f"exceptions raised by demo {run_id}", _raised_by_run(router, run_id, since), now))
+    tables.append(backlog_table(summary, "", now))
+    tables.append(closure_table(summary, ""))
+
+
 def run_scenario(host: str, base: int, run_id: str, shown: list[Table] | None = None) -> list[Step]:
     """Run the story; every step is checked and returned, the tables worth reading go to ``shown``."""
     steps: list[Step] = []
     tables = shown if shown is not None else []
+    # Exceptions this run raises are first raised after this (a minute's leeway for the servers' clocks).
+    started = datetime.now(UTC) - timedelta(minutes=1)
 
     def check(name: str, expected: str, actual: str, ok: bool) -> None:
         steps.append(Step(name, expected, actual, ok))
@@ -551,6 +710,7 @@ def run_scenario(host: str, base: int, run_id: str, shown: list[Table] | None = 
     )
     tables.append(status_table(po_id, receiving))
     invoice_steps(host, base, run_id, po_id, golden.supplier_id, check, tables)
+    exception_steps(host, base, run_id, started, check, tables)
     return steps
 
 

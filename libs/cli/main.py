@@ -12,7 +12,7 @@ import grpc
 import typer
 from rich.table import Table
 
-from libs.cli import audit_cmd, demo_cmd, dev_cmd, invoices_cmd, policy_cmd, receipts_cmd, suppliers_cmd
+from libs.cli import audit_cmd, demo_cmd, dev_cmd, exceptions_cmd, invoices_cmd, policy_cmd, receipts_cmd, suppliers_cmd
 from libs.cli.components import (
     COMPONENTS,
     DEFAULT_GRPC_PORT_BASE,
@@ -31,6 +31,7 @@ app.add_typer(dev_cmd.app, name="dev")
 app.add_typer(suppliers_cmd.app, name="suppliers")
 app.add_typer(receipts_cmd.app, name="receipts")
 app.add_typer(invoices_cmd.app, name="invoices")
+app.add_typer(exceptions_cmd.app, name="exceptions")
 app.command(name="demo", help=demo_cmd.HELP)(demo_cmd.demo)
 console = make_console()
 

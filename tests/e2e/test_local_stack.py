@@ -220,9 +220,10 @@ def test_demo_scenario_runs_clean_against_the_stack(stack, otlp_receiver):
     assert summary
     done, _, total = summary[0].split()[:3]
     assert done == total
-    assert int(total) >= 24
+    assert int(total) >= 29
     _assert_the_warehouse_step_was_caught(result.stdout, po_port - 2)
     _assert_the_invoice_step_held(result.stdout, po_port - 2)
+    _assert_the_exceptions_step_held(result.stdout, po_port - 2)
 
     components = existing_components()
     _assert_rpc_durations_read_right(components, metrics_port - 2)
@@ -300,6 +301,63 @@ def _assert_the_invoice_step_held(output: str, base: int) -> None:
         in " ".join(shown.stdout.split())
     ), shown.stdout
     assert f"exceptions: {row[1]}" in shown.stdout
+
+
+def _assert_the_exceptions_step_held(output: str, base: int) -> None:
+    """Every exception the story raised was routed to its owner team; the price variance of the released invoice was
+    acknowledged and resolved by j.doe through ops-console; the CLI reads all of it back from exception-router."""
+    run_id = re.search(r"syncgov demo (\d+)", output)
+    assert run_id, output
+    run, priced = run_id[1], f"INV-{run_id[1]}-2"
+    assert f"exceptions raised by demo {run}" in output
+    exception_id = r"EXC-[0-9a-f]{24}"
+    row = re.search(
+        rf"│ ({exception_id}) +│ price_variance +│ medium +│ resolved +│ accounts-payable +│ invoice:{priced} +│ 1 +│",
+        output,
+    )
+    assert row, f"no resolved price_variance exception in the demo's exceptions table:\n{output}"
+    refusals = re.findall(
+        rf"│ {exception_id} +│ ownership_violation +│ critical +│ open +│ integration-team +│ \w+:\S*{run}\S* +│",
+        output,
+    )
+    assert len(refusals) == 4, f"four refusals routed to integration-team expected:\n{output}"
+    for finding in ("superseded_version", "over_receipt"):
+        assert re.search(rf"│ {finding} +│ medium +│ open +│ procurement-ops +│ goods_receipt:erp/GR-{run} +│", output)
+    assert re.search(rf"│ awaiting_receipt +│ medium +│ open +│ accounts-payable +│ invoice:INV-{run}-1 +│", output)
+    reported = re.search(rf"│ {priced} +│ .+│ released +│ price_variance +│ [^│]+│ ({UUID}) +│", output)
+    assert reported, output
+
+    address = f"127.0.0.1:{next(c for c in existing_components() if c.name == 'exception-router').grpc_port(base)}"
+    # invoice-status answered with the id of its raise; the router finds the exception by it.
+    shown = _cli("exceptions", "show", reported[1], "--address", address, columns=400)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert f"exception {row[1]}" in shown.stdout
+    assert re.search(r"│ acknowledged +│ by j\.doe through ops-console at \S+Z +│", shown.stdout), shown.stdout
+    assert re.search(
+        r"│ resolved +│ accepted by j\.doe through ops-console at \S+Z: price rise agreed with the supplier by phone; "
+        r"invoice released +│",
+        shown.stdout,
+    ), shown.stdout
+    assert re.search(r"│ routed by +│ exceptions\.routes\[\d+\] of policy revision \d+ +│", shown.stdout), shown.stdout
+
+    listed = _cli("exceptions", "list", "--object", f"invoice:{priced}", "--json", "--address", address)
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    exceptions = json.loads(listed.stdout)
+    assert [(e["exception_id"], e["type"], e["state"]) for e in exceptions] == [
+        (row[1], "EXCEPTION_TYPE_PRICE_VARIANCE", "EXCEPTION_STATE_RESOLVED")
+    ]
+    assert exceptions[0]["resolution"]["kind"] == "RESOLUTION_KIND_ACCEPTED"
+    backlog = _cli(
+        "exceptions", "list", "--team", "integration-team", "--type", "ownership_violation", "--open", "--json",
+        "--address", address,
+    )  # fmt: skip
+    assert backlog.returncode == 0, backlog.stdout + backlog.stderr
+    assert len([e for e in json.loads(backlog.stdout) if run in e["object"]["object_key"]]) == 4
+    summary = _cli("exceptions", "summary", "--team", "accounts-payable", "--json", "--address", address)
+    assert summary.returncode == 0, summary.stdout + summary.stderr
+    closures = json.loads(summary.stdout)["closure_by_team"]["accounts-payable"]
+    assert int(closures["closed"]) >= 1
+    assert closures["p50_seconds"] > 0
 
 
 def _scrape(port: int) -> dict[str, Any]:
