@@ -76,9 +76,12 @@ class ExceptionReporter:
         discriminator: str = "",
         policy_revision: int = 0,
         exception_id: str = "",
+        site_id: str = "",
+        business_unit: str = "",
     ) -> exception_pb2.Exception:
         """Publish one exception. An ``exception_id`` derived from what was found (rather than a fresh one) makes
-        raising idempotent: the exception's subject guard stores it once however often it is raised again."""
+        raising idempotent: the exception's subject guard stores it once however often it is raised again. The site
+        and business unit concerned are what the router's policy routes by (``exceptions.routes[].match``)."""
         exception_id = exception_id or str(uuid.uuid4())
         exception = exception_pb2.Exception(
             exception_id=exception_id,
@@ -93,6 +96,8 @@ class ExceptionReporter:
             workflow_key=workflow_key,
             evidence=list(evidence),
             policy_revision=policy_revision,
+            site_id=site_id,
+            business_unit=business_unit,
         )
         exception.raised_at.CopyFrom(now_timestamp())
         if original_message is not None:

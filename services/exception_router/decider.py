@@ -96,6 +96,7 @@ class CaseState:
     closed_sequence: int = 0
     replay_sequence: int = 0  # the pending or processed replay request (0: none since the last opening)
     replay_by: str = ""
+    replay_through: str = ""
     replay_reason: str = ""
     replay_at_ns: int = 0
     replay_consumer: str = ""
@@ -178,12 +179,14 @@ def evolve(state: CaseState, recorded: Recorded[Change]) -> CaseState:
                 resolved_through=change.through,
                 closed_at_ns=at,
                 closed_sequence=recorded.sequence,
+                escalate_at_ns=0,
             )
         case Transition.REPLAY_REQUESTED:
             return replace(
                 state,
                 replay_sequence=recorded.sequence,
                 replay_by=change.actor,
+                replay_through=change.through,
                 replay_reason=change.reason,
                 replay_at_ns=at,
                 replay_consumer=change.replay_consumer,
@@ -199,9 +202,11 @@ def evolve(state: CaseState, recorded: Recorded[Change]) -> CaseState:
                 resolution=Resolution.REPLAYED,
                 note=state.replay_reason,
                 resolved_by=state.replay_by,
+                resolved_through=state.replay_through,
                 closed_at_ns=at,
                 closed_sequence=recorded.sequence,
                 replay_processed_at_ns=at,
+                escalate_at_ns=0,
             )
         case Transition.ESCALATED:
             return replace(

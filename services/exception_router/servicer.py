@@ -4,6 +4,7 @@ The rules are in decider.py; the book (store.py) answers queries; intake.py open
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import time
 import uuid
@@ -39,6 +40,8 @@ from services.exception_router.summary import summarize
 from syncgov.exception.v1 import events_pb2, exception_pb2, exception_service_pb2, exception_service_pb2_grpc
 
 LISTING = "exception.exceptions"
+# How long a command on an exception raised a moment ago waits for the intake to route (open) it.
+ROUTING_WAITS, ROUTING_WAIT_SECONDS = 40, 0.05
 
 
 class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceServicer):
@@ -186,6 +189,8 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
     # -- plumbing --------------------------------------------------------------------------------------------
 
     async def _run(self, view: CaseView, command: Command) -> Outcome[CaseState, Change]:
+        if not view.state.exists:  # raised a moment ago: the intake is routing it
+            view = await self._routed(view)
         result = await self._commands.run(view.case_id, functools.partial(decide, command))
         if isinstance(result, Refusal):
             raise refusal_error(result, exception_id=view.case_id)
@@ -196,6 +201,14 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         if isinstance(outcome, Outcome) and outcome.state.last_sequence > view.state.last_sequence:
             view = replace(view, state=outcome.state)
         return mapping.exception_of(view)
+
+    async def _routed(self, view: CaseView) -> CaseView:
+        for _ in range(ROUTING_WAITS):
+            await asyncio.sleep(ROUTING_WAIT_SECONDS)
+            current = self._book.get(view.case_id)
+            if current is not None and current.state.exists:
+                return current
+        raise Unavailable(f"exception {view.case_id} was raised but is not routed yet; retry shortly", reason="ROUTING")
 
     async def _view(self, exception_id: str) -> CaseView:
         """The exception ``exception_id`` names: an exception's own id, or the id of any raise folded into it (what a

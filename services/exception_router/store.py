@@ -89,9 +89,9 @@ class ExceptionBook:
         if change is None:
             return
         view = self.cases.get(stored.envelope.object_key)
-        if view is None:  # its raises expired from the stream (or were never stored): keep what it says
+        if view is None:  # its raises expired from the stream (or were never stored): listed where it first shows
             view = self.cases[stored.envelope.object_key] = CaseView(
-                stored.envelope.object_key, change.type_name, "", "", 0, "", "", "", "", "", "", "", 0, 0
+                stored.envelope.object_key, change.type_name, "", "", 0, "", "", "", "", "", "", "", stored.sequence, 0
             )
         if view.state.last_sequence >= stored.sequence:
             return
@@ -120,8 +120,20 @@ class ExceptionBook:
                 first_sequence=stored.sequence,
                 first_raised_at_ns=at,
             )
-        elif not view.first_sequence:  # known from its transitions only
-            view.first_sequence, view.first_raised_at_ns = stored.sequence, at
+        elif not view.first_raised_at_ns:  # known from its transitions only: what its first raise says
+            ref = raised.object
+            view.object_type, view.object_key, view.object_version = ref.object_type, ref.object_key, ref.version
+            view.fingerprint, view.raised_by, view.detail = (
+                raised.fingerprint,
+                raised.raised_by,
+                raised.detail[:DETAIL_KEPT],
+            )
+            view.site_id, view.business_unit, view.workflow_key = (
+                raised.site_id,
+                raised.business_unit,
+                raised.workflow_key,
+            )
+            view.raised_severity, view.first_raised_at_ns = events.severity_name(raised.severity), at
         view.occurrences += 1
         view.last_raised_at_ns = at
         view.last_raised_id = raised.exception_id

@@ -48,4 +48,6 @@ class FindingExceptions:
                 discriminator=receipt.key,
                 policy_revision=policy.revision,
                 exception_id=exception_id,
+                site_id=receipt.site_id,
+                business_unit=business_unit,
             )

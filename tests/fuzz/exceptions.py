@@ -61,7 +61,7 @@ async def before_start(settings: RuntimeSettings) -> None:
         await nc.drain()
 
 
-def _raise(type_value: int, key: str, detail: str, **extra: Any) -> Any:
+def _raise(type_value: Any, key: str, detail: str, **extra: Any) -> Any:
     from syncgov.common.v1 import types_pb2
     from syncgov.exception.v1 import exception_pb2 as ex
     from syncgov.exception.v1 import exception_service_pb2 as pb

@@ -85,6 +85,9 @@ async def test_a_receipt_against_v1_after_v2_lowered_the_quantity_is_caught(rece
         assert exception.type == finding.type
         assert exception.workflow_key == "PO-1001"
         assert exception.object.object_key == "erp/GR-1"
+        # The site and business unit travel with the exception: the router's routes match on them.
+        assert exception.site_id == "DC-HAMBURG"
+        assert exception.business_unit == lowered.business_unit
     assert list(response.exception_ids) == [f.exception_id for f in response.findings]  # one type each here
 
 

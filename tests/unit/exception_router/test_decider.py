@@ -88,7 +88,8 @@ def test_resolving_closes_and_only_a_raise_stored_after_the_closure_reopens():
     observe(history)
     before_closure = history.raise_()  # stored before the resolution, processed after it
     history.apply(decide(Resolve(Resolution.FIXED, "mapped", "j.doe", "ops-console"), history.state))
-    assert history.state.state is State.RESOLVED
+    assert history.state.state.closed
+    assert history.state.escalate_at_ns == 0  # a closed exception has no deadline
     late = decide(Observe(before_closure, "price_variance", AP, 0, False), history.state)
     assert late is None
     reopened = observe(history, now=7)

@@ -53,6 +53,21 @@ class Stream:
         return StoredEvent("SG_EXCEPTION", self.sequence, subject, {}, b"", envelope)
 
 
+def raise_of(stored: StoredEvent) -> exception_pb2.Exception:
+    raised = events.decode_raised(stored)
+    assert raised is not None
+    return raised
+
+
+def test_transitions_known_before_their_raises_are_listed_where_they_first_show():
+    book, stream = ExceptionBook(), Stream()
+    stream.sequence = 40  # the raises before expired
+    book.follow(stream.change("EXC-" + "1" * 24, Change(Transition.OPENED, route=AP, type_name="price_variance"), 5))
+    view = book.get("EXC-" + "1" * 24)
+    assert view is not None
+    assert view.first_sequence == 41  # paged like any other, not skipped as sequence 0
+
+
 def test_raises_fold_by_type_object_and_fingerprint_with_first_and_last_seen():
     book, stream = ExceptionBook(), Stream()
     first = stream.raised("INV-1", "r1", 10)
@@ -60,7 +75,7 @@ def test_raises_fold_by_type_object_and_fingerprint_with_first_and_last_seen():
     book.follow(stream.raised("INV-1", "r2", 20, original=True))
     book.follow(stream.raised("INV-2", "r3", 30))
     assert len(book.cases) == 2
-    view = book.get(case_of(events.decode_raised(first)))
+    view = book.get(case_of(raise_of(first)))
     assert view is not None
     assert (view.occurrences, view.first_raised_at_ns, view.last_raised_at_ns) == (2, 10 * SECOND, 20 * SECOND)
     assert view.last_raised_id == "r2"
@@ -74,7 +89,7 @@ def test_transitions_fold_onto_the_exception_once_each():
     book, stream = ExceptionBook(), Stream()
     first = stream.raised("INV-1", "r1", 10)
     book.follow(first)
-    key = case_of(events.decode_raised(first))
+    key = case_of(raise_of(first))
     opened = stream.change(key, Change(Transition.OPENED, route=AP, type_name="price_variance"), 11)
     book.follow(opened)
     book.follow(opened)  # delivered twice: folded once
@@ -124,7 +139,7 @@ def test_summary_counts_backlog_by_team_and_type_and_closure_percentiles():
     for n in range(4):
         raised = stream.raised(f"INV-{n}", f"r{n}", 100)
         book.follow(raised)
-        key = case_of(events.decode_raised(raised))
+        key = case_of(raise_of(raised))
         keys.append(key)
         book.follow(stream.change(key, Change(Transition.OPENED, route=AP, type_name="price_variance"), 100))
     book.follow(stream.raised("INV-0", "again", 150))
