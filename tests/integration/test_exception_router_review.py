@@ -612,3 +612,32 @@ async def test_a_service_cannot_resolve_an_exception_in_a_persons_name(nats_serv
         await asyncio.sleep(1.0)
         got = await get(stub, row.exception_id)
         assert got.state != ex.EXCEPTION_STATE_RESOLVED, (got.resolution.by, got.resolution.through)
+
+
+# -- 11. an account that already keeps JetStream advisories cannot run the router (nor the control plane) --------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="streams.ADVISORY captures $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<NS>_<DOMAIN>.* directly; in an "
+    "account where operations already keep advisories in a stream ($JS.EVENT.ADVISORY.>, as NATS monitoring setups "
+    "do), nats-server refuses the overlapping subjects and provision_streams fails the start of exception-router and "
+    "control-plane (both provision ADVISORY); sourcing from the existing stream, or a core subscription, would not",
+)
+async def test_the_router_starts_where_advisories_are_already_kept(valkey_server, clean_env, tmp_path):
+    from nats.js.api import StreamConfig
+
+    from libs.runtime.local_servers import NatsServer
+
+    server = NatsServer(data_dir=tmp_path / "nats", sync_always=False).start()  # an account of its own
+    try:
+        nc = await nats.connect(server.url)
+        try:
+            await nc.jetstream().add_stream(StreamConfig(name="OPS_ADVISORIES", subjects=["$JS.EVENT.ADVISORY.>"]))
+        finally:
+            await nc.drain()
+        namespace = unique_namespace()
+        async with router(router_settings(server, valkey_server, namespace)) as (_, stub):
+            assert await listed(stub) == []
+    finally:
+        server.stop()
