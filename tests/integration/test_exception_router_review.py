@@ -641,3 +641,59 @@ async def test_the_router_starts_where_advisories_are_already_kept(valkey_server
             assert await listed(stub) == []
     finally:
         server.stop()
+
+
+# -- 12. a raise the intake cannot take yet multiplies into nested delivery exceptions -----------------------------
+
+
+def router_with_intake_behind(switch: Switch):
+    """The real router whose intake fails every raise while ``switch.broken``: what intake.read_up_to does while the
+    book is more than READ_UP_TO_SECONDS behind (a start that serves after catch_up_seconds over a long history)."""
+
+    def wire(rt):
+        service = wire_router(rt)
+        consumers = []
+        for spec in service.consumers:
+            if spec.name == "exception-router-intake":
+                inner = spec.handler
+
+                async def handler(stored, inner=inner):
+                    if switch.broken:
+                        raise RuntimeError("the exception stream is read up to 41, not yet 42")
+                    await inner(stored)
+
+                spec = dataclasses.replace(spec, handler=handler)
+            consumers.append(spec)
+        return dataclasses.replace(service, consumers=tuple(consumers))
+
+    return wire
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the intake consumer's hand-offs are raises on the very subjects it consumes: a raise it cannot take for a "
+    "while is handed off as a delivery_exhausted raise, which it cannot take either, which is handed off again... "
+    "one nested exception per max_deliveries x backoff for as long as the cause lasts, each a separate exception "
+    "to replay by hand once it is gone, while the original problem is never routed",
+)
+async def test_one_raise_the_intake_cannot_take_yet_is_one_exception(nats_server, valkey_server, clean_env, tmp_path):
+    from syncgov.common.v1 import types_pb2 as types
+    from tests.integration.test_exception_router import reporter_for
+
+    namespace = unique_namespace()
+    policy = policy_with(tmp_path, *FAST_RETRIES)
+    switch = Switch()
+    settings = router_settings(nats_server, valkey_server, namespace, policy_file=policy)
+    async with (
+        running_service(settings, router_with_intake_behind(switch)) as (_, channel, _spans),
+        reporter_for(nats_server, namespace, "invoice-status") as reporter,
+    ):
+        stub = exception_service_pb2_grpc.ExceptionRouterServiceStub(channel)
+        ref = types.ObjectRef(object_type="invoice", object_key="INV-1")
+        await reporter.raise_exception(ex.EXCEPTION_TYPE_PRICE_VARIANCE, ex.SEVERITY_MEDIUM, ref, "4% over")
+        await asyncio.sleep(3)  # the book is behind for three seconds
+        switch.broken = False
+        await asyncio.sleep(2)
+        rows = await listed(stub, page=types.PageRequest(page_size=500))
+        kinds = sorted(ex.ExceptionType.Name(row.type) for row in rows)
+        assert len(rows) <= 2, kinds  # the price variance, and at most one exception saying the intake gave up
