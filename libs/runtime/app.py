@@ -37,6 +37,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 from opentelemetry.sdk.trace import SpanProcessor
 from pydantic import ValidationError
 from redis.asyncio import Redis
@@ -232,7 +233,13 @@ async def serve(
                 telemetry.tracer,
                 retry=lambda name: policy_view.current.retry(name),
             )
-            await runner.provision()
+            try:
+                await runner.provision()
+            except NotFoundError:
+                if not spec.optional:
+                    raise
+                log.error("consumer %s not started: its stream %s does not exist", runner.durable, spec.domain)
+                continue
             runners.append(runner)
         if runners:  # a message one of them gave up on comes back through here when a person replays it
             dispatcher = ReplayDispatcher(

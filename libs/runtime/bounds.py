@@ -128,6 +128,7 @@ BY_FIELD: Mapping[str, Bound] = {
     "syncgov.controlplane.v1.ReportSystemStateRequest.objects": Items(10_000),
     "syncgov.controlplane.v1.SystemObjectState.content_sha256": Text(128, Charset.ID),
     "syncgov.exception.v1.OriginalMessage.subject": Text(1_024, Charset.ID),
+    "syncgov.exception.v1.Exception.evidence": Text(64 * 1024),  # JSON documents: services/exception_router/mapping.py
     "syncgov.exception.v1.OriginalMessage.HeadersEntry.key": Text(256, Charset.ID),
     "syncgov.exception.v1.OriginalMessage.HeadersEntry.value": Text(4_096),
 }

@@ -5,7 +5,9 @@ from its own secret. NATS lets each publish only:
 
 * its own domain's subjects (``<ns>.po.>`` for po-publication, ...), plus the control plane's
   policy bucket (``$KV.<ns>_policy.>``);
-* the shared inboxes every component writes to: ``<ns>.exception.>`` and ``<ns>.auditin.>``;
+* the shared inboxes every component writes to: ``<ns>.auditin.>``, and of the exception stream only raises
+  (``<ns>.exception.*.raised``) and processed replays (``<ns>.exception.*.replayed``) — the router's other
+  transitions are exception-router's alone;
 * the JetStream API it needs: stream info, message gets and direct gets of any stream (reading is
   not restricted by domain), consumers (create, info, next), acks and flow control, creating any
   of the namespace's streams if missing (a create never changes an existing stream), and updating
@@ -78,7 +80,14 @@ def publish_allow(component: str, namespace: str | None) -> list[str]:
     """The subjects ``component`` may publish to, most specific first."""
     who = role(component)
     root = "*" if namespace is None else namespace
-    subjects = [f"{root}.{domain}.>" for domain in (*who.domains, *INBOX_DOMAINS) if domain]
+    subjects = [f"{root}.{domain}.>" for domain in (*who.domains, *INBOX_DOMAINS) if domain and domain != "exception"]
+    if "exception" in who.domains:
+        subjects.append(f"{root}.exception.>")
+    else:
+        # The exception stream also holds the router's transitions: every other component raises
+        # (``<id>.raised``) and records a replay its consumer processed (``<id>.replayed``), nothing else, so
+        # no service can close, acknowledge or reroute an exception in a person's name.
+        subjects += [f"{root}.exception.*.raised", f"{root}.exception.*.replayed"]
     subjects = list(dict.fromkeys(subjects))
     # A subject token is matched whole: with any namespace, any bucket.
     subjects += [f"$KV.{'*' if namespace is None else f'{namespace}_{bucket}'}.>" for bucket in who.kv_buckets]

@@ -57,6 +57,13 @@ class Retry(Exception):
     """Transient failure: deliver the message again after the backoff delay."""
 
 
+class NotYet(Retry):
+    """The message needs something that has not happened yet (a read model catching up): delivered again after the
+    policy's backoff, never handed off by the policy's limit (the server's backstop of SERVER_MAX_DELIVER still
+    applies, and its advisory reaches the exception router), so waiting does not turn into an exception about the
+    message."""
+
+
 class Poison(Exception):
     """The message can never succeed: hand it off now."""
 
@@ -78,6 +85,8 @@ class ConsumerSpec:
     hand_off: HandOff | None = None
     # More than one filter (relative to the namespace, like ``filter``): the consumer takes any of them.
     filters: tuple[str, ...] = ()
+    # Its stream is optional (libs/runtime/streams.StreamSpec.optional): without it the consumer does not run.
+    optional: bool = False
 
 
 def backoff_delay(backoff: tuple[float, ...], delivered: int) -> float:
@@ -211,6 +220,10 @@ class ConsumerRunner:
             except Poison as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))
                 await self._hand_off(message, delivered, f"poison: {error}", backoff)
+                return
+            except NotYet as error:
+                log.info("not yet (delivery %s): %s", delivered, error, extra={"consumer": self.durable})
+                await message.nak(delay=backoff_delay(backoff, delivered))
                 return
             except Exception as error:
                 span.record_exception(error)

@@ -26,7 +26,7 @@ from opentelemetry import trace
 
 from libs.runtime.consumers import ConsumerSpec, message_ref
 from libs.runtime.events import Event, EventPublisher, EventReader, StoredEvent, parse_stored
-from syncgov.common.v1 import types_pb2
+from syncgov.common.v1 import envelope_pb2, types_pb2
 from syncgov.exception.v1 import events_pb2, exception_pb2
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,17 @@ class ReplayDispatcher:
             log.info("replay %s of %s was processed or withdrawn already; skipped", stored.sequence, exception_id)
             return
         headers = {**original.headers, HEADER_REPLAY: f"{exception_id}:{stored.sequence}"}
-        event = parse_stored(original.stream, original.stream_sequence, original.subject, headers, original.data)
+        if spec.raw:  # not an event (a JetStream advisory): handed over as bytes, like its first delivery
+            event = StoredEvent(
+                original.stream,
+                original.stream_sequence,
+                original.subject,
+                headers,
+                original.data,
+                envelope_pb2.EventEnvelope(),
+            )
+        else:
+            event = parse_stored(original.stream, original.stream_sequence, original.subject, headers, original.data)
         span = trace.get_current_span()
         span.set_attribute("syncgov.replay.exception_id", exception_id)
         span.set_attribute("syncgov.replay.subject", original.subject)
@@ -70,7 +80,7 @@ class ReplayDispatcher:
                 name=REPLAYED,
                 payload=events_pb2.ExceptionStateChanged(
                     exception_id=exception_id,
-                    previous_state=request.state,
+                    previous_state=request.state or exception_pb2.EXCEPTION_STATE_OPEN,
                     state=exception_pb2.EXCEPTION_STATE_REPLAYED,
                     transition=events_pb2.TRANSITION_REPLAYED,
                     actor=original.consumer,

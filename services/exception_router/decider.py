@@ -71,6 +71,7 @@ class Change:
     type_name: str = ""  # opened: the exception type (a replay needs it)
     replay_consumer: str = ""  # replay requested: the consumer the message goes back to
     message: object | None = None  # replay requested: the original message itself (opaque to the rules)
+    previous: State | None = None  # the state it was decided on (set by ``decide``)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +268,7 @@ class RequestReplay:
     through: str
     consumer: str  # from the original message; empty: nothing to replay to
     message: object | None = None
+    unreplayable: str = ""  # why the message cannot go back to its consumer (no message kept, not syncgov's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,6 +305,23 @@ def _closed(state: CaseState, what: str) -> Refusal:
 
 
 def decide(command: Command, state: CaseState) -> Change | Refusal | None:
+    decision = _decide(command, state)
+    return replace(decision, previous=state.state) if isinstance(decision, Change) else decision
+
+
+def state_after(change: Change) -> State:
+    """The state a transition leaves (escalation, re-routing and a replay request leave it as it was)."""
+    after = {
+        Transition.OPENED: State.OPEN,
+        Transition.REOPENED: State.OPEN,
+        Transition.ACKNOWLEDGED: State.ACKNOWLEDGED,
+        Transition.RESOLVED: State.RESOLVED,
+        Transition.REPLAYED: State.REPLAYED,
+    }
+    return after.get(change.transition, change.previous or State.NONE)
+
+
+def _decide(command: Command, state: CaseState) -> Change | Refusal | None:
     match command:
         case Observe():
             return _observe(command, state)
@@ -382,13 +401,11 @@ def _request_replay(command: RequestReplay, state: CaseState) -> Change | Refusa
         return None  # pressed again: the replay requested stands, nothing is delivered twice
     if state.state.closed:
         return _closed(state, "replayed")
-    if state.type_name != "delivery_exhausted" or not command.consumer:
-        return Refusal(
-            RefusalKind.PRECONDITION,
-            NOT_REPLAYABLE,
-            f"only a delivery_exhausted exception carries a message to replay; this one is {state.type_name}",
-            metadata={"type": state.type_name},
+    if state.type_name != "delivery_exhausted" or not command.consumer or command.unreplayable:
+        why = command.unreplayable or (
+            f"only a delivery_exhausted exception carries a message to replay; this one is {state.type_name}"
         )
+        return Refusal(RefusalKind.PRECONDITION, NOT_REPLAYABLE, why, metadata={"type": state.type_name})
     return Change(
         Transition.REPLAY_REQUESTED,
         actor=command.by,
@@ -415,8 +432,10 @@ def _reroute(command: Reroute, state: CaseState) -> Change | None:
     """A policy change moves open exceptions nobody took yet; taken or escalated ones stay where they are."""
     if state.state is not State.OPEN or state.escalated:
         return None
-    if state.route is not None and state.route.same_destination(command.route):
-        return None
+    if state.route is not None and (
+        command.route.revision <= state.route.revision or state.route.same_destination(command.route)
+    ):
+        return None  # routed under this revision or a newer one already (a replica whose policy lags), or no change
     return Change(
         Transition.REROUTED,
         route=command.route,

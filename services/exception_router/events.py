@@ -16,7 +16,7 @@ from libs.runtime.events import Event, StoredEvent, readable
 from libs.runtime.exception_reporter import DOMAIN, OBJECT_TYPE
 from libs.runtime.exception_reporter import RAISED as REPORTED_RAISED
 from libs.runtime.identity import current_caller
-from services.exception_router.decider import Change, Resolution, State, Transition
+from services.exception_router.decider import Change, Resolution, State, Transition, state_after
 from services.exception_router.domain import Route
 from syncgov.exception.v1 import events_pb2, exception_pb2
 
@@ -82,11 +82,25 @@ def resolution_of(value: int) -> Resolution | None:
     return Resolution[exception_pb2.ResolutionKind.Name(value).removeprefix("RESOLUTION_KIND_")]
 
 
+# Transitions the router decides itself (no person): recorded as syncgov's, by exception-router.
+ROUTER_TRANSITIONS = frozenset({Transition.OPENED, Transition.REOPENED, Transition.ESCALATED, Transition.REROUTED})
+ROUTER = "exception-router"
+
+
+def _previous_state(previous: State | None) -> exception_pb2.ExceptionState:
+    if previous is None or previous is State.NONE:
+        return exception_pb2.EXCEPTION_STATE_UNSPECIFIED  # opened: there was no exception before
+    return state_value(previous)
+
+
 def encode(case_id: str, change: Change) -> Event:
+    by_router = change.transition in ROUTER_TRANSITIONS
     message = events_pb2.ExceptionStateChanged(
         exception_id=case_id,
         transition=cast(events_pb2.Transition, events_pb2.Transition.Value(_TRANSITION_ENUM[change.transition])),
-        actor=change.actor,
+        previous_state=_previous_state(change.previous),
+        state=state_value(state_after(change)),
+        actor=ROUTER if by_router else change.actor,
         through=change.through,
         reason=change.reason,
         owner_team=change.owner_team,
@@ -118,7 +132,7 @@ def encode(case_id: str, change: Change) -> Event:
         payload=message,
         # Transitions are guarded by the exception's subject; the key only has to be unique.
         idempotency_key=f"exception:{case_id}:{change.transition.value}:{uuid.uuid4()}",
-        source_system=current_caller().system,
+        source_system="syncgov" if by_router else current_caller().system,
         policy_revision=route.revision if route is not None else 0,
     )
 
@@ -145,7 +159,7 @@ def _decode_change(stored: StoredEvent) -> Change:
         )
     return Change(
         transition,
-        actor=message.actor,
+        actor="" if transition in ROUTER_TRANSITIONS else message.actor,
         through=message.through,
         reason=message.reason,
         route=route,

@@ -28,7 +28,7 @@ from nats.js.errors import NotFoundError
 
 from libs.policy.engine import Policy
 from libs.runtime.commands import CommandHandler, Outcome
-from libs.runtime.consumers import Retry, message_ref
+from libs.runtime.consumers import NotYet, message_ref
 from libs.runtime.decider import Refusal
 from libs.runtime.events import StoredEvent
 from libs.runtime.exception_reporter import ExceptionReporter
@@ -60,10 +60,19 @@ class Intake:
         self._clock = clock
 
     async def on_raised(self, stored: StoredEvent) -> None:
+        """The intake consumer's handler. It never hands a raise off: its hand-off would be a raise on the subjects it
+        consumes, failing the same way while the cause lasts (a book behind, a broker refusing writes), one nested
+        exception per delivery limit. Every failure is NotYet: the raise comes back with the policy's backoff until
+        it is taken (the server's backstop and its advisory still catch a raise that can never be)."""
         raised = events.decode_raised(stored)
         if raised is None:
             return
-        await self.observe(stored.sequence, raised)
+        try:
+            await self.observe(stored.sequence, raised)
+        except NotYet:
+            raise
+        except Exception as error:
+            raise NotYet(f"raise {stored.sequence} not taken yet: {error!r}") from error
 
     async def observe(
         self, raised_sequence: int, raised: exception_pb2.Exception
@@ -72,7 +81,10 @@ class Intake:
         await read_up_to(self._book, raised_sequence)
         key = case_of(raised)
         view = self._book.get(key)
-        exhausted = raised.type == exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED
+        # Only a consumer's hand-off (it carries the message) says a pending replay failed.
+        exhausted = raised.type == exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED and raised.HasField(
+            "original_message"
+        )
         if not self._book.needs_decision(view, raised_sequence, exhausted):
             return None
         type_name = events.type_name(raised.type)
@@ -84,12 +96,14 @@ class Intake:
         return await self._commands.run(key, functools.partial(decide, command), assume_new=assume_new)
 
 
-async def read_up_to(book: ExceptionBook, sequence: int) -> None:
+async def read_up_to(book: ExceptionBook, sequence: int, seconds: float = READ_UP_TO_SECONDS) -> None:
+    """Wait until the book has read the stream up to ``sequence``; NotYet (the message comes back later, it is not a
+    failure of the message) when it has not within ``seconds``."""
     try:
-        async with asyncio.timeout(READ_UP_TO_SECONDS):
+        async with asyncio.timeout(seconds):
             await book.read_up_to(sequence)
     except TimeoutError:
-        raise Retry(f"the exception stream is read up to {book.read_through}, not yet {sequence}") from None
+        raise NotYet(f"the exception stream is read up to {book.read_through}, not yet {sequence}") from None
 
 
 class Advisories:
@@ -119,18 +133,21 @@ class Advisories:
         try:
             message = await self._js.get_msg(stream, sequence, direct=True)
         except NotFoundError:
-            original.last_error += " (the message is no longer in its stream)"
+            # Where it was and who gave up, without subject or bytes: a replay is refused, never an empty event.
+            original.last_error += "; the message is no longer in its stream, so it cannot be replayed"
         else:
             original.subject = message.subject or ""
             original.headers.update(message.headers or {})
             original.data = message.data or b""
-        digest = hashlib.sha256(f"{stream}\x1f{sequence}\x1f{consumer}\x1f{deliveries}".encode()).hexdigest()
+        # One raise per advisory (its place in the advisory stream): a redelivered advisory raises once, the same
+        # message exhausted again (a consumer reset) raises again and reopens a closed exception.
+        digest = hashlib.sha256(f"{stored.stream}\x1f{stored.sequence}".encode()).hexdigest()
+        subject = original.subject or f"{stream}:{sequence}"
         await self._reporter.raise_exception(
             exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED,
             exception_pb2.SEVERITY_HIGH,
             message_ref(stream, sequence),
-            f"{consumer} reached its delivery limit on {original.subject or f'{stream}:{sequence}'} after "
-            f"{deliveries} deliveries without handing it off",
+            f"{consumer} reached its delivery limit on {subject} after {deliveries} deliveries without handing it off",
             original_message=original,
             discriminator=consumer,
             exception_id=f"advisory-{digest[:32]}",

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from libs.runtime.errors import FieldViolation, InvalidArgument
 from libs.runtime.exception_reporter import fingerprint
+from libs.runtime.subjects import Namespace
 from services.exception_router import events
 from services.exception_router.decider import Resolution, State
 from services.exception_router.store import CaseView
 from syncgov.exception.v1 import exception_pb2, exception_service_pb2
 
-MAX_EVIDENCE_BYTES = 64 * 1024  # each evidence document a caller raises
+# GetException's answer must fit gRPC's 4 MiB whatever the raise held (services attach whole documents as evidence,
+# and a hand-off carries a message of up to 8 MiB): beyond these, evidence and the message's bytes stay in the stream.
+ANSWER_EVIDENCE_BYTES = 1024 * 1024
+ANSWER_MESSAGE_BYTES = 1024 * 1024
 
 
 def raised_from_request(request: exception_service_pb2.RaiseExceptionRequest, system: str) -> exception_pb2.Exception:
@@ -37,10 +42,14 @@ def raised_from_request(request: exception_service_pb2.RaiseExceptionRequest, sy
                 "only syncgov's own consumers hand off messages to replay; describe the problem in detail/evidence",
             )
         )
+    if given.type == exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED:
+        violations.append(
+            FieldViolation(
+                "exception.type",
+                "delivery_exhausted is raised by syncgov's consumers and JetStream's advisories, not through the API",
+            )
+        )
     for index, document in enumerate(given.evidence):
-        if len(document.encode()) > MAX_EVIDENCE_BYTES:
-            violations.append(FieldViolation(f"exception.evidence[{index}]", "must be at most 64 KiB"))
-            continue
         try:
             json.loads(document)
         except ValueError:
@@ -64,6 +73,39 @@ def raised_from_request(request: exception_service_pb2.RaiseExceptionRequest, sy
     if not raised.fingerprint:
         raised.fingerprint = fingerprint(raised.type, raised.object)
     return raised
+
+
+def add_evidence(message: exception_pb2.Exception, documents: Sequence[str]) -> None:
+    """As much evidence as fits the answer, first documents first; ``evidence_omitted`` counts the rest."""
+    room = ANSWER_EVIDENCE_BYTES
+    for index, document in enumerate(documents):
+        size = len(document.encode())
+        if size > room:
+            message.evidence_omitted = len(documents) - index
+            return
+        room -= size
+        message.evidence.append(document)
+
+
+def add_original(message: exception_pb2.Exception, original: exception_pb2.OriginalMessage) -> None:
+    """The original message, its bytes left out above ``ANSWER_MESSAGE_BYTES`` (``data_bytes`` says how many)."""
+    message.original_message.CopyFrom(original)
+    message.original_message.data_bytes = len(original.data)
+    if len(original.data) > ANSWER_MESSAGE_BYTES:
+        message.original_message.ClearField("data")
+
+
+def unreplayable(original: exception_pb2.OriginalMessage | None, namespace: Namespace) -> str:
+    """Why ``original`` cannot go back to its consumer, or "" when it can: it must be kept whole and its consumer one
+    that a syncgov service runs (its replay consumer delivers it)."""
+    if original is None or not original.subject:
+        return "no message is kept with this exception (it was gone from its stream when the limit was reached)"
+    if not original.consumer.startswith(f"{namespace.root}-") or original.consumer.endswith("-replays"):
+        return (
+            f"its consumer {original.consumer!r} is not one a syncgov service runs, so nothing would take the message; "
+            "replay it by that consumer's own means, then resolve the exception"
+        )
+    return ""
 
 
 def raise_id(system: str, idempotency_key: str) -> str:

@@ -5,6 +5,7 @@ The rules are in decider.py; the book (store.py) answers queries; intake.py open
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 import uuid
@@ -15,6 +16,7 @@ from typing import Any
 import grpc
 
 from libs.runtime.commands import Outcome
+from libs.runtime.consumers import NotYet
 from libs.runtime.decider import Refusal
 from libs.runtime.errors import AlreadyExists, FieldViolation, InvalidArgument, NotFound, Unavailable
 from libs.runtime.events import Event, EventPublisher, EventReader, WrongLastSequence
@@ -23,6 +25,7 @@ from libs.runtime.identity import current_caller
 from libs.runtime.paging import decode_page_token, encode_page_token, page_size
 from libs.runtime.people import person
 from libs.runtime.refusals import refusal_error
+from libs.runtime.subjects import Namespace
 from services.exception_router import events, mapping
 from services.exception_router.decider import (
     Acknowledge,
@@ -42,6 +45,8 @@ from syncgov.exception.v1 import events_pb2, exception_pb2, exception_service_pb
 LISTING = "exception.exceptions"
 # How long a command on an exception raised a moment ago waits for the intake to route (open) it.
 ROUTING_WAITS, ROUTING_WAIT_SECONDS = 40, 0.05
+# How long an answer waits for this replica's book to fold what the command wrote (the follower trails by ms).
+READ_OWN_WRITE_SECONDS = 2.0
 
 
 class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceServicer):
@@ -53,8 +58,10 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         publisher: EventPublisher,
         reader: EventReader,
         ready: Callable[[], bool],
+        namespace: Namespace,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
+        self._namespace = namespace
         self._commands = commands
         self._book = book
         self._intake = intake
@@ -66,6 +73,7 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
     async def RaiseException(
         self, request: exception_service_pb2.RaiseExceptionRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> exception_service_pb2.RaiseExceptionResponse:
+        self._require_ready()
         system = current_caller().system
         raised = mapping.raised_from_request(request, system)
         raised.exception_id = (
@@ -73,7 +81,10 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         )
         raised.raised_at.GetCurrentTime()
         sequence = await self._store_raise(raised, request.idempotency_key)
-        outcome = await self._intake.observe(sequence, raised)
+        try:
+            outcome = await self._intake.observe(sequence, raised)
+        except NotYet:  # stored; the intake consumer routes it once the book has read it
+            raise _behind(sequence) from None
         view = self._book.get(case_of(raised))
         if view is None:  # observe read the book up to the raise: it is there
             raise Unavailable("the exception is not in the read model yet; retry", reason="READ_MODEL_BEHIND")
@@ -116,12 +127,12 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         first = await self._raise_at(view.first_sequence)
         if first is not None:
             message.detail = first.detail
-            message.evidence.extend(first.evidence)
+            mapping.add_evidence(message, first.evidence)
         if view.original_sequence:
             carrier = first if view.original_sequence == view.first_sequence else None
             carrier = carrier or await self._raise_at(view.original_sequence)
             if carrier is not None and carrier.HasField("original_message"):
-                message.original_message.CopyFrom(carrier.original_message)
+                mapping.add_original(message, carrier.original_message)
         return exception_service_pb2.GetExceptionResponse(exception=message)
 
     async def ListExceptions(
@@ -180,7 +191,10 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         view = await self._view(request.exception_id)
         carrier = await self._raise_at(view.original_sequence) if view.original_sequence else None
         original = carrier.original_message if carrier is not None and carrier.HasField("original_message") else None
-        command = RequestReplay(by, reason, current_caller().system, original.consumer if original else "", original)
+        consumer = original.consumer if original is not None else ""
+        command = RequestReplay(
+            by, reason, current_caller().system, consumer, original, mapping.unreplayable(original, self._namespace)
+        )
         outcome = await self._run(view, command)
         return exception_service_pb2.ReplayExceptionResponse(
             exception=self._answer(view, outcome), stream_sequence=outcome.state.replay_sequence
@@ -194,6 +208,10 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         result = await self._commands.run(view.case_id, functools.partial(decide, command))
         if isinstance(result, Refusal):
             raise refusal_error(result, exception_id=view.case_id)
+        # Read your writes: what this replica answers next (a listing, a get) includes this transition.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(READ_OWN_WRITE_SECONDS):
+                await self._book.read_up_to(result.state.last_sequence)
         return result
 
     def _answer(self, view: CaseView, outcome: Outcome[CaseState, Change] | Refusal | None) -> exception_pb2.Exception:
@@ -226,7 +244,10 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
             raised = events.decode_raised(stored) if stored is not None else None
             if stored is None or raised is None:
                 raise _not_found(exception_id)
-            await read_up_to(self._book, stored.sequence)
+            try:
+                await read_up_to(self._book, stored.sequence, READ_OWN_WRITE_SECONDS)
+            except NotYet:
+                raise _behind(stored.sequence) from None
             key = case_of(raised)
         view = self._book.get(key)
         if view is None:
@@ -250,6 +271,13 @@ def _same_raise(before: exception_pb2.Exception, now: exception_pb2.Exception) -
     for message in (first, second):
         message.ClearField("raised_at")
     return first.SerializeToString(deterministic=True) == second.SerializeToString(deterministic=True)
+
+
+def _behind(sequence: int) -> Unavailable:
+    return Unavailable(
+        f"the exception book has not read the stream up to sequence {sequence} yet; retry shortly",
+        reason="READ_MODEL_BEHIND",
+    )
 
 
 def _not_found(exception_id: str) -> NotFound:

@@ -43,7 +43,9 @@ def wire(rt: Runtime[Settings]) -> Service:
     intake = Intake(commands, book, policy)
     advisories = Advisories(rt.js, rt.namespace, rt.exceptions)
     sweeper = Sweeper(commands, book, policy)
-    servicer = ExceptionRouterServicer(commands, book, intake, rt.publisher, rt.reader, lambda: follower.caught_up)
+    servicer = ExceptionRouterServicer(
+        commands, book, intake, rt.publisher, rt.reader, lambda: follower.caught_up, rt.namespace
+    )
 
     async def follow() -> None:
         await follower.start(catch_up_timeout=rt.settings.catch_up_seconds)
@@ -75,6 +77,7 @@ def wire(rt: Runtime[Settings]) -> Service:
                 f"{MAX_DELIVERIES_ADVISORY}.>",
                 advisories.on_advisory,
                 raw=True,
+                optional=True,
             ),
         ),
     )

@@ -1,7 +1,7 @@
-"""Review of issue 12 (exception-router): defects proven against real servers.
+"""Review of issue 12 (exception-router): defects a hostile review proved against real servers, now fixed.
 
-Each test states what the router should do and is marked xfail(strict=True) with the defect it exposes: it fails
-today because of that defect, and will turn the suite red (XPASS) once the defect is fixed, so the mark can go."""
+Each test states what the router should do; each failed before its fix (docs/reliability.md, "exception-router
+review")."""
 
 from __future__ import annotations
 
@@ -88,11 +88,6 @@ async def replay_refusal(stub, request: svc.ReplayExceptionRequest) -> grpc.Stat
 # -- 1. a replay nobody can deliver is answered OK and stays pending for ever -------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ReplayException accepts a replay to a consumer no syncgov service runs (a foreign consumer known only "
-    "from its max-deliveries advisory): OK is answered, no ReplayDispatcher delivers it, it stays pending for ever",
-)
 async def test_a_replay_to_a_foreign_consumer_is_refused_or_delivered(nats_server, valkey_server, clean_env):
     namespace = unique_namespace()
     async with router(router_settings(nats_server, valkey_server, namespace)) as (_, stub):
@@ -114,12 +109,6 @@ async def test_a_replay_to_a_foreign_consumer_is_refused_or_delivered(nats_serve
 # -- 2. an advisory read back without its message is "replayed" as an empty event --------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an advisory whose message is no longer in its stream still makes a replayable exception (consumer set, "
-    "no subject, no bytes); ReplayException is accepted and the dispatcher hands the consumer an empty event, "
-    "after which the exception is closed as REPLAYED though nothing was replayed",
-)
 async def test_an_advisory_without_its_message_is_not_replayed_as_an_empty_event(
     nats_server, valkey_server, clean_env, tmp_path
 ):
@@ -209,12 +198,6 @@ def router_with_failing_advisories(switch: Switch):
     return wire
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="ReplayDispatcher ignores ConsumerSpec.raw: it hands a replayed advisory (JSON) to parse_stored, which "
-    "fails with DecodeError, so an exception of the router's own advisories consumer can never be replayed (every "
-    "replay fails and reopens it) and the foreign consumer's exhaustion it stood for never surfaces",
-)
 async def test_a_replay_to_the_advisories_consumer_delivers_the_advisory(
     nats_server, valkey_server, clean_env, tmp_path
 ):
@@ -250,12 +233,6 @@ async def test_a_replay_to_the_advisories_consumer_delivers_the_advisory(
 # -- 4. a consumer reset makes the same advisory again: deduplicated away, nothing reopens ------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the advisory raise's id hashes only stream, sequence, consumer and deliveries (not the advisory's own id "
-    "or ADVISORY sequence): the same message exhausting the same-named consumer again after a consumer reset "
-    "produces the same raise id, the reporter's subject guard swallows it, and the resolved exception never reopens",
-)
 async def test_a_second_exhaustion_after_a_consumer_reset_reopens(nats_server, valkey_server, clean_env):
     namespace = unique_namespace()
     async with router(router_settings(nats_server, valkey_server, namespace)) as (_, stub):
@@ -330,12 +307,6 @@ async def seed_raises(nats_server, namespace: str, count: int) -> None:
         await nc.drain()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RaiseException skips the STARTING check every other RPC makes, stores the raise, then waits for the book "
-    "(intake.read_up_to) and on timeout raises consumers.Retry, which the edge answers INTERNAL (a stored raise "
-    "answered as a server fault; a retry without an idempotency key is a second raise)",
-)
 async def test_raise_exception_while_the_book_trails_answers_unavailable(
     nats_server, valkey_server, clean_env, monkeypatch
 ):
@@ -373,12 +344,6 @@ async def test_raise_exception_while_the_book_trails_answers_unavailable(
 # -- 6. transition events leave the contract's `state` unset ------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events.encode never sets ExceptionStateChanged.state / previous_state (fields 2, 3: 'State after', "
-    "'State before' in the contract): every transition event says EXCEPTION_STATE_UNSPECIFIED to any subscriber, "
-    "and the dispatcher's replayed copies the unset state into previous_state",
-)
 async def test_transition_events_carry_the_state_after_the_change(nats_server, valkey_server, clean_env):
     from tests.integration.test_exception_router import over_receipt_ref, reporter_for
 
@@ -410,12 +375,6 @@ async def test_transition_events_carry_the_state_after_the_change(nats_server, v
 # -- 7. the audit trail names "anonymous" (or whoever raised) as the actor of the router's own decisions ---------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="events.encode takes source_system from current_caller(): in the intake consumer and the sweeps that is "
-    "the default caller 'anonymous', so the audit entries of opened/reopened/escalated/rerouted say 'anonymous' did "
-    "it (and when RaiseException's own observe wins the race, the raising system, e.g. 'wms-east')",
-)
 async def test_the_audit_entry_of_an_opening_names_the_router(nats_server, valkey_server, clean_env):
     from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
@@ -450,13 +409,6 @@ async def test_the_audit_entry_of_an_opening_names_the_router(nats_server, valke
 # -- 8. any system with the `exception` right can withdraw a pending replay ---------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="RaiseException accepts type delivery_exhausted from an outside system (only the original_message is "
-    "refused): a raise folding into a delivery exception (type, object and fingerprint are all readable through "
-    "GetException) while its replay is pending is taken for 'the replay failed', reopens it, and the dispatcher "
-    "then skips the replay: the fixed consumer never gets the message, the exception says the replay failed",
-)
 async def test_an_outside_raise_cannot_withdraw_a_pending_replay(nats_server, valkey_server, clean_env, tmp_path):
     namespace = unique_namespace()
     policy = policy_with(tmp_path, *FAST_RETRIES)
@@ -508,12 +460,6 @@ async def _state_is(stub, exception_id: str, state) -> bool:
 # -- 9. an exception about a large message cannot be read -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="GetException puts the whole original message (read back from the raise) into its answer: for a PO "
-    "the edge accepted just under max_message_bytes (4 MiB), the answer (event, envelope, headers, router fields) is "
-    "larger than 4 MiB and gRPC refuses to send it (RESOURCE_EXHAUSTED): the delivery exception cannot be read",
-)
 async def test_an_exception_about_a_large_message_can_be_read(nats_server, valkey_server, clean_env, tmp_path):
     from opentelemetry import trace
 
@@ -569,14 +515,6 @@ async def test_an_exception_about_a_large_message_can_be_read(nats_server, valke
 # -- 10. every component may write the router's transitions: forged closures, forged people in the audit trail ----
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="broker_access gives every component publish on <ns>.exception.> (meant as the raise inbox), which now "
-    "also holds the router's transitions; the book and the command handler fold any transition on an exception's "
-    "subject whoever wrote it, and the audit entry takes its actor from the payload: po-publication's credentials "
-    "can close any exception 'as j.doe via ops-console' (narrow services to <ns>.exception.*.raised and "
-    "*.replayed; only exception-router writes the other transitions)",
-)
 async def test_a_service_cannot_resolve_an_exception_in_a_persons_name(nats_server, valkey_server, clean_env):
     from opentelemetry import trace
 
@@ -617,13 +555,6 @@ async def test_a_service_cannot_resolve_an_exception_in_a_persons_name(nats_serv
 # -- 11. an account that already keeps JetStream advisories cannot run the router (nor the control plane) --------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streams.ADVISORY captures $JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<NS>_<DOMAIN>.* directly; in an "
-    "account where operations already keep advisories in a stream ($JS.EVENT.ADVISORY.>, as NATS monitoring setups "
-    "do), nats-server refuses the overlapping subjects and provision_streams fails the start of exception-router and "
-    "control-plane (both provision ADVISORY); sourcing from the existing stream, or a core subscription, would not",
-)
 async def test_the_router_starts_where_advisories_are_already_kept(valkey_server, clean_env, tmp_path):
     from nats.js.api import StreamConfig
 
@@ -659,7 +590,9 @@ def router_with_intake_behind(switch: Switch):
 
                 async def handler(stored, inner=inner):
                     if switch.broken:
-                        raise RuntimeError("the exception stream is read up to 41, not yet 42")
+                        from libs.runtime.consumers import NotYet
+
+                        raise NotYet("the exception stream is read up to 41, not yet 42")
                     await inner(stored)
 
                 spec = dataclasses.replace(spec, handler=handler)
@@ -669,13 +602,6 @@ def router_with_intake_behind(switch: Switch):
     return wire
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the intake consumer's hand-offs are raises on the very subjects it consumes: a raise it cannot take for a "
-    "while is handed off as a delivery_exhausted raise, which it cannot take either, which is handed off again... "
-    "one nested exception per max_deliveries x backoff for as long as the cause lasts, each a separate exception "
-    "to replay by hand once it is gone, while the original problem is never routed",
-)
 async def test_one_raise_the_intake_cannot_take_yet_is_one_exception(nats_server, valkey_server, clean_env, tmp_path):
     from syncgov.common.v1 import types_pb2 as types
     from tests.integration.test_exception_router import reporter_for
