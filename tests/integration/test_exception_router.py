@@ -618,10 +618,33 @@ async def test_a_restart_between_any_two_operations_answers_the_same(nats_server
 
         for operation in (raise_one, raise_one, acknowledge, resolve, raise_one, raise_other):
             await operation()
-            before = await _snapshot(stub)
+            await intake_settled(nats_server, namespace)
+            before = await eventually(lambda: _stable_snapshot(stub))
             # A fresh process on the same stream (a restart, or a new replica) answers exactly the same.
             async with router(settings) as (_, restarted):
                 assert await _snapshot(restarted) == before, operation.__name__
+
+
+async def intake_settled(nats_server, namespace: str) -> None:
+    """Until the intake consumer has taken every raise (nothing pending, nothing unacknowledged)."""
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+
+        async def idle():
+            info = await js.consumer_info(f"{namespace.upper()}_EXCEPTION", f"{namespace}-exception-router-intake")
+            return info.num_pending == 0 and info.num_ack_pending == 0
+
+        await eventually(idle)
+    finally:
+        await nc.drain()
+
+
+async def _stable_snapshot(stub):
+    """The snapshot once two reads in a row agree (the book has folded everything written so far)."""
+    first = await _snapshot(stub)
+    await asyncio.sleep(0.1)
+    return first if await _snapshot(stub) == first else None
 
 
 async def test_a_failed_publish_answers_unavailable_and_the_retry_lands_once(nats_server, valkey_server, clean_env):
