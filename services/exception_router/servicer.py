@@ -144,8 +144,8 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         size = page_size(request.page.page_size, default=50, maximum=500)
         page: list[CaseView] = []
         more = False
-        for view in list(self._book.cases.values()):
-            if view.first_sequence <= after or not wanted.admits(view):
+        for view in self._book.after(after):
+            if not wanted.admits(view):
                 continue
             if len(page) == size:
                 more = True

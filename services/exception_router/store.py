@@ -14,6 +14,8 @@ exception costs a few hundred bytes however large its raises were (bench/excepti
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +71,12 @@ class ExceptionBook:
         self.read_through = 0
         self.raises = 0
         self._moved = asyncio.Event()
+        # Where each exception starts in the listing (first sequences ascend as the stream is folded in order), so a
+        # page starts by bisection instead of a scan from the first exception.
+        self._positions: list[int] = []
+        self._ids: list[str] = []
+        # Escalation deadlines, soonest first; an entry whose exception's deadline changed since is skipped.
+        self._deadlines: list[tuple[int, str]] = []
 
     def follow(self, stored: StoredEvent) -> None:
         """The follower's handler: fold one event of the exception stream, in stream order."""
@@ -90,12 +98,30 @@ class ExceptionBook:
             return
         view = self.cases.get(stored.envelope.object_key)
         if view is None:  # its raises expired from the stream (or were never stored): listed where it first shows
-            view = self.cases[stored.envelope.object_key] = CaseView(
-                stored.envelope.object_key, change.type_name, "", "", 0, "", "", "", "", "", "", "", stored.sequence, 0
+            view = self._add(
+                CaseView(
+                    stored.envelope.object_key,
+                    change.type_name,
+                    "",
+                    "",
+                    0,
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    "",
+                    stored.sequence,
+                    0,
+                )
             )
         if view.state.last_sequence >= stored.sequence:
             return
+        before = view.state.escalate_at_ns
         view.state = evolve(view.state, recorded(stored, change))
+        if view.state.escalate_at_ns and view.state.escalate_at_ns != before:
+            heapq.heappush(self._deadlines, (view.state.escalate_at_ns, view.case_id))
 
     def _count(self, stored: StoredEvent, raised: exception_pb2.Exception) -> None:
         self.raises += 1
@@ -104,21 +130,23 @@ class ExceptionBook:
         view = self.cases.get(key)
         if view is None:
             ref = raised.object
-            view = self.cases[key] = CaseView(
-                case_id=key,
-                type_name=events.type_name(raised.type),
-                object_type=ref.object_type,
-                object_key=ref.object_key,
-                object_version=ref.version,
-                fingerprint=raised.fingerprint,
-                raised_by=raised.raised_by,
-                detail=raised.detail[:DETAIL_KEPT],
-                site_id=raised.site_id,
-                business_unit=raised.business_unit,
-                workflow_key=raised.workflow_key,
-                raised_severity=events.severity_name(raised.severity),
-                first_sequence=stored.sequence,
-                first_raised_at_ns=at,
+            view = self._add(
+                CaseView(
+                    case_id=key,
+                    type_name=events.type_name(raised.type),
+                    object_type=ref.object_type,
+                    object_key=ref.object_key,
+                    object_version=ref.version,
+                    fingerprint=raised.fingerprint,
+                    raised_by=raised.raised_by,
+                    detail=raised.detail[:DETAIL_KEPT],
+                    site_id=raised.site_id,
+                    business_unit=raised.business_unit,
+                    workflow_key=raised.workflow_key,
+                    raised_severity=events.severity_name(raised.severity),
+                    first_sequence=stored.sequence,
+                    first_raised_at_ns=at,
+                )
             )
         elif not view.first_raised_at_ns:  # known from its transitions only: what its first raise says
             ref = raised.object
@@ -139,6 +167,32 @@ class ExceptionBook:
         view.last_raised_id = raised.exception_id
         if raised.HasField("original_message"):
             view.original_sequence = stored.sequence
+
+    def _add(self, view: CaseView) -> CaseView:
+        self.cases[view.case_id] = view
+        self._positions.append(view.first_sequence)
+        self._ids.append(view.case_id)
+        return view
+
+    def after(self, position: int) -> Iterator[CaseView]:
+        """The exceptions whose first event is after ``position`` (a page token), in listing order."""
+        start = bisect.bisect_right(self._positions, position)
+        return (self.cases[key] for key in self._ids[start:])
+
+    def due(self, now_ns: int) -> list[CaseView]:
+        """The unresolved, unescalated exceptions whose escalation deadline has passed."""
+        found: list[CaseView] = []
+        while self._deadlines and self._deadlines[0][0] <= now_ns:
+            deadline, key = heapq.heappop(self._deadlines)
+            view = self.cases.get(key)
+            if view is None or view.state.escalate_at_ns != deadline or view.state.escalated or not view.unresolved:
+                continue  # moved, escalated or closed since
+            found.append(view)
+        return found
+
+    def retry_due(self, view: CaseView) -> None:
+        """Put an exception whose escalation failed back for the next sweep."""
+        heapq.heappush(self._deadlines, (view.state.escalate_at_ns, view.case_id))
 
     async def read_up_to(self, sequence: int) -> None:
         """Wait until every event up to ``sequence`` is folded (the caller bounds the wait)."""

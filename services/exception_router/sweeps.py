@@ -41,6 +41,7 @@ class Sweeper:
         self._policy = policy
         self._clock = clock
         self._routed_under: dict[str, int] = {}  # exception -> the policy revision its route was last checked under
+        self._swept_revision: int | None = None  # the revision every open exception was checked under
 
     async def sweep(self) -> None:
         await self.escalate_due()
@@ -49,14 +50,12 @@ class Sweeper:
     async def escalate_due(self) -> int:
         now = self._clock()
         escalated = 0
-        for view in self._book.unresolved():
-            state = view.state
-            if state.escalated or not state.escalate_at_ns or state.escalate_at_ns > now:
-                continue
+        for view in self._book.due(now):
             try:
                 outcome = await self._commands.run(view.case_id, functools.partial(decide, Escalate(now)))
             except Exception:
                 log.exception("could not escalate %s; the next sweep tries again", view.case_id)
+                self._book.retry_due(view)
                 continue
             if not isinstance(outcome, Refusal) and outcome.recorded is not None:
                 escalated += 1
@@ -65,7 +64,9 @@ class Sweeper:
 
     async def reroute(self) -> int:
         policy = self._policy()
-        rerouted = 0
+        if policy.revision == self._swept_revision:
+            return 0  # every exception was checked under this revision (the failures are retried below)
+        rerouted, failed = 0, False
         for view in self._book.unresolved():
             state = view.state
             if state.state is not State.OPEN or state.escalated or state.route is None:
@@ -80,10 +81,13 @@ class Sweeper:
                 outcome = await self._commands.run(view.case_id, functools.partial(decide, Reroute(route)))
             except Exception:
                 log.exception("could not re-route %s; the next sweep tries again", view.case_id)
+                failed = True
                 continue
             self._routed_under[view.case_id] = policy.revision
             if not isinstance(outcome, Refusal) and outcome.recorded is not None:
                 rerouted += 1
         if len(self._routed_under) > 2 * max(len(self._book.cases), 1000):
             self._routed_under = {key: value for key, value in self._routed_under.items() if key in self._book.cases}
+        if not failed:
+            self._swept_revision = policy.revision
         return rerouted

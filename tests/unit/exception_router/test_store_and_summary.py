@@ -191,3 +191,31 @@ def test_every_transition_round_trips_through_its_event_and_the_audit_knows_its_
         assert decoded.resolution == change.resolution
         assert decoded.owner_team == change.owner_team
         assert decoded.replay_consumer == change.replay_consumer
+
+
+def test_pages_start_by_position_and_escalations_come_due_soonest_first():
+    book, stream = ExceptionBook(), Stream()
+    escalating = Route("accounts-payable", "medium", 10 * SECOND, "procurement-ops", "exceptions.routes[4]", 0)
+    keys = []
+    for n in range(5):
+        raised = stream.raised(f"INV-{n}", f"r{n}", 100)
+        book.follow(raised)
+        key = case_of(raise_of(raised))
+        keys.append(key)
+        deadline = (200 + n) * SECOND
+        book.follow(
+            stream.change(
+                key,
+                Change(Transition.OPENED, route=escalating, type_name="price_variance", escalate_at_ns=deadline),
+                100,
+            )
+        )
+    assert [view.case_id for view in book.after(0)] == keys
+    third = book.get(keys[2])
+    assert third is not None
+    assert [view.case_id for view in book.after(third.first_sequence)] == keys[3:]
+    # The first one was resolved meanwhile: never due.
+    book.follow(stream.change(keys[0], Change(Transition.RESOLVED, actor="j", resolution=Resolution.FIXED), 150))
+    assert [view.case_id for view in book.due(202 * SECOND)] == keys[1:3]
+    assert book.due(202 * SECOND) == []  # taken once
+    assert [view.case_id for view in book.due(10**12 * SECOND)] == keys[3:]
