@@ -11,7 +11,8 @@ event in the object's history.
 Exactly once: the router records one request however often replay is pressed; a request redelivered after it
 was processed (the process died before its ack) finds its ``replayed`` on the exception's subject and is skipped,
 and so is a request the exception no longer waits for (resolved or reopened since). What remains is a process
-killed between the handler's success and the ``replayed`` record: the handler runs again, and handlers are
+killed (or a ``replayed`` record the broker refused) between the handler's success and that record, or a handler
+that outlives the ack wait while a second replica takes the request: the handler runs again, and handlers are
 idempotent by design (version-aware, idempotent writes). A replay that fails as often as the policy allows is
 handed off as the original message's own ``delivery_exhausted``, so it reopens the same exception.
 """
