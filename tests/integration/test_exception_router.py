@@ -353,6 +353,21 @@ async def test_a_policy_change_reroutes_open_unacknowledged_exceptions(nats_serv
         kept = await stub.GetException(svc.GetExceptionRequest(exception_id=taken), metadata=OPS)
         assert kept.exception.owner_team == "procurement-ops"
         assert await transitions(nats_server, namespace, rows[0].exception_id) == ["opened", "rerouted"]
+        nc = await nats.connect(nats_server.url)
+        try:
+            chain = AuditChain(nc.jetstream(), Namespace(namespace))
+
+            async def audited():
+                entries = await chain.for_object("exception", rows[0].exception_id)
+                return entries if len(entries) == 2 else None
+
+            entries = await eventually(audited)
+        finally:
+            await nc.drain()
+        assert [(entry.action, entry.actor, entry.policy_revision) for entry in entries] == [
+            ("exception_opened", "exception-router", 0),
+            ("exception_rerouted", "exception-router", 1),
+        ]
 
 
 async def routed(rows_coroutine, count: int = 1):
@@ -431,7 +446,14 @@ async def test_a_poison_message_lands_once_and_replaying_it_twice_processes_it_o
         log_format="console",
         policy_file=policy,
     )
+    from control_plane.settings import Settings as ControlPlaneSettings
+    from control_plane.wiring import wire as wire_control_plane
+
+    cp_settings = ControlPlaneSettings(
+        grpc_port=0, nats_url=nats_server.url, redis_url=valkey_server.url, namespace=namespace, log_format="console"
+    )
     async with (
+        running_service(cp_settings, wire_control_plane),
         router(router_settings(nats_server, valkey_server, namespace, policy_file=policy)) as (_, stub),
         running_service(sink_settings, sink.wire),
     ):
@@ -477,6 +499,23 @@ async def test_a_poison_message_lands_once_and_replaying_it_twice_processes_it_o
         assert sink.processed[0][2]["Syncgov-Replay"] == f"{exception_id}:{first.stream_sequence}"
         names = await transitions(nats_server, namespace, exception_id)
         assert names == ["opened", "replay_requested", "replayed"]
+        # Each transition is an audit entry: the router's opening, the person's replay, the consumer's processing.
+        nc = await nats.connect(nats_server.url)
+        try:
+            chain = AuditChain(nc.jetstream(), Namespace(namespace))
+
+            async def audited():
+                entries = await chain.for_object("exception", exception_id)
+                return entries if len(entries) == 3 else None
+
+            entries = await eventually(audited)
+        finally:
+            await nc.drain()
+        assert [(entry.action, entry.actor) for entry in entries] == [
+            ("exception_opened", "exception-router"),
+            ("exception_replay_requested", "j.doe via ops-console"),
+            ("exception_replayed", f"{namespace}-erp-sink-orders"),
+        ]
 
 
 async def test_a_replay_that_fails_again_reopens_the_same_exception(nats_server, valkey_server, clean_env, tmp_path):
