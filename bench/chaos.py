@@ -7,8 +7,9 @@ What it starts, all on loopback, all dying with this script (PR_SET_PDEATHSIG, a
 nats-server (JetStream, file storage, ``sync_interval: always``) and valkey-server through
 libs/runtime/local_servers.py with a user per component (libs/cli/stack.py's Stack), a fault-injecting
 TCP proxy (bench/fault_proxy.py) in front of each of them and of each gRPC port the client calls, and
-control-plane, supplier-normalization, po-publication, receipt-reconciliation and invoice-status as separate
-processes with the environment ``syncgov up`` gives them (their NATS and Valkey URLs point at the proxies).
+control-plane, supplier-normalization, po-publication, receipt-reconciliation, invoice-status and exception-router
+as separate processes with the environment ``syncgov up`` gives them (their NATS and Valkey URLs point at the
+proxies).
 
 The client: ``--workers`` workers, each owning its purchase orders, publish orders, change them (never
 below what may have been received), acknowledge versions as the ERP, submit supplier records, and now
@@ -23,20 +24,27 @@ invoice-status itself once a receipt lands), over the price tolerance, an earlie
 otherwise (INV-3-00012 as "inv 3 12": duplicate_invoice), the same invoice again (a replay), an invoice id reused
 with other content (ALREADY_EXISTS); a person releases blocked ones (through ops-console or procurement) and the
 ERP pays matched or released ones (a release or payment the invoice's state moved past meanwhile is rightly
-FAILED_PRECONDITION). Every command keeps its request bytes and idempotency key; UNAVAILABLE,
-DEADLINE_EXCEEDED, ABORTED, CANCELLED and RESOURCE_EXHAUSTED are retried with backoff until an answer;
-INTERNAL and UNKNOWN are retried too but count as violations. The client records every command answered OK.
+FAILED_PRECONDITION). Meanwhile ``--handlers`` people at the ops-console handle the exceptions those commands raise
+(refusals, receipt findings, blocked invoices): they page through ListExceptions with a filter, acknowledge open ones
+and resolve acknowledged or open ones (a kind, a note, a person of PERSONS; one another person took, or one that
+closed meanwhile, is rightly FAILED_PRECONDITION), raise problems by hand with an idempotency key (the same raise
+again, and its key with other content: ALREADY_EXISTS), and read SummarizeExceptions. Every command keeps its
+request bytes and idempotency key; UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANCELLED and RESOURCE_EXHAUSTED are
+retried with backoff until an answer; INTERNAL and UNKNOWN are retried too but count as violations. The client
+records every command answered OK.
 
 The faults (seeded, one at a time, every kind at least once when the run is long enough): SIGKILL of
-po-publication, supplier-normalization, receipt-reconciliation or invoice-status (restarted at once), SIGKILL of
-nats-server (restarted on the same port and data after a pause), SIGSTOP/SIGCONT of valkey-server
-(frozen), FLUSHALL as the operator (wiped), and the proxies cutting every connection or holding every
-byte for a while.
+po-publication, supplier-normalization, receipt-reconciliation, invoice-status or exception-router (restarted at
+once), SIGKILL of nats-server (restarted on the same port and data after a pause), SIGSTOP/SIGCONT of valkey-server
+(frozen), FLUSHALL as the operator (wiped), and the proxies cutting every connection or holding every byte for a
+while.
 
-At the end, once the faults stopped and the services serve again, and invoice-status's re-match consumers have
+At the end, once the faults stopped and the services serve again, and invoice-status's re-match consumers, then
+exception-router's intake and advisory consumers and the control plane's chaining of exception transitions, have
 acknowledged every event (a message whose acknowledgment a fault lost comes back after the consumer's 30 s
-ack_wait), it reads the streams as the operator and checks the invariants (see ``verify``); it prints the
-faults, the commands and each invariant, and exits 1 if any invariant was violated. Timings are printed, never asserted.
+ack_wait), it reads the streams and the audit chain as the operator and checks the invariants (see ``verify`` and
+``verify_exceptions``, which ends with one more SIGKILL and restart of exception-router); it prints the faults, the
+commands and each invariant, and exits 1 if any invariant was violated. Timings are printed, never asserted.
 """
 
 from __future__ import annotations
@@ -63,6 +71,7 @@ from typing import Any
 
 import grpc
 import nats
+import yaml
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
 from google.rpc import error_details_pb2
@@ -76,12 +85,19 @@ from bench.fault_proxy import FaultProxy
 from libs.cli import samples
 from libs.cli.components import COMPONENTS, Component
 from libs.cli.stack import RunningComponent, Stack, StackOptions
+from libs.runtime.audit import AuditChain
 from libs.runtime.commands import recorded
 from libs.runtime.events import EventReader, StoredEvent
 from libs.runtime.local_servers import ServerError, free_port, free_port_range
 from libs.runtime.probe import health_status
+from libs.runtime.settings import DEFAULT_POLICY_FILE
 from libs.runtime.subjects import Namespace
 from libs.runtime.values import date_to_proto, money_to_proto
+from services.exception_router import decider as exception_decider
+from services.exception_router import events as exception_router_events
+from services.exception_router import mapping as exception_mapping
+from services.exception_router.store import ExceptionBook, case_of
+from services.exception_router.summary import summarize
 from services.invoice_status import decider as invoice_decider
 from services.invoice_status import events as invoice_events
 from services.invoice_status import mapping as invoice_mapping
@@ -90,7 +106,12 @@ from services.po_publication import domain as po_domain
 from services.po_publication import events as po_events
 from services.receipt_reconciliation import events as receipt_events
 from syncgov.common.v1 import types_pb2
+from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
+from syncgov.controlplane.v1 import controlplane_service_pb2_grpc as cp_rpc
 from syncgov.exception.v1 import events_pb2 as exception_events
+from syncgov.exception.v1 import exception_pb2
+from syncgov.exception.v1 import exception_service_pb2 as exc
+from syncgov.exception.v1 import exception_service_pb2_grpc as exc_rpc
 from syncgov.invoice.v1 import events_pb2 as invoice_event_messages
 from syncgov.invoice.v1 import invoice_pb2
 from syncgov.invoice.v1 import invoice_service_pb2 as inv
@@ -107,9 +128,16 @@ from syncgov.supplier.v1 import supplier_pb2
 from syncgov.supplier.v1 import supplier_service_pb2 as sp
 from syncgov.supplier.v1 import supplier_service_pb2_grpc as sp_rpc
 
-STARTED = ("control-plane", "supplier-normalization", "po-publication", "receipt-reconciliation", "invoice-status")
+STARTED = (
+    "control-plane",
+    "supplier-normalization",
+    "po-publication",
+    "receipt-reconciliation",
+    "invoice-status",
+    "exception-router",
+)
 # The ports the client calls.
-SERVED = ("po-publication", "supplier-normalization", "receipt-reconciliation", "invoice-status")
+SERVED = ("po-publication", "supplier-normalization", "receipt-reconciliation", "invoice-status", "exception-router")
 FORK_ATTEMPTS = 10  # a restart whose fork dies before exec (a harness artefact, docs/reliability.md) is tried again
 RETRIED = {
     grpc.StatusCode.UNAVAILABLE,
@@ -130,6 +158,7 @@ FAULT_KINDS = (
     "kill supplier-normalization",
     "kill receipt-reconciliation",
     "kill invoice-status",
+    "kill exception-router",
     "kill nats-server",
     "freeze valkey",
     "wipe valkey",
@@ -172,6 +201,46 @@ PERSONS = ("j.doe", "a.buyer", "m.meyer")
 # invoice-status's re-match consumers (services/invoice_status/rematch.py): durables named so, on these streams.
 REMATCH_PREFIX = "invoice-status-rematch-"
 REMATCH_DOMAINS = ("po", "receipt", "invoice")
+# exception-router's durable consumers (services/exception_router/wiring.py) and the control plane's chaining of the
+# exception stream's transitions (control_plane/events.py), each on its stream's domain: judged once all are idle.
+EXCEPTION_CONSUMERS = (
+    ("exception", "exception-router-intake"),
+    ("advisory", "exception-router-advisories"),
+    ("exception", "control-plane-audit-exception"),
+)
+# The ops-console's exception handling (``handler``): what it does, as the report's command kinds.
+EXCEPTION_KINDS = (
+    "exception list",
+    "exception summary",
+    "exception raise",
+    "exception raise again",
+    "exception key reuse",
+    "exception acknowledge",
+    "exception resolve",
+)
+# What a person raises by hand through the console, one kind per object of the handler's (so repeats fold into one
+# exception, and reopen it once it was closed): (type, object type, site).
+HAND_RAISES = (
+    (exception_pb2.EXCEPTION_TYPE_DRIFT_DETECTED, "purchase_order", ""),
+    (exception_pb2.EXCEPTION_TYPE_SLA_BREACH, "purchase_order", ""),
+    (exception_pb2.EXCEPTION_TYPE_VALIDATION_FAILED, "supplier", ""),
+    (exception_pb2.EXCEPTION_TYPE_OVER_RECEIPT, "goods_receipt", "DC-EAST"),  # routed to warehouse-east by its site
+    (exception_pb2.EXCEPTION_TYPE_OVER_RECEIPT, "goods_receipt", "DC-HAMBURG"),
+    (exception_pb2.EXCEPTION_TYPE_ERP_REJECTED, "purchase_order", ""),
+)
+HAND_OBJECTS = 8  # objects per handler its raises are about
+TEAMS = ("integration-team", "procurement-ops", "accounts-payable", "supplier-master-data", "warehouse-east")
+RESOLUTION_KINDS = (
+    exception_pb2.RESOLUTION_KIND_FIXED,
+    exception_pb2.RESOLUTION_KIND_ACCEPTED,
+    exception_pb2.RESOLUTION_KIND_FALSE_POSITIVE,
+    exception_pb2.RESOLUTION_KIND_DUPLICATE,
+    exception_pb2.RESOLUTION_KIND_WONT_FIX,
+)
+GET_SAMPLE = 200  # exceptions (and as many raise ids) GetException is compared with the fold for
+# A third into the load an administrator applies a policy revision whose every exception route escalates after this
+# long: exception-router re-routes the open exceptions nobody took, and escalates what nobody handles in time.
+ESCALATE_AFTER_SECONDS = 4
 
 
 def as_system(system: str) -> tuple[tuple[str, str], ...]:
@@ -262,6 +331,30 @@ class Tally:
     invoices: dict[str, invoice_pb2.Invoice] = field(default_factory=dict)  # invoices answered OK, by invoice id
     releases: list[tuple[str, str, str]] = field(default_factory=list)  # (invoice id, person, reason) answered OK
     payments: list[tuple[str, str]] = field(default_factory=list)  # (invoice id, payment reference) answered OK
+    # RaiseException answered OK, by the raise id its key derives (mapping.raise_id): the request and the answers.
+    hand_raises: dict[str, HandRaise] = field(default_factory=dict)
+    key_reuses: list[str] = field(default_factory=list)  # raise ids whose key was reused with other content, refused
+    handled: list[Handled] = field(default_factory=list)  # acknowledgments and resolutions answered OK
+
+
+@dataclass
+class HandRaise:
+    """A RaiseException answered OK (once or more, the same key): what was sent and what the answers named."""
+
+    request: exc.RaiseExceptionRequest
+    answered: set[str] = field(default_factory=set)  # the exception ids answered
+    last_raised: set[str] = field(default_factory=set)  # the answers' last_raised_id
+
+
+@dataclass(frozen=True)
+class Handled:
+    """An acknowledgment or resolution answered OK, as the stream must hold it."""
+
+    transition: str  # acknowledged | resolved
+    exception_id: str  # the exception answered (the request may have named one of its raises)
+    person: str
+    kind: int = 0  # a resolution's ResolutionKind
+    note: str = ""
 
 
 def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
@@ -283,14 +376,18 @@ class Client:
     """Sends commands through the gRPC proxies and retries them until they are answered."""
 
     def __init__(self, addresses: dict[str, str], tally: Tally, rng: random.Random) -> None:
+        self.control_channel = grpc.aio.insecure_channel(addresses["control-plane"], options=CHANNEL_OPTIONS)
         self.po_channel = grpc.aio.insecure_channel(addresses["po-publication"], options=CHANNEL_OPTIONS)
         self.supplier_channel = grpc.aio.insecure_channel(addresses["supplier-normalization"], options=CHANNEL_OPTIONS)
         self.receipt_channel = grpc.aio.insecure_channel(addresses["receipt-reconciliation"], options=CHANNEL_OPTIONS)
         self.invoice_channel = grpc.aio.insecure_channel(addresses["invoice-status"], options=CHANNEL_OPTIONS)
+        self.exception_channel = grpc.aio.insecure_channel(addresses["exception-router"], options=CHANNEL_OPTIONS)
         self.orders = po_rpc.PurchaseOrderServiceStub(self.po_channel)
         self.suppliers = sp_rpc.SupplierNormalizationServiceStub(self.supplier_channel)
         self.receipts = rc_rpc.ReceiptReconciliationServiceStub(self.receipt_channel)
         self.invoices = inv_rpc.InvoiceStatusServiceStub(self.invoice_channel)
+        self.exceptions = exc_rpc.ExceptionRouterServiceStub(self.exception_channel)
+        self.control = cp_rpc.ControlPlaneServiceStub(self.control_channel)
         self.tally = tally
         self.rng = rng
         self.give_up_at = float("inf")  # set when the load stops: the drain deadline
@@ -301,6 +398,8 @@ class Client:
         await self.supplier_channel.close()
         await self.receipt_channel.close()
         await self.invoice_channel.close()
+        await self.exception_channel.close()
+        await self.control_channel.close()
 
     async def send(
         self,
@@ -312,10 +411,12 @@ class Client:
         expect: grpc.StatusCode | None = None,
         tolerate: grpc.StatusCode | None = None,
         retry_invalid_until: float = 0.0,
+        keep: bool = True,
     ) -> Message | grpc.aio.AioRpcError | None:
         """The answer (a response or a definitive refusal), or None when none came before the drain deadline.
         ``expect``: the refusal due (an OK is unexpected); ``tolerate``: a refusal the service may rightly answer
-        instead of OK (the object moved on meanwhile, e.g. a re-match cleared the block a release was meant for)."""
+        instead of OK (the object moved on meanwhile, e.g. a re-match cleared the block a release was meant for);
+        ``keep``: False for a read, whose answer is not kept in ``tally.accepted``."""
         self.tally.sent[command.kind] += 1
         backoff = 0.05
         while True:
@@ -345,13 +446,15 @@ class Client:
                 self.tally.unexpected.append(f"{command.kind} {command.key}: OK where {expect.name} was due")
                 return response
             self.tally.ok[command.kind] += 1
-            self.tally.accepted.append((command, response))
+            if keep:
+                self.tally.accepted.append((command, response))
             return response
 
     def _refused(self, command: Command, error: grpc.aio.AioRpcError, expect: grpc.StatusCode | None) -> None:
         info = error_info(error)
         reason = info.reason if info is not None else ""
-        if info is not None and info.metadata.get("exception_id"):
+        # A refusal naming the exception it raised; the router's own refusals name the exception acted on.
+        if info is not None and info.metadata.get("exception_id") and not command.kind.startswith("exception "):
             self.tally.exception_ids.append(info.metadata["exception_id"])
         if expect is not None and error.code() == expect:
             self.tally.refused_expected[f"{command.kind}: {error.code().name} {reason}"] += 1
@@ -755,6 +858,237 @@ def _settle(order: Order, answer: object, *, version: int) -> None:
         order.broken = True
 
 
+# --------------------------------------------------------------------------------------------- exception handling
+
+
+@dataclass
+class Desk:
+    """One ops-console handler's view: the exceptions its last listings showed (updated by its answers), and the
+    raises it made (to send again, or to reuse their key with other content)."""
+
+    index: int
+    run_id: str
+    known: dict[str, exception_pb2.Exception] = field(default_factory=dict)
+    raised: list[exc.RaiseExceptionRequest] = field(default_factory=list)
+    made: int = 0
+
+
+async def handler(index: int, client: Client, run_id: str, stop_at: float, pace: float) -> None:
+    """A person at the ops-console handling exceptions while the workers' commands raise them (refusals, receipt
+    findings, blocked invoices): pages through ListExceptions with a filter, acknowledges open ones and resolves
+    acknowledged (or open) ones as one of PERSONS, raises problems by hand with an idempotency key (the same raise
+    again now and then, and once in a while the key with other content: ALREADY_EXISTS), and reads the summary."""
+    rng = random.Random(f"{run_id}-ops-{index}")
+    desk = Desk(index, run_id)
+    while time.monotonic() < stop_at:
+        roll = rng.random()
+        if not desk.known or roll < 0.20:
+            await browse(client, rng, desk)
+        elif roll < 0.38:
+            await raise_by_hand(client, rng, desk)
+        elif desk.raised and roll < 0.44:
+            again = rng.choice(desk.raised)
+            await send_raise(client, desk, "exception raise again", again)
+        elif desk.raised and roll < 0.47:
+            await reuse_raise_key(client, rng, desk)
+        elif roll < 0.70:
+            await acknowledge(client, rng, desk)
+        elif roll < 0.95:
+            await resolve(client, rng, desk)
+        else:
+            command = Command("exception summary", "")
+            owner = rng.choice(("", *TEAMS))
+            await client.send(
+                command,
+                client.exceptions.SummarizeExceptions,
+                exc.SummarizeExceptionsRequest(owner_team=owner),
+                "ops-console",
+                keep=False,
+            )
+        if pace:
+            await asyncio.sleep(pace * (0.5 + rng.random()))
+
+
+async def browse(client: Client, rng: random.Random, desk: Desk) -> None:
+    """ListExceptions with a filter a person would use, up to three pages: what the desk knows from now on."""
+    request = exc.ListExceptionsRequest(page=types_pb2.PageRequest(page_size=rng.choice((20, 50, 200))))
+    roll = rng.random()
+    if roll < 0.35:
+        request.unresolved_only = True
+    elif roll < 0.55:
+        request.state = exception_pb2.EXCEPTION_STATE_OPEN
+    elif roll < 0.70:
+        request.state = exception_pb2.EXCEPTION_STATE_ACKNOWLEDGED
+    elif roll < 0.85:
+        request.owner_team = rng.choice(TEAMS)
+        request.unresolved_only = True
+    else:  # the newest: first raised in the last ten seconds
+        request.raised_after.FromSeconds(int(time.time()) - 10)
+    found: dict[str, exception_pb2.Exception] = {}
+    for _ in range(3):
+        answer = await client.send(
+            Command("exception list", ""), client.exceptions.ListExceptions, request, "ops-console", keep=False
+        )
+        if not isinstance(answer, exc.ListExceptionsResponse):
+            break
+        found.update((e.exception_id, e) for e in answer.exceptions)
+        if not answer.page_info.next_page_token:
+            break
+        request.page.page_token = answer.page_info.next_page_token
+    if found:
+        desk.known = found
+
+
+def hand_raise(rng: random.Random, desk: Desk) -> exc.RaiseExceptionRequest:
+    """A problem a person raises by hand about one of the handler's objects (its kind is the object's)."""
+    desk.made += 1
+    number = rng.randrange(HAND_OBJECTS)
+    type_value, object_type, site = HAND_RAISES[number % len(HAND_RAISES)]
+    key = f"OPS-{desk.run_id}-{desk.index}-{number}"
+    evidence = json.dumps({"seen": desk.made, "where": site or "central", "by": rng.choice(PERSONS)})
+    return exc.RaiseExceptionRequest(
+        exception=exception_pb2.Exception(
+            type=type_value,
+            object=types_pb2.ObjectRef(object_type=object_type, object_key=key),
+            detail=f"{exception_pb2.ExceptionType.Name(type_value).lower()} on {key}, noticed the {desk.made}. time",
+            site_id=site,
+            evidence=[evidence],
+        ),
+        idempotency_key=f"chaos-raise:{desk.run_id}:{desk.index}:{desk.made}",
+    )
+
+
+async def raise_by_hand(client: Client, rng: random.Random, desk: Desk) -> None:
+    request = hand_raise(rng, desk)
+    desk.raised.append(request)
+    await send_raise(client, desk, "exception raise", request)
+
+
+async def send_raise(client: Client, desk: Desk, kind: str, request: exc.RaiseExceptionRequest) -> None:
+    """RaiseException as ops-console, retried with its key until answered; an answer OK is kept for the judgement."""
+    raise_id = exception_mapping.raise_id("ops-console", request.idempotency_key)
+    answer = await client.send(
+        Command(kind, request.idempotency_key), client.exceptions.RaiseException, request, "ops-console"
+    )
+    if isinstance(answer, exc.RaiseExceptionResponse):
+        record = client.tally.hand_raises.setdefault(raise_id, HandRaise(request))
+        record.answered.add(answer.exception.exception_id)
+        record.last_raised.add(answer.exception.last_raised_id)
+        desk.known[answer.exception.exception_id] = answer.exception
+        if kind == "exception raise again":
+            client.tally.replays[kind] += 1  # the same key answered again: the raise stored the first time
+
+
+async def reuse_raise_key(client: Client, rng: random.Random, desk: Desk) -> None:
+    """An earlier raise's key with other content: refused ALREADY_EXISTS (IDEMPOTENCY_KEY_REUSED), nothing stored."""
+    original = rng.choice(desk.raised)
+    request = exc.RaiseExceptionRequest()
+    request.CopyFrom(original)
+    request.exception.detail += " (and more)"
+    answer = await client.send(
+        Command("exception key reuse", request.idempotency_key),
+        client.exceptions.RaiseException,
+        request,
+        "ops-console",
+        expect=grpc.StatusCode.ALREADY_EXISTS,
+    )
+    if isinstance(answer, grpc.aio.AioRpcError):
+        client.tally.key_reuses.append(exception_mapping.raise_id("ops-console", request.idempotency_key))
+
+
+def _pick(rng: random.Random, desk: Desk, states: tuple[int, ...]) -> exception_pb2.Exception | None:
+    candidates = [e for e in desk.known.values() if e.state in states]
+    return rng.choice(candidates) if candidates else None
+
+
+def _named(rng: random.Random, target: exception_pb2.Exception) -> str:
+    """How the person names it: its id, now and then the id of a raise folded into it (what a service answered)."""
+    return target.last_raised_id if target.last_raised_id and rng.random() < 0.15 else target.exception_id
+
+
+async def acknowledge(client: Client, rng: random.Random, desk: Desk) -> None:
+    """Take an open exception (now and then a closed one: FAILED_PRECONDITION, unless it reopened meanwhile). Another
+    person may have taken it meanwhile (ALREADY_ACKNOWLEDGED): rightly refused."""
+    target = _pick(rng, desk, (exception_pb2.EXCEPTION_STATE_OPEN,))
+    if target is None or rng.random() < 0.08:
+        target = _pick(rng, desk, (exception_pb2.EXCEPTION_STATE_RESOLVED, exception_pb2.EXCEPTION_STATE_REPLAYED))
+    if target is None:
+        await browse(client, rng, desk)
+        return
+    person = rng.choice(PERSONS)
+    request = exc.AcknowledgeExceptionRequest(exception_id=_named(rng, target), acknowledged_by=person)
+    answer = await client.send(
+        Command("exception acknowledge", request.exception_id),
+        client.exceptions.AcknowledgeException,
+        request,
+        "ops-console",
+        tolerate=grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    if isinstance(answer, exc.AcknowledgeExceptionResponse):
+        client.tally.handled.append(Handled("acknowledged", answer.exception.exception_id, person))
+        desk.known[answer.exception.exception_id] = answer.exception
+    elif answer is not None:
+        desk.known.pop(target.exception_id, None)  # it moved on: the next listing shows where
+
+
+async def resolve(client: Client, rng: random.Random, desk: Desk) -> None:
+    """Close an acknowledged exception (or an open one) with a kind, a note and the person; now and then one that is
+    closed already (answered as it stands when it is the same resolution, else FAILED_PRECONDITION)."""
+    roll = rng.random()
+    if roll < 0.75:
+        target = _pick(rng, desk, (exception_pb2.EXCEPTION_STATE_ACKNOWLEDGED,))
+    elif roll < 0.92:
+        target = _pick(rng, desk, (exception_pb2.EXCEPTION_STATE_OPEN,))
+    else:
+        target = _pick(rng, desk, (exception_pb2.EXCEPTION_STATE_RESOLVED,))
+    if target is None:
+        await browse(client, rng, desk)
+        return
+    if target.state == exception_pb2.EXCEPTION_STATE_RESOLVED and rng.random() < 0.5:
+        kind, note, person = target.resolution.kind, target.resolution.note, target.resolution.by
+    else:
+        kind = rng.choice(RESOLUTION_KINDS)
+        person = target.acknowledgment.by or rng.choice(PERSONS)
+        note = (
+            f"{exception_pb2.ResolutionKind.Name(kind).removeprefix('RESOLUTION_KIND_').lower()}: checked by {person}"
+        )
+    request = exc.ResolveExceptionRequest(
+        exception_id=_named(rng, target), resolution=note, kind=kind, resolved_by=person
+    )
+    answer = await client.send(
+        Command("exception resolve", request.exception_id),
+        client.exceptions.ResolveException,
+        request,
+        "ops-console",
+        tolerate=grpc.StatusCode.FAILED_PRECONDITION,
+    )
+    if isinstance(answer, exc.ResolveExceptionResponse):
+        client.tally.handled.append(Handled("resolved", answer.exception.exception_id, person, kind, note))
+        desk.known[answer.exception.exception_id] = answer.exception
+    elif answer is not None:
+        desk.known.pop(target.exception_id, None)
+
+
+def escalating_policy() -> str:
+    """The default policy with every exception route escalating after ESCALATE_AFTER_SECONDS (the ones with an
+    escalate_to keep it): a change of destination for every open exception nobody took."""
+    document = yaml.safe_load(DEFAULT_POLICY_FILE.read_text())
+    document["description"] = f"{document['description']} Chaos: exceptions escalate in seconds."
+    for route in document["exceptions"]["routes"]:
+        route["escalate_after"] = f"{ESCALATE_AFTER_SECONDS}s"
+    return str(yaml.safe_dump(document, sort_keys=False))
+
+
+async def change_policy(client: Client, at: float) -> None:
+    """At ``at``, ops-console (the policy's administrator) applies revision 1 over the bootstrap policy: the escalating
+    one. Retried like every command (a retry of an apply that was stored is answered as it stands)."""
+    await asyncio.sleep(max(0.0, at - time.monotonic()))
+    request = cp.ApplyPolicyRequest(
+        document_yaml=escalating_policy(), expected_revision=0, comment="chaos: exceptions escalate in seconds"
+    )
+    await client.send(Command("policy change", "revision 1"), client.control.ApplyPolicy, request, "ops-console")
+
+
 # --------------------------------------------------------------------------------------------- the stack
 
 
@@ -851,24 +1185,7 @@ class Chaos:
         rng = self.rng
         started = time.monotonic()
         if kind.startswith("kill ") and kind != "kill nats-server":
-            name = kind.removeprefix("kill ")
-            child = self.running[name]
-            self.killed.add(child.process.pid)
-            child.process.send_signal(signal.SIGKILL)
-            child.process.wait()
-            self.restarting.add(name)
-            try:
-                for _ in range(FORK_ATTEMPTS):
-                    fresh = self.spawn(self.components[name])
-                    await asyncio.sleep(0.3)
-                    if fresh.process.poll() is None or fresh.process.returncode != -signal.SIGSEGV:
-                        break
-                    # The fork died before exec (see docs/reliability.md: a harness artefact, not the service).
-                    self.killed.add(fresh.process.pid)
-                    self.spawn_failures += 1
-            finally:
-                self.restarting.discard(name)
-            if await self.wait_serving(name):
+            if await self.kill_and_restart(kind.removeprefix("kill ")):
                 self.recovery.append(time.monotonic() - started)
         elif kind == "kill nats-server":
             server = self.stack.nats_server
@@ -907,6 +1224,26 @@ class Chaos:
                 proxy.resume()
         self.faults[kind] += 1
         self.fault_log.append(f"{time.monotonic() - self.t0:6.1f}s {kind} ({time.monotonic() - started:.1f}s)")
+
+    async def kill_and_restart(self, name: str, timeout: float = 60.0) -> bool:
+        """SIGKILL the service and start it again at once; whether it serves again within ``timeout``."""
+        child = self.running[name]
+        self.killed.add(child.process.pid)
+        child.process.send_signal(signal.SIGKILL)
+        child.process.wait()
+        self.restarting.add(name)
+        try:
+            for _ in range(FORK_ATTEMPTS):
+                fresh = self.spawn(self.components[name])
+                await asyncio.sleep(0.3)
+                if fresh.process.poll() is None or fresh.process.returncode != -signal.SIGSEGV:
+                    break
+                # The fork died before exec (see docs/reliability.md: a harness artefact, not the service).
+                self.killed.add(fresh.process.pid)
+                self.spawn_failures += 1
+        finally:
+            self.restarting.discard(name)
+        return await self.wait_serving(name, timeout=timeout)
 
     def valkey_process(self) -> subprocess.Popen[bytes]:
         server = self.stack.valkey_server
@@ -968,28 +1305,47 @@ async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invar
     nc = await nats.connect(nats_server.url, connect_timeout=5)
     try:
         js = nc.jetstream()
-        # invoice-status re-matches in the background: its streams are judged once its consumers are idle.
+        namespace = Namespace(chaos.namespace)
+        # invoice-status re-matches in the background: its streams are judged once its consumers are idle; then
+        # the raises its re-matches made are folded by exception-router's intake, whose transitions the control
+        # plane chains.
         settling = time.monotonic()
-        unsettled = await settle_rematch(js, Namespace(chaos.namespace), chaos.args.heal_timeout)
+        rematch = tuple((domain, REMATCH_PREFIX) for domain in REMATCH_DOMAINS)
+        unsettled = await settle_consumers(js, namespace, rematch, chaos.args.heal_timeout)
         settled_after = time.monotonic() - settling
-        reader = EventReader(js, Namespace(chaos.namespace))
+        exceptions_unsettled = await settle_consumers(js, namespace, EXCEPTION_CONSUMERS, chaos.args.heal_timeout)
+        # The router's sweeps escalate what nobody handled within the route's escalate_after: the stream is judged
+        # once it stopped moving for longer than that, and the control plane chained what they wrote.
+        quiet = ESCALATE_AFTER_SECONDS + 2.0
+        exceptions_unsettled += await stream_quiet(js, namespace, "exception", quiet, chaos.args.heal_timeout)
+        exceptions_unsettled += await settle_consumers(js, namespace, EXCEPTION_CONSUMERS, chaos.args.heal_timeout)
+        exceptions_settled_after = time.monotonic() - settling
+        reader = EventReader(js, namespace)
         po_stream = await scan(reader, po_events.DOMAIN)
         supplier_stream = await scan(reader, "supplier")
         receipt_stream = await scan(reader, receipt_events.DOMAIN)
         invoice_stream = await scan(reader, invoice_events.DOMAIN)
-        exception_stream = await scan(reader, "exception")
+        exception_stream = await scan(reader, exception_router_events.DOMAIN)
+        audit = await read_audit(js, namespace)
     finally:
         await nc.drain()
     invariants: list[Invariant] = [
-        Invariant("invoice-status's re-match consumers settle after the load", not unsettled, unsettled)
+        Invariant("invoice-status's re-match consumers settle after the load", not unsettled, unsettled),
+        Invariant(
+            "exception-router's intake and advisory consumers and the control plane's transition chaining settle",
+            not exceptions_unsettled,
+            exceptions_unsettled,
+        ),
     ]
     figures: dict[str, float] = {
         "po events": len(po_stream),
         "supplier events": len(supplier_stream),
         "receipt events": len(receipt_stream),
         "invoice events": len(invoice_stream),
-        "exceptions": len(exception_stream),
+        "exception events": len(exception_stream),
         "re-match settled after": settled_after,
+        "exception consumers settled after": exceptions_settled_after,
+        "audit entries": len(audit),
     }
 
     # The stream's picture: document events per (po, version), acknowledgments per (po, version), the fold.
@@ -1121,6 +1477,7 @@ async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invar
             _sample(dropped) if dropped else f"{len(tally.exception_ids)} exception ids answered",
         )
     )
+    invariants.extend(await verify_exceptions(chaos, client, tally, exception_stream, audit, figures))
     invariants.append(Invariant("no INTERNAL or UNKNOWN answer", not tally.broken, _sample(tally.broken)))
     invariants.append(
         Invariant("no valid command refused, every conflict refused", not tally.unexpected, _sample(tally.unexpected))
@@ -1297,27 +1654,493 @@ async def verify_receipts(
     return invariants
 
 
-async def settle_rematch(js: Any, namespace: Namespace, timeout: float) -> str:
-    """Wait until invoice-status's re-match consumers (every durable named ``<ns>-invoice-status-rematch-*`` on the
-    PO, receipt and invoice streams) have read and acknowledged every event, as tests/fuzz/invoices.py's settle hook
-    does; "" then, else what was still pending at ``timeout``."""
+async def read_audit(js: Any, namespace: Namespace) -> dict[str, tuple[str, str]]:
+    """The audit chain as the control plane sealed it: source ("<stream>:<sequence>") -> (action, object key)."""
+    return {
+        entry.source: (entry.action, entry.object.object_key)
+        async for entry in AuditChain(js, namespace).entries()
+        if entry.source
+    }
+
+
+@dataclass
+class ExceptionStory:
+    """One exception as the exception stream tells it: the raises folded into it and its transitions."""
+
+    raises: list[tuple[int, exception_pb2.Exception]] = field(default_factory=list)  # (sequence, raise)
+    transitions: list[tuple[StoredEvent, exception_decider.Change]] = field(default_factory=list)
+    state: exception_decider.CaseState = field(default_factory=lambda: exception_decider.INITIAL)
+
+
+def fold_exceptions(stream: list[StoredEvent]) -> tuple[ExceptionBook, str]:
+    """An exception book rebuilt offline, fed every stored event in order (what the router's follower does); and
+    the last sequence it read."""
+    book = ExceptionBook()
+    for stored in stream:
+        book.follow(stored)
+    return book, str(stream[-1].sequence if stream else 0)
+
+
+def expected_get(book: ExceptionBook, case: str, raises: dict[int, exception_pb2.Exception]) -> exception_pb2.Exception:
+    """What GetException must answer for ``case``: the fold, with the first raise's whole detail and evidence and the
+    original message of the newest raise carrying one (servicer.GetException reads them from the stream)."""
+    view = book.cases[case]
+    message = exception_mapping.exception_of(view)
+    first = raises.get(view.first_sequence)
+    if first is not None:
+        message.detail = first.detail
+        message.evidence.extend(first.evidence)
+    carrier = raises.get(view.original_sequence) if view.original_sequence else None
+    if carrier is not None and carrier.HasField("original_message"):
+        message.original_message.CopyFrom(carrier.original_message)
+    return message
+
+
+def _differing(got: Message, expected: Message) -> list[str]:
+    return sorted(f.name for f in got.DESCRIPTOR.fields if getattr(got, f.name) != getattr(expected, f.name))
+
+
+async def read_exceptions(client: Client) -> tuple[list[exception_pb2.Exception], str]:
+    """Every exception ListExceptions lists without a filter, paged through (pages of 200); a note if unreadable."""
+    listed: list[exception_pb2.Exception] = []
+    request = exc.ListExceptionsRequest(page=types_pb2.PageRequest(page_size=200))
+    while True:
+        page = await _answer(
+            lambda: client.exceptions.ListExceptions(request, metadata=as_system("ops-console"), timeout=10)
+        )
+        if isinstance(page, grpc.aio.AioRpcError):
+            return listed, f"last answer {page.code().name}: {page.details()}"
+        listed.extend(page.exceptions)
+        request.page.page_token = page.page_info.next_page_token
+        if not request.page.page_token:
+            return listed, ""
+
+
+def listing_differences(listed: list[exception_pb2.Exception], book: ExceptionBook) -> list[str]:
+    """How the listing differs from the fold: exceptions missing, extra or out of order, and for each one listed the
+    fields that differ (ids, state, owner team, occurrences and every other field exception_of gives)."""
+    expected = {case: exception_mapping.exception_of(view) for case, view in book.cases.items() if view.first_sequence}
+    answered = {e.exception_id: e for e in listed}
+    problems = [f"{case}: in the stream, not listed" for case in expected if case not in answered]
+    problems += [f"{case}: listed, not in the stream" for case in answered if case not in expected]
+    if not problems and [e.exception_id for e in listed] != list(expected):
+        problems.append("listed in another order than the stream's first raises")
+    if len(answered) != len(listed):
+        problems.append(f"{len(listed) - len(answered)} exceptions listed twice")
+    for case, got in answered.items():
+        if case in expected and got != expected[case]:
+            want = expected[case]
+            problems.append(
+                f"{case}: listed {exception_pb2.ExceptionState.Name(got.state)} {got.owner_team} x{got.occurrences}, "
+                f"the fold {exception_pb2.ExceptionState.Name(want.state)} {want.owner_team} x{want.occurrences}; "
+                f"differing {_differing(got, want)}"
+            )
+    return problems
+
+
+async def listing_equal(client: Client, book: ExceptionBook, timeout: float) -> list[str]:
+    """The listing's differences from the fold, read again until there are none or ``timeout`` passes."""
     deadline = time.monotonic() + timeout
-    prefix = f"{namespace.root}-{REMATCH_PREFIX}"
-    note = ""
+    while True:
+        listed, note = await read_exceptions(client)
+        problems = [note] if note else listing_differences(listed, book)
+        if not problems or time.monotonic() > deadline:
+            return problems
+        await asyncio.sleep(1.0)
+
+
+async def check_exception_gets(
+    client: Client, book: ExceptionBook, raises: dict[int, exception_pb2.Exception], rng: random.Random
+) -> tuple[list[str], int]:
+    """GetException, by the exception's id and by one of its raises' ids, against the fold for a sample: every
+    exception the ops-console handled or that reopened, and others at random up to GET_SAMPLE."""
+    cases = [case for case, view in book.cases.items() if view.first_sequence]
+    touched = [case for case in cases if book.cases[case].state.acknowledged_by or book.cases[case].state.reopened]
+    others = [case for case in cases if case not in set(touched)]
+    sample = touched[:GET_SAMPLE] + rng.sample(others, min(len(others), max(0, GET_SAMPLE - len(touched))))
+    raise_ids = {sequence: raised.exception_id for sequence, raised in raises.items()}
+    by_raise = [(raise_ids[sequence], case_of(raised)) for sequence, raised in raises.items()]
+    raise_sample = rng.sample(by_raise, min(len(by_raise), GET_SAMPLE))
+    problems: list[str] = []
+    semaphore = asyncio.Semaphore(16)
+
+    async def one(named: str, case: str) -> None:
+        async with semaphore:
+            got = await _answer(
+                lambda: client.exceptions.GetException(
+                    exc.GetExceptionRequest(exception_id=named), metadata=as_system("ops-console"), timeout=5
+                )
+            )
+        if isinstance(got, grpc.aio.AioRpcError):
+            problems.append(f"{named}: {got.code().name} {got.details()}")
+            return
+        expected = expected_get(book, case, raises)
+        if got.exception != expected:
+            problems.append(f"{named}: differing {_differing(got.exception, expected)} from the fold of {case}")
+
+    await asyncio.gather(*(one(case, case) for case in sample), *(one(named, case) for named, case in raise_sample))
+    return problems, len(sample) + len(raise_sample)
+
+
+def life_problems(case: str, story: ExceptionStory, raises: dict[int, exception_pb2.Exception]) -> list[str]:
+    """The transitions of one exception, folded with decider.evolve, checked against the lifecycle's rules; its
+    final state is left in ``story.state``."""
+    Transition, State = exception_decider.Transition, exception_decider.State
+    problems: list[str] = []
+    state = exception_decider.INITIAL
+    for stored, change in story.transitions:
+        before, name, at = state, change.transition, stored.sequence
+        where = f"{case} {name.value} at seq {at}"
+        if stored.unpack(exception_events.ExceptionStateChanged).exception_id != case:
+            problems.append(f"{where}: its payload names another exception")
+        if not before.exists and name is not Transition.OPENED:
+            problems.append(f"{where}: before the exception was opened")
+        elif name is Transition.OPENED and before.exists:
+            problems.append(f"{where}: opened again (opened at seq {story.transitions[0][0].sequence})")
+        elif before.state.closed and name not in (Transition.REOPENED, Transition.REPLAYED):
+            problems.append(f"{where}: on an exception closed at seq {before.closed_sequence}")
+        elif (name is Transition.ACKNOWLEDGED and before.state is not State.OPEN) or (
+            name is Transition.RESOLVED and before.state not in (State.OPEN, State.ACKNOWLEDGED)
+        ):
+            problems.append(f"{where}: the exception was {before.state.value}")
+        elif name is Transition.ESCALATED and before.escalated:
+            problems.append(f"{where}: escalated twice in one opening (at {before.escalated_at_ns})")
+        elif name is Transition.REROUTED and (before.state is not State.OPEN or before.escalated):
+            problems.append(f"{where}: rerouted an exception {before.state.value}, escalated {before.escalated}")
+        elif name is Transition.REPLAY_REQUESTED and before.type_name != "delivery_exhausted":
+            problems.append(f"{where}: a replay of a {before.type_name} exception")
+        if name in (Transition.OPENED, Transition.REOPENED):
+            cause = raises.get(change.cause_sequence)
+            if cause is None or case_of(cause) != case or change.cause_sequence >= at:
+                problems.append(f"{where}: its cause (seq {change.cause_sequence}) is no earlier raise of it")
+            elif name is Transition.REOPENED:
+                after_closure = before.state.closed and change.cause_sequence > before.closed_sequence
+                failed_replay = (
+                    before.replay_pending
+                    and cause.type == exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED
+                    and change.cause_sequence > before.replay_sequence
+                )
+                if not after_closure and not failed_replay:
+                    problems.append(
+                        f"{where}: caused by the raise at seq {change.cause_sequence}, the exception "
+                        f"{before.state.value} (closed at seq {before.closed_sequence}, "
+                        f"replay at seq {before.replay_sequence})"
+                    )
+        state = exception_decider.evolve(state, recorded(stored, change))
+    story.state = state
+    return problems
+
+
+async def rescan_exceptions(chaos: Chaos) -> tuple[list[StoredEvent], str]:
+    """The exception stream once it stopped moving (a restarted router's first sweeps are done), and a note if it
+    did not stop."""
+    nats_server = chaos.stack.nats_server
+    assert nats_server is not None
+    nc = await nats.connect(nats_server.url, connect_timeout=5)
+    try:
+        js = nc.jetstream()
+        namespace = Namespace(chaos.namespace)
+        quiet = ESCALATE_AFTER_SECONDS + 2.0
+        note = await stream_quiet(js, namespace, exception_router_events.DOMAIN, quiet, chaos.args.heal_timeout)
+        return await scan(EventReader(js, namespace), exception_router_events.DOMAIN), note
+    finally:
+        await nc.drain()
+
+
+async def verify_exceptions(
+    chaos: Chaos,
+    client: Client,
+    tally: Tally,
+    stream: list[StoredEvent],
+    audit: dict[str, tuple[str, str]],
+    figures: dict[str, float],
+) -> list[Invariant]:
+    """The exception-router invariants, from the exception stream once its consumers settled: raises fold into
+    exceptions opened once, every exception's transitions make a consistent life (decider.evolve), nothing recurring
+    stays closed, the router answers (ListExceptions, GetException, SummarizeExceptions) what an ExceptionBook fed
+    the stream offline holds, and again after a final SIGKILL and restart, every raise, acknowledgment and
+    resolution answered OK is in the stream, and every transition is chained in the audit trail."""
+    invariants: list[Invariant] = []
+    stories: dict[str, ExceptionStory] = defaultdict(ExceptionStory)
+    raises: dict[int, exception_pb2.Exception] = {}  # by sequence
+    raise_ids: dict[str, list[tuple[int, exception_pb2.Exception]]] = defaultdict(list)
+    unreadable: list[str] = []
+    for stored in stream:
+        name = exception_router_events.event_name(stored)
+        if name == exception_router_events.RAISED:
+            raised = exception_router_events.decode_raised(stored)
+            if raised is None or raised.exception_id != stored.envelope.object_key:
+                unreadable.append(f"seq {stored.sequence} {stored.subject}")
+                continue
+            raises[stored.sequence] = raised
+            raise_ids[raised.exception_id].append((stored.sequence, raised))
+            stories[case_of(raised)].raises.append((stored.sequence, raised))
+            continue
+        change = exception_router_events.decode(stored)
+        if change is None:
+            unreadable.append(f"seq {stored.sequence} {stored.subject}")
+            continue
+        stories[stored.envelope.object_key].transitions.append((stored, change))
+    Transition = exception_decider.Transition
+    transitions = [stored for story in stories.values() for stored, _ in story.transitions]
+    figures["raises"] = len(raises)
+    figures["exceptions"] = sum(1 for story in stories.values() if story.raises)
+    for transition in Transition:
+        figures[f"transitions {transition.value}"] = sum(
+            1 for story in stories.values() for _, change in story.transitions if change.transition is transition
+        )
+
+    not_opened = [
+        f"{case} ({len(story.raises)} raises, first at seq {story.raises[0][0]}): "
+        f"{sum(1 for _, c in story.transitions if c.transition is Transition.OPENED)} opened"
+        for case, story in stories.items()
+        if story.raises and sum(1 for _, c in story.transitions if c.transition is Transition.OPENED) != 1
+    ]
+    orphans = [f"{case}: transitions, no raise" for case, story in stories.items() if not story.raises]
+    twice = [f"raise {raise_id} stored x{len(found)}" for raise_id, found in raise_ids.items() if len(found) > 1]
+    invariants.append(
+        Invariant(
+            "every raise folds into an exception opened exactly once (no subject holds two opened)",
+            not not_opened and not orphans and not twice and not unreadable,
+            _sample(unreadable + not_opened + orphans + twice),
+            unreadable + not_opened + orphans + twice,
+        )
+    )
+    inconsistent = [problem for case, story in stories.items() for problem in life_problems(case, story, raises)]
+    invariants.append(
+        Invariant(
+            "every exception's transitions fold (decider.evolve) into a consistent life",
+            not inconsistent,
+            _sample(inconsistent),
+            inconsistent,
+        )
+    )
+    recurring: list[str] = []
+    for case, story in stories.items():
+        state = story.state
+        if state.state.closed:
+            later = [sequence for sequence, _ in story.raises if sequence > state.closed_sequence]
+            if later:
+                recurring.append(f"{case} {state.state.value} at seq {state.closed_sequence}, raised at seq {later}")
+        elif state.replay_pending:
+            failed = [
+                sequence
+                for sequence, raised in story.raises
+                if sequence > state.replay_sequence and raised.type == exception_pb2.EXCEPTION_TYPE_DELIVERY_EXHAUSTED
+            ]
+            if failed:
+                recurring.append(f"{case} replay at seq {state.replay_sequence} pending, handed off at seq {failed}")
+    figures["exceptions reopened"] = sum(1 for story in stories.values() if story.state.reopened)
+    for kind in exception_decider.State:
+        figures[f"exceptions {kind.value}"] = sum(1 for story in stories.values() if story.state.state is kind)
+    invariants.append(
+        Invariant(
+            "no recurring exception stays closed (a raise stored after its closure reopened it)",
+            not recurring,
+            _sample(recurring),
+            recurring,
+        )
+    )
+
+    # The router's answers against the fold an ExceptionBook makes offline of the same stream.
+    book, _ = fold_exceptions(stream)
+    healing = time.monotonic()
+    differences = await listing_equal(client, book, chaos.args.heal_timeout)
+    figures["exception list equal after"] = time.monotonic() - healing
+    invariants.append(
+        Invariant(
+            "ListExceptions, every page, equals the fold of the exception stream (ExceptionBook.follow)",
+            not differences,
+            _sample(differences),
+            differences,
+        )
+    )
+    get_problems, asked = await check_exception_gets(client, book, raises, random.Random(chaos.args.seed))
+    figures["GetException compared"] = asked
+    invariants.append(
+        Invariant(
+            "GetException, by exception id and by raise id, equals the fold for a sample",
+            not get_problems,
+            _sample(get_problems),
+            get_problems,
+        )
+    )
+    summary = await _answer(
+        lambda: client.exceptions.SummarizeExceptions(
+            exc.SummarizeExceptionsRequest(), metadata=as_system("ops-console"), timeout=10
+        )
+    )
+    expected_summary = summarize(book.cases.values(), "", None, time.time_ns())
+    summary_note = (
+        f"{summary.code().name}: {summary.details()}"
+        if isinstance(summary, grpc.aio.AioRpcError)
+        else ""
+        if summary == expected_summary
+        else f"differing {_differing(summary, expected_summary)}"
+    )
+    invariants.append(Invariant("SummarizeExceptions equals the summary of the fold", not summary_note, summary_note))
+
+    # What was answered OK is in the stream.
+    lost: list[str] = []
+    for raise_id, record in tally.hand_raises.items():
+        stored_raises = raise_ids.get(raise_id, [])
+        expected = exception_mapping.raised_from_request(record.request, "ops-console")
+        expected.exception_id = raise_id
+        case = case_of(expected)
+        if len(stored_raises) != 1:
+            lost.append(f"raise {raise_id} ({record.request.idempotency_key}): stored x{len(stored_raises)}")
+            continue
+        held = exception_pb2.Exception()
+        held.CopyFrom(stored_raises[0][1])
+        held.ClearField("raised_at")
+        if held != expected:
+            lost.append(f"raise {raise_id}: stored differs in {_differing(held, expected)}")
+        if record.answered != {case}:
+            lost.append(f"raise {raise_id}: answered {sorted(record.answered)}, it folds into {case}")
+        strays = [r for r in record.last_raised if not any(case_of(x) == case for _, x in raise_ids.get(r, []))]
+        if strays:
+            lost.append(f"raise {raise_id}: answered last_raised_id {strays}, no raise of {case}")
+    for raise_id in tally.key_reuses:
+        first = tally.hand_raises.get(raise_id)
+        held_raises = [raised for _, raised in raise_ids.get(raise_id, [])]
+        if first is None:
+            continue  # its first raise was never answered OK: nothing to compare with
+        if any(raised.detail != first.request.exception.detail for raised in held_raises):
+            lost.append(f"raise {raise_id}: the key reused with other content left a trace")
+    for handled in tally.handled:
+        found = [
+            change
+            for _, change in (stories[handled.exception_id].transitions if handled.exception_id in stories else [])
+            if change.transition.value == handled.transition
+            and change.actor == handled.person
+            and change.through == "ops-console"
+            and (
+                handled.transition != "resolved"
+                or (
+                    exception_router_events.resolution_value(change.resolution) == handled.kind
+                    and change.reason == handled.note
+                )
+            )
+        ]
+        if not found:
+            lost.append(f"{handled.transition} of {handled.exception_id} by {handled.person}: not in the stream")
+    figures["exceptions handled"] = len({h.exception_id for h in tally.handled})
+    invariants.append(
+        Invariant(
+            "every RaiseException, acknowledge and resolve answered OK is in the exception stream, as answered",
+            not lost and bool(tally.hand_raises),
+            _sample(lost) if lost or tally.hand_raises else "no RaiseException answered OK",
+            lost,
+        )
+    )
+    unchained: list[str] = []
+    for stored in transitions:
+        name = exception_router_events.event_name(stored)
+        entry = audit.get(f"{stored.stream}:{stored.sequence}")
+        if entry is None:
+            unchained.append(f"{stored.envelope.object_key} {name} at seq {stored.sequence}: no audit entry")
+        elif entry != (f"exception_{name}", stored.envelope.object_key):
+            unchained.append(f"{stored.envelope.object_key} {name} at seq {stored.sequence}: chained as {entry}")
+    invariants.append(
+        Invariant(
+            "the audit chain holds an entry for every exception transition",
+            not unchained,
+            _sample(unchained) if unchained else f"{len(transitions)} transitions",
+            unchained,
+        )
+    )
+
+    # The book is a projection: a SIGKILL and a restart read it back from the stream, the same.
+    before, before_note = await read_exceptions(client)
+    restarting = time.monotonic()
+    serving = await chaos.kill_and_restart("exception-router", timeout=chaos.args.heal_timeout)
+    chaos.fault_log.append(f"{time.monotonic() - chaos.t0:6.1f}s final kill exception-router (judgement)")
+    figures["exception-router serving after its final restart"] = time.monotonic() - restarting
+    after_stream, moving = await rescan_exceptions(chaos)
+    after_book, _ = fold_exceptions(after_stream)
+    problems = [] if serving else ["exception-router did not serve again after its final restart"]
+    if before_note:
+        problems.append(f"before the restart: {before_note}")
+    if moving:
+        problems.append(moving)
+    last = stream[-1].sequence if stream else 0
+    written = [stored for stored in after_stream if stored.sequence > last]
+    if written:  # the stream was quiet before the restart: whatever came after it, the restart wrote
+        kinds = Counter(exception_router_events.event_name(stored) for stored in written)
+        examples = "; ".join(
+            f"{s.envelope.object_key} {exception_router_events.event_name(s)} at seq {s.sequence}" for s in written[:4]
+        )
+        problems.append(
+            f"the restarted router wrote {len(written)} events "
+            f"({', '.join(f'{k} x{n}' for k, n in kinds.items())}), e.g. {examples}"
+        )
+    figures["events the final restart wrote"] = len(written)
+    problems += await listing_equal(client, after_book, chaos.args.heal_timeout)
+    after, after_note = await read_exceptions(client)
+    if after_note:
+        problems.append(f"after the restart: {after_note}")
+    elif after != before:
+        changed = [a.exception_id for a, b in zip(after, before, strict=False) if a != b]
+        problems.append(f"{len(before)} listed before, {len(after)} after; {len(changed)} differ: {changed[:3]}")
+    figures["exception list equal after the final restart"] = time.monotonic() - restarting
+    invariants.append(
+        Invariant(
+            "after a final SIGKILL and restart of exception-router, ListExceptions is identical (the fold again)",
+            not problems,
+            _sample(problems),
+            problems,
+        )
+    )
+    return invariants
+
+
+async def stream_quiet(js: Any, namespace: Namespace, domain: str, quiet: float, timeout: float) -> str:
+    """Wait until the domain's stream has taken no message for ``quiet`` seconds; "" then, else how it moved."""
+    deadline = time.monotonic() + timeout
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        try:
+            sequence = int((await js.stream_info(namespace.stream(domain))).state.last_seq or 0)
+        except Exception:  # the broker restarting: asked again
+            sequence = last
+        if sequence != last:
+            last, since = sequence, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return ""
+        await asyncio.sleep(0.5)
+    return f"the {domain} stream still moved {timeout:.0f}s after the consumers settled (last seq {last})"
+
+
+async def settle_consumers(
+    js: Any, namespace: Namespace, consumers: tuple[tuple[str, str], ...], timeout: float
+) -> str:
+    """Wait until every durable consumer named ``<ns>-<prefix>*`` on its domain's stream, for each (domain, prefix)
+    of ``consumers``, has read and acknowledged every message, as tests/fuzz/targets.py's settle hook does (two
+    readings in a row, so work one consumer hands the next is seen); "" then, else what was still pending at
+    ``timeout``."""
+    deadline = time.monotonic() + timeout
+    idle_readings = 0
     while True:
         pending: dict[str, int] = {}
         note = ""
         try:
-            for domain in REMATCH_DOMAINS:
+            for domain in dict.fromkeys(domain for domain, _ in consumers):
+                prefixes = [f"{namespace.root}-{prefix}" for d, prefix in consumers if d == domain]
                 for info in await js.consumers_info(namespace.stream(domain)):
                     name = info.name or ""
-                    if name.startswith(prefix):
+                    if any(name.startswith(prefix) for prefix in prefixes):
                         pending[name] = int(info.num_pending or 0) + int(info.num_ack_pending or 0)
         except Exception as error:  # the broker restarting: asked again
             note = f"consumer info unavailable: {type(error).__name__} {error}"
-        if not note and not pending:
-            note = f"no consumer named {prefix}* on the {', '.join(REMATCH_DOMAINS)} streams"
-        if not note and not any(pending.values()):
+        absent = [
+            f"{namespace.root}-{prefix}* on {namespace.stream(domain)}"
+            for domain, prefix in consumers
+            if not any(name.startswith(f"{namespace.root}-{prefix}") for name in pending)
+        ]
+        if not note and absent:
+            note = f"no consumer {', '.join(absent)}"
+        idle_readings = idle_readings + 1 if not note and not any(pending.values()) else 0
+        if idle_readings >= 2:
             return ""
         if time.monotonic() > deadline:
             return note or ", ".join(f"{name} {left} pending" for name, left in pending.items() if left)
@@ -1755,7 +2578,7 @@ def print_report(
 ) -> None:
     print(
         f"\nchaos run: seed {args.seed}, {args.seconds:.0f}s of load, {args.workers} workers, "
-        f"{figures['duration']:.0f}s in all"
+        f"{args.handlers} exception handlers, {figures['duration']:.0f}s in all"
     )
     print("\nfaults injected")
     for kind in FAULT_KINDS:
@@ -1769,7 +2592,17 @@ def print_report(
             f"max {max(chaos.recovery):.1f}s"
         )
     print("\ncommands                          sent     ok  refused  replayed")
-    for kind in ("publish", "change", "acknowledge", "supplier", "conflict", *RECEIPT_KINDS, *INVOICE_KINDS):
+    for kind in (
+        "publish",
+        "change",
+        "acknowledge",
+        "supplier",
+        "conflict",
+        *RECEIPT_KINDS,
+        *INVOICE_KINDS,
+        *EXCEPTION_KINDS,
+        "policy change",
+    ):
         refused = sum(n for label, n in tally.refused_expected.items() if label.startswith(kind + ":"))
         print(f"  {kind:<30} {tally.sent[kind]:>6} {tally.ok[kind]:>6} {refused:>8} {tally.replays[kind]:>9}")
     print(
@@ -1781,7 +2614,7 @@ def print_report(
     print(
         f"  stream: {figures['po events']:.0f} PO events, {figures['supplier events']:.0f} supplier events, "
         f"{figures['receipt events']:.0f} receipt events ({figures['receipt findings']:.0f} finding exceptions), "
-        f"{figures['exceptions']:.0f} exceptions; unacknowledged list equal to the stream "
+        f"{figures['exception events']:.0f} exception events; unacknowledged list equal to the stream "
         f"{figures['listing equal after']:.1f}s after the load stopped"
     )
     print(
@@ -1808,6 +2641,30 @@ def print_report(
     )
     if refusals:
         print(f"  releases and payments the invoice's state had moved past: {refusals}")
+    if "raises" in figures:
+        transitions = ", ".join(
+            f"{transition.value} {figures[f'transitions {transition.value}']:.0f}"
+            for transition in exception_decider.Transition
+            if figures.get(f"transitions {transition.value}")
+        )
+        states = ", ".join(
+            f"{state.value} {figures[f'exceptions {state.value}']:.0f}"
+            for state in exception_decider.State
+            if figures.get(f"exceptions {state.value}")
+        )
+        print(
+            f"  exceptions: {figures['raises']:.0f} raises folded into {figures['exceptions']:.0f} exceptions "
+            f"({states}; {figures['exceptions reopened']:.0f} reopened), transitions: {transitions}; "
+            f"{figures['exceptions handled']:.0f} handled at the ops-console; consumers idle "
+            f"{figures['exception consumers settled after']:.1f}s after the load stopped, the list equal to the "
+            f"fold {figures['exception list equal after']:.1f}s later; {figures['audit entries']:.0f} audit entries; "
+            f"after a final SIGKILL serving again in {figures['exception-router serving after its final restart']:.1f}s"
+        )
+    exception_refusals = ", ".join(
+        f"{label} {n}" for label, n in sorted(tally.refused_expected.items()) if label.startswith("exception ")
+    )
+    if exception_refusals:
+        print(f"  exception handling refused as due (moved on meanwhile, or a key reused): {exception_refusals}")
     print("\ninvariants")
     for invariant in invariants:
         verdict = "held" if invariant.held else "VIOLATED"
@@ -1829,7 +2686,9 @@ async def run(args: argparse.Namespace) -> int:
         await chaos.start()
         print(f"stack up in {time.monotonic() - started:.1f}s (data and logs in {workdir})", flush=True)
         watcher = asyncio.create_task(chaos.watch())
-        client = Client({name: chaos.proxies[name].address for name in SERVED}, tally, random.Random(args.seed))
+        addresses = {name: chaos.proxies[name].address for name in SERVED}
+        addresses["control-plane"] = chaos.address("control-plane")  # no proxy: it is not the service under test
+        client = Client(addresses, tally, random.Random(args.seed))
         run_id = f"{args.seed}x{int(time.time()) % 100000}"
         # One golden supplier every order names; po-publication learns of it from the supplier stream a moment later.
         anchor = Command("supplier", f"chaos-supplier:anchor-{run_id}", local_id=f"ANCHOR-{run_id}")
@@ -1865,6 +2724,9 @@ async def run(args: argparse.Namespace) -> int:
         workers = [
             asyncio.create_task(worker(i, client, run_id, supplier_id, stop_at, args.pace)) for i in range(args.workers)
         ]
+        workers += [asyncio.create_task(handler(i, client, run_id, stop_at, args.pace)) for i in range(args.handlers)]
+        if not args.no_policy_change:
+            workers.append(asyncio.create_task(change_policy(client, chaos.t0 + args.seconds / 3)))
         await faults
         client.give_up_at = time.monotonic() + args.drain_timeout
         await asyncio.gather(*workers)
@@ -1889,6 +2751,7 @@ async def run(args: argparse.Namespace) -> int:
                         "seed": args.seed,
                         "seconds": args.seconds,
                         "workers": args.workers,
+                        "handlers": args.handlers,
                         "figures": figures,
                         "faults": dict(chaos.faults),
                         "fault_log": chaos.fault_log,
@@ -1932,6 +2795,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=90.0, help="how long the load and the faults run")
     parser.add_argument("--seed", type=int, default=1, help="seeds the fault schedule and the client")
     parser.add_argument("--workers", type=int, default=6, help="concurrent client workers")
+    parser.add_argument("--handlers", type=int, default=2, help="people handling exceptions at the ops-console")
+    parser.add_argument(
+        "--no-policy-change", action="store_true", help="keep the bootstrap policy (no exception escalates in the run)"
+    )
     parser.add_argument("--pace", type=float, default=0.02, help="mean pause between a worker's commands (s)")
     parser.add_argument("--gap", type=float, default=3.0, help="mean pause between faults (s)")
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="how long in-flight commands may retry")

@@ -1,8 +1,13 @@
 """The chaos run at CI size: a seed-fixed, 15-second `make chaos` (bench/chaos.py) must hold every invariant.
 
-Seed 8 deals invoice-status's SIGKILL third, beside kills of the other services and of nats-server and a Valkey
-wipe. The judgement waits until invoice-status's re-match consumers are idle: a message whose acknowledgment a
-fault lost is redelivered after the consumer's 30 s ack_wait, so the run takes up to about 50 s.
+Seed 25 deals po-publication's SIGKILL first, invoice-status's second and exception-router's third, then a Valkey
+wipe. The judgement waits until invoice-status's re-match consumers, then exception-router's intake and the control
+plane's chaining of its transitions are idle (a message whose acknowledgment a fault lost is redelivered after the
+consumer's 30 s ack_wait), and ends with one more SIGKILL and restart of exception-router, so the run takes up to
+about a minute.
+
+It fails, on its last exception invariant, until exception-router re-routes an exception that reopens after a
+policy change (docs/reliability.md, "Found with exception-router"): the judgement's restart re-routes it then.
 
 The script starts its own nats-server, valkey-server, fault proxies and services as processes; it is
 started here with PR_SET_PDEATHSIG, and its children with the same, so everything dies with the test.
@@ -34,7 +39,7 @@ def test_a_short_chaos_run_holds_every_invariant(tmp_path: Path) -> None:
         "--seconds",
         "15",
         "--seed",
-        "8",
+        "25",
         "--workers",
         "4",
         "--gap",
@@ -76,13 +81,27 @@ def test_a_short_chaos_run_holds_every_invariant(tmp_path: Path) -> None:
         "every blocking reason of a blocked match raised its exception exactly once",
         "no invoice awaits a receipt its PO line has",
         "no invoice paid twice",
+        "every raise folds into an exception opened exactly once",
+        "transitions fold (decider.evolve) into a consistent life",
+        "no recurring exception stays closed",
+        "ListExceptions, every page, equals the fold of the exception stream",
+        "GetException, by exception id and by raise id, equals the fold",
+        "SummarizeExceptions equals the summary of the fold",
+        "every RaiseException, acknowledge and resolve answered OK is in the exception stream",
+        "the audit chain holds an entry for every exception transition",
+        "after a final SIGKILL and restart of exception-router, ListExceptions is identical",
     ):
         assert invariant in names
     assert sum(result["faults"].values()) >= 6, result["faults"]
     assert result["faults"].get("kill nats-server", 0) + result["faults"].get("kill po-publication", 0) >= 1
     assert result["faults"].get("kill invoice-status", 0) >= 1, result["faults"]
+    assert result["faults"].get("kill exception-router", 0) >= 1, result["faults"]
     for kind in ("invoice", "invoice early", "invoice over price", "invoice duplicate", "invoice replay"):
         assert result["ok"].get(kind, 0) >= 1, (kind, result["ok"])
+    for kind in ("exception list", "exception raise", "exception acknowledge", "exception resolve"):
+        assert result["ok"].get(kind, 0) >= 1, (kind, result["ok"])
+    assert result["figures"]["transitions acknowledged"] >= 1, result["figures"]
+    assert result["figures"]["transitions resolved"] >= 1, result["figures"]
     assert result["figures"]["invoices re-matched after their receipt"] >= 1, result["figures"]
     assert sum(result["ok"].values()) >= 100, result["ok"]
     assert result["refused_expected"], "the duplicate transactions were provoked and refused"
