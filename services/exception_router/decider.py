@@ -138,10 +138,11 @@ def evolve(state: CaseState, recorded: Recorded[Change]) -> CaseState:
                 escalate_at_ns=change.escalate_at_ns,
             )
         case Transition.REOPENED:
-            route = state.route
+            route = change.route or state.route
             return replace(
                 state,
                 state=State.OPEN,
+                route=route,
                 owner_team=route.team if route else state.owner_team,
                 severity=route.severity if route else state.severity,
                 opened_at_ns=at,
@@ -352,11 +353,13 @@ def _observe(command: Observe, state: CaseState) -> Change | None:
         reason = "the replay failed: its consumer gave up on the message again"
     else:
         return None  # a repeat of an open exception: the read model counts it
+    # Routed again by the policy in force now: the problem is back, and whoever owns it today should see it.
     return Change(
         Transition.REOPENED,
         reason=reason,
+        route=command.route,
         cause_sequence=command.raised_sequence,
-        escalate_at_ns=_deadline(state.route, command.now_ns),
+        escalate_at_ns=_deadline(command.route, command.now_ns),
     )
 
 

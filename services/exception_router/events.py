@@ -148,7 +148,8 @@ def _decode_change(stored: StoredEvent) -> Change:
     message = stored.unpack(events_pb2.ExceptionStateChanged)
     transition = _ENUM_TRANSITION[events_pb2.Transition.Name(message.transition)]
     route = None
-    if transition in (Transition.OPENED, Transition.REROUTED):
+    # A reopening recorded before reopenings were routed again carries no route: the exception keeps its own.
+    if transition in (Transition.OPENED, Transition.REROUTED, Transition.REOPENED) and message.rule_path:
         route = Route(
             team=message.owner_team,
             severity=severity_name(message.severity),

@@ -27,6 +27,10 @@ from services.exception_router.store import ExceptionBook
 
 log = logging.getLogger(__name__)
 
+# Every open exception is checked against the policy in force when the revision changes, and again at least this
+# often: one opened meanwhile by a replica whose policy view still lagged is re-routed without waiting for a restart.
+FULL_CHECK_NS = 30 * 1_000_000_000
+
 
 class Sweeper:
     def __init__(
@@ -42,6 +46,7 @@ class Sweeper:
         self._clock = clock
         self._routed_under: dict[str, int] = {}  # exception -> the policy revision its route was last checked under
         self._swept_revision: int | None = None  # the revision every open exception was checked under
+        self._swept_at_ns = 0
 
     async def sweep(self) -> None:
         await self.escalate_due()
@@ -64,8 +69,9 @@ class Sweeper:
 
     async def reroute(self) -> int:
         policy = self._policy()
-        if policy.revision == self._swept_revision:
-            return 0  # every exception was checked under this revision (the failures are retried below)
+        now = self._clock()
+        if policy.revision == self._swept_revision and now - self._swept_at_ns < FULL_CHECK_NS:
+            return 0  # every exception was checked under this revision a moment ago
         rerouted, failed = 0, False
         for view in self._book.unresolved():
             state = view.state
@@ -89,5 +95,5 @@ class Sweeper:
         if len(self._routed_under) > 2 * max(len(self._book.cases), 1000):
             self._routed_under = {key: value for key, value in self._routed_under.items() if key in self._book.cases}
         if not failed:
-            self._swept_revision = policy.revision
+            self._swept_revision, self._swept_at_ns = policy.revision, now
         return rerouted

@@ -258,3 +258,18 @@ def test_fold_is_deterministic():
     )
     assert folded.state is State.ACKNOWLEDGED
     assert folded.owner_team == "accounts-payable"
+
+
+def test_a_reopening_is_routed_by_the_policy_in_force_then():
+    """Chaos found it: reopened under an older route, the exception kept it until a restart re-routed it."""
+    later = Route("procurement-ops", "high", 4_000_000_000, "integration-team", "exceptions.routes[1]", 1)
+    history = History()
+    observe(history, route=AP, now=0)
+    history.apply(decide(Resolve(Resolution.FIXED, "n", "j.doe", "ops"), history.state))
+    raised = history.raise_()
+    reopened = history.apply(decide(Observe(raised, "price_variance", later, 100, False), history.state), 100)
+    assert isinstance(reopened, Change)
+    assert history.state.route == later
+    assert (history.state.owner_team, history.state.severity) == ("procurement-ops", "high")
+    assert history.state.escalate_at_ns == 100 + 4_000_000_000
+    assert decide(Reroute(later), history.state) is None  # nothing left for a re-routing sweep to change
