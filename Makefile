@@ -81,8 +81,9 @@ fmt: setup ## format the code with ruff
 	$(BIN)/ruff check --fix .
 
 .PHONY: bench
-bench: setup ## run the publish benchmark (prints figures; takes about a minute)
+bench: setup ## run the publish benchmark, then the exception-router's (prints figures; about a minute, then 3-4 minutes)
 	$(BIN)/python bench/publish_po.py $(BENCH_ARGS)
+	$(BIN)/python bench/exceptions.py $(EXCEPTIONS_BENCH_ARGS)
 
 .PHONY: chaos
 chaos: setup ## faults under load (SIGKILLs, nats-server restarts, Valkey freeze/wipe, cut links), invariants from the streams (~2 min)
