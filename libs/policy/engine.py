@@ -94,6 +94,7 @@ class Policy:
         self.text = text
         self.revision = revision
         self.sha256 = hashlib.sha256(text.encode()).hexdigest()
+        self._retries: dict[str, tuple[int, tuple[float, ...]]] = {}
         self.systems = frozenset(document.systems)
         self._field_rules = {
             name: sorted(rule.fields.items(), key=lambda item: -len(item[0]))
@@ -242,8 +243,15 @@ class Policy:
         return {name: frozenset(system.sites) for name, system in self.document.systems.items()}
 
     def retry(self, consumer: str) -> tuple[int, tuple[float, ...]]:
-        retry = self.document.retries.consumers.get(consumer, self.document.retries.default)
-        return retry.max_deliveries, tuple(parse_duration(step).total_seconds() for step in retry.backoff)
+        """Delivery limit and backoff steps for ``consumer``; read on every delivery, so computed once a revision."""
+        known = self._retries.get(consumer)
+        if known is None:
+            retry = self.document.retries.consumers.get(consumer, self.document.retries.default)
+            known = self._retries[consumer] = (
+                retry.max_deliveries,
+                tuple(parse_duration(step).total_seconds() for step in retry.backoff),
+            )
+        return known
 
     def sla(self, workflow: str, criticality: str = "normal") -> timedelta | None:
         within = self.document.sla.get(workflow, {}).get(criticality)

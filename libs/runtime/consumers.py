@@ -87,6 +87,9 @@ class ConsumerSpec:
     filters: tuple[str, ...] = ()
     # Its stream is optional (libs/runtime/streams.StreamSpec.optional): without it the consumer does not run.
     optional: bool = False
+    # The messages of one fetch are handled at once rather than one after another: for a handler whose outcome does
+    # not depend on the order it sees messages in (each decision guarded by its object's subject sequence).
+    concurrent: bool = False
 
 
 def backoff_delay(backoff: tuple[float, ...], delivered: int) -> float:
@@ -177,8 +180,11 @@ class ConsumerRunner:
                     continue
                 self._processing = True
                 try:
-                    for message in messages:
-                        await self._process(message)
+                    if self._spec.concurrent:
+                        await asyncio.gather(*(self._process(message) for message in messages))
+                    else:
+                        for message in messages:
+                            await self._process(message)
                 finally:
                     self._processing = False
         finally:

@@ -7,6 +7,7 @@ transitions (``<ns>.exception.<EXC-id>.<transition>``, :class:`ExceptionStateCha
 
 from __future__ import annotations
 
+import functools
 import uuid
 from typing import cast
 
@@ -32,8 +33,10 @@ def event_name(stored: StoredEvent) -> str:
     return stored.subject.rsplit(".", 1)[-1]
 
 
+@functools.cache
 def type_name(value: int) -> str:
-    """``price_variance`` for EXCEPTION_TYPE_PRICE_VARIANCE; ``unspecified`` for 0 or a number not in the contract."""
+    """``price_variance`` for EXCEPTION_TYPE_PRICE_VARIANCE; ``unspecified`` for 0 or a number not in the contract.
+    Cached: one string per type however many exceptions the book holds."""
     try:
         return exception_pb2.ExceptionType.Name(value).removeprefix("EXCEPTION_TYPE_").lower()
     except ValueError:
@@ -45,6 +48,7 @@ def type_value(name: str) -> exception_pb2.ExceptionType:
     return cast(exception_pb2.ExceptionType, exception_pb2.ExceptionType.Value(f"EXCEPTION_TYPE_{name.upper()}"))
 
 
+@functools.cache
 def severity_name(value: int) -> str:
     try:
         return "" if not value else exception_pb2.Severity.Name(value).removeprefix("SEVERITY_").lower()

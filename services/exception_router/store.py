@@ -8,7 +8,8 @@ decision that must see everything up to a raise waits for it (``read_up_to``).
 Per exception it keeps the transitions' state (decider.evolve) and what the raises folded into it add up to:
 count, first and last seen, the newest raise's id, the newest raise carrying an original message. Evidence and
 original bytes stay in the stream (GetException reads them); the first raise's detail is kept clipped, so an
-exception costs a few hundred bytes however large its raises were (bench/exceptions.py measures it).
+exception costs about 1.6 KB however large its raises were (bench/exceptions.py measures it; names that repeat
+across exceptions — types, severities, raisers, object types — are shared, not copied).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import bisect
 import heapq
 import logging
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -134,11 +136,11 @@ class ExceptionBook:
                 CaseView(
                     case_id=key,
                     type_name=events.type_name(raised.type),
-                    object_type=ref.object_type,
+                    object_type=sys.intern(ref.object_type),
                     object_key=ref.object_key,
                     object_version=ref.version,
                     fingerprint=raised.fingerprint,
-                    raised_by=raised.raised_by,
+                    raised_by=sys.intern(raised.raised_by),
                     detail=raised.detail[:DETAIL_KEPT],
                     site_id=raised.site_id,
                     business_unit=raised.business_unit,

@@ -64,12 +64,15 @@ def wire(rt: Runtime[Settings]) -> Service:
         startup=[follow],
         periodic=[(rt.settings.sweep_seconds, sweeper.sweep)],
         consumers=(
+            # A raise's decision does not depend on the order raises are taken in (each is judged against the
+            # exception's closure by stream sequence, under its subject guard): a fetch is taken at once.
             ConsumerSpec(
                 "exception-router-intake",
                 events.DOMAIN,
                 f"{events.DOMAIN}.*.{events.RAISED}",
                 intake.on_raised,
                 batch=256,
+                concurrent=True,
             ),
             ConsumerSpec(
                 "exception-router-advisories",
