@@ -6,7 +6,6 @@ import pytest
 
 from libs.runtime.broker_access import (
     COMPONENT_USERS,
-    INBOX_DOMAINS,
     publish_allow,
     replace_credentials,
     valkey_acl_rules,
@@ -25,13 +24,20 @@ DOMAINS = ("po", "supplier", "receipt", "invoice", "audit")
 def test_a_component_publishes_its_domain_and_the_inboxes_only(component):
     allowed = publish_allow(component, "sg")
     assert OWN[component] in allowed
-    for domain in INBOX_DOMAINS:
-        assert f"sg.{domain}.>" in allowed
+    assert "sg.auditin.>" in allowed
+    # Of the exception stream, raises and processed replays only: the router's transitions are its own.
+    assert {"sg.exception.*.raised", "sg.exception.*.replayed"} <= set(allowed)
+    assert "sg.exception.>" not in allowed
     others = [f"sg.{d}.>" for d in DOMAINS if f"sg.{d}.>" != OWN[component]]
     assert not set(others) & set(allowed)
     assert not [s for s in allowed if s.startswith(("sg.>", ">", "_INBOX", "$JS.API.STREAM.DELETE"))]
     assert not [s for s in allowed if "PURGE" in s or "MSG.DELETE" in s or "CONSUMER.DELETE" in s]
     assert ("$KV.sg_policy.>" in allowed) == (component == "control-plane")
+
+
+def test_the_exception_router_alone_writes_every_exception_subject():
+    assert "sg.exception.>" in publish_allow("exception-router", "sg")
+    assert "$JS.API.STREAM.UPDATE.SG_ADVISORY" in publish_allow("exception-router", "sg")
 
 
 def test_stream_updates_only_for_owned_streams():
