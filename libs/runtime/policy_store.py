@@ -94,17 +94,14 @@ class PolicyStore:
         return controlplane_pb2.PolicyRevision.FromString(entry.value or b"")
 
     async def history(self) -> list[controlplane_pb2.PolicyRevision]:
-        """Every revision, newest first."""
-        kv = await self.open()
-        try:
-            keys = await kv.keys()
-        except Exception as error:  # nats-py raises NoKeysError on an empty bucket
-            if type(error).__name__ == "NoKeysError":
-                return []
-            raise
-        numbers = sorted((int(k.split(".", 1)[1]) for k in keys if k.startswith("rev.")), reverse=True)
-        found = [await self.get(n) for n in numbers]
-        return [r for r in found if r is not None]
+        """Every revision, newest first. Revisions are numbered 1, 2, 3... without gaps (``append`` stores only the
+        next number), so they are read back from the latest down; nats-py's ``keys()`` walks the bucket with a
+        watcher that a loaded machine can time out on an answer of no keys, which listed no revision at all."""
+        latest = await self.latest()
+        if latest is None:
+            return []
+        found = [await self.get(number) for number in range(latest.revision, 0, -1)]
+        return [revision for revision in found if revision is not None]
 
     async def append(self, revision: controlplane_pb2.PolicyRevision, expected_current: int) -> None:
         """Store ``revision`` (numbered expected_current + 1) unless another got there first."""
