@@ -288,8 +288,19 @@ async def test_escalation_fires_after_the_routes_time_exactly_once(nats_server, 
         "      severity: medium\n      escalate_after: 1s\n      escalate_to: procurement-ops\n",
     )
     settings = router_settings(nats_server, valkey_server, namespace, policy_file=policy)
+    from control_plane.settings import Settings as ControlPlaneSettings
+    from control_plane.wiring import wire as wire_control_plane
+
+    cp_settings = ControlPlaneSettings(
+        grpc_port=0, nats_url=nats_server.url, redis_url=valkey_server.url, namespace=namespace, log_format="console"
+    )
     # Two replicas sweep the same exceptions: one escalation is written all the same.
-    async with router(settings) as (_, stub), router(settings), reporter_for(nats_server, namespace) as reporter:
+    async with (
+        running_service(cp_settings, wire_control_plane),
+        router(settings) as (_, stub),
+        router(settings),
+        reporter_for(nats_server, namespace) as reporter,
+    ):
         ref = types_pb2.ObjectRef(object_type="invoice", object_key="INV-1")
         await reporter.raise_exception(ex.EXCEPTION_TYPE_PRICE_VARIANCE, ex.SEVERITY_MEDIUM, ref, "over")
         rows = await eventually(lambda: routed(listed(stub)))
@@ -306,6 +317,22 @@ async def test_escalation_fires_after_the_routes_time_exactly_once(nats_server, 
         await asyncio.sleep(1.5)  # several more sweeps on both replicas
         names = await transitions(nats_server, namespace, moved.exception_id)
         assert names.count("escalated") == 1, names
+        nc = await nats.connect(nats_server.url)
+        try:
+            chain = AuditChain(nc.jetstream(), Namespace(namespace))
+
+            async def audited():
+                entries = await chain.for_object("exception", moved.exception_id)
+                return entries if len(entries) == 2 else None
+
+            entries = await eventually(audited)
+        finally:
+            await nc.drain()
+        assert [(entry.action, entry.actor) for entry in entries] == [
+            ("exception_opened", "exception-router"),
+            ("exception_escalated", "exception-router"),
+        ]
+        assert entries[1].reason == "not acknowledged in time"
 
 
 async def test_a_policy_change_reroutes_open_unacknowledged_exceptions(nats_server, valkey_server, clean_env):
