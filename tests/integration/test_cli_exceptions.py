@@ -17,7 +17,6 @@ import pytest
 from typer.testing import CliRunner
 
 from libs.cli.main import app
-from libs.runtime.settings import RuntimeSettings
 from libs.runtime.testing import running_service, unique_namespace
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2 as ex
@@ -27,6 +26,8 @@ from tests.integration.helpers import eventually
 from tests.integration.test_exception_router import (
     OPS,
     PoisonedSink,
+    erp_sink_settings,
+    fast_retries,
     listed,
     over_receipt_ref,
     policy_with,
@@ -412,21 +413,9 @@ async def test_summary_counts_the_backlog_by_team_and_type_and_the_closure_times
 async def poisoned(nats_server, valkey_server, clean_env, tmp_path):
     """The router and a sink consumer that fails on every order event (3 deliveries, then handed off)."""
     namespace = unique_namespace()
-    policy = policy_with(
-        tmp_path,
-        "default: {max_deliveries: 5, backoff: [500ms, 2s, 10s, 30s]}",
-        "default: {max_deliveries: 3, backoff: [50ms]}",
-    )
+    policy = fast_retries(tmp_path, 3)
     sink = PoisonedSink()
-    sink_settings = RuntimeSettings(
-        service_name="erp-sink",
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=namespace,
-        log_format="console",
-        policy_file=policy,
-    )
+    sink_settings = erp_sink_settings(nats_server, valkey_server, namespace, policy)
     async with (
         router(router_settings(nats_server, valkey_server, namespace, policy_file=policy)) as (running, stub),
         running_service(sink_settings, sink.wire),

@@ -272,6 +272,30 @@ async def test_lifecycle_acknowledge_resolve_reopen_each_audited(nats_server, va
         assert entries[2].reason == "price change agreed with supplier"
 
 
+def fast_retries(tmp_path: Path, max_deliveries: int) -> Path:
+    """The default policy with consumers giving up after ``max_deliveries`` deliveries 50 ms apart."""
+    return policy_with(
+        tmp_path,
+        "default: {max_deliveries: 5, backoff: [500ms, 2s, 10s, 30s]}",
+        f"default: {{max_deliveries: {max_deliveries}, backoff: [50ms]}}",
+    )
+
+
+def erp_sink_settings(nats_server, valkey_server, namespace: str, policy: Path):
+    """Settings of the PoisonedSink's service (an ERP adapter's consumer) under ``policy``."""
+    from libs.runtime.settings import RuntimeSettings
+
+    return RuntimeSettings(
+        service_name="erp-sink",
+        grpc_port=0,
+        nats_url=nats_server.url,
+        redis_url=valkey_server.url,
+        namespace=namespace,
+        log_format="console",
+        policy_file=policy,
+    )
+
+
 def policy_with(tmp_path: Path, old: str, new: str, name: str = "policy.yaml") -> Path:
     text = DEFAULT_POLICY_FILE.read_text()
     assert old in text
@@ -455,24 +479,11 @@ async def publish_order_event(nats_server, namespace: str, po_id: str) -> tuple[
 async def test_a_poison_message_lands_once_and_replaying_it_twice_processes_it_once(
     nats_server, valkey_server, clean_env, tmp_path
 ):
-    from libs.runtime.settings import RuntimeSettings
 
     namespace = unique_namespace()
-    policy = policy_with(
-        tmp_path,
-        "default: {max_deliveries: 5, backoff: [500ms, 2s, 10s, 30s]}",
-        "default: {max_deliveries: 3, backoff: [50ms]}",
-    )
+    policy = fast_retries(tmp_path, 3)
     sink = PoisonedSink()
-    sink_settings = RuntimeSettings(
-        service_name="erp-sink",
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=namespace,
-        log_format="console",
-        policy_file=policy,
-    )
+    sink_settings = erp_sink_settings(nats_server, valkey_server, namespace, policy)
     from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
 
@@ -546,24 +557,11 @@ async def test_a_poison_message_lands_once_and_replaying_it_twice_processes_it_o
 
 
 async def test_a_replay_that_fails_again_reopens_the_same_exception(nats_server, valkey_server, clean_env, tmp_path):
-    from libs.runtime.settings import RuntimeSettings
 
     namespace = unique_namespace()
-    policy = policy_with(
-        tmp_path,
-        "default: {max_deliveries: 5, backoff: [500ms, 2s, 10s, 30s]}",
-        "default: {max_deliveries: 2, backoff: [50ms]}",
-    )
+    policy = fast_retries(tmp_path, 2)
     sink = PoisonedSink()
-    sink_settings = RuntimeSettings(
-        service_name="erp-sink",
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=namespace,
-        log_format="console",
-        policy_file=policy,
-    )
+    sink_settings = erp_sink_settings(nats_server, valkey_server, namespace, policy)
     async with (
         router(router_settings(nats_server, valkey_server, namespace, policy_file=policy)) as (_, stub),
         running_service(sink_settings, sink.wire),

@@ -15,7 +15,6 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from libs.runtime.settings import RuntimeSettings
 from libs.runtime.streams import PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service, unique_namespace
@@ -28,18 +27,14 @@ from tests.integration.helpers import eventually
 from tests.integration.test_exception_router import (
     OPS,
     PoisonedSink,
+    erp_sink_settings,
+    fast_retries,
     listed,
-    policy_with,
     publish_order_event,
     routed,
     router,
     router_settings,
     transitions,
-)
-
-FAST_RETRIES = (
-    "default: {max_deliveries: 5, backoff: [500ms, 2s, 10s, 30s]}",
-    "default: {max_deliveries: 2, backoff: [50ms]}",
 )
 
 
@@ -113,18 +108,10 @@ async def test_an_advisory_without_its_message_is_not_replayed_as_an_empty_event
     nats_server, valkey_server, clean_env, tmp_path
 ):
     namespace = unique_namespace()
-    policy = policy_with(tmp_path, *FAST_RETRIES)
+    policy = fast_retries(tmp_path, 2)
     sink = PoisonedSink()
     sink.broken = False
-    sink_settings = RuntimeSettings(
-        service_name="erp-sink",
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=namespace,
-        log_format="console",
-        policy_file=policy,
-    )
+    sink_settings = erp_sink_settings(nats_server, valkey_server, namespace, policy)
     async with (
         router(router_settings(nats_server, valkey_server, namespace, policy_file=policy)) as (_, stub),
         running_service(sink_settings, sink.wire),
@@ -202,7 +189,7 @@ async def test_a_replay_to_the_advisories_consumer_delivers_the_advisory(
     nats_server, valkey_server, clean_env, tmp_path
 ):
     namespace = unique_namespace()
-    policy = policy_with(tmp_path, *FAST_RETRIES)
+    policy = fast_retries(tmp_path, 2)
     switch = Switch()
     settings = router_settings(nats_server, valkey_server, namespace, policy_file=policy)
     async with running_service(settings, router_with_failing_advisories(switch)) as (_, channel, _spans):
@@ -411,17 +398,9 @@ async def test_the_audit_entry_of_an_opening_names_the_router(nats_server, valke
 
 async def test_an_outside_raise_cannot_withdraw_a_pending_replay(nats_server, valkey_server, clean_env, tmp_path):
     namespace = unique_namespace()
-    policy = policy_with(tmp_path, *FAST_RETRIES)
+    policy = fast_retries(tmp_path, 2)
     sink = PoisonedSink()
-    sink_settings = RuntimeSettings(
-        service_name="erp-sink",
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=namespace,
-        log_format="console",
-        policy_file=policy,
-    )
+    sink_settings = erp_sink_settings(nats_server, valkey_server, namespace, policy)
     async with router(router_settings(nats_server, valkey_server, namespace, policy_file=policy)) as (_, stub):
         async with running_service(sink_settings, sink.wire):
             sequence, data = await publish_order_event(nats_server, namespace, "PO-WITHDRAWN")
@@ -468,17 +447,9 @@ async def test_an_exception_about_a_large_message_can_be_read(nats_server, valke
     from syncgov.po.v1 import po_pb2
 
     namespace = unique_namespace()
-    policy = policy_with(tmp_path, *FAST_RETRIES)
+    policy = fast_retries(tmp_path, 2)
     sink = PoisonedSink()
-    sink_settings = RuntimeSettings(
-        service_name="erp-sink",
-        grpc_port=0,
-        nats_url=nats_server.url,
-        redis_url=valkey_server.url,
-        namespace=namespace,
-        log_format="console",
-        policy_file=policy,
-    )
+    sink_settings = erp_sink_settings(nats_server, valkey_server, namespace, policy)
     async with (
         router(router_settings(nats_server, valkey_server, namespace, policy_file=policy)) as (_, stub),
         running_service(sink_settings, sink.wire),
@@ -607,7 +578,7 @@ async def test_one_raise_the_intake_cannot_take_yet_is_one_exception(nats_server
     from tests.integration.test_exception_router import reporter_for
 
     namespace = unique_namespace()
-    policy = policy_with(tmp_path, *FAST_RETRIES)
+    policy = fast_retries(tmp_path, 2)
     switch = Switch()
     settings = router_settings(nats_server, valkey_server, namespace, policy_file=policy)
     async with (
