@@ -14,11 +14,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, TypeVar, cast
 
 import grpc
 import typer
 from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
 
 from libs.policy.durations import parse_duration
 from syncgov.common.v1 import types_pb2
@@ -157,3 +159,14 @@ def collect_pages(fetch: Callable[[Any], Any], request: Any, items: str, limit: 
         if not token:
             break
     return listed, token
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
+    """The ErrorInfo a refusal carries (its reason and metadata: system, policy revision, exception id), if any."""
+    status = rpc_status.from_call(cast(grpc.Call, error))
+    for detail in status.details if status else ():
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None

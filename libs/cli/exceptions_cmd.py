@@ -18,8 +18,6 @@ import grpc
 import typer
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
-from grpc_status import rpc_status
 from rich.markup import escape
 from rich.table import Table
 
@@ -30,6 +28,7 @@ from libs.cli.client import (
     Connection,
     collect_pages,
     connection_options,
+    error_info,
     explain_rpc_error,
     stub,
 )
@@ -377,19 +376,9 @@ def _run(connection: Connection, method: str, request: Message) -> Any:
     return answer
 
 
-def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
-
-
 def _handling_refused(error: grpc.aio.AioRpcError, connection: Connection, what: str) -> str:
     """Why an acknowledgment, resolution or replay was refused: the system lacks the policy's exception_handling."""
-    info = _error_info(error)
+    info = error_info(error)
     metadata = dict(info.metadata) if info is not None else {}
     system = metadata.get("system") or connection.system or "this system"
     revision = metadata.get("policy_revision")

@@ -16,13 +16,11 @@ import grpc
 import typer
 from google.protobuf import timestamp_pb2
 from google.protobuf.message import Message
-from google.rpc import error_details_pb2
 from google.type import date_pb2, money_pb2
-from grpc_status import rpc_status
 from rich.markup import escape
 from rich.table import Table
 
-from libs.cli.client import EXIT_OK, Connection, collect_pages, connection_options, explain_rpc_error, stub
+from libs.cli.client import EXIT_OK, Connection, collect_pages, connection_options, error_info, explain_rpc_error, stub
 from libs.cli.client import older_than as blocked_before
 from libs.cli.components import COMPONENTS, DEFAULT_GRPC_PORT_BASE
 from libs.cli.output import make_console, table
@@ -243,16 +241,6 @@ async def _call(connection: Connection, method: str, request: Message) -> Any:
         return await getattr(invoices, method)(request, metadata=connection.metadata(), timeout=15)
 
 
-def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | None:
-    status = rpc_status.from_call(cast(grpc.Call, error))
-    for detail in status.details if status else ():
-        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            detail.Unpack(info)
-            return info
-    return None
-
-
 def _run(connection: Connection, method: str, request: Message) -> Any:
     """The answer of one call; a failure is one line (code: details), an explanation when useful, and the exit."""
     try:
@@ -267,7 +255,7 @@ def _run(connection: Connection, method: str, request: Message) -> Any:
 
 def _release_refused(error: grpc.aio.AioRpcError, connection: Connection) -> str:
     """Why a release was refused, for the person who tried: the system lacks the policy's invoice_release right."""
-    info = _error_info(error)
+    info = error_info(error)
     metadata = dict(info.metadata) if info is not None else {}
     system = metadata.get("system") or connection.system or "this system"
     revision = metadata.get("policy_revision")
