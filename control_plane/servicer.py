@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from control_plane import domain
 from control_plane.store import ControlPlaneStore, PolicyCommands, revision_of
+from control_plane.workflows import Workflows
 from libs.policy.engine import unified_diff
 from libs.runtime.audit import AuditRecorder
 from libs.runtime.decider import Refusal
@@ -26,12 +27,37 @@ AUDIT_TRAIL_LISTING = "controlplane.audit_trail"  # position: the entries listed
 
 class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServicer):
     def __init__(
-        self, store: ControlPlaneStore, commands: PolicyCommands, policy: PolicyView, audit: AuditRecorder
+        self,
+        store: ControlPlaneStore,
+        commands: PolicyCommands,
+        policy: PolicyView,
+        audit: AuditRecorder,
+        workflows: Workflows | None = None,
     ) -> None:
         self._store = store
         self._commands = commands
         self._policy = policy
         self._audit = audit
+        self._workflows = workflows
+
+    async def GetWorkflow(self, request: pb.GetWorkflowRequest, context) -> pb.GetWorkflowResponse:
+        key = request.workflow_key.strip()
+        if not key:
+            raise InvalidArgument(
+                "workflow_key is required: the purchase order id",
+                violations=[FieldViolation("workflow_key", "is required")],
+                reason="WORKFLOW_KEY_REQUIRED",
+            )
+        if self._workflows is None:
+            raise NotFound("workflows are not tracked by this process", reason="WORKFLOW_NOT_FOUND")
+        workflow = await self._workflows.timeline(key)
+        if workflow is None:
+            raise NotFound(
+                f"no workflow {key!r}: no purchase order, receipt, invoice or exception names it",
+                reason="WORKFLOW_NOT_FOUND",
+                metadata={"workflow_key": key},
+            )
+        return pb.GetWorkflowResponse(workflow=workflow)
 
     async def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context) -> pb.ValidatePolicyResponse:
         # Reading a large document takes a while: off the event loop, so health and other calls go on.

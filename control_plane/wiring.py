@@ -6,9 +6,11 @@ from control_plane.events import audit_consumers
 from control_plane.servicer import ControlPlaneServicer
 from control_plane.settings import Settings
 from control_plane.store import ControlPlaneStore, policy_commands
+from control_plane.workflows import INDEXED_DOMAINS, WorkflowIndex, Workflows
 from libs.runtime.access import AccessRule, Administer, Read
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.audit import AuditChain
+from libs.runtime.follower import StreamFollower
 from libs.runtime.streams import ALL_STREAMS
 from syncgov.controlplane.v1 import controlplane_service_pb2, controlplane_service_pb2_grpc
 
@@ -29,7 +31,11 @@ ACCESS: dict[str, AccessRule] = {
 
 def wire(rt: Runtime[Settings]) -> Service:
     store = ControlPlaneStore(rt.policy_store, AuditChain(rt.js, rt.namespace, rt.settings.publish_timeout_seconds))
-    servicer = ControlPlaneServicer(store, policy_commands(rt.policy_store), rt.policy, rt.audit)
+    index = WorkflowIndex.empty()
+    followers = [StreamFollower(rt.js, rt.namespace, domain, index.follower(domain)) for domain in INDEXED_DOMAINS]
+    servicer = ControlPlaneServicer(
+        store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index)
+    )
     return Service(
         grpc_services=[
             GrpcService(
@@ -41,4 +47,6 @@ def wire(rt: Runtime[Settings]) -> Service:
         ],
         consumers=audit_consumers(store),
         streams=ALL_STREAMS,
+        # Which invoices and exceptions belong to which workflow, read from their streams before serving.
+        startup=[follower.start for follower in followers],
     )

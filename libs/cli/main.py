@@ -12,7 +12,17 @@ import grpc
 import typer
 from rich.table import Table
 
-from libs.cli import audit_cmd, demo_cmd, dev_cmd, exceptions_cmd, invoices_cmd, policy_cmd, receipts_cmd, suppliers_cmd
+from libs.cli import (
+    audit_cmd,
+    demo_cmd,
+    dev_cmd,
+    exceptions_cmd,
+    invoices_cmd,
+    policy_cmd,
+    receipts_cmd,
+    suppliers_cmd,
+    trace_cmd,
+)
 from libs.cli.components import (
     COMPONENTS,
     DEFAULT_GRPC_PORT_BASE,
@@ -33,6 +43,7 @@ app.add_typer(receipts_cmd.app, name="receipts")
 app.add_typer(invoices_cmd.app, name="invoices")
 app.add_typer(exceptions_cmd.app, name="exceptions")
 app.command(name="demo", help=demo_cmd.HELP)(demo_cmd.demo)
+app.command(name="trace")(trace_cmd.trace)
 console = make_console()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
