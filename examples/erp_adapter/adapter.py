@@ -14,6 +14,11 @@ rejects it with the ERP's reason. What makes it safe:
   acknowledged again (the acknowledgment itself is idempotent in syncgov).
 * **Nothing dropped.** A version the ERP cannot take is rejected with its reason (syncgov raises an
   ``erp_rejected`` exception for a person); a transient failure is nak'ed with a delay and retried.
+* **One trace per order.** The acknowledgment (or rejection) carries the W3C trace context the PO
+  event brought in its NATS headers (``traceparent``, ``tracestate``) as gRPC metadata, so the
+  ERP's answer joins the trace of the publication it answers (see the README's "Tracing"). An
+  adapter with its own OpenTelemetry tracer would start its span from that context and inject its
+  own; this one has none, and passes the context on as it came.
 """
 
 from __future__ import annotations
@@ -32,11 +37,19 @@ from syncgov.common.v1 import envelope_pb2
 from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2, po_service_pb2_grpc
 
 log = logging.getLogger("erp-adapter")
+# The W3C trace context headers a syncgov event carries, passed on to the call that answers it.
+TRACE_HEADERS = ("traceparent", "tracestate")
 DOCUMENT_EVENTS = {
     "syncgov.po.v1.PurchaseOrderPublished": events_pb2.PurchaseOrderPublished,
     "syncgov.po.v1.PurchaseOrderChanged": events_pb2.PurchaseOrderChanged,
     "syncgov.po.v1.PurchaseOrderCancelled": events_pb2.PurchaseOrderCancelled,
 }
+
+
+def answering(headers: dict[str, str] | None, metadata: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """The call metadata of the answer to a message: the adapter's own, and the trace context the message carried."""
+    carried = tuple((key, headers[key]) for key in TRACE_HEADERS if headers and key in headers)
+    return (*metadata, *carried)
 
 
 class ErpRefused(Exception):
@@ -103,6 +116,7 @@ async def run_adapter(
                 event = kind()
                 envelope.payload.Unpack(event)
                 order = event.purchase_order
+                call_metadata = answering(message.headers, metadata)
                 try:
                     if erp.version_held(order.po_id) >= order.version:
                         number = erp.numbers[order.po_id]  # a redelivery: already applied
@@ -112,14 +126,14 @@ async def run_adapter(
                         po_service_pb2.AcknowledgePurchaseOrderRequest(
                             po_id=order.po_id, version=order.version, erp_document_number=number
                         ),
-                        metadata=metadata,
+                        metadata=call_metadata,
                     )
                 except ErpRefused as refusal:
                     await stub.RejectPurchaseOrder(
                         po_service_pb2.RejectPurchaseOrderRequest(
                             po_id=order.po_id, version=order.version, reason=str(refusal)
                         ),
-                        metadata=metadata,
+                        metadata=call_metadata,
                     )
                 except Exception:
                     log.exception("could not apply %s v%s; retrying", order.po_id, order.version)

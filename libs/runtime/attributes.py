@@ -9,11 +9,17 @@ IDEMPOTENCY_KEY = "syncgov.idempotency.key"
 IDEMPOTENT_REPLAY = "syncgov.idempotency.replay"
 POLICY_REVISION = "syncgov.policy.revision"
 EVENT_TYPE = "syncgov.event.type"
+# On a consumer span's link to the publisher: why the span is not the publisher's child ("redelivery", "late").
+LINK_REASON = "syncgov.link.reason"
 
 # OpenTelemetry messaging semantic conventions (kept here so the names are typed once).
 MESSAGING_SYSTEM = "messaging.system"
 MESSAGING_DESTINATION = "messaging.destination.name"
 MESSAGING_OPERATION = "messaging.operation.type"
+MESSAGING_OPERATION_NAME = "messaging.operation.name"
+MESSAGING_DESTINATION_TEMPLATE = "messaging.destination.template"
+MESSAGING_DESTINATION_SUBSCRIPTION = "messaging.destination.subscription.name"
+MESSAGING_BODY_SIZE = "messaging.message.body.size"
 MESSAGING_MESSAGE_ID = "messaging.message.id"
 MESSAGING_CONSUMER_GROUP = "messaging.consumer.group.name"
 MESSAGING_DELIVERY_COUNT = "messaging.nats.message.delivery_count"

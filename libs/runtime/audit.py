@@ -45,6 +45,7 @@ from libs.runtime.events import (
 )
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.subjects import Namespace, header_value
+from libs.runtime.telemetry import inject_context
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.exception.v1 import events_pb2, exception_pb2
@@ -222,6 +223,7 @@ class ChainLog:
             HEADER_EVENT_TYPE: _ENTRY_TYPE,
             "Content-Type": CONTENT_TYPE,
         }
+        inject_context(headers)  # the chaining consumer's span: an entry leads back to the write it records
         subject = self._ns.object_subject(
             CHAIN_DOMAIN, audit_key(entry.object.object_type, entry.object.object_key), "entry"
         )

@@ -19,13 +19,15 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.context import Context
+from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 
 from libs.runtime import attributes
 from libs.runtime.events import StoredEvent, parse_stored
@@ -90,6 +92,46 @@ class ConsumerSpec:
     # The messages of one fetch are handled at once rather than one after another: for a handler whose outcome does
     # not depend on the order it sees messages in (each decision guarded by its object's subject sequence).
     concurrent: bool = False
+
+
+# A message handled within this many seconds of being stored, on its first delivery, is handled "at once": its consumer
+# span is a child of the publisher's span, in the publisher's trace. Handled later (a consumer catching up, a replay)
+# or delivered again, the span starts a trace of its own with a link to the publisher's (docs/decisions.md).
+HANDLED_AT_ONCE_SECONDS = 30.0
+
+
+def consumer_parent(
+    headers: dict[str, str] | None, delivered: int, stored_at: datetime | None, now: datetime | None = None
+) -> tuple[Context | None, list[Link]]:
+    """(parent context, links) of the consumer span of one delivery, by the rule of :data:`HANDLED_AT_ONCE_SECONDS`.
+
+    Without a trace context in the headers the span is a root with no link (an advisory, a foreign publisher)."""
+    producer = extract_context(headers)
+    producer_span = trace.get_current_span(producer).get_span_context()
+    if not producer_span.is_valid:
+        return Context(), []
+    waited = ((now or datetime.now(UTC)) - stored_at).total_seconds() if stored_at is not None else 0.0
+    if delivered <= 1 and waited <= HANDLED_AT_ONCE_SECONDS:
+        return producer, []
+    reason = "redelivery" if delivered > 1 else "late"
+    return Context(), [Link(producer_span, {attributes.LINK_REASON: reason})]
+
+
+def envelope_attributes(envelope: envelope_pb2.EventEnvelope) -> dict[str, str | int]:
+    """The syncgov attributes an event's envelope knows, those it holds (empty and zero values left out)."""
+    found: dict[str, str | int] = {}
+    for key, value in (
+        (attributes.WORKFLOW_KEY, envelope.workflow_key),
+        (attributes.OBJECT_TYPE, envelope.object_type),
+        (attributes.OBJECT_KEY, envelope.object_key),
+        (attributes.OBJECT_VERSION, envelope.object_version),
+        (attributes.POLICY_REVISION, envelope.policy_revision),
+        (attributes.EVENT_TYPE, envelope.event_type),
+        (attributes.MESSAGING_MESSAGE_ID, envelope.idempotency_key),
+    ):
+        if value:
+            found[key] = value
+    return found
 
 
 def backoff_delay(backoff: tuple[float, ...], delivered: int) -> float:
@@ -195,16 +237,21 @@ class ConsumerRunner:
         metadata = message.metadata
         delivered = metadata.num_delivered
         max_deliver, backoff = self._retry(self._spec.name)
+        parent, links = consumer_parent(message.headers, delivered, metadata.timestamp)
         with self._tracer.start_as_current_span(
-            f"{self._subject} process",
-            context=extract_context(message.headers),
+            f"process {self._subject}",
+            context=parent,
             kind=SpanKind.CONSUMER,
+            links=links,
             attributes={
                 attributes.MESSAGING_SYSTEM: "nats",
                 attributes.MESSAGING_DESTINATION: message.subject,
+                attributes.MESSAGING_DESTINATION_SUBSCRIPTION: self._subject,
                 attributes.MESSAGING_OPERATION: "process",
+                attributes.MESSAGING_OPERATION_NAME: "process",
                 attributes.MESSAGING_CONSUMER_GROUP: self.durable,
                 attributes.MESSAGING_DELIVERY_COUNT: delivered,
+                attributes.MESSAGING_BODY_SIZE: len(message.data),
             },
         ) as span:
             try:
@@ -221,7 +268,8 @@ class ConsumerRunner:
                     event = parse_stored(
                         metadata.stream, metadata.sequence.stream, message.subject, message.headers, message.data
                     )
-                span.set_attribute(attributes.WORKFLOW_KEY, event.envelope.workflow_key)
+                if span.is_recording():
+                    span.set_attributes(envelope_attributes(event.envelope))
                 await self._spec.handler(event)
             except Poison as error:
                 span.set_status(Status(StatusCode.ERROR, str(error)))

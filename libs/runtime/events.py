@@ -165,6 +165,31 @@ def parse_raw(stream: str, raw: RawStreamMsg) -> StoredEvent:
     return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
 
 
+def _producer_attributes(
+    subject: str, template: str, event: Event, envelope: envelope_pb2.EventEnvelope, size: int
+) -> dict[str, str | int]:
+    """A publish span's attributes: the messaging conventions', then syncgov's (those the event knows)."""
+    found: dict[str, str | int] = {
+        attributes.MESSAGING_SYSTEM: "nats",
+        attributes.MESSAGING_DESTINATION: subject,
+        attributes.MESSAGING_DESTINATION_TEMPLATE: template,
+        attributes.MESSAGING_OPERATION: "send",
+        attributes.MESSAGING_OPERATION_NAME: "publish",
+        attributes.MESSAGING_MESSAGE_ID: event.idempotency_key,
+        attributes.MESSAGING_BODY_SIZE: size,
+        attributes.OBJECT_TYPE: event.object_type,
+        attributes.OBJECT_KEY: event.object_key,
+        attributes.EVENT_TYPE: envelope.event_type,
+    }
+    if event.workflow_key:
+        found[attributes.WORKFLOW_KEY] = event.workflow_key
+    if event.object_version:
+        found[attributes.OBJECT_VERSION] = event.object_version
+    if envelope.policy_revision:
+        found[attributes.POLICY_REVISION] = envelope.policy_revision
+    return found
+
+
 class EventPublisher:
     def __init__(self, js: JetStreamContext, namespace: Namespace, tracer: trace.Tracer, timeout: float) -> None:
         self._js = js
@@ -189,22 +214,16 @@ class EventPublisher:
             headers[HEADER_EXPECTED_SEQ] = str(expected_last_sequence)
             headers[HEADER_EXPECTED_SEQ_SUBJECT] = self._ns.object_filter(event.domain, event.object_key)
         stream = self._ns.stream(event.domain)
+        data = envelope.SerializeToString()
+        template = f"{self._ns.root}.{event.domain}.*.{event.name}"
         with self._tracer.start_as_current_span(
-            f"{subject} publish",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                attributes.MESSAGING_SYSTEM: "nats",
-                attributes.MESSAGING_DESTINATION: subject,
-                attributes.MESSAGING_OPERATION: "publish",
-                attributes.MESSAGING_MESSAGE_ID: event.idempotency_key,
-                attributes.WORKFLOW_KEY: event.workflow_key,
-            },
-        ):
+            f"publish {template}", kind=SpanKind.PRODUCER, record_exception=True
+        ) as span:
+            if span.is_recording():
+                span.set_attributes(_producer_attributes(subject, template, event, envelope, len(data)))
             inject_context(headers)
             try:
-                ack = await self._js.publish(
-                    subject, envelope.SerializeToString(), timeout=self._timeout, stream=stream, headers=headers
-                )
+                ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream, headers=headers)
             except BadRequestError as error:
                 if error.err_code == JS_ERR_WRONG_LAST_SEQUENCE:
                     raise WrongLastSequence(error.description or "wrong last sequence") from error

@@ -4,7 +4,14 @@ Providers are per process-instance objects handed to whoever needs them
 (never the global ones set from a ``__main__``), which lets several services
 run in one test process, each with its own in-memory exporter. OTLP export is
 on when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT`` (or the traces/metrics
-specific variable) is set, and off otherwise.
+specific variable) is set, and off otherwise; ``OTEL_TRACES_EXPORTER`` may say
+``otlp`` (on, to the endpoint or the SDK's default ``localhost:4317``), ``console``
+(spans printed to stdout) or ``none`` (off even when an endpoint is set).
+
+Sampling follows the standard ``OTEL_TRACES_SAMPLER`` / ``OTEL_TRACES_SAMPLER_ARG``;
+unset, it is :data:`DEFAULT_SAMPLER` at :data:`DEFAULT_SAMPLER_RATIO` (parent-based, so a
+caller's decision carried in ``traceparent`` is followed and one workflow is sampled
+whole or not at all; docs/decisions.md "Logs, traces, metrics" says why this default).
 
 The resource is the code's defaults overlaid by the standard variables:
 ``OTEL_SERVICE_NAME`` and ``OTEL_RESOURCE_ATTRIBUTES`` win over the service
@@ -16,8 +23,9 @@ seconds would all land in the first bucket.
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from opentelemetry import propagate, trace
@@ -27,8 +35,15 @@ from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, View
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
-from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+
+log = logging.getLogger(__name__)
+
+# The sampler when OTEL_TRACES_SAMPLER is unset: a root's decision by its trace id, everything below it follows.
+DEFAULT_SAMPLER = "parentbased_traceidratio"
+# Its ratio when OTEL_TRACES_SAMPLER_ARG is unset: every workflow (bench/publish_po.py measures the cost).
+DEFAULT_SAMPLER_RATIO = 1.0
 
 # The RPC server duration (semantic conventions, ``rpc.server.call.duration``), in seconds.
 RPC_SERVER_DURATION = "rpc.server.call.duration"
@@ -75,6 +90,48 @@ def _otlp_enabled(signal: str) -> bool:
     )
 
 
+def traces_sampler() -> sampling.Sampler:
+    """The sampler the standard variables name; :data:`DEFAULT_SAMPLER` at :data:`DEFAULT_SAMPLER_RATIO` without them.
+
+    The ratio samplers take ``OTEL_TRACES_SAMPLER_ARG`` (a number in [0, 1]); unset or unreadable, the default ratio
+    (the SDK alone would fall back to 1.0 for an unreadable one, and to parent-based always-on without a name)."""
+    name = os.environ.get("OTEL_TRACES_SAMPLER", DEFAULT_SAMPLER).strip().lower() or DEFAULT_SAMPLER
+    if name not in ("traceidratio", "parentbased_traceidratio"):
+        return sampling._get_from_env_or_default()  # the SDK's reading of the other names
+    argument = os.environ.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    ratio = DEFAULT_SAMPLER_RATIO
+    if argument:
+        try:
+            ratio = float(argument)
+        except ValueError:
+            log.warning("OTEL_TRACES_SAMPLER_ARG=%r is not a number; sampling at %s", argument, DEFAULT_SAMPLER_RATIO)
+        if not 0.0 <= ratio <= 1.0:
+            log.warning("OTEL_TRACES_SAMPLER_ARG=%r is outside [0, 1]; sampling at %s", argument, DEFAULT_SAMPLER_RATIO)
+            ratio = DEFAULT_SAMPLER_RATIO
+    root = sampling.TraceIdRatioBased(ratio)
+    return root if name == "traceidratio" else sampling.ParentBased(root)
+
+
+def _span_exporters() -> list[SpanProcessor]:
+    """What OTEL_TRACES_EXPORTER (comma-separated) and the OTLP endpoint variables ask for."""
+    named = os.environ.get("OTEL_TRACES_EXPORTER", "").strip().lower()
+    chosen = {each.strip() for each in named.split(",") if each.strip()} if named else set()
+    if not chosen and _otlp_enabled("TRACES"):
+        chosen = {"otlp"}
+    processors: list[SpanProcessor] = []
+    if "none" in chosen:
+        return processors
+    if "otlp" in chosen:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+    if "console" in chosen:
+        processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))
+    for unknown in sorted(chosen - {"otlp", "console", "none"}):
+        log.warning("OTEL_TRACES_EXPORTER names %r, which this build does not have (otlp, console, none)", unknown)
+    return processors
+
+
 @dataclass
 class Telemetry:
     service_name: str
@@ -102,15 +159,12 @@ def setup_telemetry(
     span_processors: Iterable[SpanProcessor] = (),
     metric_readers: Iterable[MetricReader] = (),
     prometheus: bool = False,
+    sampler: sampling.Sampler | None = None,
 ) -> Telemetry:
     resource = service_resource(service_name)
-    tracer_provider = TracerProvider(resource=resource)
-    for processor in span_processors:
+    tracer_provider = TracerProvider(resource=resource, sampler=sampler or traces_sampler())
+    for processor in [*span_processors, *_span_exporters()]:
         tracer_provider.add_span_processor(processor)
-    if _otlp_enabled("TRACES"):
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-
-        tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
 
     readers = list(metric_readers)
     if prometheus:
@@ -129,6 +183,30 @@ def inject_context(headers: dict[str, str]) -> dict[str, str]:
     """Write the current W3C trace context into message headers."""
     propagate.inject(headers)
     return headers
+
+
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+def traced_metadata(
+    metadata: Sequence[tuple[str, str]] = (), context: Context | None = None
+) -> tuple[tuple[str, str], ...]:
+    """gRPC call metadata with the W3C trace context added: the current one, or ``context`` (e.g. the one a message
+    carried in its headers). Keys the metadata holds already are left as they are."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=context)
+    present = {key for key, _ in metadata}
+    return (*metadata, *((key, value) for key, value in carrier.items() if key not in present))
+
+
+def carried_metadata(
+    headers: Mapping[str, str] | None, metadata: Sequence[tuple[str, str]] = ()
+) -> tuple[tuple[str, str], ...]:
+    """gRPC call metadata carrying on the trace context a message's headers hold (``traceparent``, ``tracestate``),
+    for a system answering a message with a call and no tracer of its own (the ERP adapter example)."""
+    present = {key for key, _ in metadata}
+    carried = ((key, (headers or {})[key]) for key in TRACE_HEADERS if key in (headers or {}) and key not in present)
+    return (*metadata, *carried)
 
 
 def extract_context(headers: Mapping[str, str] | None) -> Context:

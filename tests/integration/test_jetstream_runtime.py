@@ -210,8 +210,20 @@ async def test_transient_failure_is_retried_and_then_acknowledged(js_env):
     assert len(attempts) == 2
     assert await raised_exceptions(js, namespace) == []
     consumer_spans = [s for s in spans.get_finished_spans() if s.kind == SpanKind.CONSUMER]
-    assert consumer_spans, "the consumer records a span per delivery"
-    assert {s.context.trace_id for s in consumer_spans} == {parent.get_span_context().trace_id}
+    [first, again] = sorted(consumer_spans, key=lambda s: s.attributes["messaging.nats.message.delivery_count"])
+    [producer] = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    # Handled at once: the first delivery's span is the publisher's child, in its trace. The redelivery starts a
+    # trace of its own, linked to the publisher's span (docs/decisions.md "Logs, traces, metrics").
+    assert first.context.trace_id == parent.get_span_context().trace_id
+    assert first.parent is not None
+    assert first.parent.span_id == producer.context.span_id
+    assert not first.links
+    assert again.context.trace_id != parent.get_span_context().trace_id
+    assert again.parent is None
+    [link] = again.links
+    assert link.context.span_id == producer.context.span_id
+    assert link.context.trace_id == parent.get_span_context().trace_id
+    assert link.attributes == {"syncgov.link.reason": "redelivery"}
 
 
 async def test_poison_message_is_handed_off_at_once(js_env):
