@@ -55,6 +55,7 @@ from libs.runtime.idempotency import IdempotencyStore
 from libs.runtime.identity import IdentityResolver
 from libs.runtime.interceptors import EdgeInterceptor
 from libs.runtime.logs import setup_logging
+from libs.runtime.metrics import RuntimeMetrics, consumer_gauges
 from libs.runtime.policy_store import PolicyStore, PolicyView
 from libs.runtime.replays import ReplayDispatcher, replay_consumer
 from libs.runtime.settings import RuntimeSettings
@@ -88,6 +89,7 @@ class Runtime(Generic[S]):
     policy: PolicyView
     policy_store: PolicyStore
     audit: AuditRecorder
+    metrics: RuntimeMetrics
 
     def idempotency_store(self, service: str) -> IdempotencyStore:
         return IdempotencyStore(self.redis, self.namespace, service, self.settings.idempotency_ttl_seconds)
@@ -201,11 +203,12 @@ async def serve(
     tasks: list[asyncio.Task[None]] = []
     try:
         js = nc.jetstream(timeout=settings.publish_timeout_seconds)
-        publisher = EventPublisher(js, namespace, telemetry.tracer, settings.publish_timeout_seconds)
+        metrics = RuntimeMetrics(telemetry.meter)
+        publisher = EventPublisher(js, namespace, telemetry.tracer, settings.publish_timeout_seconds, metrics)
         policy_store = PolicyStore(js, namespace, settings.stream_replicas)
         policy_view = PolicyView(policy_store, Policy.from_text(settings.policy_file.read_text(), revision=0))
         await policy_view.start()
-        exceptions = ExceptionReporter(publisher, settings.service_name)
+        exceptions = ExceptionReporter(publisher, settings.service_name, metrics)
         runtime = Runtime(
             settings=settings,
             namespace=namespace,
@@ -219,6 +222,7 @@ async def serve(
             policy=policy_view,
             policy_store=policy_store,
             audit=AuditRecorder(publisher, exceptions, telemetry.meter),
+            metrics=metrics,
         )
         service = wire(runtime)
         await provision_streams(js, namespace, service.streams, settings.stream_replicas)
@@ -232,6 +236,7 @@ async def serve(
                 runtime.exceptions,
                 telemetry.tracer,
                 retry=lambda name: policy_view.current.retry(name),
+                metrics=metrics,
             )
             try:
                 await runner.provision()
@@ -252,6 +257,7 @@ async def serve(
                 runtime.exceptions,
                 telemetry.tracer,
                 retry=lambda name: policy_view.current.retry(name),
+                metrics=metrics,
             )
             await replays.provision()
             runners.append(replays)
@@ -280,7 +286,9 @@ async def serve(
         await server.start()
         for runner in runners:
             runner.start()
-        for interval, job in service.periodic:
+        lag = consumer_gauges(telemetry.meter, js, runners)
+        await lag.refresh()  # read once before serving, then every few seconds
+        for interval, job in (*service.periodic, lag.periodic):
             tasks.append(asyncio.create_task(_every(interval, job), name=f"periodic {job}"))
         timeout = settings.redis_timeout_seconds
         watchdog = valkey_watchdog(redis, timeout)

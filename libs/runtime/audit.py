@@ -73,6 +73,10 @@ def current_trace_id() -> str:
     return format(context.trace_id, "032x") if context.is_valid else ""
 
 
+# What the runtime audits (a refused write, a policy change): the failure counter's series start at 0 for each.
+AUDITED_ACTIONS = ("refusal", "policy_change")
+
+
 class AuditRecorder:
     """Hands audit records (refusals, policy changes) to the control plane's inbox. A record that cannot be
     stored is never only a log line: it counts in ``syncgov.audit.failures`` and raises ``audit_failed``."""
@@ -89,6 +93,9 @@ class AuditRecorder:
             if meter is not None
             else None
         )
+        if self._failures is not None:  # the series exist at 0 from the start
+            for action in AUDITED_ACTIONS:
+                self._failures.add(0, {"action": action})
 
     async def record(
         self,

@@ -32,6 +32,7 @@ from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from libs.runtime import attributes
 from libs.runtime.events import StoredEvent, parse_stored
 from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.metrics import RuntimeMetrics
 from libs.runtime.subjects import Namespace
 from libs.runtime.telemetry import extract_context
 from syncgov.common.v1 import envelope_pb2, types_pb2
@@ -149,8 +150,14 @@ class ConsumerRunner:
         tracer: trace.Tracer,
         *,
         retry: RetryPolicy,
+        metrics: RuntimeMetrics | None = None,
     ) -> None:
         self._js = js
+        self._metrics = metrics
+        self._labels = {"consumer": spec.name}
+        if metrics is not None:  # the series exist at 0 from the start
+            metrics.redeliveries.add(0, self._labels)
+            metrics.handed_off.add(0, self._labels)
         self._ns = namespace
         self._spec = spec
         self._reporter = reporter
@@ -172,6 +179,10 @@ class ConsumerRunner:
     @property
     def spec(self) -> ConsumerSpec:
         return self._spec
+
+    @property
+    def stream(self) -> str:
+        return self._ns.stream(self._spec.domain)
 
     async def provision(self) -> None:
         """Create the durable consumer, or update it to spec; idempotent."""
@@ -237,6 +248,8 @@ class ConsumerRunner:
         metadata = message.metadata
         delivered = metadata.num_delivered
         max_deliver, backoff = self._retry(self._spec.name)
+        if delivered > 1 and self._metrics is not None:
+            self._metrics.redeliveries.add(1, self._labels)
         parent, links = consumer_parent(message.headers, delivered, metadata.timestamp)
         with self._tracer.start_as_current_span(
             f"process {self._subject}",
@@ -330,4 +343,6 @@ class ConsumerRunner:
             await message.nak(delay=backoff_delay(backoff, delivered))
             return
         log.error("handed off %s after %s deliveries", message.subject, delivered, extra={"consumer": self.durable})
+        if self._metrics is not None:
+            self._metrics.handed_off.add(1, self._labels)
         await message.term()

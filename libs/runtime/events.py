@@ -31,6 +31,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from libs.runtime import attributes
+from libs.runtime.metrics import RuntimeMetrics
 from libs.runtime.subjects import Namespace, header_value
 from libs.runtime.telemetry import inject_context
 from syncgov.common.v1 import envelope_pb2
@@ -191,8 +192,16 @@ def _producer_attributes(
 
 
 class EventPublisher:
-    def __init__(self, js: JetStreamContext, namespace: Namespace, tracer: trace.Tracer, timeout: float) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        namespace: Namespace,
+        tracer: trace.Tracer,
+        timeout: float,
+        metrics: RuntimeMetrics | None = None,
+    ) -> None:
         self._js = js
+        self._metrics = metrics
         self._ns = namespace
         self._tracer = tracer
         self._timeout = timeout
@@ -222,12 +231,15 @@ class EventPublisher:
             if span.is_recording():
                 span.set_attributes(_producer_attributes(subject, template, event, envelope, len(data)))
             inject_context(headers)
+            started = time.perf_counter()
             try:
                 ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream, headers=headers)
             except BadRequestError as error:
                 if error.err_code == JS_ERR_WRONG_LAST_SEQUENCE:
                     raise WrongLastSequence(error.description or "wrong last sequence") from error
                 raise
+            if self._metrics is not None:
+                self._metrics.published(event.domain, started)
         return Published(ack.stream, ack.seq, bool(ack.duplicate), envelope)
 
 

@@ -16,6 +16,7 @@ from typing import cast
 
 from libs.runtime.events import Event, EventPublisher, WrongLastSequence, now_timestamp
 from libs.runtime.identity import current_caller
+from libs.runtime.metrics import RuntimeMetrics
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import events_pb2, exception_pb2
 
@@ -59,9 +60,10 @@ def fingerprint(exception_type: int, object_ref: types_pb2.ObjectRef, discrimina
 
 
 class ExceptionReporter:
-    def __init__(self, publisher: EventPublisher, service_name: str) -> None:
+    def __init__(self, publisher: EventPublisher, service_name: str, metrics: RuntimeMetrics | None = None) -> None:
         self._publisher = publisher
         self._service = service_name
+        self.metrics = metrics  # what refusals count (duplicate transactions) on
 
     async def raise_exception(
         self,

@@ -53,6 +53,8 @@ async def refused(
     """The error to raise for ``refusal``, after raising the exception it names (with its evidence rendered)."""
     if not refusal.exception:
         return refusal_error(refusal)
+    if refusal.exception == "duplicate_transaction" and exceptions.metrics is not None:
+        exceptions.metrics.duplicate_caught(object_ref.object_type)
     exception = await exceptions.raise_exception(
         exception_type(refusal.exception),
         exception_pb2.SEVERITY_HIGH,

@@ -74,3 +74,30 @@ def _fill(times: exception_service_pb2.ClosureTimes, ascending: list[float]) -> 
     times.p50_seconds = percentile(ascending, 0.50)
     times.p90_seconds = percentile(ascending, 0.90)
     times.p99_seconds = percentile(ascending, 0.99)
+
+
+@dataclass(slots=True)
+class MetricRows:
+    """What the exception metrics report: the unresolved backlog and the closures within the window, by type and
+    team (docs/metrics.md)."""
+
+    backlog: dict[tuple[str, str], int]
+    closures: dict[tuple[str, str], list[float]]  # ascending seconds from the (re)opening raise to the closure
+
+
+def metric_rows(views: Iterable[CaseView], now_ns: int) -> MetricRows:
+    """The same reading as :func:`summarize` (closures within DEFAULT_CLOSURE_WINDOW), split by type and team."""
+    since = now_ns - int(DEFAULT_CLOSURE_WINDOW.total_seconds()) * NANOS
+    backlog: dict[tuple[str, str], int] = {}
+    closures: dict[tuple[str, str], list[float]] = {}
+    for view in list(views):
+        state = view.state
+        key = (view.type_name or "unspecified", state.owner_team)
+        if not state.state.closed:
+            backlog[key] = backlog.get(key, 0) + 1
+        elif state.closed_at_ns >= since and view.first_raised_at_ns:
+            started = max(view.first_raised_at_ns, state.opened_at_ns if state.reopened else 0)
+            closures.setdefault(key, []).append((state.closed_at_ns - started) / NANOS)
+    for seconds in closures.values():
+        seconds.sort()
+    return MetricRows(backlog, closures)

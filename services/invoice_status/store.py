@@ -204,6 +204,16 @@ class BlockedInvoices:
     def supplier_key(self, supplier_id: str) -> str:
         return f"{self.key}:supplier:{supplier_id}"
 
+    async def counts(self) -> tuple[int, dict[Reason, int]]:
+        """How many invoices are blocked, and how many for each reason (one with two reasons counts under both),
+        for the metrics."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.key)
+            for key in self._reasons:
+                pipe.zcard(key)
+            total, *per_reason = await pipe.execute()
+        return int(total), {reason: int(count) for reason, count in zip(REASONS, per_reason, strict=True)}
+
     async def applied(
         self, key: str, state: InvoiceState, sequence: int, recorded: Recorded[InvoiceEvent] | None
     ) -> None:

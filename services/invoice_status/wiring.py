@@ -7,8 +7,10 @@ from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.commands import CommandHandler
 from libs.runtime.events import StoredEvent
 from libs.runtime.follower import StreamFollower
+from libs.runtime.metrics import PolledGauges, Values
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, SUPPLIER
-from services.invoice_status import decider, events
+from services.invoice_status import decider, domain, events
+from services.invoice_status.domain import Reason
 from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines, SupplierStates
 from services.invoice_status.findings import BlockingExceptions, TailExceptions
 from services.invoice_status.rematch import Rematcher, consumers
@@ -67,6 +69,31 @@ def wire(rt: Runtime[Settings]) -> Service:
         policy,
     )
     rematcher = Rematcher(commands, matcher, ledger, blocking, policy)
+    rt.metrics.expect_duplicates(domain.OBJECT_TYPE)
+    gauges = PolledGauges(rt.telemetry.meter)
+    by_reason: dict[Reason, int] = {}
+
+    async def blocked_count() -> Values:
+        total, counts = await blocked.counts()
+        by_reason.update(counts)
+        return [(float(total), {})]
+
+    async def blocked_by_reason() -> Values:
+        return [(float(count), {"reason": reason.value}) for reason, count in by_reason.items()]
+
+    gauges.gauge(
+        "syncgov.invoices.blocked",
+        unit="{invoice}",
+        description="Invoices whose latest state is blocked for payment (the blocked list).",
+        source=blocked_count,
+    )
+    gauges.gauge(
+        "syncgov.invoices.blocked_by_reason",
+        unit="{invoice}",
+        description="Blocked invoices by blocking reason; an invoice blocked for two reasons counts under both.",
+        source=blocked_by_reason,
+        labelled=True,
+    )
     return Service(
         grpc_services=[
             GrpcService(
@@ -82,12 +109,20 @@ def wire(rt: Runtime[Settings]) -> Service:
         # serving.
         # The blocking matches among the newest invoice events raise their exceptions again (a process killed between
         # an append and its raises).
-        startup=[read_models.start, supplier_follower.start, tail.begin, invoice_follower.start, tail.raise_all],
+        startup=[
+            read_models.start,
+            supplier_follower.start,
+            tail.begin,
+            invoice_follower.start,
+            tail.raise_all,
+            gauges.refresh,
+        ],
         # The blocked list notices a lost Valkey (or a failed write) and rebuilds while serving; what the follower
         # folded of other replicas' appends is written to it.
         periodic=[
             (rt.settings.read_model_check_seconds, read_models.check),
             (FOLLOW_FLUSH_SECONDS, read_models.flush),
+            gauges.periodic,
         ],
         # Receipts and PO versions re-match the invoices waiting on their PO (after the followers caught up).
         consumers=consumers(rematcher),

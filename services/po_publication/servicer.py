@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 from google.protobuf import json_format
 from opentelemetry import trace
+from opentelemetry.metrics import Histogram
 
 from libs.policy.engine import Policy
 from libs.runtime import attributes
@@ -47,7 +48,9 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         received: domain.ReceivedQuantities,
         receipts_caught_up: Callable[[], bool],
         policy: Callable[[], Policy],
+        propagation: Histogram | None = None,
     ) -> None:
+        self._propagation = propagation  # approval -> ERP acknowledgment, recorded once per acknowledged version
         self._commands = commands
         self._unacknowledged = unacknowledged
         self._holds = holds
@@ -109,6 +112,9 @@ class PurchaseOrderServicer(po_service_pb2_grpc.PurchaseOrderServiceServicer):
         )
         command = domain.AcknowledgeVersion(po_id, request.version, number, acknowledged_at, current_caller().system)
         outcome = await self._run(po_id, command, context)
+        if self._propagation is not None and not outcome.replayed:
+            propagation = outcome.state.acknowledgments[request.version].propagation
+            self._propagation.record(max(propagation.total_seconds(), 0.0))
         return po_service_pb2.AcknowledgePurchaseOrderResponse(
             acknowledgment=mapping.acknowledgment_to_proto(outcome.state.acknowledgments[request.version]),
             latest_version_acknowledged=request.version == outcome.state.latest_version,

@@ -159,6 +159,14 @@ class UnacknowledgedOrders:
     async def built(self) -> bool:
         return bool(await self._redis.hget(self.meta, "built"))
 
+    async def count(self) -> tuple[int, float | None]:
+        """How many orders await the ERP, and the approval time (epoch seconds) of the oldest, for the metrics."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.zcard(self._order)
+            pipe.zrange(self._order, 0, 0, withscores=True)
+            size, oldest = await pipe.execute()
+        return int(size), float(oldest[0][1]) if oldest else None
+
 
 class HoldDeadlines:
     """The sweeper's to-do list: orders holding out-of-order versions, scored by the earliest deadline.

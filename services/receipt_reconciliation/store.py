@@ -222,6 +222,10 @@ class ReceiptIndex:
             client=client,
         )
 
+    async def with_findings(self) -> int:
+        """How many documents the list of receipts with findings holds, for the metrics."""
+        return int(await self._redis.zcard(self._findings))
+
     async def order_of(self, document_key: str) -> str | None:
         """The order a document was recorded against, or None; raises ReadModelRebuilding while it is rebuilt."""
         built, indexed = await self._redis.hmget(self._documents, [BUILT, document_key])

@@ -5,6 +5,7 @@ from __future__ import annotations
 from libs.runtime.access import AccessRule, Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.commands import CommandHandler
+from libs.runtime.metrics import PolledGauges, Values
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, PO, RECEIPT
 from services.receipt_reconciliation import domain
 from services.receipt_reconciliation.findings import FindingExceptions
@@ -42,6 +43,18 @@ def wire(rt: Runtime[Settings]) -> Service:
         name="receiving record",
     )
     servicer = ReceiptServicer(commands, orders, index, rt.exceptions, findings, policy)
+    rt.metrics.expect_duplicates(domain.OBJECT_TYPE)
+    gauges = PolledGauges(rt.telemetry.meter)
+
+    async def with_findings() -> Values:
+        return [(float(await index.with_findings()), {})]
+
+    gauges.gauge(
+        "syncgov.receipts.with_findings",
+        unit="{receipt}",
+        description="Goods receipts whose reconciliation found something (the list of receipts with findings).",
+        source=with_findings,
+    )
     return Service(
         grpc_services=[
             GrpcService(
@@ -52,7 +65,7 @@ def wire(rt: Runtime[Settings]) -> Service:
             )
         ],
         streams=(RECEIPT, PO, EXCEPTION, AUDIT_INBOX),
-        startup=[read_models.start],
+        startup=[read_models.start, gauges.refresh],
         # The read models notice a lost Valkey (or a failed write) and rebuild from the stream while serving.
-        periodic=[(rt.settings.read_model_check_seconds, read_models.check)],
+        periodic=[(rt.settings.read_model_check_seconds, read_models.check), gauges.periodic],
     )
