@@ -30,7 +30,8 @@ def test_a_polled_gauge_reports_the_last_read_and_keeps_it_when_a_read_fails():
     reader = InMemoryMetricReader()
     meter = MeterProvider(metric_readers=[reader]).get_meter("test")
     gauges = PolledGauges(meter, every=0.0)
-    reads = iter([[(3.0, {})], RuntimeError("valkey down")])
+    outcomes: list[Values | Exception] = [[(3.0, {})], RuntimeError("valkey down")]
+    reads = iter(outcomes)
 
     async def source() -> Values:
         value = next(reads)
