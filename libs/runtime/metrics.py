@@ -134,7 +134,9 @@ class PolledGauges:
         return (self._every, self.refresh)
 
 
-def consumer_gauges(meter: Meter, js: JetStreamContext, runners: Sequence[ConsumerRunner]) -> PolledGauges:
+def consumer_gauges(
+    meter: Meter, js: JetStreamContext, runners: Sequence[ConsumerRunner], every: float = REFRESH_SECONDS
+) -> PolledGauges:
     """Lag (messages not yet delivered) and pending acks (delivered, not yet acknowledged) of each durable consumer
     of the process, from JetStream's consumer info, read at most every REFRESH_SECONDS."""
     infos: dict[str, tuple[float, float]] = {}
@@ -155,7 +157,7 @@ def consumer_gauges(meter: Meter, js: JetStreamContext, runners: Sequence[Consum
     async def ack_pending() -> Values:
         return [(acks, {"consumer": name}) for name, (_, acks) in sorted(infos.items())]
 
-    gauges = PolledGauges(meter)
+    gauges = PolledGauges(meter, every)
     gauges.gauge(
         "syncgov.consumer.lag",
         unit="{message}",

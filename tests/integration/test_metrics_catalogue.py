@@ -8,6 +8,7 @@ findings, blocked and released invoices, exceptions raised, routed and resolved)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import signal
@@ -19,14 +20,27 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import nats
 import pytest
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.cli.components import COMPONENTS, Component, existing_components
+from libs.runtime.consumers import ConsumerRunner, ConsumerSpec
+from libs.runtime.events import EventPublisher
+from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.local_servers import free_port, free_port_range
+from libs.runtime.metrics import RuntimeMetrics, consumer_gauges
+from libs.runtime.streams import EXCEPTION, PO, provision_streams
+from libs.runtime.subjects import Namespace
+from libs.runtime.testing import unique_namespace
+from tests.integration.helpers import raised_exceptions
+from tests.integration.test_jetstream_runtime import po_published
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.timeout(180)]
 
 CATALOGUE = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
 TYPES = {"counter", "gauge", "histogram"}
@@ -186,6 +200,7 @@ def _missing(component: Component, rows: dict[str, Catalogued], exposed: dict[st
     return problems
 
 
+@pytest.mark.e2e
 def test_every_process_exposes_what_the_catalogue_lists_for_it(stack):
     grpc_base, metrics_base = stack
     demo = subprocess.run(
@@ -253,3 +268,67 @@ def _value(families: dict[str, Metric], sample_name: str) -> float:
             if sample.name == sample_name:
                 return float(sample.value)
     return 0.0
+
+
+def _sums(reader: InMemoryMetricReader) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """(instrument, labels) -> a counter's or gauge's value, a histogram's count."""
+    found: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
+    data = reader.get_metrics_data()
+    assert data is not None
+    for resource in data.resource_metrics:
+        for scope in resource.scope_metrics:
+            for metric in scope.metrics:
+                for point in metric.data.data_points:
+                    labels = tuple(sorted((k, str(v)) for k, v in (point.attributes or {}).items()))
+                    found[(metric.name, labels)] = float(getattr(point, "value", getattr(point, "count", 0)))
+    return found
+
+
+@pytest.mark.integration
+async def test_redeliveries_hand_offs_lag_and_publish_latency_are_counted(nats_server):
+    """Two messages that fail and are handed off on their third delivery: four redeliveries, two hand-offs; the
+    consumer's lag reads what waits for it; every publish is timed by domain."""
+    reader = InMemoryMetricReader()
+    meter = MeterProvider(metric_readers=[reader]).get_meter("test")
+    metrics = RuntimeMetrics(meter)
+    nc = await nats.connect(nats_server.url)
+    try:
+        js = nc.jetstream()
+        namespace = Namespace(unique_namespace())
+        await provision_streams(js, namespace, (PO, EXCEPTION))
+        tracer = TracerProvider().get_tracer("test")
+        publisher = EventPublisher(js, namespace, tracer, 5, metrics)
+
+        async def fails(_event: object) -> None:
+            raise RuntimeError("ERP adapter down")
+
+        spec = ConsumerSpec("test-metrics", "po", "po.*.published", fails)
+        runner = ConsumerRunner(
+            js, namespace, spec, ExceptionReporter(publisher, "tests", metrics), tracer,
+            retry=lambda _name: (3, (0.05,)), metrics=metrics,
+        )  # fmt: skip
+        await runner.provision()
+        lag = consumer_gauges(meter, js, [runner], every=0.0)  # read at every refresh
+        await publisher.publish(po_published("P-M1"))
+        await publisher.publish(po_published("P-M2"))
+        await lag.refresh()
+        consumer = (("consumer", "test-metrics"),)
+        assert _sums(reader)[("syncgov.consumer.lag", consumer)] == 2
+        assert _sums(reader)[("syncgov.consumer.redeliveries", consumer)] == 0
+        runner.start()
+        try:
+            async with asyncio.timeout(10):
+                while len(await raised_exceptions(js, namespace)) < 2:  # noqa: ASYNC110 - polling a server
+                    await asyncio.sleep(0.05)
+        finally:
+            await runner.stop()
+        sums = _sums(reader)
+        assert sums[("syncgov.consumer.redeliveries", consumer)] == 4
+        assert sums[("syncgov.consumer.handed_off", consumer)] == 2
+        assert sums[("syncgov.publish.duration", (("domain", "po"),))] == 2
+        assert sums[("syncgov.publish.duration", (("domain", "exception"),))] == 2
+        await lag.refresh()
+        assert _sums(reader)[("syncgov.consumer.lag", consumer)] == 0
+        assert _sums(reader)[("syncgov.consumer.ack_pending", consumer)] == 0
+    finally:
+        await nc.drain()
