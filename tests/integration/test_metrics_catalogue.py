@@ -124,7 +124,10 @@ def scrape(port: int) -> dict[str, Exposed]:
     for family in text_string_to_metric_families(text):
         name = f"{family.name}_total" if family.type == "counter" else family.name
         labels = frozenset(
-            label for sample in family.samples for label in sample.labels if not label.startswith(("otel_", "le"))
+            label
+            for sample in family.samples
+            for label in sample.labels
+            if label != "le" and not label.startswith("otel_")
         )
         found[name] = Exposed(family.type, labels, len(family.samples))
     return found
@@ -195,8 +198,8 @@ def _missing(component: Component, rows: dict[str, Catalogued], exposed: dict[st
             problems.append(f"{row.name} is not exposed")
         elif found.type != row.type:
             problems.append(f"{row.name} is a {found.type}, catalogued as a {row.type}")
-        elif not row.labels <= found.labels:
-            problems.append(f"{row.name} lacks the labels {sorted(row.labels - found.labels)}")
+        elif row.labels != found.labels:
+            problems.append(f"{row.name} has the labels {sorted(found.labels)}, catalogued {sorted(row.labels)}")
     return problems
 
 
