@@ -7,6 +7,10 @@ two raw baselines, in one run.
 Scenarios, each at concurrency 1 and 64, against servers this script starts:
   governed       gRPC -> edge (identity, bounds, ownership) -> validate -> decide -> JetStream publish with
                  ack -> read model (Valkey), through po-publication as its own process
+  governed-traced       governed, through a second po-publication that traces at the default sampling
+                        (libs/runtime/telemetry.py: parent-based, ratio 0.1) and exports its spans over OTLP/gRPC to
+                        a sink (bench/otlp_sink.py) standing in for a collector; every other scenario runs with
+                        tracing off (OTEL_TRACES_SAMPLER=always_off). Its ratio to governed is the cost of tracing.
   governed-change       a change order (v2) of an order this service published: its folded state is cached
   governed-change-cold  a change order of an order another replica published: the state is folded from the
                         stream first (what every change cost before states were cached)
@@ -22,7 +26,8 @@ Scenarios, each at concurrency 1 and 64, against servers this script starts:
                         -> decide -> JetStream publish with ack -> read models
   raw-composite  a bare grpc.aio handler: one Valkey SET NX + one JetStream publish with ack
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
-Prints RPS, p50 and p99 per scenario and the governed/raw-composite ratio. Figures only:
+Prints RPS, p50 and p99 per scenario, the governed/raw-composite ratio and the governed-traced/governed one,
+with the spans the sink received. Figures only:
 nothing here is asserted.
 """
 
@@ -78,7 +83,10 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     return used
 
 
-async def measure(call: Call, concurrency: int, seconds: float, pids: dict[str, int]) -> dict[str, float]:
+async def measure(
+    call: Call, concurrency: int, seconds: float, pids: dict[str, int], samples: list[float] | None = None
+) -> dict[str, float]:
+    """RPS, latency percentiles and CPU per request of ``call``; its latencies are added to ``samples`` too."""
     latencies: list[float] = []
     cpu_before = cpu_seconds(pids)
     deadline = time.perf_counter() + seconds
@@ -94,6 +102,8 @@ async def measure(call: Call, concurrency: int, seconds: float, pids: dict[str, 
     elapsed = time.perf_counter() - started
     cpu_after = cpu_seconds(pids)
     latencies.sort()
+    if samples is not None:
+        samples.extend(latencies)
     per_request = {f"cpu_us_{name}": (cpu_after[name] - cpu_before[name]) / len(latencies) * 1e6 for name in pids}
     return {
         **per_request,
@@ -102,6 +112,36 @@ async def measure(call: Call, concurrency: int, seconds: float, pids: dict[str, 
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "count": len(latencies),
     }
+
+
+async def measure_pair(
+    calls: dict[str, Call], concurrency: int, seconds: float, pids: dict[str, dict[str, int]], step: float = 0.5
+) -> dict[str, dict[str, float]]:
+    """Each call measured in alternating slices of ``step`` seconds (A B B A ...), ``seconds`` each in all, so what
+    else loads the machine meanwhile loads both alike: for a ratio of two configurations on a shared machine."""
+    slices: dict[str, list[dict[str, float]]] = {name: [] for name in calls}
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    order = list(calls)
+    spent = 0.0
+    while spent < seconds:
+        for name in order:
+            slices[name].append(await measure(calls[name], concurrency, step, pids[name], samples[name]))
+        order.reverse()
+        spent += step
+    combined: dict[str, dict[str, float]] = {}
+    for name, measured in slices.items():
+        count = sum(each["count"] for each in measured)
+        elapsed = sum(each["count"] / each["rps"] for each in measured)
+        latencies = sorted(samples[name])
+        cpu = {key: sum(each[key] * each["count"] for each in measured) / count for key in measured[0] if "cpu" in key}
+        combined[name] = {
+            **cpu,
+            "rps": count / elapsed,
+            "p50_ms": statistics.median(latencies) * 1000,
+            "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
+            "count": count,
+        }
+    return combined
 
 
 async def wait_quiet(pids: dict[str, int], timeout: float = 90) -> float:
@@ -154,6 +194,7 @@ async def wait_port(port: int, timeout: float = 30) -> None:
 
 SCENARIOS = (
     "governed",
+    "governed-traced",
     "governed-change",
     "governed-change-cold",
     "governed-receipt",
@@ -174,10 +215,13 @@ async def run(
     nats_server = NatsServer(data_dir=workdir / "nats", sync_always=sync_always).start()
     valkey = ValkeyServer(data_dir=workdir / "valkey").start()
     processes: list[subprocess.Popen[bytes]] = []
+    sink: subprocess.Popen[bytes] | None = None  # the OTLP sink of the traced scenario, when it runs
     try:
         namespace = "bench" + uuid.uuid4().hex[:6]
         env = {
-            **os.environ,
+            # Tracing off unless a scenario says otherwise, whatever OTEL_* the shell holds.
+            **{name: value for name, value in os.environ.items() if not name.startswith("OTEL_")},
+            "OTEL_TRACES_SAMPLER": "always_off",
             "SYNCGOV_NATS_URL": nats_server.url,
             "SYNCGOV_REDIS_URL": valkey.url,
             "SYNCGOV_NAMESPACE": namespace,
@@ -251,6 +295,30 @@ async def run(
                 preexec_fn=die_with_parent,  # dies with this script, however it ends
             )
         )
+        # Tracing on at the default sampling, exported over OTLP to a sink: a po-publication of its own, so the
+        # traced and the untraced publish differ in nothing else.
+        traced_port, sink_port = free_port(), free_port()
+        traced: subprocess.Popen[bytes] | None = None
+        if "governed-traced" in only:
+            sink = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), "--port", str(sink_port)],
+                stdout=subprocess.PIPE,
+                preexec_fn=die_with_parent,
+            )
+            traced_env = {name: value for name, value in env.items() if name != "OTEL_TRACES_SAMPLER"}
+            traced = subprocess.Popen(
+                [sys.executable, "-m", "services.po_publication"],
+                cwd=ROOT,
+                env={
+                    **traced_env,
+                    "SYNCGOV_GRPC_PORT": str(traced_port),
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}",
+                },
+                preexec_fn=die_with_parent,  # dies with this script, however it ends
+            )
+            processes.extend((sink, traced))
+            await wait_port(sink_port)
+            await wait_serving(f"127.0.0.1:{traced_port}")
         await wait_serving(f"127.0.0.1:{service_port}")
         await wait_serving(f"127.0.0.1:{invoice_port}")
         await wait_serving(f"127.0.0.1:{replica_port}")
@@ -296,6 +364,14 @@ async def run(
             answer = await publish_call(publish_request(n), metadata=metadata)
             published.append(n)
             return answer
+
+        traced_channel = grpc.aio.insecure_channel(f"127.0.0.1:{traced_port}")
+        traced_publish: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = traced_channel.unary_unary(
+            "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
+        )
+
+        async def governed_traced(n: int) -> object:
+            return await traced_publish(publish_request(n), metadata=metadata)
 
         async def fill(
             pool: collections.deque[int], call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], count: int
@@ -434,6 +510,7 @@ async def run(
 
         scenarios = {
             "governed": governed,
+            "governed-traced": governed_traced,
             "governed-change": governed_change,
             "governed-change-cold": governed_change_cold,
             "governed-receipt": governed_receipt,
@@ -446,10 +523,11 @@ async def run(
         assert valkey.process is not None, "valkey-server was started above"
         for concurrency in concurrencies:
             for name, call in scenarios.items():
-                if name not in only:
+                if name not in only or (name, concurrency) in results:
                     continue
                 server = {
                     "governed": processes[0].pid,
+                    "governed-traced": traced.pid if traced is not None else None,
                     "governed-change": processes[0].pid,
                     "governed-change-cold": processes[0].pid,
                     "governed-receipt": processes[3].pid,
@@ -481,8 +559,22 @@ async def run(
                 pids = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
                 pids["server"] = server or os.getpid()
                 await measure(call, concurrency, min(1.0, seconds / 4), pids)  # warm-up
+                if name == "governed" and traced is not None:
+                    # Tracing off and on measured in alternating slices: a ratio that the machine's other load
+                    # does not decide.
+                    await measure(governed_traced, concurrency, min(1.0, seconds / 4), pids)  # its warm-up
+                    paired = await measure_pair(
+                        {"governed": governed, "governed-traced": governed_traced},
+                        concurrency,
+                        seconds,
+                        {"governed": pids, "governed-traced": {**pids, "server": traced.pid}},
+                    )
+                    for measured, figures in paired.items():
+                        results[(measured, concurrency)] = figures
+                    continue
                 results[(name, concurrency)] = await measure(call, concurrency, seconds, pids)
         await service_channel.close()
+        await traced_channel.close()
         await replica_channel.close()
         await receipt_channel.close()
         await invoice_channel.close()
@@ -490,9 +582,11 @@ async def run(
         await nc.drain()
         report(results, concurrencies, seconds, sync_always, len(payload))
     finally:
-        for process in processes:
+        # The sink last: the traced service exports its last spans as it stops.
+        services = [process for process in processes if process is not sink]
+        for process in services:
             process.terminate()
-        for process in processes:
+        for process in services:
             # A service exits within its shutdown grace (10 s) plus 5 s, whatever it waits on (libs/runtime/app.py).
             try:
                 process.wait(20)
@@ -500,6 +594,14 @@ async def run(
                 print(f"{process.args!r} did not stop within 20 s; killed", file=sys.stderr)
                 process.kill()
                 process.wait()
+        if sink is not None:
+            sink.terminate()
+            try:
+                received = sink.communicate(timeout=10)[0].decode().strip()
+                print(f"spans the traced po-publication exported: {received.removeprefix('otlp-sink: ')}")
+            except subprocess.TimeoutExpired:
+                sink.kill()
+                sink.wait()
         valkey.stop()
         nats_server.stop()
 
@@ -536,6 +638,14 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
             )
             if ratios:
                 print(f"ratio at concurrency {concurrency}: {ratios}")
+    for concurrency in concurrencies:
+        rps = {name: r["rps"] for (name, at), r in results.items() if at == concurrency}
+        if "governed" in rps and "governed-traced" in rps:
+            print(
+                f"tracing at concurrency {concurrency}: governed-traced/governed = "
+                f"{rps['governed-traced'] / rps['governed']:.0%} (tracing on at the default sampling, exported, "
+                "against tracing off)"
+            )
 
 
 if __name__ == "__main__":

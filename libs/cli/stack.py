@@ -142,6 +142,8 @@ class Stack:
                 "SYNCGOV_GRPC_PORT": str(port),
                 "SYNCGOV_LOG_FORMAT": self.options.log_format,
             }
+            # On a laptop every workflow is traced (the services' default samples one in ten; docs/decisions.md).
+            env.setdefault("OTEL_TRACES_SAMPLER_ARG", "1")
             if self.options.metrics_port_base:
                 env["SYNCGOV_METRICS_PORT"] = str(self.options.metrics_port_base + component.port_offset)
             log_path = logs / f"{component.name}.log"

@@ -39,6 +39,7 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from opentelemetry.sdk.trace import SpanProcessor
+from opentelemetry.sdk.trace.sampling import Sampler
 from pydantic import ValidationError
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
@@ -188,10 +189,14 @@ async def serve(
     wire: Callable[[Runtime[S]], Service],
     *,
     span_processors: Iterable[SpanProcessor] = (),
+    sampler: Sampler | None = None,
 ) -> AsyncIterator[RunningService[S]]:
     metrics_server = _start_metrics_server(settings)
     telemetry = setup_telemetry(
-        settings.service_name, span_processors=span_processors, prometheus=settings.metrics_port is not None
+        settings.service_name,
+        span_processors=span_processors,
+        prometheus=settings.metrics_port is not None,
+        sampler=sampler,  # None: the standard variables' (libs/runtime/telemetry.traces_sampler)
     )
     namespace = Namespace(settings.namespace)
     redis = await connect_redis(settings)

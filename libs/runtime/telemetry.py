@@ -42,8 +42,10 @@ log = logging.getLogger(__name__)
 
 # The sampler when OTEL_TRACES_SAMPLER is unset: a root's decision by its trace id, everything below it follows.
 DEFAULT_SAMPLER = "parentbased_traceidratio"
-# Its ratio when OTEL_TRACES_SAMPLER_ARG is unset: every workflow (bench/publish_po.py measures the cost).
-DEFAULT_SAMPLER_RATIO = 1.0
+# Its ratio when OTEL_TRACES_SAMPLER_ARG is unset: one workflow in ten started here (a caller's sampled context is
+# always followed). Every one cost a governed publish about a quarter of its throughput at concurrency 64, one in
+# ten costs it a few percent (bench/publish_po.py, docs/benchmarks.md "Tracing"); `syncgov up` traces every one.
+DEFAULT_SAMPLER_RATIO = 0.1
 
 # The RPC server duration (semantic conventions, ``rpc.server.call.duration``), in seconds.
 RPC_SERVER_DURATION = "rpc.server.call.duration"

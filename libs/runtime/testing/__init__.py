@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import grpc
+from opentelemetry.sdk.trace import sampling
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -55,10 +56,13 @@ async def running_service(
     """Run a service through ``serve()`` on its settings' port and yield it with a channel and its spans.
 
     The service connects as its component (:func:`as_component`), with the broker rights it has in
-    production; ``running.runtime.settings`` holds the URLs it used."""
+    production; ``running.runtime.settings`` holds the URLs it used. It samples as production does at
+    ``OTEL_TRACES_SAMPLER_ARG=1`` (parent-based, every root), so a test sees every span whatever the default ratio."""
     spans = InMemorySpanExporter()
     settings = as_component(settings)
-    async with serve(settings, wire, span_processors=[SimpleSpanProcessor(spans)]) as running:
+    async with serve(
+        settings, wire, span_processors=[SimpleSpanProcessor(spans)], sampler=sampling.ParentBased(sampling.ALWAYS_ON)
+    ) as running:
         channel = grpc.aio.insecure_channel(running.address)
         try:
             yield running, channel, spans
