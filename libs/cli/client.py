@@ -23,6 +23,7 @@ from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
 from libs.policy.durations import parse_duration
+from libs.runtime.telemetry import environment_context, traced_metadata
 from syncgov.common.v1 import types_pb2
 
 EXIT_OK, EXIT_NO, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
@@ -61,9 +62,10 @@ class Connection:
         return grpc.aio.secure_channel(self.address, credentials)
 
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        if self.token:
-            return (("authorization", f"Bearer {self.token}"),)
-        return (("x-syncgov-system", self.system),)
+        """The caller's identity, and the W3C trace context the CLI runs in (``TRACEPARENT``, or a current span), so
+        a command run inside a traced job joins that job's trace."""
+        identity = (("authorization", f"Bearer {self.token}"),) if self.token else (("x-syncgov-system", self.system),)
+        return traced_metadata(identity, environment_context())
 
 
 Command = TypeVar("Command", bound=Callable[..., Any])

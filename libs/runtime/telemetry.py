@@ -201,6 +201,18 @@ def traced_metadata(
     return (*metadata, *((key, value) for key, value in carrier.items() if key not in present))
 
 
+def environment_context(environ: Mapping[str, str] | None = None) -> Context | None:
+    """The trace context a process was started in, from ``TRACEPARENT`` / ``TRACESTATE`` (OpenTelemetry's environment
+    variables as carriers: a CI job or a script hands its trace to the commands it runs); None without them."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("TRACEPARENT"):
+        return None
+    carrier = {"traceparent": environ["TRACEPARENT"]}
+    if environ.get("TRACESTATE"):
+        carrier["tracestate"] = environ["TRACESTATE"]
+    return propagate.extract(carrier)
+
+
 def carried_metadata(
     headers: Mapping[str, str] | None, metadata: Sequence[tuple[str, str]] = ()
 ) -> tuple[tuple[str, str], ...]:

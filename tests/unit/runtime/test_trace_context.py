@@ -12,6 +12,7 @@ from libs.runtime.consumers import HANDLED_AT_ONCE_SECONDS, consumer_parent
 from libs.runtime.telemetry import (
     DEFAULT_SAMPLER_RATIO,
     carried_metadata,
+    environment_context,
     setup_telemetry,
     traced_metadata,
     traces_sampler,
@@ -106,3 +107,18 @@ def test_call_metadata_carries_the_current_context_or_a_messages() -> None:
         ("traceparent", headers["traceparent"]),
         ("tracestate", "a=b"),
     )
+
+
+def test_the_cli_carries_the_trace_context_it_was_started_in(clean_env) -> None:
+    from libs.cli.client import Connection
+
+    assert Connection("127.0.0.1:1", "procurement").metadata() == (("x-syncgov-system", "procurement"),)
+    traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    clean_env.setenv("TRACEPARENT", traceparent)
+    clean_env.setenv("TRACESTATE", "vendor=1")
+    assert dict(Connection("127.0.0.1:1", "procurement").metadata()) == {
+        "x-syncgov-system": "procurement",
+        "traceparent": traceparent,
+        "tracestate": "vendor=1",
+    }
+    assert environment_context({}) is None
