@@ -210,6 +210,7 @@ async def run(
     concurrencies: list[int],
     profile: Path | None = None,
     only: tuple[str, ...] = SCENARIOS,
+    trace_ratio: float | None = None,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="syncgov-bench-"))
     nats_server = NatsServer(data_dir=workdir / "nats", sync_always=sync_always).start()
@@ -306,6 +307,8 @@ async def run(
                 preexec_fn=die_with_parent,
             )
             traced_env = {name: value for name, value in env.items() if name != "OTEL_TRACES_SAMPLER"}
+            if trace_ratio is not None:  # else the services' default
+                traced_env["OTEL_TRACES_SAMPLER_ARG"] = str(trace_ratio)
             traced = subprocess.Popen(
                 [sys.executable, "-m", "services.po_publication"],
                 cwd=ROOT,
@@ -580,7 +583,7 @@ async def run(
         await invoice_channel.close()
         await raw_channel.close()
         await nc.drain()
-        report(results, concurrencies, seconds, sync_always, len(payload))
+        report(results, concurrencies, seconds, sync_always, len(payload), trace_ratio)
     finally:
         # The sink last: the traced service exports its last spans as it stops.
         services = [process for process in processes if process is not sink]
@@ -606,7 +609,7 @@ async def run(
         nats_server.stop()
 
 
-def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
+def report(results, concurrencies, seconds, sync_always, payload_bytes, trace_ratio: float | None = None) -> None:
     print(
         f"\nPublishPurchaseOrder benchmark: {seconds:.0f}s per scenario, {os.cpu_count()} cores, "
         f"request {payload_bytes} bytes, JetStream sync_interval={'always' if sync_always else 'default (2 min)'}"
@@ -643,8 +646,9 @@ def report(results, concurrencies, seconds, sync_always, payload_bytes) -> None:
         if "governed" in rps and "governed-traced" in rps:
             print(
                 f"tracing at concurrency {concurrency}: governed-traced/governed = "
-                f"{rps['governed-traced'] / rps['governed']:.0%} (tracing on at the default sampling, exported, "
-                "against tracing off)"
+                f"{rps['governed-traced'] / rps['governed']:.0%} (tracing on, "
+                f"{'at the default sampling' if trace_ratio is None else f'sampling ratio {trace_ratio:g}'}, "
+                "exported, against tracing off)"
             )
 
 
@@ -657,8 +661,22 @@ if __name__ == "__main__":
     parser.add_argument(
         "--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS), help="run only these scenarios"
     )
+    parser.add_argument(
+        "--trace-ratio",
+        type=float,
+        help="OTEL_TRACES_SAMPLER_ARG of the governed-traced scenario's service (default: the services' default)",
+    )
     args = parser.parse_args()
-    uvloop.run(run(args.seconds, not args.no_sync_always, args.concurrency, args.profile, tuple(args.scenarios)))
+    uvloop.run(
+        run(
+            args.seconds,
+            not args.no_sync_always,
+            args.concurrency,
+            args.profile,
+            tuple(args.scenarios),
+            args.trace_ratio,
+        )
+    )
     if args.profile:
         import pstats
 
