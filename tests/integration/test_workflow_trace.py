@@ -1,12 +1,14 @@
 """One PO's workflow is one trace: publish, change, the ERP's acknowledgment, a partial receipt, an invoice matched.
 
-po-publication, receipt-reconciliation, invoice-status and the control plane run together in one namespace, each
+po-publication, receipt-reconciliation, invoice-status, the exception router and the control plane run together in
+one namespace, each
 with its own in-memory span exporter (the runtime's, as in production), against real nats-server and valkey. The
 test is the procurement system: it opens the workflow's span and carries its W3C trace context in the metadata of
 each call it makes (publish, change, receipt, invoice). The ERP is the adapter example: it answers each PO event
 with an acknowledgment carrying the trace context the event brought in its NATS headers. Every server span, every
-publish and every consumer hop (invoice-status re-matching on PO and receipt events, the control plane chaining
-each domain event into the audit trail) then shares the workflow's one trace id.
+publish and every consumer hop (invoice-status re-matching on PO and receipt events, the exception router opening
+the exception the receipt raised, the control plane chaining each domain event into the audit trail) then shares the
+workflow's one trace id.
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ PO = "/syncgov.po.v1.PurchaseOrderService/"
 
 @pytest.fixture
 async def stack(po_settings):
-    """The four services of one PO's workflow, each with its spans: (stubs, exporters by service)."""
+    """The five services of one PO's workflow, each with its spans: (stubs, exporters by service)."""
     from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
+    from services.exception_router.settings import Settings as RouterSettings
+    from services.exception_router.wiring import wire as wire_router
 
     control_plane = ControlPlaneSettings(
         grpc_port=0,
@@ -49,8 +53,16 @@ async def stack(po_settings):
         namespace=po_settings.namespace,
         log_format="console",
     )
+    router = RouterSettings(
+        grpc_port=0,
+        nats_url=po_settings.nats_url,
+        redis_url=po_settings.redis_url,
+        namespace=po_settings.namespace,
+        log_format="console",
+    )
     async with (
         running_service(control_plane, wire_control_plane) as (_, _, cp_spans),
+        running_service(router, wire_router) as (_, _, router_spans),
         running_service(po_settings, wire_po) as (po, po_channel, po_spans),
         running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, receipt_spans),
         running_service(invoice_settings(po_settings), wire_invoices) as (_, invoice_channel, invoice_spans),
@@ -65,6 +77,7 @@ async def stack(po_settings):
                 "po-publication": po_spans,
                 "receipt-reconciliation": receipt_spans,
                 "invoice-status": invoice_spans,
+                "exception-router": router_spans,
             },
         )
 
@@ -132,21 +145,16 @@ async def test_one_po_from_publication_to_the_invoice_match_is_one_trace(stack, 
         await adapter
     assert erp.held["PO-1001"].version == 2
 
-    def chained(domain: str) -> bool:
-        return bool(_named(_spans(exporters), "control-plane", SpanKind.CONSUMER, f"process {namespace}.{domain}.>"))
-
     # The consumer hops happen after the calls answered: wait for the last ones to finish.
+    hops = [
+        *(("control-plane", f"process {namespace}.{domain}.>") for domain in ("po", "receipt", "invoice")),
+        ("invoice-status", f"process {namespace}.po.>"),
+        ("invoice-status", f"process {namespace}.receipt.*.reconciled"),
+        ("exception-router", f"process {namespace}.exception.*.raised"),
+    ]
     await _eventually(
-        "invoice-status re-matching on the PO's and the receipt's events, the control plane chaining each domain",
-        lambda: (
-            all(chained(domain) for domain in ("po", "receipt", "invoice"))
-            and bool(_named(_spans(exporters), "invoice-status", SpanKind.CONSUMER, f"process {namespace}.po.>"))
-            and bool(
-                _named(
-                    _spans(exporters), "invoice-status", SpanKind.CONSUMER, f"process {namespace}.receipt.*.reconciled"
-                )
-            )
-        ),
+        "invoice-status re-matching, the router opening the exception, the control plane chaining each domain",
+        lambda: all(_named(_spans(exporters), service, SpanKind.CONSUMER, name) for service, name in hops),
     )
     await asyncio.sleep(0.5)  # whatever else the last events set off
     spans = _spans(exporters)
@@ -176,7 +184,13 @@ async def test_one_po_from_publication_to_the_invoice_match_is_one_trace(stack, 
     )
     assert outside == [], "spans outside the PO's trace:\n" + "\n".join(outside)
     consumer_hops = {(service, span.name) for service, span in spans if span.kind == SpanKind.CONSUMER}
-    assert {service for service, _ in consumer_hops} >= {"invoice-status", "control-plane"}, consumer_hops
+    assert {service for service, _ in consumer_hops} >= {"invoice-status", "control-plane", "exception-router"}
+    # The partial receipt raised an exception; the router opened it (its transition published in the same trace).
+    assert f"publish {namespace}.exception.*.raised" in published
+    assert any(
+        at == "exception-router" and span.kind == SpanKind.PRODUCER and span.context.trace_id == workflow
+        for at, span in spans
+    ), sorted(published)
 
     # The ERP's acknowledgment of v2 continues the trace of the event it answers: its parent is that publish.
     # (A change that met the acknowledgment of v1 being appended is decided again and published again: one or two.)
