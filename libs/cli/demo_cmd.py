@@ -43,6 +43,7 @@ from libs.cli.invoices_cmd import reason_name, state_name
 from libs.cli.output import make_console
 from libs.cli.receipts_cmd import finding_name, findings_table, status_table
 from libs.cli.samples import purchase_order
+from libs.runtime.telemetry import environment_context, traced_metadata
 from libs.runtime.values import date_to_proto, money_from_proto, money_to_proto
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2
@@ -96,7 +97,8 @@ HELP = (
 
 
 def _as(system: str) -> tuple[tuple[str, str], ...]:
-    return (("x-syncgov-system", system),)
+    """Acting as ``system``, in the trace the demo was started in (``TRACEPARENT``), if any."""
+    return traced_metadata((("x-syncgov-system", system),), environment_context())
 
 
 @dataclass
