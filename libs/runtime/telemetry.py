@@ -37,6 +37,7 @@ from opentelemetry.sdk.metrics.view import ExplicitBucketHistogramAggregation, V
 from opentelemetry.sdk.resources import SERVICE_NAME, OTELResourceDetector, Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider, sampling
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SimpleSpanProcessor
+from opentelemetry.util.types import Attributes
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +112,33 @@ def traces_sampler() -> sampling.Sampler:
             log.warning("OTEL_TRACES_SAMPLER_ARG=%r is outside [0, 1]; sampling at %s", argument, DEFAULT_SAMPLER_RATIO)
             ratio = DEFAULT_SAMPLER_RATIO
     root = sampling.TraceIdRatioBased(ratio)
-    return root if name == "traceidratio" else sampling.ParentBased(root)
+    return root if name == "traceidratio" else sampling.ParentBased(LinkedRoots(root))
+
+
+class LinkedRoots(sampling.Sampler):
+    """A root sampler that keeps a root linked to a sampled span: a consumer's span that starts its own trace (a
+    redelivery, a message handled late) is sampled when the publish it links to was, so a workflow traced whole stays
+    traced through its retries; other roots are ``root``'s to decide."""
+
+    def __init__(self, root: sampling.Sampler) -> None:
+        self._root = root
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> sampling.SamplingResult:
+        if links and any(link.context.trace_flags.sampled for link in links):
+            return sampling.SamplingResult(sampling.Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+        return self._root.should_sample(parent_context, trace_id, name, kind, attributes, links, trace_state)
+
+    def get_description(self) -> str:
+        return f"LinkedRoots{{{self._root.get_description()}}}"
 
 
 def _span_exporters() -> list[SpanProcessor]:

@@ -122,3 +122,16 @@ def test_the_cli_carries_the_trace_context_it_was_started_in(clean_env) -> None:
         "tracestate": "vendor=1",
     }
     assert environment_context({}) is None
+
+
+def test_a_root_linked_to_a_sampled_publish_is_sampled_whatever_the_ratio(clean_env) -> None:
+    clean_env.setenv("OTEL_TRACES_SAMPLER_ARG", "0")  # no root of its own is sampled
+    telemetry = setup_telemetry("invoice-status")
+    headers, trace_id, _ = _published()  # published in a sampled trace
+    parent, links = consumer_parent(headers, 2, NOW, NOW)
+    with telemetry.tracer.start_as_current_span("process", context=parent, links=links) as redelivered:
+        assert redelivered.is_recording()
+        assert redelivered.get_span_context().trace_id != trace_id
+    with telemetry.tracer.start_as_current_span("unlinked root", context=parent) as alone:
+        assert not alone.is_recording()
+    telemetry.shutdown()
