@@ -101,10 +101,12 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             return handler
         deserializer = handler.request_deserializer
         request_type = getattr(deserializer, "__self__", None)  # a generated FromString is bound to its class
+        workflow: tuple[str, ...] = ()
         if isinstance(request_type, type) and issubclass(request_type, Message):
             self._bounds.prepare(request_type)  # walkers built now, not by the first call
+            workflow = workflow_fields(request_type)
         return grpc.unary_unary_rpc_method_handler(
-            self._edge(method, cast("UnaryBehaviour", handler.unary_unary)),
+            self._edge(method, cast("UnaryBehaviour", handler.unary_unary), workflow),
             request_deserializer=_tolerant(deserializer) if deserializer is not None else None,
             response_serializer=handler.response_serializer,
         )
@@ -130,7 +132,7 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
             reason="UNDECODABLE_REQUEST",
         )
 
-    def _edge(self, method: str, inner: UnaryBehaviour) -> UnaryBehaviour:
+    def _edge(self, method: str, inner: UnaryBehaviour, workflow: tuple[str, ...] = ()) -> UnaryBehaviour:
         service, _, rpc = method.lstrip("/").partition("/")
         span_attributes: dict[str, str | int] = {"rpc.system": "grpc", "rpc.service": service, "rpc.method": rpc}
         # One attribute set per status code, built once: the metric's attributes are the span's.
@@ -169,6 +171,8 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     policy = await self._guard.authorize(method, request, caller)
                     revision_token = current_policy_revision.set(policy.revision)
                     span.set_attribute(attributes.POLICY_REVISION, policy.revision)
+                    if workflow and span.is_recording():
+                        _workflow_attributes(span, request, workflow)
                     return await inner(request, context)
                 except ServiceError as error:
                     outcome = error.code
@@ -215,6 +219,26 @@ _SERVER_FAULTS = frozenset(
         grpc.StatusCode.DATA_LOSS,
     }
 )
+
+
+def workflow_fields(request_type: type[Message]) -> tuple[str, ...]:
+    """The top-level fields of a request that name a PO's workflow: ``po_id`` (the workflow key) and, beside it,
+    ``version`` (the object version); () when it has no ``po_id``. Read once per method."""
+    fields = request_type.DESCRIPTOR.fields_by_name
+    if "po_id" not in fields:
+        return ()
+    return ("po_id", "version") if "version" in fields else ("po_id",)
+
+
+def _workflow_attributes(span: trace.Span, request: Any, fields: tuple[str, ...]) -> None:
+    """``syncgov.workflow.key`` (and ``.object.version``) from a request that names the PO (AcknowledgePurchaseOrder,
+    RejectPurchaseOrder, GetPurchaseOrder ...); a servicer that knows better sets them again."""
+    key = getattr(request, fields[0], "")
+    if isinstance(key, str) and key:
+        span.set_attribute(attributes.WORKFLOW_KEY, key)
+    version = getattr(request, fields[1], 0) if len(fields) > 1 else 0
+    if isinstance(version, int) and version:
+        span.set_attribute(attributes.OBJECT_VERSION, version)
 
 
 def _tolerant(deserializer: Callable[[bytes], Any]) -> Callable[[bytes], Any]:

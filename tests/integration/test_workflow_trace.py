@@ -198,6 +198,11 @@ async def test_one_po_from_publication_to_the_invoice_match_is_one_trace(stack, 
     acknowledgments = _named(spans, "po-publication", SpanKind.SERVER, f"{PO}AcknowledgePurchaseOrder")
     answered = {span.parent.span_id for span in acknowledgments if span.parent is not None}
     assert answered & {span.context.span_id for span in changed_publishes}
+    # Each server span names the workflow: the servicer's attributes, or the edge's from the request's po_id/version.
+    for _, span in spans:
+        if span.kind == SpanKind.SERVER and not span.name.endswith("/GetPurchaseOrder"):
+            assert dict(span.attributes or {}).get("syncgov.workflow.key") == "PO-1001", span.name
+    assert {dict(span.attributes or {}).get("syncgov.object.version") for span in acknowledgments} == {1, 2}
     # Consumer hops handled at once are children of the publish they consume, carrying the workflow's attributes.
     for _, span in spans:
         found = dict(span.attributes or {})
