@@ -153,6 +153,10 @@ def _span_exporters() -> list[SpanProcessor]:
     if "otlp" in chosen:
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
+        protocol = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL") or os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL")
+        if protocol and protocol.strip().lower() != "grpc":
+            log.warning("OTLP protocol %r is not in this build; spans are exported over gRPC", protocol)
+
         processors.append(BatchSpanProcessor(OTLPSpanExporter()))
     if "console" in chosen:
         processors.append(SimpleSpanProcessor(ConsoleSpanExporter()))

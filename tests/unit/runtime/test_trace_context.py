@@ -135,3 +135,11 @@ def test_a_root_linked_to_a_sampled_publish_is_sampled_whatever_the_ratio(clean_
     with telemetry.tracer.start_as_current_span("unlinked root", context=parent) as alone:
         assert not alone.is_recording()
     telemetry.shutdown()
+
+
+def test_an_otlp_protocol_this_build_lacks_is_named_in_a_warning(clean_env, caplog) -> None:
+    clean_env.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:9")
+    clean_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")
+    telemetry = setup_telemetry("po-publication")
+    assert "'http/protobuf' is not in this build" in caplog.text
+    telemetry.shutdown()
