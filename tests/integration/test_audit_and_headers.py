@@ -76,15 +76,16 @@ async def test_an_audit_record_that_cannot_be_stored_raises_audit_failed_and_cou
         assert '"refusal"' in exception.evidence[0]
         metrics = reader.get_metrics_data()
         assert metrics is not None
-        points = [
-            getattr(point, "value", None)
+        points = {
+            (point.attributes or {}).get("action"): getattr(point, "value", None)
             for resource in metrics.resource_metrics
             for scope in resource.scope_metrics
             for metric in scope.metrics
             if metric.name == "syncgov.audit.failures"
             for point in metric.data.data_points
-        ]
-        assert points == [1]
+        }
+        assert points["refusal"] == 1  # the one record lost, by the action it recorded
+        assert all(value == 0 for action, value in points.items() if action != "refusal")
     finally:
         await nc.drain()
 

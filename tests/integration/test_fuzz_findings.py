@@ -46,8 +46,8 @@ async def test_self_referring_or_bottomless_policies_are_invalid_argument(govern
 
 async def test_rpcs_not_served_yet_are_unimplemented(governed_stack):
     _, stub, _, _ = governed_stack
-    workflow = stub.GetWorkflow(cp.GetWorkflowRequest(), metadata=(("x-syncgov-system", "analytics"),))
-    assert await code_of(workflow) == grpc.StatusCode.UNIMPLEMENTED
+    stuck = stub.ListStuckWorkflows(cp.ListStuckWorkflowsRequest(), metadata=(("x-syncgov-system", "analytics"),))
+    assert await code_of(stuck) == grpc.StatusCode.UNIMPLEMENTED
 
 
 async def test_a_policy_with_thousands_of_problems_is_a_readable_invalid_argument(governed_stack):
