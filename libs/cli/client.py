@@ -172,3 +172,20 @@ def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo | Non
             detail.Unpack(info)
             return info
     return None
+
+
+def right_refused(error: grpc.aio.AioRpcError, system: str, *, done: str, right: str, verb: str, hint: str) -> str:
+    """Why a write was refused, for the person who tried: ``system`` (else the one the refusal names) lacks the
+    policy's ``right``; "nothing was {done}", then how to go on ("{verb} through ... ({hint})")."""
+    info = error_info(error)
+    metadata = dict(info.metadata) if info is not None else {}
+    who = metadata.get("system") or system or "this system"
+    revision = metadata.get("policy_revision")
+    policy = f"policy revision {revision}" if revision else "the policy in force"
+    explained = (
+        f"nothing was {done}: {policy} gives {who} no {right} right; {verb} through a system "
+        f"the policy lists as a writer of {right} ({hint}), or change the policy"
+    )
+    if metadata.get("exception_id"):
+        explained += f"; the refusal was raised as exception {metadata['exception_id']}"
+    return explained

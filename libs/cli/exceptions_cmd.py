@@ -28,8 +28,8 @@ from libs.cli.client import (
     Connection,
     collect_pages,
     connection_options,
-    error_info,
     explain_rpc_error,
+    right_refused,
     stub,
 )
 from libs.cli.client import older_than as raised_before
@@ -361,7 +361,16 @@ def _failure(error: grpc.aio.AioRpcError, connection: Connection, method: str) -
     message, code = explain_rpc_error(error, f"{PEER} at {connection.address}")
     lines = [message]
     if error.code() == grpc.StatusCode.PERMISSION_DENIED and method in HANDLING:
-        lines.append(_handling_refused(error, connection, HANDLING[method]))
+        lines.append(
+            right_refused(
+                error,
+                connection.system or "",
+                done=HANDLING[method],
+                right="exception_handling",
+                verb="act",
+                hint="--system, by default ops-console",
+            )
+        )
     return lines, code
 
 
@@ -374,22 +383,6 @@ def _run(connection: Connection, method: str, request: Message) -> Any:
             console.print(f"[red]{shown(line)}[/red]")
         raise typer.Exit(code)
     return answer
-
-
-def _handling_refused(error: grpc.aio.AioRpcError, connection: Connection, what: str) -> str:
-    """Why an acknowledgment, resolution or replay was refused: the system lacks the policy's exception_handling."""
-    info = error_info(error)
-    metadata = dict(info.metadata) if info is not None else {}
-    system = metadata.get("system") or connection.system or "this system"
-    revision = metadata.get("policy_revision")
-    policy = f"policy revision {revision}" if revision else "the policy in force"
-    explained = (
-        f"nothing was {what}: {policy} gives {system} no exception_handling right; act through a system the policy "
-        f"lists as a writer of exception_handling (--system, by default ops-console), or change the policy"
-    )
-    if metadata.get("exception_id"):
-        explained += f"; the refusal was raised as exception {metadata['exception_id']}"
-    return explained
 
 
 def _required(value: str, hint: str) -> str:

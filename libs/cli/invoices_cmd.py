@@ -20,7 +20,15 @@ from google.type import date_pb2, money_pb2
 from rich.markup import escape
 from rich.table import Table
 
-from libs.cli.client import EXIT_OK, Connection, collect_pages, connection_options, error_info, explain_rpc_error, stub
+from libs.cli.client import (
+    EXIT_OK,
+    Connection,
+    collect_pages,
+    connection_options,
+    explain_rpc_error,
+    right_refused,
+    stub,
+)
 from libs.cli.client import older_than as blocked_before
 from libs.cli.components import COMPONENTS, DEFAULT_GRPC_PORT_BASE
 from libs.cli.output import make_console, table
@@ -249,24 +257,19 @@ def _run(connection: Connection, method: str, request: Message) -> Any:
         message, code = explain_rpc_error(error, f"{PEER} at {connection.address}")
         console.print(f"[red]{escape(message)}[/red]")
         if error.code() == grpc.StatusCode.PERMISSION_DENIED and method == "ReleaseInvoice":
-            console.print(escape(_release_refused(error, connection)))
+            console.print(
+                escape(
+                    right_refused(
+                        error,
+                        connection.system or "",
+                        done="released",
+                        right="invoice_release",
+                        verb="release",
+                        hint="--system",
+                    )
+                )
+            )
         raise typer.Exit(code) from None
-
-
-def _release_refused(error: grpc.aio.AioRpcError, connection: Connection) -> str:
-    """Why a release was refused, for the person who tried: the system lacks the policy's invoice_release right."""
-    info = error_info(error)
-    metadata = dict(info.metadata) if info is not None else {}
-    system = metadata.get("system") or connection.system or "this system"
-    revision = metadata.get("policy_revision")
-    policy = f"policy revision {revision}" if revision else "the policy in force"
-    explained = (
-        f"nothing was released: {policy} gives {system} no invoice_release right; release through a system "
-        f"the policy lists as a writer of invoice_release (--system), or change the policy"
-    )
-    if metadata.get("exception_id"):
-        explained += f"; the refusal was raised as exception {metadata['exception_id']}"
-    return explained
 
 
 @app.command()

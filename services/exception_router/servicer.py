@@ -44,7 +44,7 @@ from syncgov.exception.v1 import events_pb2, exception_pb2, exception_service_pb
 
 LISTING = "exception.exceptions"
 # How long a command on an exception raised a moment ago waits for the intake to route (open) it.
-ROUTING_WAITS, ROUTING_WAIT_SECONDS = 40, 0.05
+ROUTING_SECONDS = 2.0
 # How long an answer waits for this replica's book to fold what the command wrote (the follower trails by ms).
 READ_OWN_WRITE_SECONDS = 2.0
 
@@ -221,12 +221,13 @@ class ExceptionRouterServicer(exception_service_pb2_grpc.ExceptionRouterServiceS
         return mapping.exception_of(view)
 
     async def _routed(self, view: CaseView) -> CaseView:
-        for _ in range(ROUTING_WAITS):
-            await asyncio.sleep(ROUTING_WAIT_SECONDS)
-            current = self._book.get(view.case_id)
-            if current is not None and current.state.exists:
-                return current
-        raise Unavailable(f"exception {view.case_id} was raised but is not routed yet; retry shortly", reason="ROUTING")
+        try:
+            async with asyncio.timeout(ROUTING_SECONDS):
+                return await self._book.opened(view.case_id)
+        except TimeoutError:
+            raise Unavailable(
+                f"exception {view.case_id} was raised but is not routed yet; retry shortly", reason="ROUTING"
+            ) from None
 
     async def _view(self, exception_id: str) -> CaseView:
         """The exception ``exception_id`` names: an exception's own id, or the id of any raise folded into it (what a

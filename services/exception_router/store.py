@@ -196,6 +196,14 @@ class ExceptionBook:
         """Put an exception whose escalation failed back for the next sweep."""
         heapq.heappush(self._deadlines, (view.state.escalate_at_ns, view.case_id))
 
+    async def opened(self, case_id: str) -> CaseView:
+        """The exception once the intake has opened it (the caller bounds the wait)."""
+        while True:
+            view = self.cases.get(case_id)
+            if view is not None and view.state.exists:
+                return view
+            await self._moved.wait()
+
     async def read_up_to(self, sequence: int) -> None:
         """Wait until every event up to ``sequence`` is folded (the caller bounds the wait)."""
         while self.read_through < sequence:

@@ -34,27 +34,10 @@ from libs.cli.components import existing_components
 from libs.runtime.local_servers import free_port, free_port_range
 from libs.runtime.probe import health_status, reflected_services
 from libs.runtime.telemetry import DURATION_BUCKETS
+from tests.integration.helpers import wait_for_line
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
-
-
-def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> list[str]:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line:
-            seen.append(line)
-            if needle in line:
-                return seen
-        elif process.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    raise AssertionError(f"{needle!r} not printed; output so far:\n{''.join(seen)}")
 
 
 @dataclass(frozen=True)
@@ -142,7 +125,7 @@ def stack(tmp_path: Path, otlp_receiver: tuple[OtlpReceiver, str]):
     env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        output = _wait_for_line(process, "syncgov is up", timeout=60)
+        output = wait_for_line(process, "syncgov is up", timeout=60)
         yield process, po_port, metrics_po_port, output, tmp_path / "stack"
     finally:
         if process.poll() is None:  # stop it as a user would, so it stops what it started

@@ -13,7 +13,7 @@ from services.supplier_normalization.settings import Settings as SupplierSetting
 from services.supplier_normalization.wiring import wire as wire_suppliers
 from syncgov.po.v1 import po_service_pb2_grpc
 from syncgov.supplier.v1 import supplier_service_pb2_grpc
-from tests.integration.helpers import seed_supplier
+from tests.integration.helpers import control_plane_settings, seed_supplier
 
 
 @pytest.fixture
@@ -54,17 +54,10 @@ async def redis(valkey_server):
 @pytest.fixture
 async def governed_stack(po_settings):
     """control-plane and po-publication in one namespace, as `syncgov up` runs them."""
-    from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
     from syncgov.controlplane.v1 import controlplane_service_pb2_grpc
 
-    cp_settings = ControlPlaneSettings(
-        grpc_port=0,
-        nats_url=po_settings.nats_url,
-        redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace,
-        log_format="console",
-    )
+    cp_settings = control_plane_settings(po_settings)
     async with (
         running_service(cp_settings, wire_control_plane) as (cp, cp_channel, _),
         running_service(po_settings, wire) as (po, po_channel, _),

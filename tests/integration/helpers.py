@@ -144,11 +144,9 @@ ERP = (("x-syncgov-system", "erp"),)
 WMS_EAST = (("x-syncgov-system", "wms-east"),)
 
 
-def receipt_settings(settings, **extra):
-    """receipt-reconciliation's settings in the namespace (and on the servers) of another service's ``settings``."""
-    from services.receipt_reconciliation.settings import Settings as ReceiptSettings
-
-    return ReceiptSettings(
+def settings_like(settings_class, settings, **extra):
+    """``settings_class``'s settings in the namespace (and on the servers) of another service's ``settings``."""
+    return settings_class(
         grpc_port=0,
         nats_url=settings.nats_url,
         redis_url=settings.redis_url,
@@ -156,6 +154,20 @@ def receipt_settings(settings, **extra):
         log_format="console",
         **extra,
     )
+
+
+def receipt_settings(settings, **extra):
+    """receipt-reconciliation's settings in the namespace (and on the servers) of another service's ``settings``."""
+    from services.receipt_reconciliation.settings import Settings as ReceiptSettings
+
+    return settings_like(ReceiptSettings, settings, **extra)
+
+
+def control_plane_settings(settings):
+    """control-plane's settings in the namespace (and on the servers) of another service's ``settings``."""
+    from control_plane.settings import Settings as ControlPlaneSettings
+
+    return settings_like(ControlPlaneSettings, settings)
 
 
 def goods_receipt(
@@ -218,3 +230,43 @@ async def eventually(check, within: float = 10.0):
             if result:
                 return result
             await asyncio.sleep(0.05)
+
+
+async def cli(*args: str, stdin: str | None = None):
+    """Run the ``syncgov`` CLI in a worker thread (it runs its own event loop, the services keep this one)."""
+    from typer.testing import CliRunner
+
+    from libs.cli.main import app
+
+    return await asyncio.to_thread(CliRunner().invoke, app, list(args), input=stdin, env={"COLUMNS": "400"})
+
+
+def table_row(output: str, first_cell: str) -> list[str]:
+    """The cells of the printed table row whose first cell is ``first_cell``."""
+    for line in output.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
+        if cells and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
+
+
+def wait_for_line(process, needle: str, timeout: float) -> list[str]:
+    """Read ``process``'s stdout until a line holds ``needle``; the lines read (AssertionError with them if not)."""
+    import os
+    import time
+
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    assert process.stdout is not None
+    os.set_blocking(process.stdout.fileno(), False)
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if line:
+            seen.append(line)
+            if needle in line:
+                return seen
+        elif process.poll() is not None:
+            break
+        else:
+            time.sleep(0.05)
+    raise AssertionError(f"{needle!r} not printed; output so far:\n{''.join(seen)}")

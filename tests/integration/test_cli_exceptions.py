@@ -14,15 +14,13 @@ import re
 from dataclasses import dataclass
 
 import pytest
-from typer.testing import CliRunner
 
-from libs.cli.main import app
 from libs.runtime.testing import running_service, unique_namespace
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2 as ex
 from syncgov.exception.v1 import exception_service_pb2 as svc
 from syncgov.exception.v1 import exception_service_pb2_grpc
-from tests.integration.helpers import eventually
+from tests.integration.helpers import cli, eventually, table_row
 from tests.integration.test_exception_router import (
     OPS,
     PoisonedSink,
@@ -39,22 +37,7 @@ from tests.integration.test_exception_router import (
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-runner = CliRunner()
 AGE = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ \((<1m|\d+m)\)"
-
-
-async def cli(*args: str, stdin: str | None = None):
-    """Run the CLI in a worker thread: it runs its own event loop, the services keep this one."""
-    return await asyncio.to_thread(runner.invoke, app, list(args), input=stdin, env={"COLUMNS": "400"})
-
-
-def _row(output: str, first_cell: str) -> list[str]:
-    """The cells of the table row whose first cell is ``first_cell``."""
-    for line in output.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
-        if cells and cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
 
 
 @dataclass
@@ -115,13 +98,13 @@ async def test_list_prints_one_readable_row_per_exception_and_json_for_scripts(e
     out = result.stdout
     assert "3 exception(s)" in out
     # exception, type, severity, state, owner team, object, occurrences, first raised (age), escalated
-    price = _row(out, exceptions.ids["price_variance"])
+    price = table_row(out, exceptions.ids["price_variance"])
     assert price[1:7] == ["price_variance", "medium", "open", "accounts-payable", "invoice:INV-9", "1"]
     assert re.fullmatch(AGE, price[7]), price[7]
     assert price[8] == "-"
-    over = _row(out, exceptions.ids["over_receipt"])
+    over = table_row(out, exceptions.ids["over_receipt"])
     assert over[1:7] == ["over_receipt", "medium", "open", "procurement-ops", "purchase_order:PO-1", "3"]
-    owned = _row(out, exceptions.ids["ownership_violation"])
+    owned = table_row(out, exceptions.ids["ownership_violation"])
     assert owned[1:5] == ["ownership_violation", "critical", "open", "integration-team"]
     # Oldest first, as the router lists them.
     positions = [out.index(exceptions.ids[name]) for name in ("price_variance", "over_receipt", "ownership_violation")]
@@ -197,18 +180,18 @@ async def test_show_prints_routing_detail_and_evidence_and_finds_an_exception_by
     assert result.exit_code == 0, result.stdout
     out = result.stdout
     assert f"exception {price}" in out
-    assert _row(out, "type")[1] == "price_variance"
-    assert _row(out, "state")[1] == "open"
-    assert _row(out, "owner team")[1] == "accounts-payable"
-    assert _row(out, "routed by")[1] == "exceptions.routes[4] of policy revision 0"
-    assert _row(out, "object")[1] == "invoice:INV-9"
-    assert _row(out, "raised by")[1] == "invoice-status"
-    assert _row(out, "detail")[1] == "line 1: 13.50 invoiced, 12.50 ordered"
-    assert _row(out, "evidence 1")[1] == '{"invoiced": "13.50", "ordered": "12.50"}'
-    assert _row(out, "acknowledged")[1] == "-"
-    assert _row(out, "resolved")[1] == "-"
+    assert table_row(out, "type")[1] == "price_variance"
+    assert table_row(out, "state")[1] == "open"
+    assert table_row(out, "owner team")[1] == "accounts-payable"
+    assert table_row(out, "routed by")[1] == "exceptions.routes[4] of policy revision 0"
+    assert table_row(out, "object")[1] == "invoice:INV-9"
+    assert table_row(out, "raised by")[1] == "invoice-status"
+    assert table_row(out, "detail")[1] == "line 1: 13.50 invoiced, 12.50 ordered"
+    assert table_row(out, "evidence 1")[1] == '{"invoiced": "13.50", "ordered": "12.50"}'
+    assert table_row(out, "acknowledged")[1] == "-"
+    assert table_row(out, "resolved")[1] == "-"
     assert re.fullmatch(
-        r"due \S+Z \(in 23h 59m\), marked escalated, staying with its owner", _row(out, "escalation")[1]
+        r"due \S+Z \(in 23h 59m\), marked escalated, staying with its owner", table_row(out, "escalation")[1]
     )
     assert "original message" not in out  # a business exception carries none
 
@@ -243,7 +226,7 @@ async def test_show_never_lets_another_systems_text_drive_the_terminal(nats_serv
     assert result.exit_code == 0, result.stdout
     assert "\x1b" not in result.stdout  # no escape sequence reaches the terminal
     assert "\u202e" not in result.stdout  # nor a bidi override
-    assert _row(result.stdout, "detail")[1] == r"unit \x1b[2J[bold red]PF[/bold red]\u202e unknown"
+    assert table_row(result.stdout, "detail")[1] == r"unit \x1b[2J[bold red]PF[/bold red]\u202e unknown"
 
 
 async def test_acknowledge_then_resolve_round_trip_names_the_person_and_the_system(exceptions):
@@ -279,10 +262,11 @@ async def test_acknowledge_then_resolve_round_trip_names_the_person_and_the_syst
     )
 
     shown = await cli("exceptions", "show", price, *address)
-    assert _row(shown.stdout, "state")[1] == "resolved"
-    assert re.fullmatch(r"by j\.doe through ops-console at \S+Z", _row(shown.stdout, "acknowledged")[1])
-    assert _row(shown.stdout, "resolved")[1].endswith(": price rise agreed")
-    assert _row(shown.stdout, "escalation")[1] == "none: closed before its deadline"  # no deadline shown as running
+    assert table_row(shown.stdout, "state")[1] == "resolved"
+    assert re.fullmatch(r"by j\.doe through ops-console at \S+Z", table_row(shown.stdout, "acknowledged")[1])
+    assert table_row(shown.stdout, "resolved")[1].endswith(": price rise agreed")
+    # No deadline shown as running.
+    assert table_row(shown.stdout, "escalation")[1] == "none: closed before its deadline"
     again = await cli("exceptions", "ack", price, "--person", "j.doe", *address)
     assert again.exit_code == 1, again.stdout
     assert again.stdout.startswith("FAILED_PRECONDITION: the exception is closed (accepted by j.doe)")
@@ -378,16 +362,16 @@ async def test_summary_counts_the_backlog_by_team_and_type_and_the_closure_times
     out = result.stdout
     assert "backlog: 1 open, 1 acknowledged, 0 escalated" in out
     # owner team, type, open, acknowledged, escalated, occurrences, oldest raised (age)
-    over = _row(out, "procurement-ops")
+    over = table_row(out, "procurement-ops")
     assert over[1:6] == ["over_receipt", "1", "0", "0", "3"]
     assert re.fullmatch(AGE, over[6]), over[6]
-    assert _row(out, "integration-team")[1:6] == ["ownership_violation", "0", "1", "0", "1"]
+    assert table_row(out, "integration-team")[1:6] == ["ownership_violation", "0", "1", "0", "1"]
     assert "accounts-payable │ price_variance" not in out  # closed: no longer backlog
     # team, closed, p50, p90, p99
-    overall = _row(out, "all teams")
+    overall = table_row(out, "all teams")
     assert overall[1] == "1"
     assert all(re.fullmatch(r"\d+\.\ds|\d+m \d+s|\d+m", cell) for cell in overall[2:5]), overall
-    assert _row(out, "accounts-payable")[1] == "1"
+    assert table_row(out, "accounts-payable")[1] == "1"
 
     as_json = await cli("exceptions", "summary", "--json", *address)
     assert as_json.exit_code == 0, as_json.stdout
@@ -403,7 +387,7 @@ async def test_summary_counts_the_backlog_by_team_and_type_and_the_closure_times
     assert team.exit_code == 0, team.stdout
     assert "backlog of procurement-ops: 1 open, 0 acknowledged, 0 escalated" in team.stdout
     assert "ownership_violation" not in team.stdout
-    assert _row(team.stdout, "procurement-ops")[1] == "over_receipt"
+    assert table_row(team.stdout, "procurement-ops")[1] == "over_receipt"
 
 
 # --- replays: a consumer gives up on a message, a person fixes the cause and replays it ---
@@ -440,12 +424,12 @@ async def test_replay_of_a_delivery_exhausted_exception_delivers_the_message_onc
     shown = await cli("exceptions", "show", exception_id, *address)
     assert shown.exit_code == 0, shown.stdout
     out = shown.stdout
-    assert _row(out, "type")[1] == "delivery_exhausted"
-    assert _row(out, "owner team")[1] == "integration-team"
-    assert _row(out, "original message")[1] == f"{namespace}.po.PO-POISON.published; {len(data)} bytes"
-    assert _row(out, "stream")[1] == f"{namespace.upper()}_PO sequence {sequence}"
-    assert _row(out, "consumer")[1] == f"{namespace}-erp-sink-orders, 3 deliveries"
-    assert "no mapping for unit of measure 'PF'" in _row(out, "last error")[1]
+    assert table_row(out, "type")[1] == "delivery_exhausted"
+    assert table_row(out, "owner team")[1] == "integration-team"
+    assert table_row(out, "original message")[1] == f"{namespace}.po.PO-POISON.published; {len(data)} bytes"
+    assert table_row(out, "stream")[1] == f"{namespace.upper()}_PO sequence {sequence}"
+    assert table_row(out, "consumer")[1] == f"{namespace}-erp-sink-orders, 3 deliveries"
+    assert "no mapping for unit of measure 'PF'" in table_row(out, "last error")[1]
     as_json = await cli("exceptions", "show", exception_id, "--json", *address)
     assert json.loads(as_json.stdout)["original_message"]["stream_sequence"] == str(sequence)
 
@@ -468,8 +452,8 @@ async def test_replay_of_a_delivery_exhausted_exception_delivers_the_message_onc
     assert again.exit_code == 0, again.stdout
     assert again.stdout.startswith(f"{exception_id}: replayed already (stream sequence {found[1]})")
     shown = await cli("exceptions", "show", exception_id, *address)
-    assert _row(shown.stdout, "state")[1] == "replayed"
-    assert _row(shown.stdout, "replay")[1].startswith("requested by j.doe at ")
+    assert table_row(shown.stdout, "state")[1] == "replayed"
+    assert table_row(shown.stdout, "replay")[1].startswith("requested by j.doe at ")
     await asyncio.sleep(0.5)
     assert len(sink.processed) == 1  # pressed twice: delivered once
 
@@ -535,10 +519,10 @@ async def test_an_escalated_exception_is_marked_in_the_list_and_show_says_where_
         result = await cli("exceptions", "list", "--escalated", *address)
         assert result.exit_code == 0, result.stdout
         assert "1 exception(s) (escalated)" in result.stdout
-        row = _row(result.stdout, exception_id)
+        row = table_row(result.stdout, exception_id)
         assert row[4] == "procurement-ops"
         assert row[8] == "yes (from accounts-payable)"
         shown = await cli("exceptions", "show", exception_id, *address)
         assert re.fullmatch(
-            r"escalated at \S+Z from accounts-payable to procurement-ops", _row(shown.stdout, "escalation")[1]
+            r"escalated at \S+Z from accounts-payable to procurement-ops", table_row(shown.stdout, "escalation")[1]
         )

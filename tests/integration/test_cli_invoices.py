@@ -8,15 +8,12 @@ The default policy: procurement and ops-console may release invoices, the ERP ma
 
 from __future__ import annotations
 
-import asyncio
 import re
 from dataclasses import dataclass
 from decimal import Decimal
 
 import pytest
-from typer.testing import CliRunner
 
-from libs.cli.main import app
 from libs.runtime.testing import running_service
 from services.invoice_status.wiring import wire as wire_invoices
 from services.po_publication.wiring import wire as wire_po
@@ -24,16 +21,10 @@ from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
 from syncgov.po.v1 import po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
-from tests.integration.helpers import ERP, PROCUREMENT, goods_receipt, publish_order, receipt_settings
+from tests.integration.helpers import ERP, PROCUREMENT, cli, goods_receipt, publish_order, receipt_settings, table_row
 from tests.integration.test_invoice_status import invoice, invoice_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-runner = CliRunner()
-
-
-async def cli(*args: str):
-    """Run the CLI in a worker thread: it runs its own event loop, the services keep this one."""
-    return await asyncio.to_thread(runner.invoke, app, list(args), env={"COLUMNS": "400"})
 
 
 @dataclass
@@ -70,15 +61,6 @@ async def invoices(po_settings):
         yield Invoices(service.address, stub)
 
 
-def _row(output: str, first_cell: str) -> list[str]:
-    """The cells of the table row whose first cell is ``first_cell``."""
-    for line in output.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
-        if cells and cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
-
-
 async def test_show_of_a_matched_invoice_prints_its_line_match(invoices):
     result = await cli("invoices", "show", "INV-1", "--address", invoices.address)
     assert result.exit_code == 0, result.stdout
@@ -87,7 +69,7 @@ async def test_show_of_a_matched_invoice_prints_its_line_match(invoices):
     assert "supplier SUP-ACME, number INV-00123, dated 2027-01-20, gross 59.50 EUR" in out
     # line, PO/line, basis, PO version, price expected, invoiced, variance (%), price tolerance,
     # qty expected, invoiced, by others, cumulative, qty variance (%), qty tolerance, result
-    row = _row(out, "1")
+    row = table_row(out, "1")
     assert row[:4] == ["1", "PO-1001/1", "three-way", "1"]
     assert [Decimal(cell) for cell in row[4:6]] == [Decimal("12.50"), Decimal("12.50")]
     assert row[8:12] == ["8 received", "4", "0", "4"]
@@ -99,7 +81,7 @@ async def test_show_of_a_price_block_prints_the_variance_and_the_tolerance_that_
     assert result.exit_code == 0, result.stdout
     out = result.stdout
     assert "invoice INV-2: blocked" in out
-    row = _row(out, "1")
+    row = table_row(out, "1")
     assert [Decimal(cell) for cell in row[4:6]] == [Decimal("12.50"), Decimal("13.50")]
     found = re.fullmatch(r"(\S+) \((\S+)%\)", row[6])  # +1.00 per unit, 8% of 12.50
     assert found is not None, row[6]
@@ -131,7 +113,7 @@ async def test_blocked_lists_the_blocked_invoices_and_filters_by_reason(invoices
     listed = await cli("invoices", "blocked", "--address", invoices.address)
     assert listed.exit_code == 0, listed.stdout
     assert "2 blocked invoice(s)" in listed.stdout
-    row = _row(listed.stdout, "INV-2")
+    row = table_row(listed.stdout, "INV-2")
     assert row[1:3] == ["SUP-ACME", "A-2"]
     assert "price_variance" in row[4]
     assert row[5] == "64.26 EUR"  # 4 x 13.50 = 54.00 + 19% tax 10.26
@@ -193,7 +175,7 @@ async def test_show_prints_the_header_checks_the_duplicate_and_the_exceptions(in
     assert re.search(r"submitted \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ, matched \d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", out), out
     # total, stated, computed, difference, small difference, within
     for name, amount in (("net", "12.50"), ("tax", "2.38"), ("gross", "14.88")):
-        row = _row(out, name)
+        row = table_row(out, name)
         assert [Decimal(cell) for cell in row[1:5]] == [Decimal(amount), Decimal(amount), 0, Decimal("1.00")]
         assert row[5] == "yes"
     assert "header blocking reasons: duplicate_invoice" in out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -11,17 +10,12 @@ from typer.testing import CliRunner
 
 from libs.cli.main import app
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import eventually, sample_order
+from tests.integration.helpers import cli, eventually, sample_order
 from tests.integration.test_control_plane import DEFAULT, PROCUREMENT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 ROOT = Path(__file__).resolve().parents[2]
 runner = CliRunner()
-
-
-async def cli(*args: str):
-    """Run the CLI in a worker thread: it runs its own event loop, the services keep this one."""
-    return await asyncio.to_thread(runner.invoke, app, list(args), env={"COLUMNS": "200"})
 
 
 def test_validate_lists_problems_with_paths_and_exit_codes(tmp_path):

@@ -6,28 +6,18 @@ line 2 is 2.5 KGM, shipped to DC-HAMBURG.
 
 from __future__ import annotations
 
-import asyncio
-
 import pytest
 from google.type import decimal_pb2
-from typer.testing import CliRunner
 
-from libs.cli.main import app
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire as wire_po
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2, receipt_service_pb2_grpc
-from tests.integration.helpers import PROCUREMENT, receipt_settings, sample_order
+from tests.integration.helpers import PROCUREMENT, cli, receipt_settings, sample_order, table_row
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
-runner = CliRunner()
 ERP = (("x-syncgov-system", "erp"),)
-
-
-async def cli(*args: str):
-    """Run the CLI in a worker thread: it runs its own event loop, the services keep this one."""
-    return await asyncio.to_thread(runner.invoke, app, list(args), env={"COLUMNS": "200"})
 
 
 @pytest.fixture
@@ -74,15 +64,6 @@ async def received(po_settings):
         yield receipts.address, posted
 
 
-def _row(output: str, first_cell: str) -> list[str]:
-    """The cells of the table row whose first cell is ``first_cell``."""
-    for line in output.splitlines():
-        cells = [cell.strip() for cell in line.strip().strip("│┃").split("│")]
-        if cells and cells[0] == first_cell:
-            return cells
-    raise AssertionError(f"no row {first_cell!r} in:\n{output}")
-
-
 async def test_status_prints_the_per_line_table_at_the_current_version(received):
     address, _ = received
     result = await cli("receipts", "status", "PO-1001", "--address", address)
@@ -94,8 +75,8 @@ async def test_status_prints_the_per_line_table_at_the_current_version(received)
     assert "1 document(s)" in out
     assert "ordered (v2)" in out
     #        PO line, ordered, received, returned, rejected, open, unit, fully received
-    assert _row(out, "1") == ["1", "6", "10", "0", "0", "-4", "EA", "yes"]
-    assert _row(out, "2") == ["2", "2.5", "1.25", "0", "0.5", "1.25", "KGM", "no"]
+    assert table_row(out, "1") == ["1", "6", "10", "0", "0", "-4", "EA", "yes"]
+    assert table_row(out, "2") == ["2", "2.5", "1.25", "0", "0.5", "1.25", "KGM", "no"]
 
 
 async def test_status_of_an_order_nobody_knows_is_one_line_and_exit_1(received):

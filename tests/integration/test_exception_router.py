@@ -26,7 +26,7 @@ from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2 as ex
 from syncgov.exception.v1 import exception_service_pb2 as svc
 from syncgov.exception.v1 import exception_service_pb2_grpc
-from tests.integration.helpers import eventually, status_details
+from tests.integration.helpers import control_plane_settings, eventually, status_details
 
 OPS = (("x-syncgov-system", "ops-console"),)
 ERP = (("x-syncgov-system", "erp"),)
@@ -186,13 +186,10 @@ async def test_bad_raises_are_refused_and_record_nothing(nats_server, valkey_ser
 
 
 async def test_lifecycle_acknowledge_resolve_reopen_each_audited(nats_server, valkey_server, clean_env):
-    from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
 
     namespace = unique_namespace()
-    cp_settings = ControlPlaneSettings(
-        grpc_port=0, nats_url=nats_server.url, redis_url=valkey_server.url, namespace=namespace, log_format="console"
-    )
+    cp_settings = control_plane_settings(router_settings(nats_server, valkey_server, namespace))
     async with (
         running_service(cp_settings, wire_control_plane),
         router(router_settings(nats_server, valkey_server, namespace)) as (_, stub),
@@ -312,12 +309,9 @@ async def test_escalation_fires_after_the_routes_time_exactly_once(nats_server, 
         "      severity: medium\n      escalate_after: 1s\n      escalate_to: procurement-ops\n",
     )
     settings = router_settings(nats_server, valkey_server, namespace, policy_file=policy)
-    from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
 
-    cp_settings = ControlPlaneSettings(
-        grpc_port=0, nats_url=nats_server.url, redis_url=valkey_server.url, namespace=namespace, log_format="console"
-    )
+    cp_settings = control_plane_settings(router_settings(nats_server, valkey_server, namespace))
     # Two replicas sweep the same exceptions: one escalation is written all the same.
     async with (
         running_service(cp_settings, wire_control_plane),
@@ -360,15 +354,12 @@ async def test_escalation_fires_after_the_routes_time_exactly_once(nats_server, 
 
 
 async def test_a_policy_change_reroutes_open_unacknowledged_exceptions(nats_server, valkey_server, clean_env):
-    from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
     from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
     from syncgov.controlplane.v1 import controlplane_service_pb2_grpc
 
     namespace = unique_namespace()
-    cp_settings = ControlPlaneSettings(
-        grpc_port=0, nats_url=nats_server.url, redis_url=valkey_server.url, namespace=namespace, log_format="console"
-    )
+    cp_settings = control_plane_settings(router_settings(nats_server, valkey_server, namespace))
     async with (
         running_service(cp_settings, wire_control_plane) as (_, cp_channel, _),
         router(router_settings(nats_server, valkey_server, namespace)) as (_, stub),
@@ -484,12 +475,9 @@ async def test_a_poison_message_lands_once_and_replaying_it_twice_processes_it_o
     policy = fast_retries(tmp_path, 3)
     sink = PoisonedSink()
     sink_settings = erp_sink_settings(nats_server, valkey_server, namespace, policy)
-    from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
 
-    cp_settings = ControlPlaneSettings(
-        grpc_port=0, nats_url=nats_server.url, redis_url=valkey_server.url, namespace=namespace, log_format="console"
-    )
+    cp_settings = control_plane_settings(router_settings(nats_server, valkey_server, namespace))
     async with (
         running_service(cp_settings, wire_control_plane),
         router(router_settings(nats_server, valkey_server, namespace, policy_file=policy)) as (_, stub),
@@ -738,3 +726,39 @@ async def test_a_failed_publish_answers_unavailable_and_the_retry_lands_once(nat
         taken = await stub.AcknowledgeException(ack, metadata=OPS)  # the retry lands
         assert taken.exception.state == ex.EXCEPTION_STATE_ACKNOWLEDGED
         assert await transitions(nats_server, namespace, row.exception_id) == ["opened", "acknowledged"]
+
+
+async def test_after_a_restart_new_raises_open_new_exceptions_and_repeats_count_on(
+    nats_server, valkey_server, clean_env
+):
+    namespace = unique_namespace()
+    settings = router_settings(nats_server, valkey_server, namespace)
+    first_ref = types_pb2.ObjectRef(object_type="invoice", object_key="INV-A")
+    async with reporter_for(nats_server, namespace) as reporter:
+        async with router(settings) as (_, stub):
+            await reporter.raise_exception(ex.EXCEPTION_TYPE_PRICE_VARIANCE, ex.SEVERITY_MEDIUM, first_ref, "over")
+            [first] = await eventually(lambda: routed(listed(stub)))
+            await stub.AcknowledgeException(
+                svc.AcknowledgeExceptionRequest(exception_id=first.exception_id, acknowledged_by="j.doe"), metadata=OPS
+            )
+        # A new process on the same stream: the same problem counts on, a new one opens its own exception.
+        async with router(settings) as (_, restarted):
+            await reporter.raise_exception(ex.EXCEPTION_TYPE_PRICE_VARIANCE, ex.SEVERITY_MEDIUM, first_ref, "again")
+            new_ref = types_pb2.ObjectRef(object_type="invoice", object_key="INV-B")
+            await reporter.raise_exception(ex.EXCEPTION_TYPE_PRICE_VARIANCE, ex.SEVERITY_MEDIUM, new_ref, "new")
+            rows = await eventually(lambda: routed(listed(restarted), 2))
+            by_object = {row.object.object_key: row for row in rows}
+            assert by_object["INV-A"].exception_id == first.exception_id
+            assert by_object["INV-A"].occurrences == 2
+            assert by_object["INV-A"].state == ex.EXCEPTION_STATE_ACKNOWLEDGED
+            assert by_object["INV-B"].occurrences == 1
+            taken = await restarted.AcknowledgeException(
+                svc.AcknowledgeExceptionRequest(exception_id=by_object["INV-B"].exception_id, acknowledged_by="m.roe"),
+                metadata=OPS,
+            )
+            assert taken.exception.acknowledgment.by == "m.roe"
+            assert await transitions(nats_server, namespace, by_object["INV-B"].exception_id) == [
+                "opened",
+                "acknowledged",
+            ]
+            assert await transitions(nats_server, namespace, first.exception_id) == ["opened", "acknowledged"]

@@ -23,7 +23,7 @@ from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import events_pb2, exception_service_pb2_grpc
 from syncgov.exception.v1 import exception_pb2 as ex
 from syncgov.exception.v1 import exception_service_pb2 as svc
-from tests.integration.helpers import eventually
+from tests.integration.helpers import control_plane_settings, eventually
 from tests.integration.test_exception_router import (
     OPS,
     PoisonedSink,
@@ -363,15 +363,12 @@ async def test_transition_events_carry_the_state_after_the_change(nats_server, v
 
 
 async def test_the_audit_entry_of_an_opening_names_the_router(nats_server, valkey_server, clean_env):
-    from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
     from libs.runtime.audit import AuditChain
     from tests.integration.test_exception_router import over_receipt_ref, reporter_for
 
     namespace = unique_namespace()
-    cp_settings = ControlPlaneSettings(
-        grpc_port=0, nats_url=nats_server.url, redis_url=valkey_server.url, namespace=namespace, log_format="console"
-    )
+    cp_settings = control_plane_settings(router_settings(nats_server, valkey_server, namespace))
     async with (
         running_service(cp_settings, wire_control_plane),
         router(router_settings(nats_server, valkey_server, namespace)) as (_, stub),

@@ -36,6 +36,7 @@ from tests.integration.helpers import (
     receipt_settings,
     sample_order,
     seed_supplier,
+    settings_like,
     status_details,
 )
 
@@ -46,13 +47,9 @@ MATCHED = invoice_pb2.INVOICE_STATE_MATCHED
 
 
 def invoice_settings(settings) -> InvoiceSettings:
-    return InvoiceSettings(
-        grpc_port=0,
-        nats_url=settings.nats_url,
-        redis_url=settings.redis_url,
-        namespace=settings.namespace,
-        log_format="console",
-    )
+    """invoice-status's settings in the namespace (and on the servers) of another service's ``settings``."""
+    settings_of: InvoiceSettings = settings_like(InvoiceSettings, settings)
+    return settings_of
 
 
 def _money(amount: str) -> money_pb2.Money:

@@ -37,7 +37,7 @@ from libs.runtime.metrics import RuntimeMetrics, consumer_gauges
 from libs.runtime.streams import EXCEPTION, PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
-from tests.integration.helpers import raised_exceptions
+from tests.integration.helpers import raised_exceptions, wait_for_line
 from tests.integration.test_jetstream_runtime import po_published
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -133,24 +133,6 @@ def scrape(port: int) -> dict[str, Exposed]:
     return found
 
 
-def _wait_for_line(process: subprocess.Popen[str], needle: str, timeout: float) -> None:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout
-    assert process.stdout is not None
-    os.set_blocking(process.stdout.fileno(), False)
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if line:
-            seen.append(line)
-            if needle in line:
-                return
-        elif process.poll() is not None:
-            break
-        else:
-            time.sleep(0.05)
-    raise AssertionError(f"{needle!r} not printed; output so far:\n{''.join(seen)}")
-
-
 @pytest.fixture
 def stack(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """``syncgov up`` on free ports: (gRPC port base, metrics port base)."""
@@ -176,7 +158,7 @@ def stack(tmp_path: Path) -> Iterator[tuple[int, int]]:
     env["COLUMNS"] = "200"
     process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     try:
-        _wait_for_line(process, "syncgov is up", timeout=60)
+        wait_for_line(process, "syncgov is up", timeout=60)
         yield grpc_base, metrics_base
     finally:
         if process.poll() is None:  # stopped as a user would, so it stops what it started

@@ -12,7 +12,6 @@ import grpc
 import pytest
 from typer.testing import CliRunner
 
-from control_plane.settings import Settings as ControlPlaneSettings
 from control_plane.wiring import wire as wire_control_plane
 from libs.cli.main import app
 from libs.runtime.testing import running_service
@@ -27,6 +26,7 @@ from syncgov.receipt.v1 import receipt_service_pb2_grpc
 from tests.integration.helpers import (
     ERP,
     PROCUREMENT,
+    control_plane_settings,
     eventually,
     goods_receipt,
     publish_order,
@@ -42,13 +42,7 @@ OPS = (("x-syncgov-system", "ops-console"),)
 async def test_one_po_timeline_runs_from_publication_to_the_invoice_with_trace_ids(po_settings):
     from syncgov.invoice.v1 import invoice_service_pb2_grpc
 
-    cp_settings = ControlPlaneSettings(
-        grpc_port=0,
-        nats_url=po_settings.nats_url,
-        redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace,
-        log_format="console",
-    )
+    cp_settings = control_plane_settings(po_settings)
     async with (
         running_service(cp_settings, wire_control_plane) as (control_plane, cp_channel, _),
         running_service(po_settings, wire_po) as (_, po_channel, _),

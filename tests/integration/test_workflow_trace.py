@@ -31,7 +31,15 @@ from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.invoice.v1 import invoice_service_pb2_grpc
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
-from tests.integration.helpers import ERP, PROCUREMENT, goods_receipt, receipt_settings, sample_order
+from tests.integration.helpers import (
+    ERP,
+    PROCUREMENT,
+    control_plane_settings,
+    goods_receipt,
+    receipt_settings,
+    sample_order,
+    settings_like,
+)
 from tests.integration.test_invoice_status import MATCHED, invoice, invoice_settings, reasons
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -41,25 +49,12 @@ PO = "/syncgov.po.v1.PurchaseOrderService/"
 @pytest.fixture
 async def stack(po_settings):
     """The five services of one PO's workflow, each with its spans: (stubs, exporters by service)."""
-    from control_plane.settings import Settings as ControlPlaneSettings
     from control_plane.wiring import wire as wire_control_plane
     from services.exception_router.settings import Settings as RouterSettings
     from services.exception_router.wiring import wire as wire_router
 
-    control_plane = ControlPlaneSettings(
-        grpc_port=0,
-        nats_url=po_settings.nats_url,
-        redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace,
-        log_format="console",
-    )
-    router = RouterSettings(
-        grpc_port=0,
-        nats_url=po_settings.nats_url,
-        redis_url=po_settings.redis_url,
-        namespace=po_settings.namespace,
-        log_format="console",
-    )
+    control_plane = control_plane_settings(po_settings)
+    router = settings_like(RouterSettings, po_settings)
     async with (
         running_service(control_plane, wire_control_plane) as (_, _, cp_spans),
         running_service(router, wire_router) as (_, _, router_spans),
