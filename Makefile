@@ -72,8 +72,25 @@ manifests: setup ## render every kustomize overlay under deploy/k8s/overlays wit
 		echo "kubectl kustomize $$overlay"; $(BIN)/kubectl kustomize "$$overlay" >/dev/null; \
 	done
 
+PROMTOOL := .cache/tools/bin/promtool
+
+# Debian's prometheus package unpacked with dpkg -x (no maintainer scripts, no service): only promtool is kept.
+.PHONY: promtool
+promtool: ## promtool into .cache/tools/bin for the alert-rule tests (apt-get download prometheus); says why when it cannot
+	@set -e; \
+	if [ -x $(PROMTOOL) ] || command -v promtool >/dev/null; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null || ! command -v dpkg >/dev/null; then \
+		echo "promtool: no apt-get/dpkg here, not installed (the promtool tests will skip)"; exit 0; fi; \
+	tmp=$$(mktemp -d); trap 'rm -rf "$$tmp"' EXIT; \
+	if ! (cd "$$tmp" && { apt-get download -q prometheus || { apt-get update -q && apt-get download -q prometheus; }; }); then \
+		echo "promtool: apt-get download prometheus failed, not installed (the promtool tests will skip)"; exit 0; fi; \
+	dpkg -x "$$tmp"/prometheus_*.deb "$$tmp/root"; \
+	mkdir -p $(dir $(PROMTOOL)); \
+	install -m 0755 "$$tmp/root/usr/bin/promtool" $(PROMTOOL); \
+	$(PROMTOOL) --version | head -1
+
 .PHONY: check
-check: lint typecheck breaking manifests test ## what CI runs: lint, types, contract breaks, manifests, the tests
+check: promtool lint typecheck breaking manifests test ## what CI runs: promtool, lint, types, contract breaks, manifests, the tests
 
 .PHONY: fmt
 fmt: setup ## format the code with ruff
