@@ -60,7 +60,11 @@ TYPES = _names(exception_pb2.ExceptionType, "EXCEPTION_TYPE_")
 STATES = _names(exception_pb2.ExceptionState, "EXCEPTION_STATE_")
 SEVERITIES = _names(exception_pb2.Severity, "SEVERITY_")
 # What a person may close an exception as; "replayed" is what a processed replay closes it as, by itself.
-KINDS = _names(exception_pb2.ResolutionKind, "RESOLUTION_KIND_", skip=(0, exception_pb2.RESOLUTION_KIND_REPLAYED))
+KINDS = _names(
+    exception_pb2.ResolutionKind,
+    "RESOLUTION_KIND_",
+    skip=(0, exception_pb2.RESOLUTION_KIND_REPLAYED, exception_pb2.RESOLUTION_KIND_CLEARED),
+)
 
 
 def _enum_name(enum: Any, prefix: str, value: int) -> str:

@@ -1,9 +1,11 @@
 """Raising exceptions (DESIGN §5.5): every service publishes them the same way.
 
-The exception router (its own issue) consumes ``<ns>.exception.*.raised``,
-de-duplicates by fingerprint, routes by policy and tracks to closure. A raised
-exception is an event in the EXCEPTION stream from the moment it is raised,
-so nothing depends on the router being up.
+The exception router consumes ``<ns>.exception.*.raised``, de-duplicates by
+fingerprint, routes by policy and tracks to closure. A raised exception is an
+event in the EXCEPTION stream from the moment it is raised, so nothing depends
+on the router being up. A component that can tell when its condition ends (an
+SLA breach whose stage completed) clears it the same way
+(``<ns>.exception.<clear id>.cleared``) and the router closes it.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from syncgov.exception.v1 import events_pb2, exception_pb2
 DOMAIN = "exception"
 OBJECT_TYPE = "exception"
 RAISED = "raised"
+CLEARED = "cleared"
+CASE_ID_PREFIX = "EXC-"
 # The exception router's transitions, each the last token of its event's subject (<ns>.exception.<id>.<name>);
 # the control plane chains them into the audit trail.
 TRANSITION_EVENTS = (
@@ -43,6 +47,12 @@ def severity(name: str | None, default: exception_pb2.Severity = exception_pb2.S
         return default
     # protoc's .pyi types enum values as the enum class but Value() as a plain int; at run time both are ints.
     return cast(exception_pb2.Severity, exception_pb2.Severity.Value(f"SEVERITY_{name.upper()}"))
+
+
+def case_id(type_name: str, object_type: str, object_key: str, fingerprint: str) -> str:
+    """The exception (``EXC-…``) the exception router folds every raise with these four into."""
+    digest = hashlib.sha256("\x1f".join((type_name, object_type, object_key, fingerprint)).encode()).hexdigest()
+    return CASE_ID_PREFIX + digest[:24]
 
 
 def fingerprint(exception_type: int, object_ref: types_pb2.ObjectRef, discriminator: str = "") -> str:
@@ -108,6 +118,36 @@ class ExceptionReporter:
         with contextlib.suppress(WrongLastSequence):
             await self._publish(exception, workflow_key, policy_revision)
         return exception
+
+    async def clear_exception(self, raised: exception_pb2.Exception, reason: str, *, clear_id: str) -> None:
+        """Say the condition this component raised (``raised``: its type, object and fingerprint) no longer holds;
+        the router resolves the exception (kind CLEARED) unless it was raised again since. ``clear_id`` names what
+        ended it (the stage that completed), so a clearing repeated after a restart is stored once."""
+        # Its own subject, named by a digest: a clear id may hold characters a subject token may not.
+        key = f"clear-{hashlib.sha256(clear_id.encode()).hexdigest()[:32]}"
+        exception = exception_pb2.Exception(
+            exception_id=key,
+            type=raised.type,
+            object=raised.object,
+            raised_by=self._service,
+            fingerprint=raised.fingerprint,
+            workflow_key=raised.workflow_key,
+        )
+        with contextlib.suppress(WrongLastSequence):  # cleared before under this id: that one stands
+            await self._publisher.publish(
+                Event(
+                    domain=DOMAIN,
+                    object_type=OBJECT_TYPE,
+                    object_key=key,
+                    object_version=1,
+                    name=CLEARED,
+                    payload=events_pb2.ExceptionCleared(exception=exception, reason=reason),
+                    idempotency_key=f"exception:{key}",
+                    source_system=current_caller().system,
+                    workflow_key=raised.workflow_key,
+                ),
+                expected_last_sequence=0,
+            )
 
     async def _publish(self, exception: exception_pb2.Exception, workflow_key: str, policy_revision: int) -> None:
         exception_id = exception.exception_id

@@ -13,6 +13,8 @@ from decimal import Decimal, InvalidOperation
 from google.protobuf import timestamp_pb2
 from google.type import date_pb2, decimal_pb2, money_pb2
 
+from syncgov.po.v1 import po_pb2
+
 NANOS_PER_UNIT = 1_000_000_000
 _NANO = Decimal(1) / NANOS_PER_UNIT
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -68,3 +70,11 @@ def datetime_from_proto(stamp: timestamp_pb2.Timestamp) -> datetime:
 
 def date_to_proto(value: date) -> date_pb2.Date:
     return date_pb2.Date(year=value.year, month=value.month, day=value.day)
+
+
+def criticality_name(value: int) -> str:
+    """``high`` for PURCHASE_ORDER_CRITICALITY_HIGH: the policy's name (``sla.po_acknowledgment.high``). Unset, or a
+    number the contract lacks (an order stored by a newer writer), reads as ``normal``."""
+    if value == po_pb2.PURCHASE_ORDER_CRITICALITY_UNSPECIFIED or value not in po_pb2.PurchaseOrderCriticality.values():
+        return "normal"
+    return po_pb2.PurchaseOrderCriticality.Name(value).removeprefix("PURCHASE_ORDER_CRITICALITY_").lower()

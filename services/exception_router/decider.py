@@ -52,6 +52,7 @@ class Resolution(Enum):
     DUPLICATE = "duplicate"
     WONT_FIX = "wont_fix"
     REPLAYED = "replayed"
+    CLEARED = "cleared"  # by the component that raised it: the condition no longer holds
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +67,7 @@ class Change:
     route: Route | None = None  # opened, rerouted: the route decided
     owner_team: str = ""  # escalated: the team it moves to
     escalate_at_ns: int = 0  # opened, reopened, acknowledged, rerouted: the new deadline (0: none)
-    cause_sequence: int = 0  # opened, reopened: the raise; replayed: the replay request
+    cause_sequence: int = 0  # opened, reopened: the raise; replayed: the replay request; resolved: the clearing
     resolution: Resolution | None = None
     type_name: str = ""  # opened: the exception type (a replay needs it)
     replay_consumer: str = ""  # replay requested: the consumer the message goes back to
@@ -103,6 +104,7 @@ class CaseState:
     replay_consumer: str = ""
     replay_processed_at_ns: int = 0
     reopened: int = 0
+    opened_by_sequence: int = 0  # the raise that opened or last reopened it
     last_sequence: int = 0
 
     @property
@@ -136,6 +138,7 @@ def evolve(state: CaseState, recorded: Recorded[Change]) -> CaseState:
                 severity=route.severity if route else "",
                 opened_at_ns=at,
                 escalate_at_ns=change.escalate_at_ns,
+                opened_by_sequence=change.cause_sequence,
             )
         case Transition.REOPENED:
             route = change.route or state.route
@@ -161,6 +164,7 @@ def evolve(state: CaseState, recorded: Recorded[Change]) -> CaseState:
                 replay_sequence=0,
                 replay_processed_at_ns=0,
                 reopened=state.reopened + 1,
+                opened_by_sequence=change.cause_sequence,
             )
         case Transition.ACKNOWLEDGED:
             return replace(
@@ -180,7 +184,9 @@ def evolve(state: CaseState, recorded: Recorded[Change]) -> CaseState:
                 resolved_by=change.actor,
                 resolved_through=change.through,
                 closed_at_ns=at,
-                closed_sequence=recorded.sequence,
+                # Cleared: closed as of the clearing's place in the stream, so a raise stored after the clearing
+                # (the condition back) reopens it, however late either is processed.
+                closed_sequence=change.cause_sequence or recorded.sequence,
                 escalate_at_ns=0,
             )
         case Transition.REPLAY_REQUESTED:
@@ -263,6 +269,16 @@ class Resolve:
 
 
 @dataclass(frozen=True, slots=True)
+class Clear:
+    """The component that raised the exception says, at ``cleared_sequence``, that its condition no longer holds."""
+
+    cleared_sequence: int
+    by: str  # the component that cleared it (the same that raised it: checked before deciding)
+    reason: str
+    last_raised_sequence: int  # the exception's newest raise, as the book has read it up to the clearing at least
+
+
+@dataclass(frozen=True, slots=True)
 class RequestReplay:
     by: str
     reason: str
@@ -282,7 +298,7 @@ class Reroute:
     route: Route
 
 
-Command = Observe | Acknowledge | Resolve | RequestReplay | Escalate | Reroute
+Command = Observe | Acknowledge | Resolve | Clear | RequestReplay | Escalate | Reroute
 
 NOT_FOUND = "EXCEPTION_NOT_FOUND"
 CLOSED = "EXCEPTION_CLOSED"
@@ -330,6 +346,8 @@ def _decide(command: Command, state: CaseState) -> Change | Refusal | None:
             return _acknowledge(command, state)
         case Resolve():
             return _resolve(command, state)
+        case Clear():
+            return _clear(command, state)
         case RequestReplay():
             return _request_replay(command, state)
         case Escalate():
@@ -394,6 +412,22 @@ def _resolve(command: Resolve, state: CaseState) -> Change | Refusal | None:
         through=command.through,
         reason=command.note,
         resolution=command.resolution,
+    )
+
+
+def _clear(command: Clear, state: CaseState) -> Change | None:
+    """Closed by its source: an exception already closed (by a person, or cleared before) stays as it is; a clearing
+    stored before the raise that last opened it, or before any raise since, is overtaken (the condition is back)."""
+    if not state.exists or state.state.closed:
+        return None
+    if command.cleared_sequence <= max(state.opened_by_sequence, command.last_raised_sequence):
+        return None
+    return Change(
+        Transition.RESOLVED,
+        actor=command.by,
+        reason=command.reason,
+        resolution=Resolution.CLEARED,
+        cause_sequence=command.cleared_sequence,
     )
 
 

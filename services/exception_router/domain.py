@@ -7,23 +7,19 @@ asking anyone; raises are never rewritten, only counted.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
 from libs.policy.engine import Policy
+from libs.runtime.exception_reporter import CASE_ID_PREFIX, case_id
 
-ID_PREFIX = "EXC-"
+__all__ = ["ID_PREFIX", "Route", "case_id", "is_case_id", "percentile", "route_for"]
+
+ID_PREFIX = CASE_ID_PREFIX
 # Closures older than this do not count for the summary's percentiles unless asked for.
 DEFAULT_CLOSURE_WINDOW = timedelta(days=30)
-
-
-def case_id(type_name: str, object_type: str, object_key: str, fingerprint: str) -> str:
-    """The exception every raise with these four folds into."""
-    digest = hashlib.sha256("\x1f".join((type_name, object_type, object_key, fingerprint)).encode()).hexdigest()
-    return ID_PREFIX + digest[:24]
 
 
 def is_case_id(text: str) -> bool:

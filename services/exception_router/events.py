@@ -1,6 +1,7 @@
 """The exception stream's events as the router reads and writes them.
 
-Raises (``<ns>.exception.<raise id>.raised``, :class:`ExceptionRaised`) come from every service; the router's
+Raises (``<ns>.exception.<raise id>.raised``, :class:`ExceptionRaised`) and clearings (``<clear id>.cleared``,
+:class:`ExceptionCleared`: what a service raised no longer holds) come from every service; the router's
 transitions (``<ns>.exception.<EXC-id>.<transition>``, :class:`ExceptionStateChanged`) are its own, plus
 ``replayed``, which the consumer that processed a replay writes (libs/runtime/replays.py).
 """
@@ -14,6 +15,7 @@ from typing import cast
 from google.protobuf import duration_pb2
 
 from libs.runtime.events import Event, StoredEvent, readable
+from libs.runtime.exception_reporter import CLEARED as REPORTED_CLEARED
 from libs.runtime.exception_reporter import DOMAIN, OBJECT_TYPE
 from libs.runtime.exception_reporter import RAISED as REPORTED_RAISED
 from libs.runtime.identity import current_caller
@@ -22,11 +24,22 @@ from services.exception_router.domain import Route
 from syncgov.exception.v1 import events_pb2, exception_pb2
 
 RAISED = REPORTED_RAISED
+CLEARED = REPORTED_CLEARED
 TRANSITIONS = {transition.value: transition for transition in Transition}
 _TRANSITION_ENUM = {transition: f"TRANSITION_{transition.name}" for transition in Transition}
 _ENUM_TRANSITION = {name: transition for transition, name in _TRANSITION_ENUM.items()}
 
-__all__ = ["DOMAIN", "OBJECT_TYPE", "RAISED", "decode", "decode_raised", "encode", "event_name"]
+__all__ = [
+    "CLEARED",
+    "DOMAIN",
+    "OBJECT_TYPE",
+    "RAISED",
+    "decode",
+    "decode_cleared",
+    "decode_raised",
+    "encode",
+    "event_name",
+]
 
 
 def event_name(stored: StoredEvent) -> str:
@@ -182,3 +195,9 @@ def decode_raised(stored: StoredEvent) -> exception_pb2.Exception | None:
         return None
     raised = readable(stored, lambda event: event.unpack(events_pb2.ExceptionRaised))
     return None if raised is None else raised.exception
+
+
+def decode_cleared(stored: StoredEvent) -> events_pb2.ExceptionCleared | None:
+    if event_name(stored) != CLEARED:
+        return None
+    return readable(stored, lambda event: event.unpack(events_pb2.ExceptionCleared))

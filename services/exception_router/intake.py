@@ -1,7 +1,9 @@
 """Intake: every raise reaches an exception, and every message JetStream gave up on becomes a raise.
 
-``Intake.on_raised`` is the handler of a durable consumer of ``<ns>.exception.*.raised`` (what every service's
-ExceptionReporter publishes, ``delivery_exhausted`` hand-offs included). Once the book has read the stream up to
+``Intake.on_event`` is the handler of a durable consumer of ``<ns>.exception.*.raised`` (what every service's
+ExceptionReporter publishes, ``delivery_exhausted`` hand-offs included) and ``<ns>.exception.*.cleared`` (a
+component saying what it raised no longer holds: the exception is resolved, kind CLEARED, unless it was raised
+again since; only the component that raised an exception may clear it). Once the book has read the stream up to
 the raise, a repeat of an open exception needs nothing written (the book counts it); a first raise opens its
 exception, routed by the policy in force, and a raise after the exception was closed reopens it — through the
 command handler, so two replicas deciding at once write one transition.
@@ -34,10 +36,10 @@ from libs.runtime.events import StoredEvent
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.subjects import Namespace
 from services.exception_router import events
-from services.exception_router.decider import CaseState, Change, Observe, decide
+from services.exception_router.decider import CaseState, Change, Clear, Observe, decide
 from services.exception_router.domain import route_for
 from services.exception_router.store import ExceptionBook, case_of
-from syncgov.exception.v1 import exception_pb2
+from syncgov.exception.v1 import events_pb2, exception_pb2
 
 log = logging.getLogger(__name__)
 
@@ -59,20 +61,47 @@ class Intake:
         self._policy = policy
         self._clock = clock
 
-    async def on_raised(self, stored: StoredEvent) -> None:
-        """The intake consumer's handler. It never hands a raise off: its hand-off would be a raise on the subjects it
-        consumes, failing the same way while the cause lasts (a book behind, a broker refusing writes), one nested
-        exception per delivery limit. Every failure is NotYet: the raise comes back with the policy's backoff until
-        it is taken (the server's backstop and its advisory still catch a raise that can never be)."""
-        raised = events.decode_raised(stored)
-        if raised is None:
-            return
+    async def on_event(self, stored: StoredEvent) -> None:
+        """The intake consumer's handler: raises and clearings. It never hands one off: its hand-off would be a
+        raise on the subjects it consumes, failing the same way while the cause lasts (a book behind, a broker
+        refusing writes), one nested exception per delivery limit. Every failure is NotYet: the message comes back
+        with the policy's backoff until it is taken (the server's backstop and its advisory still catch one that
+        can never be)."""
         try:
-            await self.observe(stored.sequence, raised)
+            raised = events.decode_raised(stored)
+            if raised is not None:
+                await self.observe(stored.sequence, raised)
+                return
+            cleared = events.decode_cleared(stored)
+            if cleared is not None:
+                await self.clear(stored.sequence, cleared)
         except NotYet:
             raise
         except Exception as error:
-            raise NotYet(f"raise {stored.sequence} not taken yet: {error!r}") from error
+            raise NotYet(f"{stored.subject} ({stored.sequence}) not taken yet: {error!r}") from error
+
+    async def clear(
+        self, cleared_sequence: int, cleared: events_pb2.ExceptionCleared
+    ) -> Outcome[CaseState, Change] | Refusal | None:
+        """Resolve the exception a clearing names, if the component that raised it is the one clearing it."""
+        await read_up_to(self._book, cleared_sequence)
+        key = case_of(cleared.exception)
+        view = self._book.get(key)
+        if view is None:
+            log.warning("%s cleared %s, which was never raised; nothing to close", cleared.exception.raised_by, key)
+            return None
+        # The broker lets only syncgov's own components publish clearings (docs/security.md); among them, the one that
+        # raised the exception is the one that knows when its condition ends.
+        if cleared.exception.raised_by != view.raised_by:
+            log.error(
+                "%s may not clear exception %s, raised by %s; ignored", cleared.exception.raised_by, key, view.raised_by
+            )
+            return None
+        if not view.state.exists:
+            # Raised, not opened yet (the intake takes raises and clearings at once): back once it is.
+            raise NotYet(f"exception {key} is not opened yet; its clearing waits")
+        command = Clear(cleared_sequence, cleared.exception.raised_by, cleared.reason, view.last_raised_sequence)
+        return await self._commands.run(key, functools.partial(decide, command))
 
     async def observe(
         self, raised_sequence: int, raised: exception_pb2.Exception

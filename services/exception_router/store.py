@@ -52,6 +52,7 @@ class CaseView:
     first_raised_at_ns: int
     last_raised_at_ns: int = 0
     last_raised_id: str = ""
+    last_raised_sequence: int = 0
     original_sequence: int = 0  # the newest raise carrying an original message (what a replay delivers)
     occurrences: int = 0
     state: CaseState = field(default_factory=lambda: INITIAL)
@@ -167,6 +168,7 @@ class ExceptionBook:
         view.occurrences += 1
         view.last_raised_at_ns = at
         view.last_raised_id = raised.exception_id
+        view.last_raised_sequence = stored.sequence
         if raised.HasField("original_message"):
             view.original_sequence = stored.sequence
 

@@ -58,6 +58,7 @@ class PurchaseOrder:
     approved_at: datetime | None
     lines: tuple[OrderLine, ...]
     cancelled: bool = False
+    criticality: str = "normal"  # picks the ERP acknowledgment SLA (policy sla.po_acknowledgment)
 
 
 def natural_idempotency_key(source_system: str, po_id: str, version: int) -> str:
@@ -199,7 +200,7 @@ class Changes:
         )
 
 
-_HEADER_FIELDS = ("supplier_id", "currency_code", "business_unit", "ship_to_site", "cancelled")
+_HEADER_FIELDS = ("supplier_id", "currency_code", "business_unit", "ship_to_site", "cancelled", "criticality")
 
 
 def changes_between(previous: PurchaseOrder, current: PurchaseOrder) -> Changes:

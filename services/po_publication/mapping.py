@@ -11,7 +11,13 @@ from libs.policy.engine import Policy
 from libs.runtime.errors import FieldViolation, InvalidArgument
 from libs.runtime.events import timestamp
 from libs.runtime.subjects import MAX_KEY_CHARS
-from libs.runtime.values import date_from_proto, datetime_from_proto, decimal_from_proto, money_from_proto
+from libs.runtime.values import (
+    criticality_name,
+    date_from_proto,
+    datetime_from_proto,
+    decimal_from_proto,
+    money_from_proto,
+)
 from services.po_publication import domain
 from syncgov.po.v1 import po_pb2, po_service_pb2
 
@@ -50,6 +56,10 @@ def valid_order(
         violations.append(FieldViolation(f"{PUBLISH_FIELD}.po_id", f"must be at most {MAX_KEY_CHARS} characters"))
     if len(idempotency_key) > MAX_IDEMPOTENCY_KEY_CHARS:
         violations.append(FieldViolation("idempotency_key", f"must be at most {MAX_IDEMPOTENCY_KEY_CHARS} characters"))
+    if order.criticality not in po_pb2.PurchaseOrderCriticality.values():
+        violations.append(
+            FieldViolation(f"{PUBLISH_FIELD}.criticality", f"{order.criticality} is not a PurchaseOrderCriticality")
+        )
     parsed, conversion_problems = to_domain(order)
     violations.extend(conversion_problems)
     if parsed is not None:
@@ -119,6 +129,7 @@ def to_domain(order: po_pb2.PurchaseOrder) -> tuple[domain.PurchaseOrder | None,
         approved_at=approved_at,
         lines=tuple(lines),
         cancelled=order.status == po_pb2.PURCHASE_ORDER_STATUS_CANCELLED,
+        criticality=criticality_name(order.criticality),
     ), []
 
 

@@ -62,6 +62,7 @@ BAD_ORDERS = [
     ("approved_at.seconds", 2**40, "purchase_order.approved_at"),
     ("approved_at.seconds", -(2**40), "purchase_order.approved_at"),
     ("status", 99, "purchase_order.status"),
+    ("criticality", 99, "purchase_order.criticality"),
     ("payment_terms", "x" * 1_000_000, "purchase_order.payment_terms"),
     ("approved_by", "j.doe\r\nforged: yes", "purchase_order.approved_by"),
     ("lines[0].description", "wrap\x1b[2J\x1b[31m", "purchase_order.lines[0].description"),

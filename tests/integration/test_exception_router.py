@@ -109,7 +109,8 @@ async def test_a_thousand_repeats_fold_into_one_exception_with_their_count(nats_
 
         async def folded():
             rows = await listed(stub)
-            return rows if rows and rows[0].occurrences == 1000 else None
+            # Counted as the book folds the raises, routed once the intake opened the exception: both, eventually.
+            return rows if rows and rows[0].occurrences == 1000 and rows[0].owner_team else None
 
         rows = await folded() or await eventually(folded)
         assert len(rows) == 1
@@ -762,3 +763,43 @@ async def test_after_a_restart_new_raises_open_new_exceptions_and_repeats_count_
                 "acknowledged",
             ]
             assert await transitions(nats_server, namespace, first.exception_id) == ["opened", "acknowledged"]
+
+
+async def test_the_raising_component_clears_its_exception_and_no_other_can(nats_server, valkey_server, clean_env):
+    namespace = unique_namespace()
+    ref = types_pb2.ObjectRef(object_type="purchase_order", object_key="PO-SLA-1", version=2)
+    async with router(router_settings(nats_server, valkey_server, namespace)) as (_, stub):
+        async with (
+            reporter_for(nats_server, namespace, "control-plane") as tracker,
+            reporter_for(nats_server, namespace, "po-publication") as other,
+        ):
+            raised = await tracker.raise_exception(
+                ex.EXCEPTION_TYPE_SLA_BREACH, ex.SEVERITY_HIGH, ref, "not acknowledged", discriminator="ack"
+            )
+            [opened] = await eventually(lambda: routed(listed(stub, type=ex.EXCEPTION_TYPE_SLA_BREACH)))
+            # Another component naming the same exception is ignored: only who raised it may say it is over.
+            await other.clear_exception(raised, "not mine to clear", clear_id="forged")
+            await tracker.clear_exception(raised, "acknowledged by the ERP as 4500000001", clear_id="ack-v2")
+            await tracker.clear_exception(raised, "the same clearing again", clear_id="ack-v2")
+
+            async def resolved():
+                got = await stub.GetException(svc.GetExceptionRequest(exception_id=opened.exception_id), metadata=OPS)
+                return got.exception if got.exception.state == ex.EXCEPTION_STATE_RESOLVED else None
+
+            closed = await eventually(resolved)
+            assert closed.resolution.kind == ex.RESOLUTION_KIND_CLEARED
+            assert closed.resolution.by == "control-plane"
+            assert closed.resolution.note == "acknowledged by the ERP as 4500000001"
+            await intake_settled(nats_server, namespace)
+            assert await transitions(nats_server, namespace, opened.exception_id) == ["opened", "resolved"]
+
+            # The condition back after the clearing: the same exception reopens.
+            await tracker.raise_exception(
+                ex.EXCEPTION_TYPE_SLA_BREACH, ex.SEVERITY_HIGH, ref, "not acknowledged again", discriminator="ack"
+            )
+
+            async def reopened():
+                got = await stub.GetException(svc.GetExceptionRequest(exception_id=opened.exception_id), metadata=OPS)
+                return got.exception if got.exception.state == ex.EXCEPTION_STATE_OPEN else None
+
+            assert (await eventually(reopened)).reopened == 1

@@ -18,6 +18,7 @@ from services.exception_router.decider import (
     Acknowledge,
     CaseState,
     Change,
+    Clear,
     Escalate,
     Observe,
     RequestReplay,
@@ -114,6 +115,36 @@ def test_a_closed_exception_refuses_changes_but_answers_the_same_resolution_agai
     ack = decide(Acknowledge("j.doe", "ops-console", 0), history.state)
     assert isinstance(ack, Refusal)
     assert ack.reason == CLOSED
+
+
+def test_a_clearing_resolves_an_open_exception_and_a_raise_stored_after_it_reopens_it_whatever_the_order():
+    history = History()
+    observe(history)
+    cleared_at = history.raise_()  # the clearing takes its place in the stream
+    raised_again = history.raise_()  # the condition is back, stored after the clearing, processed after it
+    closed = history.apply(decide(Clear(cleared_at, "control-plane", "acknowledged", 1), history.state))
+    assert isinstance(closed, Change)
+    assert closed.transition is Transition.RESOLVED
+    assert history.state.resolution is Resolution.CLEARED
+    assert history.state.resolved_by == "control-plane"
+    assert history.state.closed_sequence == cleared_at  # closed as of the clearing, not of its resolution
+    reopened = decide(Observe(raised_again, "sla_breach", AP, 0, False), history.state)
+    assert isinstance(reopened, Change)
+    assert reopened.transition is Transition.REOPENED
+
+
+def test_a_clearing_overtaken_by_a_raise_or_a_closure_writes_nothing():
+    history = History()
+    observe(history)
+    cleared_at = history.raise_()
+    raised_again = history.raise_()  # folded by the book before the clearing is decided
+    assert decide(Clear(cleared_at, "control-plane", "done", raised_again), history.state) is None
+    history.apply(decide(Resolve(Resolution.FIXED, "n", "j.doe", "ops"), history.state))
+    assert decide(Clear(history.raise_(), "control-plane", "done", 0), history.state) is None  # closed already
+    reopened = observe(history)
+    assert isinstance(reopened, Change)
+    assert decide(Clear(cleared_at, "control-plane", "done", 0), history.state) is None  # older than the reopening
+    assert decide(Clear(cleared_at, "control-plane", "done", 0), INITIAL) is None  # never opened
 
 
 def test_commands_on_an_unknown_exception_are_not_found():

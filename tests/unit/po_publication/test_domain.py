@@ -132,6 +132,20 @@ def test_changes_between_versions_name_lines_and_header_fields():
     assert changes.price_changed == (2,)
     assert changes.header_fields == ("ship_to_site",)
     assert changes_between(before, before).empty
+    # Made urgent and nothing else: still a change (it picks another acknowledgment SLA).
+    assert changes_between(before, replace(before, criticality="critical")).header_fields == ("criticality",)
+
+
+def test_criticality_reads_from_the_contract_and_an_unknown_number_is_refused():
+    from libs.runtime.values import criticality_name
+    from services.po_publication.mapping import to_domain
+    from syncgov.po.v1 import po_pb2
+
+    assert criticality_name(po_pb2.PURCHASE_ORDER_CRITICALITY_HIGH) == "high"
+    assert criticality_name(po_pb2.PURCHASE_ORDER_CRITICALITY_UNSPECIFIED) == "normal"
+    assert criticality_name(99) == "normal"
+    parsed, problems = to_domain(po_pb2.PurchaseOrder(po_id="PO-1", criticality=po_pb2.PURCHASE_ORDER_CRITICALITY_LOW))
+    assert not problems and parsed is not None and parsed.criticality == "low"
 
 
 @pytest.mark.parametrize(
