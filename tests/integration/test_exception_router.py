@@ -768,38 +768,38 @@ async def test_after_a_restart_new_raises_open_new_exceptions_and_repeats_count_
 async def test_the_raising_component_clears_its_exception_and_no_other_can(nats_server, valkey_server, clean_env):
     namespace = unique_namespace()
     ref = types_pb2.ObjectRef(object_type="purchase_order", object_key="PO-SLA-1", version=2)
-    async with router(router_settings(nats_server, valkey_server, namespace)) as (_, stub):
-        async with (
-            reporter_for(nats_server, namespace, "control-plane") as tracker,
-            reporter_for(nats_server, namespace, "po-publication") as other,
-        ):
-            raised = await tracker.raise_exception(
-                ex.EXCEPTION_TYPE_SLA_BREACH, ex.SEVERITY_HIGH, ref, "not acknowledged", discriminator="ack"
-            )
-            [opened] = await eventually(lambda: routed(listed(stub, type=ex.EXCEPTION_TYPE_SLA_BREACH)))
-            # Another component naming the same exception is ignored: only who raised it may say it is over.
-            await other.clear_exception(raised, "not mine to clear", clear_id="forged")
-            await tracker.clear_exception(raised, "acknowledged by the ERP as 4500000001", clear_id="ack-v2")
-            await tracker.clear_exception(raised, "the same clearing again", clear_id="ack-v2")
+    async with (
+        router(router_settings(nats_server, valkey_server, namespace)) as (_, stub),
+        reporter_for(nats_server, namespace, "control-plane") as tracker,
+        reporter_for(nats_server, namespace, "po-publication") as other,
+    ):
+        raised = await tracker.raise_exception(
+            ex.EXCEPTION_TYPE_SLA_BREACH, ex.SEVERITY_HIGH, ref, "not acknowledged", discriminator="ack"
+        )
+        [opened] = await eventually(lambda: routed(listed(stub, type=ex.EXCEPTION_TYPE_SLA_BREACH)))
+        # Another component naming the same exception is ignored: only who raised it may say it is over.
+        await other.clear_exception(raised, "not mine to clear", clear_id="forged")
+        await tracker.clear_exception(raised, "acknowledged by the ERP as 4500000001", clear_id="ack-v2")
+        await tracker.clear_exception(raised, "the same clearing again", clear_id="ack-v2")
 
-            async def resolved():
-                got = await stub.GetException(svc.GetExceptionRequest(exception_id=opened.exception_id), metadata=OPS)
-                return got.exception if got.exception.state == ex.EXCEPTION_STATE_RESOLVED else None
+        async def resolved():
+            got = await stub.GetException(svc.GetExceptionRequest(exception_id=opened.exception_id), metadata=OPS)
+            return got.exception if got.exception.state == ex.EXCEPTION_STATE_RESOLVED else None
 
-            closed = await eventually(resolved)
-            assert closed.resolution.kind == ex.RESOLUTION_KIND_CLEARED
-            assert closed.resolution.by == "control-plane"
-            assert closed.resolution.note == "acknowledged by the ERP as 4500000001"
-            await intake_settled(nats_server, namespace)
-            assert await transitions(nats_server, namespace, opened.exception_id) == ["opened", "resolved"]
+        closed = await eventually(resolved)
+        assert closed.resolution.kind == ex.RESOLUTION_KIND_CLEARED
+        assert closed.resolution.by == "control-plane"
+        assert closed.resolution.note == "acknowledged by the ERP as 4500000001"
+        await intake_settled(nats_server, namespace)
+        assert await transitions(nats_server, namespace, opened.exception_id) == ["opened", "resolved"]
 
-            # The condition back after the clearing: the same exception reopens.
-            await tracker.raise_exception(
-                ex.EXCEPTION_TYPE_SLA_BREACH, ex.SEVERITY_HIGH, ref, "not acknowledged again", discriminator="ack"
-            )
+        # The condition back after the clearing: the same exception reopens.
+        await tracker.raise_exception(
+            ex.EXCEPTION_TYPE_SLA_BREACH, ex.SEVERITY_HIGH, ref, "not acknowledged again", discriminator="ack"
+        )
 
-            async def reopened():
-                got = await stub.GetException(svc.GetExceptionRequest(exception_id=opened.exception_id), metadata=OPS)
-                return got.exception if got.exception.state == ex.EXCEPTION_STATE_OPEN else None
+        async def reopened():
+            got = await stub.GetException(svc.GetExceptionRequest(exception_id=opened.exception_id), metadata=OPS)
+            return got.exception if got.exception.state == ex.EXCEPTION_STATE_OPEN else None
 
-            assert (await eventually(reopened)).reopened == 1
+        assert (await eventually(reopened)).reopened == 1

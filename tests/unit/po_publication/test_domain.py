@@ -145,7 +145,9 @@ def test_criticality_reads_from_the_contract_and_an_unknown_number_is_refused():
     assert criticality_name(po_pb2.PURCHASE_ORDER_CRITICALITY_UNSPECIFIED) == "normal"
     assert criticality_name(99) == "normal"
     parsed, problems = to_domain(po_pb2.PurchaseOrder(po_id="PO-1", criticality=po_pb2.PURCHASE_ORDER_CRITICALITY_LOW))
-    assert not problems and parsed is not None and parsed.criticality == "low"
+    assert not problems
+    assert parsed is not None
+    assert parsed.criticality == "low"
 
 
 @pytest.mark.parametrize(
