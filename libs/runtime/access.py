@@ -12,7 +12,7 @@ from google.protobuf.message import Message
 
 from libs.policy.catalog import touched_fields
 
-__all__ = ["AccessRule", "Administer", "Read", "Report", "Write", "resolve", "touched_fields"]
+__all__ = ["AccessRule", "Administer", "Read", "Report", "ReportHoldings", "Write", "resolve", "touched_fields"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,11 +48,21 @@ class Report:
 
 
 @dataclass(frozen=True, slots=True)
+class ReportHoldings:
+    """Reports what a system holds of ``object_type``, to be compared with the system of record (drift): allowed
+    when ``system`` (a dotted path in the request) names the caller itself, or the caller is a policy
+    administrator (an operator reporting a snapshot on a system's behalf)."""
+
+    object_type: str
+    system: str
+
+
+@dataclass(frozen=True, slots=True)
 class Administer:
     """Changes policy itself: only the policy's administrators."""
 
 
-AccessRule = Read | Write | Report | Administer
+AccessRule = Read | Write | Report | ReportHoldings | Administer
 
 
 def resolve(message: Message, dotted: str) -> object:

@@ -125,8 +125,8 @@ BY_FIELD: Mapping[str, Bound] = {
     "syncgov.po.v1.PurchaseOrderLine.unit_of_measure": Text(16, Charset.ID),
     "syncgov.common.v1.PostalAddress.lines": Items(10),
     "syncgov.supplier.v1.TaxIdentifier.value": CODE,
-    "syncgov.controlplane.v1.ReportSystemStateRequest.objects": Items(10_000),
-    "syncgov.controlplane.v1.SystemObjectState.content_sha256": Text(128, Charset.ID),
+    "syncgov.controlplane.v1.ReportSystemStateRequest.objects": Items(1_000),  # one drift report batch
+    "syncgov.controlplane.v1.SystemObjectState.content_sha256": Text(64, Charset.ID),  # SHA-256, hex
     "syncgov.exception.v1.OriginalMessage.subject": Text(1_024, Charset.ID),
     "syncgov.exception.v1.Exception.evidence": Text(64 * 1024),  # JSON documents: services/exception_router/mapping.py
     "syncgov.exception.v1.OriginalMessage.HeadersEntry.key": Text(256, Charset.ID),

@@ -4,7 +4,7 @@ Every component connects to NATS and Valkey as its own user (its component name)
 from its own secret. NATS lets each publish only:
 
 * its own domain's subjects (``<ns>.po.>`` for po-publication, ...), plus the control plane's
-  policy bucket (``$KV.<ns>_policy.>``);
+  policy bucket (``$KV.<ns>_policy.>``) and repair instructions (``<ns>.repair.>``, the control plane's alone);
 * the shared inboxes every component writes to: ``<ns>.auditin.>``, and of the exception stream only raises
   (``<ns>.exception.*.raised``), clearings of what it raised (``<ns>.exception.*.cleared``) and processed replays
   (``<ns>.exception.*.replayed``) — the router's transitions are exception-router's alone;
@@ -50,7 +50,10 @@ class BrokerRole:
 
 
 ROLES: tuple[BrokerRole, ...] = (
-    BrokerRole("control-plane", ("audit",), kv_buckets=("policy",), extra_stream_updates=("auditin", "exception")),
+    # The control plane alone asks adapters to repair drift (libs/runtime/streams.REPAIR: <ns>.repair.>).
+    BrokerRole(
+        "control-plane", ("audit", "repair"), kv_buckets=("policy",), extra_stream_updates=("auditin", "exception")
+    ),
     BrokerRole("supplier-normalization", ("supplier",)),
     BrokerRole("po-publication", ("po",)),
     BrokerRole("receipt-reconciliation", ("receipt",)),

@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from google.protobuf.message import Message
 
 from libs.policy.engine import Policy
-from libs.runtime.access import AccessRule, Administer, Read, Report, Write, resolve, touched_fields
+from libs.runtime.access import (
+    AccessRule,
+    Administer,
+    Read,
+    Report,
+    ReportHoldings,
+    Write,
+    resolve,
+    touched_fields,
+)
 from libs.runtime.audit import AuditRecorder
 from libs.runtime.errors import PermissionDenied, Unauthenticated
 from libs.runtime.exception_reporter import ExceptionReporter, severity
@@ -104,6 +113,20 @@ class OwnershipGuard:
                     key,
                     0,
                     f"{caller.system} writes no part of {rule.object_type}",
+                    [],
+                )
+        elif isinstance(rule, ReportHoldings):
+            system = str(resolve(request, rule.system) or "")
+            if system != caller.system and not policy.is_administrator(caller.system):
+                await self._refuse(
+                    policy,
+                    caller,
+                    method,
+                    rule.object_type,
+                    "",
+                    0,
+                    f"{caller.system} may report only what it holds itself, not {system or 'none'}'s, "
+                    "unless it is a policy administrator",
                     [],
                 )
         elif isinstance(rule, Write):

@@ -13,7 +13,6 @@ object's own subject ``<ns>.<domain>.<key>.<event>``, carrying:
 from __future__ import annotations
 
 import contextvars
-import hashlib
 import logging
 import time
 import uuid
@@ -31,6 +30,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from libs.runtime import attributes
+from libs.runtime.content_hash import content_sha256 as content_sha256  # re-exported: its old home
 from libs.runtime.metrics import RuntimeMetrics
 from libs.runtime.subjects import Namespace, header_value
 from libs.runtime.telemetry import inject_context
@@ -53,11 +53,6 @@ log = logging.getLogger(__name__)
 
 class WrongLastSequence(Exception):
     """Another writer changed the object since it was read (JetStream error 10071)."""
-
-
-def content_sha256(document: Message) -> str:
-    """Fingerprint of a document: SHA-256 of its deterministic protobuf encoding."""
-    return hashlib.sha256(document.SerializeToString(deterministic=True)).hexdigest()
 
 
 def timestamp(moment: datetime) -> timestamp_pb2.Timestamp:
@@ -210,9 +205,13 @@ class EventPublisher:
     def namespace(self) -> Namespace:
         return self._ns
 
-    async def publish(self, event: Event, *, expected_last_sequence: int | None = None) -> Published:
-        """Publish one event; ``expected_last_sequence`` guards the object's subject (0 = no event yet)."""
-        subject = self._ns.object_subject(event.domain, event.object_key, event.name)
+    async def publish(
+        self, event: Event, *, expected_last_sequence: int | None = None, subject: str | None = None
+    ) -> Published:
+        """Publish one event; ``expected_last_sequence`` guards the object's subject (0 = no event yet). ``subject``
+        replaces the object's own (``<ns>.<domain>.<key>.<event>``) for a stream laid out otherwise (repairs)."""
+        custom = subject is not None
+        subject = subject or self._ns.object_subject(event.domain, event.object_key, event.name)
         envelope = build_envelope(event, now_timestamp())
         headers = {
             HEADER_MSG_ID: header_value(event.idempotency_key),
@@ -224,7 +223,7 @@ class EventPublisher:
             headers[HEADER_EXPECTED_SEQ_SUBJECT] = self._ns.object_filter(event.domain, event.object_key)
         stream = self._ns.stream(event.domain)
         data = envelope.SerializeToString()
-        template = f"{self._ns.root}.{event.domain}.*.{event.name}"
+        template = f"{self._ns.root}.{event.domain}.>" if custom else f"{self._ns.root}.{event.domain}.*.{event.name}"
         with self._tracer.start_as_current_span(
             f"publish {template}", kind=SpanKind.PRODUCER, record_exception=True
         ) as span:

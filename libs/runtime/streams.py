@@ -49,6 +49,11 @@ AUDIT = StreamSpec("audit", "Hash-chained audit trail; append-only", deny_purge=
 AUDIT_INBOX = StreamSpec("auditin", "Audit records waiting for their place in the chain", max_age_seconds=30 * 86400)
 
 DOMAIN_STREAMS = (SUPPLIER, PO, RECEIPT, INVOICE, EXCEPTION, AUDIT, AUDIT_INBOX)
+# Repair instructions for adapters (drift reconciliation): the authoritative version of an object a system reported
+# out of step, on <ns>.repair.<system>.<object type>.<key>. Not a domain stream: it records no business event (a
+# re-publication in the PO stream would be a second "published" of one version), and an instruction older than a
+# week is better found again by the next report than applied late.
+REPAIR = StreamSpec("repair", "Repair instructions for adapters, from drift reports", max_age_seconds=7 * 86400)
 MAX_DELIVERIES_ADVISORY = "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES"
 
 
@@ -67,7 +72,7 @@ ADVISORY = StreamSpec(
     optional=True,
 )
 
-ALL_STREAMS = (*DOMAIN_STREAMS, ADVISORY)
+ALL_STREAMS = (*DOMAIN_STREAMS, REPAIR, ADVISORY)
 
 
 def stream_config(namespace: Namespace, spec: StreamSpec, replicas: int) -> StreamConfig:

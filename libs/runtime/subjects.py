@@ -88,5 +88,13 @@ class Namespace:
     def object_filter(self, domain: str, key: str) -> str:
         return f"{self.root}.{domain}.{encode_token(key)}.*"
 
+    def repair_subject(self, system: str, object_type: str, key: str) -> str:
+        """Where the control plane asks ``system``'s adapter to repair one object (the REPAIR stream)."""
+        return f"{self.root}.repair.{encode_token(system)}.{encode_token(object_type)}.{encode_token(key)}"
+
+    def repair_filter(self, system: str, object_type: str) -> str:
+        """Every repair of ``system``'s objects of ``object_type``: an adapter's consumer filter."""
+        return f"{self.root}.repair.{encode_token(system)}.{encode_token(object_type)}.>"
+
     def redis_key(self, service: str, *parts: str) -> str:
         return ":".join((self.root, service, *parts))

@@ -33,6 +33,8 @@ def test_a_component_publishes_its_domain_and_the_inboxes_only(component):
     assert not [s for s in allowed if s.startswith(("sg.>", ">", "_INBOX", "$JS.API.STREAM.DELETE"))]
     assert not [s for s in allowed if "PURGE" in s or "MSG.DELETE" in s or "CONSUMER.DELETE" in s]
     assert ("$KV.sg_policy.>" in allowed) == (component == "control-plane")
+    # Drift repairs: the control plane alone asks adapters to repair (docs/decisions.md, "Drift").
+    assert ("sg.repair.>" in allowed) == (component == "control-plane")
 
 
 def test_the_exception_router_alone_writes_every_exception_subject():
@@ -59,3 +61,12 @@ def test_credentials_in_urls_are_replaced_and_never_printed():
     assert without_credentials(url) == "nats://a:1,nats://b:2"
     assert replace_credentials("redis://u:x@h:1/0", None, "y") == "redis://u:y@h:1/0"
     assert replace_credentials("redis://h:1/0", None, None) == "redis://h:1/0"
+
+
+def test_only_the_control_plane_publishes_repairs_and_updates_their_stream():
+    for component in COMPONENT_USERS:
+        allowed = publish_allow(component, "sg")
+        mine = component == "control-plane"
+        assert ("sg.repair.>" in allowed) == mine, component
+        assert ("$JS.API.STREAM.UPDATE.SG_REPAIR" in allowed) == mine, component
+        assert "$JS.API.STREAM.CREATE.SG_REPAIR" in allowed  # any component may create a missing stream
