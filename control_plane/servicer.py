@@ -5,15 +5,16 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from control_plane import domain
+from control_plane import domain, tracking
 from control_plane.store import ControlPlaneStore, PolicyCommands, revision_of
+from control_plane.tracker import Stuck, WorkflowTracker, breach_exception_id, breach_ref
 from control_plane.workflows import Workflows
 from libs.policy.engine import unified_diff
 from libs.runtime.audit import AuditRecorder
 from libs.runtime.decider import Refusal
-from libs.runtime.errors import FieldViolation, InvalidArgument, NotFound
+from libs.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
 from libs.runtime.identity import current_caller
-from libs.runtime.paging import decode_page_token, encode_page_token, page_size
+from libs.runtime.paging import decode_page_cursor, decode_page_token, encode_page_cursor, encode_page_token, page_size
 from libs.runtime.policy_store import PolicyView
 from libs.runtime.refusals import refusal_error
 from syncgov.common.v1 import types_pb2
@@ -23,6 +24,7 @@ pb = controlplane_service_pb2
 POLICY_KEY = "policy"  # one object: the policy in force
 POLICY_REVISIONS_LISTING = "controlplane.policy_revisions"  # position: the revisions listed are below it
 AUDIT_TRAIL_LISTING = "controlplane.audit_trail"  # position: the entries listed come after this sequence
+STUCK_LISTING = "controlplane.stuck_workflows"  # cursor: "<waiting since ns>/<workflow key>" of the last one listed
 
 
 class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServicer):
@@ -33,12 +35,14 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         policy: PolicyView,
         audit: AuditRecorder,
         workflows: Workflows | None = None,
+        tracker: WorkflowTracker | None = None,
     ) -> None:
         self._store = store
         self._commands = commands
         self._policy = policy
         self._audit = audit
         self._workflows = workflows
+        self._tracker = tracker
 
     async def GetWorkflow(self, request: pb.GetWorkflowRequest, context) -> pb.GetWorkflowResponse:
         key = request.workflow_key.strip()
@@ -57,7 +61,38 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
                 reason="WORKFLOW_NOT_FOUND",
                 metadata={"workflow_key": key},
             )
+        if self._tracker is not None and key in self._tracker.progress:
+            workflow.state = self._tracker.progress[key].state
+            workflow.breaches.extend(sla_breach(breach) for breach in self._tracker.breaches_of(key))
+            workflow.stuck = bool(workflow.breaches)
         return pb.GetWorkflowResponse(workflow=workflow)
+
+    async def ListStuckWorkflows(self, request: pb.ListStuckWorkflowsRequest, context) -> pb.ListStuckWorkflowsResponse:
+        stage = request.stage.strip()
+        if stage and stage not in tracking.STAGES:
+            raise InvalidArgument(
+                f"unknown stage {stage[:64]!r}; use one of {', '.join(tracking.STAGES)}",
+                violations=[FieldViolation("stage", f"must be one of {', '.join(tracking.STAGES)}")],
+                reason="UNKNOWN_STAGE",
+            )
+        size = page_size(request.page.page_size, default=20, maximum=200)
+        after = _stuck_cursor(decode_page_cursor(STUCK_LISTING, request.page.page_token))
+        if self._tracker is None or not self._tracker.caught_up:
+            raise Unavailable("the workflow tracker is still reading the streams; retry shortly", reason="NOT_READY")
+        found = [
+            each
+            for each in self._tracker.stuck()
+            if (not stage or any(b.waiting.stage == stage for b in each.breaches))
+            and (after is None or (each.since_ns, each.progress.key) > after)
+        ]
+        page = found[:size]
+        token = ""
+        if len(found) > size:
+            last = page[-1]
+            token = encode_page_cursor(STUCK_LISTING, f"{last.since_ns}/{last.progress.key}")
+        return pb.ListStuckWorkflowsResponse(
+            workflows=[stuck_workflow(each) for each in page], page_info=types_pb2.PageInfo(next_page_token=token)
+        )
 
     async def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context) -> pb.ValidatePolicyResponse:
         # Reading a large document takes a while: off the event loop, so health and other calls go on.
@@ -203,6 +238,40 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
             return latest.document_yaml
         bootstrap = self._policy.current
         return bootstrap.text if bootstrap.revision == 0 else ""
+
+
+def sla_breach(breach: tracking.Breach) -> controlplane_pb2.SlaBreach:
+    record = controlplane_pb2.SlaBreach(
+        stage=breach.waiting.stage,
+        object=breach_ref(breach.waiting),
+        criticality=breach.criticality_used,
+        exception_id=breach_exception_id(breach.waiting),
+    )
+    record.waiting_since.FromNanoseconds(breach.waiting.since_ns)
+    record.limit.FromTimedelta(breach.limit)
+    return record
+
+
+def stuck_workflow(stuck: Stuck) -> controlplane_pb2.Workflow:
+    return controlplane_pb2.Workflow(
+        workflow_key=stuck.progress.key,
+        stuck=True,
+        state=stuck.progress.state,
+        breaches=[sla_breach(breach) for breach in stuck.breaches],
+    )
+
+
+def _stuck_cursor(cursor: str | None) -> tuple[int, str] | None:
+    if cursor is None:
+        return None
+    since, _, key = cursor.partition("/")
+    if not since.isascii() or not since.isdigit():
+        raise InvalidArgument(
+            "page_token is not a page token this server issued",
+            violations=[FieldViolation("page.page_token", "is not a page token this server issued")],
+            reason="INVALID_PAGE_TOKEN",
+        )
+    return int(since), key
 
 
 def _problems(problems) -> list[controlplane_pb2.PolicyProblem]:

@@ -10,3 +10,5 @@ from libs.runtime.settings import RuntimeSettings
 class Settings(RuntimeSettings):
     service_name: str = "control-plane"
     grpc_port: int = Field(50050, ge=0, le=65535)
+    # How often the workflow tracker looks for SLA breaches to raise and completed stages to clear.
+    sla_sweep_seconds: float = Field(5.0, gt=0, le=3600)

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from opentelemetry.metrics import Meter
+
 from control_plane.events import audit_consumers
 from control_plane.servicer import ControlPlaneServicer
 from control_plane.settings import Settings
 from control_plane.store import ControlPlaneStore, policy_commands
+from control_plane.tracker import WorkflowTracker
 from control_plane.workflows import INDEXED_DOMAINS, WorkflowIndex, Workflows
 from libs.runtime.access import AccessRule, Administer, Read
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.audit import AuditChain
+from libs.runtime.events import StoredEvent
 from libs.runtime.follower import StreamFollower
+from libs.runtime.metrics import PolledGauges, Values
 from libs.runtime.streams import ALL_STREAMS
 from syncgov.controlplane.v1 import controlplane_service_pb2, controlplane_service_pb2_grpc
 
@@ -32,10 +39,18 @@ ACCESS: dict[str, AccessRule] = {
 def wire(rt: Runtime[Settings]) -> Service:
     store = ControlPlaneStore(rt.policy_store, AuditChain(rt.js, rt.namespace, rt.settings.publish_timeout_seconds))
     index = WorkflowIndex.empty()
-    followers = [StreamFollower(rt.js, rt.namespace, domain, index.follower(domain)) for domain in INDEXED_DOMAINS]
+    tracker = WorkflowTracker(rt.js, rt.namespace, rt.exceptions, rt.policy, rt.settings.service_name)
+    indexing = {domain: index.follower(domain) for domain in INDEXED_DOMAINS}
+    followers = [
+        StreamFollower(rt.js, rt.namespace, "invoice", indexing["invoice"]),
+        # One follower of the exception stream for both: the index of raises, the tracker's own breaches.
+        StreamFollower(rt.js, rt.namespace, "exception", both(indexing["exception"], tracker.on_exception)),
+        *tracker.followers,
+    ]
     servicer = ControlPlaneServicer(
-        store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index)
+        store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index), tracker
     )
+    gauges = workflow_gauges(rt.telemetry.meter, tracker)
     return Service(
         grpc_services=[
             GrpcService(
@@ -48,5 +63,50 @@ def wire(rt: Runtime[Settings]) -> Service:
         consumers=audit_consumers(store),
         streams=ALL_STREAMS,
         # Which invoices and exceptions belong to which workflow, read from their streams before serving.
-        startup=[follower.start for follower in followers],
+        startup=[*(follower.start for follower in followers), gauges.refresh],
+        periodic=[(rt.settings.sla_sweep_seconds, tracker.sweep), gauges.periodic],
     )
+
+
+def both(*handlers: Callable[[StoredEvent], None]) -> Callable[[StoredEvent], None]:
+    def handle(stored: StoredEvent) -> None:
+        for handler in handlers:
+            handler(stored)
+
+    return handle
+
+
+def workflow_gauges(meter: Meter, tracker: WorkflowTracker) -> PolledGauges:
+    """Workflows by state, and the stages waiting (and past their SLA), from the tracker every replica folds."""
+    gauges = PolledGauges(meter)
+
+    async def by_state() -> Values:
+        return [(float(count), {"state": state}) for state, count in tracker.counts().items()]
+
+    stages: list[dict[str, tuple[int, int]]] = [{}]
+
+    async def waiting() -> Values:
+        stages[0] = tracker.waiting_by_stage()
+        return [(float(waits), {"stage": stage}) for stage, (waits, _late) in stages[0].items()]
+
+    async def late() -> Values:
+        return [(float(late), {"stage": stage}) for stage, (_waits, late) in stages[0].items()]
+
+    gauges.gauge(
+        "syncgov.workflows", unit="{workflow}", description="PO workflows by state", source=by_state, labelled=True
+    )
+    gauges.gauge(
+        "syncgov.workflows.waiting",
+        unit="{workflow}",
+        description="Workflow stages not completed, by stage",
+        source=waiting,
+        labelled=True,
+    )
+    gauges.gauge(
+        "syncgov.workflows.stuck",
+        unit="{workflow}",
+        description="Workflow stages waiting past the policy's SLA, by stage",
+        source=late,
+        labelled=True,
+    )
+    return gauges

@@ -22,6 +22,7 @@ from libs.cli import (
     receipts_cmd,
     suppliers_cmd,
     trace_cmd,
+    workflows_cmd,
 )
 from libs.cli.components import (
     COMPONENTS,
@@ -42,6 +43,7 @@ app.add_typer(suppliers_cmd.app, name="suppliers")
 app.add_typer(receipts_cmd.app, name="receipts")
 app.add_typer(invoices_cmd.app, name="invoices")
 app.add_typer(exceptions_cmd.app, name="exceptions")
+app.add_typer(workflows_cmd.app, name="workflows")
 app.command(name="demo", help=demo_cmd.HELP)(demo_cmd.demo)
 app.command(name="trace")(trace_cmd.trace)
 console = make_console()

@@ -44,12 +44,6 @@ async def test_self_referring_or_bottomless_policies_are_invalid_argument(govern
     assert await code_of(apply) == grpc.StatusCode.INVALID_ARGUMENT
 
 
-async def test_rpcs_not_served_yet_are_unimplemented(governed_stack):
-    _, stub, _, _ = governed_stack
-    stuck = stub.ListStuckWorkflows(cp.ListStuckWorkflowsRequest(), metadata=(("x-syncgov-system", "analytics"),))
-    assert await code_of(stuck) == grpc.StatusCode.UNIMPLEMENTED
-
-
 async def test_a_policy_with_thousands_of_problems_is_a_readable_invalid_argument(governed_stack):
     _, stub, _, _ = governed_stack
     document = "\n".join("x: 1" for _ in range(50_000))
