@@ -28,6 +28,7 @@ from libs.runtime.testing import running_service
 from services.invoice_status.wiring import wire as wire_invoices
 from services.po_publication.wiring import wire as wire_po
 from services.receipt_reconciliation.wiring import wire as wire_receipts
+from syncgov.controlplane.v1 import controlplane_service_pb2, controlplane_service_pb2_grpc
 from syncgov.invoice.v1 import invoice_service_pb2_grpc
 from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
@@ -56,7 +57,7 @@ async def stack(po_settings):
     control_plane = control_plane_settings(po_settings)
     router = settings_like(RouterSettings, po_settings)
     async with (
-        running_service(control_plane, wire_control_plane) as (_, _, cp_spans),
+        running_service(control_plane, wire_control_plane) as (_, cp_channel, cp_spans),
         running_service(router, wire_router) as (_, _, router_spans),
         running_service(po_settings, wire_po) as (po, po_channel, po_spans),
         running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, receipt_spans),
@@ -67,6 +68,7 @@ async def stack(po_settings):
             po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel),
             receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel),
             invoice_service_pb2_grpc.InvoiceStatusServiceStub(invoice_channel),
+            controlplane_service_pb2_grpc.ControlPlaneServiceStub(cp_channel),
             {
                 "control-plane": cp_spans,
                 "po-publication": po_spans,
@@ -102,7 +104,7 @@ def _named(spans: Sequence[tuple[str, ReadableSpan]], service: str, kind: SpanKi
 
 
 async def test_one_po_from_publication_to_the_invoice_match_is_one_trace(stack, nats_server):
-    po, po_stub, receipts, invoices, exporters = stack
+    po, po_stub, receipts, invoices, control, exporters = stack
     namespace = po.runtime.namespace.root
     workflow_spans = InMemorySpanExporter()
     procurement = TracerProvider()
@@ -210,3 +212,25 @@ async def test_one_po_from_publication_to_the_invoice_match_is_one_trace(stack, 
             assert found["syncgov.workflow.key"] == "PO-1001"
             assert found["syncgov.object.version"] in (1, 2)
             assert found["messaging.system"] == "nats"
+
+    # The control plane's timeline of the same workflow: every stage, in order, each leading to this one trace.
+    timeline = (
+        await control.GetWorkflow(
+            controlplane_service_pb2.GetWorkflowRequest(workflow_key="PO-1001"),
+            metadata=(("x-syncgov-system", "ops-console"),),
+        )
+    ).workflow
+    events = [(record.event, record.version) for record in timeline.stages if record.object.object_type != "exception"]
+    # The ERP may have taken v1 before the change arrived: its acknowledgment then sits between the two.
+    assert [event for event in events if event != ("acknowledged", 1)] == [
+        ("published", 1),
+        ("changed", 2),
+        ("acknowledged", 2),
+        ("reconciled", 2),
+        ("submitted", 0),  # matched at submission: the submitted event records the match (a re-match adds "matched")
+    ], events
+    acknowledged_v2 = next(r for r in timeline.stages if r.event == "acknowledged" and r.version == 2)
+    propagation = acknowledged_v2.propagation_time.ToNanoseconds()
+    # Approval of v2 (sample_order's approved_at) to its acknowledgment, as the acknowledged event records it.
+    assert 0 < propagation < acknowledged_v2.reached_at.ToNanoseconds() - changed.approved_at.ToNanoseconds() + 1
+    assert {record.trace_id for record in timeline.stages} == {format(workflow, "032x")}
