@@ -5,14 +5,14 @@ from __future__ import annotations
 import asyncio
 from datetime import UTC, datetime
 
-from control_plane import domain, tracking
+from control_plane import domain, reconciliation, tracking
 from control_plane.store import ControlPlaneStore, PolicyCommands, revision_of
 from control_plane.tracker import Stuck, WorkflowTracker, breach_exception_id, breach_ref
 from control_plane.workflows import Workflows
 from libs.policy.engine import unified_diff
 from libs.runtime.audit import AuditRecorder
 from libs.runtime.decider import Refusal
-from libs.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable
+from libs.runtime.errors import FieldViolation, InvalidArgument, NotFound, Unavailable, Unimplemented
 from libs.runtime.identity import current_caller
 from libs.runtime.paging import decode_page_cursor, decode_page_token, encode_page_cursor, encode_page_token, page_size
 from libs.runtime.policy_store import PolicyView
@@ -36,6 +36,7 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         audit: AuditRecorder,
         workflows: Workflows | None = None,
         tracker: WorkflowTracker | None = None,
+        drift: reconciliation.DriftReconciler | None = None,
     ) -> None:
         self._store = store
         self._commands = commands
@@ -43,6 +44,7 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         self._audit = audit
         self._workflows = workflows
         self._tracker = tracker
+        self._drift = drift
 
     async def GetWorkflow(self, request: pb.GetWorkflowRequest, context) -> pb.GetWorkflowResponse:
         key = request.workflow_key.strip()
@@ -93,6 +95,11 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         return pb.ListStuckWorkflowsResponse(
             workflows=[stuck_workflow(each) for each in page], page_info=types_pb2.PageInfo(next_page_token=token)
         )
+
+    async def ReportSystemState(self, request: pb.ReportSystemStateRequest, context) -> pb.ReportSystemStateResponse:
+        if self._drift is None:
+            raise Unimplemented("drift is not reconciled by this process", reason="DRIFT_NOT_RECONCILED")
+        return reconciliation.response_of(await self._drift.report(request, self._policy.current))
 
     async def ValidatePolicy(self, request: pb.ValidatePolicyRequest, context) -> pb.ValidatePolicyResponse:
         # Reading a large document takes a while: off the event loop, so health and other calls go on.

@@ -7,12 +7,13 @@ from collections.abc import Callable
 from opentelemetry.metrics import Meter
 
 from control_plane.events import audit_consumers
+from control_plane.reconciliation import drift_reconciler
 from control_plane.servicer import ControlPlaneServicer
 from control_plane.settings import Settings
 from control_plane.store import ControlPlaneStore, policy_commands
 from control_plane.tracker import WorkflowTracker
 from control_plane.workflows import INDEXED_DOMAINS, WorkflowIndex, Workflows
-from libs.runtime.access import AccessRule, Administer, Read
+from libs.runtime.access import AccessRule, Administer, Read, ReportHoldings
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.audit import AuditChain
 from libs.runtime.events import StoredEvent
@@ -31,7 +32,7 @@ ACCESS: dict[str, AccessRule] = {
     "ExplainOwnership": Read("policy"),
     "GetWorkflow": Read("purchase_order"),
     "ListStuckWorkflows": Read("purchase_order"),
-    "ReportSystemState": Read("policy"),
+    "ReportSystemState": ReportHoldings("purchase_order", system="system"),
     "QueryAuditTrail": Read("audit"),
 }
 
@@ -47,8 +48,10 @@ def wire(rt: Runtime[Settings]) -> Service:
         StreamFollower(rt.js, rt.namespace, "exception", both(indexing["exception"], tracker.on_exception)),
         *tracker.followers,
     ]
+    # Drift: the PO stream followed into an order index (latest version per order, for ReportSystemState).
+    drift, follow_orders = drift_reconciler(rt)
     servicer = ControlPlaneServicer(
-        store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index), tracker
+        store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index), tracker, drift
     )
     gauges = workflow_gauges(rt.telemetry.meter, tracker)
     return Service(
@@ -63,7 +66,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         consumers=audit_consumers(store),
         streams=ALL_STREAMS,
         # Which invoices and exceptions belong to which workflow, read from their streams before serving.
-        startup=[*(follower.start for follower in followers), gauges.refresh],
+        startup=[*(follower.start for follower in followers), follow_orders, gauges.refresh],
         periodic=[(rt.settings.sla_sweep_seconds, tracker.sweep), gauges.periodic],
     )
 

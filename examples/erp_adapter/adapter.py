@@ -14,6 +14,11 @@ rejects it with the ERP's reason. What makes it safe:
   acknowledged again (the acknowledgment itself is idempotent in syncgov).
 * **Nothing dropped.** A version the ERP cannot take is rejected with its reason (syncgov raises an
   ``erp_rejected`` exception for a person); a transient failure is nak'ed with a delay and retried.
+* **Repairs itself.** ``ErpClient.snapshot()`` is what the ERP holds (PO, version, content hash), for
+  ``syncgov drift report --system erp``. When a report asks for repair, the control plane publishes the
+  authoritative version of each stale, missing or differing PO on ``<ns>.repair.erp.purchase_order.<po>``; a
+  second durable consumer applies it when it is newer than what the ERP holds (or the same version with other
+  content) and acknowledges it exactly as the normal path does.
 * **One trace per order.** The acknowledgment (or rejection) carries the W3C trace context the PO
   event brought in its NATS headers (``traceparent``, ``tracestate``) as gRPC metadata, so the
   ERP's answer joins the trace of the publication it answers (see the README's "Tracing"). An
@@ -32,8 +37,12 @@ from dataclasses import dataclass, field
 import grpc
 import nats
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
-from syncgov.common.v1 import envelope_pb2
+from libs.runtime.content_hash import content_sha256
+from syncgov.common.v1 import envelope_pb2, types_pb2
+from syncgov.controlplane.v1 import controlplane_pb2
+from syncgov.controlplane.v1 import events_pb2 as controlplane_events_pb2
 from syncgov.po.v1 import events_pb2, po_pb2, po_service_pb2, po_service_pb2_grpc
 
 log = logging.getLogger("erp-adapter")
@@ -73,6 +82,95 @@ class ErpClient:
         self.held[order.po_id] = order
         return self.numbers.setdefault(order.po_id, f"45{len(self.numbers) + 1:08d}")
 
+    def snapshot(self) -> list[controlplane_pb2.SystemObjectState]:
+        """What the ERP holds, as ``ReportSystemState`` takes it: each PO's version and content hash, by PO."""
+        return [
+            controlplane_pb2.SystemObjectState(
+                object=types_pb2.ObjectRef(object_type="purchase_order", object_key=po_id, version=order.version),
+                content_sha256=content_sha256(order),
+            )
+            for po_id, order in sorted(self.held.items())
+        ]
+
+    def needs(self, order: po_pb2.PurchaseOrder) -> bool:
+        """Whether a repaired version changes what the ERP holds: newer, or the same version with other content."""
+        held = self.held.get(order.po_id)
+        if held is None or held.version < order.version:
+            return True
+        return held.version == order.version and content_sha256(held) != content_sha256(order)
+
+
+async def acknowledge(
+    stub: po_service_pb2_grpc.PurchaseOrderServiceStub,
+    order: po_pb2.PurchaseOrder,
+    number: str,
+    metadata: tuple[tuple[str, str], ...],
+) -> None:
+    await stub.AcknowledgePurchaseOrder(
+        po_service_pb2.AcknowledgePurchaseOrderRequest(
+            po_id=order.po_id, version=order.version, erp_document_number=number
+        ),
+        metadata=metadata,
+    )
+
+
+async def repair(
+    js,
+    stub: po_service_pb2_grpc.PurchaseOrderServiceStub,
+    erp: ErpClient,
+    namespace: str,
+    system: str,
+    metadata: tuple[tuple[str, str], ...],
+    stop: asyncio.Event,
+) -> None:
+    """Apply the authoritative versions the control plane re-publishes after a drift report asked for repair."""
+    stream, durable = f"{namespace.upper()}_REPAIR", f"{namespace}-erp-adapter-repair"
+    while not stop.is_set():
+        try:
+            await js.add_consumer(
+                stream,
+                ConsumerConfig(
+                    durable_name=durable,
+                    filter_subject=f"{namespace}.repair.{system}.purchase_order.>",
+                    ack_policy=AckPolicy.EXPLICIT,
+                    deliver_policy=DeliverPolicy.ALL,
+                    max_ack_pending=1,
+                    ack_wait=60,
+                ),
+            )
+            break
+        except NotFoundError:  # the control plane creates the repair stream when it starts
+            await asyncio.sleep(1)
+    else:
+        return
+    subscription = await js.pull_subscribe_bind(durable, stream)
+    while not stop.is_set():
+        try:
+            messages = await subscription.fetch(1, timeout=0.5)
+        except TimeoutError:
+            continue
+        for message in messages:
+            requested = controlplane_events_pb2.RepairRequested()
+            envelope_pb2.EventEnvelope.FromString(message.data).payload.Unpack(requested)
+            order = requested.purchase_order
+            try:
+                if erp.needs(order):
+                    number = await erp.apply(order)
+                    await acknowledge(stub, order, number, answering(message.headers, metadata))
+                    log.info("repaired: ERP holds %s v%s", order.po_id, order.version)
+            except ErpRefused as refusal:
+                log.warning("repair of %s v%s refused by the ERP: %s", order.po_id, order.version, refusal)
+            except grpc.aio.AioRpcError as error:
+                if error.code() in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
+                    log.warning("repair of %s v%s: %s; nothing to repair", order.po_id, order.version, error.details())
+                else:
+                    log.exception("could not acknowledge repaired %s v%s; retrying", order.po_id, order.version)
+                    await message.nak(delay=5)
+                    continue
+            await message.ack()
+    with contextlib.suppress(Exception):
+        await subscription.unsubscribe()
+
 
 async def run_adapter(
     nats_url: str,
@@ -81,6 +179,7 @@ async def run_adapter(
     *,
     erp: ErpClient | None = None,
     metadata: tuple[tuple[str, str], ...] = (("x-syncgov-system", "erp"),),
+    system: str = "erp",
     stop: asyncio.Event | None = None,
 ) -> ErpClient:
     erp = erp or ErpClient()
@@ -102,6 +201,7 @@ async def run_adapter(
     subscription = await js.pull_subscribe_bind(durable, stream)
     async with grpc.aio.insecure_channel(po_address) as channel:
         stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)
+        repairs = asyncio.create_task(repair(js, stub, erp, namespace, system, metadata, stop))
         while not stop.is_set():
             try:
                 messages = await subscription.fetch(1, timeout=0.5)
@@ -122,12 +222,7 @@ async def run_adapter(
                         number = erp.numbers[order.po_id]  # a redelivery: already applied
                     else:
                         number = await erp.apply(order)
-                    await stub.AcknowledgePurchaseOrder(
-                        po_service_pb2.AcknowledgePurchaseOrderRequest(
-                            po_id=order.po_id, version=order.version, erp_document_number=number
-                        ),
-                        metadata=call_metadata,
-                    )
+                    await acknowledge(stub, order, number, call_metadata)
                 except ErpRefused as refusal:
                     await stub.RejectPurchaseOrder(
                         po_service_pb2.RejectPurchaseOrderRequest(
@@ -141,6 +236,7 @@ async def run_adapter(
                     continue
                 await message.ack()
                 log.info("ERP holds %s v%s", order.po_id, order.version)
+        await repairs
     with contextlib.suppress(Exception):
         await subscription.unsubscribe()
     await nc.close()
@@ -152,9 +248,11 @@ def main() -> None:
     parser.add_argument("--nats-url", default="nats://127.0.0.1:4222")
     parser.add_argument("--po-addr", default="127.0.0.1:50052")
     parser.add_argument("--namespace", default="sg")
+    parser.add_argument("--system", default="erp", help="The ERP's system id in policy (its repairs are consumed).")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO)
-    asyncio.run(run_adapter(args.nats_url, args.po_addr, args.namespace))
+    metadata = (("x-syncgov-system", args.system),)
+    asyncio.run(run_adapter(args.nats_url, args.po_addr, args.namespace, metadata=metadata, system=args.system))
 
 
 if __name__ == "__main__":

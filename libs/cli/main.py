@@ -16,6 +16,7 @@ from libs.cli import (
     audit_cmd,
     demo_cmd,
     dev_cmd,
+    drift_cmd,
     exceptions_cmd,
     invoices_cmd,
     policy_cmd,
@@ -43,6 +44,7 @@ app.add_typer(suppliers_cmd.app, name="suppliers")
 app.add_typer(receipts_cmd.app, name="receipts")
 app.add_typer(invoices_cmd.app, name="invoices")
 app.add_typer(exceptions_cmd.app, name="exceptions")
+app.add_typer(drift_cmd.app, name="drift")
 app.add_typer(workflows_cmd.app, name="workflows")
 app.command(name="demo", help=demo_cmd.HELP)(demo_cmd.demo)
 app.command(name="trace")(trace_cmd.trace)
