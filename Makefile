@@ -89,8 +89,21 @@ promtool: ## promtool into .cache/tools/bin for the alert-rule tests (apt-get do
 	install -m 0755 "$$tmp/root/usr/bin/promtool" $(PROMTOOL); \
 	$(PROMTOOL) --version | head -1
 
+# Debian's chromium and chromium-driver for the web view's Selenium test (no browser download: the network is closed).
+.PHONY: browser
+browser: ## chromium + chromium-driver for the web view's browser test (apt-get install); says why when it cannot
+	@set -e; \
+	if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then \
+		echo "browser: no apt-get here, chromium not installed (the web view test will skip)"; exit 0; fi; \
+	sudo=; if [ "$$(id -u)" -ne 0 ]; then sudo="sudo -n"; fi; \
+	install="$$sudo apt-get install -y -q --no-install-recommends chromium chromium-driver"; \
+	if ! { $$install || { $$sudo apt-get update -q && $$install; }; }; then \
+		echo "browser: apt-get install chromium chromium-driver failed, not installed (the web view test will skip)"; exit 0; fi; \
+	/usr/bin/chromium --version
+
 .PHONY: check
-check: promtool lint typecheck breaking manifests test ## what CI runs: promtool, lint, types, contract breaks, manifests, the tests
+check: promtool browser lint typecheck breaking manifests test ## what CI runs: promtool, browser, lint, types, contract breaks, manifests, the tests
 
 .PHONY: fmt
 fmt: setup ## format the code with ruff

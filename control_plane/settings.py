@@ -12,3 +12,5 @@ class Settings(RuntimeSettings):
     grpc_port: int = Field(50050, ge=0, le=65535)
     # How often the workflow tracker looks for SLA breaches to raise and completed stages to clear.
     sla_sweep_seconds: float = Field(5.0, gt=0, le=3600)
+    # The local web view (control_plane/web.py) on the gRPC host; unset: not served.
+    web_port: int | None = Field(None, ge=0, le=65535)

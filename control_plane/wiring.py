@@ -12,6 +12,7 @@ from control_plane.servicer import ControlPlaneServicer
 from control_plane.settings import Settings
 from control_plane.store import ControlPlaneStore, policy_commands
 from control_plane.tracker import WorkflowTracker
+from control_plane.web import WebView
 from control_plane.workflows import INDEXED_DOMAINS, WorkflowIndex, Workflows
 from libs.runtime.access import AccessRule, Administer, Read, ReportHoldings
 from libs.runtime.app import GrpcService, Runtime, Service
@@ -54,6 +55,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index), tracker, drift
     )
     gauges = workflow_gauges(rt.telemetry.meter, tracker)
+    # The local web view, if a port is set: its job serves until the service stops (its task is cancelled then).
+    port = rt.settings.web_port
+    web = [] if port is None else [(0.0, WebView(tracker, servicer.GetWorkflow, rt.settings.grpc_host, port).serve)]
     return Service(
         grpc_services=[
             GrpcService(
@@ -67,7 +71,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         streams=ALL_STREAMS,
         # Which invoices and exceptions belong to which workflow, read from their streams before serving.
         startup=[*(follower.start for follower in followers), follow_orders, gauges.refresh],
-        periodic=[(rt.settings.sla_sweep_seconds, tracker.sweep), gauges.periodic],
+        periodic=[(rt.settings.sla_sweep_seconds, tracker.sweep), gauges.periodic, *web],
     )
 
 

@@ -1,0 +1,148 @@
+"""The local web view: one read-only page and its JSON, for a person running the suite without Grafana.
+
+Served on ``SYNCGOV_WEB_PORT`` (unset: off) at the gRPC host, in the control plane's event loop. Nothing here
+decides anything: the numbers are the workflow tracker's, the timeline is ``GetWorkflow``'s, translated to JSON.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from control_plane.tracker import WorkflowTracker
+from libs.runtime.errors import InvalidArgument, NotFound
+from syncgov.common.v1 import types_pb2
+from syncgov.controlplane.v1 import controlplane_pb2 as cp
+from syncgov.controlplane.v1 import controlplane_service_pb2 as cps
+
+log = logging.getLogger(__name__)
+
+PAGE = Path(__file__).with_name("web") / "index.html"
+MAX_QUERY = 64
+MAX_LIMIT = 200
+HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-store",
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'"
+    ),
+}
+
+# The servicer's GetWorkflow (the timeline with the tracker's state and breaches); raises NotFound, InvalidArgument.
+GetWorkflow = Callable[[cps.GetWorkflowRequest, Any], Awaitable[cps.GetWorkflowResponse]]
+
+
+def when(stamp: Timestamp) -> str:
+    return datetime.fromtimestamp(stamp.ToNanoseconds() / 1e9, UTC).isoformat()
+
+
+def object_of(ref: types_pb2.ObjectRef) -> dict[str, Any]:
+    return {"type": ref.object_type, "key": ref.object_key, "version": ref.version}
+
+
+def workflow_json(workflow: cp.Workflow) -> dict[str, Any]:
+    return {
+        "key": workflow.workflow_key,
+        "state": workflow.state,
+        "stuck": workflow.stuck,
+        "stages": [
+            {
+                "stage": cp.WorkflowStage.Name(record.stage).removeprefix("WORKFLOW_STAGE_").lower(),
+                "event": record.event,
+                "object": object_of(record.object),
+                "version": record.version,
+                "when": when(record.reached_at),
+                "when_ms": record.reached_at.ToMilliseconds(),
+                "detail": record.detail,
+                "trace_id": record.trace_id,
+                "propagation_seconds": (
+                    record.propagation_time.ToNanoseconds() / 1e9 if record.HasField("propagation_time") else None
+                ),
+            }
+            for record in workflow.stages
+        ],
+        "breaches": [
+            {
+                "stage": breach.stage,
+                "object": object_of(breach.object),
+                "waiting_since": when(breach.waiting_since),
+                "limit_seconds": breach.limit.ToNanoseconds() / 1e9,
+                "criticality": breach.criticality,
+                "exception_id": breach.exception_id,
+            }
+            for breach in workflow.breaches
+        ],
+    }
+
+
+class WebView:
+    def __init__(self, tracker: WorkflowTracker, get_workflow: GetWorkflow, host: str, port: int) -> None:
+        self._tracker = tracker
+        self._get_workflow = get_workflow
+        self._host = host
+        self._port = port
+        self.app = web.Application()
+        self.app.router.add_get("/", self.page)
+        self.app.router.add_get("/api/summary", self.summary)
+        self.app.router.add_get("/api/workflows", self.workflows)
+        self.app.router.add_get("/api/workflows/{key}", self.workflow)
+
+    async def serve(self) -> None:
+        """Serve until cancelled (the service stopping), then close the listener and every connection."""
+        runner = web.AppRunner(self.app, access_log=None)
+        await runner.setup()
+        try:
+            try:
+                await web.TCPSite(runner, self._host, self._port).start()
+            except OSError as error:
+                log.error("web view not served on %s:%s (SYNCGOV_WEB_PORT): %s", self._host, self._port, error)
+            else:
+                log.info("web view on http://%s:%s/", self._host, self._port)
+            await asyncio.Event().wait()
+        finally:
+            await runner.cleanup()
+
+    async def page(self, request: web.Request) -> web.Response:
+        return web.Response(text=PAGE.read_text(), content_type="text/html", headers=HEADERS)
+
+    async def summary(self, request: web.Request) -> web.Response:
+        stages = self._tracker.waiting_by_stage()
+        return web.json_response(
+            {
+                "workflows": self._tracker.counts(),
+                "stages": {stage: {"waiting": waits, "stuck": late} for stage, (waits, late) in stages.items()},
+                "caught_up": self._tracker.caught_up,
+            },
+            headers=HEADERS,
+        )
+
+    async def workflows(self, request: web.Request) -> web.Response:
+        query = request.query.get("q", "").strip()
+        try:
+            limit = int(request.query.get("limit", "50"))
+        except ValueError:
+            limit = 0
+        if len(query) > MAX_QUERY or not 1 <= limit <= MAX_LIMIT:
+            return web.json_response(
+                {"error": f"q: at most {MAX_QUERY} characters; limit: 1 to {MAX_LIMIT}"}, status=400, headers=HEADERS
+            )
+        stuck = {each.progress.key for each in self._tracker.stuck()}
+        keys = sorted(key for key in self._tracker.progress if key.upper().startswith(query.upper()))
+        rows = [{"key": key, "state": self._tracker.progress[key].state, "stuck": key in stuck} for key in keys[:limit]]
+        return web.json_response({"workflows": rows, "more": len(keys) > limit}, headers=HEADERS)
+
+    async def workflow(self, request: web.Request) -> web.Response:
+        try:
+            answer = await self._get_workflow(cps.GetWorkflowRequest(workflow_key=request.match_info["key"]), None)
+        except NotFound as error:
+            return web.json_response({"error": str(error)}, status=404, headers=HEADERS)
+        except InvalidArgument as error:
+            return web.json_response({"error": str(error)}, status=400, headers=HEADERS)
+        return web.json_response(workflow_json(answer.workflow), headers=HEADERS)
