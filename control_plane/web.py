@@ -17,6 +17,7 @@ from aiohttp import web
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from control_plane.tracker import WorkflowTracker
+from libs.runtime.app import StartupError
 from libs.runtime.errors import InvalidArgument, NotFound
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2 as cp
@@ -88,26 +89,35 @@ class WebView:
         self._get_workflow = get_workflow
         self._host = host
         self._port = port
+        self._runner: web.AppRunner | None = None
         self.app = web.Application()
         self.app.router.add_get("/", self.page)
         self.app.router.add_get("/api/summary", self.summary)
         self.app.router.add_get("/api/workflows", self.workflows)
         self.app.router.add_get("/api/workflows/{key}", self.workflow)
 
-    async def serve(self) -> None:
-        """Serve until cancelled (the service stopping), then close the listener and every connection."""
+    async def start(self) -> None:
+        """Listen (a start-up step): a port that cannot be bound fails the start, as the metrics port does."""
         runner = web.AppRunner(self.app, access_log=None)
         await runner.setup()
         try:
-            try:
-                await web.TCPSite(runner, self._host, self._port).start()
-            except OSError as error:
-                log.error("web view not served on %s:%s (SYNCGOV_WEB_PORT): %s", self._host, self._port, error)
-            else:
-                log.info("web view on http://%s:%s/", self._host, self._port)
+            await web.TCPSite(runner, self._host, self._port).start()
+        except OSError as error:
+            await runner.cleanup()
+            raise StartupError(
+                f"cannot serve the web view on {self._host}:{self._port} (SYNCGOV_WEB_PORT): {error.strerror or error}"
+            ) from None
+        self._runner = runner
+        log.info("web view on http://%s:%s/", self._host, self._port)
+
+    async def serve(self) -> None:
+        """The service's background work: hold until cancelled (the service stopping), then close the listener and
+        every connection."""
+        try:
             await asyncio.Event().wait()
         finally:
-            await runner.cleanup()
+            if self._runner is not None:
+                await self._runner.cleanup()
 
     async def page(self, request: web.Request) -> web.Response:
         return web.Response(text=PAGE.read_text(), content_type="text/html", headers=HEADERS)

@@ -55,9 +55,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index), tracker, drift
     )
     gauges = workflow_gauges(rt.telemetry.meter, tracker)
-    # The local web view, if a port is set: its job serves until the service stops (its task is cancelled then).
+    # The local web view, if a port is set: listening before the service answers, closed when it stops.
     port = rt.settings.web_port
-    web = [] if port is None else [(0.0, WebView(tracker, servicer.GetWorkflow, rt.settings.grpc_host, port).serve)]
+    web = None if port is None else WebView(tracker, servicer.GetWorkflow, rt.settings.grpc_host, port)
     return Service(
         grpc_services=[
             GrpcService(
@@ -70,8 +70,14 @@ def wire(rt: Runtime[Settings]) -> Service:
         consumers=audit_consumers(store),
         streams=ALL_STREAMS,
         # Which invoices and exceptions belong to which workflow, read from their streams before serving.
-        startup=[*(follower.start for follower in followers), follow_orders, gauges.refresh],
-        periodic=[(rt.settings.sla_sweep_seconds, tracker.sweep), gauges.periodic, *web],
+        startup=[
+            *(follower.start for follower in followers),
+            follow_orders,
+            gauges.refresh,
+            *([] if web is None else [web.start]),
+        ],
+        periodic=[(rt.settings.sla_sweep_seconds, tracker.sweep), gauges.periodic],
+        background=[] if web is None else [web.serve],
     )
 
 

@@ -116,6 +116,8 @@ class Service:
     startup: Sequence[Callable[[], Awaitable[None]]] = ()
     # Periodic work (e.g. expiring held versions): each runs every ``interval`` seconds while serving.
     periodic: Sequence[tuple[float, Callable[[], Awaitable[None]]]] = ()
+    # Work for the service's whole life (a local web server): started once serving, cancelled when it stops.
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
 
 
 @dataclass
@@ -295,6 +297,7 @@ async def serve(
         await lag.refresh()  # read once before serving, then every few seconds
         for interval, job in (*service.periodic, lag.periodic):
             tasks.append(asyncio.create_task(_every(interval, job), name=f"periodic {job}"))
+        tasks.extend(asyncio.create_task(work(), name=f"background {work}") for work in service.background)
         timeout = settings.redis_timeout_seconds
         watchdog = valkey_watchdog(redis, timeout)
         tasks.append(asyncio.create_task(_every(min(1.0, timeout), watchdog), name="valkey watchdog"))

@@ -155,3 +155,18 @@ async def test_the_web_view_shows_the_trackers_numbers_and_a_po_timeline_in_head
     data = screenshot.read_bytes()
     assert data.startswith(b"\x89PNG\r\n\x1a\n")
     assert len(data) > 10_000
+
+
+async def test_a_web_port_that_cannot_be_bound_fails_the_start_with_its_reason(po_settings):
+    import socket
+
+    from libs.runtime.app import StartupError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = settings_like(ControlPlaneSettings, po_settings, web_port=port)
+        with pytest.raises(StartupError, match="SYNCGOV_WEB_PORT"):
+            async with running_service(settings, wire_control_plane):
+                pass
