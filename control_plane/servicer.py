@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from datetime import UTC, datetime
 
 from control_plane import domain, reconciliation, tracking
@@ -24,7 +25,7 @@ pb = controlplane_service_pb2
 POLICY_KEY = "policy"  # one object: the policy in force
 POLICY_REVISIONS_LISTING = "controlplane.policy_revisions"  # position: the revisions listed are below it
 AUDIT_TRAIL_LISTING = "controlplane.audit_trail"  # position: the entries listed come after this sequence
-STUCK_LISTING = "controlplane.stuck_workflows"  # cursor: "<waiting since ns>/<workflow key>" of the last one listed
+STUCK_LISTING = "controlplane.stuck_workflows"  # cursor: the listing position of the last workflow listed
 
 
 class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServicer):
@@ -63,7 +64,7 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
                 reason="WORKFLOW_NOT_FOUND",
                 metadata={"workflow_key": key},
             )
-        if self._tracker is not None and key in self._tracker.progress:
+        if self._tracker is not None and self._tracker.caught_up and key in self._tracker.progress:
             workflow.state = self._tracker.progress[key].state
             workflow.breaches.extend(sla_breach(breach) for breach in self._tracker.breaches_of(key))
             workflow.stuck = bool(workflow.breaches)
@@ -81,17 +82,19 @@ class ControlPlaneServicer(controlplane_service_pb2_grpc.ControlPlaneServiceServ
         after = _stuck_cursor(decode_page_cursor(STUCK_LISTING, request.page.page_token))
         if self._tracker is None or not self._tracker.caught_up:
             raise Unavailable("the workflow tracker is still reading the streams; retry shortly", reason="NOT_READY")
-        found = [
-            each
-            for each in self._tracker.stuck()
-            if (not stage or any(b.waiting.stage == stage for b in each.breaches))
-            and (after is None or (each.since_ns, each.progress.key) > after)
-        ]
-        page = found[:size]
-        token = ""
-        if len(found) > size:
-            last = page[-1]
-            token = encode_page_cursor(STUCK_LISTING, f"{last.since_ns}/{last.progress.key}")
+        # In a fixed order (a digest of the workflow key), so paging neither skips nor repeats a workflow however
+        # its breaches change between pages; each workflow carries its breaches' ages for a reader to sort by.
+        found = sorted(
+            (
+                (listing_position(each.progress.key), each)
+                for each in self._tracker.stuck()
+                if not stage or any(b.waiting.stage == stage for b in each.breaches)
+            ),
+            key=lambda positioned: positioned[0],
+        )
+        found = [(position, each) for position, each in found if after is None or position > after]
+        page = [each for _, each in found[:size]]
+        token = encode_page_cursor(STUCK_LISTING, found[size - 1][0]) if len(found) > size else ""
         return pb.ListStuckWorkflowsResponse(
             workflows=[stuck_workflow(each) for each in page], page_info=types_pb2.PageInfo(next_page_token=token)
         )
@@ -268,17 +271,22 @@ def stuck_workflow(stuck: Stuck) -> controlplane_pb2.Workflow:
     )
 
 
-def _stuck_cursor(cursor: str | None) -> tuple[int, str] | None:
+def listing_position(workflow_key: str) -> str:
+    """Where a workflow stands in the stuck listing: a digest of its key (fixed, and short in a page token whatever
+    the key's length or script)."""
+    return hashlib.sha256(workflow_key.encode()).hexdigest()[:32]
+
+
+def _stuck_cursor(cursor: str | None) -> str | None:
     if cursor is None:
         return None
-    since, _, key = cursor.partition("/")
-    if not since.isascii() or not since.isdigit():
+    if len(cursor) != 32 or not all(c in "0123456789abcdef" for c in cursor):
         raise InvalidArgument(
             "page_token is not a page token this server issued",
             violations=[FieldViolation("page.page_token", "is not a page token this server issued")],
             reason="INVALID_PAGE_TOKEN",
         )
-    return int(since), key
+    return cursor
 
 
 def _problems(problems) -> list[controlplane_pb2.PolicyProblem]:

@@ -32,6 +32,7 @@ from libs.runtime.values import criticality_name
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
+from syncgov.invoice.v1 import events_pb2 as invoice_events
 from syncgov.po.v1 import events_pb2 as po_events
 from syncgov.po.v1 import po_pb2
 from syncgov.receipt.v1 import events_pb2 as receipt_events
@@ -92,6 +93,8 @@ class WorkflowTracker:
         self.progress: dict[str, WorkflowProgress] = {}
         self._waiting: set[str] = set()  # workflows with a stage not completed
         self._open: dict[str, exception_pb2.Exception] = {}  # fingerprint -> the breach raised, not cleared yet
+        self._shared: list[StreamFollower] = []
+        self._limits_of: tuple[int, tracking.Limits | None] = (-1, None)
         self._reporter = reporter
         self._policy = policy
         self._component = component
@@ -101,9 +104,22 @@ class WorkflowTracker:
             for domain, handler in (("po", self._on_po), ("receipt", self._on_receipt), ("invoice", self._on_invoice))
         ]
 
+    def waits_for(self, follower: StreamFollower) -> None:
+        """A follower the tracker's picture depends on that it does not own (the exception stream's, shared)."""
+        self._shared.append(follower)
+
     @property
     def caught_up(self) -> bool:
-        return all(follower.caught_up for follower in self.followers)
+        return all(follower.caught_up for follower in (*self.followers, *self._shared))
+
+    def _limits(self) -> tracking.Limits:
+        """The policy in force's limits, looked up once per stage and criticality per revision."""
+        policy = self._policy.current
+        if self._limits_of[0] != policy.revision or self._limits_of[1] is None:
+            self._limits_of = (policy.revision, tracking.memoized(policy.sla))
+        limits = self._limits_of[1]
+        assert limits is not None
+        return limits
 
     # -- folding ------------------------------------------------------------------------------------------------
 
@@ -165,8 +181,15 @@ class WorkflowTracker:
         key = stored.envelope.workflow_key
         if not key:
             return
-        progress = self._workflow(key)
         name = stored.subject.rsplit(".", 1)[-1]
+        if name == "submitted":
+            # A submission that matched is recorded as one event whose match says so; no "matched" follows.
+            submitted = readable(stored, lambda s: s.unpack(invoice_events.InvoiceSubmitted))
+            if submitted is None:
+                return
+            if submitted.match.matched:
+                name = "matched"
+        progress = self._workflow(key)
         tracking.on_invoice(progress, stored.envelope.object_key, name, stored.envelope.recorded_at.ToNanoseconds())
         self._settle(progress)
 
@@ -178,7 +201,7 @@ class WorkflowTracker:
             raised = readable(stored, lambda s: s.unpack(exception_events.ExceptionRaised))
             if raised is not None and self._ours(raised.exception):
                 self._open[raised.exception.fingerprint] = raised.exception
-        elif name == CLEARED:
+        elif name == CLEARED and stored.subject.split(".")[-2] == self._component:  # its own clearings' subject
             cleared = readable(stored, lambda s: s.unpack(exception_events.ExceptionCleared))
             if cleared is not None and self._ours(cleared.exception):
                 self._open.pop(cleared.exception.fingerprint, None)
@@ -192,12 +215,12 @@ class WorkflowTracker:
         progress = self.progress.get(key)
         if progress is None:
             return []
-        return tracking.breaches(progress, self._policy.current.sla, self._clock() if now_ns is None else now_ns)
+        return tracking.breaches(progress, self._limits(), self._clock() if now_ns is None else now_ns)
 
     def stuck(self, now_ns: int | None = None) -> list[Stuck]:
         """Every workflow with a breach, the longest waiting first."""
         now = self._clock() if now_ns is None else now_ns
-        limits = self._policy.current.sla
+        limits = self._limits()
         found = []
         for key in self._waiting:
             found_breaches = tracking.breaches(self.progress[key], limits, now)
@@ -216,7 +239,7 @@ class WorkflowTracker:
     def waiting_by_stage(self) -> dict[str, tuple[int, int]]:
         """Per stage: how many waits there are, and how many of them are past their SLA."""
         now = self._clock()
-        limits = self._policy.current.sla
+        limits = self._limits()
         totals = {stage: [0, 0] for stage in tracking.STAGES}
         for key in self._waiting:
             progress = self.progress[key]

@@ -47,7 +47,8 @@ class WorkflowProgress:
     answered_through: int = 0
     acknowledged_version: int = 0
     cancelled: bool = False
-    goods_due_ns: int = 0  # the end of the latest version's earliest requested delivery date; 0: none
+    goods_due_ns: int = 0  # the end of the acknowledged version's earliest requested delivery date; 0: none
+    due_by_version: dict[int, int] = field(default_factory=dict)  # versions not acknowledged yet -> their due time
     received: bool = False
     fully_received: bool = False
     invoices: dict[str, InvoiceProgress] = field(default_factory=dict)
@@ -63,8 +64,9 @@ class WorkflowProgress:
 
 
 def end_of(day: date) -> int:
-    """Nanoseconds at the end of ``day`` (UTC): goods requested for a day are due by then."""
-    return int(datetime.combine(day + timedelta(days=1), time(), tzinfo=UTC).timestamp()) * 1_000_000_000
+    """Nanoseconds at the end of ``day`` (UTC): goods requested for a day are due by then. (Computed from the day's
+    start: the day after 9999-12-31 is not a date.)"""
+    return (int(datetime.combine(day, time(), tzinfo=UTC).timestamp()) + 86_400) * 1_000_000_000
 
 
 def on_version(
@@ -79,11 +81,13 @@ def on_version(
     """A version was published to the ERP (first publication, change order or cancellation)."""
     if version > progress.answered_through:
         progress.unanswered[version] = published_ns
+    if version > progress.acknowledged_version:
+        # Goods are due by the version the ERP holds: a change order counts once the ERP acknowledges it.
+        progress.due_by_version[version] = end_of(earliest_delivery) if earliest_delivery is not None else 0
     if version >= progress.latest_version:
         progress.latest_version = version
         progress.criticality = criticality
         progress.cancelled = cancelled
-        progress.goods_due_ns = end_of(earliest_delivery) if earliest_delivery is not None else 0
 
 
 def on_answer(progress: WorkflowProgress, version: int, *, acknowledged: bool) -> None:
@@ -91,8 +95,11 @@ def on_answer(progress: WorkflowProgress, version: int, *, acknowledged: bool) -
     progress.answered_through = max(progress.answered_through, version)
     for waiting in [v for v in progress.unanswered if v <= version]:
         del progress.unanswered[waiting]
-    if acknowledged:
-        progress.acknowledged_version = max(progress.acknowledged_version, version)
+    if acknowledged and version > progress.acknowledged_version:
+        progress.acknowledged_version = version
+        progress.goods_due_ns = progress.due_by_version.get(version, progress.goods_due_ns)
+        for held in [v for v in progress.due_by_version if v <= version]:
+            del progress.due_by_version[held]
 
 
 def on_receipt(progress: WorkflowProgress, *, fully_received: bool) -> None:
@@ -183,3 +190,17 @@ def breaches(progress: WorkflowProgress, limits: Limits, now_ns: int) -> list[Br
         if limit is not None and now_ns - wait.since_ns > limit[0] // timedelta(microseconds=1) * 1000:
             found.append(Breach(wait, limit[0], limit[1]))
     return found
+
+
+def memoized(limits: Limits) -> Limits:
+    """``limits`` answered once per stage and criticality (a policy revision never changes; parsing a duration on
+    every look costs more than the rest of a sweep)."""
+    known: dict[tuple[str, str], timedelta | None] = {}
+
+    def limit(stage: str, criticality: str) -> timedelta | None:
+        key = (stage, criticality)
+        if key not in known:
+            known[key] = limits(stage, criticality)
+        return known[key]
+
+    return limit

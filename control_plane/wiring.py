@@ -43,12 +43,10 @@ def wire(rt: Runtime[Settings]) -> Service:
     index = WorkflowIndex.empty()
     tracker = WorkflowTracker(rt.js, rt.namespace, rt.exceptions, rt.policy, rt.settings.service_name)
     indexing = {domain: index.follower(domain) for domain in INDEXED_DOMAINS}
-    followers = [
-        StreamFollower(rt.js, rt.namespace, "invoice", indexing["invoice"]),
-        # One follower of the exception stream for both: the index of raises, the tracker's own breaches.
-        StreamFollower(rt.js, rt.namespace, "exception", both(indexing["exception"], tracker.on_exception)),
-        *tracker.followers,
-    ]
+    # One follower of the exception stream for both: the index of raises, the tracker's own breaches.
+    exceptions = StreamFollower(rt.js, rt.namespace, "exception", both(indexing["exception"], tracker.on_exception))
+    tracker.waits_for(exceptions)
+    followers = [StreamFollower(rt.js, rt.namespace, "invoice", indexing["invoice"]), exceptions, *tracker.followers]
     # Drift: the PO stream followed into an order index (latest version per order, for ReportSystemState).
     drift, follow_orders = drift_reconciler(rt)
     servicer = ControlPlaneServicer(
@@ -110,14 +108,14 @@ def workflow_gauges(meter: Meter, tracker: WorkflowTracker) -> PolledGauges:
     )
     gauges.gauge(
         "syncgov.workflows.waiting",
-        unit="{workflow}",
+        unit="{stage}",
         description="Workflow stages not completed, by stage",
         source=waiting,
         labelled=True,
     )
     gauges.gauge(
         "syncgov.workflows.stuck",
-        unit="{workflow}",
+        unit="{stage}",
         description="Workflow stages waiting past the policy's SLA, by stage",
         source=late,
         labelled=True,

@@ -80,16 +80,20 @@ def stuck(
     result = table(
         f"{len(workflows)} stuck workflow(s)", "workflow", "stage", "waiting on", "waiting", "limit", "exception"
     )
-    for workflow in workflows:
-        for breach in workflow.breaches:
-            version = f" v{breach.object.version}" if breach.object.version else ""
-            result.add_row(
-                escape(workflow.workflow_key),
-                breach.stage,
-                escape(f"{breach.object.object_type} {breach.object.object_key}{version}"),
-                waited(breach.waiting_since.ToNanoseconds(), now),
-                f"{breach.limit.ToSeconds()}s ({breach.criticality})",
-                breach.exception_id,
-            )
+    # The listing's order is fixed for paging; a person reads the longest waiting first.
+    breaches = sorted(
+        ((workflow, breach) for workflow in workflows for breach in workflow.breaches),
+        key=lambda pair: (pair[1].waiting_since.ToNanoseconds(), pair[0].workflow_key),
+    )
+    for workflow, breach in breaches:
+        version = f" v{breach.object.version}" if breach.object.version else ""
+        result.add_row(
+            escape(workflow.workflow_key),
+            breach.stage,
+            escape(f"{breach.object.object_type} {breach.object.object_key}{version}"),
+            waited(breach.waiting_since.ToNanoseconds(), now),
+            f"{breach.limit.ToSeconds()}s ({breach.criticality})",
+            breach.exception_id,
+        )
     console.print(result)
     raise typer.Exit(EXIT_STUCK)

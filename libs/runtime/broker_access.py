@@ -6,8 +6,8 @@ from its own secret. NATS lets each publish only:
 * its own domain's subjects (``<ns>.po.>`` for po-publication, ...), plus the control plane's
   policy bucket (``$KV.<ns>_policy.>``) and repair instructions (``<ns>.repair.>``, the control plane's alone);
 * the shared inboxes every component writes to: ``<ns>.auditin.>``, and of the exception stream only raises
-  (``<ns>.exception.*.raised``), clearings of what it raised (``<ns>.exception.*.cleared``) and processed replays
-  (``<ns>.exception.*.replayed``) — the router's transitions are exception-router's alone;
+  (``<ns>.exception.*.raised``), clearings of what it raised (``<ns>.exception.<component>.cleared``, its own
+  subject) and processed replays (``<ns>.exception.*.replayed``) — the router's transitions are its alone;
 * the JetStream API it needs: stream info, message gets and direct gets of any stream (reading is
   not restricted by domain), consumers (create, info, next), acks and flow control, creating any
   of the namespace's streams if missing (a create never changes an existing stream), and updating
@@ -88,10 +88,15 @@ def publish_allow(component: str, namespace: str | None) -> list[str]:
         subjects.append(f"{root}.exception.>")
     else:
         # The exception stream also holds the router's transitions: every other component raises
-        # (``<id>.raised``), says a condition it raised no longer holds (``<id>.cleared``: the router closes only
-        # what the same component raised) and records a replay its consumer processed (``<id>.replayed``),
-        # nothing else, so no service can acknowledge, resolve or reroute an exception in a person's name.
-        subjects += [f"{root}.exception.*.raised", f"{root}.exception.*.cleared", f"{root}.exception.*.replayed"]
+        # (``<id>.raised``), says a condition it raised no longer holds (``<component>.cleared``, its own subject:
+        # the router closes only what the publishing component raised) and records a replay its consumer processed
+        # (``<id>.replayed``), nothing else, so no service can acknowledge, resolve or reroute an exception in a
+        # person's name.
+        subjects += [
+            f"{root}.exception.*.raised",
+            f"{root}.exception.{component}.cleared",
+            f"{root}.exception.*.replayed",
+        ]
     subjects = list(dict.fromkeys(subjects))
     # A subject token is matched whole: with any namespace, any bucket.
     subjects += [f"$KV.{'*' if namespace is None else f'{namespace}_{bucket}'}.>" for bucket in who.kv_buckets]

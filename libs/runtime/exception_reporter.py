@@ -121,33 +121,33 @@ class ExceptionReporter:
 
     async def clear_exception(self, raised: exception_pb2.Exception, reason: str, *, clear_id: str) -> None:
         """Say the condition this component raised (``raised``: its type, object and fingerprint) no longer holds;
-        the router resolves the exception (kind CLEARED) unless it was raised again since. ``clear_id`` names what
-        ended it (the stage that completed), so a clearing repeated after a restart is stored once."""
-        # Its own subject, named by a digest: a clear id may hold characters a subject token may not.
-        key = f"clear-{hashlib.sha256(clear_id.encode()).hexdigest()[:32]}"
+        the router resolves the exception (kind CLEARED) unless it was raised again since.
+
+        Published on ``<ns>.exception.<this component>.cleared``: the one subject of the exception stream the broker
+        lets this component alone publish clearings on, so the router knows who cleared, not from a claim in the
+        message. ``clear_id`` names what ended it (the stage that completed): a clearing repeated within the
+        duplicate window is stored once, and one repeated later changes nothing (the exception is closed)."""
         exception = exception_pb2.Exception(
-            exception_id=key,
+            exception_id=f"clear-{hashlib.sha256(clear_id.encode()).hexdigest()[:32]}",
             type=raised.type,
             object=raised.object,
             raised_by=self._service,
             fingerprint=raised.fingerprint,
             workflow_key=raised.workflow_key,
         )
-        with contextlib.suppress(WrongLastSequence):  # cleared before under this id: that one stands
-            await self._publisher.publish(
-                Event(
-                    domain=DOMAIN,
-                    object_type=OBJECT_TYPE,
-                    object_key=key,
-                    object_version=1,
-                    name=CLEARED,
-                    payload=events_pb2.ExceptionCleared(exception=exception, reason=reason),
-                    idempotency_key=f"exception:{key}",
-                    source_system=current_caller().system,
-                    workflow_key=raised.workflow_key,
-                ),
-                expected_last_sequence=0,
+        await self._publisher.publish(
+            Event(
+                domain=DOMAIN,
+                object_type=OBJECT_TYPE,
+                object_key=self._service,
+                object_version=0,
+                name=CLEARED,
+                payload=events_pb2.ExceptionCleared(exception=exception, reason=reason),
+                idempotency_key=f"exception:{exception.exception_id}",
+                source_system=self._service,
+                workflow_key=raised.workflow_key,
             )
+        )
 
     async def _publish(self, exception: exception_pb2.Exception, workflow_key: str, policy_revision: int) -> None:
         exception_id = exception.exception_id

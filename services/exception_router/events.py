@@ -1,7 +1,7 @@
 """The exception stream's events as the router reads and writes them.
 
-Raises (``<ns>.exception.<raise id>.raised``, :class:`ExceptionRaised`) and clearings (``<clear id>.cleared``,
-:class:`ExceptionCleared`: what a service raised no longer holds) come from every service; the router's
+Raises (``<ns>.exception.<raise id>.raised``, :class:`ExceptionRaised`) and clearings (``<component>.cleared``,
+:class:`ExceptionCleared`: what that component raised no longer holds) come from every service; the router's
 transitions (``<ns>.exception.<EXC-id>.<transition>``, :class:`ExceptionStateChanged`) are its own, plus
 ``replayed``, which the consumer that processed a replay writes (libs/runtime/replays.py).
 """

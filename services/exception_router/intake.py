@@ -2,8 +2,9 @@
 
 ``Intake.on_event`` is the handler of a durable consumer of ``<ns>.exception.*.raised`` (what every service's
 ExceptionReporter publishes, ``delivery_exhausted`` hand-offs included) and ``<ns>.exception.*.cleared`` (a
-component saying what it raised no longer holds: the exception is resolved, kind CLEARED, unless it was raised
-again since; only the component that raised an exception may clear it). Once the book has read the stream up to
+component saying, on its own subject ``<ns>.exception.<component>.cleared``, that what it raised no longer holds:
+the exception is resolved, kind CLEARED, unless it was raised again since; only the component that raised an
+exception may clear it). Once the book has read the stream up to
 the raise, a repeat of an open exception needs nothing written (the book counts it); a first raise opens its
 exception, routed by the policy in force, and a raise after the exception was closed reopens it — through the
 command handler, so two replicas deciding at once write one transition.
@@ -74,14 +75,16 @@ class Intake:
                 return
             cleared = events.decode_cleared(stored)
             if cleared is not None:
-                await self.clear(stored.sequence, cleared)
+                # The subject names who cleared (<ns>.exception.<component>.cleared: the broker lets each component
+                # publish on its own alone), not the message.
+                await self.clear(stored.sequence, stored.subject.split(".")[-2], cleared)
         except NotYet:
             raise
         except Exception as error:
             raise NotYet(f"{stored.subject} ({stored.sequence}) not taken yet: {error!r}") from error
 
     async def clear(
-        self, cleared_sequence: int, cleared: events_pb2.ExceptionCleared
+        self, cleared_sequence: int, clearer: str, cleared: events_pb2.ExceptionCleared
     ) -> Outcome[CaseState, Change] | Refusal | None:
         """Resolve the exception a clearing names, if the component that raised it is the one clearing it."""
         await read_up_to(self._book, cleared_sequence)
@@ -90,17 +93,14 @@ class Intake:
         if view is None:
             log.warning("%s cleared %s, which was never raised; nothing to close", cleared.exception.raised_by, key)
             return None
-        # The broker lets only syncgov's own components publish clearings (docs/security.md); among them, the one that
-        # raised the exception is the one that knows when its condition ends.
-        if cleared.exception.raised_by != view.raised_by:
-            log.error(
-                "%s may not clear exception %s, raised by %s; ignored", cleared.exception.raised_by, key, view.raised_by
-            )
+        # The component that raised the exception is the one that knows when its condition ends.
+        if clearer != view.raised_by:
+            log.error("%s may not clear exception %s, raised by %s; ignored", clearer, key, view.raised_by)
             return None
         if not view.state.exists:
             # Raised, not opened yet (the intake takes raises and clearings at once): back once it is.
             raise NotYet(f"exception {key} is not opened yet; its clearing waits")
-        command = Clear(cleared_sequence, cleared.exception.raised_by, cleared.reason, view.last_raised_sequence)
+        command = Clear(cleared_sequence, clearer, cleared.reason, view.last_raised_sequence)
         return await self._commands.run(key, functools.partial(decide, command))
 
     async def observe(

@@ -26,7 +26,8 @@ def test_a_component_publishes_its_domain_and_the_inboxes_only(component):
     assert OWN[component] in allowed
     assert "sg.auditin.>" in allowed
     # Of the exception stream, raises, clearings and processed replays only: the router's transitions are its own.
-    assert {"sg.exception.*.raised", "sg.exception.*.cleared", "sg.exception.*.replayed"} <= set(allowed)
+    assert {"sg.exception.*.raised", f"sg.exception.{component}.cleared", "sg.exception.*.replayed"} <= set(allowed)
+    assert "sg.exception.*.cleared" not in allowed  # a clearing's subject names who cleared
     assert "sg.exception.>" not in allowed
     others = [f"sg.{d}.>" for d in DOMAINS if f"sg.{d}.>" != OWN[component]]
     assert not set(others) & set(allowed)
