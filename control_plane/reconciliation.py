@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -30,7 +30,6 @@ from libs.runtime.content_hash import content_sha256
 from libs.runtime.errors import FieldViolation, InvalidArgument, Unavailable
 from libs.runtime.events import Event, EventPublisher, EventReader, StoredEvent
 from libs.runtime.exception_reporter import ExceptionReporter, severity
-from libs.runtime.follower import StreamFollower
 from libs.runtime.identity import current_caller
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2, controlplane_service_pb2, events_pb2
@@ -300,12 +299,8 @@ class DriftReconciler:
         )
 
 
-def drift_reconciler(rt: Runtime[Any]) -> tuple[DriftReconciler, Callable[[], Awaitable[None]]]:
-    """The reconciler of a control plane and its start-up step: the PO stream followed into the order index."""
-    index = OrderIndex()
-    follower = StreamFollower(rt.js, rt.namespace, PO_DOMAIN, index.follow)
-    reconciler = DriftReconciler(
-        index, rt.reader, rt.publisher, rt.exceptions, rt.telemetry.meter, caught_up=lambda: follower.caught_up
-    )
+def drift_reconciler(rt: Runtime[Any], index: OrderIndex, caught_up: Callable[[], bool]) -> DriftReconciler:
+    """The reconciler of a control plane, on the order index its PO stream follower feeds."""
+    reconciler = DriftReconciler(index, rt.reader, rt.publisher, rt.exceptions, rt.telemetry.meter, caught_up=caught_up)
     reconciler.expect(sorted(rt.policy.current.systems))
-    return reconciler, follower.start
+    return reconciler

@@ -13,13 +13,12 @@ and the bookkeeping, write each once.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import date
-
-from nats.js import JetStreamContext
+from datetime import date, timedelta
 
 from control_plane import tracking
 from control_plane.tracking import Breach, Waiting, WorkflowProgress
@@ -27,7 +26,6 @@ from libs.runtime.events import StoredEvent, readable
 from libs.runtime.exception_reporter import CLEARED, RAISED, ExceptionReporter, case_id, fingerprint
 from libs.runtime.follower import StreamFollower
 from libs.runtime.policy_store import PolicyView
-from libs.runtime.subjects import Namespace
 from libs.runtime.values import criticality_name
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import events_pb2 as exception_events
@@ -81,45 +79,43 @@ class Stuck:
 
 
 class WorkflowTracker:
+    """Every PO workflow's progress, its waits and its breaches, kept current as events are folded and as deadlines
+    pass: each workflow's next deadline sits in a heap, so a sweep touches only the workflows that changed or came
+    due, however many are waiting."""
+
     def __init__(
         self,
-        js: JetStreamContext,
-        namespace: Namespace,
         reporter: ExceptionReporter,
         policy: PolicyView,
         component: str,
         clock: Callable[[], int] = time.time_ns,
     ) -> None:
         self.progress: dict[str, WorkflowProgress] = {}
-        self._waiting: set[str] = set()  # workflows with a stage not completed
+        self._waits: dict[str, tuple[Waiting, ...]] = {}  # workflows with a stage not completed
+        self._late: dict[str, list[Breach]] = {}  # of those, the ones with a stage past its limit
+        self._deadlines: list[tuple[int, str]] = []  # (next deadline, workflow): the soonest first
+        self._next_deadline: dict[str, int] = {}  # the one valid heap entry of each workflow
+        self._waiting_by_stage = dict.fromkeys(tracking.STAGES, 0)
+        self._late_by_stage = dict.fromkeys(tracking.STAGES, 0)
+        self._dirty: set[str] = set()  # changed since the last sweep: breaches to raise or clear
         self._open: dict[str, exception_pb2.Exception] = {}  # fingerprint -> the breach raised, not cleared yet
-        self._shared: list[StreamFollower] = []
-        self._limits_of: tuple[int, tracking.Limits | None] = (-1, None)
+        self._open_by_workflow: dict[str, set[str]] = {}
+        self._followers: list[StreamFollower] = []
+        self._revision = -1
+        self._limits: tracking.Limits = tracking.memoized(lambda stage, criticality: None)
         self._reporter = reporter
         self._policy = policy
         self._component = component
         self._clock = clock
-        self.followers = [
-            StreamFollower(js, namespace, domain, handler)
-            for domain, handler in (("po", self._on_po), ("receipt", self._on_receipt), ("invoice", self._on_invoice))
-        ]
 
     def waits_for(self, follower: StreamFollower) -> None:
-        """A follower the tracker's picture depends on that it does not own (the exception stream's, shared)."""
-        self._shared.append(follower)
+        """A follower feeding the tracker: until each has caught up, nothing is raised or cleared, and the listing
+        answers UNAVAILABLE (a start never mistakes an acknowledgment it has not read yet for a missing one)."""
+        self._followers.append(follower)
 
     @property
     def caught_up(self) -> bool:
-        return all(follower.caught_up for follower in (*self.followers, *self._shared))
-
-    def _limits(self) -> tracking.Limits:
-        """The policy in force's limits, looked up once per stage and criticality per revision."""
-        policy = self._policy.current
-        if self._limits_of[0] != policy.revision or self._limits_of[1] is None:
-            self._limits_of = (policy.revision, tracking.memoized(policy.sla))
-        limits = self._limits_of[1]
-        assert limits is not None
-        return limits
+        return all(follower.caught_up for follower in self._followers)
 
     # -- folding ------------------------------------------------------------------------------------------------
 
@@ -130,12 +126,65 @@ class WorkflowTracker:
         return progress
 
     def _settle(self, progress: WorkflowProgress) -> None:
-        if tracking.waiting(progress):
-            self._waiting.add(progress.key)
-        else:
-            self._waiting.discard(progress.key)
+        """After an event changed a workflow: its waits again, and whether any is past its limit."""
+        key = progress.key
+        for wait in self._waits.pop(key, ()):
+            self._waiting_by_stage[wait.stage] -= 1
+        waits = tuple(tracking.waiting(progress))
+        if waits:
+            self._waits[key] = waits
+            for wait in waits:
+                self._waiting_by_stage[wait.stage] += 1
+        self._assess(key, self._clock())
+        self._dirty.add(key)
 
-    def _on_po(self, stored: StoredEvent) -> None:
+    def _assess(self, key: str, now_ns: int) -> None:
+        """Which of the workflow's waits are past their limit at ``now_ns``, and when the next one will be."""
+        for breach in self._late.pop(key, ()):
+            self._late_by_stage[breach.waiting.stage] -= 1
+        late: list[Breach] = []
+        upcoming = 0
+        for wait in self._waits.get(key, ()):
+            limit = tracking.limit_for(self._limits, wait.stage, wait.criticality)
+            if limit is None:
+                continue
+            deadline = wait.since_ns + limit[0] // timedelta(microseconds=1) * 1000
+            if now_ns > deadline:
+                late.append(Breach(wait, limit[0], limit[1]))
+            elif not upcoming or deadline < upcoming:
+                upcoming = deadline
+        if late:
+            self._late[key] = late
+            for breach in late:
+                self._late_by_stage[breach.waiting.stage] += 1
+        if upcoming and self._next_deadline.get(key) != upcoming:
+            self._next_deadline[key] = upcoming
+            heapq.heappush(self._deadlines, (upcoming, key))
+        elif not upcoming:
+            self._next_deadline.pop(key, None)
+
+    def _advance(self) -> int:
+        """Bring the picture to now: a new policy revision reassesses every wait, else only the deadlines passed."""
+        now = self._clock()
+        policy = self._policy.current
+        if policy.revision != self._revision:
+            self._revision = policy.revision
+            self._limits = tracking.memoized(policy.sla)
+            self._deadlines.clear()
+            self._next_deadline.clear()
+            for key in list(self._waits):
+                self._assess(key, now)
+                self._dirty.add(key)
+        while self._deadlines and self._deadlines[0][0] < now:
+            deadline, key = heapq.heappop(self._deadlines)
+            if self._next_deadline.get(key) != deadline:
+                continue  # superseded: the workflow changed since and has another deadline (or none)
+            del self._next_deadline[key]
+            self._assess(key, now)
+            self._dirty.add(key)
+        return now
+
+    def on_po(self, stored: StoredEvent) -> None:
         name = stored.subject.rsplit(".", 1)[-1]
         key = stored.envelope.object_key
         at = stored.envelope.recorded_at.ToNanoseconds()
@@ -169,7 +218,7 @@ class WorkflowTracker:
             return
         self._settle(progress)
 
-    def _on_receipt(self, stored: StoredEvent) -> None:
+    def on_receipt(self, stored: StoredEvent) -> None:
         reconciled = readable(stored, lambda s: s.unpack(receipt_events.GoodsReceiptReconciled))
         if reconciled is None or not reconciled.receipt.po_id:
             return
@@ -177,7 +226,7 @@ class WorkflowTracker:
         tracking.on_receipt(progress, fully_received=reconciled.purchase_order_fully_received)
         self._settle(progress)
 
-    def _on_invoice(self, stored: StoredEvent) -> None:
+    def on_invoice(self, stored: StoredEvent) -> None:
         key = stored.envelope.workflow_key
         if not key:
             return
@@ -194,40 +243,43 @@ class WorkflowTracker:
         self._settle(progress)
 
     def on_exception(self, stored: StoredEvent) -> None:
-        """The exception stream's events (fed by the control plane's exception follower): the breaches this
-        component raised, and those it cleared."""
+        """The exception stream's events: the breaches this component raised, and those it cleared."""
         name = stored.subject.rsplit(".", 1)[-1]
         if name == RAISED:
             raised = readable(stored, lambda s: s.unpack(exception_events.ExceptionRaised))
             if raised is not None and self._ours(raised.exception):
-                self._open[raised.exception.fingerprint] = raised.exception
+                self._remember(raised.exception)
         elif name == CLEARED and stored.subject.split(".")[-2] == self._component:  # its own clearings' subject
             cleared = readable(stored, lambda s: s.unpack(exception_events.ExceptionCleared))
             if cleared is not None and self._ours(cleared.exception):
-                self._open.pop(cleared.exception.fingerprint, None)
+                self._forget(cleared.exception.fingerprint, cleared.exception.workflow_key)
 
     def _ours(self, exception: exception_pb2.Exception) -> bool:
         return exception.type == SLA_BREACH and exception.raised_by == self._component
 
+    def _remember(self, raised: exception_pb2.Exception) -> None:
+        self._open[raised.fingerprint] = raised
+        self._open_by_workflow.setdefault(raised.workflow_key, set()).add(raised.fingerprint)
+        self._dirty.add(raised.workflow_key)  # a breach whose stage completed meanwhile is cleared at the next sweep
+
+    def _forget(self, fingerprint: str, workflow_key: str) -> None:
+        self._open.pop(fingerprint, None)
+        raised = self._open_by_workflow.get(workflow_key)
+        if raised is not None:
+            raised.discard(fingerprint)
+            if not raised:
+                del self._open_by_workflow[workflow_key]
+
     # -- reading ------------------------------------------------------------------------------------------------
 
-    def breaches_of(self, key: str, now_ns: int | None = None) -> list[Breach]:
-        progress = self.progress.get(key)
-        if progress is None:
-            return []
-        return tracking.breaches(progress, self._limits(), self._clock() if now_ns is None else now_ns)
+    def breaches_of(self, key: str) -> list[Breach]:
+        self._advance()
+        return list(self._late.get(key, ()))
 
-    def stuck(self, now_ns: int | None = None) -> list[Stuck]:
-        """Every workflow with a breach, the longest waiting first."""
-        now = self._clock() if now_ns is None else now_ns
-        limits = self._limits()
-        found = []
-        for key in self._waiting:
-            found_breaches = tracking.breaches(self.progress[key], limits, now)
-            if found_breaches:
-                found.append(Stuck(self.progress[key], found_breaches))
-        found.sort(key=lambda stuck: (stuck.since_ns, stuck.progress.key))
-        return found
+    def stuck(self) -> list[Stuck]:
+        """Every workflow with a stage past its limit, in no particular order."""
+        self._advance()
+        return [Stuck(self.progress[key], list(breaches)) for key, breaches in self._late.items()]
 
     def counts(self) -> dict[str, int]:
         """How many workflows are open, completed and cancelled."""
@@ -238,33 +290,40 @@ class WorkflowTracker:
 
     def waiting_by_stage(self) -> dict[str, tuple[int, int]]:
         """Per stage: how many waits there are, and how many of them are past their SLA."""
-        now = self._clock()
-        limits = self._limits()
-        totals = {stage: [0, 0] for stage in tracking.STAGES}
-        for key in self._waiting:
-            progress = self.progress[key]
-            for wait in tracking.waiting(progress):
-                totals[wait.stage][0] += 1
-            for breach in tracking.breaches(progress, limits, now):
-                totals[breach.waiting.stage][1] += 1
-        return {stage: (waits, late) for stage, (waits, late) in totals.items()}
+        self._advance()
+        return {stage: (self._waiting_by_stage[stage], self._late_by_stage[stage]) for stage in tracking.STAGES}
 
     # -- the sweep ----------------------------------------------------------------------------------------------
 
     async def sweep(self) -> None:
-        """Raise the breaches not raised yet; clear the raised ones whose stage completed."""
+        """Raise the breaches not raised yet and clear the raised ones whose stage completed, for the workflows that
+        changed or came due since the last sweep."""
         if not self.caught_up:
             return
-        policy = self._policy.current
-        for stuck in self.stuck():
-            for breach in stuck.breaches:
-                key = breach_fingerprint(breach.waiting)
-                if key not in self._open:
-                    self._open[key] = await self._raise(breach, policy.revision)
-        for key, raised in list(self._open.items()):
-            if not self._still_waiting(raised):
-                await self._reporter.clear_exception(raised, self._completion(raised), clear_id=f"sla-{key}")
-                self._open.pop(key, None)
+        self._advance()
+        dirty, self._dirty = self._dirty, set()
+        try:
+            while dirty:
+                key = dirty.pop()
+                try:
+                    await self._reconcile(key)
+                except BaseException:
+                    dirty.add(key)
+                    raise
+        finally:
+            self._dirty |= dirty  # what a failed publish left, for the next sweep
+
+    async def _reconcile(self, key: str) -> None:
+        late = {breach_fingerprint(breach.waiting): breach for breach in self._late.get(key, ())}
+        for fingerprint_, breach in late.items():
+            if fingerprint_ not in self._open:
+                self._remember(await self._raise(breach, self._revision))
+        waiting = {breach_fingerprint(wait) for wait in self._waits.get(key, ())}
+        for fingerprint_ in list(self._open_by_workflow.get(key, ())):
+            if fingerprint_ not in waiting:
+                raised = self._open[fingerprint_]
+                await self._reporter.clear_exception(raised, self._completion(raised), clear_id=f"sla-{fingerprint_}")
+                self._forget(fingerprint_, key)
 
     async def _raise(self, breach: Breach, revision: int) -> exception_pb2.Exception:
         wait = breach.waiting
@@ -286,12 +345,6 @@ class WorkflowTracker:
             policy_revision=revision,
             exception_id=f"sla-{breach_fingerprint(wait)}",
         )
-
-    def _still_waiting(self, raised: exception_pb2.Exception) -> bool:
-        progress = self.progress.get(raised.workflow_key)
-        if progress is None:
-            return False
-        return any(breach_fingerprint(wait) == raised.fingerprint for wait in tracking.waiting(progress))
 
     def _completion(self, raised: exception_pb2.Exception) -> str:
         stage = next((item.split("=", 1)[1] for item in raised.evidence if item.startswith("stage=")), "the stage")

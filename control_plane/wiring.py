@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
 from opentelemetry.metrics import Meter
 
 from control_plane.events import audit_consumers
-from control_plane.reconciliation import drift_reconciler
+from control_plane.reconciliation import OrderIndex, drift_reconciler
 from control_plane.servicer import ControlPlaneServicer
 from control_plane.settings import Settings
 from control_plane.store import ControlPlaneStore, policy_commands
 from control_plane.tracker import WorkflowTracker
 from control_plane.web import WebView
-from control_plane.workflows import INDEXED_DOMAINS, WorkflowIndex, Workflows
+from control_plane.workflows import WorkflowIndex, Workflows
 from libs.runtime.access import AccessRule, Administer, Read, ReportHoldings
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.audit import AuditChain
@@ -22,6 +23,8 @@ from libs.runtime.follower import StreamFollower
 from libs.runtime.metrics import PolledGauges, Values
 from libs.runtime.streams import ALL_STREAMS
 from syncgov.controlplane.v1 import controlplane_service_pb2, controlplane_service_pb2_grpc
+
+log = logging.getLogger(__name__)
 
 ACCESS: dict[str, AccessRule] = {
     "ValidatePolicy": Read("policy"),
@@ -41,14 +44,20 @@ ACCESS: dict[str, AccessRule] = {
 def wire(rt: Runtime[Settings]) -> Service:
     store = ControlPlaneStore(rt.policy_store, AuditChain(rt.js, rt.namespace, rt.settings.publish_timeout_seconds))
     index = WorkflowIndex.empty()
-    tracker = WorkflowTracker(rt.js, rt.namespace, rt.exceptions, rt.policy, rt.settings.service_name)
-    indexing = {domain: index.follower(domain) for domain in INDEXED_DOMAINS}
-    # One follower of the exception stream for both: the index of raises, the tracker's own breaches.
-    exceptions = StreamFollower(rt.js, rt.namespace, "exception", both(indexing["exception"], tracker.on_exception))
-    tracker.waits_for(exceptions)
-    followers = [StreamFollower(rt.js, rt.namespace, "invoice", indexing["invoice"]), exceptions, *tracker.followers]
-    # Drift: the PO stream followed into an order index (latest version per order, for ReportSystemState).
-    drift, follow_orders = drift_reconciler(rt)
+    tracker = WorkflowTracker(rt.exceptions, rt.policy, rt.settings.service_name)
+    orders = OrderIndex()
+    # One follower per stream, feeding everything that reads it: the workflow tracker, the timeline's index of
+    # invoices and raises, the order index drift compares against.
+    handlers: dict[str, list[Callable[[StoredEvent], None]]] = {
+        "po": [tracker.on_po, orders.follow],
+        "receipt": [tracker.on_receipt],
+        "invoice": [index.follower("invoice"), tracker.on_invoice],
+        "exception": [index.follower("exception"), tracker.on_exception],
+    }
+    followers = {domain: StreamFollower(rt.js, rt.namespace, domain, both(*each)) for domain, each in handlers.items()}
+    for follower in followers.values():
+        tracker.waits_for(follower)
+    drift = drift_reconciler(rt, orders, caught_up=lambda: followers["po"].caught_up)
     servicer = ControlPlaneServicer(
         store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index), tracker, drift
     )
@@ -69,8 +78,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         streams=ALL_STREAMS,
         # Which invoices and exceptions belong to which workflow, read from their streams before serving.
         startup=[
-            *(follower.start for follower in followers),
-            follow_orders,
+            *(follower.start for follower in followers.values()),
             gauges.refresh,
             *([] if web is None else [web.start]),
         ],
@@ -80,9 +88,15 @@ def wire(rt: Runtime[Settings]) -> Service:
 
 
 def both(*handlers: Callable[[StoredEvent], None]) -> Callable[[StoredEvent], None]:
+    """One follower's handler feeding several read models, each in stream order; an event one of them cannot take
+    is logged and still reaches the others."""
+
     def handle(stored: StoredEvent) -> None:
         for handler in handlers:
-            handler(stored)
+            try:
+                handler(stored)
+            except Exception:
+                log.exception("%s:%s not taken by %s; skipped", stored.stream, stored.sequence, handler)
 
     return handle
 

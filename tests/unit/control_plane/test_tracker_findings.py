@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import date, timedelta
 from types import SimpleNamespace
-from typing import Any, cast
+from typing import Any
 
 import pytest
 
@@ -17,7 +17,6 @@ from control_plane.tracker import WorkflowTracker, breach_fingerprint
 from control_plane.tracking import WorkflowProgress
 from libs.runtime.errors import InvalidArgument
 from libs.runtime.events import StoredEvent
-from libs.runtime.subjects import Namespace
 from syncgov.common.v1 import envelope_pb2
 from syncgov.invoice.v1 import events_pb2 as invoice_events
 from syncgov.invoice.v1 import invoice_pb2
@@ -44,10 +43,13 @@ class FakeReporter:
     cleared: list | None = None
 
 
+clock = [0]
+
+
 def tracker() -> WorkflowTracker:
     policy: Any = SimpleNamespace(current=SimpleNamespace(sla=limits, revision=1))
     reporter: Any = FakeReporter()
-    return WorkflowTracker(cast(Any, None), Namespace("sg"), reporter, policy, "control-plane", clock=lambda: 0)
+    return WorkflowTracker(reporter, policy, "control-plane", clock=lambda: clock[0])
 
 
 def stored(domain: str, key: str, name: str, payload, at_ns: int, sequence: int = 1, workflow_key: str = ""):
@@ -73,8 +75,9 @@ def test_an_invoice_that_matched_at_its_submission_is_not_waiting_to_match():
         invoice=invoice_pb2.Invoice(invoice_id="INV-1"),
         match=invoice_pb2.InvoiceMatch(invoice_id="INV-1", matched=True),
     )
-    t._on_invoice(stored("invoice", "INV-1", "submitted", submitted, 1_000 * S, workflow_key="PO-1"))
-    late = t.breaches_of("PO-1", now_ns=1_000 * S + 2 * HOUR)
+    t.on_invoice(stored("invoice", "INV-1", "submitted", submitted, 1_000 * S, workflow_key="PO-1"))
+    clock[0] = 1_000 * S + 2 * HOUR
+    late = t.breaches_of("PO-1")
     assert [b.waiting.stage for b in late] == []
 
 
@@ -90,8 +93,10 @@ def test_an_order_due_on_9999_12_31_is_still_timed_for_its_acknowledgment():
     """A far-future delivery date leaves the order's acknowledgment timed, listed and raised like any other."""
     t = tracker()
     published = po_events.PurchaseOrderPublished(purchase_order=order("PO-FAR", 1, (9999, 12, 31)))
-    t._on_po(stored("po", "PO-FAR", "published", published, 1_000 * S))
-    assert [s.progress.key for s in t.stuck(now_ns=1_000 * S + HOUR)] == ["PO-FAR"]
+    clock[0] = 1_000 * S
+    t.on_po(stored("po", "PO-FAR", "published", published, 1_000 * S))
+    clock[0] = 1_000 * S + HOUR
+    assert [s.progress.key for s in t.stuck()] == ["PO-FAR"]
 
 
 # -- 3. receipt_sync is timed from the latest version's date, not the acknowledged version's ----------------------
@@ -154,14 +159,13 @@ async def test_paging_the_stuck_listing_never_skips_a_workflow_that_was_stuck_th
     now = [950 * S]
     policy: Any = SimpleNamespace(current=SimpleNamespace(sla=limits, revision=1))
     reporter: Any = FakeReporter()
-    t = WorkflowTracker(cast(Any, None), Namespace("sg"), reporter, policy, "control-plane", clock=lambda: now[0])
-    for follower in t.followers:
-        follower._caught_up.set()
+    t = WorkflowTracker(reporter, policy, "control-plane", clock=lambda: now[0])
     for key, at in (("PO-A", 100), ("PO-X", 200), ("PO-B", 300)):
         progress = t._workflow(key)
         tracking.on_version(progress, 1, at * S, criticality="normal", cancelled=False, earliest_delivery=None)
         t._settle(progress)
     tracking.on_invoice(t.progress["PO-X"], "INV-X", "submitted", 50 * S)  # 900 s limit: breached after t=950 s
+    t._settle(t.progress["PO-X"])
     nothing: Any = None  # the listing reads the tracker alone
     servicer = ControlPlaneServicer(nothing, nothing, policy, nothing, nothing, t)
 
