@@ -22,7 +22,6 @@ unknown ones are for a person (``drift_detected`` names them all).
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -231,14 +230,14 @@ def counts(findings: Iterable[Finding]) -> dict[Kind, int]:
     return out
 
 
-def exception_id(system: str, object_type: str, finding: Finding) -> str:
-    """The ``drift_detected`` exception's id: the same drift reported again is the same exception (raised once)."""
-    text = "|".join(
-        (system, object_type, finding.key, str(finding.authoritative_version), str(finding.reported_version))
-    )
-    return f"drift-{hashlib.sha256(f'{text}|{finding.kind}'.encode()).hexdigest()[:32]}"
+def discriminator(system: str, finding: Finding) -> str:
+    """What makes a drift one ``drift_detected`` exception (with the object and its version): the system, the kind
+    and both versions. The same drift reported again is the same exception; another one is another."""
+    return f"{system}|{finding.kind.value}|v{finding.reported_version}|a{finding.authoritative_version}"
 
 
-def repair_idempotency_key(system: str, object_type: str, key: str, version: int) -> str:
-    """A repair's ``Nats-Msg-Id``: one instruction per system, object and version within the duplicate window."""
-    return f"repair:{system}:{object_type}:{key}:v{version}"
+def repair_idempotency_key(system: str, object_type: str, key: str, version: int, report_id: str) -> str:
+    """A repair's ``Nats-Msg-Id``: one instruction per report (``report_id``, fresh for each), so a drift found
+    again a minute later is repaired again, never dropped as a duplicate of the last repair. A report retried after
+    a timeout may queue a version twice; the adapter applies a version it holds already as nothing."""
+    return f"repair:{system}:{object_type}:{key}:v{version}:{report_id}"

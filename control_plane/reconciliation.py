@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import json
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -28,11 +29,12 @@ from libs.policy.engine import Policy
 from libs.runtime.app import Runtime
 from libs.runtime.content_hash import content_sha256
 from libs.runtime.errors import FieldViolation, InvalidArgument, Unavailable
-from libs.runtime.events import Event, EventPublisher, EventReader, StoredEvent
-from libs.runtime.exception_reporter import ExceptionReporter, severity
+from libs.runtime.events import Event, EventPublisher, EventReader, StoredEvent, readable
+from libs.runtime.exception_reporter import ExceptionReporter, fingerprint, severity
 from libs.runtime.identity import current_caller
 from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_pb2, controlplane_service_pb2, events_pb2
+from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import events_pb2 as po_events
 from syncgov.po.v1 import po_pb2
@@ -136,6 +138,22 @@ def drift_message(finding: drift.Finding, object_type: str = drift.PURCHASE_ORDE
     )
 
 
+def drift_ref(finding: drift.Finding) -> types_pb2.ObjectRef:
+    """The order a drift is about, at the version syncgov holds (or, unknown to syncgov, the one reported)."""
+    version = finding.authoritative_version or finding.reported_version
+    return types_pb2.ObjectRef(object_type=drift.PURCHASE_ORDER, object_key=finding.key, version=version)
+
+
+def raised_system(raised: exception_pb2.Exception) -> str:
+    """The reporting system a drift_detected names in its evidence."""
+    for item in raised.evidence:
+        try:
+            return str(json.loads(item).get("system", ""))
+        except (ValueError, AttributeError):
+            continue
+    return ""
+
+
 def document_of(stored: StoredEvent) -> po_pb2.PurchaseOrder:
     """The purchase order version a published, changed or cancelled event carries."""
     kind = DOCUMENT_EVENTS[stored.subject.rsplit(".", 1)[-1]]
@@ -158,12 +176,51 @@ class DriftReconciler:
         self._publisher = publisher
         self._exceptions = exceptions
         self._caught_up = caught_up
+        # The drift_detected exceptions this component raised and has not cleared, by system and order, from the
+        # exception stream (rebuilt at every start): raised once while open, cleared when a report finds it gone.
+        self._open: dict[tuple[str, str], dict[str, exception_pb2.Exception]] = {}
+        self._open_at: dict[str, tuple[str, str]] = {}
         self._drifted = meter.create_counter(
             "syncgov.drift.objects",
             unit="{object}",
             description="Objects a system reported out of step with the system of record (ReportSystemState), by "
             "system, object type and kind (stale, missing, unknown, content_differs); each report counts again.",
         )
+
+    def on_exception(self, stored: StoredEvent) -> None:
+        """The exception stream's events (the control plane's exception follower): this component's drift raises
+        and clearings."""
+        name = stored.subject.rsplit(".", 1)[-1]
+        component = self._exceptions.component
+        if name == "raised":
+            raised = readable(stored, lambda s: s.unpack(exception_events.ExceptionRaised))
+            if raised is not None and self._ours(raised.exception):
+                system = raised_system(raised.exception)
+                if system:
+                    self._remember(system, raised.exception)
+        elif name == "cleared" and stored.subject.split(".")[-2] == component:
+            cleared = readable(stored, lambda s: s.unpack(exception_events.ExceptionCleared))
+            if cleared is not None and self._ours(cleared.exception):
+                self._forget(cleared.exception.fingerprint)
+
+    def _ours(self, exception: exception_pb2.Exception) -> bool:
+        return (
+            exception.type == exception_pb2.EXCEPTION_TYPE_DRIFT_DETECTED
+            and exception.raised_by == self._exceptions.component
+        )
+
+    def _remember(self, system: str, raised: exception_pb2.Exception) -> None:
+        where = (system, raised.object.object_key)
+        self._open.setdefault(where, {})[raised.fingerprint] = raised
+        self._open_at[raised.fingerprint] = where
+
+    def _forget(self, fingerprint_: str) -> None:
+        where = self._open_at.pop(fingerprint_, None)
+        if where is not None:
+            open_here = self._open.get(where, {})
+            open_here.pop(fingerprint_, None)
+            if not open_here:
+                self._open.pop(where, None)
 
     def expect(self, systems: Sequence[str]) -> None:
         """Report 0 drifted objects of each system, object type and kind until one is found, so the series exist."""
@@ -202,16 +259,17 @@ class DriftReconciler:
         hashes = {key: content_sha256(document) for key, document in documents.items()}
         findings = drift.compare(system, objects, authoritative, hashes)
         drifted = [finding for finding in findings if finding.drifted]
-        for finding in drifted:
-            await self._raise(system, finding, authoritative.get(finding.key), policy)
+        for finding in findings:
+            await self._settle(system, finding, authoritative.get(finding.key), policy)
         repairs = 0
         if request.repair:
             repairable = [finding for finding in drifted if finding.repairable]
             read = await self._documents(
                 [authoritative[f.key] for f in repairable if f.key not in documents], already=documents
             )
+            report_id = uuid.uuid4().hex
             for finding in repairable:
-                await self._repair(system, finding, authoritative[finding.key], read[finding.key], policy)
+                await self._repair(system, finding, authoritative[finding.key], read[finding.key], policy, report_id)
                 repairs += 1
         self.expect(sorted(policy.systems))
         tally = drift.counts(findings)
@@ -235,11 +293,29 @@ class DriftReconciler:
         await asyncio.gather(*(read(entry) for entry in entries))
         return out
 
-    async def _raise(
+    async def _settle(
         self, system: str, finding: drift.Finding, latest: drift.Authoritative | None, policy: Policy
     ) -> None:
+        """Raise the drift found unless it is open already; clear what was open about this order and is gone (in
+        sync now, or drifted otherwise)."""
+        ref, discriminator = drift_ref(finding), drift.discriminator(system, finding)
+        now = fingerprint(exception_pb2.EXCEPTION_TYPE_DRIFT_DETECTED, ref, discriminator) if finding.drifted else ""
+        for open_fingerprint, raised in list(self._open.get((system, finding.key), {}).items()):
+            if open_fingerprint != now:
+                why = "in sync" if not finding.drifted else f"drifted otherwise ({finding.kind.value})"
+                await self._exceptions.clear_exception(
+                    raised,
+                    f"{system} reported {finding.key} v{finding.reported_version}: {why}",
+                    clear_id=f"drift-{open_fingerprint}-{uuid.uuid4().hex}",
+                )
+                self._forget(open_fingerprint)
+        if finding.drifted and now not in self._open_at:
+            self._remember(system, await self._raise(system, finding, latest, policy))
+
+    async def _raise(
+        self, system: str, finding: drift.Finding, latest: drift.Authoritative | None, policy: Policy
+    ) -> exception_pb2.Exception:
         route = policy.route("drift_detected")
-        version = finding.authoritative_version or finding.reported_version
         evidence = {
             "system": system,
             "kind": finding.kind.value,
@@ -249,16 +325,15 @@ class DriftReconciler:
             "reported_content_sha256": finding.reported_sha256,
             "source": f"{self._reader_stream()}:{latest.sequence}" if latest is not None else "",
         }
-        await self._exceptions.raise_exception(
+        return await self._exceptions.raise_exception(
             exception_pb2.EXCEPTION_TYPE_DRIFT_DETECTED,
             severity(route.severity, exception_pb2.SEVERITY_HIGH),
-            types_pb2.ObjectRef(object_type=drift.PURCHASE_ORDER, object_key=finding.key, version=version),
+            drift_ref(finding),
             f"drift in {system} ({finding.kind.value}): {finding.reason}",
             evidence=[json.dumps(evidence, sort_keys=True)],
             workflow_key=finding.key,
-            discriminator=f"{system}|{finding.kind.value}|v{finding.reported_version}",
+            discriminator=drift.discriminator(system, finding),
             policy_revision=policy.revision,
-            exception_id=drift.exception_id(system, drift.PURCHASE_ORDER, finding),
         )
 
     def _reader_stream(self) -> str:
@@ -271,6 +346,7 @@ class DriftReconciler:
         latest: drift.Authoritative,
         document: po_pb2.PurchaseOrder,
         policy: Policy,
+        report_id: str,
     ) -> None:
         sha256 = content_sha256(document)
         message = drift_message(replace(finding, authoritative_sha256=sha256))
@@ -289,7 +365,9 @@ class DriftReconciler:
                 object_version=latest.version,
                 name="requested",
                 payload=payload,
-                idempotency_key=drift.repair_idempotency_key(system, drift.PURCHASE_ORDER, finding.key, latest.version),
+                idempotency_key=drift.repair_idempotency_key(
+                    system, drift.PURCHASE_ORDER, finding.key, latest.version, report_id
+                ),
                 source_system=current_caller().system,
                 content_sha256=sha256,
                 workflow_key=finding.key,

@@ -48,16 +48,19 @@ def wire(rt: Runtime[Settings]) -> Service:
     orders = OrderIndex()
     # One follower per stream, feeding everything that reads it: the workflow tracker, the timeline's index of
     # invoices and raises, the order index drift compares against.
+    followers: dict[str, StreamFollower] = {}
+    drift = drift_reconciler(
+        rt, orders, caught_up=lambda: followers["po"].caught_up and followers["exception"].caught_up
+    )
     handlers: dict[str, list[Callable[[StoredEvent], None]]] = {
         "po": [tracker.on_po, orders.follow],
         "receipt": [tracker.on_receipt],
         "invoice": [index.follower("invoice"), tracker.on_invoice],
-        "exception": [index.follower("exception"), tracker.on_exception],
+        "exception": [index.follower("exception"), tracker.on_exception, drift.on_exception],
     }
-    followers = {domain: StreamFollower(rt.js, rt.namespace, domain, both(*each)) for domain, each in handlers.items()}
-    for follower in followers.values():
-        tracker.waits_for(follower)
-    drift = drift_reconciler(rt, orders, caught_up=lambda: followers["po"].caught_up)
+    for domain, each in handlers.items():
+        followers[domain] = StreamFollower(rt.js, rt.namespace, domain, both(*each))
+        tracker.waits_for(followers[domain])
     servicer = ControlPlaneServicer(
         store, policy_commands(rt.policy_store), rt.policy, rt.audit, Workflows(rt.reader, index), tracker, drift
     )

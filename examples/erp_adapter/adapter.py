@@ -153,20 +153,32 @@ async def repair(
             requested = controlplane_events_pb2.RepairRequested()
             envelope_pb2.EventEnvelope.FromString(message.data).payload.Unpack(requested)
             order = requested.purchase_order
+            call_metadata = answering(message.headers, metadata)
             try:
                 if erp.needs(order):
-                    number = await erp.apply(order)
-                    await acknowledge(stub, order, number, answering(message.headers, metadata))
-                    log.info("repaired: ERP holds %s v%s", order.po_id, order.version)
-            except ErpRefused as refusal:
-                log.warning("repair of %s v%s refused by the ERP: %s", order.po_id, order.version, refusal)
+                    try:
+                        number = await erp.apply(order)
+                    except ErpRefused as refusal:
+                        # As on the normal path: syncgov hears the ERP's no, and a person sees it (erp_rejected).
+                        await stub.RejectPurchaseOrder(
+                            po_service_pb2.RejectPurchaseOrderRequest(
+                                po_id=order.po_id, version=order.version, reason=f"repair refused: {refusal}"
+                            ),
+                            metadata=call_metadata,
+                        )
+                    else:
+                        await acknowledge(stub, order, number, call_metadata)
+                        log.info("repaired: ERP holds %s v%s", order.po_id, order.version)
             except grpc.aio.AioRpcError as error:
-                if error.code() in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
-                    log.warning("repair of %s v%s: %s; nothing to repair", order.po_id, order.version, error.details())
-                else:
-                    log.exception("could not acknowledge repaired %s v%s; retrying", order.po_id, order.version)
+                if error.code() not in (grpc.StatusCode.ALREADY_EXISTS, grpc.StatusCode.FAILED_PRECONDITION):
+                    log.exception("could not answer the repair of %s v%s; retrying", order.po_id, order.version)
                     await message.nak(delay=5)
                     continue
+                log.warning("repair of %s v%s: %s; nothing more to do", order.po_id, order.version, error.details())
+            except Exception:  # the ERP or the network failing for now: the repair comes back, the consumer lives on
+                log.exception("could not apply the repair of %s v%s; retrying", order.po_id, order.version)
+                await message.nak(delay=5)
+                continue
             await message.ack()
     with contextlib.suppress(Exception):
         await subscription.unsubscribe()

@@ -179,6 +179,14 @@ class Policy:
             writers.update(field_rule.writers or (field_rule.system_of_record,))
         return system in writers
 
+    def holds_copy(self, system: str, object_type: str) -> bool:
+        """Whether the object is synced to the system (``sync.to``) or kept by it as its system of record: a system
+        holding a copy whose drift from the system of record can be reported."""
+        rule = self.document.ownership.get(object_type)
+        if rule is None:
+            return False
+        return system == rule.system_of_record or (rule.sync is not None and system in rule.sync.to)
+
     def may_read(self, system: str, object_type: str) -> bool:
         rule = self.document.ownership.get(object_type)
         if rule is None or rule.readers is None:

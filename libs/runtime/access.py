@@ -51,7 +51,8 @@ class Report:
 class ReportHoldings:
     """Reports what a system holds of ``object_type``, to be compared with the system of record (drift): allowed
     when ``system`` (a dotted path in the request) names the caller itself, or the caller is a policy
-    administrator (an operator reporting a snapshot on a system's behalf)."""
+    administrator (an operator reporting a snapshot on a system's behalf), and that system holds a copy it may
+    read (the object is synced to it, or it is the system of record)."""
 
     object_type: str
     system: str

@@ -129,6 +129,22 @@ class OwnershipGuard:
                     "unless it is a policy administrator",
                     [],
                 )
+            # Only a system the object is synced to holds a copy to compare; any other would learn every object's
+            # key and version (and, with repair, its content) from a report of nothing.
+            if policy.is_known_system(system) and not (
+                policy.holds_copy(system, rule.object_type) and policy.may_read(system, rule.object_type)
+            ):
+                await self._refuse(
+                    policy,
+                    caller,
+                    method,
+                    rule.object_type,
+                    "",
+                    0,
+                    f"{rule.object_type} is not synced to {system} (policy ownership.{rule.object_type}.sync.to): "
+                    "it holds no copy whose drift could be reported",
+                    [],
+                )
         elif isinstance(rule, Write):
             document = resolve(request, rule.document) if rule.document else None
             fields = touched_fields(document) if isinstance(document, Message) else {""}

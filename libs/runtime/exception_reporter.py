@@ -75,6 +75,11 @@ class ExceptionReporter:
         self._service = service_name
         self.metrics = metrics  # what refusals count (duplicate transactions) on
 
+    @property
+    def component(self) -> str:
+        """Who raises: the ``raised_by`` of every exception, and the subject its clearings go on."""
+        return self._service
+
     async def raise_exception(
         self,
         exception_type: exception_pb2.ExceptionType,

@@ -130,11 +130,13 @@ async def stored_payloads(js, namespace, domain: str, message_type) -> list:
 
 async def raised_exceptions(js, namespace) -> list:
     """Every exception raised in a namespace, oldest first."""
+    from libs.runtime.events import EventReader
     from syncgov.exception.v1 import events_pb2 as exception_events
 
     return [
-        raised.exception
-        for raised in await stored_payloads(js, namespace, "exception", exception_events.ExceptionRaised)
+        event.unpack(exception_events.ExceptionRaised).exception
+        async for event in EventReader(js, namespace).scan("exception")
+        if event.subject.endswith(".raised")  # not the router's transitions, not clearings
     ]
 
 

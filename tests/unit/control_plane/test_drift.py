@@ -108,13 +108,13 @@ def test_problems_name_each_field_and_nothing_passes_outside_the_range():
     assert "objects" in dict(drift.problems("erp", {"erp"}, too_many, "", ""))
 
 
-def test_the_exception_id_names_the_drift_so_a_repeated_report_raises_nothing_new():
+def test_the_discriminator_names_the_drift_so_a_repeated_report_is_the_same_exception():
     first = found(held("PO-1", 1), latest("PO-1", 2))
     again = found(held("PO-1", 1), latest("PO-1", 2))
     later = found(held("PO-1", 1), latest("PO-1", 3))
-    assert drift.exception_id("erp", drift.PURCHASE_ORDER, first) == drift.exception_id("erp", "purchase_order", again)
-    assert drift.exception_id("erp", drift.PURCHASE_ORDER, first) != drift.exception_id("erp", "purchase_order", later)
-    assert drift.exception_id("erp", drift.PURCHASE_ORDER, first) != drift.exception_id("wms", "purchase_order", first)
+    assert drift.discriminator("erp", first) == drift.discriminator("erp", again)
+    assert drift.discriminator("erp", first) != drift.discriminator("erp", later)
+    assert drift.discriminator("erp", first) != drift.discriminator("wms", first)
 
 
 versions = st.integers(min_value=1, max_value=50)
