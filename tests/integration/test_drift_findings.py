@@ -254,7 +254,6 @@ async def test_a_system_purchase_orders_are_never_synced_to_raises_no_missing_dr
     assert await message_count(js, namespace, "repair") == 0
 
 
-
 # --- the CLI --------------------------------------------------------------------------------------------------------
 
 
