@@ -194,6 +194,14 @@ def transient(error: BaseException) -> Unavailable | None:
         return Unavailable(
             f"the event store did not answer ({type(error).__name__}); retry", reason="BROKER_UNAVAILABLE"
         )
-    if isinstance(error, ConnectionError | OSError):
+    if isinstance(error, ConnectionError | OSError) or _closed_under_us(error):
         return Unavailable(f"a connection failed ({type(error).__name__}); retry", reason="CONNECTION_FAILED")
     return None
+
+
+def _closed_under_us(error: BaseException) -> bool:
+    """uvloop's answer to a write on a connection a fault just closed (a client library reusing it before it
+    noticed): a RuntimeError naming the closed transport, not a ConnectionError, though it is exactly that. Seen
+    under chaos from redis-py's reconnect (``unable to perform operation on <TCPTransport closed=True ...>; the
+    handler is closed``)."""
+    return isinstance(error, RuntimeError) and "the handler is closed" in str(error) and "closed=True" in str(error)

@@ -183,6 +183,13 @@ class EdgeInterceptor(grpc.aio.ServerInterceptor):
                     raise
                 except Exception as error:
                     span.record_exception(error)
+                    if context.cancelled() or type(error).__name__ == "ExecuteBatchError":
+                        # The caller went away first (a cut connection, a deadline): there is nobody to answer, and
+                        # what failed was sending to it (gRPC's core refusing the batch: ExecuteBatchError, a class
+                        # of its private Cython module) or work it no longer waits for, not the service.
+                        outcome = grpc.StatusCode.CANCELLED
+                        log.info("%s: the caller went away before its answer (%s)", method, type(error).__name__)
+                        raise
                     if isinstance(error, NotImplementedError):  # the generated base of an RPC not served yet
                         outcome = grpc.StatusCode.UNIMPLEMENTED
                         await _abort(context, Unimplemented(f"{method} is not implemented in this release"))

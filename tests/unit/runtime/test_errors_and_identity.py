@@ -91,6 +91,13 @@ def test_backoff_steps_then_repeats_the_last():
         (redis.exceptions.TimeoutError("frozen"), "STORE_UNAVAILABLE"),
         (redis.exceptions.ConnectionError("refused"), "STORE_UNAVAILABLE"),
         (ConnectionResetError(), "CONNECTION_FAILED"),
+        (
+            RuntimeError(
+                "unable to perform operation on <TCPTransport closed=True reading=False 0x5637e79f0620>; "
+                "the handler is closed"
+            ),
+            "CONNECTION_FAILED",
+        ),
     ],
 )
 def test_infrastructure_faults_are_unavailable_with_retry_info(error, reason):
@@ -105,7 +112,9 @@ def test_infrastructure_faults_are_unavailable_with_retry_info(error, reason):
     assert info.retry_delay.ToMilliseconds() == 1000
 
 
-@pytest.mark.parametrize("error", [ValueError("bad"), KeyError("x"), RuntimeError()])
+@pytest.mark.parametrize(
+    "error", [ValueError("bad"), KeyError("x"), RuntimeError(), RuntimeError("the handler is closed, says the test")]
+)
 def test_programming_errors_are_not_called_transient(error):
     assert transient(error) is None
 
