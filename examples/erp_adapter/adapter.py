@@ -100,6 +100,18 @@ class ErpClient:
         return held.version == order.version and content_sha256(held) != content_sha256(order)
 
 
+def one_at_a_time(durable: str, subjects: str) -> ConsumerConfig:
+    """A durable pull consumer handing out one message at a time: the next only once this one is acknowledged."""
+    return ConsumerConfig(
+        durable_name=durable,
+        filter_subject=subjects,
+        ack_policy=AckPolicy.EXPLICIT,
+        deliver_policy=DeliverPolicy.ALL,
+        max_ack_pending=1,
+        ack_wait=60,
+    )
+
+
 async def acknowledge(
     stub: po_service_pb2_grpc.PurchaseOrderServiceStub,
     order: po_pb2.PurchaseOrder,
@@ -127,17 +139,7 @@ async def repair(
     stream, durable = f"{namespace.upper()}_REPAIR", f"{namespace}-erp-adapter-repair"
     while not stop.is_set():
         try:
-            await js.add_consumer(
-                stream,
-                ConsumerConfig(
-                    durable_name=durable,
-                    filter_subject=f"{namespace}.repair.{system}.purchase_order.>",
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    max_ack_pending=1,
-                    ack_wait=60,
-                ),
-            )
+            await js.add_consumer(stream, one_at_a_time(durable, f"{namespace}.repair.{system}.purchase_order.>"))
             break
         except NotFoundError:  # the control plane creates the repair stream when it starts
             await asyncio.sleep(1)
@@ -199,17 +201,7 @@ async def run_adapter(
     nc = await nats.connect(nats_url)
     js = nc.jetstream()
     stream, durable = f"{namespace.upper()}_PO", f"{namespace}-erp-adapter-po"
-    await js.add_consumer(
-        stream,
-        ConsumerConfig(
-            durable_name=durable,
-            filter_subject=f"{namespace}.po.>",
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            max_ack_pending=1,
-            ack_wait=60,
-        ),
-    )
+    await js.add_consumer(stream, one_at_a_time(durable, f"{namespace}.po.>"))
     subscription = await js.pull_subscribe_bind(durable, stream)
     async with grpc.aio.insecure_channel(po_address) as channel:
         stub = po_service_pb2_grpc.PurchaseOrderServiceStub(channel)

@@ -215,6 +215,23 @@ async def publish_order(po_stub, po_id: str = "PO-1001", quantity: str = "10") -
     )
 
 
+async def published_changed_and_acknowledged(po_stub, po_id: str = "PO-1001", erp_number: str = "4500012345") -> None:
+    """``po_id`` published (v1), changed (v2, line 1 to 12) and v2 acknowledged by the ERP."""
+    from syncgov.po.v1 import po_service_pb2
+
+    await publish_order(po_stub, po_id)
+    changed = sample_order(po_id)
+    changed.version = 2
+    changed.lines[0].quantity.value = "12"
+    await po_stub.ChangePurchaseOrder(
+        po_service_pb2.ChangePurchaseOrderRequest(purchase_order=changed), metadata=PROCUREMENT
+    )
+    await po_stub.AcknowledgePurchaseOrder(
+        po_service_pb2.AcknowledgePurchaseOrderRequest(po_id=po_id, version=2, erp_document_number=erp_number),
+        metadata=ERP,
+    )
+
+
 async def code_of(call) -> grpc.StatusCode:
     """The status a call ended with (OK included)."""
     try:

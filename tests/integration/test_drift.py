@@ -11,7 +11,9 @@ rule (the system itself or a policy administrator) are checked too, and so is ``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -44,17 +46,50 @@ A_HASH = "a" * 64
 
 
 class RecordingErp(ErpClient):
-    """The ERP stand-in, keeping a copy of every version it applied (its backups)."""
+    """The ERP stand-in, keeping a copy of every version it applied (its backups); ``fail_next`` makes its next
+    posting fail with that error (a refusal, an outage)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.applied: list[po_pb2.PurchaseOrder] = []
+        self.fail_next: BaseException | None = None
 
     async def apply(self, order: po_pb2.PurchaseOrder) -> str:
+        if self.fail_next is not None:
+            error, self.fail_next = self.fail_next, None
+            raise error
         copy = po_pb2.PurchaseOrder()
         copy.CopyFrom(order)
         self.applied.append(copy)
         return await super().apply(order)
+
+
+@contextlib.asynccontextmanager
+async def erp_adapter(po, nats_server) -> AsyncIterator[RecordingErp]:
+    """The ERP adapter example running against po-publication for the test's length, its ERP recording."""
+    erp, stop = RecordingErp(), asyncio.Event()
+    adapter = asyncio.create_task(
+        run_adapter(nats_server.url, po.address, po.runtime.namespace.root, erp=erp, stop=stop)
+    )
+    try:
+        yield erp
+    finally:
+        stop.set()
+        with contextlib.suppress(BaseException):
+            await adapter
+
+
+async def acknowledged(orders, po_id: str, version: int) -> bool:
+    got = await orders.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id=po_id), metadata=PROCUREMENT)
+    return got.erp_acknowledgment.version == version
+
+
+async def held_at_v2(orders, erp: RecordingErp, po_id: str = "PO-1001") -> po_pb2.PurchaseOrder:
+    """Publish and change ``po_id`` until the ERP acknowledged v2; the ERP's copy of v1 (a backup to restore)."""
+    await publish_order(orders, po_id)
+    await change(orders, po_id, 2, "25")
+    await eventually(lambda: acknowledged(orders, po_id, 2))
+    return next(order for order in erp.applied if order.po_id == po_id and order.version == 1)
 
 
 def state(key: str, version: int, sha256: str = "", object_type: str = "purchase_order") -> cp.SystemObjectState:
@@ -90,25 +125,14 @@ async def report(control, *objects, metadata=ERP, **fields) -> cps.ReportSystemS
 async def test_a_restored_erp_holding_v1_is_stale_and_repaired_through_the_adapter(governed_stack, js, nats_server):
     _, control, po, orders = governed_stack
     namespace = po.runtime.namespace
-    erp, stop = RecordingErp(), asyncio.Event()
-    adapter = asyncio.create_task(run_adapter(nats_server.url, po.address, namespace.root, erp=erp, stop=stop))
-    try:
-        await publish_order(orders, "PO-1001")
-        await change(orders, "PO-1001", 2, "25")
-
-        async def acknowledged_v2():
-            got = await orders.GetPurchaseOrder(
-                po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=PROCUREMENT
-            )
-            return got.erp_acknowledgment.version == 2
-
-        await eventually(acknowledged_v2)
+    async with erp_adapter(po, nats_server) as erp:
+        v1 = await held_at_v2(orders, erp)
         v2 = await authoritative(orders, "PO-1001")
         assert erp.version_held("PO-1001") == 2
         assert content_sha256(erp.held["PO-1001"]) == content_sha256(v2)
 
         # The ERP is restored from a backup taken while it held v1.
-        erp.held["PO-1001"] = next(order for order in erp.applied if order.version == 1)
+        erp.held["PO-1001"] = v1
 
         async def stale():
             answer = await report(control, *erp.snapshot())
@@ -147,9 +171,6 @@ async def test_a_restored_erp_holding_v1_is_stale_and_repaired_through_the_adapt
         got = await orders.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id="PO-1001"), metadata=ERP)
         assert got.erp_acknowledgment.version == 2
         assert got.erp_acknowledgment.erp_document_number == erp.numbers["PO-1001"]
-    finally:
-        stop.set()
-        await adapter
 
 
 async def test_missing_unknown_and_differing_objects_over_two_batches(governed_stack, js):

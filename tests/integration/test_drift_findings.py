@@ -3,28 +3,30 @@ fix, but for the one that checks a race that did not occur)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from pathlib import Path
 
 import grpc
 import pytest
 import yaml
 
-from examples.erp_adapter.adapter import ErpClient, ErpRefused, run_adapter
-from syncgov.common.v1 import types_pb2
+from examples.erp_adapter.adapter import ErpClient, ErpRefused
 from syncgov.controlplane.v1 import controlplane_pb2 as cp
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cps
 from syncgov.exception.v1 import exception_pb2
-from syncgov.po.v1 import po_pb2, po_service_pb2
 from tests.integration.helpers import (
-    ERP,
-    PROCUREMENT,
+    WMS_EAST,
     eventually,
     message_count,
     publish_order,
     raised_exceptions,
-    sample_order,
+)
+from tests.integration.test_drift import (
+    acknowledged,
+    drift_exceptions,
+    erp_adapter,
+    held_at_v2,
+    report,
+    state,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -32,50 +34,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = (ROOT / "deploy" / "policy" / "default.yaml").read_text()
 OPS = (("x-syncgov-system", "ops-console"),)
 PORTAL = (("x-syncgov-system", "supplier-portal"),)
-
-
-def state(key: str, version: int, sha256: str = "") -> cp.SystemObjectState:
-    return cp.SystemObjectState(
-        object=types_pb2.ObjectRef(object_type="purchase_order", object_key=key, version=version), content_sha256=sha256
-    )
-
-
-async def report(control, *objects, metadata=ERP, **fields) -> cps.ReportSystemStateResponse:
-    fields.setdefault("system", "erp")
-    return await control.ReportSystemState(cps.ReportSystemStateRequest(objects=objects, **fields), metadata=metadata)
-
-
-async def change(po_stub, po_id: str, version: int, quantity: str) -> None:
-    changed = sample_order(po_id, quantity=quantity)
-    changed.version = version
-    await po_stub.ChangePurchaseOrder(
-        po_service_pb2.ChangePurchaseOrderRequest(purchase_order=changed), metadata=PROCUREMENT
-    )
-
-
-async def acknowledged(orders, po_id: str, version: int) -> bool:
-    got = await orders.GetPurchaseOrder(po_service_pb2.GetPurchaseOrderRequest(po_id=po_id), metadata=PROCUREMENT)
-    return got.erp_acknowledgment.version == version
-
-
-async def drift_exceptions(js, namespace) -> list[exception_pb2.Exception]:
-    return [e for e in await raised_exceptions(js, namespace) if e.type == exception_pb2.EXCEPTION_TYPE_DRIFT_DETECTED]
-
-
-class RecordingErp(ErpClient):
-    def __init__(self) -> None:
-        super().__init__()
-        self.applied: list[po_pb2.PurchaseOrder] = []
-        self.fail_next: BaseException | None = None
-
-    async def apply(self, order: po_pb2.PurchaseOrder) -> str:
-        if self.fail_next is not None:
-            error, self.fail_next = self.fail_next, None
-            raise error
-        copy = po_pb2.PurchaseOrder()
-        copy.CopyFrom(order)
-        self.applied.append(copy)
-        return await super().apply(order)
 
 
 # --- access -----------------------------------------------------------------------------------------------------
@@ -140,14 +98,8 @@ async def test_a_second_repair_of_the_same_version_within_the_duplicate_window_i
     """The same drift found again a minute later is repaired again: each report's repairs are its own messages."""
     _, control, po, orders = governed_stack
     namespace = po.runtime.namespace
-    erp, stop = RecordingErp(), asyncio.Event()
-    adapter = asyncio.create_task(run_adapter(nats_server.url, po.address, namespace.root, erp=erp, stop=stop))
-    try:
-        await publish_order(orders, "PO-1001")
-        await change(orders, "PO-1001", 2, "25")
-        await eventually(lambda: acknowledged(orders, "PO-1001", 2))
-        v1 = next(order for order in erp.applied if order.version == 1)
-
+    async with erp_adapter(po, nats_server) as erp:
+        v1 = await held_at_v2(orders, erp)
         erp.held["PO-1001"] = v1  # restored from a backup
 
         async def repaired_once():
@@ -159,13 +111,9 @@ async def test_a_second_repair_of_the_same_version_within_the_duplicate_window_i
 
         erp.held["PO-1001"] = v1  # the same backup restored again a minute later
         second = await report(control, *erp.snapshot(), repair=True)
-        assert second.repairs_requested == 1  # answered as sent ...
-        assert await message_count(js, namespace, "repair") == 2, "... but the stream stored no second instruction"
+        assert second.repairs_requested == 1
+        assert await message_count(js, namespace, "repair") == 2  # stored, not dropped as a duplicate
         await eventually(lambda: _holds(erp, "PO-1001", 2), within=8)
-    finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await adapter
 
 
 async def _holds(erp: ErpClient, po_id: str, version: int) -> bool:
@@ -177,10 +125,7 @@ async def test_a_transient_erp_failure_during_a_repair_is_retried_not_fatal_to_t
 ):
     """An ERP failing for now during a repair: the repair comes back and the repair consumer lives on."""
     _, control, po, orders = governed_stack
-    namespace = po.runtime.namespace
-    erp, stop = RecordingErp(), asyncio.Event()
-    adapter = asyncio.create_task(run_adapter(nats_server.url, po.address, namespace.root, erp=erp, stop=stop))
-    try:
+    async with erp_adapter(po, nats_server) as erp:
         await publish_order(orders, "PO-1001")
         await eventually(lambda: acknowledged(orders, "PO-1001", 1))
         del erp.held["PO-1001"]  # the ERP lost the order
@@ -191,16 +136,7 @@ async def test_a_transient_erp_failure_during_a_repair_is_retried_not_fatal_to_t
             return answer.repairs_requested
 
         await eventually(requested)
-        try:
-            await eventually(lambda: _holds(erp, "PO-1001", 1), within=15)
-        except TimeoutError:
-            stop.set()
-            [ended] = await asyncio.gather(adapter, return_exceptions=True)
-            pytest.fail(f"the order was never repaired; the adapter's repair task had ended with {ended!r}")
-    finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await adapter
+        await eventually(lambda: _holds(erp, "PO-1001", 1), within=15)
 
 
 async def test_an_erp_refusing_a_repaired_version_is_rejected_not_silently_acknowledged(
@@ -209,13 +145,8 @@ async def test_an_erp_refusing_a_repaired_version_is_rejected_not_silently_ackno
     """An ERP refusing a repaired version: the refusal reaches syncgov (RejectPurchaseOrder), as on the normal path."""
     _, control, po, orders = governed_stack
     namespace = po.runtime.namespace
-    erp, stop = RecordingErp(), asyncio.Event()
-    adapter = asyncio.create_task(run_adapter(nats_server.url, po.address, namespace.root, erp=erp, stop=stop))
-    try:
-        await publish_order(orders, "PO-1001")
-        await change(orders, "PO-1001", 2, "25")
-        await eventually(lambda: acknowledged(orders, "PO-1001", 2))
-        erp.held["PO-1001"] = next(order for order in erp.applied if order.version == 1)
+    async with erp_adapter(po, nats_server) as erp:
+        erp.held["PO-1001"] = await held_at_v2(orders, erp)
         erp.fail_next = ErpRefused("posting period closed")
 
         async def requested():
@@ -229,15 +160,9 @@ async def test_an_erp_refusing_a_repaired_version_is_rejected_not_silently_ackno
             ]
 
         await eventually(rejected, within=8)
-    finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await adapter
 
 
 # --- who is reported ------------------------------------------------------------------------------------------------
-
-WMS_EAST = (("x-syncgov-system", "wms-east"),)
 
 
 async def test_a_system_purchase_orders_are_never_synced_to_raises_no_missing_drift_for_every_order(governed_stack, js):
@@ -293,13 +218,8 @@ async def test_a_repaired_drift_is_cleared_and_the_same_drift_recurring_is_raise
     exception reopened) again."""
     _, control, po, orders = governed_stack
     namespace = po.runtime.namespace
-    erp, stop = RecordingErp(), asyncio.Event()
-    adapter = asyncio.create_task(run_adapter(nats_server.url, po.address, namespace.root, erp=erp, stop=stop))
-    try:
-        await publish_order(orders, "PO-1001")
-        await change(orders, "PO-1001", 2, "25")
-        await eventually(lambda: acknowledged(orders, "PO-1001", 2))
-        v1 = next(order for order in erp.applied if order.version == 1)
+    async with erp_adapter(po, nats_server) as erp:
+        v1 = await held_at_v2(orders, erp)
         erp.held["PO-1001"] = v1
 
         async def stale():
@@ -318,7 +238,3 @@ async def test_a_repaired_drift_is_cleared_and_the_same_drift_recurring_is_raise
         assert cleared == 1  # the in-sync report cleared the first drift
         assert len(raised) == 2  # and its recurrence was raised again
         assert raised[0].fingerprint == raised[1].fingerprint  # the same drift: the router reopens its exception
-    finally:
-        stop.set()
-        with contextlib.suppress(BaseException):
-            await adapter

@@ -19,8 +19,13 @@ from control_plane.wiring import wire as wire_control_plane
 from libs.runtime.local_servers import free_port
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire as wire_po
-from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
-from tests.integration.helpers import ERP, PROCUREMENT, eventually, publish_order, sample_order, settings_like
+from syncgov.po.v1 import po_service_pb2_grpc
+from tests.integration.helpers import (
+    eventually,
+    publish_order,
+    published_changed_and_acknowledged,
+    settings_like,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -106,20 +111,8 @@ async def test_the_web_view_shows_the_trackers_numbers_and_a_po_timeline_in_head
     cp_settings = settings_like(ControlPlaneSettings, po_settings, web_port=port)
     async with running_service(po_settings, wire_po) as (_, po_channel, _):
         orders = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
-        await publish_order(orders)
+        await published_changed_and_acknowledged(orders)
         await publish_order(orders, "PO-2002")
-        changed = sample_order("PO-1001")
-        changed.version = 2
-        changed.lines[0].quantity.value = "12"
-        await orders.ChangePurchaseOrder(
-            po_service_pb2.ChangePurchaseOrderRequest(purchase_order=changed), metadata=PROCUREMENT
-        )
-        await orders.AcknowledgePurchaseOrder(
-            po_service_pb2.AcknowledgePurchaseOrderRequest(
-                po_id="PO-1001", version=2, erp_document_number="4500012345"
-            ),
-            metadata=ERP,
-        )
 
         async with running_service(cp_settings, wire_control_plane) as (control_plane, _, _):
             base = f"http://{cp_settings.grpc_host}:{port}"

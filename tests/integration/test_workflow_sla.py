@@ -40,6 +40,18 @@ def one_second_for_critical_orders(tmp_path: Path) -> Path:
     )
 
 
+def control_plane_with_sla(po_settings, tmp_path: Path) -> ControlPlaneSettings:
+    """The control plane in the services' namespace, critical orders given one second, sweeping five times a second."""
+    policy = one_second_for_critical_orders(tmp_path)
+    return settings_like(ControlPlaneSettings, po_settings, policy_file=policy, sla_sweep_seconds=0.2)
+
+
+async def resolved(exceptions, exception_id: str):
+    """The exception once exception-router resolved it (for ``eventually``), else None."""
+    got = await exceptions.GetException(exs.GetExceptionRequest(exception_id=exception_id), metadata=OPS)
+    return got.exception if got.exception.state == ex.EXCEPTION_STATE_RESOLVED else None
+
+
 async def raises_of_breaches(nats_url: str, namespace: str) -> int:
     """How many sla_breach raises the exception stream holds."""
     nc = await nats.connect(nats_url)
@@ -56,8 +68,7 @@ async def raises_of_breaches(nats_url: str, namespace: str) -> int:
 async def test_a_missed_acknowledgment_raises_one_sla_breach_closed_when_the_erp_answers(
     po_settings, nats_server, valkey_server, tmp_path
 ):
-    policy = one_second_for_critical_orders(tmp_path)
-    cp_settings = settings_like(ControlPlaneSettings, po_settings, policy_file=policy, sla_sweep_seconds=0.2)
+    cp_settings = control_plane_with_sla(po_settings, tmp_path)
     namespace = po_settings.namespace
     async with (
         running_service(po_settings, wire_po) as (_, po_channel, _),
@@ -140,13 +151,7 @@ async def test_a_missed_acknowledgment_raises_one_sla_breach_closed_when_the_erp
                 metadata=ERP,
             )
 
-            async def resolved():
-                got = await exceptions.GetException(
-                    exs.GetExceptionRequest(exception_id=breach.exception_id), metadata=OPS
-                )
-                return got.exception if got.exception.state == ex.EXCEPTION_STATE_RESOLVED else None
-
-            closed = await eventually(resolved)
+            closed = await eventually(lambda: resolved(exceptions, breach.exception_id))
             assert closed.resolution.kind == ex.RESOLUTION_KIND_CLEARED
             assert closed.resolution.by == "control-plane"
             assert "answered up to version 1" in closed.resolution.note

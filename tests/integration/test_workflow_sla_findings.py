@@ -31,7 +31,7 @@ from tests.integration.helpers import ERP, PROCUREMENT, eventually, sample_order
 from tests.integration.test_exception_router import policy_with, router_settings
 from tests.integration.test_invoice_status import goods_receipt, invoice
 from tests.integration.test_invoice_status import invoice_stack as invoice_stack  # the fixture, shared
-from tests.integration.test_workflow_sla import OPS, one_second_for_critical_orders, raises_of_breaches
+from tests.integration.test_workflow_sla import OPS, control_plane_with_sla, raises_of_breaches, resolved
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -78,8 +78,7 @@ async def test_a_clearing_published_by_another_component_does_not_close_a_breach
 ):
     """Only the component whose subject carries the clearing (<ns>.exception.<component>.cleared, which the broker
     lets that component alone publish) may close what it raised; a payload claiming control-plane changes nothing."""
-    policy = one_second_for_critical_orders(tmp_path)
-    cp_settings = settings_like(ControlPlaneSettings, po_settings, policy_file=policy, sla_sweep_seconds=0.2)
+    cp_settings = control_plane_with_sla(po_settings, tmp_path)
     namespace = po_settings.namespace
     async with (
         running_service(po_settings, wire_po) as (_, po_channel, _),
@@ -126,8 +125,7 @@ async def test_a_stage_completed_while_the_control_plane_was_down_is_cleared_aft
 ):
     """The ERP answers while the control plane is down: the restarted tracker reads its open breach from the exception
     stream and clears it; one raise in all."""
-    policy = one_second_for_critical_orders(tmp_path)
-    cp_settings = settings_like(ControlPlaneSettings, po_settings, policy_file=policy, sla_sweep_seconds=0.2)
+    cp_settings = control_plane_with_sla(po_settings, tmp_path)
     namespace = po_settings.namespace
     async with (
         running_service(po_settings, wire_po) as (_, po_channel, _),
@@ -143,14 +141,7 @@ async def test_a_stage_completed_while_the_control_plane_was_down_is_cleared_aft
             metadata=ERP,
         )
         async with running_service(cp_settings, wire_control_plane):
-
-            async def resolved():
-                got = await exceptions.GetException(
-                    exs.GetExceptionRequest(exception_id=breach.exception_id), metadata=OPS
-                )
-                return got.exception if got.exception.state == ex.EXCEPTION_STATE_RESOLVED else None
-
-            closed = await eventually(resolved)
+            closed = await eventually(lambda: resolved(exceptions, breach.exception_id))
             assert closed.resolution.kind == ex.RESOLUTION_KIND_CLEARED
             assert await raises_of_breaches(po_settings.nats_url, namespace) == 1
 
@@ -159,8 +150,7 @@ async def test_the_stuck_listing_pages_past_a_workflow_with_a_long_non_ascii_key
     po_settings, nats_server, valkey_server, tmp_path
 ):
     """A PO id may be 256 characters of any script: the page token stays short (a digest), and paging lists both."""
-    policy = one_second_for_critical_orders(tmp_path)
-    cp_settings = settings_like(ControlPlaneSettings, po_settings, policy_file=policy, sla_sweep_seconds=0.2)
+    cp_settings = control_plane_with_sla(po_settings, tmp_path)
     async with (
         running_service(po_settings, wire_po) as (_, po_channel, _),
         running_service(cp_settings, wire_control_plane) as (_, cp_channel, _),

@@ -21,7 +21,7 @@ from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.controlplane.v1 import controlplane_pb2 as cp
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cps
 from syncgov.controlplane.v1 import controlplane_service_pb2_grpc
-from syncgov.po.v1 import po_service_pb2, po_service_pb2_grpc
+from syncgov.po.v1 import po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
 from tests.integration.helpers import (
     ERP,
@@ -29,9 +29,8 @@ from tests.integration.helpers import (
     control_plane_settings,
     eventually,
     goods_receipt,
-    publish_order,
+    published_changed_and_acknowledged,
     receipt_settings,
-    sample_order,
 )
 from tests.integration.test_invoice_status import invoice, invoice_settings
 
@@ -54,19 +53,7 @@ async def test_one_po_timeline_runs_from_publication_to_the_invoice_with_trace_i
         invoices = invoice_service_pb2_grpc.InvoiceStatusServiceStub(invoice_channel)
         control = controlplane_service_pb2_grpc.ControlPlaneServiceStub(cp_channel)
 
-        await publish_order(orders)
-        changed = sample_order("PO-1001")
-        changed.version = 2
-        changed.lines[0].quantity.value = "12"
-        await orders.ChangePurchaseOrder(
-            po_service_pb2.ChangePurchaseOrderRequest(purchase_order=changed), metadata=PROCUREMENT
-        )
-        await orders.AcknowledgePurchaseOrder(
-            po_service_pb2.AcknowledgePurchaseOrderRequest(
-                po_id="PO-1001", version=2, erp_document_number="4500012345"
-            ),
-            metadata=ERP,
-        )
+        await published_changed_and_acknowledged(orders)
         await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
         await invoices.SubmitInvoice(invoice("INV-1", "A-1", quantity="4"), metadata=PROCUREMENT)
         await invoices.SubmitInvoice(invoice("INV-2", "A-2", quantity="1", price="13.50"), metadata=PROCUREMENT)
