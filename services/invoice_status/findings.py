@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
 
 from libs.policy.engine import Policy
-from libs.runtime.exception_reporter import ExceptionReporter, severity
+from libs.runtime.exception_reporter import ExceptionReporter, fingerprint, severity
 from services.invoice_status.decider import InvoiceState, InvoiceStatus
 from services.invoice_status.domain import OBJECT_TYPE, MatchState, Reason
 from syncgov.common.v1 import types_pb2
@@ -59,10 +60,38 @@ def _detail(state: InvoiceState, reason: Reason) -> str:
     return f"{subject} blocked: {reason.value}" + (f" on {where}" if where else "")
 
 
+def reasons_standing(state: InvoiceState) -> frozenset[Reason]:
+    """The blocking reasons that still stand against the invoice: its match in force blocks for them (a release by a
+    person overrides them for payment, it does not make them untrue), unless the invoice was cancelled."""
+    if state.status is InvoiceStatus.CANCELLED or state.match is None or state.match.state is not MatchState.BLOCKED:
+        return frozenset()
+    return frozenset(state.match.reasons)
+
+
+def reasons_raised(state: InvoiceState) -> frozenset[Reason]:
+    """The reasons whose exceptions the match in force raised (none for a match a release covered)."""
+    if state.status is not InvoiceStatus.BLOCKED or not state.exceptions_sequence or state.match is None:
+        return frozenset()
+    return frozenset(state.match.reasons)
+
+
 class BlockingExceptions:
     def __init__(self, exceptions: ExceptionReporter, policy: Callable[[], Policy]) -> None:
         self._exceptions = exceptions
         self._policy = policy
+
+    async def clear(self, invoice_id: str, reason: Reason, workflow_key: str, sequence: int, why: str) -> None:
+        """Say the reason's exception no longer holds (the router resolves it as cleared, unless it was raised again
+        since); ``sequence`` is the invoice event that ended it, naming the clearing."""
+        contract_type, _ = exception_type_of(reason)
+        ref = types_pb2.ObjectRef(object_type=OBJECT_TYPE, object_key=invoice_id)
+        raised = exception_pb2.Exception(
+            type=contract_type,
+            object=ref,
+            fingerprint=fingerprint(contract_type, ref, f"{invoice_id}:{reason.value}"),
+            workflow_key=workflow_key,
+        )
+        await self._exceptions.clear_exception(raised, why, clear_id=f"invoice:{invoice_id}:{reason.value}:{sequence}")
 
     async def raise_for(self, invoice_id: str, state: InvoiceState, match_sequence: int) -> None:
         """One exception per blocking reason of the match in force, if it blocks."""
@@ -115,6 +144,11 @@ class TailExceptions:
             return
         if state.status is InvoiceStatus.BLOCKED and state.exceptions_sequence == sequence:
             self._pending[(invoice_id, sequence)] = state
+        else:
+            # A later event ended the block noted for this invoice (matched again, released, cancelled): raising it
+            # now would raise a block no longer in force, after its clearing.
+            for noted in [k for k in self._pending if k[0] == invoice_id and k[1] != state.exceptions_sequence]:
+                del self._pending[noted]
 
     async def raise_all(self) -> None:
         """After the follower caught up: raise what was noted (a failure fails the start, which is retried)."""
@@ -122,3 +156,95 @@ class TailExceptions:
         for (invoice_id, sequence), state in list(self._pending.items()):
             await self._blocking.raise_for(invoice_id, state, sequence)
             del self._pending[(invoice_id, sequence)]
+
+
+class ClearedReasons:
+    """The exceptions of blocking reasons an invoice no longer has are cleared (the router resolves them as
+    ``cleared``), so a person does not chase an awaiting_receipt whose receipt landed.
+
+    Fed by the invoice follower with each event and the invoice's state after it, on every replica, in stream order:
+    a reason whose exception was raised and that no longer stands (a re-match matched the invoice or blocked it for
+    other reasons; the invoice was cancelled) is due to be cleared, and :meth:`flush` (a periodic job) publishes
+    what is due — once the raise it clears is in the exception stream: a clearing stored before the raise it ends
+    would leave the late raise opening an exception nobody clears (the request that blocked may still be raising
+    when a receipt re-matches the invoice). A raise that never comes (its process died; the tail raises it at the
+    next start) holds its clearing at most :data:`CLEAR_WAIT_FLUSHES` flushes.
+
+    At start the follower replays the whole stream: only the reasons ended by the newest events (the tail, as for
+    raises) are cleared again, in case the process died before clearing them; older ones were cleared then.
+    Clearing twice is harmless (the exception is closed), and every replica clearing the same reason is stored once
+    within the broker's duplicate window."""
+
+    def __init__(
+        self,
+        blocking: BlockingExceptions,
+        newest: Callable[[], Awaitable[int]],
+        stored: Callable[[str], Awaitable[bool]],
+        tail: int = TAIL_ON_START,
+    ):
+        self._blocking = blocking
+        self._newest = newest
+        self._stored = stored  # whether the raise with this id is in the exception stream
+        self._tail = tail
+        self._after: int | None = None  # while the start-up replay runs: only later events' clearings are due
+        self._raised: dict[str, dict[Reason, int]] = {}  # per invoice: reason -> the match event that raised it
+        self._due: dict[tuple[str, Reason], Due] = {}
+
+    async def begin(self) -> None:
+        """Before the follower starts: which events are the tail."""
+        self._after = max(0, await self._newest() - self._tail)
+
+    async def start(self) -> None:
+        """The start-up step after the follower caught up: the tail's clearings, then every later event's."""
+        self._after = None
+        await self.flush()
+
+    def followed(self, invoice_id: str, state: InvoiceState, sequence: int) -> None:
+        before = self._raised.get(invoice_id, {})
+        standing = reasons_standing(state)
+        now = {reason: raised_at for reason, raised_at in before.items() if reason in standing}
+        now.update(dict.fromkeys(reasons_raised(state), state.exceptions_sequence))
+        if now:
+            self._raised[invoice_id] = now
+        else:
+            self._raised.pop(invoice_id, None)
+        for reason in standing:  # raised again meanwhile: an earlier clearing is overtaken
+            self._due.pop((invoice_id, reason), None)
+        ended = {reason: raised_at for reason, raised_at in before.items() if reason not in standing}
+        if not ended or (self._after is not None and sequence <= self._after):
+            return
+        why = (
+            "the invoice was cancelled"
+            if state.status is InvoiceStatus.CANCELLED
+            else "a re-match no longer blocks the invoice for it"
+        )
+        workflow_key = state.match.lines[0].po_id if state.match is not None and state.match.lines else ""
+        for reason, raised_at in ended.items():
+            self._due[(invoice_id, reason)] = Due(
+                sequence, exception_id(invoice_id, reason, raised_at), workflow_key, why
+            )
+
+    async def flush(self) -> None:
+        """Publish the clearings due whose raise is stored; one that fails stays due for the next flush."""
+        for (invoice_id, reason), due in list(self._due.items()):
+            if not await self._stored(due.raise_id) and due.waited < CLEAR_WAIT_FLUSHES:
+                self._due[(invoice_id, reason)] = replace(due, waited=due.waited + 1)
+                continue
+            await self._blocking.clear(invoice_id, reason, due.workflow_key, due.sequence, due.why)
+            if self._due.get((invoice_id, reason), due).sequence == due.sequence:
+                self._due.pop((invoice_id, reason), None)
+
+
+@dataclass(frozen=True, slots=True)
+class Due:
+    """A clearing due: the invoice event that ended the reason, the raise it clears, and why."""
+
+    sequence: int
+    raise_id: str
+    workflow_key: str
+    why: str
+    waited: int = 0  # flushes it waited for its raise to be stored
+
+
+# How many flushes a clearing waits for the raise it ends to be stored before it is published anyway.
+CLEAR_WAIT_FLUSHES = 100  # about 10 s at the follower flush interval (store.FOLLOW_FLUSH_SECONDS)

@@ -12,7 +12,7 @@ from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, S
 from services.invoice_status import decider, domain, events
 from services.invoice_status.domain import Reason
 from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines, SupplierStates
-from services.invoice_status.findings import BlockingExceptions, TailExceptions
+from services.invoice_status.findings import BlockingExceptions, ClearedReasons, TailExceptions
 from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
@@ -38,12 +38,19 @@ def wire(rt: Runtime[Settings]) -> Service:
     suppliers = SupplierStates()
     blocking = BlockingExceptions(rt.exceptions, policy)
     tail = TailExceptions(blocking, lambda: rt.reader.last_sequence(events.DOMAIN))
+
+    async def raise_stored(raise_id: str) -> bool:
+        return bool(await rt.reader.history(EXCEPTION.domain, raise_id))
+
+    cleared = ClearedReasons(blocking, lambda: rt.reader.last_sequence(events.DOMAIN), raise_stored)
     supplier_follower = StreamFollower(rt.js, rt.namespace, "supplier", suppliers.apply)
 
     def on_invoice(stored: StoredEvent) -> None:  # other replicas' appends reach the blocked list through here
         ledger.follow(stored)
         read_models.followed(stored)
-        tail.followed(stored.envelope.object_key, ledger.state_of(stored.envelope.object_key), stored.sequence)
+        state = ledger.state_of(stored.envelope.object_key)
+        tail.followed(stored.envelope.object_key, state, stored.sequence)
+        cleared.followed(stored.envelope.object_key, state, stored.sequence)
 
     invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, on_invoice)
     commands = CommandHandler(
@@ -108,13 +115,15 @@ def wire(rt: Runtime[Settings]) -> Service:
         # again; suppliers' states and every invoice recorded so far are followed into memory, caught up before
         # serving.
         # The blocking matches among the newest invoice events raise their exceptions again (a process killed between
-        # an append and its raises).
+        # an append and its raises), and the reasons those events ended are cleared again.
         startup=[
             read_models.start,
             supplier_follower.start,
             tail.begin,
+            cleared.begin,
             invoice_follower.start,
             tail.raise_all,
+            cleared.start,
             gauges.refresh,
         ],
         # The blocked list notices a lost Valkey (or a failed write) and rebuilds while serving; what the follower
@@ -122,6 +131,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         periodic=[
             (rt.settings.read_model_check_seconds, read_models.check),
             (FOLLOW_FLUSH_SECONDS, read_models.flush),
+            (FOLLOW_FLUSH_SECONDS, cleared.flush),
             gauges.periodic,
         ],
         # Receipts and PO versions re-match the invoices waiting on their PO (after the followers caught up).

@@ -55,6 +55,7 @@ from syncgov.receipt.v1 import receipt_service_pb2_grpc
 from tests.integration.helpers import (
     ERP,
     PROCUREMENT,
+    eventually,
     goods_receipt,
     publish_order,
     raised_exceptions,
@@ -68,6 +69,9 @@ from tests.integration.test_invoice_status import (
     invoice,
     invoice_settings,
     reasons,
+)
+from tests.integration.test_invoice_status import (
+    invoice_stack as invoice_stack,
 )
 from tests.unit.invoice_status.builders import POLICY as UNIT_POLICY
 from tests.unit.invoice_status.test_decider import AWAITING as UNIT_AWAITING
@@ -318,3 +322,60 @@ async def test_a_blocking_match_appended_by_a_process_that_died_before_raising_i
             raised = [e for e in await raised_exceptions(js, namespace) if e.object.object_key == "INV-T"]
     assert [e.type for e in raised] == [exception_pb2.EXCEPTION_TYPE_QUANTITY_VARIANCE]
     assert list(status.exception_ids) == [e.exception_id for e in raised]
+
+
+async def test_a_block_the_receipt_ends_has_its_exception_cleared_and_a_new_block_raises_it_again(
+    invoice_stack,
+    nats_server,
+    valkey_server,
+):
+    """An invoice submitted before its receipt is blocked awaiting_receipt (raised, routed); the receipt lands, the
+    invoice re-matches clean, and invoice-status clears the exception: exception-router resolves it as cleared, by
+    invoice-status. A return that blocks the invoice again (for its quantity) opens that exception alone."""
+    from services.exception_router.wiring import wire as wire_router
+    from syncgov.exception.v1 import exception_service_pb2 as exs
+    from syncgov.exception.v1 import exception_service_pb2_grpc
+    from tests.integration.test_exception_router import router_settings
+
+    _, receipts, stub, settings = invoice_stack
+    ops = (("x-syncgov-system", "ops-console"),)
+    async with running_service(router_settings(nats_server, valkey_server, settings.namespace), wire_router) as (
+        _,
+        router_channel,
+        _,
+    ):
+        router = exception_service_pb2_grpc.ExceptionRouterServiceStub(router_channel)
+        blocked = await stub.SubmitInvoice(invoice(quantity="4"), metadata=PROCUREMENT)
+        assert reasons(blocked.status) == {"awaiting_receipt"}
+
+        async def the_exception(state):
+            listed = await router.ListExceptions(
+                exs.ListExceptionsRequest(type=exception_pb2.EXCEPTION_TYPE_AWAITING_RECEIPT), metadata=ops
+            )
+            found = [e for e in listed.exceptions if e.object.object_key == "INV-1" and e.state == state]
+            return found[0] if found else None
+
+        opened = await eventually(lambda: the_exception(exception_pb2.EXCEPTION_STATE_OPEN))
+        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+        closed = await eventually(lambda: the_exception(exception_pb2.EXCEPTION_STATE_RESOLVED))
+        assert closed.exception_id == opened.exception_id
+        assert closed.resolution.kind == exception_pb2.RESOLUTION_KIND_CLEARED
+        assert closed.resolution.by == "invoice-status"
+        got = await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-1"), metadata=PROCUREMENT)
+        assert got.status.state == MATCHED
+
+        # The goods go back: the invoice re-matches blocked again, now for its quantity; that exception opens and
+        # the cleared one stays closed.
+        await receipts.PostGoodsReceipt(
+            goods_receipt("RT-1", "PO-1001", (1, "4"), kind=2, reverses="GR-1"), metadata=ERP
+        )
+
+        async def quantity_variance():
+            listed = await router.ListExceptions(
+                exs.ListExceptionsRequest(type=exception_pb2.EXCEPTION_TYPE_QUANTITY_VARIANCE), metadata=ops
+            )
+            return [e for e in listed.exceptions if e.object.object_key == "INV-1"] or None
+
+        [variance] = await eventually(quantity_variance)
+        assert variance.state == exception_pb2.EXCEPTION_STATE_OPEN
+        assert (await the_exception(exception_pb2.EXCEPTION_STATE_RESOLVED)).exception_id == opened.exception_id
