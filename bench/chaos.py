@@ -1044,7 +1044,12 @@ async def resolve(client: Client, rng: random.Random, desk: Desk) -> None:
     if target is None:
         await browse(client, rng, desk)
         return
-    if target.state == exception_pb2.EXCEPTION_STATE_RESOLVED and rng.random() < 0.5:
+    # The same resolution again (answered as it stands), a person's: one its source cleared is no person's to repeat.
+    if (
+        target.state == exception_pb2.EXCEPTION_STATE_RESOLVED
+        and target.resolution.kind in RESOLUTION_KINDS
+        and rng.random() < 0.5
+    ):
         kind, note, person = target.resolution.kind, target.resolution.note, target.resolution.by
     else:
         kind = rng.choice(RESOLUTION_KINDS)
@@ -1867,6 +1872,8 @@ async def verify_exceptions(
     unreadable: list[str] = []
     for stored in stream:
         name = exception_router_events.event_name(stored)
+        if name == exception_router_events.CLEARED:
+            continue  # a source saying what it raised is over: the router's resolution is the transition checked
         if name == exception_router_events.RAISED:
             raised = exception_router_events.decode_raised(stored)
             if raised is None or raised.exception_id != stored.envelope.object_key:
