@@ -89,7 +89,8 @@ HELP = (
     "(price_variance, with the limit that applied), wms-east may not release it (PERMISSION_DENIED), j.doe "
     "releases it through ops-console; procurement may not record a payment (PERMISSION_DENIED), the ERP pays the "
     "matched invoice (paid). Then operations: the exceptions the story raised (four refusals, the receipt's two "
-    "findings, the two invoice blocks) are listed, each routed by policy to its owner team; j.doe acknowledges the "
+    "findings, the two invoice blocks) are listed, each routed by policy to its owner team; the awaiting_receipt "
+    "exception closed by itself when the goods arrived (cleared by invoice-status); j.doe acknowledges the "
     "price_variance exception of the released invoice through ops-console and resolves it (accepted, with a note); "
     "the backlog by team and type and the closure times are read back.\n\n"
     "Exit 0 when every step held, 1 when one did not, 3 when the stack cannot be reached."
@@ -437,6 +438,25 @@ def exception_steps(
         f"{sum(n for _, n in RAISED.values())}, each routed by policy to its team",
         f"{len(raised)}: " + (", ".join(f"{team} {n}" for team, n in teams.items()) or "none"),
         found == RAISED,
+    )
+
+    # The invoice that came before its goods matched once the receipt landed: invoice-status cleared its exception.
+    early = next((e for e in raised if exception_type(e.type) == "awaiting_receipt"), None)
+    deadline = time.monotonic() + 10
+    while early is not None and early.state != exception_pb2.EXCEPTION_STATE_RESOLVED and time.monotonic() < deadline:
+        time.sleep(0.1)
+        early = router.GetException(exc.GetExceptionRequest(exception_id=early.exception_id), metadata=ops).exception
+    check(
+        "the awaiting_receipt exception, once the goods arrived",
+        "resolved by itself: cleared by invoice-status",
+        "none raised"
+        if early is None
+        else f"{exception_state(early.state)}: {kind_name(early.resolution.kind)} by "
+        f"{early.resolution.by or '(no one)'}",
+        early is not None
+        and early.state == exception_pb2.EXCEPTION_STATE_RESOLVED
+        and early.resolution.kind == exception_pb2.RESOLUTION_KIND_CLEARED
+        and early.resolution.by == "invoice-status",
     )
 
     priced_id = f"INV-{run_id}-2"

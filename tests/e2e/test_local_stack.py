@@ -306,7 +306,8 @@ def _assert_the_exceptions_step_held(output: str, base: int) -> None:
     assert len(refusals) == 4, f"four refusals routed to integration-team expected:\n{output}"
     for finding in ("superseded_version", "over_receipt"):
         assert re.search(rf"│ {finding} +│ medium +│ open +│ procurement-ops +│ goods_receipt:erp/GR-{run} +│", output)
-    assert re.search(rf"│ awaiting_receipt +│ medium +│ open +│ accounts-payable +│ invoice:INV-{run}-1 +│", output)
+    # Its receipt landed, the invoice matched, invoice-status cleared it: closed without anyone.
+    assert re.search(rf"│ awaiting_receipt +│ medium +│ resolved +│ accounts-payable +│ invoice:INV-{run}-1 +│", output)
     reported = re.search(rf"│ {priced} +│ .+│ released +│ price_variance +│ [^│]+│ ({UUID}) +│", output)
     assert reported, output
 
