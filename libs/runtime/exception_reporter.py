@@ -125,8 +125,8 @@ class ExceptionReporter:
         return exception
 
     async def clear_exception(self, raised: exception_pb2.Exception, reason: str, *, clear_id: str) -> None:
-        """Say the condition this component raised (``raised``: its type, object and fingerprint) no longer holds;
-        the router resolves the exception (kind CLEARED) unless it was raised again since.
+        """Say the condition this component raised (``raised``: its type, object, fingerprint and the raise's id)
+        no longer holds; the router resolves the exception (kind CLEARED) if that raise is still its newest.
 
         Published on ``<ns>.exception.<this component>.cleared``: the one subject of the exception stream the broker
         lets this component alone publish clearings on, so the router knows who cleared, not from a claim in the
@@ -147,7 +147,7 @@ class ExceptionReporter:
                 object_key=self._service,
                 object_version=0,
                 name=CLEARED,
-                payload=events_pb2.ExceptionCleared(exception=exception, reason=reason),
+                payload=events_pb2.ExceptionCleared(exception=exception, reason=reason, raise_id=raised.exception_id),
                 idempotency_key=f"exception:{exception.exception_id}",
                 source_system=self._service,
                 workflow_key=raised.workflow_key,

@@ -97,6 +97,10 @@ class Intake:
         if clearer != view.raised_by:
             log.error("%s may not clear exception %s, raised by %s; ignored", clearer, key, view.raised_by)
             return None
+        if cleared.raise_id and cleared.raise_id != view.last_raised_id:
+            # It ends a raise that is not the newest: raised again since (or the clearing came late), it stands.
+            log.info("clearing of %s ends raise %s, not its newest; overtaken", key, cleared.raise_id)
+            return None
         if not view.state.exists:
             # Raised, not opened yet (the intake takes raises and clearings at once): back once it is.
             raise NotYet(f"exception {key} is not opened yet; its clearing waits")

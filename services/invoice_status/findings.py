@@ -13,8 +13,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
 from libs.policy.engine import Policy
+from libs.runtime.decider import Recorded
 from libs.runtime.exception_reporter import ExceptionReporter, fingerprint, severity
-from services.invoice_status.decider import InvoiceState, InvoiceStatus
+from services.invoice_status.decider import InvoiceEvent, InvoiceState, InvoiceStatus
 from services.invoice_status.domain import OBJECT_TYPE, MatchState, Reason
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
@@ -80,12 +81,15 @@ class BlockingExceptions:
         self._exceptions = exceptions
         self._policy = policy
 
-    async def clear(self, invoice_id: str, reason: Reason, workflow_key: str, sequence: int, why: str) -> None:
-        """Say the reason's exception no longer holds (the router resolves it as cleared, unless it was raised again
-        since); ``sequence`` is the invoice event that ended it, naming the clearing."""
+    async def clear(
+        self, invoice_id: str, reason: Reason, raise_id: str, workflow_key: str, sequence: int, why: str
+    ) -> None:
+        """Say the reason's exception, raised as ``raise_id``, no longer holds (the router resolves it as cleared
+        while that raise is its newest); ``sequence`` is the invoice event that ended it, naming the clearing."""
         contract_type, _ = exception_type_of(reason)
         ref = types_pb2.ObjectRef(object_type=OBJECT_TYPE, object_key=invoice_id)
         raised = exception_pb2.Exception(
+            exception_id=raise_id,
             type=contract_type,
             object=ref,
             fingerprint=fingerprint(contract_type, ref, f"{invoice_id}:{reason.value}"),
@@ -144,11 +148,6 @@ class TailExceptions:
             return
         if state.status is InvoiceStatus.BLOCKED and state.exceptions_sequence == sequence:
             self._pending[(invoice_id, sequence)] = state
-        else:
-            # A later event ended the block noted for this invoice (matched again, released, cancelled): raising it
-            # now would raise a block no longer in force, after its clearing.
-            for noted in [k for k in self._pending if k[0] == invoice_id and k[1] != state.exceptions_sequence]:
-                del self._pending[noted]
 
     async def raise_all(self) -> None:
         """After the follower caught up: raise what was noted (a failure fails the start, which is retried)."""
@@ -199,7 +198,19 @@ class ClearedReasons:
         self._after = None
         await self.flush()
 
+    async def applied(
+        self, key: str, state: InvoiceState, sequence: int, recorded: Recorded[InvoiceEvent] | None
+    ) -> None:
+        """The command handler's projection hook: this process's own appends, each with the state right after it
+        (the follower brings them later, when the ledger already holds a newer state)."""
+        self.followed(key, state, state.sequence)
+
     def followed(self, invoice_id: str, state: InvoiceState, sequence: int) -> None:
+        """An event and the invoice's state after it. A state that is not the one right after ``sequence`` (the
+        follower reaching an event the ledger had passed through this process's own later append) is skipped:
+        :meth:`applied` saw that append's own state."""
+        if state.sequence != sequence:
+            return
         before = self._raised.get(invoice_id, {})
         standing = reasons_standing(state)
         now = {reason: raised_at for reason, raised_at in before.items() if reason in standing}
@@ -230,7 +241,7 @@ class ClearedReasons:
             if not await self._stored(due.raise_id) and due.waited < CLEAR_WAIT_FLUSHES:
                 self._due[(invoice_id, reason)] = replace(due, waited=due.waited + 1)
                 continue
-            await self._blocking.clear(invoice_id, reason, due.workflow_key, due.sequence, due.why)
+            await self._blocking.clear(invoice_id, reason, due.raise_id, due.workflow_key, due.sequence, due.why)
             if self._due.get((invoice_id, reason), due).sequence == due.sequence:
                 self._due.pop((invoice_id, reason), None)
 

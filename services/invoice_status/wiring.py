@@ -59,7 +59,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         evolve=decider.evolve,
         size_of=size_of,
         cache_bytes=rt.settings.state_cache_mb * 1024 * 1024,
-        projections=(ledger, blocked),
+        projections=(ledger, blocked, cleared),
         claims=rt.idempotency_store(name),
         name="invoice",
     )

@@ -18,7 +18,9 @@ class Blocking:
     def __init__(self) -> None:
         self.cleared: list[tuple[str, Reason, int]] = []
 
-    async def clear(self, invoice_id: str, reason: Reason, workflow_key: str, sequence: int, why: str) -> None:
+    async def clear(
+        self, invoice_id: str, reason: Reason, raise_id: str, workflow_key: str, sequence: int, why: str
+    ) -> None:
         self.cleared.append((invoice_id, reason, sequence))
 
 
