@@ -36,6 +36,7 @@ import logging
 from collections.abc import Callable
 
 from libs.policy.engine import Policy
+from libs.runtime.commands import recorded
 from libs.runtime.consumers import ConsumerSpec, Retry
 from libs.runtime.decider import Refusal
 from libs.runtime.events import StoredEvent
@@ -93,6 +94,8 @@ class Rematcher:
             if state.status is InvoiceStatus.BLOCKED and state.exceptions_sequence:
                 # The ids derive from the match event: raised by the request already, this stores nothing twice.
                 await self._blocking.raise_for(invoice_id, state, state.exceptions_sequence)
+
+        await self._raise_submission_block(invoice_id, stored)
         submitted = self._ledger.state_of(invoice_id).submitted
         if submitted is None or not submitted.invoice.credit_note:
             return
@@ -100,6 +103,17 @@ class Rematcher:
         if credited_id and self._ledger.state_of(credited_id).exists:
             log.info("credit note %s credits invoice %s; re-matching it", invoice_id, credited_id)
             await self.rematch(credited_id)
+
+    async def _raise_submission_block(self, invoice_id: str, stored: StoredEvent) -> None:
+        """The submission's own block, even when a re-match has ended it since: a request whose raise failed (a broker
+        fault, the process killed) leaves it unraised, and a block no longer in force is raised by nothing else (its
+        exception is then cleared as ended). The ids derive from the event: raised before, this stores nothing."""
+        submitted_event = events.decode(stored)
+        if not isinstance(submitted_event, decider.InvoiceSubmitted):
+            return
+        at_submission = decider.evolve(decider.INITIAL, recorded(stored, submitted_event))
+        if at_submission.status is InvoiceStatus.BLOCKED and at_submission.exceptions_sequence:
+            await self._blocking.raise_for(invoice_id, at_submission, stored.sequence)
 
     async def order_changed(self, po_id: str) -> None:
         """Re-match every invoice waiting on ``po_id``; an error leaves the event unacknowledged (redelivered)."""

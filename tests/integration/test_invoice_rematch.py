@@ -28,7 +28,7 @@ import pytest
 from libs.runtime.commands import Outcome
 from libs.runtime.consumers import Retry
 from libs.runtime.decider import Recorded, Refusal
-from libs.runtime.events import content_sha256
+from libs.runtime.events import StoredEvent, content_sha256
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
 from services.invoice_status import events, mapping, rematch
@@ -379,3 +379,22 @@ async def test_a_block_the_receipt_ends_has_its_exception_cleared_and_a_new_bloc
         [variance] = await eventually(quantity_variance)
         assert variance.state == exception_pb2.EXCEPTION_STATE_OPEN
         assert (await the_exception(exception_pb2.EXCEPTION_STATE_RESOLVED)).exception_id == opened.exception_id
+
+
+async def test_the_invoices_consumer_raises_a_submissions_block_that_a_re_match_ended_since(monkeypatch):
+    """A submission that blocked (awaiting_receipt, sequence 1) whose request's raise failed, matched since by a
+    re-match (sequence 3): the consumer of submitted events raises the submission's own block — nothing else would —
+    with the id of its event, so a raise stored before stores nothing twice."""
+    from libs.runtime.events import build_envelope, now_timestamp
+
+    rematcher, _, ledger = _rematcher(monkeypatch, _Matches((UNIT_MATCHED, FRESH)))
+    ledger.fold(UNIT_INVOICE.invoice_id, _b_matched())
+    assert ledger.state_of(UNIT_INVOICE.invoice_id).status is InvoiceStatus.MATCHED  # the block is no longer in force
+    submission = InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_AWAITING, FactVersions())
+    envelope = build_envelope(events.encode(UNIT_INVOICE.invoice_id, submission), now_timestamp())
+    stored = StoredEvent(
+        "SG_INVOICE", 1, f"sg.invoice.{UNIT_INVOICE.invoice_id}.submitted", {}, envelope.SerializeToString(), envelope
+    )
+    await rematcher.on_invoice(stored)
+    raised = cast(Any, rematcher)._blocking.calls
+    assert raised == [(UNIT_INVOICE.invoice_id, 1)]
