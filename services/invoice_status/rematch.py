@@ -33,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from libs.policy.engine import Policy
 from libs.runtime.commands import recorded
@@ -66,7 +66,9 @@ class Rematcher:
         ledger: InvoiceLedger,
         blocking: BlockingExceptions,
         policy: Callable[[], Policy],
+        history: Callable[[str], Awaitable[list[StoredEvent]]],
     ) -> None:
+        self._history = history  # an invoice's events, oldest first, from the stream
         self._commands = commands
         self._matcher = matcher
         self._ledger = ledger
@@ -83,7 +85,10 @@ class Rematcher:
     async def on_invoice(self, stored: StoredEvent) -> None:
         """An invoice recorded: re-match it if its match was computed without an invoice recorded before it, else
         raise the exceptions of the block in force (the request that appended it may have died before raising
-        them); a credit note re-matches the invoice it credits."""
+        them); a credit note re-matches the invoice it credits. A re-match that blocked: raise its block."""
+        if stored.subject.rsplit(".", 1)[-1] == events.BLOCKED:
+            await self._raise_rematch_block(stored)
+            return
         await self._read_up_to(stored.sequence)
         invoice_id = stored.envelope.object_key
         if self._ledger.missed(invoice_id):
@@ -114,6 +119,22 @@ class Rematcher:
         at_submission = decider.evolve(decider.INITIAL, recorded(stored, submitted_event))
         if at_submission.status is InvoiceStatus.BLOCKED and at_submission.exceptions_sequence:
             await self._blocking.raise_for(invoice_id, at_submission, stored.sequence)
+
+    async def _raise_rematch_block(self, stored: StoredEvent) -> None:
+        """A re-match's block, even when a later match has ended it since: the re-match that appended it raises it
+        after the append, and when that raise fails (a broker fault, the process killed) and another re-match lands
+        before the message comes back, nothing else would. Whether the block raised anything (a release may cover
+        it) is the invoice's state right after the event, folded from its own history."""
+        invoice_id = stored.envelope.object_key
+        state = decider.INITIAL
+        for event in await self._history(invoice_id):
+            if event.sequence > stored.sequence:
+                break
+            decoded = events.decode(event)
+            if decoded is not None:
+                state = decider.evolve(state, recorded(event, decoded))
+        if state.status is InvoiceStatus.BLOCKED and state.exceptions_sequence == stored.sequence:
+            await self._blocking.raise_for(invoice_id, state, stored.sequence)
 
     async def order_changed(self, po_id: str) -> None:
         """Re-match every invoice waiting on ``po_id``; an error leaves the event unacknowledged (redelivered)."""
@@ -166,5 +187,6 @@ def consumers(rematcher: Rematcher) -> tuple[ConsumerSpec, ...]:
             events.DOMAIN,
             f"{events.DOMAIN}.*.{events.SUBMITTED}",
             rematcher.on_invoice,
+            filters=(f"{events.DOMAIN}.*.{events.SUBMITTED}", f"{events.DOMAIN}.*.{events.BLOCKED}"),
         ),
     )

@@ -75,7 +75,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         blocking,
         policy,
     )
-    rematcher = Rematcher(commands, matcher, ledger, blocking, policy)
+    rematcher = Rematcher(
+        commands, matcher, ledger, blocking, policy, lambda invoice_id: rt.reader.history(events.DOMAIN, invoice_id)
+    )
     rt.metrics.expect_duplicates(domain.OBJECT_TYPE)
     gauges = PolledGauges(rt.telemetry.meter)
     by_reason: dict[Reason, int] = {}

@@ -34,6 +34,7 @@ from libs.runtime.testing import running_service
 from services.invoice_status import events, mapping, rematch
 from services.invoice_status.decider import (
     INITIAL,
+    Blocked,
     Decision,
     FactVersions,
     InvoiceEvent,
@@ -77,6 +78,7 @@ from tests.unit.invoice_status.builders import POLICY as UNIT_POLICY
 from tests.unit.invoice_status.test_decider import AWAITING as UNIT_AWAITING
 from tests.unit.invoice_status.test_decider import INVOICE as UNIT_INVOICE
 from tests.unit.invoice_status.test_decider import MATCHED as UNIT_MATCHED
+from tests.unit.invoice_status.test_decider import PRICE as UNIT_PRICE
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -254,9 +256,18 @@ def _rematcher(monkeypatch, matcher: _Matches) -> tuple[rematch.Rematcher, _OneI
     commands = _OneInvoice(state)
     policy = SimpleNamespace(document=SimpleNamespace(tolerances=None), revision=1)
     rematcher = rematch.Rematcher(
-        cast(Any, commands), cast(Any, matcher), ledger, cast(Any, _Raised()), cast(Any, lambda: policy)
+        cast(Any, commands),
+        cast(Any, matcher),
+        ledger,
+        cast(Any, _Raised()),
+        cast(Any, lambda: policy),
+        history=_no_history,
     )
     return rematcher, commands, ledger
+
+
+async def _no_history(invoice_id: str) -> list[StoredEvent]:
+    return []
 
 
 def _other_invoice() -> Recorded[InvoiceEvent]:
@@ -398,3 +409,29 @@ async def test_the_invoices_consumer_raises_a_submissions_block_that_a_re_match_
     await rematcher.on_invoice(stored)
     raised = cast(Any, rematcher)._blocking.calls
     assert raised == [(UNIT_INVOICE.invoice_id, 1)]
+
+
+async def test_the_invoices_consumer_raises_a_re_matchs_block_that_a_later_match_ended(monkeypatch):
+    """A re-match blocked the invoice (price_variance, sequence 2) and its raise failed; a later re-match matched it
+    (sequence 3) before the message came back. The consumer of blocked events raises that block — read from the
+    invoice's history up to the event — with the event's id, so a raise stored before stores nothing twice."""
+    from libs.runtime.events import build_envelope, now_timestamp
+
+    def stored_as(sequence: int, name: str, event: InvoiceEvent) -> StoredEvent:
+        envelope = build_envelope(events.encode(UNIT_INVOICE.invoice_id, event), now_timestamp())
+        subject = f"sg.invoice.{UNIT_INVOICE.invoice_id}.{name}"
+        return StoredEvent("SG_INVOICE", sequence, subject, {}, envelope.SerializeToString(), envelope)
+
+    history = [
+        stored_as(1, "submitted", InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_MATCHED, FactVersions())),
+        stored_as(2, "blocked", Blocked(UNIT_PRICE, FactVersions())),
+        stored_as(3, "matched", Matched(UNIT_MATCHED, FactVersions())),
+    ]
+
+    async def invoice_history(invoice_id: str) -> list[StoredEvent]:
+        return history
+
+    rematcher, _, _ = _rematcher(monkeypatch, _Matches((UNIT_MATCHED, FRESH)))
+    cast(Any, rematcher)._history = invoice_history
+    await rematcher.on_invoice(history[1])
+    assert cast(Any, rematcher)._blocking.calls == [(UNIT_INVOICE.invoice_id, 2)]
