@@ -31,10 +31,10 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
 
 from libs.cli.components import existing_components
-from libs.runtime.local_servers import free_port, free_port_range
+from libs.runtime.local_servers import free_port_range
 from libs.runtime.probe import health_status, reflected_services
 from libs.runtime.telemetry import DURATION_BUCKETS
-from tests.integration.helpers import wait_for_line
+from tests.integration.helpers import syncgov_up
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -102,39 +102,10 @@ def stack(tmp_path: Path, otlp_receiver: tuple[OtlpReceiver, str]):
     base = free_port_range(6)
     po_port = base + 2
     metrics_po_port = free_port_range(6) + 2
-    args = [
-        sys.executable,
-        "-m",
-        "libs.cli",
-        "up",
-        "--data-dir",
-        str(tmp_path / "stack"),
-        "--grpc-port-base",
-        str(po_port - 2),
-        "--metrics-port-base",
-        str(metrics_po_port - 2),
-        "--nats-port",
-        str(free_port()),
-        "--redis-port",
-        str(free_port()),
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCGOV_", "OTEL_"))}
-    env["COLUMNS"] = "200"
     # Every service exports its spans to the test's receiver, in batches flushed every 200 ms.
-    env["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"] = otlp_receiver[1]
-    env["OTEL_BSP_SCHEDULE_DELAY"] = "200"
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        output = wait_for_line(process, "syncgov is up", timeout=60)
+    traced = {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": otlp_receiver[1], "OTEL_BSP_SCHEDULE_DELAY": "200"}
+    with syncgov_up(tmp_path / "stack", po_port - 2, metrics_po_port - 2, **traced) as (process, output):
         yield process, po_port, metrics_po_port, output, tmp_path / "stack"
-    finally:
-        if process.poll() is None:  # stop it as a user would, so it stops what it started
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 async def _probe(address: str, service: str = "") -> tuple[str, list[str]]:

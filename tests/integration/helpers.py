@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 
 import grpc
@@ -289,3 +290,47 @@ def wait_for_line(process, needle: str, timeout: float) -> list[str]:
         else:
             time.sleep(0.05)
     raise AssertionError(f"{needle!r} not printed; output so far:\n{''.join(seen)}")
+
+
+@contextlib.contextmanager
+def syncgov_up(data_dir, grpc_base: int, metrics_base: int, **env: str):
+    """``syncgov up`` as a user runs it, on the given port bases and fresh server ports, in an environment without the
+    caller's SYNCGOV_/OTEL_ settings (plus ``env``): (the process, its output up to "syncgov is up"). Stopped with
+    SIGINT, as a user stops it, so it stops what it started."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from libs.runtime.local_servers import free_port
+
+    args = [
+        sys.executable,
+        "-m",
+        "libs.cli",
+        "up",
+        "--data-dir",
+        str(data_dir),
+        "--grpc-port-base",
+        str(grpc_base),
+        "--metrics-port-base",
+        str(metrics_base),
+        "--nats-port",
+        str(free_port()),
+        "--redis-port",
+        str(free_port()),
+    ]
+    environment = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCGOV_", "OTEL_"))}
+    environment["COLUMNS"] = "200"
+    environment.update(env)
+    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment)
+    try:
+        yield process, wait_for_line(process, "syncgov is up", timeout=60)
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -32,12 +31,12 @@ from libs.cli.components import COMPONENTS, Component, existing_components
 from libs.runtime.consumers import ConsumerRunner, ConsumerSpec
 from libs.runtime.events import EventPublisher
 from libs.runtime.exception_reporter import ExceptionReporter
-from libs.runtime.local_servers import free_port, free_port_range
+from libs.runtime.local_servers import free_port_range
 from libs.runtime.metrics import RuntimeMetrics, consumer_gauges
 from libs.runtime.streams import EXCEPTION, PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
-from tests.integration.helpers import raised_exceptions, wait_for_line
+from tests.integration.helpers import raised_exceptions, syncgov_up
 from tests.integration.test_jetstream_runtime import po_published
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -138,36 +137,8 @@ def stack(tmp_path: Path) -> Iterator[tuple[int, int]]:
     """``syncgov up`` on free ports: (gRPC port base, metrics port base)."""
     grpc_base = free_port_range(6)
     metrics_base = free_port_range(6)
-    args = [
-        sys.executable,
-        "-m",
-        "libs.cli",
-        "up",
-        "--data-dir",
-        str(tmp_path / "stack"),
-        "--grpc-port-base",
-        str(grpc_base),
-        "--metrics-port-base",
-        str(metrics_base),
-        "--nats-port",
-        str(free_port()),
-        "--redis-port",
-        str(free_port()),
-    ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SYNCGOV_", "OTEL_"))}
-    env["COLUMNS"] = "200"
-    process = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    try:
-        wait_for_line(process, "syncgov is up", timeout=60)
+    with syncgov_up(tmp_path / "stack", grpc_base, metrics_base):
         yield grpc_base, metrics_base
-    finally:
-        if process.poll() is None:  # stopped as a user would, so it stops what it started
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
 
 
 def _missing(component: Component, rows: dict[str, Catalogued], exposed: dict[str, Exposed]) -> list[str]:

@@ -181,3 +181,55 @@ async def test_an_unknown_stage_or_a_foreign_page_token_is_invalid_argument(po_s
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await control.ListStuckWorkflows(request, metadata=OPS)
             assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_after_a_restart_a_new_late_order_raises_its_own_breach_and_the_old_one_none_again(
+    po_settings, nats_server, valkey_server, tmp_path
+):
+    """The tracker rebuilt from the streams after a restart: the breach raised before is not raised again, and an
+    order late only after the restart gets a breach (and an exception) of its own."""
+    cp_settings = control_plane_with_sla(po_settings, tmp_path)
+    namespace = po_settings.namespace
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(router_settings(nats_server, valkey_server, namespace), wire_router) as (_, router_channel, _),
+    ):
+        orders = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
+        exceptions = exception_service_pb2_grpc.ExceptionRouterServiceStub(router_channel)
+
+        async def publish_urgent(po_id: str) -> None:
+            urgent = sample_order(po_id)
+            urgent.criticality = po_pb2.PURCHASE_ORDER_CRITICALITY_CRITICAL
+            await orders.PublishPurchaseOrder(
+                po_service_pb2.PublishPurchaseOrderRequest(purchase_order=urgent), metadata=PROCUREMENT
+            )
+
+        async def stuck_keys(control) -> list[str]:
+            answer = await control.ListStuckWorkflows(cps.ListStuckWorkflowsRequest(), metadata=OPS)
+            return sorted(workflow.workflow_key for workflow in answer.workflows)
+
+        await publish_urgent("PO-BEFORE")
+        async with running_service(cp_settings, wire_control_plane) as (_, cp_channel, _):
+            control = controlplane_service_pb2_grpc.ControlPlaneServiceStub(cp_channel)
+            await eventually(lambda: _equal(stuck_keys(control), ["PO-BEFORE"]))
+            await eventually(lambda: _equal(raises_of_breaches(po_settings.nats_url, namespace), 1))
+
+        async with running_service(cp_settings, wire_control_plane) as (_, cp_channel, _):
+            control = controlplane_service_pb2_grpc.ControlPlaneServiceStub(cp_channel)
+            await publish_urgent("PO-AFTER")
+            await eventually(lambda: _equal(stuck_keys(control), ["PO-AFTER", "PO-BEFORE"]))
+            await eventually(lambda: _equal(raises_of_breaches(po_settings.nats_url, namespace), 2))
+
+            async def two_exceptions():
+                answer = await exceptions.ListExceptions(
+                    exs.ListExceptionsRequest(type=ex.EXCEPTION_TYPE_SLA_BREACH), metadata=OPS
+                )
+                return sorted(e.workflow_key for e in answer.exceptions) == ["PO-AFTER", "PO-BEFORE"] or None
+
+            await eventually(two_exceptions)
+            await asyncio.sleep(1.0)  # five more sweeps
+            assert await raises_of_breaches(po_settings.nats_url, namespace) == 2
+
+
+async def _equal(value, expected) -> bool | None:
+    return (await value) == expected or None

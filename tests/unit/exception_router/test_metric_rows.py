@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from services.exception_router.decider import Change, Resolution, Transition
-from services.exception_router.store import ExceptionBook, case_of
+from services.exception_router.store import ExceptionBook
 from services.exception_router.summary import metric_rows
-from tests.unit.exception_router.test_store_and_summary import AP, SECOND, Stream, raise_of
+from tests.unit.exception_router.test_store_and_summary import SECOND, Stream, four_opened
 
 
 def test_metric_rows_split_the_backlog_and_closures_by_type_and_team():
     book, stream = ExceptionBook(), Stream()
-    keys = []
-    for n in range(4):
-        raised = stream.raised(f"INV-{n}", f"r{n}", 100)
-        book.follow(raised)
-        key = case_of(raise_of(raised))
-        keys.append(key)
-        book.follow(stream.change(key, Change(Transition.OPENED, route=AP, type_name="price_variance"), 100))
+    keys = four_opened(book, stream)
     book.follow(stream.change(keys[1], Change(Transition.ACKNOWLEDGED, actor="j"), 110))
     for key, closed_at in ((keys[3], 400), (keys[2], 160)):
         book.follow(stream.change(key, Change(Transition.RESOLVED, actor="j", resolution=Resolution.FIXED), closed_at))

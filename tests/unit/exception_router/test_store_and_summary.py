@@ -133,8 +133,8 @@ def test_case_ids_are_stable_and_distinguish_each_part():
     )
 
 
-def test_summary_counts_backlog_by_team_and_type_and_closure_percentiles():
-    book, stream = ExceptionBook(), Stream()
+def four_opened(book: ExceptionBook, stream: Stream) -> list[str]:
+    """Four price variances raised and opened for accounts-payable at 100 s (INV-0 .. INV-3): their ids."""
     keys = []
     for n in range(4):
         raised = stream.raised(f"INV-{n}", f"r{n}", 100)
@@ -142,6 +142,12 @@ def test_summary_counts_backlog_by_team_and_type_and_closure_percentiles():
         key = case_of(raise_of(raised))
         keys.append(key)
         book.follow(stream.change(key, Change(Transition.OPENED, route=AP, type_name="price_variance"), 100))
+    return keys
+
+
+def test_summary_counts_backlog_by_team_and_type_and_closure_percentiles():
+    book, stream = ExceptionBook(), Stream()
+    keys = four_opened(book, stream)
     book.follow(stream.raised("INV-0", "again", 150))
     book.follow(stream.change(keys[1], Change(Transition.ACKNOWLEDGED, actor="j"), 110))
     for key, closed_at in ((keys[2], 160), (keys[3], 400)):
