@@ -62,12 +62,12 @@ import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import nats
@@ -139,6 +139,7 @@ STARTED = (
 # The ports the client calls.
 SERVED = ("po-publication", "supplier-normalization", "receipt-reconciliation", "invoice-status", "exception-router")
 FORK_ATTEMPTS = 10  # a restart whose fork dies before exec (a harness artefact, docs/reliability.md) is tried again
+T = TypeVar("T")
 RETRIED = {
     grpc.StatusCode.UNAVAILABLE,
     grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -1766,24 +1767,22 @@ async def check_exception_gets(
     raise_ids = {sequence: raised.exception_id for sequence, raised in raises.items()}
     by_raise = [(raise_ids[sequence], case_of(raised)) for sequence, raised in raises.items()]
     raise_sample = rng.sample(by_raise, min(len(by_raise), GET_SAMPLE))
-    problems: list[str] = []
-    semaphore = asyncio.Semaphore(16)
 
-    async def one(named: str, case: str) -> None:
-        async with semaphore:
-            got = await _answer(
-                lambda: client.exceptions.GetException(
-                    exc.GetExceptionRequest(exception_id=named), metadata=as_system("ops-console"), timeout=5
-                )
-            )
-        if isinstance(got, grpc.aio.AioRpcError):
-            problems.append(f"{named}: {got.code().name} {got.details()}")
-            return
+    def judge(named_case: tuple[str, str], got: Any) -> list[str]:
+        named, case = named_case
         expected = expected_get(book, case, raises)
-        if got.exception != expected:
-            problems.append(f"{named}: differing {_differing(got.exception, expected)} from the fold of {case}")
+        if got.exception == expected:
+            return []
+        return [f"{named}: differing {_differing(got.exception, expected)} from the fold of {case}"]
 
-    await asyncio.gather(*(one(case, case) for case in sample), *(one(named, case) for named, case in raise_sample))
+    problems = await _ask_each(
+        [*((case, case) for case in sample), *raise_sample],
+        lambda named_case: named_case[0],
+        lambda named_case: client.exceptions.GetException(
+            exc.GetExceptionRequest(exception_id=named_case[0]), metadata=as_system("ops-console"), timeout=5
+        ),
+        judge,
+    )
     return problems, len(sample) + len(raise_sample)
 
 
@@ -2354,32 +2353,27 @@ async def verify_invoices(
 
 
 async def check_invoice_gets(client: Client, states: dict[str, invoice_decider.InvoiceState]) -> list[str]:
-    problems: list[str] = []
-    semaphore = asyncio.Semaphore(16)
+    def judge(invoice_id: str, got: Any) -> list[str]:
+        folded = invoice_mapping.status_message(states[invoice_id])
+        if got.status == folded:
+            return []
+        answered = invoice_pb2.InvoiceState.Name(got.status.state)
+        expected = invoice_pb2.InvoiceState.Name(folded.state)
+        fields = sorted(
+            f.name
+            for f in invoice_pb2.InvoiceStatus.DESCRIPTOR.fields
+            if getattr(got.status, f.name) != getattr(folded, f.name)
+        )
+        return [f"{invoice_id}: answered {answered}, the stream folds to {expected}; differing {fields}"]
 
-    async def one(invoice_id: str, state: invoice_decider.InvoiceState) -> None:
-        async with semaphore:
-            got = await _answer(
-                lambda: client.invoices.GetInvoice(
-                    inv.GetInvoiceRequest(invoice_id=invoice_id), metadata=as_system("procurement"), timeout=5
-                )
-            )
-        if isinstance(got, grpc.aio.AioRpcError):
-            problems.append(f"{invoice_id}: {got.code().name} {got.details()}")
-            return
-        folded = invoice_mapping.status_message(state)
-        if got.status != folded:
-            answered = invoice_pb2.InvoiceState.Name(got.status.state)
-            expected = invoice_pb2.InvoiceState.Name(folded.state)
-            fields = sorted(
-                f.name
-                for f in invoice_pb2.InvoiceStatus.DESCRIPTOR.fields
-                if getattr(got.status, f.name) != getattr(folded, f.name)
-            )
-            problems.append(f"{invoice_id}: answered {answered}, the stream folds to {expected}; differing {fields}")
-
-    await asyncio.gather(*(one(invoice_id, state) for invoice_id, state in states.items()))
-    return problems
+    return await _ask_each(
+        states,
+        str,
+        lambda invoice_id: client.invoices.GetInvoice(
+            inv.GetInvoiceRequest(invoice_id=invoice_id), metadata=as_system("procurement"), timeout=5
+        ),
+        judge,
+    )
 
 
 async def read_blocked(client: Client, expected: set[str], timeout: float) -> tuple[set[str], str]:
@@ -2425,27 +2419,40 @@ async def _answer(call: Callable[[], Any]) -> Any:
     return last
 
 
+async def _ask_each(
+    items: Iterable[T],
+    label: Callable[[T], str],
+    ask: Callable[[T], Awaitable[Any]],
+    judge: Callable[[T, Any], list[str]] = lambda _item, _answer: [],
+    concurrency: int = 16,
+) -> list[str]:
+    """Ask the suite about each item, a few at a time (each read retried by ``_answer``): a call that still fails,
+    and whatever ``judge`` finds wrong in an answer, is a problem."""
+    problems: list[str] = []
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(item: T) -> None:
+        async with semaphore:
+            got = await _answer(lambda: ask(item))
+        if isinstance(got, grpc.aio.AioRpcError):
+            problems.append(f"{label(item)}: {got.code().name} {got.details()}")
+        else:
+            problems.extend(judge(item, got))
+
+    await asyncio.gather(*(one(item) for item in items))
+    return problems
+
+
 async def check_receipt_status(
     client: Client,
     per_order: dict[str, dict[int, Figures]],
     documents: Counter[str],
     states: dict[str, tuple[po_domain.OrderState, int]],
 ) -> list[str]:
-    problems: list[str] = []
-    semaphore = asyncio.Semaphore(8)
-
-    async def one(po_id: str, lines: dict[int, Figures]) -> None:
-        async with semaphore:
-            got = await _answer(
-                lambda: client.receipts.GetPurchaseOrderReceiptStatus(
-                    rc.GetPurchaseOrderReceiptStatusRequest(po_id=po_id), metadata=as_system("erp"), timeout=5
-                )
-            )
-        if isinstance(got, grpc.aio.AioRpcError):
-            problems.append(f"{po_id}: {got.code().name} {got.details()}")
-            return
+    def judge(po_id: str, got: Any) -> list[str]:
+        problems = []
         answered = {status.po_line_number: _figures_of(status) for status in got.lines}
-        for number, expected in lines.items():
+        for number, expected in per_order[po_id].items():
             if answered.get(number) != expected.as_tuple():
                 problems.append(f"{po_id} line {number}: answered {answered.get(number)}, stream {expected.as_tuple()}")
         state = states.get(po_id)
@@ -2455,30 +2462,27 @@ async def check_receipt_status(
                 f"{po_id}: answered {got.documents} documents at v{got.po_version}, "
                 f"stream {documents[po_id]} at v{latest}"
             )
+        return problems
 
-    await asyncio.gather(*(one(po_id, lines) for po_id, lines in per_order.items()))
-    return problems
+    return await _ask_each(
+        per_order,
+        str,
+        lambda po_id: client.receipts.GetPurchaseOrderReceiptStatus(
+            rc.GetPurchaseOrderReceiptStatusRequest(po_id=po_id), metadata=as_system("erp"), timeout=5
+        ),
+        judge,
+        concurrency=8,
+    )
 
 
 async def check_receipt_gets(client: Client, keys: list[str]) -> list[str]:
-    problems: list[str] = []
-    semaphore = asyncio.Semaphore(16)
-
-    async def one(key: str) -> None:
+    def ask(key: str) -> Awaitable[Any]:
         system, _, receipt_id = key.partition("/")
-        async with semaphore:
-            got = await _answer(
-                lambda: client.receipts.GetGoodsReceipt(
-                    rc.GetGoodsReceiptRequest(source_system=system, receipt_id=receipt_id),
-                    metadata=as_system("erp"),
-                    timeout=5,
-                )
-            )
-        if isinstance(got, grpc.aio.AioRpcError):
-            problems.append(f"{key}: {got.code().name} {got.details()}")
+        return client.receipts.GetGoodsReceipt(
+            rc.GetGoodsReceiptRequest(source_system=system, receipt_id=receipt_id), metadata=as_system("erp"), timeout=5
+        )
 
-    await asyncio.gather(*(one(key) for key in keys))
-    return problems
+    return await _ask_each(keys, str, ask)
 
 
 def document_of(stored: StoredEvent) -> po_pb2.PurchaseOrder:
