@@ -26,6 +26,9 @@ Scenarios, each at concurrency 1 and 64, against servers this script starts:
                         -> decide -> JetStream publish with ack -> read models
   raw-composite  a bare grpc.aio handler: one Valkey SET NX + one JetStream publish with ack
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
+Each governed scenario is measured in alternating 0.5 s slices with the raw composite (its ratio is to those slices),
+with the services off its path stopped meanwhile (--bystanders-run keeps them running); --baseline-tree PATH adds
+another checkout's po-publication to the governed and governed-change rotations.
 Prints RPS, p50 and p99 per scenario, the governed/raw-composite ratio and the governed-traced/governed one,
 with the spans the sink received. Figures only:
 nothing here is asserted.
@@ -242,6 +245,7 @@ SCENARIOS = (
     "raw-composite",
     "raw-publish",
 )
+BASELINE_SCENARIOS = ("baseline", "baseline-change")  # with --baseline-tree: governed and governed-change there
 
 
 async def run(
@@ -252,6 +256,7 @@ async def run(
     only: tuple[str, ...] = SCENARIOS,
     trace_ratio: float | None = None,
     bystanders_run: bool = False,
+    baseline_tree: Path | None = None,
 ) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="syncgov-bench-"))
     nats_server = NatsServer(data_dir=workdir / "nats", sync_always=sync_always).start()
@@ -367,6 +372,26 @@ async def run(
         await wait_serving(f"127.0.0.1:{invoice_port}")
         await wait_serving(f"127.0.0.1:{replica_port}")
         await wait_serving(f"127.0.0.1:{receipt_port}")
+        # Another checkout's po-publication (--baseline-tree), in a namespace of its own: the publish and change
+        # scenarios measured against it in the same alternating slices, so a change is compared with the code
+        # before it on the same machine at the same moment.
+        baseline_port = free_port()
+        baseline: subprocess.Popen[bytes] | None = None
+        if baseline_tree is not None:
+            await seed_supplier(nats_server.url, namespace + "b", "SUP-ACME")
+            baseline = subprocess.Popen(
+                [sys.executable, "-m", "services.po_publication"],
+                cwd=baseline_tree,
+                env={
+                    **env,
+                    "PYTHONPATH": f"{baseline_tree / 'libs' / 'genproto'}{os.pathsep}{baseline_tree}",
+                    "SYNCGOV_NAMESPACE": namespace + "b",
+                    "SYNCGOV_GRPC_PORT": str(baseline_port),
+                },
+                preexec_fn=die_with_parent,  # dies with this script, however it ends
+            )
+            processes.append(baseline)
+            await wait_serving(f"127.0.0.1:{baseline_port}")
         await wait_port(raw_port)
 
         template = sample_order("BENCH")
@@ -440,7 +465,11 @@ async def run(
         second.version = 2
         second.lines[0].quantity.value = "11"
 
-        def changing(pool: collections.deque[int], newest_first: bool) -> Call:
+        def changing(
+            pool: collections.deque[int],
+            newest_first: bool,
+            call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = change_call,
+        ) -> Call:
             # Warm: the orders published last, whose states the service still holds (as an order changed
             # while it is active would be); cold: orders the service never saw.
             async def change(_: int) -> object:
@@ -448,11 +477,28 @@ async def run(
                     raise RuntimeError("the change scenario ran out of published orders")
                 second.po_id = f"PO-{run_id}-{pool.pop() if newest_first else pool.popleft()}"
                 request = po_service_pb2.ChangePurchaseOrderRequest(purchase_order=second).SerializeToString()
-                return await change_call(request, metadata=metadata)
+                return await call(request, metadata=metadata)
 
             return change
 
         governed_change, governed_change_cold = changing(published, True), changing(published_elsewhere, False)
+
+        baseline_channel = grpc.aio.insecure_channel(f"127.0.0.1:{baseline_port}")
+        baseline_publish_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = baseline_channel.unary_unary(
+            "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
+        )
+        baseline_published: collections.deque[int] = collections.deque()  # orders the baseline published
+
+        async def baseline_publish(n: int) -> object:
+            answer = await baseline_publish_call(publish_request(n), metadata=metadata)
+            baseline_published.append(n)
+            return answer
+
+        baseline_change = changing(
+            baseline_published,
+            True,
+            baseline_channel.unary_unary("/syncgov.po.v1.PurchaseOrderService/ChangePurchaseOrder"),
+        )
 
         receipt_channel = grpc.aio.insecure_channel(f"127.0.0.1:{receipt_port}")
         post_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = receipt_channel.unary_unary(
@@ -561,6 +607,8 @@ async def run(
             "governed-invoice": governed_invoice,
             "raw-composite": raw_composite,
             "raw-publish": raw_publish,
+            "baseline": baseline_publish,
+            "baseline-change": baseline_change,
         }
         results: dict[tuple[str, int], dict[str, float]] = {}
         baselines: dict[tuple[str, int], float] = {}  # the raw composite's RPS in the slices paired with a scenario
@@ -575,6 +623,8 @@ async def run(
             "governed-receipt": processes[3].pid,
             "governed-invoice": processes[4].pid,
             "raw-composite": processes[1].pid,
+            "baseline": baseline.pid if baseline is not None else None,
+            "baseline-change": baseline.pid if baseline is not None else None,
         }
         # Each governed scenario is measured in alternating slices with the raw composite, so the ratio compares
         # the two under the same load of the shared machine (back to back, the same code measured 38-54%).
@@ -587,6 +637,8 @@ async def run(
                 needed = int((seconds + 1.0) * (3000 if concurrency > 1 else 1500))
                 if name == "governed-change":
                     await fill(published, publish_call, needed)
+                    if baseline is not None:
+                        await fill(baseline_published, baseline_publish_call, needed)
                 elif name == "governed-change-cold":
                     await fill(published_elsewhere, replica_publish, needed)
                 elif name == "governed-receipt":
@@ -608,6 +660,8 @@ async def run(
                 group = [name]
                 if name == "governed" and "governed-traced" in only and traced is not None:
                     group.append("governed-traced")  # tracing off and on, alternating too
+                if baseline is not None and name in ("governed", "governed-change"):
+                    group.append(name.replace("governed", "baseline"))  # the other checkout, alternating too
                 if pairing and name.startswith("governed"):
                     group.append("raw-composite")
                 base = {"client": os.getpid(), "nats": nats_server.process.pid, "valkey": valkey.process.pid}
@@ -642,6 +696,7 @@ async def run(
         await receipt_channel.close()
         await invoice_channel.close()
         await raw_channel.close()
+        await baseline_channel.close()
         await nc.drain()
         report(results, baselines, concurrencies, seconds, sync_always, len(payload), trace_ratio, bystanders_run)
     finally:
@@ -689,7 +744,7 @@ def report(
         f"   CPU us/request: {'server':>7}{'nats':>7}{'valkey':>7}{'client':>7}"
     )
     for concurrency in concurrencies:
-        for name in SCENARIOS:
+        for name in (*SCENARIOS, *BASELINE_SCENARIOS):
             r = results.get((name, concurrency))
             if r is None:
                 continue
@@ -716,6 +771,15 @@ def report(
                 print(f"ratio at concurrency {concurrency}{how}: {', '.join(ratios)}")
     for concurrency in concurrencies:
         rps = {name: r["rps"] for (name, at), r in results.items() if at == concurrency}
+        for name in BASELINE_SCENARIOS:
+            ours = name.replace("baseline", "governed")
+            if name in rps and ours in rps:
+                raw = baselines.get((ours, concurrency)) or rps.get("raw-composite")
+                against_raw = f", {name}/raw-composite = {rps[name] / raw:.0%}" if raw else ""
+                print(
+                    f"against the baseline tree at concurrency {concurrency}: {ours}/{name} = "
+                    f"{rps[ours] / rps[name]:.0%}{against_raw}"
+                )
         if "governed" in rps and "governed-traced" in rps:
             print(
                 f"tracing at concurrency {concurrency}: governed-traced/governed = "
@@ -744,6 +808,12 @@ if __name__ == "__main__":
         action="store_true",
         help="keep the services off the measured path running while it is measured (default: paused, SIGSTOP)",
     )
+    parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="another checkout (stubs generated: make proto there) whose po-publication the governed and "
+        "governed-change scenarios are also measured against, in the same alternating slices",
+    )
     args = parser.parse_args()
     uvloop.run(
         run(
@@ -754,6 +824,7 @@ if __name__ == "__main__":
             tuple(args.scenarios),
             args.trace_ratio,
             args.bystanders_run,
+            args.baseline_tree,
         )
     )
     if args.profile:
