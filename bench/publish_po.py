@@ -40,6 +40,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import functools
 import itertools
 import os
 import signal
@@ -71,6 +72,9 @@ from libs.runtime.subjects import Namespace
 from tests.integration.helpers import sample_order, seed_supplier
 
 Call = Callable[[int], Awaitable[object]]
+# The services are paused (SIGSTOP) while other paths are measured: were this script killed meanwhile, a SIGTERM would
+# wait for ever behind the stop, so they are SIGKILLed when it dies (its normal end stops them with SIGTERM).
+KILLED_WITH_PARENT = functools.partial(die_with_parent, signal.SIGKILL)
 COUNTER = itertools.count()  # one sequence for the whole run: every governed request is a new PO
 
 
@@ -286,7 +290,7 @@ async def run(
                 ],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(service_port)},
-                preexec_fn=die_with_parent,  # dies with this script, however it ends
+                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
             )
         )
         nc = await nats.connect(nats_server.url)
@@ -308,7 +312,7 @@ async def run(
                     "--subject-root",
                     raw_root,
                 ],
-                preexec_fn=die_with_parent,
+                preexec_fn=KILLED_WITH_PARENT,
             )
         )
         # A second replica in the same namespace: orders it publishes are ones the measured service has never
@@ -319,7 +323,7 @@ async def run(
                 [sys.executable, "-m", "services.po_publication"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(replica_port)},
-                preexec_fn=die_with_parent,  # dies with this script, however it ends
+                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
             )
         )
         # receipt-reconciliation in the same namespace: it reads the orders po-publication publishes.
@@ -329,7 +333,7 @@ async def run(
                 [sys.executable, "-m", "services.receipt_reconciliation"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(receipt_port)},
-                preexec_fn=die_with_parent,  # dies with this script, however it ends
+                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
             )
         )
         # invoice-status in the same namespace: it reads the orders and the receipts of the two services above.
@@ -339,7 +343,7 @@ async def run(
                 [sys.executable, "-m", "services.invoice_status"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(invoice_port)},
-                preexec_fn=die_with_parent,  # dies with this script, however it ends
+                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
             )
         )
         # Tracing on at the default sampling, exported over OTLP to a sink: a po-publication of its own, so the
@@ -350,7 +354,7 @@ async def run(
             sink = subprocess.Popen(
                 [sys.executable, str(ROOT / "bench" / "otlp_sink.py"), "--port", str(sink_port)],
                 stdout=subprocess.PIPE,
-                preexec_fn=die_with_parent,
+                preexec_fn=KILLED_WITH_PARENT,
             )
             traced_env = {name: value for name, value in env.items() if name != "OTEL_TRACES_SAMPLER"}
             if trace_ratio is not None:  # else the services' default
@@ -363,7 +367,7 @@ async def run(
                     "SYNCGOV_GRPC_PORT": str(traced_port),
                     "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"http://127.0.0.1:{sink_port}",
                 },
-                preexec_fn=die_with_parent,  # dies with this script, however it ends
+                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
             )
             processes.extend((sink, traced))
             await wait_port(sink_port)
@@ -388,7 +392,7 @@ async def run(
                     "SYNCGOV_NAMESPACE": namespace + "b",
                     "SYNCGOV_GRPC_PORT": str(baseline_port),
                 },
-                preexec_fn=die_with_parent,  # dies with this script, however it ends
+                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
             )
             processes.append(baseline)
             await wait_serving(f"127.0.0.1:{baseline_port}")

@@ -49,11 +49,13 @@ _PRCTL = _load_prctl()
 _PR_SET_PDEATHSIG = 1
 
 
-def die_with_parent() -> None:
-    """In a child, before exec: ask Linux to SIGTERM it when the process that started it dies, so that a
-    killed ``syncgov up`` or test run leaves no servers behind. Elsewhere it does nothing."""
+def die_with_parent(signum: int = signal.SIGTERM) -> None:
+    """In a child, before exec: ask Linux to send it ``signum`` (SIGTERM: it shuts down cleanly) when the process
+    that started it dies, so that a killed ``syncgov up`` or test run leaves no servers behind. A child its parent
+    may stop (SIGSTOP) needs SIGKILL: a stopped process keeps a SIGTERM pending for ever. Elsewhere it does
+    nothing."""
     if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        _PRCTL(_PR_SET_PDEATHSIG, signum)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
