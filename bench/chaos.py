@@ -1118,6 +1118,7 @@ class Chaos:
                 sync_always=True,
                 components=components,
                 ready_timeout=90.0,
+                server_death_signal=signal.SIGKILL,  # Valkey may be frozen (SIGSTOP) when this script dies
             )
         )
         self.components = {c.name: c for c in components}

@@ -11,6 +11,7 @@ namespace (streams, subjects and keys), never by sharing state.
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,10 @@ def broker_credentials() -> BrokerCredentials:
 @pytest.fixture(scope="session")
 def nats_server(tmp_path_factory: pytest.TempPathFactory, broker_credentials: BrokerCredentials):
     server = NatsServer(
-        data_dir=tmp_path_factory.mktemp("nats"), sync_always=False, credentials=broker_credentials
+        data_dir=tmp_path_factory.mktemp("nats"),
+        sync_always=False,
+        credentials=broker_credentials,
+        death_signal=signal.SIGKILL,  # tests freeze it (SIGSTOP): a run killed meanwhile must not leave it stopped
     ).start()
     register_servers(server)
     yield server
@@ -41,7 +45,9 @@ def nats_server(tmp_path_factory: pytest.TempPathFactory, broker_credentials: Br
 
 @pytest.fixture(scope="session")
 def valkey_server(tmp_path_factory: pytest.TempPathFactory, broker_credentials: BrokerCredentials):
-    server = ValkeyServer(data_dir=tmp_path_factory.mktemp("valkey"), credentials=broker_credentials).start()
+    server = ValkeyServer(
+        data_dir=tmp_path_factory.mktemp("valkey"), credentials=broker_credentials, death_signal=signal.SIGKILL
+    ).start()
     register_servers(server)
     yield server
     unregister_servers(server)

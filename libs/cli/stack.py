@@ -44,6 +44,9 @@ class StackOptions:
     components: list[Component]
     log_format: str = "json"
     ready_timeout: float = 60.0
+    # What nats-server and valkey-server get when this process dies (LocalServer.death_signal): SIGKILL where this
+    # process freezes them (bench/chaos.py stops Valkey).
+    server_death_signal: int = signal.SIGTERM
 
 
 @dataclass
@@ -82,6 +85,7 @@ class Stack:
                 sync_always=options.sync_always,
                 credentials=self.credentials,
                 auth_namespace=namespace,
+                death_signal=options.server_death_signal,
             )
             self.servers.append(self.nats_server.start())
             self.nats_url = self.nats_server.address_url
@@ -91,6 +95,7 @@ class Stack:
                 port=options.redis_port,
                 credentials=self.credentials,
                 auth_namespace=namespace,
+                death_signal=options.server_death_signal,
             )
             self.servers.append(self.valkey_server.start())
             self.redis_url = self.valkey_server.address_url

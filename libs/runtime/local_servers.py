@@ -9,6 +9,7 @@ keep their data in a folder given to them, and stop on SIGTERM with a wait.
 from __future__ import annotations
 
 import ctypes
+import functools
 import os
 import shutil
 import signal
@@ -130,6 +131,9 @@ class LocalServer:
     # by name (libs/runtime/broker_access.py); ``auth_namespace`` None writes rules for any namespace.
     credentials: BrokerCredentials | None = field(default=None, repr=False)
     auth_namespace: str | None = None
+    # Sent to the server when the process that started it dies (die_with_parent): SIGKILL for a server that
+    # process may stop (SIGSTOP) to freeze it, since a stopped server would keep a SIGTERM pending for ever.
+    death_signal: int = signal.SIGTERM
 
     @property
     def log_path(self) -> Path:
@@ -164,7 +168,7 @@ class LocalServer:
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=die_with_parent,
+                preexec_fn=functools.partial(die_with_parent, self.death_signal),
             )
         try:
             _wait_for_port(self.host, self.port, self.process, self.log_path, timeout)
