@@ -65,6 +65,7 @@ from syncgov.receipt.v1 import receipt_pb2, receipt_service_pb2
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from libs.runtime.app import GC_THRESHOLDS
 from libs.runtime.local_servers import NatsServer, ValkeyServer, die_with_parent, free_port
 from libs.runtime.probe import health_status
 from libs.runtime.streams import PO, provision_streams
@@ -76,6 +77,7 @@ Call = Callable[[int], Awaitable[object]]
 # wait for ever behind the stop, so they are SIGKILLed when it dies (its normal end stops them with SIGTERM).
 KILLED_WITH_PARENT = functools.partial(die_with_parent, signal.SIGKILL)
 COUNTER = itertools.count()  # one sequence for the whole run: every governed request is a new PO
+PREPARED = 1_000_000_000  # where the measured publishes' order numbers start, apart from COUNTER's
 
 
 def _fields(message) -> dict:
@@ -97,25 +99,21 @@ async def measure(
 ) -> dict[str, float]:
     """RPS, latency percentiles and CPU per request of ``call``; its latencies are added to ``samples`` too.
 
-    RPS counts the requests answered within the ``seconds`` (calls still in flight then finish, uncounted, and
-    start none after them): at 64 callers and tens of milliseconds per call, the drain would otherwise count
-    against the slower path once per slice. CPU per request covers every call, the drain's too."""
+    RPS is every call over the time from the first sent to the last answered: the slice's start (64 calls in flight
+    before the first answer) and its drain (the last calls answered after the deadline) balance each other."""
     latencies: list[float] = []
-    answered_in_time = 0
     cpu_before = cpu_seconds(pids)
     started = time.perf_counter()
     deadline = started + seconds
 
     async def worker() -> None:
-        nonlocal answered_in_time
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
             await call(next(COUNTER))
-            answered = time.perf_counter()
-            latencies.append(answered - sent)
-            answered_in_time += answered <= deadline
+            latencies.append(time.perf_counter() - sent)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
     cpu_after = cpu_seconds(pids)
     latencies.sort()
     if samples is not None:
@@ -123,12 +121,11 @@ async def measure(
     per_request = {f"cpu_us_{name}": (cpu_after[name] - cpu_before[name]) / len(latencies) * 1e6 for name in pids}
     return {
         **per_request,
-        "rps": answered_in_time / seconds,
-        "seconds": seconds,
+        "rps": len(latencies) / elapsed,
+        "seconds": elapsed,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "count": len(latencies),
-        "answered_in_time": answered_in_time,
     }
 
 
@@ -143,15 +140,19 @@ async def measure_pair(
     tallies: dict[str, Tally],
     step: float = 0.5,
 ) -> dict[str, dict[str, float]]:
-    """Each call measured in alternating slices of ``step`` seconds (A B C C B A ...), ``seconds`` each in all, so
-    what else loads the machine meanwhile loads all alike: for a ratio of two paths on a shared machine. Each
-    call's slices and latencies are added to its tally too."""
+    """Each call measured in alternating slices of ``step`` seconds (A B C C B A ...), ``seconds`` each in all (rounded
+    up to whole slices), so what else loads the machine meanwhile loads all alike: for a ratio of two paths on a shared
+    machine. During a slice the other calls' servers are stopped, so work one path leaves behind (a consumer of its own
+    events, a span exporter) is done in its own slices, not in the next path's. Each call's slices and latencies are
+    added to its tally too."""
     order = list(calls)
     spent = 0.0
     while spent < seconds:
         for name in order:
             slices, samples = tallies[name]
-            slices.append(await measure(calls[name], concurrency, step, pids[name], samples))
+            others = {pids[other]["server"] for other in calls} - {pids[name]["server"], pids[name]["client"]}
+            with paused(others):
+                slices.append(await measure(calls[name], concurrency, step, pids[name], samples))
         order.reverse()
         spent += step
     return {name: combined(*tallies[name]) for name in calls}
@@ -160,17 +161,15 @@ async def measure_pair(
 def combined(slices: list[dict[str, float]], samples: list[float]) -> dict[str, float]:
     """One scenario's figures from its slices."""
     count = sum(each["count"] for each in slices)
-    answered = sum(each["answered_in_time"] for each in slices)
     latencies = sorted(samples)
     cpu = {key: sum(each[key] * each["count"] for each in slices) / count for key in slices[0] if "cpu" in key}
     return {
         **cpu,
-        "rps": answered / sum(each["seconds"] for each in slices),
+        "rps": count / sum(each["seconds"] for each in slices),
         "seconds": sum(each["seconds"] for each in slices),
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "count": count,
-        "answered_in_time": answered,
     }
 
 
@@ -383,8 +382,14 @@ async def run(
         baseline: subprocess.Popen[bytes] | None = None
         if baseline_tree is not None:
             await seed_supplier(nats_server.url, namespace + "b", "SUP-ACME")
+            # At this checkout's collector thresholds: the comparison is of the code, not of the collector's settings.
             baseline = subprocess.Popen(
-                [sys.executable, "-m", "services.po_publication"],
+                [
+                    sys.executable,
+                    "-c",
+                    f"import gc, runpy; gc.set_threshold(*{GC_THRESHOLDS!r}); "
+                    "runpy.run_module('services.po_publication', run_name='__main__', alter_sys=True)",
+                ],
                 cwd=baseline_tree,
                 env={
                     **env,
@@ -406,14 +411,16 @@ async def run(
         metadata = (("x-syncgov-system", "procurement"),)
         run_id = uuid.uuid4().hex[:8]
 
-        # Requests are serialized before the clock starts, as the raw scenarios' bytes are, so the
-        # client's protobuf work does not take CPU from the service being measured.
+        # The measured publishes' requests are serialized before the clock starts, as the raw scenarios' bytes are,
+        # so the client's protobuf work does not take CPU from the service being measured. They take their order
+        # numbers from a range of their own (every other call, fills included, counts from 0).
         prepared = [
             po_service_pb2.PublishPurchaseOrderRequest(
-                purchase_order=po_pb2.PurchaseOrder(**{**_fields(template), "po_id": f"PO-{run_id}-{n}"})
+                purchase_order=po_pb2.PurchaseOrder(**{**_fields(template), "po_id": f"PO-{run_id}-{PREPARED + n}"})
             ).SerializeToString()
-            for n in range(int(seconds * 4000 * len(concurrencies)) + 20_000)
+            for n in range(int((seconds + 2) * 3000 * len(concurrencies)) + 10_000)
         ]
+        next_prepared = itertools.count(PREPARED)
         publish_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = service_channel.unary_unary(
             "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
         )
@@ -426,14 +433,15 @@ async def run(
         )
 
         def publish_request(n: int) -> bytes:
-            if n < len(prepared):
-                return prepared[n]
+            if PREPARED <= n < PREPARED + len(prepared):
+                return prepared[n - PREPARED]
             order = po_service_pb2.PublishPurchaseOrderRequest()
             order.purchase_order.CopyFrom(template)
             order.purchase_order.po_id = f"PO-{run_id}-{n}"
             return order.SerializeToString()
 
-        async def governed(n: int) -> object:
+        async def governed(_: int) -> object:
+            n = next(next_prepared)
             answer = await publish_call(publish_request(n), metadata=metadata)
             published.append(n)
             return answer
@@ -443,8 +451,8 @@ async def run(
             "/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"
         )
 
-        async def governed_traced(n: int) -> object:
-            return await traced_publish(publish_request(n), metadata=metadata)
+        async def governed_traced(_: int) -> object:
+            return await traced_publish(publish_request(next(next_prepared)), metadata=metadata)
 
         async def fill(
             pool: collections.deque[int], call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes], count: int
@@ -493,7 +501,8 @@ async def run(
         )
         baseline_published: collections.deque[int] = collections.deque()  # orders the baseline published
 
-        async def baseline_publish(n: int) -> object:
+        async def baseline_publish(_: int) -> object:
+            n = next(next_prepared)
             answer = await baseline_publish_call(publish_request(n), metadata=metadata)
             baseline_published.append(n)
             return answer
@@ -676,7 +685,9 @@ async def run(
                 bystanders = [] if bystanders_run else [p.pid for p in processes if p.pid not in on_path]
                 with paused(bystanders):
                     for each in group:
-                        await measure(scenarios[each], concurrency, min(1.0, seconds / 4), pids[each])  # warm-up
+                        others = {pids[other]["server"] for other in group} - {pids[each]["server"], os.getpid()}
+                        with paused(others):
+                            await measure(scenarios[each], concurrency, min(1.0, seconds / 4), pids[each])  # warm-up
                     if len(group) == 1:
                         results[(name, concurrency)] = await measure(scenarios[name], concurrency, seconds, pids[name])
                         continue
@@ -768,7 +779,8 @@ def report(
                 if not name.startswith("governed") or name not in rps:
                     continue
                 paired = baselines.get((name, concurrency)) if baseline == "raw-composite" else None
-                ratios.append(f"{name}/{baseline} = {rps[name] / (paired or rps[baseline]):.0%}")
+                against = paired if paired is not None else rps[baseline]
+                ratios.append(f"{name}/{baseline} = {rps[name] / against:.0%}" if against else f"{name}/{baseline} = -")
             if ratios:
                 alternating = baseline == "raw-composite" and any(at == concurrency for _, at in baselines)
                 how = " (each against the raw composite's slices alternating with it)" if alternating else ""
@@ -780,10 +792,9 @@ def report(
             if name in rps and ours in rps:
                 raw = baselines.get((ours, concurrency)) or rps.get("raw-composite")
                 against_raw = f", {name}/raw-composite = {rps[name] / raw:.0%}" if raw else ""
-                print(
-                    f"against the baseline tree at concurrency {concurrency}: {ours}/{name} = "
-                    f"{rps[ours] / rps[name]:.0%}{against_raw}"
-                )
+                ours_to_theirs = f"{rps[ours] / rps[name]:.0%}" if rps[name] else "-"
+                where = f"against the baseline tree at concurrency {concurrency}"
+                print(f"{where}: {ours}/{name} = {ours_to_theirs}{against_raw}")
         if "governed" in rps and "governed-traced" in rps:
             print(
                 f"tracing at concurrency {concurrency}: governed-traced/governed = "
