@@ -67,4 +67,8 @@ def test_a_server_its_parent_froze_goes_with_it_when_started_to_be_killed(tmp_pa
         os.kill(server_pid, signal.SIGKILL)
     parent, server_pid = started_by_a_parent(tmp_path / "killed", "SIGKILL")
     os.kill(server_pid, signal.SIGSTOP)
-    assert gone_after_parent_killed(parent, server_pid)
+    try:
+        assert gone_after_parent_killed(parent, server_pid)
+    finally:
+        if alive(server_pid):
+            os.kill(server_pid, signal.SIGKILL)
