@@ -33,7 +33,7 @@ from libs.runtime import attributes
 from libs.runtime.content_hash import content_sha256 as content_sha256  # re-exported: its old home
 from libs.runtime.metrics import RuntimeMetrics
 from libs.runtime.subjects import Namespace, header_value
-from libs.runtime.telemetry import inject_context
+from libs.runtime.telemetry import drops_children_of_unsampled, inject_context
 from syncgov.common.v1 import envelope_pb2
 
 CONTENT_TYPE = "application/x-protobuf"
@@ -200,6 +200,9 @@ class EventPublisher:
         self._ns = namespace
         self._tracer = tracer
         self._timeout = timeout
+        # Under parent-based sampling (the default) or none, a span under an unsampled parent records nothing: the
+        # publish skips creating one (most publishes, at the default ratio), which cost ~10 µs each.
+        self._unsampled_parents_end_traces = drops_children_of_unsampled(tracer)
 
     @property
     def namespace(self) -> Namespace:
@@ -224,21 +227,37 @@ class EventPublisher:
         stream = self._ns.stream(event.domain)
         data = envelope.SerializeToString()
         template = f"{self._ns.root}.{event.domain}.>" if custom else f"{self._ns.root}.{event.domain}.*.{event.name}"
+        parent = trace.get_current_span().get_span_context()
+        if self._unsampled_parents_end_traces and parent.is_valid and not parent.trace_flags.sampled:
+            # The publish span would record nothing: the message carries the parent's context, unsampled, as it would.
+            inject_context(headers)
+            return await self._send(event, envelope, subject, data, stream, headers)
         with self._tracer.start_as_current_span(
             f"publish {template}", kind=SpanKind.PRODUCER, record_exception=True
         ) as span:
             if span.is_recording():
                 span.set_attributes(_producer_attributes(subject, template, event, envelope, len(data)))
             inject_context(headers)
-            started = time.perf_counter()
-            try:
-                ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream, headers=headers)
-            except BadRequestError as error:
-                if error.err_code == JS_ERR_WRONG_LAST_SEQUENCE:
-                    raise WrongLastSequence(error.description or "wrong last sequence") from error
-                raise
-            if self._metrics is not None:
-                self._metrics.published(event.domain, started)
+            return await self._send(event, envelope, subject, data, stream, headers)
+
+    async def _send(
+        self,
+        event: Event,
+        envelope: envelope_pb2.EventEnvelope,
+        subject: str,
+        data: bytes,
+        stream: str,
+        headers: dict[str, str],
+    ) -> Published:
+        started = time.perf_counter()
+        try:
+            ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream, headers=headers)
+        except BadRequestError as error:
+            if error.err_code == JS_ERR_WRONG_LAST_SEQUENCE:
+                raise WrongLastSequence(error.description or "wrong last sequence") from error
+            raise
+        if self._metrics is not None:
+            self._metrics.published(event.domain, started)
         return Published(ack.stream, ack.seq, bool(ack.duplicate), envelope)
 
 

@@ -212,6 +212,18 @@ def setup_telemetry(
     return Telemetry(service_name, tracer_provider, meter_provider, readers)
 
 
+def drops_children_of_unsampled(tracer: trace.Tracer) -> bool:
+    """Whether ``tracer``'s sampler records no span whose local parent is not sampled (parent-based sampling, the
+    default, or always-off), asked of the sampler itself; False when it cannot tell (a tracer without a sampler)."""
+    sampler = getattr(tracer, "sampler", None)
+    if not isinstance(sampler, sampling.Sampler):
+        return False
+    unsampled = trace.SpanContext(trace_id=1, span_id=1, is_remote=False, trace_flags=trace.TraceFlags(0))
+    parent = trace.set_span_in_context(trace.NonRecordingSpan(unsampled))
+    decision = sampler.should_sample(parent, trace_id=1, name="probe", kind=trace.SpanKind.PRODUCER).decision
+    return decision is sampling.Decision.DROP
+
+
 def inject_context(headers: dict[str, str]) -> dict[str, str]:
     """Write the current W3C trace context into message headers."""
     propagate.inject(headers)

@@ -6,10 +6,11 @@ import asyncio
 
 import nats
 import pytest
+from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
 from libs.runtime.consumers import ConsumerRunner, ConsumerSpec, Poison
 from libs.runtime.events import Event, EventPublisher, EventReader, WrongLastSequence
@@ -279,3 +280,25 @@ async def test_the_retry_policy_is_asked_by_consumer_name_at_every_delivery(js_e
     assert calls == 2
     assert set(asked) == {"erp-adapter-po"}
     assert len(asked) == 2
+
+
+async def test_a_publish_under_an_unsampled_span_records_none_and_carries_that_span_s_context(js_env):
+    """Under parent-based sampling a publish span below an unsampled parent would record nothing: none is created, and
+    the message carries the parent's own context (unsampled), so its consumers stay out of the trace as before."""
+    _, _, publisher, reader, tracer, spans = js_env
+    parent = SpanContext(trace_id=0xABC0, span_id=0x1230, is_remote=False, trace_flags=TraceFlags(TraceFlags.DEFAULT))
+    with trace.use_span(NonRecordingSpan(parent)):
+        await publisher.publish(po_published("P-UNSAMPLED"))
+    stored = await reader.last("po", "P-UNSAMPLED")
+    assert stored is not None
+    assert stored.headers["traceparent"] == f"00-{parent.trace_id:032x}-{parent.span_id:016x}-00"
+    assert not [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+
+    with tracer.start_as_current_span("approve") as sampled:
+        await publisher.publish(po_published("P-SAMPLED"))
+    [producer] = [s for s in spans.get_finished_spans() if s.kind == SpanKind.PRODUCER]
+    assert producer.parent is not None
+    assert producer.parent.span_id == sampled.get_span_context().span_id
+    stored = await reader.last("po", "P-SAMPLED")
+    assert stored is not None
+    assert stored.headers["traceparent"].split("-")[2] == f"{producer.context.span_id:016x}"
