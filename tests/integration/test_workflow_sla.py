@@ -8,6 +8,8 @@ The policy gives critical orders a one-second acknowledgment SLA so the breach h
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import grpc
@@ -46,6 +48,24 @@ def control_plane_with_sla(po_settings, tmp_path: Path) -> ControlPlaneSettings:
     return settings_like(ControlPlaneSettings, po_settings, policy_file=policy, sla_sweep_seconds=0.2)
 
 
+@asynccontextmanager
+async def orders_and_router(
+    po_settings, nats_server, valkey_server
+) -> AsyncIterator[
+    tuple[po_service_pb2_grpc.PurchaseOrderServiceStub, exception_service_pb2_grpc.ExceptionRouterServiceStub]
+]:
+    """po-publication and exception-router running in ``po_settings``' namespace: their stubs."""
+    namespace = po_settings.namespace
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(router_settings(nats_server, valkey_server, namespace), wire_router) as (_, router_channel, _),
+    ):
+        yield (
+            po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel),
+            exception_service_pb2_grpc.ExceptionRouterServiceStub(router_channel),
+        )
+
+
 async def resolved(exceptions, exception_id: str):
     """The exception once exception-router resolved it (for ``eventually``), else None."""
     got = await exceptions.GetException(exs.GetExceptionRequest(exception_id=exception_id), metadata=OPS)
@@ -70,16 +90,7 @@ async def test_a_missed_acknowledgment_raises_one_sla_breach_closed_when_the_erp
 ):
     cp_settings = control_plane_with_sla(po_settings, tmp_path)
     namespace = po_settings.namespace
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(router_settings(nats_server, valkey_server, namespace), wire_router) as (
-            _,
-            router_channel,
-            _,
-        ),
-    ):
-        orders = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
-        exceptions = exception_service_pb2_grpc.ExceptionRouterServiceStub(router_channel)
+    async with orders_and_router(po_settings, nats_server, valkey_server) as (orders, exceptions):
         urgent = sample_order("PO-URGENT")
         urgent.criticality = po_pb2.PURCHASE_ORDER_CRITICALITY_CRITICAL
         await orders.PublishPurchaseOrder(
@@ -190,12 +201,7 @@ async def test_after_a_restart_a_new_late_order_raises_its_own_breach_and_the_ol
     order late only after the restart gets a breach (and an exception) of its own."""
     cp_settings = control_plane_with_sla(po_settings, tmp_path)
     namespace = po_settings.namespace
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(router_settings(nats_server, valkey_server, namespace), wire_router) as (_, router_channel, _),
-    ):
-        orders = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
-        exceptions = exception_service_pb2_grpc.ExceptionRouterServiceStub(router_channel)
+    async with orders_and_router(po_settings, nats_server, valkey_server) as (orders, exceptions):
 
         async def publish_urgent(po_id: str) -> None:
             urgent = sample_order(po_id)

@@ -17,21 +17,25 @@ from libs.runtime.events import Event, EventPublisher
 from libs.runtime.paging import encode_page_cursor
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
-from services.exception_router.wiring import wire as wire_router
 from services.po_publication.wiring import wire as wire_po
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cps
 from syncgov.controlplane.v1 import controlplane_service_pb2_grpc
 from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2 as ex
 from syncgov.exception.v1 import exception_service_pb2 as exs
-from syncgov.exception.v1 import exception_service_pb2_grpc
 from syncgov.invoice.v1 import invoice_pb2
 from syncgov.po.v1 import po_pb2, po_service_pb2, po_service_pb2_grpc
 from tests.integration.helpers import ERP, PROCUREMENT, eventually, sample_order, settings_like
-from tests.integration.test_exception_router import policy_with, router_settings
+from tests.integration.test_exception_router import policy_with
 from tests.integration.test_invoice_status import goods_receipt, invoice
 from tests.integration.test_invoice_status import invoice_stack as invoice_stack  # the fixture, shared
-from tests.integration.test_workflow_sla import OPS, control_plane_with_sla, raises_of_breaches, resolved
+from tests.integration.test_workflow_sla import (
+    OPS,
+    control_plane_with_sla,
+    orders_and_router,
+    raises_of_breaches,
+    resolved,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -81,12 +85,9 @@ async def test_a_clearing_published_by_another_component_does_not_close_a_breach
     cp_settings = control_plane_with_sla(po_settings, tmp_path)
     namespace = po_settings.namespace
     async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(router_settings(nats_server, valkey_server, namespace), wire_router) as (_, router_channel, _),
+        orders_and_router(po_settings, nats_server, valkey_server) as (orders, exceptions),
         running_service(cp_settings, wire_control_plane) as (_, cp_channel, _),
     ):
-        orders = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
-        exceptions = exception_service_pb2_grpc.ExceptionRouterServiceStub(router_channel)
         control = controlplane_service_pb2_grpc.ControlPlaneServiceStub(cp_channel)
         breach, exception = await _urgent_breach(orders, exceptions, control)
 
@@ -127,12 +128,7 @@ async def test_a_stage_completed_while_the_control_plane_was_down_is_cleared_aft
     stream and clears it; one raise in all."""
     cp_settings = control_plane_with_sla(po_settings, tmp_path)
     namespace = po_settings.namespace
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(router_settings(nats_server, valkey_server, namespace), wire_router) as (_, router_channel, _),
-    ):
-        orders = po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel)
-        exceptions = exception_service_pb2_grpc.ExceptionRouterServiceStub(router_channel)
+    async with orders_and_router(po_settings, nats_server, valkey_server) as (orders, exceptions):
         async with running_service(cp_settings, wire_control_plane) as (_, cp_channel, _):
             control = controlplane_service_pb2_grpc.ControlPlaneServiceStub(cp_channel)
             breach, _exception = await _urgent_breach(orders, exceptions, control)

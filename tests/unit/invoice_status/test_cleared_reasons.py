@@ -39,9 +39,13 @@ class Story:
         return self.state
 
 
-def make(stored: set[str] | None = None, newest: int = 0) -> tuple[ClearedReasons, Blocking, set[str]]:
+def make(
+    stored: set[str] | None = None, newest: int = 0, blocking: Blocking | None = None
+) -> tuple[ClearedReasons, Blocking, set[str]]:
+    """Clearings over ``blocking`` (a fresh :class:`Blocking` by default), raises counted stored when in ``stored``
+    (the set returned, for a test to add to), ``newest`` the stream's last sequence."""
     raises = stored if stored is not None else set()
-    blocking = Blocking()
+    blocking = blocking if blocking is not None else Blocking()
 
     async def is_stored(raise_id: str) -> bool:
         return raise_id in raises

@@ -19,21 +19,25 @@ from services.invoice_status.decider import (
 from services.invoice_status.domain import Reason
 from services.invoice_status.facts import InvoiceLedger
 from services.invoice_status.findings import ClearedReasons, TailExceptions, exception_id, reasons_standing
+from tests.unit.invoice_status.test_cleared_reasons import Blocking as Clearings
+from tests.unit.invoice_status.test_cleared_reasons import make
 from tests.unit.invoice_status.test_decider import AWAITING, MATCHED, PRICE, PRICE_AND_QUANTITY, submitted
 
 ID = "I-1"
 
 
-class Blocking:
+class Blocking(Clearings):
+    """The clearings' handle, recording the raise each clearing names and the raises asked for too."""
+
     def __init__(self) -> None:
-        self.cleared: list[tuple[str, Reason, int]] = []
+        super().__init__()
         self.raise_ids: list[str] = []
         self.raised: list[tuple[str, tuple[Reason, ...], int]] = []
 
     async def clear(
         self, invoice_id: str, reason: Reason, raise_id: str, workflow_key: str, sequence: int, why: str
     ) -> None:
-        self.cleared.append((invoice_id, reason, sequence))
+        await super().clear(invoice_id, reason, raise_id, workflow_key, sequence, why)
         self.raise_ids.append(raise_id)
 
     async def raise_for(self, invoice_id: str, state: InvoiceState, match_sequence: int) -> None:
@@ -43,15 +47,8 @@ class Blocking:
 
 def _make(stored: set[str], newest: int = 0) -> tuple[ClearedReasons, Blocking]:
     blocking = Blocking()
-
-    async def is_stored(raise_id: str) -> bool:
-        return raise_id in stored
-
-    async def last() -> int:
-        return newest
-
-    handle: Any = blocking
-    return ClearedReasons(handle, last, is_stored), blocking
+    cleared, _, _ = make(stored, newest, blocking)
+    return cleared, blocking
 
 
 def _recorded(event: Any, sequence: int) -> Recorded[Any]:
