@@ -260,7 +260,12 @@ async def run(
     trace_ratio: float | None = None,
     bystanders_run: bool = False,
     baseline_tree: Path | None = None,
+    profiled: str = "po-publication",
 ) -> None:
+    def under_profile(service: str) -> list[str]:
+        """cProfile's arguments for the service ``--profile`` names (the measured process), none for the rest."""
+        return ["-m", "cProfile", "-o", str(profile)] if profile is not None and service == profiled else []
+
     workdir = Path(tempfile.mkdtemp(prefix="syncgov-bench-"))
     nats_server = NatsServer(data_dir=workdir / "nats", sync_always=sync_always).start()
     valkey = ValkeyServer(data_dir=workdir / "valkey").start()
@@ -281,12 +286,7 @@ async def run(
         service_port, raw_port = free_port(), free_port()
         processes.append(
             subprocess.Popen(
-                [
-                    sys.executable,
-                    *(["-m", "cProfile", "-o", str(profile)] if profile else []),
-                    "-m",
-                    "services.po_publication",
-                ],
+                [sys.executable, *under_profile("po-publication"), "-m", "services.po_publication"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(service_port)},
                 preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
@@ -329,7 +329,7 @@ async def run(
         receipt_port = free_port()
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "services.receipt_reconciliation"],
+                [sys.executable, *under_profile("receipt-reconciliation"), "-m", "services.receipt_reconciliation"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(receipt_port)},
                 preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
@@ -339,7 +339,7 @@ async def run(
         invoice_port = free_port()
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "services.invoice_status"],
+                [sys.executable, *under_profile("invoice-status"), "-m", "services.invoice_status"],
                 cwd=ROOT,
                 env={**env, "SYNCGOV_GRPC_PORT": str(invoice_port)},
                 preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
@@ -809,7 +809,13 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per scenario and concurrency")
     parser.add_argument("--no-sync-always", action="store_true", help="JetStream's default fsync (every 2 min)")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
-    parser.add_argument("--profile", type=Path, help="run po-publication under cProfile and write its stats here")
+    parser.add_argument("--profile", type=Path, help="run one service under cProfile and write its stats here")
+    parser.add_argument(
+        "--profile-service",
+        choices=("po-publication", "receipt-reconciliation", "invoice-status"),
+        default="po-publication",
+        help="the service --profile runs under cProfile (default: the measured po-publication)",
+    )
     parser.add_argument(
         "--scenarios", nargs="+", choices=SCENARIOS, default=list(SCENARIOS), help="run only these scenarios"
     )
@@ -840,6 +846,7 @@ if __name__ == "__main__":
             args.trace_ratio,
             args.bystanders_run,
             args.baseline_tree,
+            args.profile_service,
         )
     )
     if args.profile:

@@ -64,6 +64,7 @@ from libs.runtime.settings import RuntimeSettings
 from libs.runtime.streams import ALL_STREAMS, StreamSpec, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.telemetry import Telemetry, setup_telemetry
+from libs.runtime.valkey import CoalescingRedis
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +167,7 @@ async def connect_redis(settings: RuntimeSettings) -> Redis:
     url = replace_credentials(settings.redis_url, settings.redis_user, settings.redis_secret())
     # No per-call socket timeout: redis-py's costs ~30 µs of CPU on every call. A Valkey that stops answering
     # is caught by the watchdog instead (valkey_watchdog), which drops the connections its calls wait on.
-    client = Redis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
+    client = CoalescingRedis.from_url(url, socket_connect_timeout=2, health_check_interval=30)
 
     async def ping() -> Redis:
         await client.ping()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import nats
 import pytest
-from redis.asyncio import Redis
 
 from libs.runtime.testing import running_service, unique_namespace
+from libs.runtime.valkey import CoalescingRedis
 from services.po_publication.settings import Settings
 from services.po_publication.wiring import wire
 from services.supplier_normalization.settings import Settings as SupplierSettings
@@ -46,7 +46,7 @@ async def js(nats_server):
 
 @pytest.fixture
 async def redis(valkey_server):
-    client = Redis.from_url(valkey_server.url)
+    client = CoalescingRedis.from_url(valkey_server.url)
     yield client
     await client.aclose()
 
