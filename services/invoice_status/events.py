@@ -13,7 +13,7 @@ transition encoded twice is one message (a re-match carries its fact versions, w
 
 from __future__ import annotations
 
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 
 from libs.runtime.events import Event, StoredEvent, content_sha256, readable
 from libs.runtime.values import date_from_proto, date_to_proto, money_from_proto, money_to_proto
@@ -129,6 +129,17 @@ def decode(stored: StoredEvent) -> InvoiceEvent | None:
     """The decider event a stored invoice event holds (None for anything else on the invoice's subject, and for
     an event that cannot be read: it is logged and left out rather than making the whole invoice unreadable)."""
     return readable(stored, _decode)
+
+
+def submission_matched(stored: StoredEvent) -> bool:
+    """Whether ``stored`` is a submission whose match found nothing to block: read from the payload's flag, without
+    decoding the invoice and its match into the domain (False for any other event, and for one unreadable)."""
+    if stored.subject.rsplit(".", 1)[-1] != SUBMITTED:
+        return False
+    try:
+        return stored.unpack(events_pb2.InvoiceSubmitted).match.matched
+    except (TypeError, DecodeError):  # decode() logs an unreadable event; here it only means "not known matched"
+        return False
 
 
 def _decode(stored: StoredEvent) -> InvoiceEvent | None:

@@ -113,6 +113,8 @@ class Rematcher:
         """The submission's own block, even when a re-match has ended it since: a request whose raise failed (a broker
         fault, the process killed) leaves it unraised, and a block no longer in force is raised by nothing else (its
         exception is then cleared as ended). The ids derive from the event: raised before, this stores nothing."""
+        if events.submission_matched(stored):
+            return  # nothing blocked at submission: most submissions, told without decoding the invoice
         submitted_event = events.decode(stored)
         if not isinstance(submitted_event, decider.InvoiceSubmitted):
             return

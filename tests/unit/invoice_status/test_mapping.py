@@ -15,7 +15,7 @@ from google.protobuf import timestamp_pb2
 from google.type import date_pb2, decimal_pb2, money_pb2
 
 from libs.runtime.errors import InvalidArgument
-from libs.runtime.events import build_envelope, parse_stored
+from libs.runtime.events import StoredEvent, build_envelope, parse_stored
 from services.invoice_status import events, mapping
 from services.invoice_status.decider import (
     ApprovedForPayment,
@@ -139,6 +139,22 @@ def test_a_foreign_or_unreadable_event_decodes_to_none() -> None:
     assert events.decode(parse_stored("S", 1, "sg.invoice.I-1.other", {}, envelope.SerializeToString())) is None
     # a disputed payload on the paid subject cannot be read: left out, not raised
     assert events.decode(parse_stored("S", 2, "sg.invoice.I-1.paid", {}, envelope.SerializeToString())) is None
+
+
+def _stored(event: InvoiceEvent, subject_name: str | None = None) -> StoredEvent:
+    encoded = events.encode("I-1", event, workflow_key="PO-7")
+    envelope = build_envelope(encoded, timestamp_pb2.Timestamp(seconds=1))
+    return parse_stored("S", 3, f"sg.invoice.I-1.{subject_name or encoded.name}", {}, envelope.SerializeToString())
+
+
+def test_a_submission_tells_whether_it_matched_without_decoding() -> None:
+    """The re-match consumer skips decoding a submission that blocked nothing (most of them) by this flag."""
+    matched = _stored(InvoiceSubmitted(_invoice(), "ab", "key-9", _matched_match(), FACTS))
+    blocked = _stored(InvoiceSubmitted(_invoice(), "ab", "key-9", _blocked_match(), FACTS))
+    assert events.submission_matched(matched) is True
+    assert events.submission_matched(blocked) is False
+    assert events.submission_matched(_stored(Matched(_matched_match(), FACTS))) is False  # not a submission
+    assert events.submission_matched(_stored(Disputed("x"), "submitted")) is False  # unreadable as a submission
 
 
 def _document() -> invoice_pb2.Invoice:
