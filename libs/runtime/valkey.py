@@ -1,10 +1,11 @@
-"""A Valkey client that sends the commands issued in one turn of the event loop as one pipeline.
+"""A Valkey client that sends the calls made while its previous batch is on the wire as one pipeline.
 
 Under load a service has dozens of requests in flight, each making one or two Valkey calls. redis-py spends about
 30 µs of CPU on each call on its own (taking a connection from the pool and giving it back, the observability
 hooks, one socket write) and about 12 µs on each command of a pipeline; every call is also a write system call.
-Coalescing the calls of one loop turn keeps each caller's own answer or error and costs one pool round and one
-write per batch. A call alone in its turn goes out as it would without this client."""
+One batch at a time is on the wire: the calls made until it is answered go out together next, each caller with its
+own answer or error, for one pool round and one write per batch. Calls made in one loop turn with nothing on the
+wire go out at the end of that turn; a call alone goes out as it would without this client."""
 
 from __future__ import annotations
 
@@ -47,8 +48,8 @@ class _Batch(Pipeline):
 
 
 class CoalescingRedis(Redis):
-    """``Redis`` whose commands of one event-loop turn share one pipeline (not a transaction: each command
-    succeeds or fails on its own, as it would sent alone). A batch is never sent twice: its connections retry
+    """``Redis`` whose calls share pipelines, one on the wire at a time (not a transaction: each command succeeds
+    or fails on its own, as it would sent alone). A batch is never sent twice: its connections retry
     nothing (a retry would apply again the commands whose replies had arrived)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -62,26 +63,35 @@ class CoalescingRedis(Redis):
             return await super().execute_command(*args, **options)  # type: ignore[no-untyped-call]
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
-        if not self._queued:
+        if not self._queued and not self._sending:  # else the batch on the wire sends the queue when it is answered
             loop.call_soon(self._send_queued)
         self._queued.append((args, options, answer))
         return await answer
 
     async def aclose(self, close_connection_pool: bool | None = None) -> None:
         """Send what is queued and wait for every batch on the wire, then close."""
-        self._send_queued()
-        if self._sending:
+        while self._queued or self._sending:
+            self._send_queued()
             await asyncio.gather(*self._sending, return_exceptions=True)
         await super().aclose(close_connection_pool)
 
     def _send_queued(self) -> None:
+        """Send the queue as one batch, unless a batch is on the wire: the calls made meanwhile wait for its answer and
+        go out together then (under load a batch gathers the calls of a round trip, not of one loop turn)."""
+        if self._sending:
+            return
         # A caller cancelled while queued is not sent, as it would not have been sent alone.
         batch, self._queued = [entry for entry in self._queued if not entry[2].done()], []
         if not batch:
             return
         task = asyncio.ensure_future(self._send(batch))
         self._sending.add(task)
-        task.add_done_callback(self._sending.discard)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task[None]) -> None:
+        self._sending.discard(task)
+        if self._queued:
+            self._send_queued()
 
     async def _send(self, batch: list[Queued]) -> None:
         try:

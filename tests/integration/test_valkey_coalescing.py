@@ -53,6 +53,22 @@ async def test_concurrent_calls_share_one_connection(named_client, redis):
     assert await connections_named(redis, name) == 1
 
 
+async def test_calls_made_while_a_batch_is_on_the_wire_go_out_together_after_it(named_client, redis):
+    client, name = named_client
+    await client.set(f"{name}:k", "v")
+    busy = client.eval("local n = 0 for i = 1, 3000000 do n = n + 1 end return 1", 0)  # ~10 ms of Lua
+    slow = asyncio.ensure_future(busy)  # a batch Valkey takes a moment to answer
+    await asyncio.sleep(0.001)
+    later = []
+    for _ in range(10):  # one call per loop turn, each while the first batch waits for its answer
+        later.append(asyncio.ensure_future(client.get(f"{name}:k")))
+        await asyncio.sleep(0)
+    assert await slow == 1
+    assert await asyncio.gather(*later) == [b"v"] * 10
+    # Sent turn by turn, the ten calls would have taken connections of their own beside the busy one.
+    assert await connections_named(redis, name) == 1
+
+
 async def test_each_caller_gets_its_own_answer_or_error(named_client, redis):
     client, name = named_client
     await client.set(f"{name}:text", "not a number")
