@@ -52,6 +52,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any, cast
 
 import grpc
 import nats
@@ -190,18 +191,37 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
-async def wait_quiet(pids: dict[str, int], timeout: float = 90) -> float:
+def label(process: subprocess.Popen[bytes]) -> str:
+    """What a started process runs: the service module or the script."""
+    arguments = [str(argument) for argument in cast(list[Any], process.args)]
+    if "-m" in arguments and arguments[-2] == "-m":
+        return arguments[-1].rpartition(".")[2]
+    if "-c" in arguments:
+        return "baseline"  # the other checkout's po-publication, run through runpy
+    scripts = [argument for argument in arguments if argument.endswith(".py")]
+    return Path(scripts[0]).stem if scripts else Path(arguments[0]).name
+
+
+async def wait_quiet(pids: dict[str, int], scenario: str, timeout: float = 90) -> float:
     """Wait until the servers and services together use under 5% of a core over half a second (work left over
     from an earlier scenario, e.g. po-publication checking every receipt against its order, would slow the next
     scenario and flatter or wrong its ratio); the seconds waited."""
     started = time.monotonic()
+    used: dict[str, float] = {}
     while time.monotonic() - started < timeout:
         before = cpu_seconds(pids)
         await asyncio.sleep(0.5)
         after = cpu_seconds(pids)
-        if sum(after[name] - before[name] for name in pids) < 0.025:  # idle processes use ~0.010
+        used = {name: after[name] - before[name] for name in pids}
+        if sum(used.values()) < 0.025:  # idle processes use ~0.010
             return time.monotonic() - started
-    print(f"the servers never went quiet within {timeout:.0f}s; measuring anyway", file=sys.stderr)
+    ranked = sorted(used.items(), key=lambda item: -item[1])[:3]
+    busiest = ", ".join(f"{name} {seconds / 0.5:.0%}" for name, seconds in ranked)
+    print(
+        f"before {scenario}: the servers never went quiet within {timeout:.0f}s (busiest over the last half second, "
+        f"in cores: {busiest}); measuring anyway",
+        file=sys.stderr,
+    )
     return time.monotonic() - started
 
 
@@ -667,8 +687,9 @@ async def run(
                     {
                         "nats": nats_server.process.pid,
                         "valkey": valkey.process.pid,
-                        **{f"process {n}": process.pid for n, process in enumerate(processes)},
-                    }
+                        **{f"{label(process)} ({process.pid})": process.pid for process in processes},
+                    },
+                    f"{name} at concurrency {concurrency}",
                 )
                 group = [name]
                 if name == "governed" and "governed-traced" in only and traced is not None:
