@@ -202,7 +202,7 @@ def label(process: subprocess.Popen[bytes]) -> str:
     return Path(scripts[0]).stem if scripts else Path(arguments[0]).name
 
 
-async def wait_quiet(pids: dict[str, int], scenario: str, timeout: float = 90) -> float:
+async def wait_quiet(pids: dict[str, int], scenario: str, timeout: float = 300) -> float:
     """Wait until the servers and services together use under 5% of a core over half a second (work left over
     from an earlier scenario, e.g. po-publication checking every receipt against its order, would slow the next
     scenario and flatter or wrong its ratio); the seconds waited."""
