@@ -191,6 +191,24 @@ def paused(pids: Iterable[int]) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
 
 
+async def retried(
+    call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes],
+    request: bytes,
+    metadata: tuple[tuple[str, str], ...],
+    attempts: int = 12,
+) -> bytes:
+    """An unmeasured call (the fills) retried while UNAVAILABLE, as the services tell their callers to: a service the
+    bench paused may have lost its broker connection for a moment (nats-server drops a client that stops reading)."""
+    for attempt in range(attempts):
+        try:
+            return await call(request, metadata=metadata)
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.UNAVAILABLE or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(min(0.1 * 2**attempt, 2.0))
+    raise AssertionError("unreachable")
+
+
 def label(process: subprocess.Popen[bytes]) -> str:
     """What a started process runs: the service module or the script."""
     arguments = [str(argument) for argument in cast(list[Any], process.args)]
@@ -482,7 +500,7 @@ async def run(
             async def worker() -> None:
                 while len(pool) < count:
                     n = next(COUNTER)
-                    await call(publish_request(n), metadata=metadata)
+                    await retried(call, publish_request(n), metadata)
                     pool.append(n)
 
             await asyncio.gather(*(worker() for _ in range(64)))
@@ -583,8 +601,8 @@ async def run(
             async def worker() -> None:
                 while len(invoiceable) < count:
                     n = next(COUNTER)
-                    await publish_call(priced_order(n), metadata=metadata)
-                    await post_call(receipt_request(n, n), metadata=erp)
+                    await retried(publish_call, priced_order(n), metadata)
+                    await retried(post_call, receipt_request(n, n), erp)
                     invoiceable.append(n)
 
             await asyncio.gather(*(worker() for _ in range(64)))
