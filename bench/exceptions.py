@@ -412,7 +412,7 @@ async def ingest(
         run_id = uuid.uuid4().hex[:8]
         pids = {**servers, "router": router.pid, "bench": os.getpid()}
         work = await publisher(js, namespace, args.publisher, run_id, args.raises, args.distinct)
-        await wait_quiet(pids)
+        await wait_quiet(pids, "ingest")
         cpu_before = cpu_seconds(pids)
         with py_spy(router.pid, args.py_spy / "ingest.txt" if args.py_spy else None):
             first, publishing = await publish_all(work, args.publishers)
@@ -474,7 +474,7 @@ async def memory(
         stub = exception_service_pb2_grpc.ExceptionRouterServiceStub(channel)
         await summarize(stub)  # the summary path's imports and buffers, before the baseline
         work = await publisher(js, namespace, args.publisher, uuid.uuid4().hex[:8], count, count)
-        await wait_quiet({**servers, "router": router.pid})
+        await wait_quiet({**servers, "router": router.pid}, "memory")
         rss_before = rss_bytes(router.pid)
         log(f"memory: router serving on an empty stream, RSS {rss_before / 2**20:.1f} MiB; raising {count:,} problems")
         cpu_before = cpu_seconds({"router": router.pid})
@@ -486,7 +486,7 @@ async def memory(
             opened_in = time.perf_counter() - first
         router_cpu = cpu_seconds({"router": router.pid})["router"] - cpu_before["router"]
         log(f"memory: {backlog.routed_open:,} open after {opened_in:.1f}s; waiting for quiet")
-        await wait_quiet({**servers, "router": router.pid})
+        await wait_quiet({**servers, "router": router.pid}, "memory, once every problem is open")
         rss_after, peak = rss_bytes(router.pid), rss_bytes(router.pid, "VmHWM")
         messages = await stream_messages(js, namespace)
         await channel.close()
@@ -502,7 +502,7 @@ async def memory(
         await stub.ListExceptions(exception_service_pb2.ListExceptionsRequest(), metadata=OPS)
         answered = time.monotonic() - again.spawned_at
         after_restart = await summarize(stub)
-        await wait_quiet({**servers, "router": again.pid})
+        await wait_quiet({**servers, "router": again.pid}, "memory, after the restart")
         rss_refolded = rss_bytes(again.pid)
         await asyncio.sleep(REST_SECONDS)  # past its first sweeps after the start (one re-routing scan of everything)
         resting = cpu_seconds({"router": again.pid})["router"]
