@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
@@ -334,3 +338,14 @@ def syncgov_up(data_dir, grpc_base: int, metrics_base: int, **env: str):
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
+
+
+@contextlib.contextmanager
+def frozen(server: Any) -> Iterator[None]:
+    """A session server stopped (SIGSTOP) for the block, always continued after it: a broker or Valkey that stops
+    answering without closing its connections."""
+    os.kill(server.process.pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(server.process.pid, signal.SIGCONT)

@@ -9,10 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import signal
-from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
@@ -37,7 +33,15 @@ from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.invoice.v1 import invoice_pb2, invoice_service_pb2, invoice_service_pb2_grpc
 from syncgov.po.v1 import po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
-from tests.integration.helpers import ERP, PROCUREMENT, goods_receipt, publish_order, receipt_settings, seed_supplier
+from tests.integration.helpers import (
+    ERP,
+    PROCUREMENT,
+    frozen,
+    goods_receipt,
+    publish_order,
+    receipt_settings,
+    seed_supplier,
+)
 from tests.integration.test_invoice_status import OPS, invoice, invoice_settings
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -179,15 +183,6 @@ async def test_the_list_is_identical_after_a_restart_after_valkey_lost_it_and_a_
         await redis.flushall()
         async with invoices(settings) as stub:  # rebuilt: the matched invoices stay off the list
             assert await _everything(stub) == after
-
-
-@contextlib.contextmanager
-def frozen(server: Any) -> Iterator[None]:
-    os.kill(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
 
 
 async def test_a_frozen_valkey_fails_the_listing_unavailable_never_a_write_and_the_list_heals(

@@ -6,11 +6,6 @@ The session's servers are frozen with SIGSTOP for a moment (tests run one at a t
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-from collections.abc import Iterator
-from typing import Any
 
 import grpc
 import pytest
@@ -21,19 +16,10 @@ from services.po_publication.wiring import wire
 from syncgov.common.v1 import types_pb2
 from syncgov.po.v1 import po_service_pb2 as pb
 from syncgov.po.v1 import po_service_pb2_grpc
-from tests.integration.helpers import message_count, sample_order, status_details
+from tests.integration.helpers import frozen, message_count, sample_order, status_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 PROCUREMENT = (("x-syncgov-system", "procurement"),)
-
-
-@contextlib.contextmanager
-def frozen(server: Any) -> Iterator[None]:
-    os.kill(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
 
 
 async def test_a_frozen_broker_is_unavailable_with_retry_info_and_the_retry_lands_once(po_settings, nats_server, js):

@@ -5,12 +5,7 @@ one connection for many concurrent calls, each caller its own answer or error, e
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -18,17 +13,9 @@ from redis.exceptions import ConnectionError, ResponseError
 
 from libs.runtime.app import valkey_watchdog
 from libs.runtime.valkey import CoalescingRedis
+from tests.integration.helpers import frozen
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
-
-
-@contextlib.contextmanager
-def frozen(server: Any) -> Iterator[None]:
-    os.kill(server.process.pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(server.process.pid, signal.SIGCONT)
 
 
 @pytest.fixture
