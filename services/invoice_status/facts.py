@@ -24,10 +24,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TypeVar
@@ -301,12 +302,18 @@ class InvoiceLedger:
     invoices are about 4.5 GiB: the bound is the number of invoices kept on the stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_read: Callable[[StoredEvent], None] = lambda stored: None) -> None:
+        # Told of every event the follower delivered, once it is folded (or covered), in the order they are.
+        self._on_read = on_read
         self.states: dict[str, InvoiceState] = {}
         self.sequence = 0  # the highest invoice-stream sequence folded
         self.read_through = 0  # every invoice-stream event up to this sequence is folded
         self.first_sequence: dict[str, int] = {}  # each invoice's submission: the order invoices count in
-        self._ahead: set[int] = set()  # appends of this process folded before the follower reached them
+        self._ahead: set[int] = set()  # events folded before every event below them was: read_through stops short
+        # Invoices this process is appending to (how many appends at once), and the events of theirs the follower
+        # delivered before the append was acknowledged, held undecoded until the append's own state is applied.
+        self._appending: dict[str, int] = {}
+        self._held: dict[int, StoredEvent] = {}
         self._moved = asyncio.Event()  # set (and replaced) whenever read_through moves
         self._on_line: dict[LineKey, dict[str, Decimal]] = {}
         self._duplicate_keys: dict[tuple[object, ...], set[str]] = {}  # duplicates.index_keys -> invoices
@@ -316,21 +323,74 @@ class InvoiceLedger:
     # -- feeding ---------------------------------------------------------------------------------------------
 
     def follow(self, stored: StoredEvent) -> None:
-        """The follower's handler: fold one stored event (one already folded is skipped), in stream order."""
+        """The follower's handler: fold one stored event (one already folded is skipped), in stream order.
+
+        An event of an invoice this process is appending to, delivered before the append's acknowledgment (the
+        follower's delivery often overtakes it), is held undecoded: the append's own state covers it once applied,
+        and ``read_through`` stops short of it meanwhile, as it does for an append acknowledged before the follower
+        reached it. An event no append covers (another writer's, or an append that failed after the stream stored
+        it) is decoded when the appends end (:meth:`appending`)."""
+        invoice_id = stored.envelope.object_key
+        known = self.states.get(invoice_id)
+        if known is not None and known.sequence >= stored.sequence:
+            self._read_one(stored)  # this process's own append, folded when it was made: not decoded again
+        elif invoice_id in self._appending:
+            self._held[stored.sequence] = stored
+        else:
+            self._decode_and_read(stored)
+
+    def _decode_and_read(self, stored: StoredEvent) -> None:
         try:
-            known = self.states.get(stored.envelope.object_key)
-            if known is not None and known.sequence >= stored.sequence:
-                return  # this process's own append, folded when it was made: not decoded again
             event = events.decode(stored)
             if event is not None:
                 self.fold(stored.envelope.object_key, recorded(stored, event))
         finally:
-            self._read(stored.sequence)
+            self._read_one(stored)
+
+    @contextlib.contextmanager
+    def appending(self, invoice_id: str) -> Iterator[None]:
+        """Around one append to ``invoice_id`` by this process. After a failed append (and, one loop turn later,
+        after one that succeeded: its state is applied at once after it) an event held for the invoice that no
+        applied state covers is decoded and folded."""
+        self._appending[invoice_id] = self._appending.get(invoice_id, 0) + 1
+        failed = True
+        try:
+            yield
+            failed = False
+        finally:
+            if failed:
+                self._appended(invoice_id)
+            else:
+                asyncio.get_running_loop().call_soon(self._appended, invoice_id)
+
+    def _appended(self, invoice_id: str) -> None:
+        left = self._appending[invoice_id] - 1
+        if left:
+            self._appending[invoice_id] = left
+        else:
+            del self._appending[invoice_id]
+        self._release(invoice_id, decode=not left)
+
+    def _release(self, invoice_id: str, *, decode: bool) -> None:
+        """The events held for ``invoice_id`` that its state covers are read; with ``decode``, the others are decoded
+        and folded too (in stream order), else they stay held."""
+        for sequence in sorted(self._held):
+            stored = self._held[sequence]
+            if stored.envelope.object_key != invoice_id:
+                continue
+            covered = self.state_of(invoice_id).sequence >= sequence
+            if not covered and not decode:
+                continue
+            del self._held[sequence]
+            if covered:
+                self._read_one(stored)
+            else:
+                self._decode_and_read(stored)
 
     def fold(self, invoice_id: str, event: Recorded[InvoiceEvent]) -> None:
-        """Fold one event of the stream, delivered in stream order (the follower)."""
+        """Fold one event of the stream, delivered in stream order."""
         self._put(invoice_id, event.sequence, lambda state: evolve(state, event), event.sequence)
-        self._read(event.sequence)
+        self._read_through(event.sequence)
 
     async def applied(
         self, key: str, state: InvoiceState, sequence: int, recorded: Recorded[InvoiceEvent] | None
@@ -345,6 +405,8 @@ class InvoiceLedger:
         if at > self.read_through:
             self._ahead.add(at)
             self._read(self.read_through)
+        if self._held:
+            self._release(key, decode=False)
 
     def _put(self, invoice_id: str, sequence: int, new: Callable[[InvoiceState], InvoiceState], at: int) -> None:
         self.sequence = max(self.sequence, sequence)
@@ -378,8 +440,21 @@ class InvoiceLedger:
             else:
                 self._blocked.discard(invoice_id)
 
+    def _read_one(self, stored: StoredEvent) -> None:
+        """The follower's event is folded (or covered by a state folded already)."""
+        self._read_through(stored.sequence)
+        self._on_read(stored)
+
+    def _read_through(self, sequence: int) -> None:
+        """The event at ``sequence`` is folded, and (the follower delivers in order) every one before it but those
+        held."""
+        if self._held and sequence > min(self._held):
+            self._ahead.add(sequence)
+        else:
+            self._read(sequence)
+
     def _read(self, sequence: int) -> None:
-        """Every event up to ``sequence`` is folded; appends folded ahead extend that."""
+        """Every event up to ``sequence`` is folded; events folded ahead extend that."""
         position = max(self.read_through, sequence)
         while position + 1 in self._ahead:
             position += 1

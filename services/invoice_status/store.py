@@ -20,12 +20,13 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.exceptions import RedisError
 
-from libs.runtime.commands import CommandHandler, StreamLog, fold_stream, recorded
+from libs.runtime.commands import Appended, CommandHandler, StreamLog, fold_stream, recorded
 from libs.runtime.decider import Recorded
 from libs.runtime.events import Event, EventPublisher, EventReader, StoredEvent
 from services.invoice_status import decider, events
 from services.invoice_status.decider import InvoiceEvent, InvoiceState, InvoiceStatus
 from services.invoice_status.domain import Reason
+from services.invoice_status.facts import InvoiceLedger
 from services.invoice_status.mapping import BlockedFilter
 
 log = logging.getLogger(__name__)
@@ -36,15 +37,28 @@ _BYTES_PER_LINE = 2_000  # an invoice line, its match figures and their contract
 _BYTES_PER_INVOICE = 4_096
 
 
-def invoice_log(
-    publisher: EventPublisher, reader: EventReader, workflow_key: Callable[[str], str]
-) -> StreamLog[InvoiceEvent]:
-    """``workflow_key(invoice id)``: the PO id the invoice's later events carry (its submission names it)."""
+class InvoiceLog(StreamLog[InvoiceEvent]):
+    """The invoice stream as the command handler's log; each append is announced to the ledger, so the follower's
+    delivery of it (which often overtakes the acknowledgment) is not decoded again: the state the handler folds
+    covers it."""
 
-    def encode(invoice_id: str, event: InvoiceEvent) -> Event:
-        return events.encode(invoice_id, event, workflow_key=workflow_key(invoice_id))
+    def __init__(
+        self, publisher: EventPublisher, reader: EventReader, ledger: InvoiceLedger, workflow_key: Callable[[str], str]
+    ) -> None:
+        def encode(invoice_id: str, event: InvoiceEvent) -> Event:
+            return events.encode(invoice_id, event, workflow_key=workflow_key(invoice_id))
 
-    return StreamLog(publisher, reader, events.DOMAIN, encode=encode, decode=events.decode)
+        super().__init__(publisher, reader, events.DOMAIN, encode=encode, decode=events.decode)
+        self._ledger = ledger
+
+    async def append(self, key: str, event: InvoiceEvent, expected_last_sequence: int) -> Appended[InvoiceEvent]:
+        with self._ledger.appending(key):
+            return await super().append(key, event, expected_last_sequence)
+
+
+def invoice_log(publisher: EventPublisher, reader: EventReader, ledger: InvoiceLedger) -> InvoiceLog:
+    """The log of the ledger's invoices; later events carry the PO id the invoice's submission names."""
+    return InvoiceLog(publisher, reader, ledger, lambda invoice_id: events.workflow_key_of(ledger.state_of(invoice_id)))
 
 
 def size_of(state: InvoiceState) -> int:

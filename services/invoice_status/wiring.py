@@ -32,7 +32,14 @@ ACCESS: dict[str, AccessRule] = {
 def wire(rt: Runtime[Settings]) -> Service:
     name = rt.settings.service_name
     policy = lambda: rt.policy.current  # noqa: E731 - the policy in force at each call
-    ledger = InvoiceLedger()
+
+    def on_read(stored: StoredEvent) -> None:  # other replicas' appends reach the blocked list through here
+        read_models.followed(stored)
+        state = ledger.state_of(stored.envelope.object_key)
+        tail.followed(stored.envelope.object_key, state, stored.sequence)
+        cleared.followed(stored.envelope.object_key, state, stored.sequence)
+
+    ledger = InvoiceLedger(on_read)
     blocked = BlockedInvoices(rt.redis, rt.namespace.redis_key(name, "blocked"))
     read_models = ReadModels(rt.redis, rt.reader, blocked, ledger.state_of)
     suppliers = SupplierStates()
@@ -45,16 +52,9 @@ def wire(rt: Runtime[Settings]) -> Service:
     cleared = ClearedReasons(blocking, lambda: rt.reader.last_sequence(events.DOMAIN), raise_stored)
     supplier_follower = StreamFollower(rt.js, rt.namespace, "supplier", suppliers.apply)
 
-    def on_invoice(stored: StoredEvent) -> None:  # other replicas' appends reach the blocked list through here
-        ledger.follow(stored)
-        read_models.followed(stored)
-        state = ledger.state_of(stored.envelope.object_key)
-        tail.followed(stored.envelope.object_key, state, stored.sequence)
-        cleared.followed(stored.envelope.object_key, state, stored.sequence)
-
-    invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, on_invoice)
+    invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, ledger.follow)
     commands = CommandHandler(
-        invoice_log(rt.publisher, rt.reader, lambda invoice_id: events.workflow_key_of(ledger.state_of(invoice_id))),
+        invoice_log(rt.publisher, rt.reader, ledger),
         initial=decider.InvoiceState(),
         evolve=decider.evolve,
         size_of=size_of,

@@ -6,11 +6,15 @@ import asyncio
 from dataclasses import replace
 from decimal import Decimal
 
+import pytest
+from google.protobuf import timestamp_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from libs.runtime.decider import Recorded
-from services.invoice_status import matching
+from libs.runtime.events import StoredEvent, build_envelope, parse_stored
+from services.invoice_status import events, matching
+from services.invoice_status import facts as facts_module
 from services.invoice_status.decider import (
     REMATCHABLE,
     ApprovedForPayment,
@@ -193,6 +197,85 @@ async def test_waiting_for_the_stream_to_be_read_up_to_a_sequence():
     assert not waiting.done()
     ledger.fold("I-2", submitted(2, invoice(invoice_id="I-2", number="A-2")))
     await asyncio.wait_for(waiting, 1)
+
+
+def _stored(recorded_event: Recorded[InvoiceEvent], invoice_id: str) -> StoredEvent:
+    """The event as the follower delivers it: through a real envelope, at the recorded sequence."""
+    event = events.encode(invoice_id, recorded_event.event, workflow_key="PO-1")
+    envelope = build_envelope(event, timestamp_pb2.Timestamp(seconds=recorded_event.sequence))
+    return parse_stored(
+        "SG_INVOICE", recorded_event.sequence, f"sg.invoice.{invoice_id}.{event.name}", {}, envelope.SerializeToString()
+    )
+
+
+class _Decodes:
+    """Counts the follower's decodes (the work a held event is spared)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.count = 0
+        decode = facts_module.events.decode
+
+        def counting(stored: StoredEvent) -> InvoiceEvent | None:
+            self.count += 1
+            return decode(stored)
+
+        monkeypatch.setattr(facts_module.events, "decode", counting)
+
+
+async def test_the_followers_delivery_of_an_append_not_yet_acknowledged_waits_for_its_state_undecoded(monkeypatch):
+    decodes = _Decodes(monkeypatch)
+    read: list[int] = []
+    ledger = InvoiceLedger(lambda stored: read.append(stored.sequence))
+    ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
+    appended = submitted(2, invoice(invoice_id="I-2", number="A-2"))
+    with ledger.appending("I-2"):
+        ledger.follow(_stored(appended, "I-2"))  # overtakes the acknowledgment: held
+        ledger.follow(_stored(submitted(3, invoice(invoice_id="I-3", number="A-3")), "I-3"))  # another replica's
+        assert "I-2" not in ledger.states
+        assert "I-3" in ledger.states
+        assert ledger.read_through == 1  # not past the held event, though the one after it is folded
+        assert read == [3]
+    state = InvoiceLedger()
+    state.fold("I-2", appended)
+    await ledger.applied("I-2", state.states["I-2"], 2, appended)  # the command handler, right after the append
+    assert ledger.states["I-2"] == state.states["I-2"]
+    assert ledger.read_through == 3
+    assert read == [3, 2]
+    assert decodes.count == 1  # I-3 only: the held event was covered by the append's own state
+    await asyncio.sleep(0)  # the append's end, one loop turn later, finds nothing left to decode
+    assert decodes.count == 1
+
+
+async def test_an_event_held_during_a_failed_append_is_decoded_when_the_append_ends(monkeypatch):
+    decodes = _Decodes(monkeypatch)
+    ledger = InvoiceLedger()
+    stored = _stored(submitted(1, invoice(invoice_id="I-1", number="A-1")), "I-1")
+    seen_while_appending: list[tuple[int, int]] = []
+
+    def append_that_times_out() -> None:
+        with ledger.appending("I-1"):
+            ledger.follow(stored)  # the stream stored it; its acknowledgment never came
+            seen_while_appending.append((ledger.read_through, decodes.count))
+            raise TimeoutError
+
+    with pytest.raises(TimeoutError):
+        append_that_times_out()
+    assert seen_while_appending == [(0, 0)]
+    assert "I-1" in ledger.states
+    assert (ledger.read_through, decodes.count) == (1, 1)
+
+
+async def test_another_writers_event_held_during_a_successful_append_is_decoded_a_loop_turn_later(monkeypatch):
+    _Decodes(monkeypatch)
+    ledger = InvoiceLedger()
+    # While this process appends to I-1, the follower delivers an event of I-1 that another replica appended: this
+    # process's append does not cover it (its guard will have failed, or it was decided on a state without it).
+    with ledger.appending("I-1"):
+        ledger.follow(_stored(submitted(1, invoice(invoice_id="I-1", number="A-1")), "I-1"))
+    assert ledger.read_through == 0
+    await asyncio.sleep(0)
+    assert "I-1" in ledger.states
+    assert ledger.read_through == 1
 
 
 def matched_with(
