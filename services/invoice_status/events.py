@@ -75,15 +75,16 @@ def encode(invoice_id: str, event: InvoiceEvent, *, workflow_key: str = "") -> E
         currency = event.invoice.currency
         payload = events_pb2.InvoiceSubmitted(
             invoice=submitted_document(event),
-            match=mapping.match_to_proto(event.match, currency),
             facts=mapping.facts_to_proto(event.facts),
             content_sha256=event.fingerprint,
         )
+        mapping.fill_match(payload.match, event.match, currency)
         workflow_key = event.invoice.lines[0].po_id if event.invoice.lines else workflow_key
     elif isinstance(event, Matched | Blocked):
         name = MATCHED if isinstance(event, Matched) else BLOCKED
         message_type = events_pb2.InvoiceMatched if isinstance(event, Matched) else events_pb2.InvoiceBlocked
-        payload = message_type(match=mapping.match_to_proto(event.match), facts=mapping.facts_to_proto(event.facts))
+        payload = message_type(facts=mapping.facts_to_proto(event.facts))
+        mapping.fill_match(payload.match, event.match)
         workflow_key = _first_po(event.match) or workflow_key
     elif isinstance(event, Released):
         name = RELEASED

@@ -240,10 +240,6 @@ def invoice_to_proto(invoice: Invoice) -> invoice_pb2.Invoice:
 # --- Match results -----------------------------------------------------------------------------------------
 
 
-def _optional(number: Decimal | None) -> decimal_pb2.Decimal | None:
-    return None if number is None else decimal_to_proto(number)
-
-
 def _optional_from(owner: object, name: str) -> Decimal | None:
     return decimal_from_proto(getattr(owner, name)) if owner.HasField(name) else None  # type: ignore[attr-defined]
 
@@ -258,30 +254,44 @@ def _plain(number: Decimal) -> str:
     return format(number.normalize() if number else Decimal(0), "f")
 
 
+# The contract forms are filled in place: building each figure as a message of its own and handing it to its
+# parent's constructor copies it once more, which doubled what encoding a match cost (a one-line match: ~21 µs
+# against ~11).
+
+
+def _fill_limit(target: invoice_pb2.ToleranceLimit, limit: Limit) -> None:
+    target.side = limit.side
+    target.basis = limit.basis
+    target.value.value = format(limit.value, "f")
+    target.bound.value = format(limit.bound, "f")
+    target.text = limit_text(limit)
+
+
 def limit_to_proto(limit: Limit) -> invoice_pb2.ToleranceLimit:
-    return invoice_pb2.ToleranceLimit(
-        side=limit.side,
-        basis=limit.basis,
-        value=decimal_to_proto(limit.value),
-        bound=decimal_to_proto(limit.bound),
-        text=limit_text(limit),
-    )
+    message = invoice_pb2.ToleranceLimit()
+    _fill_limit(message, limit)
+    return message
 
 
 def limit_from_proto(message: invoice_pb2.ToleranceLimit) -> Limit:
     return Limit(message.side, message.basis, decimal_from_proto(message.value), decimal_from_proto(message.bound))
 
 
+def _fill_price(target: invoice_pb2.PriceMatch, check: PriceCheck) -> None:
+    target.expected.value = format(check.expected, "f")
+    target.actual.value = format(check.actual, "f")
+    target.variance.value = format(check.variance, "f")
+    target.variance_amount.value = format(check.variance_amount, "f")
+    if check.variance_percent is not None:
+        target.variance_percent.value = format(check.variance_percent, "f")
+    _fill_limit(target.limit, check.limit)
+    target.within = check.within
+
+
 def price_to_proto(check: PriceCheck) -> invoice_pb2.PriceMatch:
-    return invoice_pb2.PriceMatch(
-        expected=decimal_to_proto(check.expected),
-        actual=decimal_to_proto(check.actual),
-        variance=decimal_to_proto(check.variance),
-        variance_amount=decimal_to_proto(check.variance_amount),
-        variance_percent=_optional(check.variance_percent),
-        limit=limit_to_proto(check.limit),
-        within=check.within,
-    )
+    message = invoice_pb2.PriceMatch()
+    _fill_price(message, check)
+    return message
 
 
 def price_from_proto(message: invoice_pb2.PriceMatch) -> PriceCheck:
@@ -296,18 +306,23 @@ def price_from_proto(message: invoice_pb2.PriceMatch) -> PriceCheck:
     )
 
 
+def _fill_quantity(target: invoice_pb2.QuantityMatch, check: QuantityCheck) -> None:
+    target.expected.value = format(check.expected, "f")
+    target.basis = check.basis
+    target.invoiced.value = format(check.invoiced, "f")
+    target.invoiced_by_others.value = format(check.invoiced_by_others, "f")
+    target.cumulative.value = format(check.actual, "f")
+    target.variance.value = format(check.variance, "f")
+    if check.variance_percent is not None:
+        target.variance_percent.value = format(check.variance_percent, "f")
+    _fill_limit(target.limit, check.limit)
+    target.within = check.within
+
+
 def quantity_to_proto(check: QuantityCheck) -> invoice_pb2.QuantityMatch:
-    return invoice_pb2.QuantityMatch(
-        expected=decimal_to_proto(check.expected),
-        basis=check.basis,
-        invoiced=decimal_to_proto(check.invoiced),
-        invoiced_by_others=decimal_to_proto(check.invoiced_by_others),
-        cumulative=decimal_to_proto(check.actual),
-        variance=decimal_to_proto(check.variance),
-        variance_percent=_optional(check.variance_percent),
-        limit=limit_to_proto(check.limit),
-        within=check.within,
-    )
+    message = invoice_pb2.QuantityMatch()
+    _fill_quantity(message, check)
+    return message
 
 
 def quantity_from_proto(message: invoice_pb2.QuantityMatch) -> QuantityCheck:
@@ -324,29 +339,32 @@ def quantity_from_proto(message: invoice_pb2.QuantityMatch) -> QuantityCheck:
     )
 
 
-def line_match_to_proto(line: LineMatch, currency: str = "") -> invoice_pb2.LineMatchResult:
-    """A line's match; ``currency`` (the invoice's) fills the Money form of the PO unit price when it fits."""
-    message = invoice_pb2.LineMatchResult(
-        line_number=line.line_number,
-        matched=line.matched,
-        block_reasons=reasons_to_proto(line.reasons),
-        po_version=line.po_version,
-        po_id=line.po_id,
-        po_line_number=line.po_line_number,
-        business_unit=line.business_unit,
-        basis=invoice_pb2.MATCH_BASIS_TWO_WAY if line.two_way else invoice_pb2.MATCH_BASIS_THREE_WAY,
-        stated_amount=decimal_to_proto(line.amount.stated),
-        computed_amount=decimal_to_proto(line.amount.computed),
-    )
+def _fill_line_match(target: invoice_pb2.LineMatchResult, line: LineMatch, currency: str) -> None:
+    target.line_number = line.line_number
+    target.matched = line.matched
+    target.block_reasons.extend(reasons_to_proto(line.reasons))
+    target.po_version = line.po_version
+    target.po_id = line.po_id
+    target.po_line_number = line.po_line_number
+    target.business_unit = line.business_unit
+    target.basis = invoice_pb2.MATCH_BASIS_TWO_WAY if line.two_way else invoice_pb2.MATCH_BASIS_THREE_WAY
+    target.stated_amount.value = format(line.amount.stated, "f")
+    target.computed_amount.value = format(line.amount.computed, "f")
     if line.price is not None:
-        message.price.CopyFrom(price_to_proto(line.price))
+        _fill_price(target.price, line.price)
         if currency:
             with contextlib.suppress(ValueError):  # more than 9 decimals: the exact figure is price.expected
-                message.po_unit_price.CopyFrom(money_to_proto(line.price.expected, currency))
+                target.po_unit_price.CopyFrom(money_to_proto(line.price.expected, currency))
     if line.quantity is not None:
-        message.quantity.CopyFrom(quantity_to_proto(line.quantity))
+        _fill_quantity(target.quantity, line.quantity)
         if not line.two_way:
-            message.received_quantity.CopyFrom(decimal_to_proto(line.quantity.expected))
+            target.received_quantity.value = format(line.quantity.expected, "f")
+
+
+def line_match_to_proto(line: LineMatch, currency: str = "") -> invoice_pb2.LineMatchResult:
+    """A line's match; ``currency`` (the invoice's) fills the Money form of the PO unit price when it fits."""
+    message = invoice_pb2.LineMatchResult()
+    _fill_line_match(message, line, currency)
     return message
 
 
@@ -365,34 +383,36 @@ def line_match_from_proto(message: invoice_pb2.LineMatchResult) -> LineMatch:
     )
 
 
+def fill_match(target: invoice_pb2.InvoiceMatch, match: MatchResult, currency: str = "", *, lines: bool = True) -> None:
+    """Write the whole match into ``target`` (empty); without its ``lines`` when they travel beside it
+    (``InvoiceStatus.line_results``)."""
+    target.invoice_id = match.invoice_id
+    target.matched = match.matched
+    target.block_reasons.extend(reasons_to_proto(match.reasons))
+    target.header_block_reasons.extend(reasons_to_proto(match.header_reasons))
+    if lines:
+        for line in match.lines:
+            _fill_line_match(target.lines.add(), line, currency)
+    for check in match.header:
+        header = target.header_checks.add(name=check.name)
+        header.stated.value = format(check.stated, "f")
+        header.computed.value = format(check.computed, "f")
+        header.small_difference.value = format(check.small_difference, "f")
+    for duplicate in match.duplicates:
+        target.duplicates.add(
+            invoice_id=duplicate.invoice_id, invoice_number=duplicate.invoice_number, rules=list(duplicate.rules)
+        )
+    for suspected in match.suspected_duplicates:
+        target.suspected_duplicates.add(
+            invoice_id=suspected.invoice_id, invoice_number=suspected.invoice_number, days_apart=suspected.days_apart
+        )
+
+
 def match_to_proto(match: MatchResult, currency: str = "", *, lines: bool = True) -> invoice_pb2.InvoiceMatch:
     """The whole match; without its ``lines`` when they travel beside it (``InvoiceStatus.line_results``)."""
-    return invoice_pb2.InvoiceMatch(
-        invoice_id=match.invoice_id,
-        matched=match.matched,
-        block_reasons=reasons_to_proto(match.reasons),
-        header_block_reasons=reasons_to_proto(match.header_reasons),
-        lines=[line_match_to_proto(line, currency) for line in match.lines] if lines else [],
-        header_checks=[
-            invoice_pb2.HeaderCheck(
-                name=check.name,
-                stated=decimal_to_proto(check.stated),
-                computed=decimal_to_proto(check.computed),
-                small_difference=decimal_to_proto(check.small_difference),
-            )
-            for check in match.header
-        ],
-        duplicates=[
-            invoice_pb2.DuplicateOf(invoice_id=d.invoice_id, invoice_number=d.invoice_number, rules=list(d.rules))
-            for d in match.duplicates
-        ],
-        suspected_duplicates=[
-            invoice_pb2.SuspectedDuplicate(
-                invoice_id=s.invoice_id, invoice_number=s.invoice_number, days_apart=s.days_apart
-            )
-            for s in match.suspected_duplicates
-        ],
-    )
+    message = invoice_pb2.InvoiceMatch()
+    fill_match(message, match, currency, lines=lines)
+    return message
 
 
 def match_from_proto(message: invoice_pb2.InvoiceMatch) -> MatchResult:
@@ -467,8 +487,9 @@ def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
         message.submitted_at.CopyFrom(_timestamp(state.submitted_at_ns))
     if state.match is not None:
         currency = submitted.invoice.currency
-        message.line_results.extend(line_match_to_proto(line, currency) for line in state.match.lines)
-        message.match.CopyFrom(match_to_proto(state.match, currency, lines=False))
+        for line in state.match.lines:
+            _fill_line_match(message.line_results.add(), line, currency)
+        fill_match(message.match, state.match, currency, lines=False)
         message.policy_revision = state.facts.policy_revision
         if state.matched_at_ns:
             message.matched_at.CopyFrom(_timestamp(state.matched_at_ns))
