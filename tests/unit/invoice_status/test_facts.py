@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent, build_envelope, parse_stored
 from services.invoice_status import events, matching
-from services.invoice_status import facts as facts_module
 from services.invoice_status.decider import (
     REMATCHABLE,
     ApprovedForPayment,
@@ -213,13 +212,13 @@ class _Decodes:
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.count = 0
-        decode = facts_module.events.decode
+        decode = events.decode
 
         def counting(stored: StoredEvent) -> InvoiceEvent | None:
             self.count += 1
             return decode(stored)
 
-        monkeypatch.setattr(facts_module.events, "decode", counting)
+        monkeypatch.setattr(events, "decode", counting)  # the ledger reads it from the module at each call
 
 
 async def test_the_followers_delivery_of_an_append_not_yet_acknowledged_waits_for_its_state_undecoded(monkeypatch):
