@@ -303,17 +303,21 @@ class InvoiceLedger:
     """
 
     def __init__(self, on_read: Callable[[StoredEvent], None] = lambda stored: None) -> None:
-        # Told of every event the follower delivered, once it is folded (or covered), in the order they are.
+        # Told of every event the follower delivered once it is folded (or covered by a state folded already): in
+        # stream order for each invoice, not across invoices (an event held for an append is told when released).
         self._on_read = on_read
         self.states: dict[str, InvoiceState] = {}
         self.sequence = 0  # the highest invoice-stream sequence folded
         self.read_through = 0  # every invoice-stream event up to this sequence is folded
         self.first_sequence: dict[str, int] = {}  # each invoice's submission: the order invoices count in
-        self._ahead: set[int] = set()  # events folded before every event below them was: read_through stops short
-        # Invoices this process is appending to (how many appends at once), and the events of theirs the follower
-        # delivered before the append was acknowledged, held undecoded until the append's own state is applied.
-        self._appending: dict[str, int] = {}
+        self._ahead: set[int] = set()  # appends of this process folded before the follower reached them
+        self._delivered = 0  # the follower's newest event (it delivers in order)
+        # Invoices this process is appending to (the expected last sequence of each append under way), and the events
+        # the follower delivered that may be such an append's own before its acknowledgment came: held undecoded
+        # until the append's own state covers them.
+        self._appending: dict[str, list[int]] = {}
         self._held: dict[int, StoredEvent] = {}
+        self._held_of: dict[str, list[int]] = {}  # each invoice's held sequences, oldest first
         self._moved = asyncio.Event()  # set (and replaced) whenever read_through moves
         self._on_line: dict[LineKey, dict[str, Decimal]] = {}
         self._duplicate_keys: dict[tuple[object, ...], set[str]] = {}  # duplicates.index_keys -> invoices
@@ -325,19 +329,29 @@ class InvoiceLedger:
     def follow(self, stored: StoredEvent) -> None:
         """The follower's handler: fold one stored event (one already folded is skipped), in stream order.
 
-        An event of an invoice this process is appending to, delivered before the append's acknowledgment (the
-        follower's delivery often overtakes it), is held undecoded: the append's own state covers it once applied,
-        and ``read_through`` stops short of it meanwhile, as it does for an append acknowledged before the follower
-        reached it. An event no append covers (another writer's, or an append that failed after the stream stored
-        it) is decoded when the appends end (:meth:`appending`)."""
+        An event of an invoice this process is appending to, after the sequence an append under way expects (so it
+        may be that append's own), delivered before the append's acknowledgment (the follower's delivery usually
+        overtakes it), is held undecoded: the append's own state covers it once applied, and ``read_through`` stops
+        short of it meanwhile, as it does for an append acknowledged before the follower reached it. The state the
+        handler applies is the decided event folded, the held one the stored event: the two fold alike
+        (events.encode/decode round-trip exactly, tests/unit/invoice_status/test_mapping.py). A held event no append
+        under way can own any more (another writer's, or one stored by an append that then failed) is decoded, and an
+        invoice's events are always folded and told in stream order: one behind a held event is held too."""
         invoice_id = stored.envelope.object_key
         known = self.states.get(invoice_id)
         if known is not None and known.sequence >= stored.sequence:
             self._read_one(stored)  # this process's own append, folded when it was made: not decoded again
-        elif invoice_id in self._appending:
+        elif invoice_id in self._held_of or self._ownable(invoice_id, stored.sequence):
             self._held[stored.sequence] = stored
+            self._held_of.setdefault(invoice_id, []).append(stored.sequence)
+            self._settle(invoice_id)
         else:
             self._decode_and_read(stored)
+
+    def _ownable(self, invoice_id: str, sequence: int) -> bool:
+        """Whether an append under way could have stored the event at ``sequence`` (it expects an earlier one)."""
+        expected = self._appending.get(invoice_id)
+        return expected is not None and min(expected) < sequence
 
     def _decode_and_read(self, stored: StoredEvent) -> None:
         try:
@@ -348,44 +362,50 @@ class InvoiceLedger:
             self._read_one(stored)
 
     @contextlib.contextmanager
-    def appending(self, invoice_id: str) -> Iterator[None]:
-        """Around one append to ``invoice_id`` by this process. After a failed append (and, one loop turn later,
-        after one that succeeded: its state is applied at once after it) an event held for the invoice that no
-        applied state covers is decoded and folded."""
-        self._appending[invoice_id] = self._appending.get(invoice_id, 0) + 1
+    def appending(self, invoice_id: str, expected_last_sequence: int) -> Iterator[None]:
+        """Around one append to ``invoice_id`` by this process, guarded by ``expected_last_sequence``. After a failed
+        append (and, one loop turn later, after one that succeeded: its state is applied at once after it) the events
+        held for the invoice that no append under way can own are decoded and folded."""
+        self._appending.setdefault(invoice_id, []).append(expected_last_sequence)
         failed = True
         try:
             yield
             failed = False
         finally:
             if failed:
-                self._appended(invoice_id)
+                self._appended(invoice_id, expected_last_sequence)
             else:
-                asyncio.get_running_loop().call_soon(self._appended, invoice_id)
+                asyncio.get_running_loop().call_soon(self._appended, invoice_id, expected_last_sequence)
 
-    def _appended(self, invoice_id: str) -> None:
-        left = self._appending[invoice_id] - 1
-        if left:
-            self._appending[invoice_id] = left
-        else:
+    def _appended(self, invoice_id: str, expected_last_sequence: int) -> None:
+        expected = self._appending[invoice_id]
+        expected.remove(expected_last_sequence)
+        if not expected:
             del self._appending[invoice_id]
-        self._release(invoice_id, decode=not left)
+        self._settle(invoice_id)
 
-    def _release(self, invoice_id: str, *, decode: bool) -> None:
-        """The events held for ``invoice_id`` that its state covers are read; with ``decode``, the others are decoded
-        and folded too (in stream order), else they stay held."""
-        for sequence in sorted(self._held):
-            stored = self._held[sequence]
-            if stored.envelope.object_key != invoice_id:
-                continue
+    def _settle(self, invoice_id: str) -> None:
+        """Release the invoice's held events, oldest first, while each is covered by its state (read) or can no
+        longer be an append's own (decoded and folded); the first that may still be stops the rest. Never raises: an
+        event that fails is logged and read, as the follower does, so no append's outcome is replaced and nothing
+        stays held."""
+        held = self._held_of.get(invoice_id)
+        while held:
+            sequence = held[0]
             covered = self.state_of(invoice_id).sequence >= sequence
-            if not covered and not decode:
-                continue
-            del self._held[sequence]
-            if covered:
-                self._read_one(stored)
-            else:
-                self._decode_and_read(stored)
+            if not covered and self._ownable(invoice_id, sequence):
+                return
+            held.pop(0)
+            if not held:
+                del self._held_of[invoice_id]
+            stored = self._held.pop(sequence)
+            try:
+                if covered:
+                    self._read_one(stored)
+                else:
+                    self._decode_and_read(stored)
+            except Exception:
+                log.exception("invoice stream: could not apply held sequence %s; skipped", sequence)
 
     def fold(self, invoice_id: str, event: Recorded[InvoiceEvent]) -> None:
         """Fold one event of the stream, delivered in stream order."""
@@ -405,8 +425,8 @@ class InvoiceLedger:
         if at > self.read_through:
             self._ahead.add(at)
             self._read(self.read_through)
-        if self._held:
-            self._release(key, decode=False)
+        if key in self._held_of:
+            self._settle(key)
 
     def _put(self, invoice_id: str, sequence: int, new: Callable[[InvoiceState], InvoiceState], at: int) -> None:
         self.sequence = max(self.sequence, sequence)
@@ -446,12 +466,10 @@ class InvoiceLedger:
         self._on_read(stored)
 
     def _read_through(self, sequence: int) -> None:
-        """The event at ``sequence`` is folded, and (the follower delivers in order) every one before it but those
-        held."""
-        if self._held and sequence > min(self._held):
-            self._ahead.add(sequence)
-        else:
-            self._read(sequence)
+        """The follower's event at ``sequence`` is folded: every one it delivered is (it delivers in order, gaps
+        included: an event that could not be read is skipped, as a purged one is missing) but those held."""
+        self._delivered = max(self._delivered, sequence)
+        self._read(min(self._held) - 1 if self._held else self._delivered)
 
     def _read(self, sequence: int) -> None:
         """Every event up to ``sequence`` is folded; events folded ahead extend that."""

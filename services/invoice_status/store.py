@@ -52,7 +52,7 @@ class InvoiceLog(StreamLog[InvoiceEvent]):
         self._ledger = ledger
 
     async def append(self, key: str, event: InvoiceEvent, expected_last_sequence: int) -> Appended[InvoiceEvent]:
-        with self._ledger.appending(key):
+        with self._ledger.appending(key, expected_last_sequence):
             return await super().append(key, event, expected_last_sequence)
 
 

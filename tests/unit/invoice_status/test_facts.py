@@ -227,7 +227,7 @@ async def test_the_followers_delivery_of_an_append_not_yet_acknowledged_waits_fo
     ledger = InvoiceLedger(lambda stored: read.append(stored.sequence))
     ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
     appended = submitted(2, invoice(invoice_id="I-2", number="A-2"))
-    with ledger.appending("I-2"):
+    with ledger.appending("I-2", 0):
         ledger.follow(_stored(appended, "I-2"))  # overtakes the acknowledgment: held
         ledger.follow(_stored(submitted(3, invoice(invoice_id="I-3", number="A-3")), "I-3"))  # another replica's
         assert "I-2" not in ledger.states
@@ -252,7 +252,7 @@ async def test_an_event_held_during_a_failed_append_is_decoded_when_the_append_e
     seen_while_appending: list[tuple[int, int]] = []
 
     def append_that_times_out() -> None:
-        with ledger.appending("I-1"):
+        with ledger.appending("I-1", 0):
             ledger.follow(stored)  # the stream stored it; its acknowledgment never came
             seen_while_appending.append((ledger.read_through, decodes.count))
             raise TimeoutError
@@ -269,10 +269,54 @@ async def test_another_writers_event_held_during_a_successful_append_is_decoded_
     ledger = InvoiceLedger()
     # While this process appends to I-1, the follower delivers an event of I-1 that another replica appended: this
     # process's append does not cover it (its guard will have failed, or it was decided on a state without it).
-    with ledger.appending("I-1"):
+    with ledger.appending("I-1", 0):
         ledger.follow(_stored(submitted(1, invoice(invoice_id="I-1", number="A-1")), "I-1"))
     assert ledger.read_through == 0
     await asyncio.sleep(0)
+    assert "I-1" in ledger.states
+    assert ledger.read_through == 1
+
+
+async def test_an_event_the_append_had_read_is_folded_at_once_not_held(monkeypatch):
+    """An append guarded by sequence 2 read everything up to 2: the follower's delivery of 2 (another writer's) cannot
+    be that append's own, so it is folded at once and the hooks see the state right after it."""
+    _Decodes(monkeypatch)
+    told: list[tuple[int, int]] = []
+    ledger = InvoiceLedger(lambda stored: told.append((stored.sequence, ledger.state_of("I-1").sequence)))
+    ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
+    with ledger.appending("I-1", 2):
+        ledger.follow(_stored(cancelled(2), "I-1"))
+        assert ledger.states["I-1"].sequence == 2
+        assert ledger.read_through == 2
+    assert told == [(2, 2)]
+
+
+async def test_the_stream_is_read_past_a_gap_once_the_held_event_is_covered(monkeypatch):
+    """Sequence 2 never reaches the ledger (purged, or unreadable and skipped by the follower): once the held event
+    before it is covered, read_through joins the follower at 3 as it did before anything was held."""
+    _Decodes(monkeypatch)
+    ledger = InvoiceLedger()
+    appended = submitted(1, invoice(invoice_id="I-1", number="A-1"))
+    with ledger.appending("I-1", 0):
+        ledger.follow(_stored(appended, "I-1"))
+        ledger.follow(_stored(submitted(3, invoice(invoice_id="I-3", number="A-3")), "I-3"))
+        assert ledger.read_through == 0
+        state = InvoiceLedger()
+        state.fold("I-1", appended)
+        await ledger.applied("I-1", state.states["I-1"], 1, appended)
+    assert ledger.read_through == 3
+
+
+async def test_a_hook_that_fails_on_a_held_event_neither_replaces_the_appends_error_nor_strands_it(monkeypatch):
+    _Decodes(monkeypatch)
+
+    def failing_hook(stored: StoredEvent) -> None:
+        raise RuntimeError("a projection bug")
+
+    ledger = InvoiceLedger(failing_hook)
+    with pytest.raises(TimeoutError), ledger.appending("I-1", 0):  # noqa: PT012 - the hold needs the block
+        ledger.follow(_stored(submitted(1, invoice(invoice_id="I-1", number="A-1")), "I-1"))
+        raise TimeoutError  # the append's own error reaches its caller
     assert "I-1" in ledger.states
     assert ledger.read_through == 1
 
