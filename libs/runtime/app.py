@@ -239,6 +239,7 @@ async def serve(
             await step()
         for spec in service.consumers:
             runner = ConsumerRunner(
+                nc,
                 js,
                 namespace,
                 spec,
@@ -260,6 +261,7 @@ async def serve(
                 {runner.durable: runner.spec for runner in runners}, publisher, runtime.reader
             )
             replays = ConsumerRunner(
+                nc,
                 js,
                 namespace,
                 replay_consumer(settings.service_name, dispatcher),

@@ -10,20 +10,30 @@ handler raises :class:`Poison`, the message is handed off to the exception
 router as a ``delivery_exhausted`` exception carrying its original subject,
 headers and bytes, and only then terminated. If the
 hand-off itself fails the message is nak'ed again: nothing is dropped.
+
+Messages are pulled the way the newer NATS clients consume (nats-py has only ``fetch``): pull requests are kept
+outstanding and messages taken from the consumer's inbox as they arrive (:class:`Pull`). ``fetch`` waited for each
+message through a task, a timer and a uuid of its own and, once a request had one message, up to its timeout (0.5 s)
+for the rest of the batch: a message that arrived alone was handled that much later.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import DEFAULT_PREFIX, AckPolicy, ConsumerConfig, DeliverPolicy, Header
 from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.context import Context
@@ -90,8 +100,9 @@ class ConsumerSpec:
     filters: tuple[str, ...] = ()
     # Its stream is optional (libs/runtime/streams.StreamSpec.optional): without it the consumer does not run.
     optional: bool = False
-    # The messages of one fetch are handled at once rather than one after another: for a handler whose outcome does
-    # not depend on the order it sees messages in (each decision guarded by its object's subject sequence).
+    # The messages that have arrived (up to ``batch``) are handled at once rather than one after another: for a handler
+    # whose outcome does not depend on the order it sees messages in (each decision guarded by its object's subject
+    # sequence).
     concurrent: bool = False
 
 
@@ -140,9 +151,112 @@ def backoff_delay(backoff: tuple[float, ...], delivered: int) -> float:
     return backoff[min(max(delivered, 1), len(backoff)) - 1]
 
 
+# A pull request lasts this long on the server and is kept alive by the server's idle heartbeats at this interval
+# (at most half of it: the server refuses more); two intervals without a message or a heartbeat while the server owes
+# messages (or a reconnect) mean the requests were lost (a restarted broker forgets them): the pull asks again.
+PULL_EXPIRES_SECONDS = 10.0
+PULL_HEARTBEAT_SECONDS = 2.0
+# After a refusal of the pull itself (409: the consumer deleted, its leader changed, the server shutting down).
+PULL_REFUSED_PAUSE_SECONDS = 1.0
+# How long a stop waits for the messages already on their way to reach the inbox before giving them back.
+PULL_DRAIN_SECONDS = 2.0
+
+
+class Pull:
+    """A durable pull consumer's messages as they arrive: pull requests topping up what the server owes plus what
+    waits here to ``batch`` (never more on their way or queued, their ack wait running, than ``fetch`` held),
+    answered on an inbox of this client. Statuses are read as they arrive: a 408 (a request expired) gives back what
+    it did not deliver; a 409 or any other refusal drops what was asked for and pauses the requests; heartbeats keep
+    the requests alive. Status messages never reach the caller."""
+
+    def __init__(self, nc: NATS, stream: str, durable: str, batch: int) -> None:
+        self._nc = nc
+        self._next = f"{DEFAULT_PREFIX}.CONSUMER.MSG.NEXT.{stream}.{durable}"
+        self._batch = max(1, batch)
+        self._inbox = ""
+        self._subscription: Subscription | None = None
+        self._arrived: deque[Msg] = deque()
+        self._woken = asyncio.Event()
+        self._owed = 0  # messages asked for that have neither arrived nor been given up by the server
+        self._heard = time.monotonic()  # the last message or status, or the last request
+        self._paused_until = 0.0  # after a refusal: no request before then
+        self._reconnects = 0
+
+    async def start(self) -> None:
+        self._inbox = self._nc.new_inbox()
+        self._subscription = await self._nc.subscribe(self._inbox, cb=self._delivered)
+        self._reconnects = self._nc.stats["reconnects"]
+
+    async def _delivered(self, message: Msg) -> None:
+        self._heard = time.monotonic()
+        headers = message.headers or {}
+        status = headers.get("Status") if not message.data else None
+        if not status:
+            self._owed = max(0, self._owed - 1)
+            self._arrived.append(message)
+        elif status == "408" and headers.get("Nats-Pending-Messages", "").isdigit():
+            self._owed = max(0, self._owed - int(headers["Nats-Pending-Messages"]))
+        elif status != "100":  # 100: an idle heartbeat; anything else: the requests are gone
+            description = " ".join(str(headers.get(Header.DESCRIPTION, "")).split())  # nats-py keys it by the enum
+            log.warning("pull on %s refused (%s %s); asking again", self._next, status, description)
+            self._owed = 0
+            self._paused_until = time.monotonic() + PULL_REFUSED_PAUSE_SECONDS
+        self._woken.set()
+
+    async def next(self, limit: int) -> list[Msg]:
+        """Up to ``limit`` messages, waiting for the first."""
+        while True:
+            now = time.monotonic()
+            self._check_requests(now)
+            wanted = self._batch - self._owed - len(self._arrived)
+            if wanted >= max(1, self._batch // 2) and self._nc.is_connected and now >= self._paused_until:
+                # Not while disconnected: nats-py would queue every request and send them all on reconnecting.
+                request = {
+                    "batch": wanted,
+                    "expires": int(PULL_EXPIRES_SECONDS * 1e9),
+                    "idle_heartbeat": int(min(PULL_HEARTBEAT_SECONDS, PULL_EXPIRES_SECONDS / 2) * 1e9),
+                }
+                await self._nc.publish(self._next, json.dumps(request).encode(), reply=self._inbox)
+                self._owed += wanted
+                self._heard = now  # its heartbeats are due from now
+            if self._arrived:
+                return [self._arrived.popleft() for _ in range(min(limit, len(self._arrived)))]
+            self._woken.clear()
+            wait = PULL_HEARTBEAT_SECONDS
+            if self._paused_until > now:
+                wait = min(wait, self._paused_until - now)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(wait):
+                    await self._woken.wait()
+
+    def _check_requests(self, now: float) -> None:
+        """Requests the server no longer holds are asked again: after a reconnect, or two heartbeats unheard while
+        messages are owed."""
+        reconnects = self._nc.stats["reconnects"]
+        if reconnects != self._reconnects or (self._owed and now - self._heard > 2 * PULL_HEARTBEAT_SECONDS):
+            self._reconnects = reconnects
+            self._owed = 0
+
+    async def stop(self) -> None:
+        """Stop the requests and give back what arrived unhandled (nak: to another replica now rather than after the
+        ack wait). Draining the inbox (unsubscribe, then a round trip to the server) lets the messages already on
+        their way arrive first."""
+        if self._subscription is not None:
+            try:
+                async with asyncio.timeout(PULL_DRAIN_SECONDS):
+                    await self._subscription.drain()  # type: ignore[no-untyped-call]  # untyped in nats-py
+            except Exception:  # disconnected, or the drain did not finish: stop listening anyway
+                with contextlib.suppress(Exception):
+                    await self._subscription.unsubscribe()
+        while self._arrived:
+            with contextlib.suppress(Exception):
+                await self._arrived.popleft().nak()
+
+
 class ConsumerRunner:
     def __init__(
         self,
+        nc: NATS,
         js: JetStreamContext,
         namespace: Namespace,
         spec: ConsumerSpec,
@@ -152,6 +266,7 @@ class ConsumerRunner:
         retry: RetryPolicy,
         metrics: RuntimeMetrics | None = None,
     ) -> None:
+        self._nc = nc
         self._js = js
         self._metrics = metrics
         self._labels = {"consumer": spec.name}
@@ -210,7 +325,7 @@ class ConsumerRunner:
         self._task = asyncio.create_task(self._run(), name=f"consumer {self.durable}")
 
     async def stop(self) -> None:
-        """Stop fetching; a message in hand is finished first, a fetch that waits is abandoned."""
+        """Stop pulling; a message in hand is finished first, a wait for the next is abandoned."""
         self._stopping.set()
         if self._task is not None and not self._processing:
             self._task.cancel()
@@ -219,30 +334,27 @@ class ConsumerRunner:
                 await self._task
 
     async def _run(self) -> None:
-        stream = self._ns.stream(self._spec.domain)
-        subscription = await self._js.pull_subscribe_bind(self.durable, stream)
+        pull = Pull(self._nc, self._ns.stream(self._spec.domain), self.durable, self._spec.batch)
         try:
+            await pull.start()
             while not self._stopping.is_set():
                 try:
-                    messages = await subscription.fetch(self._spec.batch, timeout=0.5)
-                except TimeoutError:
-                    continue
+                    # One at a time unless handled at once: a stop finishes the message in hand and gives back the rest.
+                    messages = await pull.next(self._spec.batch if self._spec.concurrent else 1)
                 except Exception:
-                    log.exception("fetch failed on %s; retrying", self.durable)
+                    log.exception("pull failed on %s; retrying", self.durable)
                     await asyncio.sleep(1.0)
                     continue
                 self._processing = True
                 try:
-                    if self._spec.concurrent:
-                        await asyncio.gather(*(self._process(message) for message in messages))
+                    if len(messages) == 1:
+                        await self._process(messages[0])
                     else:
-                        for message in messages:
-                            await self._process(message)
+                        await asyncio.gather(*(self._process(message) for message in messages))
                 finally:
                     self._processing = False
         finally:
-            with contextlib.suppress(Exception):
-                await subscription.unsubscribe()
+            await pull.stop()
 
     async def _process(self, message: Msg) -> None:
         metadata = message.metadata

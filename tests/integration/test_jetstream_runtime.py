@@ -12,9 +12,11 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags
 
+from libs.runtime import consumers
 from libs.runtime.consumers import ConsumerRunner, ConsumerSpec, Poison
 from libs.runtime.events import Event, EventPublisher, EventReader, WrongLastSequence
 from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.local_servers import NatsServer
 from libs.runtime.streams import ALL_STREAMS, EXCEPTION, PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
@@ -42,7 +44,8 @@ async def js_env(nats_server):
 
 def runner_for(js_env, spec: ConsumerSpec, retry) -> ConsumerRunner:
     js, namespace, publisher, _, tracer, _ = js_env
-    return ConsumerRunner(js, namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=retry)
+    nc = js._nc  # the fixture's client: the runner pulls through it
+    return ConsumerRunner(nc, js, namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=retry)
 
 
 def po_published(key: str, payload: types_pb2.ObjectRef | None = None, workflow_key: bool = False) -> Event:
@@ -302,3 +305,208 @@ async def test_a_publish_under_an_unsampled_span_records_none_and_carries_that_s
     stored = await reader.last("po", "P-SAMPLED")
     assert stored is not None
     assert stored.headers["traceparent"].split("-")[2] == f"{producer.context.span_id:016x}"
+
+
+# --- The pull: requests kept outstanding, renewed, given back ------------------------------------------------------
+
+
+async def test_a_consumer_idle_for_longer_than_its_requests_last_still_gets_the_next_message(js_env, monkeypatch):
+    """The server forgets a pull request when it expires; the pull asks again (on the expiry's 408, or when the
+    heartbeats stop), so a message published after a quiet spell is delivered."""
+    monkeypatch.setattr(consumers, "PULL_EXPIRES_SECONDS", 0.4)
+    monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.1)
+    _, _, publisher, _, _, _ = js_env
+    handled: list[str] = []
+    done = asyncio.Event()
+
+    async def handle(event) -> None:
+        handled.append(event.envelope.object_key)
+        done.set()
+
+    runner = runner_for(js_env, ConsumerSpec("test-quiet", "po", "po.*.published", handle), lambda name: (3, (0.05,)))
+    await runner.provision()
+    runner.start()
+    try:
+        await asyncio.sleep(1.5)  # several requests expire meanwhile
+        await publisher.publish(po_published("P-AFTER-QUIET"))
+        await asyncio.wait_for(done.wait(), 10)
+    finally:
+        await runner.stop()
+    assert handled == ["P-AFTER-QUIET"]
+
+
+async def test_a_consumer_keeps_pulling_after_the_broker_restarts(tmp_path, monkeypatch):
+    """A broker killed and started again has forgotten the pull's requests without a word: the pull notices (the
+    reconnect, or heartbeats that stop coming) and asks again, so messages published after the restart arrive."""
+    monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.2)
+    server = NatsServer(data_dir=tmp_path / "nats", sync_always=False).start()
+    nc = await nats.connect(server.address_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        js = nc.jetstream()
+        namespace = Namespace(unique_namespace())
+        await provision_streams(js, namespace, (PO, EXCEPTION))
+        tracer = TracerProvider().get_tracer("test")
+        publisher = EventPublisher(js, namespace, tracer, timeout=5)
+        handled: list[str] = []
+        arrived = asyncio.Event()
+
+        async def handle(event) -> None:
+            handled.append(event.envelope.object_key)
+            arrived.set()
+
+        spec = ConsumerSpec("test-restart", "po", "po.*.published", handle)
+        runner = ConsumerRunner(
+            nc, js, namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=lambda name: (3, (0.05,))
+        )
+        await runner.provision()
+        runner.start()
+        try:
+            await publisher.publish(po_published("P-BEFORE"))
+            await asyncio.wait_for(arrived.wait(), 10)
+            arrived.clear()
+            await asyncio.sleep(0.1)
+            await nc.flush()  # the acknowledgment reaches the broker before it dies
+            server.kill()  # no word to the pull (a graceful stop answers its requests 409 Server Shutdown)
+            server.start()
+            await _wait_for(lambda: _published(publisher, po_published("P-AFTER")))
+            await asyncio.wait_for(arrived.wait(), 15)
+            await asyncio.sleep(0.1)
+            await nc.flush()
+            consumer = await js.consumer_info(runner.stream, runner.durable)
+        finally:
+            await runner.stop()
+    finally:
+        await nc.close()
+        server.stop()
+    assert handled == ["P-BEFORE", "P-AFTER"]
+    assert consumer.num_ack_pending == 0
+
+
+async def _own_broker(tmp_path) -> tuple[NatsServer, nats.NATS, EventPublisher, Namespace]:
+    server = NatsServer(data_dir=tmp_path / "nats", sync_always=False)
+    server.start()
+    nc = await nats.connect(server.address_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    namespace = Namespace(unique_namespace())
+    await provision_streams(nc.jetstream(), namespace, (PO, EXCEPTION))
+    return server, nc, EventPublisher(nc.jetstream(), namespace, TracerProvider().get_tracer("test"), 5), namespace
+
+
+async def test_a_slow_handler_never_has_more_than_a_batch_pulled_and_unhandled(tmp_path, monkeypatch):
+    """Messages pulled but not handled wait with their ack wait running: however slow the handler (here slower than
+    two heartbeat intervals, which must not read as lost requests), no more than a batch is owed or queued."""
+    monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.1)
+    server, nc, publisher, namespace = await _own_broker(tmp_path)
+    try:
+        for n in range(60):
+            await publisher.publish(po_published(f"P-SLOW-{n}"))
+
+        async def slow(event) -> None:
+            await asyncio.sleep(0.3)
+
+        spec = ConsumerSpec("test-slow", "po", "po.*.published", slow, batch=4)
+        js = nc.jetstream()
+        runner = ConsumerRunner(
+            nc, js, namespace, spec, ExceptionReporter(publisher, "tests"), TracerProvider().get_tracer("test"),
+            retry=lambda name: (3, (0.05,)),
+        )  # fmt: skip
+        await runner.provision()
+        runner.start()
+        pending: list[int] = []
+        try:
+            for _ in range(10):
+                await asyncio.sleep(0.3)
+                pending.append((await js.consumer_info(runner.stream, runner.durable)).num_ack_pending)
+        finally:
+            await runner.stop()
+    finally:
+        await nc.close()
+        server.stop()
+    assert max(pending) <= 4 + 1, pending  # a batch owed or queued, and the message in hand
+
+
+async def test_requests_are_not_piled_up_while_the_broker_is_away(tmp_path, monkeypatch):
+    """While disconnected the pull asks for nothing (nats-py would queue every request and send them all at once on
+    reconnecting, each for a batch): after an outage the replica holds a batch, not one per heartbeat missed."""
+    monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.25)
+    server, nc, publisher, namespace = await _own_broker(tmp_path)
+    try:
+
+        async def slow(event) -> None:
+            await asyncio.sleep(0.2)
+
+        spec = ConsumerSpec("test-outage", "po", "po.*.published", slow, batch=4)
+        js = nc.jetstream()
+        runner = ConsumerRunner(
+            nc, js, namespace, spec, ExceptionReporter(publisher, "tests"), TracerProvider().get_tracer("test"),
+            retry=lambda name: (3, (0.05,)),
+        )  # fmt: skip
+        await runner.provision()
+        runner.start()
+        try:
+            await asyncio.sleep(1)
+            server.stop()
+            await asyncio.sleep(5)  # the outage: twenty heartbeat intervals
+            server.start()
+            for n in range(60):
+                await _wait_for(lambda n=n: _published(publisher, po_published(f"P-OUT-{n}")))
+            await asyncio.sleep(0.5)
+            consumer = await js.consumer_info(runner.stream, runner.durable)
+        finally:
+            await runner.stop()
+    finally:
+        await nc.close()
+        server.stop()
+    assert consumer.num_ack_pending <= 4 + 1
+
+
+async def _published(publisher: EventPublisher, event: Event) -> bool:
+    """One attempt at publishing while a restarted broker comes back (False until it takes the message)."""
+    try:
+        await publisher.publish(event)
+    except Exception:
+        return False
+    return True
+
+
+async def test_a_stopped_consumer_gives_back_at_once_what_it_had_not_handled(js_env):
+    """Stopping finishes the message in hand; the messages already pulled but not handled are given back (nak), so
+    another replica gets them now rather than after the ack wait (30 s here)."""
+    _, _, publisher, _, _, _ = js_env
+    first_in_hand = asyncio.Event()
+    release = asyncio.Event()
+    seen_by_first: list[str] = []
+    seen_by_second: list[str] = []
+    all_seen = asyncio.Event()
+    keys = [f"P-BACK-{n}" for n in range(5)]
+
+    async def slow(event) -> None:
+        seen_by_first.append(event.envelope.object_key)
+        first_in_hand.set()
+        await release.wait()
+
+    async def quick(event) -> None:
+        seen_by_second.append(event.envelope.object_key)
+        if set(seen_by_first) | set(seen_by_second) >= set(keys):
+            all_seen.set()
+
+    for key in keys:
+        await publisher.publish(po_published(key))
+    retry = lambda name: (3, (0.05,))  # noqa: E731
+    first = runner_for(js_env, ConsumerSpec("test-give-back", "po", "po.*.published", slow), retry)
+    await first.provision()
+    first.start()
+    await asyncio.wait_for(first_in_hand.wait(), 10)
+    stopping = asyncio.ensure_future(first.stop())
+    await asyncio.sleep(0.1)
+    release.set()
+    await asyncio.wait_for(stopping, 10)
+    second = runner_for(
+        js_env, ConsumerSpec("test-give-back", "po", "po.*.published", quick), lambda name: (3, (0.05,))
+    )
+    second.start()
+    try:
+        await asyncio.wait_for(all_seen.wait(), 10)  # well before the 30 s ack wait
+    finally:
+        await second.stop()
+    assert seen_by_first == [keys[0]]
+    assert sorted(seen_by_second) == keys[1:]  # given back together: redelivered in no promised order

@@ -260,7 +260,7 @@ async def test_redeliveries_hand_offs_lag_and_publish_latency_are_counted(nats_s
 
         spec = ConsumerSpec("test-metrics", "po", "po.*.published", fails)
         runner = ConsumerRunner(
-            js, namespace, spec, ExceptionReporter(publisher, "tests", metrics), tracer,
+            nc, js, namespace, spec, ExceptionReporter(publisher, "tests", metrics), tracer,
             retry=lambda _name: (3, (0.05,)), metrics=metrics,
         )  # fmt: skip
         await runner.provision()
