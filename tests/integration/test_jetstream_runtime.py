@@ -391,6 +391,24 @@ async def _own_broker(tmp_path) -> tuple[NatsServer, nats.NATS, EventPublisher, 
     return server, nc, EventPublisher(nc.jetstream(), namespace, TracerProvider().get_tracer("test"), 5), namespace
 
 
+async def _started_slow_runner(
+    nc: nats.NATS, namespace: Namespace, publisher: EventPublisher, name: str, seconds: float
+) -> ConsumerRunner:
+    """A started consumer of published orders, batch 4, whose handler takes ``seconds`` a message."""
+
+    async def slow(event) -> None:
+        await asyncio.sleep(seconds)
+
+    spec = ConsumerSpec(name, "po", "po.*.published", slow, batch=4)
+    tracer = TracerProvider().get_tracer("test")
+    runner = ConsumerRunner(
+        nc, nc.jetstream(), namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=lambda _: (3, (0.05,))
+    )
+    await runner.provision()
+    runner.start()
+    return runner
+
+
 async def test_a_slow_handler_never_has_more_than_a_batch_pulled_and_unhandled(tmp_path, monkeypatch):
     """Messages pulled but not handled wait with their ack wait running: however slow the handler (here slower than
     two heartbeat intervals, which must not read as lost requests), no more than a batch is owed or queued."""
@@ -400,17 +418,8 @@ async def test_a_slow_handler_never_has_more_than_a_batch_pulled_and_unhandled(t
         for n in range(60):
             await publisher.publish(po_published(f"P-SLOW-{n}"))
 
-        async def slow(event) -> None:
-            await asyncio.sleep(0.3)
-
-        spec = ConsumerSpec("test-slow", "po", "po.*.published", slow, batch=4)
         js = nc.jetstream()
-        runner = ConsumerRunner(
-            nc, js, namespace, spec, ExceptionReporter(publisher, "tests"), TracerProvider().get_tracer("test"),
-            retry=lambda name: (3, (0.05,)),
-        )  # fmt: skip
-        await runner.provision()
-        runner.start()
+        runner = await _started_slow_runner(nc, namespace, publisher, "test-slow", seconds=0.3)
         pending: list[int] = []
         try:
             for _ in range(10):
@@ -430,18 +439,8 @@ async def test_requests_are_not_piled_up_while_the_broker_is_away(tmp_path, monk
     monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.25)
     server, nc, publisher, namespace = await _own_broker(tmp_path)
     try:
-
-        async def slow(event) -> None:
-            await asyncio.sleep(0.2)
-
-        spec = ConsumerSpec("test-outage", "po", "po.*.published", slow, batch=4)
         js = nc.jetstream()
-        runner = ConsumerRunner(
-            nc, js, namespace, spec, ExceptionReporter(publisher, "tests"), TracerProvider().get_tracer("test"),
-            retry=lambda name: (3, (0.05,)),
-        )  # fmt: skip
-        await runner.provision()
-        runner.start()
+        runner = await _started_slow_runner(nc, namespace, publisher, "test-outage", seconds=0.2)
         try:
             await asyncio.sleep(1)
             server.stop()
