@@ -34,7 +34,14 @@ def decimal_from_proto(value: decimal_pb2.Decimal) -> Decimal:
 
 
 def decimal_to_proto(number: Decimal) -> decimal_pb2.Decimal:
-    return decimal_pb2.Decimal(value=format(number, "f"))
+    message = decimal_pb2.Decimal()
+    fill_decimal(message, number)
+    return message
+
+
+def fill_decimal(target: decimal_pb2.Decimal, number: Decimal) -> None:
+    """Write ``number`` into a message's decimal field in place (cheaper than building one and copying it in)."""
+    target.value = format(number, "f")
 
 
 def money_from_proto(money: money_pb2.Money) -> Decimal:

@@ -24,6 +24,7 @@ from libs.runtime.values import (
     date_to_proto,
     decimal_from_proto,
     decimal_to_proto,
+    fill_decimal,
     money_from_proto,
     money_to_proto,
 )
@@ -262,15 +263,9 @@ def _plain(number: Decimal) -> str:
 def _fill_limit(target: invoice_pb2.ToleranceLimit, limit: Limit) -> None:
     target.side = limit.side
     target.basis = limit.basis
-    target.value.value = format(limit.value, "f")
-    target.bound.value = format(limit.bound, "f")
+    fill_decimal(target.value, limit.value)
+    fill_decimal(target.bound, limit.bound)
     target.text = limit_text(limit)
-
-
-def limit_to_proto(limit: Limit) -> invoice_pb2.ToleranceLimit:
-    message = invoice_pb2.ToleranceLimit()
-    _fill_limit(message, limit)
-    return message
 
 
 def limit_from_proto(message: invoice_pb2.ToleranceLimit) -> Limit:
@@ -278,20 +273,14 @@ def limit_from_proto(message: invoice_pb2.ToleranceLimit) -> Limit:
 
 
 def _fill_price(target: invoice_pb2.PriceMatch, check: PriceCheck) -> None:
-    target.expected.value = format(check.expected, "f")
-    target.actual.value = format(check.actual, "f")
-    target.variance.value = format(check.variance, "f")
-    target.variance_amount.value = format(check.variance_amount, "f")
+    fill_decimal(target.expected, check.expected)
+    fill_decimal(target.actual, check.actual)
+    fill_decimal(target.variance, check.variance)
+    fill_decimal(target.variance_amount, check.variance_amount)
     if check.variance_percent is not None:
-        target.variance_percent.value = format(check.variance_percent, "f")
+        fill_decimal(target.variance_percent, check.variance_percent)
     _fill_limit(target.limit, check.limit)
     target.within = check.within
-
-
-def price_to_proto(check: PriceCheck) -> invoice_pb2.PriceMatch:
-    message = invoice_pb2.PriceMatch()
-    _fill_price(message, check)
-    return message
 
 
 def price_from_proto(message: invoice_pb2.PriceMatch) -> PriceCheck:
@@ -307,22 +296,16 @@ def price_from_proto(message: invoice_pb2.PriceMatch) -> PriceCheck:
 
 
 def _fill_quantity(target: invoice_pb2.QuantityMatch, check: QuantityCheck) -> None:
-    target.expected.value = format(check.expected, "f")
+    fill_decimal(target.expected, check.expected)
     target.basis = check.basis
-    target.invoiced.value = format(check.invoiced, "f")
-    target.invoiced_by_others.value = format(check.invoiced_by_others, "f")
-    target.cumulative.value = format(check.actual, "f")
-    target.variance.value = format(check.variance, "f")
+    fill_decimal(target.invoiced, check.invoiced)
+    fill_decimal(target.invoiced_by_others, check.invoiced_by_others)
+    fill_decimal(target.cumulative, check.actual)
+    fill_decimal(target.variance, check.variance)
     if check.variance_percent is not None:
-        target.variance_percent.value = format(check.variance_percent, "f")
+        fill_decimal(target.variance_percent, check.variance_percent)
     _fill_limit(target.limit, check.limit)
     target.within = check.within
-
-
-def quantity_to_proto(check: QuantityCheck) -> invoice_pb2.QuantityMatch:
-    message = invoice_pb2.QuantityMatch()
-    _fill_quantity(message, check)
-    return message
 
 
 def quantity_from_proto(message: invoice_pb2.QuantityMatch) -> QuantityCheck:
@@ -348,8 +331,8 @@ def _fill_line_match(target: invoice_pb2.LineMatchResult, line: LineMatch, curre
     target.po_line_number = line.po_line_number
     target.business_unit = line.business_unit
     target.basis = invoice_pb2.MATCH_BASIS_TWO_WAY if line.two_way else invoice_pb2.MATCH_BASIS_THREE_WAY
-    target.stated_amount.value = format(line.amount.stated, "f")
-    target.computed_amount.value = format(line.amount.computed, "f")
+    fill_decimal(target.stated_amount, line.amount.stated)
+    fill_decimal(target.computed_amount, line.amount.computed)
     if line.price is not None:
         _fill_price(target.price, line.price)
         if currency:
@@ -358,7 +341,7 @@ def _fill_line_match(target: invoice_pb2.LineMatchResult, line: LineMatch, curre
     if line.quantity is not None:
         _fill_quantity(target.quantity, line.quantity)
         if not line.two_way:
-            target.received_quantity.value = format(line.quantity.expected, "f")
+            fill_decimal(target.received_quantity, line.quantity.expected)
 
 
 def line_match_to_proto(line: LineMatch, currency: str = "") -> invoice_pb2.LineMatchResult:
@@ -395,9 +378,9 @@ def fill_match(target: invoice_pb2.InvoiceMatch, match: MatchResult, currency: s
             _fill_line_match(target.lines.add(), line, currency)
     for check in match.header:
         header = target.header_checks.add(name=check.name)
-        header.stated.value = format(check.stated, "f")
-        header.computed.value = format(check.computed, "f")
-        header.small_difference.value = format(check.small_difference, "f")
+        fill_decimal(header.stated, check.stated)
+        fill_decimal(header.computed, check.computed)
+        fill_decimal(header.small_difference, check.small_difference)
     for duplicate in match.duplicates:
         target.duplicates.add(
             invoice_id=duplicate.invoice_id, invoice_number=duplicate.invoice_number, rules=list(duplicate.rules)

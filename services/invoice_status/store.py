@@ -38,15 +38,13 @@ _BYTES_PER_INVOICE = 4_096
 
 
 class InvoiceLog(StreamLog[InvoiceEvent]):
-    """The invoice stream as the command handler's log; each append is announced to the ledger, so the follower's
-    delivery of it (which often overtakes the acknowledgment) is not decoded again: the state the handler folds
-    covers it."""
+    """The invoice stream as the command handler's log. Later events carry the PO id the invoice's submission names
+    (from the ledger). Each append is announced to the ledger, so the follower's delivery of it (which often overtakes
+    the acknowledgment) is not decoded again: the state the handler folds covers it."""
 
-    def __init__(
-        self, publisher: EventPublisher, reader: EventReader, ledger: InvoiceLedger, workflow_key: Callable[[str], str]
-    ) -> None:
+    def __init__(self, publisher: EventPublisher, reader: EventReader, ledger: InvoiceLedger) -> None:
         def encode(invoice_id: str, event: InvoiceEvent) -> Event:
-            return events.encode(invoice_id, event, workflow_key=workflow_key(invoice_id))
+            return events.encode(invoice_id, event, workflow_key=events.workflow_key_of(ledger.state_of(invoice_id)))
 
         super().__init__(publisher, reader, events.DOMAIN, encode=encode, decode=events.decode)
         self._ledger = ledger
@@ -54,11 +52,6 @@ class InvoiceLog(StreamLog[InvoiceEvent]):
     async def append(self, key: str, event: InvoiceEvent, expected_last_sequence: int) -> Appended[InvoiceEvent]:
         with self._ledger.appending(key, expected_last_sequence):
             return await super().append(key, event, expected_last_sequence)
-
-
-def invoice_log(publisher: EventPublisher, reader: EventReader, ledger: InvoiceLedger) -> InvoiceLog:
-    """The log of the ledger's invoices; later events carry the PO id the invoice's submission names."""
-    return InvoiceLog(publisher, reader, ledger, lambda invoice_id: events.workflow_key_of(ledger.state_of(invoice_id)))
 
 
 def size_of(state: InvoiceState) -> int:

@@ -16,7 +16,7 @@ from services.invoice_status.findings import BlockingExceptions, ClearedReasons,
 from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
-from services.invoice_status.store import FOLLOW_FLUSH_SECONDS, BlockedInvoices, ReadModels, invoice_log, size_of
+from services.invoice_status.store import FOLLOW_FLUSH_SECONDS, BlockedInvoices, InvoiceLog, ReadModels, size_of
 from syncgov.invoice.v1 import invoice_service_pb2, invoice_service_pb2_grpc
 
 ACCESS: dict[str, AccessRule] = {
@@ -54,7 +54,7 @@ def wire(rt: Runtime[Settings]) -> Service:
 
     invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, ledger.follow)
     commands = CommandHandler(
-        invoice_log(rt.publisher, rt.reader, ledger),
+        InvoiceLog(rt.publisher, rt.reader, ledger),
         initial=decider.InvoiceState(),
         evolve=decider.evolve,
         size_of=size_of,

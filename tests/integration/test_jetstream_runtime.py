@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 
 import nats
 import pytest
@@ -335,32 +337,62 @@ async def test_a_consumer_idle_for_longer_than_its_requests_last_still_gets_the_
     assert handled == ["P-AFTER-QUIET"]
 
 
+@contextlib.asynccontextmanager
+async def _own_broker(tmp_path) -> AsyncIterator[tuple[NatsServer, nats.NATS, EventPublisher, Namespace]]:
+    """A nats-server of the test's own (to kill, stop and start again), a client that reconnects, a namespace with
+    the PO and exception streams, and a publisher."""
+    server = NatsServer(data_dir=tmp_path / "nats", sync_always=False)
+    server.start()
+    nc = await nats.connect(server.address_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
+    try:
+        namespace = Namespace(unique_namespace())
+        await provision_streams(nc.jetstream(), namespace, (PO, EXCEPTION))
+        yield server, nc, EventPublisher(nc.jetstream(), namespace, TracerProvider().get_tracer("test"), 5), namespace
+    finally:
+        await nc.close()
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def _running(
+    nc: nats.NATS, namespace: Namespace, publisher: EventPublisher, spec: ConsumerSpec
+) -> AsyncIterator[ConsumerRunner]:
+    """The consumer provisioned and started for the block, stopped after it."""
+    tracer = TracerProvider().get_tracer("test")
+    runner = ConsumerRunner(
+        nc, nc.jetstream(), namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=lambda _: (3, (0.05,))
+    )
+    await runner.provision()
+    runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
+
+
+def _slow_spec(name: str, seconds: float) -> ConsumerSpec:
+    """A consumer of published orders, batch 4, whose handler takes ``seconds`` a message."""
+
+    async def slow(event) -> None:
+        await asyncio.sleep(seconds)
+
+    return ConsumerSpec(name, "po", "po.*.published", slow, batch=4)
+
+
 async def test_a_consumer_keeps_pulling_after_the_broker_restarts(tmp_path, monkeypatch):
     """A broker killed and started again has forgotten the pull's requests without a word: the pull notices (the
     reconnect, or heartbeats that stop coming) and asks again, so messages published after the restart arrive."""
     monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.2)
-    server = NatsServer(data_dir=tmp_path / "nats", sync_always=False).start()
-    nc = await nats.connect(server.address_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    try:
-        js = nc.jetstream()
-        namespace = Namespace(unique_namespace())
-        await provision_streams(js, namespace, (PO, EXCEPTION))
-        tracer = TracerProvider().get_tracer("test")
-        publisher = EventPublisher(js, namespace, tracer, timeout=5)
-        handled: list[str] = []
-        arrived = asyncio.Event()
+    handled: list[str] = []
+    arrived = asyncio.Event()
 
-        async def handle(event) -> None:
-            handled.append(event.envelope.object_key)
-            arrived.set()
+    async def handle(event) -> None:
+        handled.append(event.envelope.object_key)
+        arrived.set()
 
+    async with _own_broker(tmp_path) as (server, nc, publisher, namespace):
         spec = ConsumerSpec("test-restart", "po", "po.*.published", handle)
-        runner = ConsumerRunner(
-            nc, js, namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=lambda name: (3, (0.05,))
-        )
-        await runner.provision()
-        runner.start()
-        try:
+        async with _running(nc, namespace, publisher, spec) as runner:
             await publisher.publish(po_published("P-BEFORE"))
             await asyncio.wait_for(arrived.wait(), 10)
             arrived.clear()
@@ -372,64 +404,23 @@ async def test_a_consumer_keeps_pulling_after_the_broker_restarts(tmp_path, monk
             await asyncio.wait_for(arrived.wait(), 15)
             await asyncio.sleep(0.1)
             await nc.flush()
-            consumer = await js.consumer_info(runner.stream, runner.durable)
-        finally:
-            await runner.stop()
-    finally:
-        await nc.close()
-        server.stop()
+            consumer = await nc.jetstream().consumer_info(runner.stream, runner.durable)
     assert handled == ["P-BEFORE", "P-AFTER"]
     assert consumer.num_ack_pending == 0
-
-
-async def _own_broker(tmp_path) -> tuple[NatsServer, nats.NATS, EventPublisher, Namespace]:
-    server = NatsServer(data_dir=tmp_path / "nats", sync_always=False)
-    server.start()
-    nc = await nats.connect(server.address_url, max_reconnect_attempts=-1, reconnect_time_wait=0.2)
-    namespace = Namespace(unique_namespace())
-    await provision_streams(nc.jetstream(), namespace, (PO, EXCEPTION))
-    return server, nc, EventPublisher(nc.jetstream(), namespace, TracerProvider().get_tracer("test"), 5), namespace
-
-
-async def _started_slow_runner(
-    nc: nats.NATS, namespace: Namespace, publisher: EventPublisher, name: str, seconds: float
-) -> ConsumerRunner:
-    """A started consumer of published orders, batch 4, whose handler takes ``seconds`` a message."""
-
-    async def slow(event) -> None:
-        await asyncio.sleep(seconds)
-
-    spec = ConsumerSpec(name, "po", "po.*.published", slow, batch=4)
-    tracer = TracerProvider().get_tracer("test")
-    runner = ConsumerRunner(
-        nc, nc.jetstream(), namespace, spec, ExceptionReporter(publisher, "tests"), tracer, retry=lambda _: (3, (0.05,))
-    )
-    await runner.provision()
-    runner.start()
-    return runner
 
 
 async def test_a_slow_handler_never_has_more_than_a_batch_pulled_and_unhandled(tmp_path, monkeypatch):
     """Messages pulled but not handled wait with their ack wait running: however slow the handler (here slower than
     two heartbeat intervals, which must not read as lost requests), no more than a batch is owed or queued."""
     monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.1)
-    server, nc, publisher, namespace = await _own_broker(tmp_path)
-    try:
+    pending: list[int] = []
+    async with _own_broker(tmp_path) as (_, nc, publisher, namespace):
         for n in range(60):
             await publisher.publish(po_published(f"P-SLOW-{n}"))
-
-        js = nc.jetstream()
-        runner = await _started_slow_runner(nc, namespace, publisher, "test-slow", seconds=0.3)
-        pending: list[int] = []
-        try:
+        async with _running(nc, namespace, publisher, _slow_spec("test-slow", 0.3)) as runner:
             for _ in range(10):
                 await asyncio.sleep(0.3)
-                pending.append((await js.consumer_info(runner.stream, runner.durable)).num_ack_pending)
-        finally:
-            await runner.stop()
-    finally:
-        await nc.close()
-        server.stop()
+                pending.append((await nc.jetstream().consumer_info(runner.stream, runner.durable)).num_ack_pending)
     assert max(pending) <= 4 + 1, pending  # a batch owed or queued, and the message in hand
 
 
@@ -437,24 +428,18 @@ async def test_requests_are_not_piled_up_while_the_broker_is_away(tmp_path, monk
     """While disconnected the pull asks for nothing (nats-py would queue every request and send them all at once on
     reconnecting, each for a batch): after an outage the replica holds a batch, not one per heartbeat missed."""
     monkeypatch.setattr(consumers, "PULL_HEARTBEAT_SECONDS", 0.25)
-    server, nc, publisher, namespace = await _own_broker(tmp_path)
-    try:
-        js = nc.jetstream()
-        runner = await _started_slow_runner(nc, namespace, publisher, "test-outage", seconds=0.2)
-        try:
-            await asyncio.sleep(1)
-            server.stop()
-            await asyncio.sleep(5)  # the outage: twenty heartbeat intervals
-            server.start()
-            for n in range(60):
-                await _wait_for(lambda n=n: _published(publisher, po_published(f"P-OUT-{n}")))
-            await asyncio.sleep(0.5)
-            consumer = await js.consumer_info(runner.stream, runner.durable)
-        finally:
-            await runner.stop()
-    finally:
-        await nc.close()
+    async with (
+        _own_broker(tmp_path) as (server, nc, publisher, namespace),
+        _running(nc, namespace, publisher, _slow_spec("test-outage", 0.2)) as runner,
+    ):
+        await asyncio.sleep(1)
         server.stop()
+        await asyncio.sleep(5)  # the outage: twenty heartbeat intervals
+        server.start()
+        for n in range(60):
+            await _wait_for(lambda n=n: _published(publisher, po_published(f"P-OUT-{n}")))
+        await asyncio.sleep(0.5)
+        consumer = await nc.jetstream().consumer_info(runner.stream, runner.durable)
     assert consumer.num_ack_pending <= 4 + 1
 
 
