@@ -90,6 +90,7 @@ from libs.runtime.commands import recorded
 from libs.runtime.events import EventReader, StoredEvent
 from libs.runtime.local_servers import ServerError, free_port, free_port_range
 from libs.runtime.probe import health_status
+from libs.runtime.requests import Requests
 from libs.runtime.settings import DEFAULT_POLICY_FILE
 from libs.runtime.subjects import Namespace
 from libs.runtime.values import date_to_proto, money_to_proto
@@ -1327,7 +1328,7 @@ async def verify(chaos: Chaos, client: Client, tally: Tally) -> tuple[list[Invar
         exceptions_unsettled += await stream_quiet(js, namespace, "exception", quiet, chaos.args.heal_timeout)
         exceptions_unsettled += await settle_consumers(js, namespace, EXCEPTION_CONSUMERS, chaos.args.heal_timeout)
         exceptions_settled_after = time.monotonic() - settling
-        reader = EventReader(js, namespace)
+        reader = EventReader(Requests(nc), namespace)
         po_stream = await scan(reader, po_events.DOMAIN)
         supplier_stream = await scan(reader, "supplier")
         receipt_stream = await scan(reader, receipt_events.DOMAIN)
@@ -1847,7 +1848,7 @@ async def rescan_exceptions(chaos: Chaos) -> tuple[list[StoredEvent], str]:
         namespace = Namespace(chaos.namespace)
         quiet = ESCALATE_AFTER_SECONDS + 2.0
         note = await stream_quiet(js, namespace, exception_router_events.DOMAIN, quiet, chaos.args.heal_timeout)
-        return await scan(EventReader(js, namespace), exception_router_events.DOMAIN), note
+        return await scan(EventReader(Requests(nc), namespace), exception_router_events.DOMAIN), note
     finally:
         await nc.drain()
 

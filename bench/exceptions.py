@@ -51,7 +51,7 @@ import grpc
 import nats
 import uvloop
 from nats.js import JetStreamContext
-from nats.js.api import DeliverPolicy, PubAck
+from nats.js.api import DeliverPolicy
 from opentelemetry import trace
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,6 +62,7 @@ from libs.runtime.events import EventPublisher, StoredEvent, parse_stored
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.local_servers import NatsServer, ValkeyServer, die_with_parent, free_port
 from libs.runtime.probe import health_status
+from libs.runtime.requests import Requests
 from libs.runtime.subjects import Namespace
 from services.exception_router.settings import Settings
 from services.exception_router.store import ExceptionBook
@@ -159,23 +160,23 @@ def problems(count: int, distinct: int) -> Iterator[int]:
     return (n % distinct for n in range(count))
 
 
-class RecordingJetStream:
-    """What EventPublisher needs of a JetStream context, recording each publish instead of sending it."""
+class RecordingRequests:
+    """What EventPublisher needs of the broker, recording each publish instead of sending it."""
 
     def __init__(self) -> None:
         self.messages: list[tuple[str, bytes, str, dict[str, str]]] = []
 
     async def publish(
-        self, subject: str, payload: bytes, timeout: float, stream: str, headers: dict[str, str]
-    ) -> PubAck:
-        self.messages.append((subject, payload, stream, headers))
-        return PubAck(stream=stream, seq=len(self.messages), duplicate=False)
+        self, subject: str, data: bytes, *, stream: str, headers: dict[str, str], within: float
+    ) -> tuple[str, int, bool]:
+        self.messages.append((subject, data, stream, headers))
+        return stream, len(self.messages), False
 
 
-async def prebuilt(namespace: Namespace, run_id: str, count: int, distinct: int) -> RecordingJetStream:
+async def prebuilt(namespace: Namespace, run_id: str, count: int, distinct: int) -> RecordingRequests:
     """The raises as ExceptionReporter publishes them: subjects, headers and envelope bytes."""
-    recorder = RecordingJetStream()
-    publisher = EventPublisher(cast(JetStreamContext, recorder), namespace, trace.get_tracer("bench"), 10.0)
+    recorder = RecordingRequests()
+    publisher = EventPublisher(cast(Requests, recorder), namespace, trace.get_tracer("bench"), 10.0)
     reporter = ExceptionReporter(publisher, RAISED_BY)
     refs = [object_ref(run_id, problem) for problem in range(distinct)]
     for problem in problems(count, distinct):
@@ -186,7 +187,7 @@ async def prebuilt(namespace: Namespace, run_id: str, count: int, distinct: int)
 
 
 async def publisher(
-    js: JetStreamContext, namespace: Namespace, kind: str, run_id: str, count: int, distinct: int
+    nc: nats.NATS, js: JetStreamContext, namespace: Namespace, kind: str, run_id: str, count: int, distinct: int
 ) -> Callable[[], Awaitable[None]]:
     """A publisher's loop over ``count`` raises about ``distinct`` problems (the publishers share them). With
     ``raw`` the envelopes are built here, before the clock starts."""
@@ -199,7 +200,7 @@ async def publisher(
 
         return publish_raw
 
-    reporter = ExceptionReporter(EventPublisher(js, namespace, trace.get_tracer("bench"), 10.0), RAISED_BY)
+    reporter = ExceptionReporter(EventPublisher(Requests(nc), namespace, trace.get_tracer("bench"), 10.0), RAISED_BY)
     refs = [object_ref(run_id, problem) for problem in range(distinct)]
     todo = problems(count, distinct)
 
@@ -411,7 +412,7 @@ async def ingest(
         stub = exception_service_pb2_grpc.ExceptionRouterServiceStub(channel)
         run_id = uuid.uuid4().hex[:8]
         pids = {**servers, "router": router.pid, "bench": os.getpid()}
-        work = await publisher(js, namespace, args.publisher, run_id, args.raises, args.distinct)
+        work = await publisher(nc, js, namespace, args.publisher, run_id, args.raises, args.distinct)
         await wait_quiet(pids, "ingest")
         cpu_before = cpu_seconds(pids)
         with py_spy(router.pid, args.py_spy / "ingest.txt" if args.py_spy else None):
@@ -473,7 +474,7 @@ async def memory(
         js = nc.jetstream(timeout=10.0)
         stub = exception_service_pb2_grpc.ExceptionRouterServiceStub(channel)
         await summarize(stub)  # the summary path's imports and buffers, before the baseline
-        work = await publisher(js, namespace, args.publisher, uuid.uuid4().hex[:8], count, count)
+        work = await publisher(nc, js, namespace, args.publisher, uuid.uuid4().hex[:8], count, count)
         await wait_quiet({**servers, "router": router.pid}, "memory")
         rss_before = rss_bytes(router.pid)
         log(f"memory: router serving on an empty stream, RSS {rss_before / 2**20:.1f} MiB; raising {count:,} problems")

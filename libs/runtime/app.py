@@ -60,6 +60,7 @@ from libs.runtime.logs import setup_logging
 from libs.runtime.metrics import RuntimeMetrics, consumer_gauges
 from libs.runtime.policy_store import PolicyStore, PolicyView
 from libs.runtime.replays import ReplayDispatcher, replay_consumer
+from libs.runtime.requests import Requests
 from libs.runtime.settings import RuntimeSettings
 from libs.runtime.streams import ALL_STREAMS, StreamSpec, provision_streams
 from libs.runtime.subjects import Namespace
@@ -213,7 +214,8 @@ async def serve(
     try:
         js = nc.jetstream(timeout=settings.publish_timeout_seconds)
         metrics = RuntimeMetrics(telemetry.meter)
-        publisher = EventPublisher(js, namespace, telemetry.tracer, settings.publish_timeout_seconds, metrics)
+        requests = Requests(nc)
+        publisher = EventPublisher(requests, namespace, telemetry.tracer, settings.publish_timeout_seconds, metrics)
         policy_store = PolicyStore(js, namespace, settings.stream_replicas)
         policy_view = PolicyView(policy_store, Policy.from_text(settings.policy_file.read_text(), revision=0))
         await policy_view.start()
@@ -226,7 +228,7 @@ async def serve(
             redis=redis,
             telemetry=telemetry,
             publisher=publisher,
-            reader=EventReader(js, namespace),
+            reader=EventReader(requests, namespace, settings.publish_timeout_seconds),
             exceptions=exceptions,
             policy=policy_view,
             policy_store=policy_store,

@@ -23,8 +23,7 @@ from typing import TypeVar
 
 from google.protobuf import any_pb2, timestamp_pb2
 from google.protobuf.message import Message
-from nats.js import JetStreamContext
-from nats.js.api import RawStreamMsg
+from nats.aio.msg import Msg
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
@@ -32,6 +31,7 @@ from opentelemetry.trace import SpanKind
 from libs.runtime import attributes
 from libs.runtime.content_hash import content_sha256 as content_sha256  # re-exported: its old home
 from libs.runtime.metrics import RuntimeMetrics
+from libs.runtime.requests import Requests
 from libs.runtime.subjects import Namespace, header_value
 from libs.runtime.telemetry import drops_children_of_unsampled, inject_context
 from syncgov.common.v1 import envelope_pb2
@@ -42,6 +42,7 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HEADER_EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 JS_ERR_WRONG_LAST_SEQUENCE = 10071
+READ_TIMEOUT_SECONDS = 5.0  # a read's wait for the broker's answer, unless the reader is given another (nats-py's)
 
 # The policy revision the edge used to allow the current call; events record it (DESIGN §3.6).
 current_policy_revision: contextvars.ContextVar[int] = contextvars.ContextVar("syncgov_policy_revision", default=0)
@@ -154,11 +155,12 @@ def parse_stored(stream: str, sequence: int, subject: str, headers: dict[str, st
     return StoredEvent(stream, sequence, subject, dict(headers or {}), data, envelope)
 
 
-def parse_raw(stream: str, raw: RawStreamMsg) -> StoredEvent:
-    """A message read back from a stream; the server always sends its sequence and subject."""
-    if raw.seq is None or raw.subject is None:
+def parse_direct(stream: str, message: Msg) -> StoredEvent:
+    """A message read back from a stream by a direct get; the server always sends its sequence and subject."""
+    headers = message.headers or {}
+    if "Nats-Sequence" not in headers or "Nats-Subject" not in headers:
         raise ValueError(f"{stream}: a stored message without sequence or subject")
-    return parse_stored(stream, raw.seq, raw.subject, raw.headers, raw.data or b"")
+    return parse_stored(stream, int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, message.data)
 
 
 def _producer_attributes(
@@ -189,13 +191,13 @@ def _producer_attributes(
 class EventPublisher:
     def __init__(
         self,
-        js: JetStreamContext,
+        requests: Requests,
         namespace: Namespace,
         tracer: trace.Tracer,
         timeout: float,
         metrics: RuntimeMetrics | None = None,
     ) -> None:
-        self._js = js
+        self._requests = requests
         self._metrics = metrics
         self._ns = namespace
         self._tracer = tracer
@@ -251,57 +253,61 @@ class EventPublisher:
     ) -> Published:
         started = time.perf_counter()
         try:
-            ack = await self._js.publish(subject, data, timeout=self._timeout, stream=stream, headers=headers)
+            stored_in, sequence, duplicate = await self._requests.publish(
+                subject, data, stream=stream, headers=headers, within=self._timeout
+            )
         except BadRequestError as error:
             if error.err_code == JS_ERR_WRONG_LAST_SEQUENCE:
                 raise WrongLastSequence(error.description or "wrong last sequence") from error
             raise
         if self._metrics is not None:
             self._metrics.published(event.domain, started)
-        return Published(ack.stream, ack.seq, bool(ack.duplicate), envelope)
+        return Published(stored_in, sequence, duplicate, envelope)
 
 
 class EventReader:
     """Reads an object's history back from its stream: the lasting record of what happened."""
 
-    def __init__(self, js: JetStreamContext, namespace: Namespace) -> None:
-        self._js = js
+    def __init__(self, requests: Requests, namespace: Namespace, timeout: float = READ_TIMEOUT_SECONDS) -> None:
+        self._requests = requests
         self._ns = namespace
+        self._timeout = timeout
 
     async def last(self, domain: str, key: str) -> StoredEvent | None:
         stream = self._ns.stream(domain)
-        try:
-            raw = await self._js.get_last_msg(stream, self._ns.object_filter(domain, key), direct=True)
-        except NotFoundError:
-            return None
-        return parse_raw(stream, raw)
+        found = await self._requests.direct_get(
+            stream, last_by_subject=self._ns.object_filter(domain, key), within=self._timeout
+        )
+        return parse_direct(stream, found) if found is not None else None
 
     async def at(self, domain: str, sequence: int) -> StoredEvent:
         stream = self._ns.stream(domain)
-        raw = await self._js.get_msg(stream, sequence, direct=True)
-        return parse_raw(stream, raw)
+        found = await self._requests.direct_get(stream, seq=sequence, within=self._timeout)
+        if found is None:
+            raise NotFoundError(description=f"{stream} holds no message {sequence}")
+        return parse_direct(stream, found)
+
+    async def _state(self, domain: str) -> dict[str, int] | None:
+        try:
+            return await self._requests.stream_state(self._ns.stream(domain), within=self._timeout)
+        except NotFoundError:
+            return None
 
     async def scan(self, domain: str) -> AsyncIterator[StoredEvent]:
         """Every event of a domain's stream, oldest first: for rebuilding read models."""
         stream = self._ns.stream(domain)
-        try:
-            info = await self._js.stream_info(stream)
-        except NotFoundError:
+        state = await self._state(domain)
+        if state is None:
             return
-        for sequence in range(info.state.first_seq or 1, info.state.last_seq + 1):
-            try:
-                raw = await self._js.get_msg(stream, sequence, direct=True)
-            except NotFoundError:  # domain streams deny deletes; only an expired message leaves a gap
-                continue
-            yield parse_raw(stream, raw)
+        for sequence in range(state.get("first_seq") or 1, state.get("last_seq", 0) + 1):
+            found = await self._requests.direct_get(stream, seq=sequence, within=self._timeout)
+            if found is not None:  # domain streams deny deletes; only an expired message leaves a gap
+                yield parse_direct(stream, found)
 
     async def last_sequence(self, domain: str) -> int:
         """The sequence of the newest event of a domain's stream (0 when it has none)."""
-        try:
-            info = await self._js.stream_info(self._ns.stream(domain))
-        except NotFoundError:
-            return 0
-        return int(info.state.last_seq or 0)
+        state = await self._state(domain)
+        return int(state.get("last_seq") or 0) if state is not None else 0
 
     async def since(self, domain: str, after: int) -> list[StoredEvent]:
         """Every event of a domain's stream stored after sequence ``after``, oldest first: for a projection
@@ -317,9 +323,8 @@ class EventReader:
         events: list[StoredEvent] = []
         sequence = after + 1
         while True:
-            try:
-                raw = await self._js.get_msg(stream, sequence, subject=subjects, next=True, direct=True)
-            except NotFoundError:
+            found = await self._requests.direct_get(stream, seq=sequence, next_by_subj=subjects, within=self._timeout)
+            if found is None:
                 return events
-            events.append(parse_raw(stream, raw))
+            events.append(parse_direct(stream, found))
             sequence = events[-1].sequence + 1

@@ -16,6 +16,7 @@ import nats
 from hypothesis import strategies as st
 from opentelemetry import trace
 
+from libs.runtime.requests import Requests
 from libs.runtime.settings import RuntimeSettings
 from tests.fuzz.strategies import HOSTILE_STRINGS, mostly_plausible
 
@@ -37,7 +38,9 @@ async def before_start(settings: RuntimeSettings) -> None:
         js = nc.jetstream()
         namespace = Namespace(settings.namespace)
         await provision_streams(js, namespace, [EXCEPTION])
-        reporter = ExceptionReporter(EventPublisher(js, namespace, trace.get_tracer("fuzz"), 5.0), "po-publication")
+        reporter = ExceptionReporter(
+            EventPublisher(Requests(nc), namespace, trace.get_tracer("fuzz"), 5.0), "po-publication"
+        )
         stream = namespace.stream("po")
         await reporter.raise_exception(
             ex.EXCEPTION_TYPE_DELIVERY_EXHAUSTED,

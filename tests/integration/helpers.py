@@ -15,7 +15,9 @@ from google.protobuf import timestamp_pb2
 from google.rpc import error_details_pb2
 from google.type import date_pb2, decimal_pb2, money_pb2
 from grpc_status import rpc_status
+from nats.js import JetStreamContext
 
+from libs.runtime.requests import Requests
 from syncgov.po.v1 import po_pb2
 from syncgov.supplier.v1 import supplier_pb2
 
@@ -105,7 +107,7 @@ async def seed_supplier(
             version=1,
             status=status or supplier_pb2.SUPPLIER_STATUS_ACTIVE,
         )
-        await EventPublisher(js, ns, NoOpTracer(), 5).publish(
+        await EventPublisher(Requests(nc), ns, NoOpTracer(), 5).publish(
             Event(
                 domain="supplier",
                 object_type="supplier",
@@ -121,6 +123,12 @@ async def seed_supplier(
         await nc.drain()
 
 
+def requests_of(js: JetStreamContext) -> Requests:
+    """What EventReader and EventPublisher take, on the connection of a test's JetStream context (nats-py keeps it
+    there as ``_nc``; the services build theirs from their connection, libs/runtime/app.py)."""
+    return Requests(js._nc)
+
+
 async def message_count(js, namespace, domain: str) -> int:
     """How many messages a domain's stream holds."""
     return (await js.stream_info(namespace.stream(domain))).state.messages
@@ -130,7 +138,7 @@ async def stored_payloads(js, namespace, domain: str, message_type) -> list:
     """Every event payload of a domain's stream, oldest first, read the way services read them."""
     from libs.runtime.events import EventReader
 
-    return [event.unpack(message_type) async for event in EventReader(js, namespace).scan(domain)]
+    return [event.unpack(message_type) async for event in EventReader(requests_of(js), namespace).scan(domain)]
 
 
 async def raised_exceptions(js, namespace) -> list:
@@ -140,7 +148,7 @@ async def raised_exceptions(js, namespace) -> list:
 
     return [
         event.unpack(exception_events.ExceptionRaised).exception
-        async for event in EventReader(js, namespace).scan("exception")
+        async for event in EventReader(requests_of(js), namespace).scan("exception")
         if event.subject.endswith(".raised")  # not the router's transitions, not clearings
     ]
 

@@ -20,7 +20,7 @@ from syncgov.common.v1 import types_pb2
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.exception.v1 import exception_pb2
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import eventually, message_count, raised_exceptions, sample_order
+from tests.integration.helpers import eventually, message_count, raised_exceptions, requests_of, sample_order
 from tests.integration.test_control_plane import ERP, OPS, PROCUREMENT
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
@@ -57,7 +57,7 @@ async def test_an_audit_record_that_cannot_be_stored_raises_audit_failed_and_cou
         js = nc.jetstream()
         namespace = Namespace(unique_namespace())
         await provision_streams(js, namespace, (EXCEPTION,))  # no audit inbox: every record fails
-        publisher = EventPublisher(js, namespace, TracerProvider().get_tracer("test"), timeout=1)
+        publisher = EventPublisher(requests_of(js), namespace, TracerProvider().get_tracer("test"), timeout=1)
         reader = InMemoryMetricReader()
         meter = MeterProvider(metric_readers=[reader]).get_meter("test")
         recorder = AuditRecorder(publisher, ExceptionReporter(publisher, "tests"), meter)
@@ -96,7 +96,7 @@ async def test_idempotency_keys_that_differ_only_by_line_breaks_are_different_me
         js = nc.jetstream()
         namespace = Namespace(unique_namespace())
         await provision_streams(js, namespace, (PO,))
-        publisher = EventPublisher(js, namespace, TracerProvider().get_tracer("test"), timeout=2)
+        publisher = EventPublisher(requests_of(js), namespace, TracerProvider().get_tracer("test"), timeout=2)
         answers = []
         for key in ("PO-1\r\nx", "PO-1\nx", "PO-1 x"):
             event = Event("po", "purchase_order", key, 1, "published", types_pb2.ObjectRef(), key, "tests")

@@ -22,6 +22,7 @@ from opentelemetry import trace
 from redis.asyncio import Redis
 
 from libs.runtime.events import EventPublisher
+from libs.runtime.requests import Requests
 from libs.runtime.subjects import Namespace
 from services.po_publication import domain as po_domain
 from services.po_publication import events as po_events
@@ -94,7 +95,7 @@ async def test_an_unauthenticated_publish_never_lands_and_get_reports_no_forged_
         await nats.connect(nats_server.address_url, allow_reconnect=False, max_reconnect_attempts=0, error_cb=_ignore)
     for intruder in ("supplier-normalization", "control-plane"):
         async with connected(nats_server.url_for(intruder)) as (nc, errors):
-            publisher = EventPublisher(nc.jetstream(), namespace, trace.get_tracer(__name__), timeout=1.0)
+            publisher = EventPublisher(Requests(nc), namespace, trace.get_tracer(__name__), timeout=1.0)
             with pytest.raises(Exception, match=r"(?i)timeout|no response"):  # nats-py raises its own
                 await publisher.publish(forged)
             assert any(subject.lower() in str(error).lower() for error in errors), errors
@@ -106,7 +107,7 @@ async def test_an_unauthenticated_publish_never_lands_and_get_reports_no_forged_
 
     # The same bytes through po-publication's own identity would land: the refusal above is the broker's.
     async with connected(nats_server.url_for("po-publication")) as (nc, _):
-        publisher = EventPublisher(nc.jetstream(), namespace, trace.get_tracer(__name__), timeout=2.0)
+        publisher = EventPublisher(Requests(nc), namespace, trace.get_tracer(__name__), timeout=2.0)
         await publisher.publish(forged)
     assert (await js.stream_info(stream)).state.messages == 2
 

@@ -21,7 +21,7 @@ from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
 from services.po_publication import domain, mapping
 from services.po_publication.store import order_log, size_of
-from tests.integration.helpers import message_count, sample_order
+from tests.integration.helpers import message_count, requests_of, sample_order
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 RULES = domain.Rules(hold_window=timedelta(minutes=5))
@@ -47,8 +47,8 @@ async def env(nats_server):
     js = nc.jetstream()
     namespace = Namespace(unique_namespace())
     await provision_streams(js, namespace, (PO,))
-    publisher = EventPublisher(js, namespace, TracerProvider().get_tracer("test"), timeout=5)
-    yield js, namespace, publisher, EventReader(js, namespace)
+    publisher = EventPublisher(requests_of(js), namespace, TracerProvider().get_tracer("test"), timeout=5)
+    yield js, namespace, publisher, EventReader(requests_of(js), namespace)
     await nc.drain()
 
 

@@ -15,7 +15,7 @@ from libs.runtime.audit import AuditChain
 from libs.runtime.events import EventReader
 from syncgov.controlplane.v1 import controlplane_service_pb2 as cp
 from syncgov.po.v1 import po_service_pb2
-from tests.integration.helpers import eventually, raised_exceptions, sample_order, status_details
+from tests.integration.helpers import eventually, raised_exceptions, requests_of, sample_order, status_details
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -60,7 +60,7 @@ async def test_a_valid_policy_applies_and_running_services_switch_without_restar
     response = await po_stub.PublishPurchaseOrder(
         po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order("PO-R2")), metadata=PROCUREMENT
     )
-    event = await EventReader(js, po.runtime.namespace).at("po", response.stream_sequence)
+    event = await EventReader(requests_of(js), po.runtime.namespace).at("po", response.stream_sequence)
     assert event.envelope.policy_revision == 2
 
 

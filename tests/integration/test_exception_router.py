@@ -17,6 +17,7 @@ from opentelemetry import trace
 from libs.runtime.audit import AuditChain
 from libs.runtime.events import EventPublisher
 from libs.runtime.exception_reporter import ExceptionReporter
+from libs.runtime.requests import Requests
 from libs.runtime.settings import DEFAULT_POLICY_FILE
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service, unique_namespace
@@ -55,7 +56,7 @@ async def router(settings: Settings):
 async def reporter_for(nats_server, namespace: str, service: str = "receipt-reconciliation"):
     nc = await nats.connect(nats_server.url)
     try:
-        publisher = EventPublisher(nc.jetstream(), Namespace(namespace), trace.get_tracer("test"), 5.0)
+        publisher = EventPublisher(Requests(nc), Namespace(namespace), trace.get_tracer("test"), 5.0)
         yield ExceptionReporter(publisher, service)
     finally:
         await nc.drain()
@@ -446,7 +447,7 @@ class PoisonedSink:
 async def publish_order_event(nats_server, namespace: str, po_id: str) -> tuple[int, bytes]:
     nc = await nats.connect(nats_server.url)
     try:
-        publisher = EventPublisher(nc.jetstream(), Namespace(namespace), trace.get_tracer("test"), 5.0)
+        publisher = EventPublisher(Requests(nc), Namespace(namespace), trace.get_tracer("test"), 5.0)
         from libs.runtime.events import Event
         from syncgov.po.v1 import events_pb2 as po_events
 

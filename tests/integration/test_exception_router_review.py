@@ -15,6 +15,7 @@ import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from libs.runtime.requests import Requests
 from libs.runtime.streams import PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service, unique_namespace
@@ -276,7 +277,7 @@ async def seed_raises(nats_server, namespace: str, count: int) -> None:
     nc = await nats.connect(nats_server.url)
     try:
         await provision_streams(nc.jetstream(), Namespace(namespace), [EXCEPTION])
-        publisher = EventPublisher(nc.jetstream(), Namespace(namespace), trace.get_tracer("test"), 10.0)
+        publisher = EventPublisher(Requests(nc), Namespace(namespace), trace.get_tracer("test"), 10.0)
         reporter = ExceptionReporter(publisher, "invoice-status")
         for start in range(0, count, 500):
             await asyncio.gather(
@@ -465,7 +466,7 @@ async def test_an_exception_about_a_large_message_can_be_read(nats_server, valke
         changed = po_events.PurchaseOrderPublished(purchase_order=order)
         nc = await nats.connect(nats_server.url)
         try:
-            publisher = EventPublisher(nc.jetstream(), Namespace(namespace), trace.get_tracer("test"), 10.0)
+            publisher = EventPublisher(Requests(nc), Namespace(namespace), trace.get_tracer("test"), 10.0)
             published = await publisher.publish(
                 Event("po", "purchase_order", "PO-BIG", 1, "published", changed, "po:PO-BIG:1", "procurement")
             )
@@ -498,7 +499,7 @@ async def test_a_service_cannot_resolve_an_exception_in_a_persons_name(nats_serv
         [row] = await eventually(lambda: routed(listed(stub)))
         nc = await nats.connect(nats_server.url_for("po-publication"))  # a component's own broker identity
         try:
-            publisher = EventPublisher(nc.jetstream(), Namespace(namespace), trace.get_tracer("test"), 2.0)
+            publisher = EventPublisher(Requests(nc), Namespace(namespace), trace.get_tracer("test"), 2.0)
             forged = events_pb2.ExceptionStateChanged(
                 exception_id=row.exception_id,
                 transition=events_pb2.TRANSITION_RESOLVED,

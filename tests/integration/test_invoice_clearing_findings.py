@@ -21,7 +21,7 @@ from services.invoice_status.domain import Reason
 from services.invoice_status.findings import BlockingExceptions, ClearedReasons, reasons_standing
 from syncgov.exception.v1 import exception_pb2, exception_service_pb2_grpc
 from syncgov.exception.v1 import exception_service_pb2 as exs
-from tests.integration.helpers import eventually
+from tests.integration.helpers import eventually, requests_of
 from tests.integration.test_exception_router import reporter_for, router_settings
 from tests.unit.invoice_status.test_decider import AWAITING, ID, MATCHED, submitted
 
@@ -45,7 +45,7 @@ async def test_an_exception_whose_reason_blocks_the_invoice_again_is_not_cleared
         router = exception_service_pb2_grpc.ExceptionRouterServiceStub(channel)
         policy = Policy.from_text(DEFAULT_POLICY_FILE.read_text(), 1)
         blocking = BlockingExceptions(reporter, lambda: policy)
-        reader = EventReader(js, Namespace(namespace))
+        reader = EventReader(requests_of(js), Namespace(namespace))
 
         async def raise_stored(raise_id: str) -> bool:  # wiring.raise_stored
             return bool(await reader.history(EXCEPTION.domain, raise_id))

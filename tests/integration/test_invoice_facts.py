@@ -17,7 +17,7 @@ from services.po_publication.wiring import wire as wire_po
 from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.po.v1 import po_service_pb2_grpc
 from syncgov.receipt.v1 import receipt_service_pb2_grpc
-from tests.integration.helpers import ERP, goods_receipt, publish_order, receipt_settings
+from tests.integration.helpers import ERP, goods_receipt, publish_order, receipt_settings, requests_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 
@@ -54,7 +54,7 @@ async def test_the_newest_receipt_answers_alone_for_the_lines_it_touched_and_the
         await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "3")), metadata=ERP)
         await receipts.PostGoodsReceipt(goods_receipt("GR-2", "PO-1001", (1, "4"), (2, "1.5", "KGM")), metadata=ERP)
         await receipts.PostGoodsReceipt(goods_receipt("GR-3", "PO-1001", (2, "0.5", "KGM")), metadata=ERP)
-    reader = CountingReader(EventReader(js, Namespace(po_settings.namespace)))
+    reader = CountingReader(EventReader(requests_of(js), Namespace(po_settings.namespace)))
     received = ReceivedLines(reader)  # type: ignore[arg-type]
 
     newest_only = await received.of("PO-1001", [2])  # GR-3 touched line 2: its cumulative 2.0 is current
@@ -81,7 +81,7 @@ async def test_the_figures_kept_are_bounded_by_bytes_the_least_recently_used_ord
         for po_id in ("PO-A", "PO-B"):
             await publish_order(orders, po_id)
             await receipts.PostGoodsReceipt(goods_receipt(f"GR-{po_id}", po_id, (1, "3")), metadata=ERP)
-    reader = CountingReader(EventReader(js, Namespace(po_settings.namespace)))
+    reader = CountingReader(EventReader(requests_of(js), Namespace(po_settings.namespace)))
     received = ReceivedLines(reader, capacity_bytes=1_500)  # type: ignore[arg-type]  # room for one order
     await received.of("PO-A")
     await received.of("PO-B")

@@ -34,6 +34,7 @@ from tests.integration.helpers import (
     publish_order,
     raised_exceptions,
     receipt_settings,
+    requests_of,
     sample_order,
     seed_supplier,
     settings_like,
@@ -403,7 +404,7 @@ async def _event_names(js, settings):
 async def _invoice_events(js, settings):
     from libs.runtime.events import EventReader
 
-    async for stored in EventReader(js, Namespace(settings.namespace)).scan("invoice"):
+    async for stored in EventReader(requests_of(js), Namespace(settings.namespace)).scan("invoice"):
         yield stored
 
 

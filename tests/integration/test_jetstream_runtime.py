@@ -19,12 +19,13 @@ from libs.runtime.consumers import ConsumerRunner, ConsumerSpec, Poison
 from libs.runtime.events import Event, EventPublisher, EventReader, WrongLastSequence
 from libs.runtime.exception_reporter import ExceptionReporter
 from libs.runtime.local_servers import NatsServer
+from libs.runtime.requests import Requests
 from libs.runtime.streams import ALL_STREAMS, EXCEPTION, PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
-from tests.integration.helpers import message_count, raised_exceptions
+from tests.integration.helpers import message_count, raised_exceptions, requests_of
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -39,8 +40,9 @@ async def js_env(nats_server):
     provider.add_span_processor(SimpleSpanProcessor(spans))
     tracer = provider.get_tracer("test")
     await provision_streams(js, namespace, (PO, EXCEPTION))
-    publisher = EventPublisher(js, namespace, tracer, timeout=5)
-    yield js, namespace, publisher, EventReader(js, namespace), tracer, spans
+    requests = Requests(nc)
+    publisher = EventPublisher(requests, namespace, tracer, timeout=5)
+    yield js, namespace, publisher, EventReader(requests, namespace), tracer, spans
     await nc.drain()
 
 
@@ -169,7 +171,7 @@ async def test_failing_handler_is_redelivered_then_handed_off_with_original_byte
     await runner.provision()
     await runner.provision()  # idempotent
     published = await publisher.publish(po_published("P-1", payload=types_pb2.ObjectRef(object_key="payload")))
-    original = await EventReader(js, namespace).at("po", published.sequence)
+    original = await EventReader(requests_of(js), namespace).at("po", published.sequence)
     runner.start()
     try:
 
@@ -347,7 +349,7 @@ async def _own_broker(tmp_path) -> AsyncIterator[tuple[NatsServer, nats.NATS, Ev
     try:
         namespace = Namespace(unique_namespace())
         await provision_streams(nc.jetstream(), namespace, (PO, EXCEPTION))
-        yield server, nc, EventPublisher(nc.jetstream(), namespace, TracerProvider().get_tracer("test"), 5), namespace
+        yield server, nc, EventPublisher(Requests(nc), namespace, TracerProvider().get_tracer("test"), 5), namespace
     finally:
         await nc.close()
         server.stop()

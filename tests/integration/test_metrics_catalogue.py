@@ -36,7 +36,7 @@ from libs.runtime.metrics import RuntimeMetrics, consumer_gauges
 from libs.runtime.streams import EXCEPTION, PO, provision_streams
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
-from tests.integration.helpers import raised_exceptions, syncgov_up
+from tests.integration.helpers import raised_exceptions, requests_of, syncgov_up
 from tests.integration.test_jetstream_runtime import po_published
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -253,7 +253,7 @@ async def test_redeliveries_hand_offs_lag_and_publish_latency_are_counted(nats_s
         namespace = Namespace(unique_namespace())
         await provision_streams(js, namespace, (PO, EXCEPTION))
         tracer = TracerProvider().get_tracer("test")
-        publisher = EventPublisher(js, namespace, tracer, 5, metrics)
+        publisher = EventPublisher(requests_of(js), namespace, tracer, 5, metrics)
 
         async def fails(_event: object) -> None:
             raise RuntimeError("ERP adapter down")

@@ -6,7 +6,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from libs.runtime.events import EventReader
 from syncgov.controlplane.v1 import controlplane_pb2
 from syncgov.exception.v1 import events_pb2 as exception_events
 from syncgov.exception.v1 import exception_pb2
@@ -52,7 +51,7 @@ async def test_procurement_writing_the_same_field_succeeds_and_the_event_records
     running, stub, _ = po_service
     request = po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order())
     response = await stub.PublishPurchaseOrder(request, metadata=PROCUREMENT)
-    event = await EventReader(js, running.runtime.namespace).at("po", response.stream_sequence)
+    event = await running.runtime.reader.at("po", response.stream_sequence)
     assert event.envelope.policy_revision == 0  # the bootstrap policy, before any is applied
     assert await message_count(js, running.runtime.namespace, "exception") == 0
     assert await message_count(js, running.runtime.namespace, "auditin") == 0

@@ -11,7 +11,6 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from opentelemetry.trace import SpanKind
 
 from libs.runtime.app import GrpcService, Service
-from libs.runtime.events import EventReader
 from libs.runtime.probe import health_status, reflected_services
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire
@@ -226,7 +225,7 @@ async def test_one_trace_runs_from_the_grpc_call_through_the_event(po_service, j
     assert producer_span.parent.span_id == server_span.context.span_id
     assert server_span.attributes["syncgov.caller.system"] == "procurement"
     assert server_span.attributes["syncgov.workflow.key"] == "PO-1001"
-    stored = await EventReader(js, running.runtime.namespace).at("po", response.stream_sequence)
+    stored = await running.runtime.reader.at("po", response.stream_sequence)
     assert stored.headers["traceparent"].split("-")[1] == format(server_span.context.trace_id, "032x")
 
 

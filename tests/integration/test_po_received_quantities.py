@@ -27,6 +27,7 @@ from tests.integration.helpers import (
     code_of,
     message_count,
     raised_exceptions,
+    requests_of,
     sample_order,
     status_details,
 )
@@ -96,7 +97,7 @@ async def post_receipt(
             for line, quantity in received.items()
         ],
     )
-    await EventPublisher(js, namespace, NoOpTracer(), 5).publish(
+    await EventPublisher(requests_of(js), namespace, NoOpTracer(), 5).publish(
         Event(
             domain="receipt",
             object_type="goods_receipt",
@@ -169,7 +170,7 @@ async def test_a_change_order_below_what_was_received_is_refused_and_writes_noth
 
     assert (await change(stub, version(2, "6"))).version == 2, "down to exactly what was received"
     assert (await change(stub, version(3, "12"))).version == 3, "raised above what was received"
-    history = await EventReader(js, namespace).history("po", PO_ID)
+    history = await EventReader(requests_of(js), namespace).history("po", PO_ID)
     assert [e.subject.rsplit(".", 1)[-1] for e in history] == ["published", "changed", "changed"]
 
 
@@ -234,7 +235,7 @@ async def test_a_held_version_lowering_a_line_below_what_arrived_meanwhile_is_no
     [raised] = await exceptions_of(js, namespace, exception_pb2.EXCEPTION_TYPE_OUT_OF_ORDER_VERSION)
     assert raised.object.version == 3
     assert "line 1 to 2 with 10 received" in raised.detail
-    history = await EventReader(js, namespace).history("po", PO_ID)
+    history = await EventReader(requests_of(js), namespace).history("po", PO_ID)
     assert [e.subject.rsplit(".", 1)[-1] for e in history] == ["published", "held", "changed", "hold_expired"]
     assert reason_of(await refused(change(stub, version(3, "2")))) == "BELOW_RECEIVED_QUANTITY", "sent directly"
 

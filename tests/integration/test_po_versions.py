@@ -8,7 +8,6 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 
-from libs.runtime.events import EventReader
 from libs.runtime.paging import encode_page_token
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
@@ -64,11 +63,7 @@ async def test_three_versions_in_order_then_the_erp_acknowledges_the_third(po_se
     assert got.latest_version == 3
     assert got.erp_acknowledgment.version == 3
     assert got.erp_acknowledgment.erp_document_number == "4500012345"
-    [stored] = [
-        e
-        for e in await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
-        if e.subject.endswith(".acknowledged")
-    ]
+    [stored] = [e for e in await running.runtime.reader.history("po", "PO-1001") if e.subject.endswith(".acknowledged")]
     acknowledged = stored.unpack(events_pb2.PurchaseOrderAcknowledged)
     assert acknowledged.propagation_time.ToNanoseconds() > 0
     unacked = await stub.ListUnacknowledgedPurchaseOrders(
@@ -130,7 +125,7 @@ async def test_repeated_commands_publish_once(po_service, js):
     await change(stub, version(2, quantity="12"))
     await acknowledge(stub, 2)
     await acknowledge(stub, 2)
-    history = await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
+    history = await running.runtime.reader.history("po", "PO-1001")
     assert [e.subject.rsplit(".", 1)[1] for e in history] == ["published", "changed", "acknowledged"]
     with pytest.raises(grpc.aio.AioRpcError) as failure:
         await acknowledge(stub, 2, erp_number="OTHER")
@@ -213,7 +208,7 @@ async def test_orders_for_unknown_or_deactivated_suppliers_are_refused(po_servic
     assert failure.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     [bad] = [d for d in status_details(failure.value) if isinstance(d, error_details_pb2.BadRequest)]
     assert "inactive" in bad.field_violations[0].description
-    history = await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
+    history = await running.runtime.reader.history("po", "PO-1001")
     assert len(history) == 1, "nothing was published for the inactive supplier"
 
 
@@ -234,7 +229,7 @@ async def test_a_version_ahead_of_its_predecessor_is_held_then_applied(po_servic
     )
     assert [o.version for o in versions.purchase_orders] == [1, 2, 3]
     assert versions.purchase_orders[2].lines[0].quantity.value == "13"
-    history = await EventReader(js, running.runtime.namespace).history("po", "PO-1001")
+    history = await running.runtime.reader.history("po", "PO-1001")
     applied = [e for e in history if e.subject.endswith(".changed") and e.envelope.object_version == 3]
     assert applied[0].envelope.source_system == "procurement"
 

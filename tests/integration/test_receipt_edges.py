@@ -34,6 +34,7 @@ from tests.integration.helpers import (
     publish_order,
     raised_exceptions,
     receipt_settings,
+    requests_of,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
@@ -45,7 +46,7 @@ async def documents_named(js, namespace: Namespace, receipt_id: str) -> list[str
 
     return [
         event.unpack(events_pb2.GoodsReceiptReconciled).receipt.po_id
-        async for event in EventReader(js, namespace).scan("receipt")
+        async for event in EventReader(requests_of(js), namespace).scan("receipt")
         if event.unpack(events_pb2.GoodsReceiptReconciled).receipt.receipt_id == receipt_id
     ]
 
@@ -264,7 +265,7 @@ async def test_a_rebuild_that_valkey_loses_again_halfway_is_not_marked_built(rec
     key = namespace.redis_key("receipt-reconciliation", "receipts") + ":review"
     parts = [key + suffix for suffix in (":documents", ":findings", ":findings:entries", ":meta")]
     index = ReceiptIndex(redis, key)
-    reader = EventReader(js, namespace)
+    reader = EventReader(requests_of(js), namespace)
 
     class WipedHalfway:
         async def scan(self, domain):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from libs.runtime.events import EventReader
 from libs.runtime.testing import running_service
 from services.supplier_normalization.wiring import wire
 from syncgov.common.v1 import types_pb2
@@ -70,7 +69,7 @@ async def test_one_golden_record_with_cross_references_and_owned_fields(supplier
             pb.ResolveSupplierRequest(system=system, local_id=local_id), metadata=as_system("erp")
         )
         assert resolved.supplier.supplier_id == golden.supplier_id
-    reader = EventReader(js, running.runtime.namespace)
+    reader = running.runtime.reader
     history = await reader.history("supplier", golden.supplier_id)
     assert [e.subject.rsplit(".", 1)[1] for e in history] == ["upserted", "upserted"]
 
@@ -188,8 +187,7 @@ async def test_a_restarted_service_rebuilds_everything_from_the_stream(supplier_
             pb.GetSupplierRequest(supplier_id=first.supplier.supplier_id), metadata=as_system("erp")
         )
         assert got.supplier.status == supplier_pb2.SUPPLIER_STATUS_INACTIVE
-        nc_js = running.runtime.js
-        history = await EventReader(nc_js, running.runtime.namespace).history("supplier", first.supplier.supplier_id)
+        history = await running.runtime.reader.history("supplier", first.supplier.supplier_id)
         assert [e.subject.rsplit(".", 1)[1] for e in history] == ["upserted", "blocked", "upserted", "deactivated"]
 
 
@@ -322,7 +320,7 @@ async def test_find_merge_decision_and_merge_rpc_through_grpc(suppliers, js):
         pb.ResolveSupplierRequest(system="erp", local_id="E-2"), metadata=as_system("erp")
     )
     assert resolved.supplier.supplier_id == a.supplier.supplier_id
-    history = await EventReader(js, running.runtime.namespace).history("supplier", b.supplier.supplier_id)
+    history = await running.runtime.reader.history("supplier", b.supplier.supplier_id)
     assert [e.subject.rsplit(".", 1)[1] for e in history] == ["upserted", "decided"]
 
 

@@ -15,6 +15,7 @@ from control_plane.settings import Settings as ControlPlaneSettings
 from control_plane.wiring import wire as wire_control_plane
 from libs.runtime.events import Event, EventPublisher
 from libs.runtime.paging import encode_page_cursor
+from libs.runtime.requests import Requests
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
 from services.po_publication.wiring import wire as wire_po
@@ -93,7 +94,7 @@ async def test_a_clearing_published_by_another_component_does_not_close_a_breach
 
         nc = await nats.connect(nats_server.url)
         try:
-            publisher = EventPublisher(nc.jetstream(), Namespace(namespace), trace.get_tracer("review"), 5.0)
+            publisher = EventPublisher(Requests(nc), Namespace(namespace), trace.get_tracer("review"), 5.0)
             forged = ex.Exception(
                 exception_id="clear-forged",
                 type=exception.type,
