@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from google.protobuf import any_pb2, timestamp_pb2
-from google.protobuf.message import Message
+from google.protobuf.message import DecodeError, Message
 from nats.aio.msg import Msg
 from nats.js.errors import BadRequestError, NotFoundError
 from opentelemetry import trace
@@ -155,12 +155,24 @@ def parse_stored(stream: str, sequence: int, subject: str, headers: dict[str, st
     return StoredEvent(stream, sequence, subject, dict(headers or {}), data, envelope)
 
 
+class UnreadableEvent(ValueError):
+    """A stored message that is not an event envelope (another publisher's bytes on a domain subject)."""
+
+    def __init__(self, stream: str, sequence: int, error: Exception) -> None:
+        super().__init__(f"{stream} sequence {sequence} is not an event: {error!r}")
+        self.sequence = sequence
+
+
 def parse_direct(stream: str, message: Msg) -> StoredEvent:
     """A message read back from a stream by a direct get; the server always sends its sequence and subject."""
     headers = message.headers or {}
     if "Nats-Sequence" not in headers or "Nats-Subject" not in headers:
         raise ValueError(f"{stream}: a stored message without sequence or subject")
-    return parse_stored(stream, int(headers["Nats-Sequence"]), headers["Nats-Subject"], headers, message.data)
+    sequence = int(headers["Nats-Sequence"])
+    try:
+        return parse_stored(stream, sequence, headers["Nats-Subject"], headers, message.data)
+    except DecodeError as error:
+        raise UnreadableEvent(stream, sequence, error) from error
 
 
 def _producer_attributes(
@@ -308,6 +320,20 @@ class EventReader:
         """The sequence of the newest event of a domain's stream (0 when it has none)."""
         state = await self._state(domain)
         return int(state.get("last_seq") or 0) if state is not None else 0
+
+    async def first_sequence(self, domain: str) -> int:
+        """The sequence of the oldest message a domain's stream still holds (the stream leader's answer): below it a
+        missing sequence is gone for good."""
+        state = await self._state(domain)
+        return int(state.get("first_seq") or 0) if state is not None else 0
+
+    async def next_after(self, domain: str, after: int) -> StoredEvent | None:
+        """The first event of a domain's stream stored after sequence ``after``, or None."""
+        stream = self._ns.stream(domain)
+        found = await self._requests.direct_get(
+            stream, seq=after + 1, next_by_subj=self._ns.domain_subjects(domain), within=self._timeout
+        )
+        return parse_direct(stream, found) if found is not None else None
 
     async def since(self, domain: str, after: int) -> list[StoredEvent]:
         """Every event of a domain's stream stored after sequence ``after``, oldest first: for a projection

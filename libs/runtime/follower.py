@@ -12,12 +12,15 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
 
-from libs.runtime.events import StoredEvent, parse_stored
+from libs.runtime.errors import transient
+from libs.runtime.events import EventReader, StoredEvent, UnreadableEvent, parse_stored
 from libs.runtime.subjects import Namespace
 
 log = logging.getLogger(__name__)
@@ -75,3 +78,115 @@ class StreamFollower:
         if self._subscription is not None:
             with contextlib.suppress(Exception):
                 await self._subscription.unsubscribe()
+
+
+class ReadBack(Protocol):
+    """A projection that folds this process's own appends at once and takes every other event of its stream in
+    stream order (:class:`ForeignEvents`)."""
+
+    @property
+    def read_through(self) -> int:
+        """Every event up to this sequence is folded."""
+
+    @property
+    def delivered_through(self) -> int:
+        """Every event up to this sequence was delivered (folded or held) or folded ahead."""
+
+    @property
+    def appends_under_way(self) -> bool:
+        """Whether an append of this process is under way."""
+
+    def lacking(self, most: int) -> list[int]:
+        """Up to ``most`` sequences after ``read_through``, oldest first, that the projection knows the stream holds
+        (below one it folded, or one it was asked to reach) and has neither folded nor held."""
+
+    def follow(self, stored: StoredEvent) -> None:
+        """Fold one stored event (delivered in stream order)."""
+
+    def passed(self, sequence: int) -> None:
+        """The stream holds nothing at ``sequence`` (a gap): read past it."""
+
+
+class ForeignEvents:
+    """After a :class:`StreamFollower` caught a projection up at start and stopped: the events of the stream this
+    process did not append, read when the projection lacks them, rather than every event pushed back to the
+    process that appended it (which cost invoice-status ~60-115 µs of CPU per submission, docs/benchmarks.md).
+
+    :meth:`tick` (a periodic job) reads, in stream order, the sequences the projection lacks once the oldest of them
+    was lacking at the previous tick too: one lacking only because its append's acknowledgment is on its way is
+    folded by the append meanwhile, and one read anyway is held by the projection until its append settles. With
+    nothing lacking and no append under way, what the stream holds after the projection is read: another writer's
+    newest events. At most ``most`` events a tick, each folded as it is read.
+
+    A sequence a direct get does not find is passed only when the stream's leader says it is older than anything the
+    stream holds: a replica that has not caught up answers "no message" for one it will hold, and is asked again at
+    the next tick. A message that is not an event is logged once and passed, as the follower skipped it. A broker
+    that does not answer is tried again at the next tick (logged once)."""
+
+    def __init__(self, reader: EventReader, domain: str, projection: ReadBack, most: int = 1_000) -> None:
+        self._reader = reader
+        self._domain = domain
+        self._projection = projection
+        self._most = most
+        self._oldest_lacking = 0  # the oldest sequence lacking at the previous tick
+        self._failing = False
+        self.read = 0  # events read, for tests and logs
+        # Set once a probe found nothing after the projection: caught up, whether or not the follower's catch-up
+        # at start finished in time.
+        self.reached_end = False
+
+    async def tick(self) -> None:
+        try:
+            await self._read()
+        except Exception as error:
+            if transient(error) is None:
+                raise
+            if not self._failing:
+                log.warning("%s: reading other writers' events failed (%r); trying again", self._domain, error)
+            self._failing = True
+            return
+        self._failing = False
+
+    async def _read(self) -> None:
+        lacking = self._projection.lacking(self._most)
+        if lacking:
+            oldest_before, self._oldest_lacking = self._oldest_lacking, lacking[0]
+            if lacking[0] != oldest_before:
+                return
+            for sequence in lacking:
+                try:
+                    stored = await self._reader.at(self._domain, sequence)
+                except NotFoundError:
+                    if sequence >= await self._reader.first_sequence(self._domain):
+                        return  # not on the replica that answered yet: asked again at the next tick
+                    self._projection.passed(sequence)
+                    continue
+                except UnreadableEvent as unreadable:
+                    self._skip(unreadable)
+                    continue
+                self._follow(stored)
+            return
+        self._oldest_lacking = 0
+        if self._projection.appends_under_way:
+            return  # what the stream holds next may be an append of this process on its way
+        for _ in range(self._most):
+            try:
+                following = await self._reader.next_after(self._domain, self._projection.delivered_through)
+            except UnreadableEvent as unreadable:
+                self._skip(unreadable)
+                continue
+            if following is None:
+                self.reached_end = True
+                return
+            self._follow(following)
+
+    def _follow(self, stored: StoredEvent) -> None:
+        self.read += 1
+        try:
+            self._projection.follow(stored)
+        except Exception:
+            log.exception("%s: could not apply sequence %s; skipped", self._domain, stored.sequence)
+
+    def _skip(self, unreadable: UnreadableEvent) -> None:
+        log.error("%s: skipped, as the follower does: %s", self._domain, unreadable)
+        self._projection.passed(unreadable.sequence)

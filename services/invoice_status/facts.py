@@ -8,9 +8,10 @@
   sequence already known (one direct get when nothing moved).
 - **Suppliers** (:class:`SupplierStates`): supplier-normalization's events followed into memory, like
   po-publication's supplier directory: unknown, blocked, inactive or merged suppliers are refused.
-- **Other invoices** (:class:`InvoiceLedger`): every invoice's folded state, in memory, followed from this service's
-  own invoice stream (a :class:`~libs.runtime.follower.StreamFollower` caught up before serving) and fed by the
-  command handler after each append (a projection), so an invoice this process just recorded counts at once. It
+- **Other invoices** (:class:`InvoiceLedger`): every invoice's folded state, in memory, caught up from this service's
+  own invoice stream before serving (a :class:`~libs.runtime.follower.StreamFollower`), then fed by the command
+  handler after each append (a projection), so an invoice this process just recorded counts at once, and with other
+  writers' events read back when it lacks them (:class:`~libs.runtime.follower.ForeignEvents`). It
   answers the quantity already invoiced on a PO line by other invoices, the supplier's earlier invoices of the same
   number or amount for duplicate detection, and the invoices a re-match may change, each from an index (by PO line,
   by supplier and number or amount, by PO), never by scanning every invoice. In memory rather than in Valkey: the
@@ -272,9 +273,10 @@ COUNTED = frozenset(InvoiceStatus) - {InvoiceStatus.CANCELLED}
 class InvoiceLedger:
     """Every invoice's folded state (a projection of the invoice stream, in memory), indexed for the match.
 
-    Fed by the follower (:meth:`follow`, in stream order) and by the command handler after each append
-    (:meth:`applied`). Besides the states it keeps, updated at every change of an invoice's state (a cancellation
-    takes an invoice out of what counts at once):
+    Fed in stream order through :meth:`follow` (the follower's catch-up at start, then other writers' events read back
+    when :meth:`lacking` names them) and by the command handler after each append (:meth:`applied`). Besides the
+    states it keeps, updated at every change of an invoice's state (a cancellation takes an invoice out of what counts
+    at once):
 
     - ``(PO id, PO line number)`` -> the counted invoices (not cancelled) with their signed quantity on that line
       (a credit note's is negative): :meth:`invoiced_by_others` costs the invoices on the lines asked for;
@@ -288,8 +290,8 @@ class InvoiceLedger:
     ``first_sequence``): a re-match never blocks an earlier invoice for a later one's quantity, nor takes the later
     one for its duplicate.
 
-    ``read_through`` is the invoice stream's sequence up to which every event is folded (what the follower
-    delivered, in order, extended by appends of this process folded ahead of it): a match records it as its
+    ``read_through`` is the invoice stream's sequence up to which every event is folded (what was delivered to
+    :meth:`follow` in order, extended by appends of this process folded ahead of it): a match records it as its
     ``FactVersions.invoice_sequence``, so :meth:`missed` can tell, once the stream is read up to an invoice, whether
     that invoice's match may have been computed without an invoice recorded just before it (two submissions of
     one PO line, or of one supplier's number, in flight at once on one or two replicas).
@@ -303,17 +305,18 @@ class InvoiceLedger:
     """
 
     def __init__(self, on_read: Callable[[StoredEvent], None] = lambda stored: None) -> None:
-        # Told of every event the follower delivered once it is folded (or covered by a state folded already): in
+        # Told of every event delivered to follow() once it is folded (or covered by a state folded already): in
         # stream order for each invoice, not across invoices (an event held for an append is told when released).
         self._on_read = on_read
         self.states: dict[str, InvoiceState] = {}
         self.sequence = 0  # the highest invoice-stream sequence folded
         self.read_through = 0  # every invoice-stream event up to this sequence is folded
         self.first_sequence: dict[str, int] = {}  # each invoice's submission: the order invoices count in
-        self._ahead: set[int] = set()  # appends of this process folded before the follower reached them
-        self._delivered = 0  # the follower's newest event (it delivers in order)
+        self._ahead: set[int] = set()  # appends of this process folded before the stream was read up to them
+        self._delivered = 0  # the newest event delivered to follow() (delivered in order)
+        self._wanted = 0  # the newest sequence a caller of read_up_to waits for
         # Invoices this process is appending to (the expected last sequence of each append under way), and the events
-        # the follower delivered that may be such an append's own before its acknowledgment came: held undecoded
+        # delivered that may be such an append's own before its acknowledgment came: held undecoded
         # until the append's own state covers them.
         self._appending: dict[str, list[int]] = {}
         self._held: dict[int, StoredEvent] = {}
@@ -327,16 +330,20 @@ class InvoiceLedger:
     # -- feeding ---------------------------------------------------------------------------------------------
 
     def follow(self, stored: StoredEvent) -> None:
-        """The follower's handler: fold one stored event (one already folded is skipped), in stream order.
+        """Fold one stored event (one already folded is skipped), delivered in stream order: by the follower at start,
+        then by the reading back of what the ledger lacks.
 
         An event of an invoice this process is appending to, after the sequence an append under way expects (so it
-        may be that append's own), delivered before the append's acknowledgment (the follower's delivery usually
-        overtakes it), is held undecoded: the append's own state covers it once applied, and ``read_through`` stops
+        may be that append's own), delivered before the append's acknowledgment (a follower's delivery usually
+        overtook it; a sequence lacking for a whole interval is read back even if an acknowledgment is slower), is
+        held undecoded: the append's own state covers it once applied, and ``read_through`` stops
         short of it meanwhile, as it does for an append acknowledged before the follower reached it. The state the
         handler applies is the decided event folded, the held one the stored event: the two fold alike
         (events.encode/decode round-trip exactly, tests/unit/invoice_status/test_mapping.py). A held event no append
         under way can own any more (another writer's, or one stored by an append that then failed) is decoded, and an
         invoice's events are always folded and told in stream order: one behind a held event is held too."""
+        if stored.sequence <= self._delivered or stored.sequence in self._held:
+            return  # delivered again (a read that began before the event was delivered or released): told once
         invoice_id = stored.envelope.object_key
         known = self.states.get(invoice_id)
         if known is not None and known.sequence >= stored.sequence:
@@ -461,13 +468,13 @@ class InvoiceLedger:
                 self._blocked.discard(invoice_id)
 
     def _read_one(self, stored: StoredEvent) -> None:
-        """The follower's event is folded (or covered by a state folded already)."""
+        """The delivered event is folded (or covered by a state folded already)."""
         self._read_through(stored.sequence)
         self._on_read(stored)
 
     def _read_through(self, sequence: int) -> None:
-        """The follower's event at ``sequence`` is folded: every one it delivered is (it delivers in order, gaps
-        included: an event that could not be read is skipped, as a purged one is missing) but those held."""
+        """The delivered event at ``sequence`` is folded: every one delivered is (they come in order, gaps included:
+        an event that could not be read is skipped, as a purged one is missing, :meth:`passed`) but those held."""
         self._delivered = max(self._delivered, sequence)
         self._read(min(self._held) - 1 if self._held else self._delivered)
 
@@ -484,9 +491,37 @@ class InvoiceLedger:
             self._moved = asyncio.Event()
 
     async def read_up_to(self, sequence: int) -> None:
-        """Wait until every event up to ``sequence`` is folded (the caller bounds the wait)."""
+        """Wait until every event up to ``sequence`` is folded (the caller bounds the wait); the events this process
+        did not append are read meanwhile (:meth:`lacking`)."""
+        self._wanted = max(self._wanted, sequence)
         while self.read_through < sequence:
             await self._moved.wait()
+
+    @property
+    def appends_under_way(self) -> bool:
+        return bool(self._appending)
+
+    @property
+    def delivered_through(self) -> int:
+        """Every event up to this sequence was delivered to :meth:`follow` (folded or held) or folded ahead."""
+        return max(self.read_through, self._delivered)
+
+    def lacking(self, most: int) -> list[int]:
+        """Up to ``most`` sequences after ``read_through``, oldest first, that the stream holds (below one folded,
+        delivered or waited for), neither delivered (deliveries come in order, so not below the newest delivered) nor
+        held nor folded ahead by an append of this process."""
+        newest = max(self.sequence, self._delivered, self._wanted)
+        found: list[int] = []
+        sequence = self.delivered_through
+        while sequence < newest and len(found) < most:
+            sequence += 1
+            if sequence not in self._ahead and sequence not in self._held:
+                found.append(sequence)
+        return found
+
+    def passed(self, sequence: int) -> None:
+        """The stream holds nothing at ``sequence`` (a gap): read past it."""
+        self._read_through(sequence)
 
     # -- reading ---------------------------------------------------------------------------------------------
 

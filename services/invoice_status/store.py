@@ -67,6 +67,9 @@ REBUILDING = "rebuilding"  # a field of the entries hash: the token of the rebui
 SEQUENCE = "sequence"  # a field of the entries hash: the highest stream sequence applied
 TAIL_ON_START = 1_000  # events projected again at start (more than can be in flight)
 FOLLOW_FLUSH_SECONDS = 0.1  # how soon what the follower folded (other replicas' appends) reaches the list
+# How often the ledger reads back what other writers appended (libs/runtime/follower.ForeignEvents): a sequence lacking
+# is read one to two intervals after it first lacked; with nothing lacking and no append under way, one direct get.
+FOREIGN_READ_SECONDS = 0.05
 EXAMINE = 5_000  # entries one page call examines at most when a filter matches rarely
 REASONS = tuple(Reason)  # a reason's index in an entry (1-based) names its index key
 _AT_DIGITS = 20  # blocked-at nanoseconds, zero-padded: members sort by lex as by time

@@ -6,7 +6,7 @@ from libs.runtime.access import AccessRule, Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
 from libs.runtime.commands import CommandHandler
 from libs.runtime.events import StoredEvent
-from libs.runtime.follower import StreamFollower
+from libs.runtime.follower import ForeignEvents, StreamFollower
 from libs.runtime.metrics import PolledGauges, Values
 from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, SUPPLIER
 from services.invoice_status import decider, domain, events
@@ -16,7 +16,14 @@ from services.invoice_status.findings import BlockingExceptions, ClearedReasons,
 from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
-from services.invoice_status.store import FOLLOW_FLUSH_SECONDS, BlockedInvoices, InvoiceLog, ReadModels, size_of
+from services.invoice_status.store import (
+    FOLLOW_FLUSH_SECONDS,
+    FOREIGN_READ_SECONDS,
+    BlockedInvoices,
+    InvoiceLog,
+    ReadModels,
+    size_of,
+)
 from syncgov.invoice.v1 import invoice_service_pb2, invoice_service_pb2_grpc
 
 ACCESS: dict[str, AccessRule] = {
@@ -52,7 +59,9 @@ def wire(rt: Runtime[Settings]) -> Service:
     cleared = ClearedReasons(blocking, lambda: rt.reader.last_sequence(events.DOMAIN), raise_stored)
     supplier_follower = StreamFollower(rt.js, rt.namespace, "supplier", suppliers.apply)
 
+    # Caught up at start by the follower, then only other writers' events are read back (ForeignEvents).
     invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, ledger.follow)
+    foreign = ForeignEvents(rt.reader, events.DOMAIN, ledger)
     commands = CommandHandler(
         InvoiceLog(rt.publisher, rt.reader, ledger),
         initial=decider.InvoiceState(),
@@ -70,7 +79,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         suppliers,
         ledger,
         blocked,
-        lambda: invoice_follower.caught_up,
+        lambda: invoice_follower.caught_up or foreign.reached_end,
         rt.exceptions,
         blocking,
         policy,
@@ -124,6 +133,7 @@ def wire(rt: Runtime[Settings]) -> Service:
             tail.begin,
             cleared.begin,
             invoice_follower.start,
+            invoice_follower.stop,
             tail.raise_all,
             cleared.start,
             gauges.refresh,
@@ -132,6 +142,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         # folded of other replicas' appends is written to it.
         periodic=[
             (rt.settings.read_model_check_seconds, read_models.check),
+            (FOREIGN_READ_SECONDS, foreign.tick),
             (FOLLOW_FLUSH_SECONDS, read_models.flush),
             (FOLLOW_FLUSH_SECONDS, cleared.flush),
             gauges.periodic,

@@ -443,3 +443,28 @@ def test_a_credit_note_counts_for_the_invoice_it_credits_and_a_duplicate_bills_n
     ledger.fold("I-2", Recorded(event, 3, "e3", 3, "key-3", "procurement"))
     assert Reason.DUPLICATE_INVOICE in ledger.states["I-2"].match.reasons  # type: ignore[union-attr]
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-3") == {("PO-1", 1): D(4)}  # 6 - 2, not 6 more
+
+
+async def test_what_the_ledger_lacks_is_what_the_stream_holds_below_what_it_knows_neither_folded_nor_held():
+    ledger = InvoiceLedger()
+    ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
+    appended = submitted(4, invoice(invoice_id="I-4", number="A-4"))
+    state = InvoiceLedger()
+    state.fold("I-4", appended)
+    await ledger.applied("I-4", state.states["I-4"], 4, appended)  # this process's own append, folded ahead
+    assert ledger.lacking(10) == [2, 3]
+    assert ledger.lacking(1) == [2]
+    waiting = asyncio.ensure_future(ledger.read_up_to(6))  # a consumer handed the event at 6
+    await asyncio.sleep(0)
+    assert ledger.lacking(10) == [2, 3, 5, 6]
+    with ledger.appending("I-2", 0):
+        ledger.follow(_stored(submitted(2, invoice(invoice_id="I-2", number="A-2")), "I-2"))  # maybe its own: held
+        assert ledger.lacking(10) == [3, 5, 6]
+    await asyncio.sleep(0)  # the append ended without a state: the held event is decoded
+    assert (ledger.read_through, ledger.lacking(10)) == (2, [3, 5, 6])
+    ledger.passed(3)  # a gap in the stream
+    assert (ledger.read_through, ledger.lacking(10)) == (4, [5, 6])
+    ledger.fold("I-5", submitted(5, invoice(invoice_id="I-5", number="A-5")))
+    ledger.fold("I-6", submitted(6, invoice(invoice_id="I-6", number="A-6")))
+    await asyncio.wait_for(waiting, 1)
+    assert ledger.lacking(10) == []
