@@ -25,7 +25,11 @@ message is delivered again), so the match in force is never replaced by one that
 
 The same consumer raises the exceptions of a submission that blocked (the request that appended it may have died
 before raising them; the ids derive from the match event, so raising again stores nothing twice), and re-matches the
-invoice a credit note credits (the credit note counts for it).
+invoice a credit note credits (the credit note counts for it). Most submissions need none of it: a request that raised
+its block, whose ledger had read every event before its submission when it ended, and whose match missed nothing
+(nor credits anything) has done what the consumer would; the consumer acknowledges that submission's first delivery
+unhandled (``Rematcher.submitted_here``, ``ConsumerSpec.done_here``). Anything else, a redelivery, or a delivery to
+another replica is handled in full.
 """
 
 from __future__ import annotations
@@ -56,6 +60,9 @@ READ_UP_TO_SECONDS = 10.0
 # How many times a re-match refused for stale facts (another replica recorded a match on facts it had not read) is
 # matched again before the message is delivered again.
 STALE_ATTEMPTS = 3
+# Submissions whose consumer's work their request did (Rematcher.submitted_here), remembered until their delivery:
+# a delivery taken by another replica's consumer leaves its entry here, the oldest forgotten past this many.
+SETTLED_HERE_KEPT = 10_000
 
 
 class Rematcher:
@@ -74,6 +81,26 @@ class Rematcher:
         self._ledger = ledger
         self._blocking = blocking
         self._policy = policy
+        self._settled_here: dict[int, None] = {}  # submission sequences, oldest first
+
+    def submitted_here(self, invoice_id: str, sequence: int) -> None:
+        """The request that appended ``invoice_id``'s submission at ``sequence`` has raised its block, if any. When
+        the ledger has read every event before it (so :meth:`InvoiceLedger.missed` is final) and it missed nothing,
+        nor credits another invoice, the consumer of submissions has nothing left to do for it: its first delivery is
+        acknowledged unhandled (:meth:`done_here`). Otherwise, or when this process dies first, or the delivery goes
+        to another replica, the consumer does it all."""
+        if self._ledger.read_through < sequence or self._ledger.missed(invoice_id):
+            return
+        state = self._ledger.state_of(invoice_id)
+        if state.submitted is None or state.submitted.invoice.credit_note or state.sequence != sequence:
+            return
+        self._settled_here[sequence] = None
+        if len(self._settled_here) > SETTLED_HERE_KEPT:
+            del self._settled_here[next(iter(self._settled_here))]
+
+    def done_here(self, sequence: int) -> bool:
+        """The consumer of submissions asks this at each first delivery (``ConsumerSpec.done_here``)."""
+        return self._settled_here.pop(sequence, 0) is None
 
     async def on_receipt(self, stored: StoredEvent) -> None:
         await self.order_changed(stored.envelope.object_key)
@@ -190,5 +217,6 @@ def consumers(rematcher: Rematcher) -> tuple[ConsumerSpec, ...]:
             f"{events.DOMAIN}.*.{events.SUBMITTED}",
             rematcher.on_invoice,
             filters=(f"{events.DOMAIN}.*.{events.SUBMITTED}", f"{events.DOMAIN}.*.{events.BLOCKED}"),
+            done_here=rematcher.done_here,
         ),
     )

@@ -65,7 +65,9 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         exceptions: ExceptionReporter,
         blocking: BlockingExceptions,
         policy: Callable[[], Policy],
+        submitted_here: Callable[[str, int], None],
     ) -> None:
+        self._submitted_here = submitted_here  # the re-match consumer's work for a submission, done by its request
         self._commands = commands
         self._matcher = matcher
         self._suppliers = suppliers
@@ -112,6 +114,8 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         )
         outcome = await self._outcome(invoice.invoice_id, result, context)
         await self._raise_blocking(invoice.invoice_id, outcome)
+        if not outcome.replayed:
+            self._submitted_here(invoice.invoice_id, outcome.state.sequence)
         return invoice_service_pb2.SubmitInvoiceResponse(status=mapping.status_message(outcome.state))
 
     async def GetInvoice(

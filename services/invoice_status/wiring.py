@@ -73,6 +73,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         name="invoice",
     )
     matcher = Matcher(OrderLines(rt.reader), ReceivedLines(rt.reader), ledger)
+    rematcher = Rematcher(
+        commands, matcher, ledger, blocking, policy, lambda invoice_id: rt.reader.history(events.DOMAIN, invoice_id)
+    )
     servicer = InvoiceServicer(
         commands,
         matcher,
@@ -83,9 +86,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         rt.exceptions,
         blocking,
         policy,
-    )
-    rematcher = Rematcher(
-        commands, matcher, ledger, blocking, policy, lambda invoice_id: rt.reader.history(events.DOMAIN, invoice_id)
+        rematcher.submitted_here,
     )
     rt.metrics.expect_duplicates(domain.OBJECT_TYPE)
     gauges = PolledGauges(rt.telemetry.meter)

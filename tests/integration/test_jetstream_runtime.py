@@ -496,3 +496,40 @@ async def test_a_stopped_consumer_gives_back_at_once_what_it_had_not_handled(js_
         await second.stop()
     assert seen_by_first == [keys[0]]
     assert sorted(seen_by_second) == keys[1:]  # given back together: redelivered in no promised order
+
+
+async def test_a_message_this_process_already_handled_is_acknowledged_unhandled_on_its_first_delivery_only(js_env):
+    js, namespace, publisher, _, _, spans = js_env
+    sequences = [(await publisher.publish(po_published(f"P-DONE-{n}"))).sequence for n in range(4)]
+    done_here = {sequences[0], sequences[2]}  # e.g. the request that appended them did the consumer's work
+    asked: list[int] = []
+    handled: list[int] = []
+    all_in = asyncio.Event()
+
+    def already(sequence: int) -> bool:
+        asked.append(sequence)
+        return sequence in done_here
+
+    async def handler(event) -> None:
+        handled.append(event.sequence)
+        if event.sequence == sequences[3] and handled.count(sequences[3]) == 1:
+            done_here.add(sequences[3])  # a failed first delivery: the redelivery is not asked, and is handled
+            raise ConnectionError("briefly down")
+        if len(handled) == 3:
+            all_in.set()
+
+    spec = ConsumerSpec("test-done-here", "po", "po.*.published", handler, done_here=already)
+    runner = runner_for(js_env, spec, lambda name: (5, (0.05,)))
+    await runner.provision()
+    runner.start()
+    try:
+        await asyncio.wait_for(all_in.wait(), 10)
+        await asyncio.sleep(0.3)  # nothing more arrives: the two done here were acknowledged, not left to redeliver
+    finally:
+        await runner.stop()
+    assert handled == [sequences[1], sequences[3], sequences[3]]
+    assert asked == sequences  # once each, on its first delivery
+    info = await js.consumer_info(namespace.stream("po"), runner.durable)
+    assert (info.num_ack_pending, info.num_pending) == (0, 0)
+    consumer_spans = [span for span in spans.get_finished_spans() if span.kind == SpanKind.CONSUMER]
+    assert len(consumer_spans) == 3  # none for the two acknowledged unhandled
