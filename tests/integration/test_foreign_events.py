@@ -29,24 +29,32 @@ pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
 
 @pytest.fixture
-async def stream(nats_server):
-    nc = await nats.connect(nats_server.url)
-    namespace = Namespace(unique_namespace())
-    await provision_streams(nc.jetstream(), namespace, (INVOICE,))
-    requests = Requests(nc)
-    yield EventPublisher(requests, namespace, NoOpTracer(), 5), EventReader(requests, namespace)
-    await nc.drain()
-
-
-@pytest.fixture
 async def broker(nats_server):
-    """The connection and namespace of a stream (to publish what is not an event, to start a follower)."""
+    """An invoice stream of its own: the connection and namespace (to publish what is not an event, to start a
+    follower), a publisher and a reader."""
     nc = await nats.connect(nats_server.url)
     namespace = Namespace(unique_namespace())
     await provision_streams(nc.jetstream(), namespace, (INVOICE,))
     requests = Requests(nc)
     yield nc, namespace, EventPublisher(requests, namespace, NoOpTracer(), 5), EventReader(requests, namespace)
     await nc.drain()
+
+
+@pytest.fixture
+def stream(broker):
+    _, _, publisher, reader = broker
+    return publisher, reader
+
+
+async def _caught_up_at_start(broker, stored: int, catch_up_timeout: float) -> tuple[InvoiceLedger, StreamFollower]:
+    """``stored`` events of other writers, then a ledger and the follower that catches it up at start."""
+    nc, namespace, publisher, _ = broker
+    for number in range(stored):
+        await _append(publisher, f"OLD-{number}")
+    ledger = InvoiceLedger()
+    follower = StreamFollower(nc.jetstream(), namespace, events.DOMAIN, ledger.follow)
+    await follower.start(catch_up_timeout)
+    return ledger, follower
 
 
 async def _ticks(foreign: ForeignEvents, count: int) -> None:
@@ -204,12 +212,8 @@ async def test_a_message_that_is_not_an_event_is_logged_once_and_read_past(broke
 
 
 async def test_a_catch_up_that_timed_out_is_finished_by_the_reading_and_says_so(broker):
-    nc, namespace, publisher, reader = broker
-    for number in range(30):
-        await _append(publisher, f"OLD-{number}")
-    ledger = InvoiceLedger()
-    follower = StreamFollower(nc.jetstream(), namespace, events.DOMAIN, ledger.follow)
-    await follower.start(catch_up_timeout=0)  # a stream too large to read within the start's limit
+    _, _, _, reader = broker
+    ledger, follower = await _caught_up_at_start(broker, 30, catch_up_timeout=0)  # too large to read in time
     await follower.stop()
     foreign = ForeignEvents(reader, events.DOMAIN, ledger)
     await _ticks(foreign, 1)
@@ -251,12 +255,8 @@ async def test_a_frozen_broker_is_logged_once_and_the_reading_resumes(broker, na
 
 
 async def test_events_stored_around_the_followers_stop_are_all_read(broker):
-    nc, namespace, publisher, reader = broker
-    for number in range(5):
-        await _append(publisher, f"OLD-{number}")
-    ledger = InvoiceLedger()
-    follower = StreamFollower(nc.jetstream(), namespace, events.DOMAIN, ledger.follow)
-    await follower.start(5)
+    _, _, publisher, reader = broker
+    ledger, follower = await _caught_up_at_start(broker, 5, catch_up_timeout=5)
     publishing = asyncio.gather(*(_append(publisher, f"MID-{n}") for n in range(20)))
     await asyncio.sleep(0)
     await follower.stop()

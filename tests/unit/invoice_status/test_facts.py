@@ -43,6 +43,14 @@ def cancelled(sequence: int) -> Recorded[InvoiceEvent]:
     return Recorded(Cancelled("wrong supplier"), sequence, f"e{sequence}", sequence, "", "procurement")
 
 
+async def applied_here(ledger: InvoiceLedger, invoice_id: str, event: Recorded[InvoiceEvent]) -> InvoiceState:
+    """An append of this process: the command handler's state after it (the event folded), applied to the ledger."""
+    state = InvoiceLedger()
+    state.fold(invoice_id, event)
+    await ledger.applied(invoice_id, state.states[invoice_id], event.sequence, event)
+    return state.states[invoice_id]
+
+
 def test_other_invoices_count_credit_notes_subtract_and_cancelled_ones_do_not():
     ledger = InvoiceLedger()
     ledger.fold("I-1", submitted(1, invoice(line(quantity="10"), invoice_id="I-1", number="A-1")))
@@ -95,12 +103,10 @@ def test_an_event_folded_twice_is_folded_once_and_blocked_invoices_list_oldest_f
 async def test_the_handlers_state_after_an_append_counts_at_once():
     ledger = InvoiceLedger()
     event = submitted(7, invoice(invoice_id="I-1"))
-    state = InvoiceLedger()
-    state.fold("I-1", event)
-    await ledger.applied("I-1", state.states["I-1"], 7, event)
+    applied = await applied_here(ledger, "I-1", event)
     assert ledger.invoiced_by_others([("PO-1", 1)], "I-2") == {("PO-1", 1): D(10)}
     ledger.fold("I-1", event)  # the follower delivering the same event later changes nothing
-    assert ledger.states["I-1"] == state.states["I-1"]
+    assert ledger.states["I-1"] == applied
 
 
 def test_unknown_blocked_and_merged_suppliers_are_refused():
@@ -166,10 +172,7 @@ async def test_only_invoices_recorded_before_count_whatever_order_the_ledger_lea
 async def test_the_stream_is_read_through_only_where_every_event_is_folded():
     ledger = InvoiceLedger()
     ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
-    appended = submitted(3, invoice(invoice_id="I-3", number="A-3"))
-    state = InvoiceLedger()
-    state.fold("I-3", appended)
-    await ledger.applied("I-3", state.states["I-3"], 3, appended)
+    await applied_here(ledger, "I-3", submitted(3, invoice(invoice_id="I-3", number="A-3")))
     assert (ledger.read_through, ledger.sequence) == (1, 3)  # sequence 2 is not folded yet
     ledger.fold("I-2", submitted(2, invoice(invoice_id="I-2", number="A-2")))
     assert ledger.read_through == 3  # the append folded ahead joins once the gap is filled
@@ -234,10 +237,8 @@ async def test_the_followers_delivery_of_an_append_not_yet_acknowledged_waits_fo
         assert "I-3" in ledger.states
         assert ledger.read_through == 1  # not past the held event, though the one after it is folded
         assert read == [3]
-    state = InvoiceLedger()
-    state.fold("I-2", appended)
-    await ledger.applied("I-2", state.states["I-2"], 2, appended)  # the command handler, right after the append
-    assert ledger.states["I-2"] == state.states["I-2"]
+    applied = await applied_here(ledger, "I-2", appended)  # the command handler, right after the append
+    assert ledger.states["I-2"] == applied
     assert ledger.read_through == 3
     assert read == [3, 2]
     assert decodes.count == 1  # I-3 only: the held event was covered by the append's own state
@@ -301,9 +302,7 @@ async def test_the_stream_is_read_past_a_gap_once_the_held_event_is_covered(monk
         ledger.follow(_stored(appended, "I-1"))
         ledger.follow(_stored(submitted(3, invoice(invoice_id="I-3", number="A-3")), "I-3"))
         assert ledger.read_through == 0
-        state = InvoiceLedger()
-        state.fold("I-1", appended)
-        await ledger.applied("I-1", state.states["I-1"], 1, appended)
+        await applied_here(ledger, "I-1", appended)
     assert ledger.read_through == 3
 
 
@@ -448,10 +447,7 @@ def test_a_credit_note_counts_for_the_invoice_it_credits_and_a_duplicate_bills_n
 async def test_what_the_ledger_lacks_is_what_the_stream_holds_below_what_it_knows_neither_folded_nor_held():
     ledger = InvoiceLedger()
     ledger.fold("I-1", submitted(1, invoice(invoice_id="I-1", number="A-1")))
-    appended = submitted(4, invoice(invoice_id="I-4", number="A-4"))
-    state = InvoiceLedger()
-    state.fold("I-4", appended)
-    await ledger.applied("I-4", state.states["I-4"], 4, appended)  # this process's own append, folded ahead
+    await applied_here(ledger, "I-4", submitted(4, invoice(invoice_id="I-4", number="A-4")))  # own, folded ahead
     assert ledger.lacking(10) == [2, 3]
     assert ledger.lacking(1) == [2]
     waiting = asyncio.ensure_future(ledger.read_up_to(6))  # a consumer handed the event at 6

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import os
 import random
 from typing import Any
@@ -24,7 +23,7 @@ from libs.runtime.follower import ForeignEvents
 from services.invoice_status.decider import InvoiceState
 from services.invoice_status.facts import InvoiceLedger
 from tests.unit.invoice_status.test_facts import _stored
-from tests.unit.invoice_status.test_ledger_interleavings import KEYS, Stream, _check, _event, _fold
+from tests.unit.invoice_status.test_ledger_interleavings import KEYS, Appends, Stream, _check, _event, _fold
 
 SEEDS = int(os.environ.get("SEEDS", "300"))  # more with SEEDS=3000
 
@@ -66,15 +65,14 @@ async def one_run(rng: random.Random, *, applied_skipped: float, stale: float = 
     stream: Stream = []
     reader = FakeReader(stream, rng, stale)
     foreign = ForeignEvents(reader, "invoice", ledger)  # type: ignore[arg-type]  # reads as EventReader does
-    applied_seqs: set[int] = set()
-    under_way: list[dict[str, Any]] = []
+    appends = Appends(ledger, stream, rng)
     waits: list[asyncio.Task] = []
     tick_task: asyncio.Task | None = None
     steps = 0
-    while steps < steps_max or under_way:
+    while steps < steps_max or appends.under_way:
         steps += 1
         choices = ["other", "start", "tick", "tick"] if steps < steps_max else ["tick"]
-        if under_way:
+        if appends.under_way:
             choices += ["store", "answer"] * 2
         if steps < steps_max and stream:
             choices.append("wait")
@@ -83,11 +81,7 @@ async def one_run(rng: random.Random, *, applied_skipped: float, stale: float = 
             key = rng.choice(KEYS)
             stream.append((len(stream) + 1, key, _event(key, len(stream) + 1, any(k == key for _, k, _ in stream))))
         elif choice == "start":
-            key = rng.choice(KEYS)
-            expected = max((sequence for sequence, k, _ in stream if k == key), default=0)
-            block = ledger.appending(key, expected)
-            block.__enter__()
-            under_way.append({"key": key, "block": block, "expected": expected, "sequence": None, "stored": False})
+            appends.start()
         elif choice == "tick":
             if tick_task is None or tick_task.done():
                 if tick_task is not None:
@@ -97,29 +91,9 @@ async def one_run(rng: random.Random, *, applied_skipped: float, stale: float = 
             target = rng.randint(1, len(stream))
             waits.append(asyncio.ensure_future(asyncio.wait_for(ledger.read_up_to(target), 60)))
         elif choice == "store":
-            append = rng.choice(under_way)
-            if append["stored"]:
-                continue
-            append["stored"] = True
-            last = max((sequence for sequence, k, _ in stream if k == append["key"]), default=0)
-            if last == append["expected"]:
-                append["sequence"] = len(stream) + 1
-                stream.append((len(stream) + 1, append["key"], _event(append["key"], len(stream) + 1, last != 0)))
+            appends.store()
         elif choice == "answer":
-            append = rng.choice(under_way)
-            if not append["stored"]:
-                continue
-            under_way.remove(append)
-            if append["sequence"] is None or rng.random() < 0.15:
-                with contextlib.suppress(TimeoutError):
-                    append["block"].__exit__(TimeoutError, TimeoutError(), None)
-            else:
-                append["block"].__exit__(None, None, None)
-                sequence = append["sequence"]
-                event = next(event for s, _, event in stream if s == sequence)
-                if rng.random() >= applied_skipped:
-                    applied_seqs.add(sequence)
-                    await ledger.applied(append["key"], _fold(stream, append["key"], sequence), sequence, event)
+            await appends.answer(applied_skipped)
         if rng.random() < 0.5:
             await asyncio.sleep(0)
         _check(ledger, stream)
@@ -150,7 +124,7 @@ async def one_run(rng: random.Random, *, applied_skipped: float, stale: float = 
         waiting.result()
     counts = collections.Counter(told)
     result["told_twice"] = sorted(s for s, n in counts.items() if n > 1)
-    result["untold_foreign"] = sorted(s for s, _, _ in stream if s not in counts and s not in applied_seqs)
+    result["untold_foreign"] = sorted(s for s, _, _ in stream if s not in counts and s not in appends.applied)
     order_bad = []
     for key in KEYS:
         of_key = [s for s in told if stream[s - 1][1] == key]

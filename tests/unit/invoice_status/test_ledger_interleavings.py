@@ -50,19 +50,69 @@ def _check(ledger: InvoiceLedger, stream: Stream) -> None:
     assert all(sequence > ledger.read_through for sequence in ledger._held)
 
 
+class Appends:
+    """This process's appends in a run: started against the key's newest event in the stream (the handler read its
+    history), stored by the broker unless another write came first, answered: refused by the guard, or stored and
+    then failed (15%), else acknowledged and its state applied (but for ``applied_skipped`` of them)."""
+
+    def __init__(self, ledger: InvoiceLedger, stream: Stream, rng: random.Random) -> None:
+        self._ledger = ledger
+        self._stream = stream
+        self._rng = rng
+        self.under_way: list[dict[str, Any]] = []
+        self.applied: set[int] = set()
+
+    def start(self) -> None:
+        key = self._rng.choice(KEYS)
+        expected = max((sequence for sequence, k, _ in self._stream if k == key), default=0)
+        block = self._ledger.appending(key, expected)
+        block.__enter__()
+        self.under_way.append({"key": key, "block": block, "expected": expected, "sequence": None, "stored": False})
+
+    def store(self) -> None:
+        append = self._rng.choice(self.under_way)
+        if append["stored"]:
+            return
+        append["stored"] = True
+        last = max((sequence for sequence, k, _ in self._stream if k == append["key"]), default=0)
+        if last == append["expected"]:
+            append["sequence"] = len(self._stream) + 1
+            self._stream.append(
+                (len(self._stream) + 1, append["key"], _event(append["key"], len(self._stream) + 1, last != 0))
+            )
+
+    async def answer(self, applied_skipped: float, ledger_not_first: bool = False) -> None:
+        append = self._rng.choice(self.under_way)
+        if not append["stored"]:
+            return
+        self.under_way.remove(append)
+        if append["sequence"] is None or self._rng.random() < 0.15:  # refused by the guard, or stored-then-failed
+            with contextlib.suppress(TimeoutError):
+                append["block"].__exit__(TimeoutError, TimeoutError(), None)
+            return
+        append["block"].__exit__(None, None, None)
+        sequence = append["sequence"]
+        event = next(event for s, _, event in self._stream if s == sequence)
+        if self._rng.random() >= applied_skipped:
+            if ledger_not_first:
+                await asyncio.sleep(0)  # another projection awaited before the ledger's
+            self.applied.add(sequence)
+            await self._ledger.applied(append["key"], _fold(self._stream, append["key"], sequence), sequence, event)
+
+
 async def _one_run(rng: random.Random, ledger_not_first: bool, applied_skipped: float) -> None:
     told: list[int] = []
     ledger = InvoiceLedger(lambda stored: told.append(stored.sequence))
     stream: Stream = []
     delivered = 0
-    under_way: list[dict[str, Any]] = []
+    appends = Appends(ledger, stream, rng)
     steps = 0
-    while steps < 60 or under_way or delivered < len(stream):
+    while steps < 60 or appends.under_way or delivered < len(stream):
         steps += 1
         choices = ["other", "start"] if steps < 60 else []
         if delivered < len(stream):
             choices += ["deliver"] * 3
-        if under_way:
+        if appends.under_way:
             choices += ["store", "answer"] * 2
         if not choices:
             continue
@@ -71,40 +121,15 @@ async def _one_run(rng: random.Random, ledger_not_first: bool, applied_skipped: 
             key = rng.choice(KEYS)
             stream.append((len(stream) + 1, key, _event(key, len(stream) + 1, any(k == key for _, k, _ in stream))))
         elif choice == "start":  # the handler read the object's history (perhaps ahead of the follower)
-            key = rng.choice(KEYS)
-            expected = max((sequence for sequence, k, _ in stream if k == key), default=0)
-            block = ledger.appending(key, expected)
-            block.__enter__()
-            under_way.append({"key": key, "block": block, "expected": expected, "sequence": None, "stored": False})
+            appends.start()
         elif choice == "deliver":
-            sequence, key, event = stream[delivered]
+            _, key, event = stream[delivered]
             delivered += 1
             ledger.follow(_stored(event, key))
         elif choice == "store":  # the broker takes the append unless another write came first
-            append = rng.choice(under_way)
-            if append["stored"]:
-                continue
-            append["stored"] = True
-            last = max((sequence for sequence, k, _ in stream if k == append["key"]), default=0)
-            if last == append["expected"]:
-                append["sequence"] = len(stream) + 1
-                stream.append((len(stream) + 1, append["key"], _event(append["key"], len(stream) + 1, last != 0)))
+            appends.store()
         elif choice == "answer":
-            append = rng.choice(under_way)
-            if not append["stored"]:
-                continue
-            under_way.remove(append)
-            if append["sequence"] is None or rng.random() < 0.15:  # the guard refused it, or stored-then-timed-out
-                with contextlib.suppress(TimeoutError):
-                    append["block"].__exit__(TimeoutError, TimeoutError(), None)
-            else:
-                append["block"].__exit__(None, None, None)
-                sequence = append["sequence"]
-                event = next(event for s, _, event in stream if s == sequence)
-                if rng.random() >= applied_skipped:
-                    if ledger_not_first:
-                        await asyncio.sleep(0)  # another projection awaited before the ledger's
-                    await ledger.applied(append["key"], _fold(stream, append["key"], sequence), sequence, event)
+            await appends.answer(applied_skipped, ledger_not_first)
         if rng.random() < 0.3:
             await asyncio.sleep(0)
         _check(ledger, stream)
