@@ -111,7 +111,7 @@ fmt: setup ## format the code with ruff
 	$(BIN)/ruff check --fix .
 
 .PHONY: bench
-bench: setup ## run the publish benchmark (tracing off and on), then the exception-router's; prints figures (about 8-9 + 3-4 minutes)
+bench: setup ## run the publish benchmark (tracing off and on), then the exception-router's; prints figures (about 9-10 + 3-4 minutes)
 	$(BIN)/python bench/publish_po.py $(BENCH_ARGS)
 	$(BIN)/python bench/exceptions.py $(EXCEPTIONS_BENCH_ARGS)
 
