@@ -42,7 +42,7 @@ HEADER_MSG_ID = "Nats-Msg-Id"
 HEADER_EXPECTED_SEQ = "Nats-Expected-Last-Subject-Sequence"
 HEADER_EXPECTED_SEQ_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 JS_ERR_WRONG_LAST_SEQUENCE = 10071
-READ_TIMEOUT_SECONDS = 5.0  # a read's wait for the broker's answer, unless the reader is given another (nats-py's)
+READ_TIMEOUT_SECONDS = 5.0  # a read's wait for the broker unless the reader is given another (nats-py's default)
 
 # The policy revision the edge used to allow the current call; events record it (DESIGN §3.6).
 current_policy_revision: contextvars.ContextVar[int] = contextvars.ContextVar("syncgov_policy_revision", default=0)
@@ -329,10 +329,11 @@ class EventReader:
 
     async def next_after(self, domain: str, after: int) -> StoredEvent | None:
         """The first event of a domain's stream stored after sequence ``after``, or None."""
+        return await self._next(domain, self._ns.domain_subjects(domain), after)
+
+    async def _next(self, domain: str, subjects: str, after: int) -> StoredEvent | None:
         stream = self._ns.stream(domain)
-        found = await self._requests.direct_get(
-            stream, seq=after + 1, next_by_subj=self._ns.domain_subjects(domain), within=self._timeout
-        )
+        found = await self._requests.direct_get(stream, seq=after + 1, next_by_subj=subjects, within=self._timeout)
         return parse_direct(stream, found) if found is not None else None
 
     async def since(self, domain: str, after: int) -> list[StoredEvent]:
@@ -345,12 +346,7 @@ class EventReader:
         return await self._after(domain, self._ns.object_filter(domain, key), after)
 
     async def _after(self, domain: str, subjects: str, after: int) -> list[StoredEvent]:
-        stream = self._ns.stream(domain)
         events: list[StoredEvent] = []
-        sequence = after + 1
-        while True:
-            found = await self._requests.direct_get(stream, seq=sequence, next_by_subj=subjects, within=self._timeout)
-            if found is None:
-                return events
-            events.append(parse_direct(stream, found))
-            sequence = events[-1].sequence + 1
+        while (found := await self._next(domain, subjects, events[-1].sequence if events else after)) is not None:
+            events.append(found)
+        return events

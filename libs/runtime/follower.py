@@ -97,8 +97,8 @@ class ReadBack(Protocol):
         """Whether an append of this process is under way."""
 
     def lacking(self, most: int) -> list[int]:
-        """Up to ``most`` sequences after ``read_through``, oldest first, that the projection knows the stream holds
-        (below one it folded, or one it was asked to reach) and has neither folded nor held."""
+        """Up to ``most`` sequences after ``delivered_through``, oldest first, that the projection knows the stream
+        holds (below one it folded, or one it was asked to reach) and has neither folded nor held."""
 
     def follow(self, stored: StoredEvent) -> None:
         """Fold one stored event (delivered in stream order)."""

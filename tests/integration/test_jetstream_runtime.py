@@ -25,7 +25,7 @@ from libs.runtime.subjects import Namespace
 from libs.runtime.testing import unique_namespace
 from syncgov.common.v1 import types_pb2
 from syncgov.exception.v1 import exception_pb2
-from tests.integration.helpers import message_count, raised_exceptions, requests_of
+from tests.integration.helpers import message_count, raised_exceptions
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
 
@@ -158,7 +158,7 @@ async def _wait_for(predicate) -> None:
 
 
 async def test_failing_handler_is_redelivered_then_handed_off_with_original_bytes(js_env):
-    js, namespace, publisher, _, _, _ = js_env
+    js, namespace, publisher, reader, _, _ = js_env
     calls: list[int] = []
 
     async def always_fails(event) -> None:
@@ -171,7 +171,7 @@ async def test_failing_handler_is_redelivered_then_handed_off_with_original_byte
     await runner.provision()
     await runner.provision()  # idempotent
     published = await publisher.publish(po_published("P-1", payload=types_pb2.ObjectRef(object_key="payload")))
-    original = await EventReader(requests_of(js), namespace).at("po", published.sequence)
+    original = await reader.at("po", published.sequence)
     runner.start()
     try:
 
