@@ -104,9 +104,6 @@ class ConsumerSpec:
     # whose outcome does not depend on the order it sees messages in (each decision guarded by its object's subject
     # sequence).
     concurrent: bool = False
-    # Whether this process already did, another way, what the handler would do for the message at a stream sequence
-    # (asked once, on its first delivery): such a message is acknowledged at once, nothing parsed, no span.
-    done_here: Callable[[int], bool] | None = None
 
 
 # A message handled within this many seconds of being stored, on its first delivery, is handled "at once": its consumer
@@ -362,9 +359,6 @@ class ConsumerRunner:
     async def _process(self, message: Msg) -> None:
         metadata = message.metadata
         delivered = metadata.num_delivered
-        if delivered == 1 and self._spec.done_here is not None and self._spec.done_here(metadata.sequence.stream):
-            await message.ack()
-            return
         max_deliver, backoff = self._retry(self._spec.name)
         if delivered > 1 and self._metrics is not None:
             self._metrics.redeliveries.add(1, self._labels)

@@ -9,27 +9,26 @@ so a redelivered event, or one that changes nothing an invoice reads, appends no
 raises its reasons' exceptions (ids derived from the new match event).
 
 Invoices in flight at once: two submissions on one PO line (or of one supplier) matched at the same instant, on
-two replicas or two requests of one, may each be matched without the other. A third durable consumer, of this
-service's own ``submitted`` events, closes that: once the ledger has read the invoice stream up to the invoice
-(every replica reads every invoice), an invoice whose match read the stream to a point before an invoice that
-counts for it (recorded earlier, on one of its PO lines or of its supplier: ``InvoiceLedger.missed``) is re-matched.
-It is the later of the two that is re-matched, so whichever append the stream took first keeps its match, and an
-append that lands long after its match was computed is still caught (its own event is consumed after it). Every
-re-match waits until the ledger has read the stream up to the invoice's submission, so it counts every invoice
-recorded before it, whichever replica recorded them.
+two replicas or two requests of one, may each be matched without the other. What follows each submission's append
+(:meth:`Rematcher.settle`, run for every submission by settlement.py) closes that: once the ledger has read the
+invoice stream up to the invoice (every replica reads every invoice), an invoice whose match read the stream to a
+point before an invoice that counts for it (recorded earlier, on one of its PO lines or of its supplier:
+``InvoiceLedger.missed``) is re-matched. It is the later of the two that is re-matched, so whichever append the
+stream took first keeps its match, and an append that lands long after its match was computed is still caught.
+Every re-match waits until the ledger has read the stream up to the invoice's submission, so it counts every
+invoice recorded before it, whichever replica recorded them.
 
 Two replicas re-matching one invoice at once (each woken by another event) may each have read a fact the other had
 not: ``decide`` refuses the one whose facts are older on some fact than the match recorded (``STALE_FACTS``), and it
 is matched again once the ledger has read the invoice stream as far as the match recorded (a few times, then the
-message is delivered again), so the match in force is never replaced by one that missed a receipt.
+message is delivered again, or the settlement tried again), so the match in force is never replaced by one that
+missed a receipt.
 
-The same consumer raises the exceptions of a submission that blocked (the request that appended it may have died
+The same settlement raises the exceptions of a submission that blocked (the request that appended it may have died
 before raising them; the ids derive from the match event, so raising again stores nothing twice), and re-matches the
 invoice a credit note credits (the credit note counts for it). Most submissions need none of it: a request that raised
 its block, whose ledger had read every event before its submission when it ended, and whose match missed nothing
-(nor credits anything) has done what the consumer would; the consumer acknowledges that submission's first delivery
-unhandled (``Rematcher.submitted_here``, ``ConsumerSpec.done_here``). Anything else, a redelivery, or a delivery to
-another replica is handled in full.
+(nor credits anything) has done it all (:meth:`Rematcher.settled_by_request`).
 """
 
 from __future__ import annotations
@@ -60,9 +59,6 @@ READ_UP_TO_SECONDS = 10.0
 # How many times a re-match refused for stale facts (another replica recorded a match on facts it had not read) is
 # matched again before the message is delivered again.
 STALE_ATTEMPTS = 3
-# Submissions whose consumer's work their request did (Rematcher.submitted_here), remembered until their delivery:
-# a delivery taken by another replica's consumer leaves its entry here, the oldest forgotten past this many.
-SETTLED_HERE_KEPT = 10_000
 
 
 class Rematcher:
@@ -81,26 +77,16 @@ class Rematcher:
         self._ledger = ledger
         self._blocking = blocking
         self._policy = policy
-        self._settled_here: dict[int, None] = {}  # submission sequences, oldest first
 
-    def submitted_here(self, invoice_id: str, sequence: int) -> None:
-        """The request that appended ``invoice_id``'s submission at ``sequence`` has raised its block, if any. When
-        the ledger has read every event before it (so :meth:`InvoiceLedger.missed` is final) and it missed nothing,
-        nor credits another invoice, the consumer of submissions has nothing left to do for it: its first delivery is
-        acknowledged unhandled (:meth:`done_here`). Otherwise, or when this process dies first, or the delivery goes
-        to another replica, the consumer does it all."""
+    def settled_by_request(self, invoice_id: str, sequence: int) -> bool:
+        """Whether the request that appended ``invoice_id``'s submission at ``sequence``, having raised its block if
+        any, did everything :meth:`settle` would: the ledger has read every event before it (so
+        :meth:`InvoiceLedger.missed` is final), it missed nothing, credits no invoice, and nothing was appended to
+        it since."""
         if self._ledger.read_through < sequence or self._ledger.missed(invoice_id):
-            return
+            return False
         state = self._ledger.state_of(invoice_id)
-        if state.submitted is None or state.submitted.invoice.credit_note or state.sequence != sequence:
-            return
-        self._settled_here[sequence] = None
-        if len(self._settled_here) > SETTLED_HERE_KEPT:
-            del self._settled_here[next(iter(self._settled_here))]
-
-    def done_here(self, sequence: int) -> bool:
-        """The consumer of submissions asks this at each first delivery (``ConsumerSpec.done_here``)."""
-        return self._settled_here.pop(sequence, 0) is None
+        return state.submitted is not None and not state.submitted.invoice.credit_note and state.sequence == sequence
 
     async def on_receipt(self, stored: StoredEvent) -> None:
         await self.order_changed(stored.envelope.object_key)
@@ -109,10 +95,11 @@ class Rematcher:
         if stored.subject.rsplit(".", 1)[-1] in PO_VERSION_EVENTS:
             await self.order_changed(stored.envelope.object_key)
 
-    async def on_invoice(self, stored: StoredEvent) -> None:
-        """An invoice recorded: re-match it if its match was computed without an invoice recorded before it, else
-        raise the exceptions of the block in force (the request that appended it may have died before raising
-        them); a credit note re-matches the invoice it credits. A re-match that blocked: raise its block."""
+    async def settle(self, stored: StoredEvent) -> None:
+        """What follows an invoice's submission or a re-match's block (settlement.py). A submission: re-match it if
+        its match was computed without an invoice recorded before it, else raise the exceptions of the block in force
+        (the request that appended it may have died before raising them); a credit note re-matches the invoice it
+        credits. A re-match that blocked: raise its block."""
         if stored.subject.rsplit(".", 1)[-1] == events.BLOCKED:
             await self._raise_rematch_block(stored)
             return
@@ -211,12 +198,4 @@ def consumers(rematcher: Rematcher) -> tuple[ConsumerSpec, ...]:
     return (
         ConsumerSpec("invoice-status-rematch-receipts", RECEIPT_DOMAIN, "receipt.*.reconciled", rematcher.on_receipt),
         ConsumerSpec("invoice-status-rematch-orders", PO_DOMAIN, "po.>", rematcher.on_order),
-        ConsumerSpec(
-            "invoice-status-rematch-invoices",
-            events.DOMAIN,
-            f"{events.DOMAIN}.*.{events.SUBMITTED}",
-            rematcher.on_invoice,
-            filters=(f"{events.DOMAIN}.*.{events.SUBMITTED}", f"{events.DOMAIN}.*.{events.BLOCKED}"),
-            done_here=rematcher.done_here,
-        ),
     )

@@ -67,7 +67,8 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         policy: Callable[[], Policy],
         submitted_here: Callable[[str, int], None],
     ) -> None:
-        self._submitted_here = submitted_here  # the re-match consumer's work for a submission, done by its request
+        # Told when a submission's request has raised its block: what follows the append is settled (settlement.py).
+        self._submitted_here = submitted_here
         self._commands = commands
         self._matcher = matcher
         self._suppliers = suppliers

@@ -12,10 +12,11 @@ from libs.runtime.streams import AUDIT_INBOX, EXCEPTION, INVOICE, PO, RECEIPT, S
 from services.invoice_status import decider, domain, events
 from services.invoice_status.domain import Reason
 from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines, SupplierStates
-from services.invoice_status.findings import BlockingExceptions, ClearedReasons, TailExceptions
+from services.invoice_status.findings import TAIL_ON_START, BlockingExceptions, ClearedReasons, TailExceptions
 from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
+from services.invoice_status.settlement import SETTLE_SECONDS, Settlements
 from services.invoice_status.store import (
     FOLLOW_FLUSH_SECONDS,
     FOREIGN_READ_SECONDS,
@@ -45,6 +46,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         state = ledger.state_of(stored.envelope.object_key)
         tail.followed(stored.envelope.object_key, state, stored.sequence)
         cleared.followed(stored.envelope.object_key, state, stored.sequence)
+        settlements.followed(stored)
 
     ledger = InvoiceLedger(on_read)
     blocked = BlockedInvoices(rt.redis, rt.namespace.redis_key(name, "blocked"))
@@ -62,13 +64,21 @@ def wire(rt: Runtime[Settings]) -> Service:
     # Caught up at start by the follower, then only other writers' events are read back (ForeignEvents).
     invoice_follower = StreamFollower(rt.js, rt.namespace, events.DOMAIN, ledger.follow)
     foreign = ForeignEvents(rt.reader, events.DOMAIN, ledger)
+    settlements = Settlements(
+        lambda stored: rematcher.settle(stored),
+        lambda sequence: rt.reader.at(events.DOMAIN, sequence),
+        lambda: ledger.read_through,
+        lambda: rt.reader.last_sequence(events.DOMAIN),
+        TAIL_ON_START,
+    )
     commands = CommandHandler(
         InvoiceLog(rt.publisher, rt.reader, ledger),
         initial=decider.InvoiceState(),
         evolve=decider.evolve,
         size_of=size_of,
         cache_bytes=rt.settings.state_cache_mb * 1024 * 1024,
-        projections=(ledger, blocked, cleared),
+        # Settlements notes an own submission before anything after its append is awaited.
+        projections=(ledger, settlements, blocked, cleared),
         claims=rt.idempotency_store(name),
         name="invoice",
     )
@@ -86,7 +96,9 @@ def wire(rt: Runtime[Settings]) -> Service:
         rt.exceptions,
         blocking,
         policy,
-        rematcher.submitted_here,
+        lambda invoice_id, sequence: settlements.request_ended(
+            sequence, settled=rematcher.settled_by_request(invoice_id, sequence)
+        ),
     )
     rt.metrics.expect_duplicates(domain.OBJECT_TYPE)
     gauges = PolledGauges(rt.telemetry.meter)
@@ -127,25 +139,30 @@ def wire(rt: Runtime[Settings]) -> Service:
         # again; suppliers' states and every invoice recorded so far are followed into memory, caught up before
         # serving.
         # The blocking matches among the newest invoice events raise their exceptions again (a process killed between
-        # an append and its raises), and the reasons those events ended are cleared again.
+        # an append and its raises), the reasons those events ended are cleared again, and what follows those events
+        # is settled again (settlement.py).
         startup=[
             read_models.start,
             supplier_follower.start,
             tail.begin,
             cleared.begin,
+            settlements.begin,
             invoice_follower.start,
             invoice_follower.stop,
+            settlements.started,
             tail.raise_all,
             cleared.start,
             gauges.refresh,
         ],
         # The blocked list notices a lost Valkey (or a failed write) and rebuilds while serving; what the follower
-        # folded of other replicas' appends is written to it.
+        # folded of other replicas' appends is written to it; what follows a submission that its request did not
+        # settle is settled.
         periodic=[
             (rt.settings.read_model_check_seconds, read_models.check),
             (FOREIGN_READ_SECONDS, foreign.tick),
             (FOLLOW_FLUSH_SECONDS, read_models.flush),
             (FOLLOW_FLUSH_SECONDS, cleared.flush),
+            (SETTLE_SECONDS, settlements.tick),
             gauges.periodic,
         ],
         # Receipts and PO versions re-match the invoices waiting on their PO (after the followers caught up).

@@ -1,18 +1,19 @@
 """invoice-status: two invoices of one PO line in flight at once, against real nats-server and valkey.
 
 Each submission is matched against the invoices recorded when its match read the ledger; two submitted at the same
-instant may each be matched without the other. The durable consumer of the service's own ``submitted`` events
-(rematch.py) re-matches the one the stream recorded later once every replica can see both.
+instant may each be matched without the other. What follows each submission's append (settlement.py, rematch.py)
+re-matches the one the stream recorded later once the ledger has read both: the request that appended it, or, when
+it could not, the settlement of its own replica or of every other one.
 
 Two replicas of invoice-status share the stream and the durable consumers, as on Kubernetes. The first test sends
 each invoice to a different replica, both at once (whether the two matches overlap is up to the scheduler, so its
 outcome, not the overlap, is asserted); the second records the later invoice exactly as a replica that had not read
 the earlier one yet records it, so the overlap is certain.
 
-The same consumer raises a blocked submission's exceptions when the request that appended it never did (the process
-died in between), and re-matches the invoice a credit note credits. The last tests drive the Rematcher alone (its
-command handler and matcher in memory): two replicas re-matching one invoice at once, each having read a fact the
-other had not.
+The same settlement raises a blocked submission's exceptions when the request that appended it never did (the
+process died in between, or its raise failed), and re-matches the invoice a credit note credits. The last tests
+drive the Rematcher alone (its command handler and matcher in memory): two replicas re-matching one invoice at once,
+each having read a fact the other had not.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any, cast
 
+import grpc
 import pytest
 
 from libs.runtime.commands import Outcome
@@ -31,7 +33,7 @@ from libs.runtime.decider import Recorded, Refusal
 from libs.runtime.events import StoredEvent, content_sha256
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
-from services.invoice_status import events, mapping, rematch
+from services.invoice_status import events, findings, mapping, rematch
 from services.invoice_status.decider import (
     INITIAL,
     Blocked,
@@ -177,6 +179,39 @@ async def test_a_blocked_submission_whose_request_raised_nothing_has_its_excepti
     assert list(blocked.exception_ids) == [e.exception_id for e in raised]  # the ids the status names
 
 
+async def test_a_blocked_submission_whose_own_request_failed_to_raise_is_raised_by_its_replica(
+    invoice_stack, js, monkeypatch
+):
+    """One replica: the request's raise fails after the append (the broker briefly unreachable for the exception
+    stream); no other replica reads the submission as another writer's. Its own replica's settlement raises it."""
+    _, receipts, stub, settings = invoice_stack
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    real_raise = findings.BlockingExceptions.raise_for
+    failed: list[str] = []
+
+    async def raise_once_failing(self, invoice_id, state, match_sequence):
+        if not failed:
+            failed.append(invoice_id)
+            raise ConnectionError("the exception stream is briefly unreachable")
+        await real_raise(self, invoice_id, state, match_sequence)
+
+    monkeypatch.setattr(findings.BlockingExceptions, "raise_for", raise_once_failing)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.SubmitInvoice(invoice("INV-R", "R-1", quantity="6"), metadata=PROCUREMENT)
+    assert failed == ["INV-R"]
+    namespace = Namespace(settings.namespace)
+
+    async def raised():
+        return [e for e in await raised_exceptions(js, namespace) if e.object.object_key == "INV-R"]
+
+    found = await eventually(raised)
+    assert [e.type for e in found] == [exception_pb2.EXCEPTION_TYPE_QUANTITY_VARIANCE]
+    status = (
+        await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-R"), metadata=PROCUREMENT)
+    ).status
+    assert list(status.exception_ids) == [e.exception_id for e in found]
+
+
 def _credit_note(
     invoice_id: str, number: str, credited: str, quantity: str
 ) -> invoice_service_pb2.SubmitInvoiceRequest:
@@ -305,7 +340,8 @@ async def test_a_rematch_stale_every_time_is_delivered_again(monkeypatch):
 
 
 def _without_consumers(rt: Any) -> Any:
-    """invoice-status with no consumer: what raises a match's exceptions is the request or the start-up alone."""
+    """invoice-status with no consumer: what raises a match's exceptions is the request, the start-up or the
+    settlement (which waits SETTLE_AFTER_SECONDS, longer than the first process below lives)."""
     return replace(wire_invoices(rt), consumers=())
 
 
@@ -392,9 +428,9 @@ async def test_a_block_the_receipt_ends_has_its_exception_cleared_and_a_new_bloc
         assert (await the_exception(exception_pb2.EXCEPTION_STATE_RESOLVED)).exception_id == opened.exception_id
 
 
-async def test_the_invoices_consumer_raises_a_submissions_block_that_a_re_match_ended_since(monkeypatch):
+async def test_the_settlement_raises_a_submissions_block_that_a_re_match_ended_since(monkeypatch):
     """A submission that blocked (awaiting_receipt, sequence 1) whose request's raise failed, matched since by a
-    re-match (sequence 3): the consumer of submitted events raises the submission's own block — nothing else would —
+    re-match (sequence 3): its settlement raises the submission's own block — nothing else would —
     with the id of its event, so a raise stored before stores nothing twice."""
     from libs.runtime.events import build_envelope, now_timestamp
 
@@ -406,14 +442,14 @@ async def test_the_invoices_consumer_raises_a_submissions_block_that_a_re_match_
     stored = StoredEvent(
         "SG_INVOICE", 1, f"sg.invoice.{UNIT_INVOICE.invoice_id}.submitted", {}, envelope.SerializeToString(), envelope
     )
-    await rematcher.on_invoice(stored)
+    await rematcher.settle(stored)
     raised = cast(Any, rematcher)._blocking.calls
     assert raised == [(UNIT_INVOICE.invoice_id, 1)]
 
 
-async def test_the_invoices_consumer_raises_a_re_matchs_block_that_a_later_match_ended(monkeypatch):
+async def test_the_settlement_raises_a_re_matchs_block_that_a_later_match_ended(monkeypatch):
     """A re-match blocked the invoice (price_variance, sequence 2) and its raise failed; a later re-match matched it
-    (sequence 3) before the message came back. The consumer of blocked events raises that block — read from the
+    (sequence 3) before its settlement came. The settlement of the blocked event raises that block — read from the
     invoice's history up to the event — with the event's id, so a raise stored before stores nothing twice."""
     from libs.runtime.events import build_envelope, now_timestamp
 
@@ -433,5 +469,5 @@ async def test_the_invoices_consumer_raises_a_re_matchs_block_that_a_later_match
 
     rematcher, _, _ = _rematcher(monkeypatch, _Matches((UNIT_MATCHED, FRESH)))
     cast(Any, rematcher)._history = invoice_history
-    await rematcher.on_invoice(history[1])
+    await rematcher.settle(history[1])
     assert cast(Any, rematcher)._blocking.calls == [(UNIT_INVOICE.invoice_id, 2)]

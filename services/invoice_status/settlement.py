@@ -1,0 +1,152 @@
+"""What follows a submission's append, done for every submission whichever process appended it, without a
+durable consumer delivering each one back.
+
+After a submission is appended, its request raises the exceptions of its block and, when the ledger has read the
+stream up to it, knows whether its match missed an invoice recorded just before it (:meth:`InvoiceLedger.missed`)
+and whether it is a credit note (whose credited invoice is re-matched). When it did everything that applies, the
+submission is settled. What the request could not settle (its ledger had not read that far, it missed an invoice,
+it credits one, its raise failed, it was cancelled or the process died after the append) is settled by
+:meth:`Rematcher.settle`, which is idempotent: an exception's id derives from its match event, and a re-match that
+changes nothing appends nothing.
+
+Who settles what, :class:`Settlements`:
+
+- **This process's own submissions** are noted as their append is acknowledged (the command handler's projection
+  hook, before anything else is awaited) and forgotten when their request settles them; one the request could not
+  settle is settled by the periodic job once the ledger has read the stream up to it, and one whose request never
+  ended (cancelled, or its process killed) :data:`SETTLE_AFTER_SECONDS` after its append. An append whose
+  acknowledgment never came is not this process's to the ledger: it is read back as another writer's.
+- **Every other writer's submissions and re-match blocks** reach every replica's ledger (the follower at start, then
+  the reading back of what the ledger lacks, :class:`~libs.runtime.follower.ForeignEvents`): each replica settles
+  each of them :data:`SETTLE_AFTER_SECONDS` after reading it, so a replica that died between an append and its
+  raise leaves nothing unsettled while another replica runs. For a submission that matched, missed nothing and
+  credits nothing, that is a few dictionary lookups and a parse of the event: nothing is written.
+- **At start**, the newest events (the same tail :class:`~services.invoice_status.findings.TailExceptions` raises
+  again) are settled once the follower caught up: with every replica down nothing is appended, so what a process
+  that died left unsettled is among them.
+
+A settlement that fails (the broker unreachable, a re-match refused as stale every time) stays pending and is tried
+again after a growing pause (:data:`RETRY_AFTER_SECONDS`), logged each time; nothing is dropped.
+
+This replaced a durable consumer of the service's own ``submitted`` and ``blocked`` events, whose delivery of each
+submission back to its own process, even acknowledged unhandled, cost about a tenth of a submission's CPU
+(docs/decisions.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from libs.runtime.decider import Recorded
+from libs.runtime.events import StoredEvent
+from services.invoice_status import events
+from services.invoice_status.decider import InvoiceEvent, InvoiceState, InvoiceSubmitted
+
+log = logging.getLogger(__name__)
+
+# How long after reading another writer's event (or appending its own submission) a replica settles it: the request
+# that appended it settles it first.
+SETTLE_AFTER_SECONDS = 2.0
+# The periodic job's interval.
+SETTLE_SECONDS = 0.25
+# The pauses before a failed settlement is tried again (the last repeats).
+RETRY_AFTER_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+SETTLED_EVENTS = frozenset({events.SUBMITTED, events.BLOCKED})
+
+
+@dataclass(slots=True)
+class Unsettled:
+    invoice_id: str
+    stored: StoredEvent | None  # None: this process's own append, read from the stream when due
+    due_at: float
+    failures: int = 0
+
+
+class Settlements:
+    def __init__(
+        self,
+        settle: Callable[[StoredEvent], Awaitable[None]],
+        read: Callable[[int], Awaitable[StoredEvent]],
+        read_through: Callable[[], int],
+        newest: Callable[[], Awaitable[int]],
+        tail: int,
+        *,
+        grace: float = SETTLE_AFTER_SECONDS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._settle = settle  # Rematcher.settle
+        self._read = read  # the invoice stream's event at a sequence
+        self._read_through = read_through  # the ledger's
+        self._newest = newest  # the invoice stream's last sequence
+        self._tail = tail
+        self._grace = grace
+        self._clock = clock
+        self._after: int | None = None  # while the start-up replay runs: only later events are noted
+        self.pending: dict[int, Unsettled] = {}
+
+    async def begin(self) -> None:
+        """Before the follower starts: which events are the tail."""
+        self._after = max(0, await self._newest() - self._tail)
+
+    async def started(self) -> None:
+        """After the follower caught up: every event read from now on is noted."""
+        self._after = None
+
+    def followed(self, stored: StoredEvent) -> None:
+        """An event the ledger read (the start-up replay's tail, or another writer's)."""
+        if stored.subject.rsplit(".", 1)[-1] not in SETTLED_EVENTS:
+            return
+        if self._after is not None and stored.sequence <= self._after:
+            return
+        due_at = self._clock() + (0.0 if self._after is not None else self._grace)
+        self.pending.setdefault(stored.sequence, Unsettled(stored.envelope.object_key, stored, due_at))
+
+    async def applied(
+        self, key: str, state: InvoiceState, sequence: int, recorded: Recorded[InvoiceEvent] | None
+    ) -> None:
+        """The command handler's projection hook: this process appended a submission, pending until its request
+        settles it (a re-match's own block is raised by the re-match, again on its trigger's redelivery)."""
+        if recorded is not None and isinstance(recorded.event, InvoiceSubmitted):
+            self.pending.setdefault(recorded.sequence, Unsettled(key, None, self._clock() + self._grace))
+
+    def request_ended(self, sequence: int, *, settled: bool) -> None:
+        """The request that appended the submission at ``sequence`` ended: it settled it, or left it to the
+        periodic job, now."""
+        if settled:
+            self.pending.pop(sequence, None)
+            return
+        unsettled = self.pending.get(sequence)
+        if unsettled is not None and not unsettled.failures:
+            unsettled.due_at = self._clock()
+
+    async def tick(self) -> None:
+        """Settle what is due, oldest first, up to where the ledger has read the stream."""
+        now = self._clock()
+        reach = self._read_through()
+        for sequence in sorted(self.pending):
+            if sequence > reach:
+                break
+            unsettled = self.pending.get(sequence)
+            if unsettled is None or unsettled.due_at > now:
+                continue
+            try:
+                stored = unsettled.stored if unsettled.stored is not None else await self._read(sequence)
+                await self._settle(stored)
+            except Exception as error:
+                unsettled.failures += 1
+                pause = RETRY_AFTER_SECONDS[min(unsettled.failures, len(RETRY_AFTER_SECONDS)) - 1]
+                unsettled.due_at = self._clock() + pause
+                log.warning(
+                    "invoice %s: what follows its event at sequence %s is not done yet (%r, failure %s); "
+                    "trying again in %ss",
+                    unsettled.invoice_id,
+                    sequence,
+                    error,
+                    unsettled.failures,
+                    pause,
+                )
+                continue
+            self.pending.pop(sequence, None)

@@ -1,0 +1,203 @@
+"""What follows a submission's append: which submissions their request settled (Rematcher.settled_by_request), and
+who settles the rest when (Settlements), on a clock the tests move. No sockets: a settlement here records what it was
+given; against real servers it is tests/integration/test_invoice_rematch.py."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import pytest
+
+from libs.runtime.decider import Recorded
+from libs.runtime.events import StoredEvent
+from services.invoice_status.decider import InvoiceEvent, InvoiceState, Released
+from services.invoice_status.facts import InvoiceLedger
+from services.invoice_status.rematch import Rematcher
+from services.invoice_status.settlement import RETRY_AFTER_SECONDS, SETTLE_AFTER_SECONDS, Settlements
+from syncgov.common.v1 import envelope_pb2
+from tests.unit.invoice_status.builders import invoice, line
+from tests.unit.invoice_status.test_facts import matched_with
+
+
+def _rematcher(ledger: InvoiceLedger) -> Rematcher:
+    unused = cast(Any, None)  # the commands, the matcher, the raising and the policy: not asked here
+    return Rematcher(unused, unused, ledger, unused, unused, unused)
+
+
+def test_a_submission_that_missed_nothing_is_settled_by_its_request():
+    ledger = InvoiceLedger()
+    ledger.fold("I-1", matched_with(1, invoice(line(quantity="4"), invoice_id="I-1", number="A-1"), 0))
+    ledger.fold("I-2", matched_with(2, invoice(line(quantity="4"), invoice_id="I-2", number="A-2"), 1))
+    assert _rematcher(ledger).settled_by_request("I-2", 2)
+
+
+def test_what_a_request_cannot_settle_is_left_to_the_settlement():
+    ledger = InvoiceLedger()
+    ledger.fold("I-1", matched_with(1, invoice(line(quantity="4"), invoice_id="I-1", number="A-1"), 0))
+    # I-2 was matched at the same instant as I-1, without it: it is re-matched.
+    ledger.fold("I-2", matched_with(2, invoice(line(quantity="4"), invoice_id="I-2", number="A-2"), 0))
+    credit_note = invoice(line(quantity="1"), invoice_id="C-1", number="CN-1", credit_note=True, credits="I-1")
+    ledger.fold("C-1", matched_with(3, credit_note, 2))  # the invoice it credits is re-matched
+    ledger.fold("I-4", matched_with(4, invoice(line(po="PO-4"), invoice_id="I-4", number="A-4"), 3))
+    ledger.fold("I-4", Recorded(Released("someone", "checked", ()), 5, "e5", 5, "k5", "invoice-status"))
+    rematcher = _rematcher(ledger)
+    assert not rematcher.settled_by_request("I-2", 2)
+    assert not rematcher.settled_by_request("C-1", 3)
+    assert not rematcher.settled_by_request("I-4", 4)  # appended to since: the state is not the submission's
+    assert not rematcher.settled_by_request("I-9", 9)  # the ledger has not read the stream up to it
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class _World:
+    """Settlements with a clock, a ledger position and a stream the test sets; what it settled, in order."""
+
+    def __init__(self, newest: int = 0, tail: int = 1_000) -> None:
+        self.clock = _Clock()
+        self.read_through = 0
+        self.newest = newest
+        self.settled: list[int] = []
+        self.read_back: list[int] = []
+        self.failing: set[int] = set()
+        self.settlements = Settlements(
+            self._settle, self._read, lambda: self.read_through, self._newest, tail, clock=self.clock
+        )
+
+    async def _settle(self, stored: StoredEvent) -> None:
+        if stored.sequence in self.failing:
+            raise ConnectionError("the broker is unreachable")
+        self.settled.append(stored.sequence)
+
+    async def _read(self, sequence: int) -> StoredEvent:
+        self.read_back.append(sequence)
+        return stored_event(sequence, "submitted")
+
+    async def _newest(self) -> int:
+        return self.newest
+
+    async def own_submission(self, sequence: int) -> None:
+        recorded = matched_with(sequence, invoice(line(), invoice_id=f"I-{sequence}"), sequence - 1)
+        await self.settlements.applied(f"I-{sequence}", cast(InvoiceState, None), sequence, recorded)
+
+
+def stored_event(sequence: int, name: str, invoice_id: str = "") -> StoredEvent:
+    invoice_id = invoice_id or f"I-{sequence}"
+    envelope = envelope_pb2.EventEnvelope(object_key=invoice_id)
+    return StoredEvent("SG_INVOICE", sequence, f"sg.invoice.{invoice_id}.{name}", {}, b"", envelope)
+
+
+async def test_an_own_submission_its_request_settled_is_not_settled_again():
+    world = _World()
+    await world.own_submission(1)
+    world.settlements.request_ended(1, settled=True)
+    world.read_through = 1
+    world.clock.now += 10 * SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    assert world.settled == []
+    assert world.settlements.pending == {}
+
+
+async def test_an_own_submission_its_request_left_unsettled_is_settled_once_the_ledger_read_up_to_it():
+    world = _World()
+    await world.own_submission(3)
+    world.settlements.request_ended(3, settled=False)
+    world.read_through = 2
+    await world.settlements.tick()
+    assert world.settled == []  # missed() is not final before the ledger read the stream up to it
+    world.read_through = 3
+    await world.settlements.tick()
+    assert (world.settled, world.read_back) == ([3], [3])  # read from the stream: the process kept nothing of it
+    await world.settlements.tick()
+    assert world.settled == [3]
+
+
+async def test_an_own_submission_whose_request_never_ended_is_settled_after_the_grace():
+    world = _World()
+    await world.own_submission(1)  # the request was cancelled after the append, before raising its block
+    world.read_through = 1
+    world.clock.now += SETTLE_AFTER_SECONDS / 2
+    await world.settlements.tick()
+    assert world.settled == []  # its request may still be raising
+    world.clock.now += SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    assert world.settled == [1]
+
+
+async def test_a_re_matchs_own_event_or_a_replay_is_not_noted():
+    world = _World()
+    replayed = None
+    await world.settlements.applied("I-1", cast(InvoiceState, None), 1, replayed)
+    released: Recorded[InvoiceEvent] = Recorded(Released("someone", "ok", ()), 2, "e2", 2, "k2", "invoice-status")
+    await world.settlements.applied("I-1", cast(InvoiceState, None), 2, released)
+    assert world.settlements.pending == {}
+
+
+async def test_another_writers_submissions_and_blocks_are_settled_after_the_grace_oldest_first():
+    world = _World()
+    for sequence, name in ((5, "blocked"), (4, "submitted"), (6, "matched"), (7, "released")):
+        world.settlements.followed(stored_event(sequence, name))
+    world.read_through = 7
+    await world.settlements.tick()
+    assert world.settled == []  # its own request settles it first
+    world.clock.now += SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    assert world.settled == [4, 5]  # a re-match's match or a release needs nothing after it
+    assert world.read_back == []  # read already: kept as read
+
+
+async def test_a_failed_settlement_stays_pending_and_is_tried_again_after_a_pause(caplog):
+    world = _World()
+    world.settlements.followed(stored_event(1, "submitted"))
+    world.settlements.followed(stored_event(2, "submitted"))
+    world.read_through = 2
+    world.failing = {1}
+    world.clock.now += SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    assert world.settled == [2]  # one failing holds up no other
+    assert world.settlements.pending[1].failures == 1
+    assert "failure 1" in caplog.text
+    world.failing = set()
+    world.clock.now += RETRY_AFTER_SECONDS[0] / 2
+    await world.settlements.tick()
+    assert world.settled == [2]
+    world.clock.now += RETRY_AFTER_SECONDS[0]
+    await world.settlements.tick()
+    assert world.settled == [2, 1]
+    assert world.settlements.pending == {}
+
+
+@pytest.mark.parametrize("failures", [1, 3, 20])
+async def test_the_pause_grows_with_the_failures_up_to_the_last(failures):
+    world = _World()
+    world.settlements.followed(stored_event(1, "submitted"))
+    world.read_through = 1
+    world.failing = {1}
+    world.clock.now += SETTLE_AFTER_SECONDS
+    for _ in range(failures):
+        await world.settlements.tick()
+        world.clock.now = world.settlements.pending[1].due_at
+    unsettled = world.settlements.pending[1]
+    assert unsettled.failures == failures
+    world.settlements.request_ended(1, settled=False)  # a failing one keeps its pause
+    assert unsettled.due_at == world.clock.now
+
+
+async def test_at_start_the_tail_is_settled_at_once_and_what_comes_after_it_after_the_grace():
+    world = _World(newest=10, tail=3)
+    await world.settlements.begin()
+    for sequence in range(1, 11):  # the follower's replay
+        world.settlements.followed(stored_event(sequence, "submitted"))
+    await world.settlements.started()
+    world.settlements.followed(stored_event(11, "submitted"))  # another replica's, read after the start
+    world.read_through = 11
+    await world.settlements.tick()
+    assert world.settled == [8, 9, 10]
+    world.clock.now += SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    assert world.settled == [8, 9, 10, 11]
