@@ -70,8 +70,10 @@ class Rematcher:
         blocking: BlockingExceptions,
         policy: Callable[[], Policy],
         history: Callable[[str], Awaitable[list[StoredEvent]]],
+        settled: Callable[[str, int], None] = lambda invoice_id, sequence: None,
     ) -> None:
         self._history = history  # an invoice's events, oldest first, from the stream
+        self._settled = settled  # a re-match's block at this sequence is raised (settlement.py)
         self._commands = commands
         self._matcher = matcher
         self._ledger = ledger
@@ -185,6 +187,9 @@ class Rematcher:
         # from the match event, so raising again stores nothing twice.
         if result.state.status is InvoiceStatus.BLOCKED and result.state.exceptions_sequence:
             await self._blocking.raise_for(invoice_id, result.state, result.state.exceptions_sequence)
+            self._settled(invoice_id, result.state.exceptions_sequence)
+        if result.recorded is not None:  # a block the release in force covers raises nothing
+            self._settled(invoice_id, result.recorded.sequence)
 
     async def _read_up_to(self, sequence: int) -> None:
         try:

@@ -115,8 +115,12 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         )
         outcome = await self._outcome(invoice.invoice_id, result, context)
         await self._raise_blocking(invoice.invoice_id, outcome)
-        if not outcome.replayed:
-            self._submitted_here(invoice.invoice_id, outcome.state.sequence)
+        # A replay settles again what follows the submission: the request that appended it may have died first.
+        submission = (
+            outcome.state.sequence if not outcome.replayed else self._ledger.first_sequence.get(invoice.invoice_id)
+        )
+        if submission:
+            self._submitted_here(invoice.invoice_id, submission)
         return invoice_service_pb2.SubmitInvoiceResponse(status=mapping.status_message(outcome.state))
 
     async def GetInvoice(

@@ -11,22 +11,27 @@ changes nothing appends nothing.
 
 Who settles what, :class:`Settlements`:
 
-- **This process's own submissions** are noted as their append is acknowledged (the command handler's projection
-  hook, before anything else is awaited) and forgotten when their request settles them; one the request could not
-  settle is settled by the periodic job once the ledger has read the stream up to it, and one whose request never
-  ended (cancelled, or its process killed) :data:`SETTLE_AFTER_SECONDS` after its append. An append whose
-  acknowledgment never came is not this process's to the ledger: it is read back as another writer's.
+- **This process's own submissions and re-match blocks** are noted as their append is acknowledged (the command
+  handler's projection hook, before anything else is awaited) and forgotten when their request, or the re-match,
+  settles them; one the request could not settle is settled by the periodic job once the ledger has read the stream
+  up to it, and one whose request or re-match never ended (cancelled, its raise failed, its process killed)
+  :data:`SETTLE_AFTER_SECONDS` after its append. A replayed submission is settled again (its first request may have
+  died before settling it). An append whose acknowledgment never came is not this process's to the ledger: it is
+  read back as another writer's.
 - **Every other writer's submissions and re-match blocks** reach every replica's ledger (the follower at start, then
   the reading back of what the ledger lacks, :class:`~libs.runtime.follower.ForeignEvents`): each replica settles
   each of them :data:`SETTLE_AFTER_SECONDS` after reading it, so a replica that died between an append and its
   raise leaves nothing unsettled while another replica runs. For a submission that matched, missed nothing and
   credits nothing, that is a few dictionary lookups and a parse of the event: nothing is written.
 - **At start**, the newest events (the same tail :class:`~services.invoice_status.findings.TailExceptions` raises
-  again) are settled once the follower caught up: with every replica down nothing is appended, so what a process
-  that died left unsettled is among them.
+  again), at once after the follower caught up: what a process that died left unsettled is among the events it
+  appended last, unless its settlement kept failing while a tail's worth of events were appended after it
+  (docs/decisions.md). Events older than the tail read later (a catch-up at start that timed out, finished by the
+  reading back) are not settled again.
 
 A settlement that fails (the broker unreachable, a re-match refused as stale every time) stays pending and is tried
-again after a growing pause (:data:`RETRY_AFTER_SECONDS`), logged each time; nothing is dropped.
+again after a growing pause (:data:`RETRY_AFTER_SECONDS`), logged each time; nothing is dropped. Settlements waiting
+for the ledger to read the stream up to them for longer than :data:`STALLED_AFTER_SECONDS` are logged too.
 
 This replaced a durable consumer of the service's own ``submitted`` and ``blocked`` events, whose delivery of each
 submission back to its own process, even acknowledged unhandled, cost about a tenth of a submission's CPU
@@ -43,7 +48,7 @@ from dataclasses import dataclass
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent
 from services.invoice_status import events
-from services.invoice_status.decider import InvoiceEvent, InvoiceState, InvoiceSubmitted
+from services.invoice_status.decider import Blocked, InvoiceEvent, InvoiceState, InvoiceSubmitted
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +59,8 @@ SETTLE_AFTER_SECONDS = 2.0
 SETTLE_SECONDS = 0.25
 # The pauses before a failed settlement is tried again (the last repeats).
 RETRY_AFTER_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+# A settlement due this long whose event the ledger has not read up to is logged (at most once in this long).
+STALLED_AFTER_SECONDS = 30.0
 SETTLED_EVENTS = frozenset({events.SUBMITTED, events.BLOCKED})
 
 
@@ -84,43 +91,44 @@ class Settlements:
         self._tail = tail
         self._grace = grace
         self._clock = clock
-        self._after: int | None = None  # while the start-up replay runs: only later events are noted
+        self._floor = 0  # events up to this one (older than the start's tail) are never noted
+        self._replaying = False  # the start-up replay runs: what is noted is due at once
+        self._stalled_logged = 0.0
         self.pending: dict[int, Unsettled] = {}
 
     async def begin(self) -> None:
         """Before the follower starts: which events are the tail."""
-        self._after = max(0, await self._newest() - self._tail)
+        self._floor = max(0, await self._newest() - self._tail)
+        self._replaying = True
 
     async def started(self) -> None:
-        """After the follower caught up: every event read from now on is noted."""
-        self._after = None
+        """After the follower caught up: every event read from now on is noted after the grace."""
+        self._replaying = False
 
     def followed(self, stored: StoredEvent) -> None:
         """An event the ledger read (the start-up replay's tail, or another writer's)."""
-        if stored.subject.rsplit(".", 1)[-1] not in SETTLED_EVENTS:
+        if stored.sequence <= self._floor or stored.subject.rsplit(".", 1)[-1] not in SETTLED_EVENTS:
             return
-        if self._after is not None and stored.sequence <= self._after:
-            return
-        due_at = self._clock() + (0.0 if self._after is not None else self._grace)
+        due_at = self._clock() + (0.0 if self._replaying else self._grace)
         self.pending.setdefault(stored.sequence, Unsettled(stored.envelope.object_key, stored, due_at))
 
     async def applied(
         self, key: str, state: InvoiceState, sequence: int, recorded: Recorded[InvoiceEvent] | None
     ) -> None:
-        """The command handler's projection hook: this process appended a submission, pending until its request
-        settles it (a re-match's own block is raised by the re-match, again on its trigger's redelivery)."""
-        if recorded is not None and isinstance(recorded.event, InvoiceSubmitted):
+        """The command handler's projection hook: this process appended a submission or a re-match's block, pending
+        until its request or the re-match settles it."""
+        if recorded is not None and isinstance(recorded.event, InvoiceSubmitted | Blocked):
             self.pending.setdefault(recorded.sequence, Unsettled(key, None, self._clock() + self._grace))
 
-    def request_ended(self, sequence: int, *, settled: bool) -> None:
-        """The request that appended the submission at ``sequence`` ended: it settled it, or left it to the
-        periodic job, now."""
+    def request_ended(self, invoice_id: str, sequence: int, *, settled: bool) -> None:
+        """The request that appended (or replayed) the submission at ``sequence``, or the re-match that appended the
+        block at ``sequence``, ended: it settled it, or leaves it to the periodic job, now."""
         if settled:
             self.pending.pop(sequence, None)
             return
-        unsettled = self.pending.get(sequence)
-        if unsettled is not None and not unsettled.failures:
-            unsettled.due_at = self._clock()
+        unsettled = self.pending.setdefault(sequence, Unsettled(invoice_id, None, self._clock()))
+        if not unsettled.failures:
+            unsettled.due_at = min(unsettled.due_at, self._clock())
 
     async def tick(self) -> None:
         """Settle what is due, oldest first, up to where the ledger has read the stream."""
@@ -128,6 +136,7 @@ class Settlements:
         reach = self._read_through()
         for sequence in sorted(self.pending):
             if sequence > reach:
+                self._log_stalled(sequence, reach, now)
                 break
             unsettled = self.pending.get(sequence)
             if unsettled is None or unsettled.due_at > now:
@@ -150,3 +159,15 @@ class Settlements:
                 )
                 continue
             self.pending.pop(sequence, None)
+
+    def _log_stalled(self, sequence: int, reach: int, now: float) -> None:
+        overdue = now - self.pending[sequence].due_at
+        if overdue > STALLED_AFTER_SECONDS and now - self._stalled_logged > STALLED_AFTER_SECONDS:
+            self._stalled_logged = now
+            log.warning(
+                "%s settlement(s) wait for the invoice stream to be read up to %s (read up to %s for %.0fs)",
+                len(self.pending),
+                sequence,
+                reach,
+                overdue,
+            )

@@ -84,7 +84,13 @@ def wire(rt: Runtime[Settings]) -> Service:
     )
     matcher = Matcher(OrderLines(rt.reader), ReceivedLines(rt.reader), ledger)
     rematcher = Rematcher(
-        commands, matcher, ledger, blocking, policy, lambda invoice_id: rt.reader.history(events.DOMAIN, invoice_id)
+        commands,
+        matcher,
+        ledger,
+        blocking,
+        policy,
+        lambda invoice_id: rt.reader.history(events.DOMAIN, invoice_id),
+        lambda invoice_id, sequence: settlements.request_ended(invoice_id, sequence, settled=True),
     )
     servicer = InvoiceServicer(
         commands,
@@ -97,7 +103,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         blocking,
         policy,
         lambda invoice_id, sequence: settlements.request_ended(
-            sequence, settled=rematcher.settled_by_request(invoice_id, sequence)
+            invoice_id, sequence, settled=rematcher.settled_by_request(invoice_id, sequence)
         ),
     )
     rt.metrics.expect_duplicates(domain.OBJECT_TYPE)

@@ -46,7 +46,7 @@ from services.invoice_status.decider import (
     Matched,
     evolve,
 )
-from services.invoice_status.domain import MatchResult, TolerancePolicy
+from services.invoice_status.domain import MatchResult, Reason, TolerancePolicy
 from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines
 from services.invoice_status.wiring import wire as wire_invoices
 from services.po_publication.wiring import wire as wire_po
@@ -210,6 +210,46 @@ async def test_a_blocked_submission_whose_own_request_failed_to_raise_is_raised_
         await stub.GetInvoice(invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-R"), metadata=PROCUREMENT)
     ).status
     assert list(status.exception_ids) == [e.exception_id for e in found]
+
+
+async def test_a_re_match_block_whose_raise_failed_and_that_a_later_match_replaced_is_raised_by_its_replica(
+    invoice_stack, js, monkeypatch
+):
+    """One replica (found by a review): INV-Q waits for its receipt; GR-1 (2 of 4) re-matches it blocked for quantity
+    and that raise fails, so GR-1 is delivered again later; GR-2 (2 more) re-matches it clean before that, and the
+    redelivery decides nothing new. The block was in force for a while: its exception must still be raised (and is
+    then cleared as ended)."""
+    _, receipts, stub, settings = invoice_stack
+    namespace = Namespace(settings.namespace)
+    first = await stub.SubmitInvoice(invoice("INV-Q", "Q-1", quantity="4"), metadata=PROCUREMENT)
+    assert reasons(first.status) == {"awaiting_receipt"}
+    real_raise = findings.BlockingExceptions.raise_for
+    failing = [True]
+    failed: list[int] = []
+
+    async def quantity_raise_failing(self, invoice_id, state, match_sequence):
+        if failing[0] and state.match is not None and Reason.QUANTITY_VARIANCE in state.match.reasons:
+            failed.append(match_sequence)
+            raise ConnectionError("the exception stream is briefly unreachable")
+        await real_raise(self, invoice_id, state, match_sequence)
+
+    monkeypatch.setattr(findings.BlockingExceptions, "raise_for", quantity_raise_failing)
+    await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "2")), metadata=ERP)
+
+    async def a_failed_raise():
+        return failed
+
+    block_sequence = (await eventually(a_failed_raise))[0]
+    await receipts.PostGoodsReceipt(goods_receipt("GR-2", "PO-1001", (1, "2")), metadata=ERP)
+    await _state_becomes(stub, "INV-Q", MATCHED)
+    failing[0] = False
+    wanted = findings.exception_id("INV-Q", Reason.QUANTITY_VARIANCE, block_sequence)
+
+    async def raised():
+        return [e for e in await raised_exceptions(js, namespace) if e.exception_id == wanted]
+
+    [exception] = await eventually(raised, within=15.0)
+    assert exception.type == exception_pb2.EXCEPTION_TYPE_QUANTITY_VARIANCE
 
 
 def _credit_note(

@@ -6,16 +6,20 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-import pytest
-
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent
-from services.invoice_status.decider import InvoiceEvent, InvoiceState, Released
+from services.invoice_status.decider import Blocked, FactVersions, InvoiceEvent, InvoiceState, Released
 from services.invoice_status.facts import InvoiceLedger
 from services.invoice_status.rematch import Rematcher
-from services.invoice_status.settlement import RETRY_AFTER_SECONDS, SETTLE_AFTER_SECONDS, Settlements
+from services.invoice_status.settlement import (
+    RETRY_AFTER_SECONDS,
+    SETTLE_AFTER_SECONDS,
+    STALLED_AFTER_SECONDS,
+    Settlements,
+)
 from syncgov.common.v1 import envelope_pb2
 from tests.unit.invoice_status.builders import invoice, line
+from tests.unit.invoice_status.test_decider import PRICE as UNIT_PRICE
 from tests.unit.invoice_status.test_facts import matched_with
 
 
@@ -95,7 +99,7 @@ def stored_event(sequence: int, name: str, invoice_id: str = "") -> StoredEvent:
 async def test_an_own_submission_its_request_settled_is_not_settled_again():
     world = _World()
     await world.own_submission(1)
-    world.settlements.request_ended(1, settled=True)
+    world.settlements.request_ended("I-1", 1, settled=True)
     world.read_through = 1
     world.clock.now += 10 * SETTLE_AFTER_SECONDS
     await world.settlements.tick()
@@ -106,7 +110,7 @@ async def test_an_own_submission_its_request_settled_is_not_settled_again():
 async def test_an_own_submission_its_request_left_unsettled_is_settled_once_the_ledger_read_up_to_it():
     world = _World()
     await world.own_submission(3)
-    world.settlements.request_ended(3, settled=False)
+    world.settlements.request_ended("I-3", 3, settled=False)
     world.read_through = 2
     await world.settlements.tick()
     assert world.settled == []  # missed() is not final before the ledger read the stream up to it
@@ -129,13 +133,31 @@ async def test_an_own_submission_whose_request_never_ended_is_settled_after_the_
     assert world.settled == [1]
 
 
-async def test_a_re_matchs_own_event_or_a_replay_is_not_noted():
+async def test_an_own_re_match_block_is_noted_until_the_re_match_raised_it_and_a_replay_or_release_is_not():
     world = _World()
     replayed = None
     await world.settlements.applied("I-1", cast(InvoiceState, None), 1, replayed)
     released: Recorded[InvoiceEvent] = Recorded(Released("someone", "ok", ()), 2, "e2", 2, "k2", "invoice-status")
     await world.settlements.applied("I-1", cast(InvoiceState, None), 2, released)
     assert world.settlements.pending == {}
+    block: Recorded[InvoiceEvent] = Recorded(Blocked(UNIT_PRICE, FactVersions()), 3, "e3", 3, "k3", "invoice-status")
+    await world.settlements.applied("I-1", cast(InvoiceState, None), 3, block)
+    again: Recorded[InvoiceEvent] = Recorded(block.event, 4, "e4", 4, "k4", "invoice-status")
+    await world.settlements.applied("I-1", cast(InvoiceState, None), 4, again)
+    world.settlements.request_ended("I-1", 3, settled=True)  # the re-match raised it
+    world.read_through = 4
+    world.clock.now += SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    assert world.settled == [4]  # its re-match's raise failed: settled after the grace
+
+
+async def test_a_replayed_submission_is_settled_again_unless_its_request_settled_it():
+    world = _World()
+    world.read_through = 2
+    world.settlements.request_ended("I-1", 1, settled=True)
+    world.settlements.request_ended("I-2", 2, settled=False)  # a replay: its first request may have died
+    await world.settlements.tick()
+    assert (world.settled, world.read_back) == ([2], [2])
 
 
 async def test_another_writers_submissions_and_blocks_are_settled_after_the_grace_oldest_first():
@@ -172,20 +194,22 @@ async def test_a_failed_settlement_stays_pending_and_is_tried_again_after_a_paus
     assert world.settlements.pending == {}
 
 
-@pytest.mark.parametrize("failures", [1, 3, 20])
-async def test_the_pause_grows_with_the_failures_up_to_the_last(failures):
+async def test_the_pause_grows_with_the_failures_up_to_the_last_and_an_ending_request_keeps_it():
     world = _World()
     world.settlements.followed(stored_event(1, "submitted"))
     world.read_through = 1
     world.failing = {1}
     world.clock.now += SETTLE_AFTER_SECONDS
-    for _ in range(failures):
+    pauses = []
+    for _ in range(len(RETRY_AFTER_SECONDS) + 2):
         await world.settlements.tick()
-        world.clock.now = world.settlements.pending[1].due_at
-    unsettled = world.settlements.pending[1]
-    assert unsettled.failures == failures
-    world.settlements.request_ended(1, settled=False)  # a failing one keeps its pause
-    assert unsettled.due_at == world.clock.now
+        unsettled = world.settlements.pending[1]
+        pauses.append(unsettled.due_at - world.clock.now)
+        world.settlements.request_ended("I-1", 1, settled=False)  # a replay's request: the pause is kept
+        assert unsettled.due_at - world.clock.now == pauses[-1]
+        world.clock.now = unsettled.due_at
+    assert pauses == [*RETRY_AFTER_SECONDS, RETRY_AFTER_SECONDS[-1], RETRY_AFTER_SECONDS[-1]]
+    assert world.settlements.pending[1].failures == len(RETRY_AFTER_SECONDS) + 2
 
 
 async def test_at_start_the_tail_is_settled_at_once_and_what_comes_after_it_after_the_grace():
@@ -201,3 +225,28 @@ async def test_at_start_the_tail_is_settled_at_once_and_what_comes_after_it_afte
     world.clock.now += SETTLE_AFTER_SECONDS
     await world.settlements.tick()
     assert world.settled == [8, 9, 10, 11]
+
+
+async def test_events_older_than_the_starts_tail_read_after_it_are_not_settled_again():
+    world = _World(newest=10_000, tail=3)
+    await world.settlements.begin()
+    await world.settlements.started()  # the catch-up timed out: the reading back finishes it
+    for sequence in range(1, 10_001):
+        world.settlements.followed(stored_event(sequence, "submitted"))
+    assert sorted(world.settlements.pending) == [9_998, 9_999, 10_000]
+
+
+async def test_settlements_waiting_long_for_the_ledger_to_read_the_stream_are_logged_once_in_a_while(caplog):
+    world = _World()
+    world.settlements.followed(stored_event(5, "submitted"))
+    world.read_through = 4  # e.g. a sequence before it the stream keeps answering "no message" for
+    world.clock.now += SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    assert "wait for the invoice stream" not in caplog.text
+    world.clock.now += STALLED_AFTER_SECONDS + 1
+    await world.settlements.tick()
+    await world.settlements.tick()
+    assert caplog.text.count("wait for the invoice stream to be read up to 5") == 1
+    world.clock.now += STALLED_AFTER_SECONDS + 1
+    await world.settlements.tick()
+    assert caplog.text.count("wait for the invoice stream to be read up to 5") == 2
