@@ -45,6 +45,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from libs.runtime.consumers import backoff_delay
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent
 from services.invoice_status import events
@@ -146,7 +147,7 @@ class Settlements:
                 await self._settle(stored)
             except Exception as error:
                 unsettled.failures += 1
-                pause = RETRY_AFTER_SECONDS[min(unsettled.failures, len(RETRY_AFTER_SECONDS)) - 1]
+                pause = backoff_delay(RETRY_AFTER_SECONDS, unsettled.failures)
                 unsettled.due_at = self._clock() + pause
                 log.warning(
                     "invoice %s: what follows its event at sequence %s is not done yet (%r, failure %s); "

@@ -411,6 +411,35 @@ async def test_a_blocking_match_appended_by_a_process_that_died_before_raising_i
     assert list(status.exception_ids) == [e.exception_id for e in raised]
 
 
+async def test_a_missed_match_appended_by_a_process_that_died_is_re_matched_at_the_next_start_which_then_records_more(
+    po_settings,
+):
+    settings = invoice_settings(po_settings)
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+    ):
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
+        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+        async with running_service(settings, _without_consumers) as (died, channel, _):
+            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+            earlier = await stub.SubmitInvoice(invoice("INV-A", "A-1", quantity="3"), metadata=PROCUREMENT)
+            assert earlier.status.state == MATCHED, reasons(earlier.status)
+            # Matched without INV-A and appended; the process then died before anything settled it.
+            await _record_as_a_replica_that_had_not_read_the_others(died.runtime, invoice("INV-B", "B-1", quantity="3"))
+        async with running_service(settings, _without_consumers) as (_, channel, _):
+            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+            blocked = await _state_becomes(stub, "INV-B", BLOCKED)
+            assert reasons(blocked) == {"quantity_variance"}  # 3 + 3 invoiced of 4 received
+            later = await stub.SubmitInvoice(invoice("INV-C", "C-1", quantity="1"), metadata=PROCUREMENT)
+            assert reasons(later.status) == {"quantity_variance"}  # 3 + 3 + 1 of 4: the restart counts both
+            kept = await stub.GetInvoice(
+                invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-A"), metadata=PROCUREMENT
+            )
+            assert kept.status.state == MATCHED, reasons(kept.status)
+
+
 async def test_a_block_the_receipt_ends_has_its_exception_cleared_and_a_new_block_raises_it_again(
     invoice_stack,
     nats_server,
