@@ -5,6 +5,7 @@ from its own secret. NATS lets each publish only:
 
 * its own domain's subjects (``<ns>.po.>`` for po-publication, ...), plus the control plane's
   policy bucket (``$KV.<ns>_policy.>``) and repair instructions (``<ns>.repair.>``, the control plane's alone);
+  invoice-status its marks bucket (``$KV.<ns>_invoice_marks.>``);
 * the shared inboxes every component writes to: ``<ns>.auditin.>``, and of the exception stream only raises
   (``<ns>.exception.*.raised``), clearings of what it raised (``<ns>.exception.<component>.cleared``, its own
   subject) and processed replays (``<ns>.exception.*.replayed``) — the router's transitions are its alone;
@@ -57,7 +58,8 @@ ROLES: tuple[BrokerRole, ...] = (
     BrokerRole("supplier-normalization", ("supplier",)),
     BrokerRole("po-publication", ("po",)),
     BrokerRole("receipt-reconciliation", ("receipt",)),
-    BrokerRole("invoice-status", ("invoice",)),
+    # invoice-status keeps how far its follow-up of submissions got (services/invoice_status/settlement.py).
+    BrokerRole("invoice-status", ("invoice",), kv_buckets=("invoice_marks",)),
     # The router keeps JetStream's max-deliveries advisories in a stream of its own (libs/runtime/streams.ADVISORY).
     BrokerRole("exception-router", ("exception",), extra_stream_updates=("advisory",)),
 )
@@ -101,6 +103,7 @@ def publish_allow(component: str, namespace: str | None) -> list[str]:
     # A subject token is matched whole: with any namespace, any bucket.
     subjects += [f"$KV.{'*' if namespace is None else f'{namespace}_{bucket}'}.>" for bucket in who.kv_buckets]
     streams = [_stream(namespace, spec.domain) for spec in ALL_STREAMS] + [_kv_stream(namespace, "policy")]
+    streams += [_kv_stream(namespace, bucket) for bucket in who.kv_buckets]
     subjects += [f"$JS.API.STREAM.CREATE.{name}" for name in dict.fromkeys(streams)]
     if namespace is not None:
         owned = [_stream(namespace, d) for d in (*who.domains, *who.extra_stream_updates)]

@@ -16,9 +16,7 @@ import logging
 from collections.abc import Callable
 
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyDeletedError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
@@ -27,6 +25,7 @@ from nats.js.errors import (
 from nats.js.kv import KeyValue
 
 from libs.policy.engine import Policy, PolicyInvalid
+from libs.runtime.buckets import open_bucket
 from libs.runtime.subjects import Namespace
 from syncgov.controlplane.v1 import controlplane_pb2
 
@@ -44,24 +43,15 @@ def _key(revision: int) -> str:
 class PolicyStore:
     def __init__(self, js: JetStreamContext, namespace: Namespace, replicas: int = 1) -> None:
         self._js = js
-        self.bucket = f"{namespace.root}_policy"
+        self.bucket = namespace.bucket("policy")
         self._replicas = replicas
         self._kv: KeyValue | None = None
 
     async def open(self) -> KeyValue:
         if self._kv is None:
-            try:
-                self._kv = await self._js.key_value(self.bucket)
-            except BucketNotFoundError:
-                self._kv = await self._js.create_key_value(
-                    KeyValueConfig(
-                        bucket=self.bucket,
-                        description="syncgov policy revisions, one key per revision",
-                        history=1,
-                        storage=StorageType.FILE,
-                        replicas=self._replicas,
-                    )
-                )
+            self._kv = await open_bucket(
+                self._js, self.bucket, "syncgov policy revisions, one key per revision", replicas=self._replicas
+            )
         return self._kv
 
     async def latest(self) -> controlplane_pb2.PolicyRevision | None:

@@ -96,5 +96,9 @@ class Namespace:
         """Every repair of ``system``'s objects of ``object_type``: an adapter's consumer filter."""
         return f"{self.root}.repair.{encode_token(system)}.{encode_token(object_type)}.>"
 
+    def bucket(self, name: str) -> str:
+        """A JetStream key-value bucket's name (its stream is ``KV_<bucket>``)."""
+        return f"{self.root}_{name}"
+
     def redis_key(self, service: str, *parts: str) -> str:
         return ":".join((self.root, service, *parts))

@@ -23,11 +23,16 @@ Who settles what, :class:`Settlements`:
   each of them :data:`SETTLE_AFTER_SECONDS` after reading it, so a replica that died between an append and its
   raise leaves nothing unsettled while another replica runs. For a submission that matched, missed nothing and
   credits nothing, that is a few dictionary lookups and a parse of the event: nothing is written.
-- **At start**, the newest events (the same tail :class:`~services.invoice_status.findings.TailExceptions` raises
-  again), at once after the follower caught up: what a process that died left unsettled is among the events it
-  appended last, unless its settlement kept failing while a tail's worth of events were appended after it
-  (docs/decisions.md). Events older than the tail read later (a catch-up at start that timed out, finished by the
-  reading back) are not settled again.
+- **At start**, every submission and re-match block after the **settled-through mark**: the stream sequence up to
+  which every one was settled, which each replica advances (:meth:`Settlements.save`, every :data:`MARK_SECONDS`)
+  to just before the oldest it has not settled and never past what its ledger read, kept in a JetStream KV bucket
+  beside the stream (:class:`~libs.runtime.buckets.SequenceMark`: it only moves forward, so replicas racing each other
+  settle on the highest). Those events are settled at once after the follower caught up, however many came after
+  them: a process killed while its settlement kept failing leaves the mark before it. Before any mark exists (the
+  first start on a stream, or a stream recreated since: a mark past its newest event), the start settles the newest
+  events (the same tail :class:`~services.invoice_status.findings.TailExceptions` raises again) and stores the mark
+  there. Events older than the mark read later (a catch-up at start that timed out, finished by the reading back)
+  are not settled again.
 
 A settlement that fails (the broker unreachable, a re-match refused as stale every time) stays pending and is tried
 again after a growing pause (:data:`RETRY_AFTER_SECONDS`), logged each time; nothing is dropped. Settlements waiting
@@ -44,7 +49,9 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Protocol
 
+from libs.runtime.buckets import MarkUnreadable
 from libs.runtime.consumers import backoff_delay
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent
@@ -63,6 +70,22 @@ RETRY_AFTER_SECONDS = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 # A settlement due this long whose event the ledger has not read up to is logged (at most once in this long).
 STALLED_AFTER_SECONDS = 30.0
 SETTLED_EVENTS = frozenset({events.SUBMITTED, events.BLOCKED})
+# How often the settled-through mark is stored (when it moved): what a start settles again is at most this much older
+# than what was unsettled when the process stopped.
+MARK_SECONDS = 1.0
+# The bucket (libs/runtime/broker_access.py gives invoice-status alone the right to write it) and key of the mark.
+MARKS_BUCKET = "invoice_marks"
+SETTLED_THROUGH_KEY = "settled-through"
+
+
+class SettledMark(Protocol):
+    """Where the settled-through mark is kept (libs/runtime/buckets.SequenceMark)."""
+
+    async def read(self) -> int | None: ...
+
+    async def advance(self, sequence: int) -> int: ...
+
+    async def replace(self, sequence: int) -> None: ...
 
 
 @dataclass(slots=True)
@@ -81,6 +104,7 @@ class Settlements:
         read_through: Callable[[], int],
         newest: Callable[[], Awaitable[int]],
         tail: int,
+        mark: SettledMark,
         *,
         grace: float = SETTLE_AFTER_SECONDS,
         clock: Callable[[], float] = time.monotonic,
@@ -90,16 +114,40 @@ class Settlements:
         self._read_through = read_through  # the ledger's
         self._newest = newest  # the invoice stream's last sequence
         self._tail = tail
+        self._mark = mark
         self._grace = grace
         self._clock = clock
-        self._floor = 0  # events up to this one (older than the start's tail) are never noted
+        self._floor = 0  # events up to this one (settled before this process started) are never noted
+        self._saved = 0  # the mark as this process last stored or found it
         self._replaying = False  # the start-up replay runs: what is noted is due at once
         self._stalled_logged = 0.0
         self.pending: dict[int, Unsettled] = {}
 
     async def begin(self) -> None:
-        """Before the follower starts: which events are the tail."""
-        self._floor = max(0, await self._newest() - self._tail)
+        """Before the follower starts: which events were settled before this process started (the mark's)."""
+        newest = await self._newest()
+        try:
+            stored = await self._mark.read()
+        except MarkUnreadable as unreadable:
+            log.error("%s; the newest %s events are settled again and the mark stored anew", unreadable, self._tail)
+            stored = -1
+        if stored is not None and 0 <= stored <= newest:
+            self._floor = stored
+        else:
+            self._floor = max(0, newest - self._tail)
+            if stored is None:
+                self._floor = await self._mark.advance(self._floor)  # another replica starting may have stored one
+            else:
+                if stored > newest:
+                    log.warning(
+                        "the settled-through mark (%s) is past the invoice stream's newest event (%s): the stream "
+                        "was recreated; its newest %s events are settled again",
+                        stored,
+                        newest,
+                        self._tail,
+                    )
+                await self._mark.replace(self._floor)
+        self._saved = self._floor
         self._replaying = True
 
     async def started(self) -> None:
@@ -160,6 +208,31 @@ class Settlements:
                 )
                 continue
             self.pending.pop(sequence, None)
+
+    def settled_through(self) -> int:
+        """The sequence up to which every submission and re-match block is settled: all this process did not note
+        were settled before it started (the mark it began from), and all it noted but those pending are settled;
+        never past what the ledger read (an event not read yet is not noted yet)."""
+        through = self._read_through()
+        if self.pending:
+            through = min(through, min(self.pending) - 1)
+        return through
+
+    @property
+    def failing(self) -> int:
+        """Settlements that failed and wait to be tried again."""
+        return sum(1 for unsettled in self.pending.values() if unsettled.failures)
+
+    async def save(self) -> None:
+        """Store the settled-through mark when it moved (replicas' marks only ever raise it). A mark not stored is
+        tried again next time: until then a start settles more again, never less."""
+        through = self.settled_through()
+        if through <= self._saved:
+            return
+        try:
+            self._saved = await self._mark.advance(through)
+        except Exception as error:
+            log.warning("the settled-through mark (%s) was not stored (%r); trying again", through, error)
 
     def _log_stalled(self, sequence: int, reach: int, now: float) -> None:
         overdue = now - self.pending[sequence].due_at

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from libs.runtime.access import AccessRule, Read, Write
 from libs.runtime.app import GrpcService, Runtime, Service
+from libs.runtime.buckets import SequenceMark
 from libs.runtime.commands import CommandHandler
 from libs.runtime.events import StoredEvent
 from libs.runtime.follower import ForeignEvents, StreamFollower
@@ -16,7 +17,13 @@ from services.invoice_status.findings import TAIL_ON_START, BlockingExceptions, 
 from services.invoice_status.rematch import Rematcher, consumers
 from services.invoice_status.servicer import InvoiceServicer
 from services.invoice_status.settings import Settings
-from services.invoice_status.settlement import SETTLE_SECONDS, Settlements
+from services.invoice_status.settlement import (
+    MARK_SECONDS,
+    MARKS_BUCKET,
+    SETTLE_SECONDS,
+    SETTLED_THROUGH_KEY,
+    Settlements,
+)
 from services.invoice_status.store import (
     FOLLOW_FLUSH_SECONDS,
     FOREIGN_READ_SECONDS,
@@ -70,6 +77,13 @@ def wire(rt: Runtime[Settings]) -> Service:
         lambda: ledger.read_through,
         lambda: rt.reader.last_sequence(events.DOMAIN),
         TAIL_ON_START,
+        SequenceMark(
+            rt.js,
+            rt.namespace.bucket(MARKS_BUCKET),
+            SETTLED_THROUGH_KEY,
+            "invoice-status: the invoice stream's sequence up to which what follows each submission is settled",
+            replicas=rt.settings.stream_replicas,
+        ),
     )
     commands = CommandHandler(
         InvoiceLog(rt.publisher, rt.reader, ledger),
@@ -124,6 +138,17 @@ def wire(rt: Runtime[Settings]) -> Service:
         description="Invoices whose latest state is blocked for payment (the blocked list).",
         source=blocked_count,
     )
+
+    async def settlements_failing() -> Values:
+        return [(float(settlements.failing), {})]
+
+    gauges.gauge(
+        "syncgov.invoices.settlements_failing",
+        unit="{settlement}",
+        description="Submissions and re-match blocks whose follow-up (re-match, raise) failed in this process and "
+        "waits to be tried again; the settled-through mark stays before the oldest.",
+        source=settlements_failing,
+    )
     gauges.gauge(
         "syncgov.invoices.blocked_by_reason",
         unit="{invoice}",
@@ -169,6 +194,7 @@ def wire(rt: Runtime[Settings]) -> Service:
             (FOLLOW_FLUSH_SECONDS, read_models.flush),
             (FOLLOW_FLUSH_SECONDS, cleared.flush),
             (SETTLE_SECONDS, settlements.tick),
+            (MARK_SECONDS, settlements.save),
             gauges.periodic,
         ],
         # Receipts and PO versions re-match the invoices waiting on their PO (after the followers caught up).

@@ -9,6 +9,7 @@ GetPurchaseOrder cannot report a forged ERP number.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from redis.asyncio import Redis
 
+from libs.runtime.buckets import SequenceMark
 from libs.runtime.events import EventPublisher
 from libs.runtime.requests import Requests
 from libs.runtime.subjects import Namespace
@@ -126,6 +128,18 @@ async def test_each_component_publishes_only_its_domain_and_the_inboxes(nats_ser
         assert await refused(nc, errors, f"{ns}.po.P1.acknowledged")
         assert not await refused(nc, errors, f"{ns}.audit.x.sealed")
         assert not await refused(nc, errors, f"$KV.{ns}_policy.rev.9")
+
+
+async def test_invoice_status_alone_keeps_its_marks_bucket(nats_server):
+    """invoice-status creates its bucket and moves its settled-through mark as its own user; no other component
+    may write that mark (a forged mark past unsettled submissions would skip them at the next start)."""
+    ns = f"tsec{uuid.uuid4().hex[:6]}"
+    async with connected(nats_server.url_for("invoice-status")) as (nc, _errors):
+        mark = SequenceMark(nc.jetstream(), f"{ns}_invoice_marks", "settled-through", "the test's marks")
+        assert await mark.advance(12) == 12
+        assert await mark.read() == 12
+    async with connected(nats_server.url_for("po-publication")) as (nc, errors):
+        assert await refused(nc, errors, f"$KV.{ns}_invoice_marks.settled-through")
 
 
 async def test_components_cannot_delete_or_purge_streams_or_read_subjects_directly(

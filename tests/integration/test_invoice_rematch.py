@@ -33,7 +33,8 @@ from libs.runtime.decider import Recorded, Refusal
 from libs.runtime.events import StoredEvent, content_sha256
 from libs.runtime.subjects import Namespace
 from libs.runtime.testing import running_service
-from services.invoice_status import events, findings, mapping, rematch
+from services.invoice_status import events, findings, mapping, rematch, settlement
+from services.invoice_status import wiring as invoice_wiring
 from services.invoice_status.decider import (
     INITIAL,
     Blocked,
@@ -438,6 +439,36 @@ async def test_a_missed_match_appended_by_a_process_that_died_is_re_matched_at_t
                 invoice_service_pb2.GetInvoiceRequest(invoice_id="INV-A"), metadata=PROCUREMENT
             )
             assert kept.status.state == MATCHED, reasons(kept.status)
+
+
+async def test_what_a_process_that_died_left_unsettled_is_settled_at_the_next_start_however_old(
+    po_settings, monkeypatch, js
+):
+    """The next start settles everything after the settled-through mark, not only the stream's newest events: with a
+    tail of none, only the mark brings back the submission the dead process left unsettled."""
+    monkeypatch.setattr(invoice_wiring, "TAIL_ON_START", 0)
+    settings = invoice_settings(po_settings)
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+    ):
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
+        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+        async with running_service(settings, _without_consumers) as (died, channel, _):
+            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+            earlier = await stub.SubmitInvoice(invoice("INV-A", "A-1", quantity="3"), metadata=PROCUREMENT)
+            assert earlier.status.state == MATCHED, reasons(earlier.status)
+            await _record_as_a_replica_that_had_not_read_the_others(died.runtime, invoice("INV-B", "B-1", quantity="3"))
+            await asyncio.sleep(settlement.MARK_SECONDS * 1.5)  # the mark is stored meanwhile, before INV-B
+        submitted = {e.envelope.object_key: e.sequence async for e in _invoice_events(js, po_settings)}
+        kv = await js.key_value(Namespace(po_settings.namespace).bucket(settlement.MARKS_BUCKET))
+        mark = int((await kv.get(settlement.SETTLED_THROUGH_KEY)).value or b"")
+        assert submitted["INV-A"] <= mark < submitted["INV-B"]
+        async with running_service(settings, _without_consumers) as (_, channel, _):
+            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+            blocked = await _state_becomes(stub, "INV-B", BLOCKED)
+            assert reasons(blocked) == {"quantity_variance"}  # 3 + 3 invoiced of 4 received
 
 
 async def test_a_block_the_receipt_ends_has_its_exception_cleared_and_a_new_block_raises_it_again(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+from libs.runtime.buckets import MarkUnreadable
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent
 from services.invoice_status.decider import Blocked, FactVersions, InvoiceEvent, InvoiceState, Released
@@ -59,18 +60,47 @@ class _Clock:
         return self.now
 
 
-class _World:
-    """Settlements with a clock, a ledger position and a stream the test sets; what it settled, in order."""
+class _Mark:
+    """The settled-through mark as libs/runtime/buckets.SequenceMark keeps it (tests/integration/test_buckets.py runs
+    that against nats-server): it only moves forward, unless replaced."""
 
-    def __init__(self, newest: int = 0, tail: int = 1_000) -> None:
+    def __init__(self, stored: int | None = None) -> None:
+        self.stored: int | None = stored
+        self.unreadable = False
+        self.unreachable = False
+        self.writes: list[int] = []
+
+    async def read(self) -> int | None:
+        if self.unreadable:
+            raise MarkUnreadable("sg_invoice_marks/settled-through holds 'x', not a stream sequence")
+        return self.stored
+
+    async def advance(self, sequence: int) -> int:
+        if self.unreachable:
+            raise ConnectionError("the broker is unreachable")
+        if self.stored is None or sequence > self.stored:
+            self.stored = sequence
+            self.writes.append(sequence)
+        return self.stored
+
+    async def replace(self, sequence: int) -> None:
+        self.stored = sequence
+        self.writes.append(sequence)
+
+
+class _World:
+    """Settlements with a clock, a ledger position, a stream and a mark the test sets; what it settled, in order."""
+
+    def __init__(self, newest: int = 0, tail: int = 1_000, mark: int | None = None) -> None:
         self.clock = _Clock()
         self.read_through = 0
         self.newest = newest
         self.settled: list[int] = []
         self.read_back: list[int] = []
         self.failing: set[int] = set()
+        self.mark = _Mark(mark)
         self.settlements = Settlements(
-            self._settle, self._read, lambda: self.read_through, self._newest, tail, clock=self.clock
+            self._settle, self._read, lambda: self.read_through, self._newest, tail, self.mark, clock=self.clock
         )
 
     async def _settle(self, stored: StoredEvent) -> None:
@@ -212,9 +242,10 @@ async def test_the_pause_grows_with_the_failures_up_to_the_last_and_an_ending_re
     assert world.settlements.pending[1].failures == len(RETRY_AFTER_SECONDS) + 2
 
 
-async def test_at_start_the_tail_is_settled_at_once_and_what_comes_after_it_after_the_grace():
+async def test_the_first_start_on_a_stream_settles_its_tail_at_once_and_what_comes_after_it_after_the_grace():
     world = _World(newest=10, tail=3)
     await world.settlements.begin()
+    assert world.mark.stored == 7  # no mark yet: the tail's start is stored as one
     for sequence in range(1, 11):  # the follower's replay
         world.settlements.followed(stored_event(sequence, "submitted"))
     await world.settlements.started()
@@ -250,3 +281,72 @@ async def test_settlements_waiting_long_for_the_ledger_to_read_the_stream_are_lo
     world.clock.now += STALLED_AFTER_SECONDS + 1
     await world.settlements.tick()
     assert caplog.text.count("wait for the invoice stream to be read up to 5") == 2
+
+
+async def test_at_start_everything_after_the_mark_is_settled_at_once_however_many_events_came_after_it():
+    world = _World(newest=10, tail=3, mark=2)
+    await world.settlements.begin()
+    for sequence in range(1, 11):
+        world.settlements.followed(stored_event(sequence, "submitted"))
+    await world.settlements.started()
+    world.read_through = 10
+    await world.settlements.tick()
+    assert world.settled == list(range(3, 11))
+    assert world.mark.writes == []  # found, not written
+
+
+async def test_a_mark_past_the_streams_newest_event_or_unreadable_is_replaced_by_the_tails_start(caplog):
+    recreated = _World(newest=10, tail=3, mark=500)  # the stream was recreated: its sequences began again
+    await recreated.settlements.begin()
+    assert recreated.mark.stored == 7
+    assert "past the invoice stream's newest event" in caplog.text
+    garbled = _World(newest=10, tail=3, mark=4)
+    garbled.mark.unreadable = True
+    await garbled.settlements.begin()
+    assert garbled.mark.writes == [7]
+    assert "not a stream sequence" in caplog.text
+
+
+async def test_the_mark_stops_before_the_oldest_unsettled_and_never_passes_what_the_ledger_read():
+    world = _World()
+    await world.settlements.begin()
+    await world.settlements.started()
+    await world.own_submission(3)
+    await world.own_submission(5)
+    world.failing = {5}
+    world.read_through = 2
+    await world.settlements.save()
+    assert world.mark.stored == 2  # the ledger has read no further
+    world.read_through = 6
+    await world.settlements.save()
+    assert world.mark.stored == 2  # 3 is not settled
+    world.settlements.request_ended("I-3", 3, settled=True)
+    world.settlements.request_ended("I-5", 5, settled=False)
+    await world.settlements.tick()  # 5 fails
+    world.read_through = 20
+    await world.settlements.save()
+    assert world.mark.stored == 4
+    world.failing = set()
+    world.clock.now += RETRY_AFTER_SECONDS[0]
+    await world.settlements.tick()
+    await world.settlements.save()
+    assert world.mark.stored == 20
+    assert world.mark.writes == [0, 2, 4, 20]  # written when it moved
+
+
+async def test_a_mark_not_stored_is_tried_again_and_a_higher_one_another_replica_stored_stands(caplog):
+    world = _World()
+    await world.settlements.begin()
+    await world.settlements.started()
+    world.read_through = 8
+    world.mark.unreachable = True
+    await world.settlements.save()
+    assert "was not stored" in caplog.text
+    world.mark.unreachable = False
+    await world.settlements.save()
+    assert world.mark.stored == 8
+    await world.mark.advance(30)  # another replica settled further
+    world.read_through = 12
+    await world.settlements.save()
+    assert world.mark.stored == 30
+    assert world.mark.writes == [0, 8, 30]

@@ -8,9 +8,11 @@ from libs.runtime.broker_access import (
     COMPONENT_USERS,
     publish_allow,
     replace_credentials,
+    role,
     valkey_acl_rules,
     without_credentials,
 )
+from services.invoice_status.settlement import MARKS_BUCKET
 
 OWN = {
     "po-publication": "sg.po.>",
@@ -34,6 +36,14 @@ def test_a_component_publishes_its_domain_and_the_inboxes_only(component):
     assert not [s for s in allowed if s.startswith(("sg.>", ">", "_INBOX", "$JS.API.STREAM.DELETE"))]
     assert not [s for s in allowed if "PURGE" in s or "MSG.DELETE" in s or "CONSUMER.DELETE" in s]
     assert ("$KV.sg_policy.>" in allowed) == (component == "control-plane")
+    # invoice-status's marks: written, and the bucket created and updated, by invoice-status alone.
+    marks = {
+        "$KV.sg_invoice_marks.>",
+        "$JS.API.STREAM.CREATE.KV_sg_invoice_marks",
+        "$JS.API.STREAM.UPDATE.KV_sg_invoice_marks",
+    }
+    assert (marks <= set(allowed)) == (component == "invoice-status")
+    assert not (marks & set(allowed)) or component == "invoice-status"
     # Drift repairs: the control plane alone asks adapters to repair (docs/decisions.md, "Drift").
     assert ("sg.repair.>" in allowed) == (component == "control-plane")
 
@@ -71,3 +81,7 @@ def test_only_the_control_plane_publishes_repairs_and_updates_their_stream():
         assert ("sg.repair.>" in allowed) == mine, component
         assert ("$JS.API.STREAM.UPDATE.SG_REPAIR" in allowed) == mine, component
         assert "$JS.API.STREAM.CREATE.SG_REPAIR" in allowed  # any component may create a missing stream
+
+
+def test_invoice_status_writes_the_bucket_its_settlement_keeps_its_mark_in():
+    assert role("invoice-status").kv_buckets == (MARKS_BUCKET,)

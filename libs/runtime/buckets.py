@@ -1,0 +1,100 @@
+"""JetStream key-value buckets: opening one (created when missing), and a stream sequence kept in one that only
+moves forward.
+
+A bucket is a stream, so what is kept there is as durable as the events it counts (same storage, same replicas)
+and outlives Valkey. Each component writes only its own buckets (``<ns>_<name>``, libs/runtime/broker_access.py).
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
+from nats.js.kv import KeyValue
+
+# Compare-and-set rounds before giving up on an advance (each lost round means another writer moved the mark).
+ADVANCE_ATTEMPTS = 10
+
+
+async def open_bucket(js: JetStreamContext, bucket: str, description: str, *, replicas: int = 1) -> KeyValue:
+    """The bucket, created (one value per key, file storage, ``replicas``) when it does not exist yet."""
+    try:
+        return await js.key_value(bucket)
+    except BucketNotFoundError:
+        return await js.create_key_value(
+            KeyValueConfig(
+                bucket=bucket, description=description, history=1, storage=StorageType.FILE, replicas=replicas
+            )
+        )
+
+
+class MarkUnreadable(Exception):
+    """The bucket holds something at the mark's key that is not a stream sequence."""
+
+
+class SequenceMark:
+    """A stream sequence kept under one key that only moves forward, whoever writes it: an advance to a sequence
+    below the one stored leaves it, and writers racing each other settle on the highest (compare-and-set on the
+    key's revision)."""
+
+    def __init__(self, js: JetStreamContext, bucket: str, key: str, description: str, *, replicas: int = 1) -> None:
+        self._js = js
+        self.bucket = bucket
+        self.key = key
+        self._description = description
+        self._replicas = replicas
+        self._kv: KeyValue | None = None
+
+    async def read(self) -> int | None:
+        """The sequence stored (None: none yet)."""
+        kv = await self._open()
+        try:
+            entry = await kv.get(self.key)
+        except KeyNotFoundError:  # never written, or deleted by an operator
+            return None
+        return _sequence(entry.value, self.bucket, self.key)
+
+    async def advance(self, sequence: int) -> int:
+        """Store ``sequence`` unless a higher one is stored; the sequence stored after."""
+        kv = await self._open()
+        for _attempt in range(ADVANCE_ATTEMPTS):
+            try:
+                entry = await kv.get(self.key)
+            except KeyNotFoundError:
+                try:
+                    await kv.create(self.key, _value(sequence))
+                except KeyWrongLastSequenceError:  # another writer created it first
+                    continue
+                return sequence
+            stored = _sequence(entry.value, self.bucket, self.key)
+            if stored >= sequence:
+                return stored
+            try:
+                await kv.update(self.key, _value(sequence), last=entry.revision)
+            except KeyWrongLastSequenceError:  # another writer moved it since the read
+                continue
+            return sequence
+        raise KeyWrongLastSequenceError(
+            description=f"{self.bucket}/{self.key} kept moving under {ADVANCE_ATTEMPTS} advances"
+        )
+
+    async def replace(self, sequence: int) -> None:
+        """Store ``sequence`` whatever is stored: for a stream that was recreated, whose sequences began again."""
+        kv = await self._open()
+        await kv.put(self.key, _value(sequence))
+
+    async def _open(self) -> KeyValue:
+        if self._kv is None:
+            self._kv = await open_bucket(self._js, self.bucket, self._description, replicas=self._replicas)
+        return self._kv
+
+
+def _value(sequence: int) -> bytes:
+    return str(sequence).encode()
+
+
+def _sequence(value: bytes | None, bucket: str, key: str) -> int:
+    text = (value or b"").decode("ascii", errors="replace")
+    if not text.isdigit() or len(text) > 20:
+        raise MarkUnreadable(f"{bucket}/{key} holds {text[:40]!r}, not a stream sequence")
+    return int(text)
