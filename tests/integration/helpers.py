@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -226,6 +226,26 @@ async def publish_order(po_stub, po_id: str = "PO-1001", quantity: str = "10") -
         po_service_pb2.PublishPurchaseOrderRequest(purchase_order=sample_order(po_id, quantity=quantity)),
         metadata=PROCUREMENT,
     )
+
+
+@contextlib.asynccontextmanager
+async def order_received(po_settings, *lines: tuple) -> AsyncIterator[None]:
+    """po-publication and receipt-reconciliation running in ``po_settings``' namespace, PO-1001 published and
+    received by GR-1 (``lines`` as :func:`goods_receipt` takes them; 4 EA of line 1 by default)."""
+    from libs.runtime.testing import running_service
+    from services.po_publication.wiring import wire as wire_po
+    from services.receipt_reconciliation.wiring import wire as wire_receipts
+    from syncgov.po.v1 import po_service_pb2_grpc
+    from syncgov.receipt.v1 import receipt_service_pb2_grpc
+
+    async with (
+        running_service(po_settings, wire_po) as (_, po_channel, _),
+        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+    ):
+        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
+        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
+        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", *lines), metadata=ERP)
+        yield
 
 
 async def published_changed_and_acknowledged(po_stub, po_id: str = "PO-1001", erp_number: str = "4500012345") -> None:

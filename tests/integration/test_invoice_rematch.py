@@ -61,6 +61,7 @@ from tests.integration.helpers import (
     PROCUREMENT,
     eventually,
     goods_receipt,
+    order_received,
     publish_order,
     raised_exceptions,
     receipt_settings,
@@ -391,13 +392,7 @@ async def test_a_blocking_match_appended_by_a_process_that_died_before_raising_i
 ):
     settings = invoice_settings(po_settings)
     namespace = Namespace(po_settings.namespace)
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
-    ):
-        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
-        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
-        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    async with order_received(po_settings, (1, "4")):
         async with running_service(settings, _without_consumers) as (died, _, _):
             # Appended as a request appends it; the process then died before raising anything.
             await _record_as_a_replica_that_had_not_read_the_others(died.runtime, invoice("INV-T", "T-1", quantity="6"))
@@ -412,23 +407,23 @@ async def test_a_blocking_match_appended_by_a_process_that_died_before_raising_i
     assert list(status.exception_ids) == [e.exception_id for e in raised]
 
 
+async def _dies_leaving_a_missed_match(settings, *, lingering: float = 0.0) -> None:
+    """INV-A (3 of 4 received) submitted and matched; INV-B (3 more) matched without INV-A and appended; the process
+    then dies (``lingering`` seconds later) before anything settled INV-B."""
+    async with running_service(settings, _without_consumers) as (died, channel, _):
+        stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
+        earlier = await stub.SubmitInvoice(invoice("INV-A", "A-1", quantity="3"), metadata=PROCUREMENT)
+        assert earlier.status.state == MATCHED, reasons(earlier.status)
+        await _record_as_a_replica_that_had_not_read_the_others(died.runtime, invoice("INV-B", "B-1", quantity="3"))
+        await asyncio.sleep(lingering)
+
+
 async def test_a_missed_match_appended_by_a_process_that_died_is_re_matched_at_the_next_start_which_then_records_more(
     po_settings,
 ):
     settings = invoice_settings(po_settings)
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
-    ):
-        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
-        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
-        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
-        async with running_service(settings, _without_consumers) as (died, channel, _):
-            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
-            earlier = await stub.SubmitInvoice(invoice("INV-A", "A-1", quantity="3"), metadata=PROCUREMENT)
-            assert earlier.status.state == MATCHED, reasons(earlier.status)
-            # Matched without INV-A and appended; the process then died before anything settled it.
-            await _record_as_a_replica_that_had_not_read_the_others(died.runtime, invoice("INV-B", "B-1", quantity="3"))
+    async with order_received(po_settings, (1, "4")):
+        await _dies_leaving_a_missed_match(settings)
         async with running_service(settings, _without_consumers) as (_, channel, _):
             stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
             blocked = await _state_becomes(stub, "INV-B", BLOCKED)
@@ -448,19 +443,9 @@ async def test_what_a_process_that_died_left_unsettled_is_settled_at_the_next_st
     tail of none, only the mark brings back the submission the dead process left unsettled."""
     monkeypatch.setattr(invoice_wiring, "TAIL_ON_START", 0)
     settings = invoice_settings(po_settings)
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
-    ):
-        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
-        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
-        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
-        async with running_service(settings, _without_consumers) as (died, channel, _):
-            stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
-            earlier = await stub.SubmitInvoice(invoice("INV-A", "A-1", quantity="3"), metadata=PROCUREMENT)
-            assert earlier.status.state == MATCHED, reasons(earlier.status)
-            await _record_as_a_replica_that_had_not_read_the_others(died.runtime, invoice("INV-B", "B-1", quantity="3"))
-            await asyncio.sleep(settlement.MARK_SECONDS * 1.5)  # the mark is stored meanwhile, before INV-B
+    async with order_received(po_settings, (1, "4")):
+        # The mark is stored meanwhile, before INV-B.
+        await _dies_leaving_a_missed_match(settings, lingering=settlement.MARK_SECONDS * 1.5)
         submitted = {e.envelope.object_key: e.sequence async for e in _invoice_events(js, po_settings)}
         kv = await js.key_value(Namespace(po_settings.namespace).bucket(settlement.MARKS_BUCKET))
         mark = int((await kv.get(settlement.SETTLED_THROUGH_KEY)).value or b"")

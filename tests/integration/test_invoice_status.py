@@ -31,6 +31,7 @@ from tests.integration.helpers import (
     ERP,
     PROCUREMENT,
     goods_receipt,
+    order_received,
     publish_order,
     raised_exceptions,
     receipt_settings,
@@ -312,13 +313,7 @@ async def test_payment_only_from_the_erp(invoice_stack):
 
 async def test_status_is_identical_after_a_restart(po_settings):
     settings = invoice_settings(po_settings)
-    async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
-    ):
-        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
-        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
-        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
+    async with order_received(po_settings, (1, "4")):
         async with running_service(settings, wire_invoices) as (_, channel, _):
             stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
             await stub.SubmitInvoice(invoice("INV-1", "INV-7"), metadata=PROCUREMENT)
