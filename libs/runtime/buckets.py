@@ -7,10 +7,14 @@ and outlives Valkey. Each component writes only its own buckets (``<ns>_<name>``
 
 from __future__ import annotations
 
+import logging
+
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
+
+log = logging.getLogger(__name__)
 
 # Compare-and-set rounds before giving up on an advance (each lost round means another writer moved the mark).
 ADVANCE_ATTEMPTS = 10
@@ -55,7 +59,8 @@ class SequenceMark:
         return _sequence(entry.value, self.bucket, self.key)
 
     async def advance(self, sequence: int) -> int:
-        """Store ``sequence`` unless a higher one is stored; the sequence stored after."""
+        """Store ``sequence`` unless a higher one is stored (over a value that is no sequence); the sequence stored
+        after."""
         kv = await self._open()
         for _attempt in range(ADVANCE_ATTEMPTS):
             try:
@@ -66,7 +71,11 @@ class SequenceMark:
                 except KeyWrongLastSequenceError:  # another writer created it first
                     continue
                 return sequence
-            stored = _sequence(entry.value, self.bucket, self.key)
+            try:
+                stored = _sequence(entry.value, self.bucket, self.key)
+            except MarkUnreadable as unreadable:  # a sequence true on its own replaces what is no sequence
+                log.error("%s; storing %s over it", unreadable, sequence)
+                stored = -1
             if stored >= sequence:
                 return stored
             try:

@@ -429,7 +429,10 @@ class InvoiceLedger:
             return
         at = recorded.sequence if recorded is not None else state.sequence
         self._put(key, state.sequence, lambda _: state, at)
-        if at > self.read_through:
+        # Only this process's own append is folded ahead: a replay's state was read from the stream, and its newest
+        # event may be another writer's not read yet, which the reading back must still tell (on_read: settlements,
+        # read models), so read_through does not pass it until then.
+        if recorded is not None and at > self.read_through:
             self._ahead.add(at)
             self._read(self.read_through)
         if key in self._held_of:

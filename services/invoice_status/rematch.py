@@ -187,7 +187,10 @@ class Rematcher:
         # from the match event, so raising again stores nothing twice.
         if result.state.status is InvoiceStatus.BLOCKED and result.state.exceptions_sequence:
             await self._blocking.raise_for(invoice_id, result.state, result.state.exceptions_sequence)
-            self._settled(invoice_id, result.state.exceptions_sequence)
+            # A re-match's block is settled once raised; a submission's block is not all its settlement does (a
+            # credit note re-matches the invoice it credits): settle() alone settles the submission.
+            if result.state.exceptions_sequence != self._ledger.first_sequence.get(invoice_id):
+                self._settled(invoice_id, result.state.exceptions_sequence)
         if result.recorded is not None:  # a block the release in force covers raises nothing
             self._settled(invoice_id, result.recorded.sequence)
 

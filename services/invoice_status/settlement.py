@@ -28,7 +28,8 @@ Who settles what, :class:`Settlements`:
   to just before the oldest it has not settled and never past what its ledger read, kept in a JetStream KV bucket
   beside the stream (:class:`~libs.runtime.buckets.SequenceMark`: it only moves forward, so replicas racing each other
   settle on the highest). Those events are settled at once after the follower caught up, however many came after
-  them: a process killed while its settlement kept failing leaves the mark before it. Before any mark exists (the
+  them (those older than the newest tail read again when due, not kept in memory): a process killed while its
+  settlement kept failing leaves the mark before it. Before any mark exists (the
   first start on a stream, or a stream recreated since: a mark past its newest event), the start settles the newest
   events (the same tail :class:`~services.invoice_status.findings.TailExceptions` raises again) and stores the mark
   there. Events older than the mark read later (a catch-up at start that timed out, finished by the reading back)
@@ -91,7 +92,7 @@ class SettledMark(Protocol):
 @dataclass(slots=True)
 class Unsettled:
     invoice_id: str
-    stored: StoredEvent | None  # None: this process's own append, read from the stream when due
+    stored: StoredEvent | None  # None: read from the stream when due (this process's own append, an old one)
     due_at: float
     failures: int = 0
 
@@ -119,22 +120,27 @@ class Settlements:
         self._clock = clock
         self._floor = 0  # events up to this one (settled before this process started) are never noted
         self._saved = 0  # the mark as this process last stored or found it
+        # The start-up replay keeps the events of the newest tail in hand; older ones (a mark held back long by a
+        # settlement that kept failing) are read again when due, so the memory they take stays small.
+        self._keep_after = 0
         self._replaying = False  # the start-up replay runs: what is noted is due at once
         self._stalled_logged = 0.0
         self.pending: dict[int, Unsettled] = {}
 
     async def begin(self) -> None:
         """Before the follower starts: which events were settled before this process started (the mark's)."""
-        newest = await self._newest()
+        # The mark first: a running replica may move it on meanwhile, never past the stream's newest event read after.
         try:
             stored = await self._mark.read()
         except MarkUnreadable as unreadable:
             log.error("%s; the newest %s events are settled again and the mark stored anew", unreadable, self._tail)
             stored = -1
+        newest = await self._newest()
+        self._keep_after = max(0, newest - self._tail)
         if stored is not None and 0 <= stored <= newest:
             self._floor = stored
         else:
-            self._floor = max(0, newest - self._tail)
+            self._floor = self._keep_after
             if stored is None:
                 self._floor = await self._mark.advance(self._floor)  # another replica starting may have stored one
             else:
@@ -159,7 +165,8 @@ class Settlements:
         if stored.sequence <= self._floor or stored.subject.rsplit(".", 1)[-1] not in SETTLED_EVENTS:
             return
         due_at = self._clock() + (0.0 if self._replaying else self._grace)
-        self.pending.setdefault(stored.sequence, Unsettled(stored.envelope.object_key, stored, due_at))
+        kept = stored if stored.sequence > self._keep_after or not self._replaying else None
+        self.pending.setdefault(stored.sequence, Unsettled(stored.envelope.object_key, kept, due_at))
 
     async def applied(
         self, key: str, state: InvoiceState, sequence: int, recorded: Recorded[InvoiceEvent] | None

@@ -371,6 +371,33 @@ async def test_a_rematch_on_facts_older_on_one_fact_is_matched_again_once_the_le
     assert commands.state.status is InvoiceStatus.MATCHED
 
 
+async def test_a_rematch_that_leaves_a_submissions_block_in_force_leaves_the_submission_to_its_settlement(monkeypatch):
+    """The raise is done, but a submission's settlement also re-matches the invoice a credit note credits: only a
+    re-match's own block is settled by the re-match."""
+    monkeypatch.setattr(rematch, "TolerancePolicy", SimpleNamespace(of=lambda _: UNIT_POLICY))
+    submission = InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_PRICE, FactVersions())
+    recorded_submission: Recorded[InvoiceEvent] = Recorded(submission, 1, "e-1", 0, "k", "procurement")
+    ledger = InvoiceLedger()
+    ledger.fold(UNIT_INVOICE.invoice_id, recorded_submission)
+    commands = _OneInvoice(evolve(INITIAL, recorded_submission))
+    raised = _Raised()
+    settled: list[tuple[str, int]] = []
+    policy = SimpleNamespace(document=SimpleNamespace(tolerances=None), revision=1)
+    rematcher = rematch.Rematcher(
+        cast(Any, commands),
+        cast(Any, _Matches((UNIT_PRICE, FactVersions()))),
+        ledger,
+        cast(Any, raised),
+        cast(Any, lambda: policy),
+        _no_history,
+        lambda invoice_id, sequence: settled.append((invoice_id, sequence)),
+    )
+    await rematcher.rematch(UNIT_INVOICE.invoice_id)
+    assert commands.appended == []  # the same block: nothing new
+    assert raised.calls == [(UNIT_INVOICE.invoice_id, 1)]  # raised again (stored once: derived ids)
+    assert settled == []
+
+
 async def test_a_rematch_stale_every_time_is_delivered_again(monkeypatch):
     matcher = _Matches((UNIT_AWAITING, FactVersions((("PO-1", 2),), receipt_sequence=10, invoice_sequence=3)))
     rematcher, commands, ledger = _rematcher(monkeypatch, matcher)

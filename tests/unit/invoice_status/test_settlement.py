@@ -113,7 +113,12 @@ class _World:
         return stored_event(sequence, "submitted")
 
     async def _newest(self) -> int:
-        return self.newest
+        newest = self.newest
+        self.on_newest()
+        return newest
+
+    def on_newest(self) -> None:
+        """What happens elsewhere right after the stream answered its newest sequence (tests replace it)."""
 
     async def own_submission(self, sequence: int) -> None:
         recorded = matched_with(sequence, invoice(line(), invoice_id=f"I-{sequence}"), sequence - 1)
@@ -292,7 +297,23 @@ async def test_at_start_everything_after_the_mark_is_settled_at_once_however_man
     world.read_through = 10
     await world.settlements.tick()
     assert world.settled == list(range(3, 11))
+    assert world.read_back == [3, 4, 5, 6, 7]  # older than the tail: not kept in memory, read again when due
     assert world.mark.writes == []  # found, not written
+
+
+async def test_a_mark_another_replica_moves_while_this_one_starts_is_not_taken_for_a_recreated_stream(caplog):
+    world = _World(newest=10, tail=3, mark=5)
+
+    def another_replica_goes_on() -> None:  # the stream grows and the running replica stores its mark
+        world.newest += 2
+        world.mark.stored = world.newest
+
+    world.on_newest = another_replica_goes_on  # type: ignore[method-assign]
+    await world.settlements.begin()
+    assert world.mark.writes == []
+    assert "recreated" not in caplog.text
+    world.settlements.followed(stored_event(6, "submitted"))
+    assert sorted(world.settlements.pending) == [6]  # after the mark it found
 
 
 async def test_a_mark_past_the_streams_newest_event_or_unreadable_is_replaced_by_the_tails_start(caplog):
@@ -350,3 +371,35 @@ async def test_a_mark_not_stored_is_tried_again_and_a_higher_one_another_replica
     await world.settlements.save()
     assert world.mark.stored == 30
     assert world.mark.writes == [0, 8, 30]
+
+
+async def test_a_replay_on_another_writers_block_not_read_yet_leaves_it_to_the_reading_back_and_the_mark_waits():
+    """A replay's state (or a command's that decides nothing) is read from the stream: its newest event may be another
+    replica's block this ledger has not read. The ledger counts it read only once the reading back tells it, which
+    notes it for settling: the mark never passes it unsettled."""
+    world = _World()
+    ledger = InvoiceLedger(lambda stored: world.settlements.followed(stored))
+    world.settlements = Settlements(
+        world._settle, world._read, lambda: ledger.read_through, world._newest, 1_000, world.mark, clock=world.clock
+    )
+    await world.settlements.begin()
+    await world.settlements.started()
+    submitted = matched_with(1, invoice(line(), invoice_id="I-1"), 0)
+    ledger.fold("I-1", submitted)
+    elsewhere = InvoiceLedger()
+    elsewhere.fold("I-1", submitted)
+    elsewhere.fold("I-1", Recorded(Blocked(UNIT_PRICE, FactVersions()), 2, "e2", 2, "k2", "invoice-status"))
+    read_from_the_stream = elsewhere.states["I-1"]
+    for projection in (ledger, world.settlements):  # the command handler's projections, in the wiring's order
+        await projection.applied("I-1", read_from_the_stream, 2, None)
+    await world.settlements.save()
+    assert (ledger.read_through, world.mark.stored) == (1, 1)
+    assert ledger.lacking(10) == [2]
+    ledger.follow(stored_event(2, "blocked", "I-1"))  # the reading back
+    assert sorted(world.settlements.pending) == [2]
+    await world.settlements.save()
+    assert world.mark.stored == 1
+    world.clock.now += SETTLE_AFTER_SECONDS
+    await world.settlements.tick()
+    await world.settlements.save()
+    assert (world.settled, world.mark.stored) == ([2], 2)
