@@ -73,29 +73,25 @@ def reference(number: str) -> str:
     return " ".join(number.split()).casefold()
 
 
-def index_keys(invoice: Invoice) -> tuple[tuple[object, ...], ...]:
-    """The keys a ledger files ``invoice`` under so that :func:`lookup_keys` finds it for any invoice it could
-    duplicate: its supplier and normalized number (none when that is empty), and its supplier, kind, currency,
-    gross amount and date (the check key and a suspicion both need the same amount, and a date at most
-    ``within_days`` apart)."""
+def number_key(invoice: Invoice) -> tuple[str, str] | None:
+    """What a ledger files ``invoice`` under for the number rule: its supplier and normalized number (None when that
+    is empty, which equals nothing)."""
     number = normalized_invoice_number(invoice.invoice_number)
-    amount = ("amount", invoice.supplier_id, invoice.credit_note, invoice.currency, invoice.gross_total)
-    dated = (*amount, invoice.invoice_date)
-    return (("number", invoice.supplier_id, number), dated) if number else (dated,)
+    return (invoice.supplier_id, number) if number else None
 
 
-def lookup_keys(invoice: Invoice, within_days: int = DEFAULT_SUSPECT_WITHIN_DAYS) -> list[tuple[object, ...]]:
-    """The :func:`index_keys` of every invoice ``invoice`` could duplicate or be a suspected duplicate of: its
-    number, and its amount on each date within ``within_days``. A ledger indexed so hands :func:`find_duplicates`
-    only invoices that can be found, never every invoice of the supplier."""
-    keys = list(index_keys(invoice))
-    amount = keys.pop()[:-1]
-    day = invoice.invoice_date
-    # The window stops at the calendar's ends: an invoice dated 9999-12-31 has no day after it to look up.
-    first = -min(within_days, (day - date.min).days)
-    last = min(within_days, (date.max - day).days)
-    keys.extend((*amount, day + timedelta(days=offset)) for offset in range(first, last + 1))
-    return keys
+def amount_key(invoice: Invoice) -> tuple[object, ...]:
+    """What a ledger files ``invoice`` under, by its date, for the check key and a suspicion (both need the same
+    amount): its supplier, kind, currency and gross amount."""
+    return (invoice.supplier_id, invoice.credit_note, invoice.currency, invoice.gross_total)
+
+
+def suspicion_window(day: date, within_days: int = DEFAULT_SUSPECT_WITHIN_DAYS) -> tuple[date, date]:
+    """The first and last date an invoice of the same amount dated ``day`` is a suspected duplicate within; the
+    window stops at the calendar's ends (an invoice dated 9999-12-31 has no day after it)."""
+    return day - timedelta(days=min(within_days, (day - date.min).days)), day + timedelta(
+        days=min(within_days, (date.max - day).days)
+    )
 
 
 def check_key(invoice: Invoice) -> tuple[object, ...]:

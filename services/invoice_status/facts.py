@@ -31,6 +31,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import TypeVar
 
@@ -62,7 +63,7 @@ from services.invoice_status.domain import (
     ReceivedFacts,
     TolerancePolicy,
 )
-from services.invoice_status.duplicates import index_keys, lookup_keys
+from services.invoice_status.duplicates import amount_key, number_key, suspicion_window
 from syncgov.po.v1 import events_pb2 as po_events_pb2
 from syncgov.po.v1 import po_pb2
 from syncgov.receipt.v1 import events_pb2 as receipt_events_pb2
@@ -280,9 +281,12 @@ class InvoiceLedger:
 
     - ``(PO id, PO line number)`` -> the counted invoices (not cancelled) with their signed quantity on that line
       (a credit note's is negative): :meth:`invoiced_by_others` costs the invoices on the lines asked for;
-    - each of :func:`~services.invoice_status.duplicates.index_keys` (supplier and normalized number; supplier,
-      kind, currency, gross amount and date) -> the counted invoices under it: :meth:`duplicate_candidates` costs
-      the supplier's invoices of that number, or of that amount within the suspicion window;
+    - supplier and normalized number (:func:`~services.invoice_status.duplicates.number_key`) -> the counted
+      invoices of that number, and supplier, kind, currency and gross amount
+      (:func:`~services.invoice_status.duplicates.amount_key`) -> their dates -> the counted invoices of that
+      amount dated so: :meth:`duplicate_candidates` costs the supplier's invoices of that number, or of that amount
+      within the suspicion window, found with one lookup for the amount and then, of its dates, those in the window
+      (each date of the window looked up when the amount was invoiced on more dates than the window has);
     - PO id -> the invoices a re-match may change (received, matched, blocked, released): :meth:`waiting_on`;
     - the blocked invoices: :meth:`blocked`.
 
@@ -323,7 +327,8 @@ class InvoiceLedger:
         self._held_of: dict[str, list[int]] = {}  # each invoice's held sequences, oldest first
         self._moved = asyncio.Event()  # set (and replaced) whenever read_through moves
         self._on_line: dict[LineKey, dict[str, Decimal]] = {}
-        self._duplicate_keys: dict[tuple[object, ...], set[str]] = {}  # duplicates.index_keys -> invoices
+        self._by_number: dict[tuple[str, str], set[str]] = {}  # duplicates.number_key -> invoices
+        self._by_amount: dict[tuple[object, ...], dict[date, set[str]]] = {}  # duplicates.amount_key -> date -> ...
         self._waiting: dict[str, set[str]] = {}
         self._blocked: set[str] = set()
 
@@ -459,8 +464,14 @@ class InvoiceLedger:
             if not _blocked_as_duplicate(state):  # a resent invoice bills nothing a second time
                 for key, quantity in _signed_quantities(invoice).items():
                     _place(self._on_line, key, invoice_id, quantity if present else None)
-            for filed_under in index_keys(invoice):
-                _mark(self._duplicate_keys, filed_under, invoice_id, present)
+            number = number_key(invoice)
+            if number is not None:
+                _mark(self._by_number, number, invoice_id, present)
+            amount = amount_key(invoice)
+            dated = self._by_amount.setdefault(amount, {})
+            _mark(dated, invoice.invoice_date, invoice_id, present)
+            if not dated:
+                del self._by_amount[amount]
         if state.status in REMATCHABLE:
             for po_id in {line.po_id for line in invoice.lines}:
                 _mark(self._waiting, po_id, invoice_id, present)
@@ -563,7 +574,7 @@ class InvoiceLedger:
         the same amount dated within the suspicion window), in the order they were recorded: all duplicate
         detection can find, so a supplier with ten thousand invoices costs a match a few dictionary lookups."""
         counts = self._counts_for(invoice.invoice_id)
-        found = {other for key in lookup_keys(invoice) for other in self._duplicate_keys.get(key, ()) if counts(other)}
+        found = {other for filed in self._filed_with(invoice) for other in filed if counts(other)}
         return [self._invoice(other) for _, other in sorted((self.first_sequence[other], other) for other in found)]
 
     def waiting_on(self, po_id: str) -> list[str]:
@@ -590,8 +601,24 @@ class InvoiceLedger:
             return any(seen < self.first_sequence[other] < first for other in others)
 
         return any(unseen(self._on_line.get(line.key, ())) for line in invoice.lines) or any(
-            unseen(self._duplicate_keys.get(key, ())) for key in lookup_keys(invoice)
+            unseen(filed) for filed in self._filed_with(invoice)
         )
+
+    def _filed_with(self, invoice: Invoice) -> Iterator[set[str]]:
+        """The invoices filed where ``invoice`` could find a duplicate: of its number, and of its amount dated within
+        the suspicion window."""
+        number = number_key(invoice)
+        if number is not None and number in self._by_number:
+            yield self._by_number[number]
+        dated = self._by_amount.get(amount_key(invoice))
+        if not dated:
+            return
+        first, last = suspicion_window(invoice.invoice_date)
+        days = (last - first).days + 1
+        if len(dated) <= days:
+            yield from (filed for day, filed in dated.items() if first <= day <= last)
+        else:  # an amount invoiced on many dates: only the window's are looked at
+            yield from (dated[day] for day in (first + timedelta(days=n) for n in range(days)) if day in dated)
 
     def _oldest_first(self, invoice_ids: Iterable[str]) -> list[str]:
         return sorted(invoice_ids, key=lambda invoice_id: (self.first_sequence[invoice_id], invoice_id))

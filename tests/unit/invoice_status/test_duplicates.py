@@ -13,9 +13,8 @@ from services.invoice_status.duplicates import (
     LISTED,
     PREFIXES,
     find_duplicates,
-    index_keys,
-    lookup_keys,
     normalized_invoice_number,
+    suspicion_window,
 )
 from services.invoice_status.matching import match_invoice
 from tests.unit.invoice_status.builders import DAY, POLICY, D, facts, invoice, line
@@ -182,28 +181,17 @@ def test_a_match_names_at_most_ten_duplicates_and_the_nearest_ten_suspects():
     assert [s.invoice_id for s in suspects[1:3]] == ["S-1", "S--1"]  # at the same distance, the latest recorded first
 
 
-def test_the_keys_an_invoice_is_looked_up_by_find_every_invoice_it_can_duplicate():
-    later = invoice(line(), invoice_id="I-9", number="INV-123")
-    reachable = [
-        invoice(line(), invoice_id="N", number="inv 123", day=DAY - timedelta(days=400)),  # same number, long ago
-        invoice(line(), invoice_id="W", number="X-1", day=DAY + timedelta(days=7)),  # same amount, window's edge
-    ]
-    unreachable = [
-        invoice(line(), invoice_id="F", number="X-2", day=DAY - timedelta(days=8)),  # same amount, too far apart
-        invoice(line(quantity="3"), invoice_id="A", number="X-3"),  # another amount
-        invoice(line(), invoice_id="S", number="inv 123", supplier="SUP-2"),  # another supplier
-    ]
-    wanted = set(lookup_keys(later))
-    assert all(set(index_keys(other)) & wanted for other in reachable)
-    assert not any(set(index_keys(other)) & wanted for other in unreachable)
-    assert find_duplicates(later, reachable + unreachable) == find_duplicates(later, reachable)
-
-
-@pytest.mark.parametrize("day", [date.min, date.min + timedelta(days=3), date.max - timedelta(days=5), date.max])
-def test_invoices_dated_at_the_calendars_ends_are_looked_up_within_it(day: date) -> None:
-    """The edge accepts any date of years 1-9999; the suspicion window stops at the calendar's ends (an overflow
-    there answered INTERNAL)."""
+@pytest.mark.parametrize(
+    ("day", "window"),
+    [
+        (DAY, (DAY - timedelta(days=7), DAY + timedelta(days=7))),
+        (date.min + timedelta(days=3), (date.min, date.min + timedelta(days=10))),
+        (date.max, (date.max - timedelta(days=7), date.max)),
+    ],
+)
+def test_the_suspicion_window_stops_at_the_calendars_ends(day: date, window: tuple[date, date]) -> None:
+    """The edge accepts any date of years 1-9999; a window past the calendar's ends answered INTERNAL."""
+    assert suspicion_window(day) == window
     later = invoice(line(), invoice_id="I-9", number="B-1", day=day)
-    earlier = invoice(line(), invoice_id="I-1", number="A-1", day=day)
-    assert set(index_keys(earlier)) & set(lookup_keys(later))
-    assert [s.invoice_id for s in find_duplicates(later, [earlier]).suspected] == ["I-1"]
+    at_the_edges = [invoice(line(), invoice_id=f"I-{n}", number=f"A-{n}", day=edge) for n, edge in enumerate(window)]
+    assert {s.invoice_id for s in find_duplicates(later, at_the_edges).suspected} == {"I-0", "I-1"}

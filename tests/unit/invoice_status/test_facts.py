@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
@@ -28,7 +29,7 @@ from services.invoice_status.decider import (
 from services.invoice_status.domain import Invoice, Reason
 from services.invoice_status.duplicates import find_duplicates
 from services.invoice_status.facts import InvoiceLedger, SupplierStates
-from tests.unit.invoice_status.builders import POLICY, facts, invoice, line
+from tests.unit.invoice_status.builders import DAY, POLICY, facts, invoice, line
 
 D = Decimal
 
@@ -71,6 +72,51 @@ def test_other_invoices_count_credit_notes_subtract_and_cancelled_ones_do_not():
 
 def ids(invoices: list[Invoice]) -> list[str]:
     return [found.invoice_id for found in invoices]
+
+
+def _recorded(*invoices: Invoice) -> InvoiceLedger:
+    ledger = InvoiceLedger()
+    for sequence, recorded_invoice in enumerate(invoices, start=1):
+        ledger.fold(recorded_invoice.invoice_id, submitted(sequence, recorded_invoice))
+    return ledger
+
+
+def test_duplicate_candidates_are_every_invoice_the_later_one_can_duplicate_and_only_those():
+    later = invoice(line(), invoice_id="I-9", number="INV-123")
+    reachable = [
+        invoice(line(), invoice_id="N", number="inv 123", day=DAY - timedelta(days=400)),  # same number, long ago
+        invoice(line(), invoice_id="W", number="X-1", day=DAY + timedelta(days=7)),  # same amount, window's edge
+        invoice(line(), invoice_id="E", number="X-4", day=DAY - timedelta(days=7)),  # the other edge
+    ]
+    unreachable = [
+        invoice(line(), invoice_id="F", number="X-2", day=DAY - timedelta(days=8)),  # same amount, too far apart
+        invoice(line(quantity="3"), invoice_id="A", number="X-3"),  # another amount
+        invoice(line(), invoice_id="S", number="inv 123", supplier="SUP-2"),  # another supplier
+    ]
+    ledger = _recorded(*reachable, *unreachable)
+    assert ids(ledger.duplicate_candidates(later)) == ["N", "W", "E"]
+    every = reachable + unreachable
+    assert find_duplicates(later, every) == find_duplicates(later, ledger.duplicate_candidates(later))
+
+
+def test_an_amount_invoiced_on_many_dates_yields_only_the_windows_and_the_calendars_ends_hold():
+    """More dates of one amount than the window has days: the window's dates are looked up one by one."""
+    daily = [
+        invoice(line(), invoice_id=f"D{n:02}", number=f"M-{n}", day=DAY + timedelta(days=n)) for n in range(-20, 21)
+    ]
+    ledger = _recorded(*daily)
+    assert ids(ledger.duplicate_candidates(invoice(line(), invoice_id="I-9", number="B-1"))) == [
+        f"D{n:02}" for n in range(-7, 8)
+    ]
+    for day, inward in ((date.min, 1), (date.max, -1)):  # twenty dates from the calendar's end inwards
+        edge = _recorded(
+            *(
+                invoice(line(), invoice_id=f"E{n:02}", number=f"M-{n}", day=day + inward * timedelta(days=n))
+                for n in range(20)
+            )
+        )
+        found = edge.duplicate_candidates(invoice(line(), invoice_id="I-9", number="B-1", day=day))
+        assert ids(found) == [f"E{n:02}" for n in range(8)]
 
 
 def test_duplicate_candidates_are_the_suppliers_own_of_the_same_number_or_amount_and_not_the_invoice_itself():
