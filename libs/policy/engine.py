@@ -158,6 +158,12 @@ class Policy:
             decision = self._decisions[key] = self._decide_write(system, object_type, key[2])
         return decision
 
+    def writes_every_field(self, system: str, object_type: str) -> bool:
+        """Whether ``system`` may write ``object_type`` whatever fields a write touches: the object is governed
+        without field rules and the system is among its writers. The edge then need not list a document's fields."""
+        rule = self.document.ownership.get(object_type)
+        return rule is not None and not rule.fields and system in (rule.writers or (rule.system_of_record,))
+
     def _decide_write(self, system: str, object_type: str, fields: frozenset[str]) -> WriteDecision:
         if object_type not in self.document.ownership:
             refusal = FieldRefusal("", Ownership(object_type, "", "(none)", (), (), "", "ownership", self.revision))

@@ -147,7 +147,11 @@ class OwnershipGuard:
                 )
         elif isinstance(rule, Write):
             document = resolve(request, rule.document) if rule.document else None
-            fields = touched_fields(document) if isinstance(document, Message) else {""}
+            fields = (
+                touched_fields(document)
+                if isinstance(document, Message) and not policy.writes_every_field(caller.system, rule.object_type)
+                else {""}
+            )
             decision = policy.may_write(caller.system, rule.object_type, fields)
             site = str(resolve(request, rule.site) or "") if rule.site else ""
             # A site no system declares is a typo for the servicer to answer (INVALID_ARGUMENT), not a violation.

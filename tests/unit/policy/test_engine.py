@@ -43,6 +43,18 @@ def test_field_rule_for_a_line_field_covers_only_that_field():
     assert not multi.may_write("wms-north", "purchase_order", ["lines[].quantity"]).allowed
 
 
+def test_a_writer_of_an_object_without_field_rules_writes_every_field_and_no_one_else_does(policy):
+    """What lets the edge skip listing a document's fields: only where every field's rule is the object's."""
+    assert policy.writes_every_field("procurement", "invoice")
+    assert not policy.writes_every_field("erp", "invoice")  # not among the writers: the fields name the refusal
+    assert not policy.writes_every_field("procurement", "supplier")  # field rules: the fields decide
+    assert not policy.writes_every_field("erp", "supplier")
+    assert not policy.writes_every_field("procurement", "spaceship")
+    for fields in (["invoice_number"], ["lines[].unit_price", "supplier_id"]):
+        assert policy.may_write("procurement", "invoice", fields).allowed
+        assert not policy.may_write("erp", "invoice", fields).allowed
+
+
 def test_ungoverned_object_is_refused(policy):
     assert not policy.may_write("procurement", "spaceship", ["x"]).allowed
 
