@@ -569,9 +569,9 @@ class InvoiceLedger:
         return totals
 
     def duplicate_candidates(self, invoice: Invoice) -> list[Invoice]:
-        """The other invoices not cancelled that count for ``invoice`` and are filed under one of its
-        :func:`~services.invoice_status.duplicates.lookup_keys` (its supplier's invoices of the same number, or of
-        the same amount dated within the suspicion window), in the order they were recorded: all duplicate
+        """The other invoices not cancelled that count for ``invoice`` and are filed where it could find a duplicate
+        (:meth:`_filed_with`: its supplier's invoices of the same number, or of the same amount dated within the
+        suspicion window), in the order they were recorded: all duplicate
         detection can find, so a supplier with ten thousand invoices costs a match a few dictionary lookups."""
         counts = self._counts_for(invoice.invoice_id)
         found = {other for filed in self._filed_with(invoice) for other in filed if counts(other)}
