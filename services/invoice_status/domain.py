@@ -237,6 +237,25 @@ class TolerancePolicy:
         )
 
 
+class _TolerancesDocument(Protocol):
+    @property
+    def tolerances(self) -> PolicyTolerances: ...
+
+
+class PolicyRevision(Protocol):
+    """The shape of ``libs.policy.engine.Policy`` as far as tolerances go: one immutable object per revision."""
+
+    @property
+    def document(self) -> _TolerancesDocument: ...
+
+
+@functools.lru_cache(maxsize=4)
+def tolerances_in_force(policy: PolicyRevision) -> TolerancePolicy:
+    """The tolerance sets of a policy revision, built once per revision rather than once per match (their cost
+    grows with the business units the policy lists). The few newest revisions are kept."""
+    return TolerancePolicy.of(policy.document.tolerances)
+
+
 # --- Currencies --------------------------------------------------------------------------------------------
 
 # ISO 4217 minor units (the exponent) where they are not 2 (list one, 2025). pycountry knows the codes but not

@@ -45,7 +45,7 @@ from libs.runtime.decider import Refusal
 from libs.runtime.events import StoredEvent
 from services.invoice_status import decider, events
 from services.invoice_status.decider import InvoiceStatus
-from services.invoice_status.domain import TolerancePolicy
+from services.invoice_status.domain import tolerances_in_force
 from services.invoice_status.facts import PO_DOMAIN, RECEIPT_DOMAIN, InvoiceLedger, Matcher
 from services.invoice_status.findings import BlockingExceptions
 from services.invoice_status.store import InvoiceCommands
@@ -166,7 +166,7 @@ class Rematcher:
         await self._read_up_to(self._ledger.first_sequence[invoice_id])  # every invoice before it counts
         for _attempt in range(STALE_ATTEMPTS):
             policy = self._policy()
-            tolerances = TolerancePolicy.of(policy.document.tolerances)
+            tolerances = tolerances_in_force(policy)
             match, versions = await self._matcher.match(submitted.invoice, tolerances, policy.revision)
             command = decider.Rematch(invoice_id, match, versions)
             result = await self._commands.run(invoice_id, functools.partial(decider.decide, command))

@@ -30,7 +30,7 @@ from services.invoice_status import decider, mapping
 from services.invoice_status.decider import InvoiceEvent, InvoiceState, InvoiceStatus
 from services.invoice_status.domain import (
     OBJECT_TYPE,
-    TolerancePolicy,
+    tolerances_in_force,
 )
 from services.invoice_status.facts import InvoiceLedger, Matcher, SupplierStates
 from services.invoice_status.findings import BlockingExceptions
@@ -106,7 +106,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
                 attributes.IDEMPOTENCY_KEY: request.idempotency_key or key,
             }
         )
-        tolerances = TolerancePolicy.of(policy.document.tolerances)
+        tolerances = tolerances_in_force(policy)
         match, versions = await self._matcher.match(invoice, tolerances, policy.revision)
         command = decider.SubmitInvoice(invoice, fingerprint, key, match, versions, document)
         claim = Claim(f"{caller}:{request.idempotency_key}", fingerprint) if request.idempotency_key else None

@@ -325,7 +325,7 @@ FRESH = FactVersions((("PO-1", 2),), receipt_sequence=12, invoice_sequence=2)
 
 
 def _rematcher(monkeypatch, matcher: _Matches) -> tuple[rematch.Rematcher, _OneInvoice, InvoiceLedger]:
-    monkeypatch.setattr(rematch, "TolerancePolicy", SimpleNamespace(of=lambda _: UNIT_POLICY))
+    monkeypatch.setattr(rematch, "tolerances_in_force", lambda _: UNIT_POLICY)
     submission = InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_AWAITING, FactVersions())
     ledger = InvoiceLedger()
     ledger.fold(UNIT_INVOICE.invoice_id, Recorded(submission, 1, "e-1", 0, "k", "procurement"))
@@ -374,7 +374,7 @@ async def test_a_rematch_on_facts_older_on_one_fact_is_matched_again_once_the_le
 async def test_a_rematch_that_leaves_a_submissions_block_in_force_leaves_the_submission_to_its_settlement(monkeypatch):
     """The raise is done, but a submission's settlement also re-matches the invoice a credit note credits: only a
     re-match's own block is settled by the re-match."""
-    monkeypatch.setattr(rematch, "TolerancePolicy", SimpleNamespace(of=lambda _: UNIT_POLICY))
+    monkeypatch.setattr(rematch, "tolerances_in_force", lambda _: UNIT_POLICY)
     submission = InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_PRICE, FactVersions())
     recorded_submission: Recorded[InvoiceEvent] = Recorded(submission, 1, "e-1", 0, "k", "procurement")
     ledger = InvoiceLedger()

@@ -15,6 +15,7 @@ from services.invoice_status.domain import (
     ReceivedFacts,
     TolerancePolicy,
     Tolerances,
+    tolerances_in_force,
 )
 from services.invoice_status.matching import invoiced_quantities, match_invoice
 from tests.unit.invoice_status.builders import POLICY, TOLERANCE, D, facts, invoice, line, po_line
@@ -453,3 +454,12 @@ def test_tolerances_are_read_from_the_policy_document():
     food = TolerancePolicy.of(multi.document.tolerances).for_unit("FOOD")
     assert food.quantity_upper_percent == 5
     assert TolerancePolicy.of(multi.document.tolerances).for_unit("ELSEWHERE").quantity_upper_percent == 0
+
+
+def test_a_revisions_tolerances_are_built_once_and_each_revision_answers_its_own():
+    default = Policy.from_text((ROOT / "deploy" / "policy" / "default.yaml").read_text(), revision=1)
+    multi = Policy.from_text((ROOT / "deploy" / "policy" / "multi-business-unit.yaml").read_text(), revision=2)
+    assert tolerances_in_force(default) is tolerances_in_force(default)
+    assert tolerances_in_force(default) == TolerancePolicy.of(default.document.tolerances)
+    assert tolerances_in_force(multi).for_unit("FOOD").quantity_upper_percent == 5
+    assert tolerances_in_force(default).for_unit("FOOD").quantity_upper_percent == 0
