@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from urllib.parse import quote, urlsplit, urlunsplit
 
 from libs.runtime.streams import ALL_STREAMS
+from libs.runtime.subjects import Namespace
 
 ADMIN_USER = "syncgov-admin"
 INBOX_DOMAINS = ("exception", "auditin")
@@ -74,11 +75,15 @@ def role(component: str) -> BrokerRole:
 
 
 def _stream(namespace: str | None, domain: str) -> str:
-    return "*" if namespace is None else f"{namespace.upper()}_{domain.upper()}"
+    return "*" if namespace is None else Namespace(namespace).stream(domain)
+
+
+def _bucket(namespace: str | None, bucket: str) -> str:
+    return "*" if namespace is None else Namespace(namespace).bucket(bucket)
 
 
 def _kv_stream(namespace: str | None, bucket: str) -> str:
-    return "*" if namespace is None else f"KV_{namespace}_{bucket}"
+    return "*" if namespace is None else f"KV_{_bucket(namespace, bucket)}"
 
 
 def publish_allow(component: str, namespace: str | None) -> list[str]:
@@ -101,7 +106,7 @@ def publish_allow(component: str, namespace: str | None) -> list[str]:
         ]
     subjects = list(dict.fromkeys(subjects))
     # A subject token is matched whole: with any namespace, any bucket.
-    subjects += [f"$KV.{'*' if namespace is None else f'{namespace}_{bucket}'}.>" for bucket in who.kv_buckets]
+    subjects += [f"$KV.{_bucket(namespace, bucket)}.>" for bucket in who.kv_buckets]
     streams = [_stream(namespace, spec.domain) for spec in ALL_STREAMS] + [_kv_stream(namespace, "policy")]
     streams += [_kv_stream(namespace, bucket) for bucket in who.kv_buckets]
     subjects += [f"$JS.API.STREAM.CREATE.{name}" for name in dict.fromkeys(streams)]

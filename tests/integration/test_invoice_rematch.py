@@ -324,21 +324,36 @@ STALE = FactVersions((("PO-1", 2),), receipt_sequence=10, invoice_sequence=1)
 FRESH = FactVersions((("PO-1", 2),), receipt_sequence=12, invoice_sequence=2)
 
 
-def _rematcher(monkeypatch, matcher: _Matches) -> tuple[rematch.Rematcher, _OneInvoice, InvoiceLedger]:
+def _rematcher(
+    monkeypatch,
+    matcher: _Matches,
+    *,
+    submitted_match: MatchResult = UNIT_AWAITING,
+    later: tuple[Recorded[InvoiceEvent], ...] | None = None,
+    raised: _Raised | None = None,
+    settled: Callable[[str, int], None] = lambda invoice_id, sequence: None,
+) -> tuple[rematch.Rematcher, _OneInvoice, InvoiceLedger]:
+    """A Rematcher of one invoice submitted (``submitted_match``, at sequence 1) and then ``later`` events (by
+    default B's match, at 3), its command handler and matcher in memory."""
     monkeypatch.setattr(rematch, "tolerances_in_force", lambda _: UNIT_POLICY)
-    submission = InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_AWAITING, FactVersions())
+    submission: Recorded[InvoiceEvent] = Recorded(
+        InvoiceSubmitted(UNIT_INVOICE, "fp", "k", submitted_match, FactVersions()), 1, "e-1", 0, "k", "procurement"
+    )
     ledger = InvoiceLedger()
-    ledger.fold(UNIT_INVOICE.invoice_id, Recorded(submission, 1, "e-1", 0, "k", "procurement"))
-    state = evolve(evolve(INITIAL, Recorded(submission, 1, "e-1", 0, "k", "procurement")), _b_matched())
+    ledger.fold(UNIT_INVOICE.invoice_id, submission)
+    state = evolve(INITIAL, submission)
+    for event in (_b_matched(),) if later is None else later:
+        state = evolve(state, event)
     commands = _OneInvoice(state)
     policy = SimpleNamespace(document=SimpleNamespace(tolerances=None), revision=1)
     rematcher = rematch.Rematcher(
         cast(Any, commands),
         cast(Any, matcher),
         ledger,
-        cast(Any, _Raised()),
+        cast(Any, raised or _Raised()),
         cast(Any, lambda: policy),
-        history=_no_history,
+        _no_history,
+        settled,
     )
     return rematcher, commands, ledger
 
@@ -374,23 +389,15 @@ async def test_a_rematch_on_facts_older_on_one_fact_is_matched_again_once_the_le
 async def test_a_rematch_that_leaves_a_submissions_block_in_force_leaves_the_submission_to_its_settlement(monkeypatch):
     """The raise is done, but a submission's settlement also re-matches the invoice a credit note credits: only a
     re-match's own block is settled by the re-match."""
-    monkeypatch.setattr(rematch, "tolerances_in_force", lambda _: UNIT_POLICY)
-    submission = InvoiceSubmitted(UNIT_INVOICE, "fp", "k", UNIT_PRICE, FactVersions())
-    recorded_submission: Recorded[InvoiceEvent] = Recorded(submission, 1, "e-1", 0, "k", "procurement")
-    ledger = InvoiceLedger()
-    ledger.fold(UNIT_INVOICE.invoice_id, recorded_submission)
-    commands = _OneInvoice(evolve(INITIAL, recorded_submission))
     raised = _Raised()
     settled: list[tuple[str, int]] = []
-    policy = SimpleNamespace(document=SimpleNamespace(tolerances=None), revision=1)
-    rematcher = rematch.Rematcher(
-        cast(Any, commands),
-        cast(Any, _Matches((UNIT_PRICE, FactVersions()))),
-        ledger,
-        cast(Any, raised),
-        cast(Any, lambda: policy),
-        _no_history,
-        lambda invoice_id, sequence: settled.append((invoice_id, sequence)),
+    rematcher, commands, _ = _rematcher(
+        monkeypatch,
+        _Matches((UNIT_PRICE, FactVersions())),
+        submitted_match=UNIT_PRICE,
+        later=(),
+        raised=raised,
+        settled=lambda invoice_id, sequence: settled.append((invoice_id, sequence)),
     )
     await rematcher.rematch(UNIT_INVOICE.invoice_id)
     assert commands.appended == []  # the same block: nothing new
