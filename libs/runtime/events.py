@@ -155,6 +155,12 @@ def parse_stored(stream: str, sequence: int, subject: str, headers: dict[str, st
     return StoredEvent(stream, sequence, subject, dict(headers or {}), data, envelope)
 
 
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    last_sequence: int  # of the stream's newest message (0: none)
+    created: str  # when the stream was created, as the broker tells it ("" when there is no stream)
+
+
 class UnreadableEvent(ValueError):
     """A stored message that is not an event envelope (another publisher's bytes on a domain subject)."""
 
@@ -315,6 +321,15 @@ class EventReader:
             found = await self._requests.direct_get(stream, seq=sequence, within=self._timeout)
             if found is not None:  # domain streams deny deletes; only an expired message leaves a gap
                 yield parse_direct(stream, found)
+
+    async def position(self, domain: str) -> StreamPosition:
+        """How far a domain's stream goes, and which stream it is (its creation time): a stream recreated since a
+        sequence was noted is told apart even once its new sequences have grown past the noted one."""
+        try:
+            info = await self._requests.stream_info(self._ns.stream(domain), within=self._timeout)
+        except NotFoundError:
+            return StreamPosition(0, "")
+        return StreamPosition(int(info["state"].get("last_seq") or 0), str(info.get("created") or ""))
 
     async def last_sequence(self, domain: str) -> int:
         """The sequence of the newest event of a domain's stream (0 when it has none)."""

@@ -107,15 +107,20 @@ class Requests:
     async def stream_state(self, stream: str, *, within: float) -> dict[str, Any]:
         """The stream's state (``first_seq``, ``last_seq``, ``messages``...); ``nats.js.errors.NotFoundError`` when
         it does not exist."""
+        state: dict[str, Any] = (await self.stream_info(stream, within=within))["state"]
+        return state
+
+    async def stream_info(self, stream: str, *, within: float) -> dict[str, Any]:
+        """The stream's information as the broker answers it (``config``, ``created``, ``state``...);
+        ``nats.js.errors.NotFoundError`` when it does not exist."""
         try:
             message = await self.request(f"{DEFAULT_PREFIX}.STREAM.INFO.{stream}", within=within)
         except NoRespondersError:
             raise NoStreamResponseError from None
-        answer = json.loads(message.data)
+        answer: dict[str, Any] = json.loads(message.data)
         if "error" in answer:
             raise APIError.from_error(answer["error"])
-        state: dict[str, Any] = answer["state"]
-        return state
+        return answer
 
 
 def _expire(reply: asyncio.Future[Msg]) -> None:

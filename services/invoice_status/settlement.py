@@ -29,10 +29,10 @@ Who settles what, :class:`Settlements`:
   beside the stream (:class:`~libs.runtime.buckets.SequenceMark`: it only moves forward, so replicas racing each other
   settle on the highest). Those events are settled at once after the follower caught up, however many came after
   them (those older than the newest tail read again when due, not kept in memory): a process killed while its
-  settlement kept failing leaves the mark before it. Before any mark exists (the
-  first start on a stream, or a stream recreated since: a mark past its newest event), the start settles the newest
-  events (the same tail :class:`~services.invoice_status.findings.TailExceptions` raises again) and stores the mark
-  there. Events older than the mark read later (a catch-up at start that timed out, finished by the reading back)
+  settlement kept failing leaves the mark before it. The mark names the stream it counts (its creation time).
+  Before any mark exists (the first start on a stream), or when it is of a stream since recreated (named otherwise,
+  or past the newest event), the start settles the newest events (the same tail
+  :class:`~services.invoice_status.findings.TailExceptions` raises again) and stores the mark there. Events older than the mark read later (a catch-up at start that timed out, finished by the reading back)
   are not settled again.
 
 A settlement that fails (the broker unreachable, a re-match refused as stale every time) stays pending and is tried
@@ -52,10 +52,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from libs.runtime.buckets import MarkUnreadable
+from libs.runtime.buckets import Mark, MarkUnreadable
 from libs.runtime.consumers import backoff_delay
 from libs.runtime.decider import Recorded
-from libs.runtime.events import StoredEvent
+from libs.runtime.events import StoredEvent, StreamPosition
 from services.invoice_status import events
 from services.invoice_status.decider import Blocked, InvoiceEvent, InvoiceState, InvoiceSubmitted
 
@@ -82,11 +82,11 @@ SETTLED_THROUGH_KEY = "settled-through"
 class SettledMark(Protocol):
     """Where the settled-through mark is kept (libs/runtime/buckets.SequenceMark)."""
 
-    async def read(self) -> int | None: ...
+    async def read(self) -> Mark | None: ...
 
-    async def advance(self, sequence: int) -> int: ...
+    async def advance(self, sequence: int, stream: str) -> int: ...
 
-    async def replace(self, sequence: int) -> None: ...
+    async def replace(self, sequence: int, stream: str) -> None: ...
 
 
 @dataclass(slots=True)
@@ -103,7 +103,7 @@ class Settlements:
         settle: Callable[[StoredEvent], Awaitable[None]],
         read: Callable[[int], Awaitable[StoredEvent]],
         read_through: Callable[[], int],
-        newest: Callable[[], Awaitable[int]],
+        position: Callable[[], Awaitable[StreamPosition]],
         tail: int,
         mark: SettledMark,
         *,
@@ -113,13 +113,14 @@ class Settlements:
         self._settle = settle  # Rematcher.settle
         self._read = read  # the invoice stream's event at a sequence
         self._read_through = read_through  # the ledger's
-        self._newest = newest  # the invoice stream's last sequence
+        self._position = position  # the invoice stream's last sequence, and which stream it is
         self._tail = tail
         self._mark = mark
         self._grace = grace
         self._clock = clock
         self._floor = 0  # events up to this one (settled before this process started) are never noted
         self._saved = 0  # the mark as this process last stored or found it
+        self._stream = ""  # the invoice stream's creation time: the stream the mark counts
         # The start-up replay keeps the events of the newest tail in hand; older ones (a mark held back long by a
         # settlement that kept failing) are read again when due, so the memory they take stays small.
         self._keep_after = 0
@@ -134,25 +135,30 @@ class Settlements:
             stored = await self._mark.read()
         except MarkUnreadable as unreadable:
             log.error("%s; the newest %s events are settled again and the mark stored anew", unreadable, self._tail)
-            stored = -1
-        newest = await self._newest()
+            stored = Mark(-1, "")
+        position = await self._position()
+        newest, self._stream = position.last_sequence, position.created
         self._keep_after = max(0, newest - self._tail)
-        if stored is not None and 0 <= stored <= newest:
-            self._floor = stored
+        if stored is not None and stored.of(self._stream) and 0 <= stored.sequence <= newest:
+            self._floor = stored.sequence
         else:
             self._floor = self._keep_after
             if stored is None:
-                self._floor = await self._mark.advance(self._floor)  # another replica starting may have stored one
+                # another replica starting may have stored one
+                self._floor = await self._mark.advance(self._floor, self._stream)
             else:
-                if stored > newest:
+                if not stored.of(self._stream) or stored.sequence > newest:
                     log.warning(
-                        "the settled-through mark (%s) is past the invoice stream's newest event (%s): the stream "
-                        "was recreated; its newest %s events are settled again",
-                        stored,
+                        "the settled-through mark (%s, of the stream created %s) is not of the invoice stream now "
+                        "(created %s, newest event %s): the stream was recreated; its newest %s events are settled "
+                        "again",
+                        stored.sequence,
+                        stored.stream or "before marks named their stream",
+                        self._stream,
                         newest,
                         self._tail,
                     )
-                await self._mark.replace(self._floor)
+                await self._mark.replace(self._floor, self._stream)
         self._saved = self._floor
         self._replaying = True
 
@@ -237,7 +243,7 @@ class Settlements:
         if through <= self._saved:
             return
         try:
-            self._saved = await self._mark.advance(through)
+            self._saved = await self._mark.advance(through, self._stream)
         except Exception as error:
             log.warning("the settled-through mark (%s) was not stored (%r); trying again", through, error)
 

@@ -75,7 +75,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         lambda stored: rematcher.settle(stored),
         lambda sequence: rt.reader.at(events.DOMAIN, sequence),
         lambda: ledger.read_through,
-        lambda: rt.reader.last_sequence(events.DOMAIN),
+        lambda: rt.reader.position(events.DOMAIN),
         TAIL_ON_START,
         SequenceMark(
             rt.js,

@@ -22,7 +22,7 @@ from nats.aio.client import Client as NATS
 from opentelemetry import trace
 from redis.asyncio import Redis
 
-from libs.runtime.buckets import SequenceMark
+from libs.runtime.buckets import Mark, SequenceMark
 from libs.runtime.events import EventPublisher
 from libs.runtime.requests import Requests
 from libs.runtime.subjects import Namespace
@@ -136,8 +136,8 @@ async def test_invoice_status_alone_keeps_its_marks_bucket(nats_server):
     ns = f"tsec{uuid.uuid4().hex[:6]}"
     async with connected(nats_server.url_for("invoice-status")) as (nc, _errors):
         mark = SequenceMark(nc.jetstream(), f"{ns}_invoice_marks", "settled-through", "the test's marks")
-        assert await mark.advance(12) == 12
-        assert await mark.read() == 12
+        assert await mark.advance(12, "2026-11-27T10:00:00Z") == 12
+        assert (await mark.read()) == Mark(12, "2026-11-27T10:00:00Z")
     async with connected(nats_server.url_for("po-publication")) as (nc, errors):
         assert await refused(nc, errors, f"$KV.{ns}_invoice_marks.settled-through")
 

@@ -27,6 +27,7 @@ from typing import Any, cast
 import grpc
 import pytest
 
+from libs.runtime.buckets import SequenceMark
 from libs.runtime.commands import Outcome
 from libs.runtime.consumers import Retry
 from libs.runtime.decider import Recorded, Refusal
@@ -481,9 +482,10 @@ async def test_what_a_process_that_died_left_unsettled_is_settled_at_the_next_st
         # The mark is stored meanwhile, before INV-B.
         await _dies_leaving_a_missed_match(settings, lingering=settlement.MARK_SECONDS * 1.5)
         submitted = {e.envelope.object_key: e.sequence async for e in _invoice_events(js, po_settings)}
-        kv = await js.key_value(Namespace(po_settings.namespace).bucket(settlement.MARKS_BUCKET))
-        mark = int((await kv.get(settlement.SETTLED_THROUGH_KEY)).value or b"")
-        assert submitted["INV-A"] <= mark < submitted["INV-B"]
+        bucket = Namespace(po_settings.namespace).bucket(settlement.MARKS_BUCKET)
+        mark = await SequenceMark(js, bucket, settlement.SETTLED_THROUGH_KEY, "the test's reading").read()
+        assert mark is not None
+        assert submitted["INV-A"] <= mark.sequence < submitted["INV-B"]
         async with running_service(settings, _without_consumers) as (_, channel, _):
             stub = invoice_service_pb2_grpc.InvoiceStatusServiceStub(channel)
             blocked = await _state_becomes(stub, "INV-B", BLOCKED)

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from libs.runtime.buckets import MarkUnreadable
+from libs.runtime.buckets import Mark, MarkUnreadable
 from libs.runtime.decider import Recorded
-from libs.runtime.events import StoredEvent
+from libs.runtime.events import StoredEvent, StreamPosition
 from services.invoice_status.decider import Blocked, FactVersions, InvoiceEvent, InvoiceState, Released
 from services.invoice_status.facts import InvoiceLedger
 from services.invoice_status.rematch import Rematcher
@@ -22,6 +22,8 @@ from syncgov.common.v1 import envelope_pb2
 from tests.unit.invoice_status.builders import invoice, line
 from tests.unit.invoice_status.test_decider import PRICE as UNIT_PRICE
 from tests.unit.invoice_status.test_facts import matched_with
+
+CREATED = "2026-11-27T10:00:00.123456789Z"  # when the invoice stream the tests read was created
 
 
 def _rematcher(ledger: InvoiceLedger) -> Rematcher:
@@ -62,43 +64,46 @@ class _Clock:
 
 class _Mark:
     """The settled-through mark as libs/runtime/buckets.SequenceMark keeps it (tests/integration/test_buckets.py runs
-    that against nats-server): it only moves forward, unless replaced."""
+    that against nats-server): it only moves forward, unless replaced or of another stream."""
 
-    def __init__(self, stored: int | None = None) -> None:
+    def __init__(self, stored: int | None = None, stream: str = "") -> None:
         self.stored: int | None = stored
+        self.stream = stream  # of the stream the stored sequence counts
         self.unreadable = False
         self.unreachable = False
         self.writes: list[int] = []
 
-    async def read(self) -> int | None:
+    async def read(self) -> Mark | None:
         if self.unreadable:
             raise MarkUnreadable("sg_invoice_marks/settled-through holds 'x', not a stream sequence")
-        return self.stored
+        return None if self.stored is None else Mark(self.stored, self.stream)
 
-    async def advance(self, sequence: int) -> int:
+    async def advance(self, sequence: int, stream: str) -> int:
         if self.unreachable:
             raise ConnectionError("the broker is unreachable")
-        if self.stored is None or sequence > self.stored:
-            self.stored = sequence
-            self.writes.append(sequence)
+        if self.stored is None or sequence > self.stored or self.stream not in ("", stream):
+            await self.replace(sequence, stream)
+        assert self.stored is not None
         return self.stored
 
-    async def replace(self, sequence: int) -> None:
-        self.stored = sequence
+    async def replace(self, sequence: int, stream: str) -> None:
+        self.stored, self.stream = sequence, stream
         self.writes.append(sequence)
 
 
 class _World:
     """Settlements with a clock, a ledger position, a stream and a mark the test sets; what it settled, in order."""
 
-    def __init__(self, newest: int = 0, tail: int = 1_000, mark: int | None = None) -> None:
+    def __init__(self, newest: int = 0, tail: int = 1_000, mark: int | None = None, marked: str = CREATED) -> None:
+        """``marked``: the stream the stored ``mark`` counts ("": a mark stored before marks named their stream)."""
         self.clock = _Clock()
         self.read_through = 0
         self.newest = newest
+        self.created = CREATED  # the stream's creation time
         self.settled: list[int] = []
         self.read_back: list[int] = []
         self.failing: set[int] = set()
-        self.mark = _Mark(mark)
+        self.mark = _Mark(mark, marked if mark is not None else "")
         self.settlements = Settlements(
             self._settle, self._read, lambda: self.read_through, self._newest, tail, self.mark, clock=self.clock
         )
@@ -112,10 +117,10 @@ class _World:
         self.read_back.append(sequence)
         return stored_event(sequence, "submitted")
 
-    async def _newest(self) -> int:
-        newest = self.newest
+    async def _newest(self) -> StreamPosition:
+        position = StreamPosition(self.newest, self.created)
         self.on_newest()
-        return newest
+        return position
 
     def on_newest(self) -> None:
         """What happens elsewhere right after the stream answered its newest sequence (tests replace it)."""
@@ -320,12 +325,32 @@ async def test_a_mark_past_the_streams_newest_event_or_unreadable_is_replaced_by
     recreated = _World(newest=10, tail=3, mark=500)  # the stream was recreated: its sequences began again
     await recreated.settlements.begin()
     assert recreated.mark.stored == 7
-    assert "past the invoice stream's newest event" in caplog.text
+    assert "the stream was recreated" in caplog.text
     garbled = _World(newest=10, tail=3, mark=4)
     garbled.mark.unreadable = True
     await garbled.settlements.begin()
     assert garbled.mark.writes == [7]
     assert "not a stream sequence" in caplog.text
+
+
+async def test_a_mark_of_a_stream_since_recreated_is_replaced_even_below_the_new_streams_newest_event(caplog):
+    """The stream deleted and created again has grown past the old mark: only the stream the mark names tells that
+    the events after it were never settled by anyone, so they are not skipped."""
+    world = _World(newest=10, tail=3, mark=8, marked="2026-01-05T08:00:00Z")
+    await world.settlements.begin()
+    assert (world.mark.stored, world.mark.stream) == (7, CREATED)  # the tail's start, of the stream now
+    assert "the stream was recreated" in caplog.text
+    world.settlements.followed(stored_event(8, "submitted"))
+    assert sorted(world.settlements.pending) == [8]  # after the old mark, yet settled
+
+
+async def test_a_mark_stored_before_marks_named_their_stream_is_taken_as_the_streams_and_named_when_it_moves():
+    world = _World(newest=10, tail=3, mark=5, marked="")
+    await world.settlements.begin()
+    assert world.mark.writes == []  # found, not replaced
+    world.read_through = 10
+    await world.settlements.save()
+    assert (world.mark.stored, world.mark.stream) == (10, CREATED)
 
 
 async def test_the_mark_stops_before_the_oldest_unsettled_and_never_passes_what_the_ledger_read():
@@ -366,7 +391,7 @@ async def test_a_mark_not_stored_is_tried_again_and_a_higher_one_another_replica
     world.mark.unreachable = False
     await world.settlements.save()
     assert world.mark.stored == 8
-    await world.mark.advance(30)  # another replica settled further
+    await world.mark.advance(30, CREATED)  # another replica settled further
     world.read_through = 12
     await world.settlements.save()
     assert world.mark.stored == 30
