@@ -11,6 +11,7 @@ and outlives Valkey. Each component writes only its own buckets (``<ns>_<name>``
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 
 from nats.js import JetStreamContext
@@ -36,12 +37,22 @@ async def open_bucket(js: JetStreamContext, bucket: str, description: str, *, re
         )
 
 
-# A stream's creation time as the broker tells it (RFC 3339, nanoseconds): what a stored mark may carry, at most.
-MAX_STREAM_CHARS = 64
+# A stored mark: the sequence, then the creation time of the stream it counts as the broker tells it (RFC 3339 in
+# UTC, nanoseconds). Plain digits were stored before marks named their stream.
+_STORED = re.compile(r"(\d{1,20})(?: ([0-9A-Za-z:.+-]{1,64}))?")
+_STREAM = re.compile(r"[0-9A-Za-z:.+-]{1,64}")
 
 
 class MarkUnreadable(Exception):
     """The bucket holds something at the mark's key that is not a stream sequence."""
+
+
+class MarkOfAnotherStream(Exception):
+    """The bucket holds the mark of another stream than the writer's: one of the two was recreated since."""
+
+    def __init__(self, bucket: str, key: str, stored: Mark) -> None:
+        super().__init__(f"{bucket}/{key} holds sequence {stored.sequence} of the stream created {stored.stream}")
+        self.stored = stored
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +68,8 @@ class Mark:
 class SequenceMark:
     """A stream sequence kept under one key that only moves forward, whoever writes it: an advance to a sequence
     below the one stored leaves it, and writers racing each other settle on the highest (compare-and-set on the
-    key's revision). A mark of another stream (one since recreated) is overwritten, as one that is no sequence."""
+    key's revision). The mark of another stream is not advanced over: the writer is told, and replaces it when its own
+    stream is the one there is."""
 
     def __init__(self, js: JetStreamContext, bucket: str, key: str, description: str, *, replicas: int = 1) -> None:
         self._js = js
@@ -78,14 +90,16 @@ class SequenceMark:
 
     async def advance(self, sequence: int, stream: str) -> int:
         """Store ``sequence`` of the stream created at ``stream`` unless a higher one of it is stored (over a value
-        that is no sequence, or one of another stream); the sequence stored after."""
+        that is no sequence); the sequence stored after. :class:`MarkOfAnotherStream` when the mark stored is of
+        another stream: which of the two is the stream there is, the caller knows (:meth:`replace`)."""
+        value = _value(sequence, stream)
         kv = await self._open()
         for _attempt in range(ADVANCE_ATTEMPTS):
             try:
                 entry = await kv.get(self.key)
             except KeyNotFoundError:
                 try:
-                    await kv.create(self.key, _value(sequence, stream))
+                    await kv.create(self.key, value)
                 except KeyWrongLastSequenceError:  # another writer created it first
                     continue
                 return sequence
@@ -95,18 +109,11 @@ class SequenceMark:
                 log.error("%s; storing %s over it", unreadable, sequence)
                 stored = None
             if stored is not None and not stored.of(stream):
-                log.warning(
-                    "%s/%s holds a sequence of another stream (%s); storing %s over it",
-                    self.bucket,
-                    self.key,
-                    stored.stream,
-                    sequence,
-                )
-                stored = None
+                raise MarkOfAnotherStream(self.bucket, self.key, stored)
             if stored is not None and stored.sequence >= sequence:
                 return stored.sequence
             try:
-                await kv.update(self.key, _value(sequence, stream), last=entry.revision)
+                await kv.update(self.key, value, last=entry.revision)
             except KeyWrongLastSequenceError:  # another writer moved it since the read
                 continue
             return sequence
@@ -115,10 +122,11 @@ class SequenceMark:
         )
 
     async def replace(self, sequence: int, stream: str) -> None:
-        """Store ``sequence`` of the stream created at ``stream`` whatever is stored: for a stream that was
-        recreated, whose sequences began again."""
+        """Store ``sequence`` of the stream created at ``stream`` whatever is stored: over the mark of a stream
+        since recreated, whose sequences began again."""
+        value = _value(sequence, stream)
         kv = await self._open()
-        await kv.put(self.key, _value(sequence, stream))
+        await kv.put(self.key, value)
 
     async def _open(self) -> KeyValue:
         if self._kv is None:
@@ -127,18 +135,14 @@ class SequenceMark:
 
 
 def _value(sequence: int, stream: str) -> bytes:
-    return f"{sequence} {stream}".encode() if stream else str(sequence).encode()
+    if sequence < 0 or not _STREAM.fullmatch(stream):
+        raise ValueError(f"a mark is a stream sequence and the creation time of its stream, not {sequence} {stream!r}")
+    return f"{sequence} {stream}".encode()
 
 
 def _mark(value: bytes | None, bucket: str, key: str) -> Mark:
     text = (value or b"").decode("ascii", errors="replace")
-    sequence, _, stream = text.partition(" ")
-    if (
-        not sequence.isdigit()
-        or len(sequence) > 20
-        or len(stream) > MAX_STREAM_CHARS
-        or not stream.isprintable()
-        or " " in stream
-    ):
+    stored = _STORED.fullmatch(text)
+    if stored is None:
         raise MarkUnreadable(f"{bucket}/{key} holds {text[:40]!r}, not a stream sequence")
-    return Mark(int(sequence), stream)
+    return Mark(int(stored[1]), stored[2] or "")

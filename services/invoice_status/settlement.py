@@ -30,10 +30,12 @@ Who settles what, :class:`Settlements`:
   settle on the highest). Those events are settled at once after the follower caught up, however many came after
   them (those older than the newest tail read again when due, not kept in memory): a process killed while its
   settlement kept failing leaves the mark before it. The mark names the stream it counts (its creation time).
-  Before any mark exists (the first start on a stream), or when it is of a stream since recreated (named otherwise,
-  or past the newest event), the start settles the newest events (the same tail
-  :class:`~services.invoice_status.findings.TailExceptions` raises again) and stores the mark there. Events older than the mark read later (a catch-up at start that timed out, finished by the reading back)
-  are not settled again.
+  Before any mark exists (the first start on a stream), when it is of a stream since recreated (named otherwise, or
+  past the newest event) or unreadable, the start settles the newest events (the same tail
+  :class:`~services.invoice_status.findings.TailExceptions` raises again) and stores the mark there. Events older
+  than the mark read later (a catch-up at start that timed out, finished by the reading back) are not settled again.
+  A process that finds the mark of another stream while it runs stores its own over it only if its stream is still
+  the one there is: one that outlived its stream's recreation stops storing the mark (logged; restart it).
 
 A settlement that fails (the broker unreachable, a re-match refused as stale every time) stays pending and is tried
 again after a growing pause (:data:`RETRY_AFTER_SECONDS`), logged each time; nothing is dropped. Settlements waiting
@@ -52,7 +54,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from libs.runtime.buckets import Mark, MarkUnreadable
+from libs.runtime.buckets import Mark, MarkOfAnotherStream, MarkUnreadable
 from libs.runtime.consumers import backoff_delay
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent, StreamPosition
@@ -121,6 +123,7 @@ class Settlements:
         self._floor = 0  # events up to this one (settled before this process started) are never noted
         self._saved = 0  # the mark as this process last stored or found it
         self._stream = ""  # the invoice stream's creation time: the stream the mark counts
+        self._outlived_stream = False  # the stream was recreated while this process ran: its mark is not stored
         # The start-up replay keeps the events of the newest tail in hand; older ones (a mark held back long by a
         # settlement that kept failing) are read again when due, so the memory they take stays small.
         self._keep_after = 0
@@ -137,6 +140,8 @@ class Settlements:
             log.error("%s; the newest %s events are settled again and the mark stored anew", unreadable, self._tail)
             stored = Mark(-1, "")
         position = await self._position()
+        if not position.created:
+            raise RuntimeError("the invoice stream does not exist: it is provisioned before the start settles")
         newest, self._stream = position.last_sequence, position.created
         self._keep_after = max(0, newest - self._tail)
         if stored is not None and stored.of(self._stream) and 0 <= stored.sequence <= newest:
@@ -242,8 +247,25 @@ class Settlements:
         through = self.settled_through()
         if through <= self._saved:
             return
+        if self._outlived_stream:
+            return
         try:
-            self._saved = await self._mark.advance(through, self._stream)
+            try:
+                self._saved = await self._mark.advance(through, self._stream)
+            except MarkOfAnotherStream as other:
+                if (await self._position()).created != self._stream:
+                    # The stream this process read was recreated under it: what it settled counts that one. The
+                    # processes that read the stream there is keep the mark.
+                    self._outlived_stream = True
+                    log.error(
+                        "%s, and the invoice stream was recreated since this process started: it stores the "
+                        "settled-through mark no more; restart it",
+                        other,
+                    )
+                    return
+                log.warning("%s: the mark of a stream since recreated; storing %s over it", other, through)
+                await self._mark.replace(through, self._stream)
+                self._saved = through
         except Exception as error:
             log.warning("the settled-through mark (%s) was not stored (%r); trying again", through, error)
 

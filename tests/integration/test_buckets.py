@@ -9,7 +9,7 @@ import uuid
 import nats
 import pytest
 
-from libs.runtime.buckets import Mark, MarkUnreadable, SequenceMark
+from libs.runtime.buckets import Mark, MarkOfAnotherStream, MarkUnreadable, SequenceMark
 from libs.runtime.events import EventReader, StreamPosition
 from libs.runtime.subjects import Namespace
 from tests.integration.helpers import requests_of
@@ -54,7 +54,7 @@ async def test_writers_racing_each_other_settle_on_the_highest(js):
 async def test_a_recreated_streams_mark_is_replaced_and_a_garbled_one_refused_then_advanced_over(js):
     bucket = f"t{uuid.uuid4().hex[:8]}_marks"
     mark = _mark(js, bucket)
-    await mark.advance(500, STREAM)
+    await mark.advance(500, "2026-01-05T08:00:00Z")  # of the stream before it was recreated
     await mark.replace(7, STREAM)
     assert await mark.read() == Mark(7, STREAM)
     await (await js.key_value(bucket)).put("settled-through", b"seven")
@@ -68,8 +68,10 @@ async def test_a_mark_of_another_stream_is_advanced_over_and_one_naming_no_strea
     bucket = f"t{uuid.uuid4().hex[:8]}_marks"
     mark = _mark(js, bucket)
     await mark.advance(500, "2026-01-05T08:00:00Z")  # of the stream before it was recreated
-    assert await mark.advance(3, STREAM) == 3  # lower, yet of the stream now
-    assert await mark.read() == Mark(3, STREAM)
+    with pytest.raises(MarkOfAnotherStream, match="created 2026-01-05T08:00:00Z") as other:
+        await mark.advance(3, STREAM)  # the writer is told, and nothing is stored
+    assert other.value.stored == Mark(500, "2026-01-05T08:00:00Z")
+    assert await mark.read() == Mark(500, "2026-01-05T08:00:00Z")
     kv = await js.key_value(bucket)
     await kv.put("settled-through", b"40")  # as marks were stored before they named their stream
     legacy = await mark.read()
@@ -78,10 +80,15 @@ async def test_a_mark_of_another_stream_is_advanced_over_and_one_naming_no_strea
     assert await mark.advance(30, STREAM) == 40  # taken as this stream's: it only moves forward
     assert await mark.advance(41, STREAM) == 41
     assert (await kv.get("settled-through")).value == f"41 {STREAM}".encode()
-    for garbled in (b"41 two words", b"41 " + b"x" * 65):
+    for garbled in (b"41 two words", b"41 " + b"x" * 65, b"41 ", b"41 \xff\xfe", b"-4", b"4" * 21):
         await kv.put("settled-through", garbled)
         with pytest.raises(MarkUnreadable):
             await mark.read()
+    assert await mark.advance(2, STREAM) == 2  # a sequence true on its own replaces what is none
+    assert await mark.read() == Mark(2, STREAM)
+    for unnamed in ("", "two words"):  # what a writer stores names its stream
+        with pytest.raises(ValueError, match="creation time"):
+            await mark.advance(3, unnamed)
 
 
 async def test_a_streams_position_tells_the_stream_recreated_since_from_the_one_before(js):
@@ -97,6 +104,9 @@ async def test_a_streams_position_tells_the_stream_recreated_since_from_the_one_
     before = await reader.position("invoice")
     assert before.last_sequence == 3
     assert before.created
+    # The same stream answers the same creation time, whatever changed in its configuration since.
+    await js.update_stream(name=stream, subjects=[subjects], description="updated")
+    assert (await reader.position("invoice")).created == before.created
     await js.delete_stream(stream)
     await asyncio.sleep(0.01)  # a creation time of its own, whatever the clock's resolution
     await js.add_stream(name=stream, subjects=[subjects])

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from typing import Any, cast
 
-from libs.runtime.buckets import Mark, MarkUnreadable
+import pytest
+
+from libs.runtime.buckets import Mark, MarkOfAnotherStream, MarkUnreadable
 from libs.runtime.decider import Recorded
 from libs.runtime.events import StoredEvent, StreamPosition
 from services.invoice_status.decider import Blocked, FactVersions, InvoiceEvent, InvoiceState, Released
@@ -81,7 +83,9 @@ class _Mark:
     async def advance(self, sequence: int, stream: str) -> int:
         if self.unreachable:
             raise ConnectionError("the broker is unreachable")
-        if self.stored is None or sequence > self.stored or self.stream not in ("", stream):
+        if self.stored is not None and self.stream not in ("", stream):
+            raise MarkOfAnotherStream("sg_invoice_marks", "settled-through", Mark(self.stored, self.stream))
+        if self.stored is None or sequence > self.stored:
             await self.replace(sequence, stream)
         assert self.stored is not None
         return self.stored
@@ -256,6 +260,7 @@ async def test_the_first_start_on_a_stream_settles_its_tail_at_once_and_what_com
     world = _World(newest=10, tail=3)
     await world.settlements.begin()
     assert world.mark.stored == 7  # no mark yet: the tail's start is stored as one
+    assert world.mark.stream == CREATED  # naming the stream it counts
     for sequence in range(1, 11):  # the follower's replay
         world.settlements.followed(stored_event(sequence, "submitted"))
     await world.settlements.started()
@@ -341,7 +346,34 @@ async def test_a_mark_of_a_stream_since_recreated_is_replaced_even_below_the_new
     assert (world.mark.stored, world.mark.stream) == (7, CREATED)  # the tail's start, of the stream now
     assert "the stream was recreated" in caplog.text
     world.settlements.followed(stored_event(8, "submitted"))
-    assert sorted(world.settlements.pending) == [8]  # after the old mark, yet settled
+    assert sorted(world.settlements.pending) == [8]  # at the old mark, and settled again
+
+
+async def test_a_start_without_its_stream_fails_rather_than_store_a_mark_naming_none():
+    world = _World(newest=0, tail=3)
+    world.created = ""  # what the broker answers of a stream that does not exist
+    with pytest.raises(RuntimeError, match="does not exist"):
+        await world.settlements.begin()
+    assert world.mark.writes == []
+
+
+async def test_a_running_process_stores_over_the_mark_of_a_stream_since_recreated_unless_it_outlived_its_own(caplog):
+    world = _World(newest=10, tail=3, mark=5)
+    await world.settlements.begin()
+    world.read_through = 9
+    world.mark.stored, world.mark.stream = 500, "2026-01-05T08:00:00Z"  # a process that outlived the old stream
+    await world.settlements.save()
+    assert (world.mark.stored, world.mark.stream) == (9, CREATED)  # this stream is the one there is
+    outlived = _World(newest=10, tail=3, mark=5)
+    await outlived.settlements.begin()
+    outlived.read_through = 9
+    outlived.created = "2026-12-01T08:00:00Z"  # the stream was recreated under this process
+    outlived.mark.stored, outlived.mark.stream = 2, outlived.created  # the mark of the stream there is now
+    await outlived.settlements.save()
+    outlived.read_through = 10
+    await outlived.settlements.save()
+    assert (outlived.mark.stored, outlived.mark.stream) == (2, outlived.created)  # left to the new stream's readers
+    assert caplog.text.count("stores the settled-through mark no more") == 1
 
 
 async def test_a_mark_stored_before_marks_named_their_stream_is_taken_as_the_streams_and_named_when_it_moves():
