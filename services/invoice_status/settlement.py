@@ -26,10 +26,11 @@ Who settles what, :class:`Settlements`:
 - **At start**, every submission and re-match block after the **settled-through mark**: the stream sequence up to
   which every one was settled, which each replica advances (:meth:`Settlements.save`, every :data:`MARK_SECONDS`)
   to just before the oldest it has not settled and never past what its ledger read, kept in a JetStream KV bucket
-  beside the stream (:class:`~libs.runtime.buckets.SequenceMark`: it only moves forward, so replicas racing each other
-  settle on the highest). Those events are settled at once after the follower caught up, however many came after
-  them (those older than the newest tail read again when due, not kept in memory): a process killed while its
-  settlement kept failing leaves the mark before it. The mark names the stream it counts (its creation time).
+  beside the stream (:class:`~libs.runtime.buckets.SequenceMark`: it moves only forward, so replicas racing each
+  other settle on the highest, except over the mark of a stream since recreated). Those events are settled at once
+  after the follower caught up, however many came after them (those older than the newest tail read again when due,
+  not kept in memory): a process killed while its settlement kept failing leaves the mark before it. The mark names
+  the stream it counts (its creation time).
   Before any mark exists (the first start on a stream), when it is of a stream since recreated (named otherwise, or
   past the newest event) or unreadable, the start settles the newest events (the same tail
   :class:`~services.invoice_status.findings.TailExceptions` raises again) and stores the mark there. Events older
@@ -242,8 +243,9 @@ class Settlements:
         return sum(1 for unsettled in self.pending.values() if unsettled.failures)
 
     async def save(self) -> None:
-        """Store the settled-through mark when it moved (replicas' marks only ever raise it). A mark not stored is
-        tried again next time: until then a start settles more again, never less."""
+        """Store the settled-through mark when it moved (replicas' marks only raise it; one of a stream since
+        recreated is replaced). A mark not stored is tried again next time: until then a start settles more again,
+        never less."""
         through = self.settled_through()
         if through <= self._saved:
             return
@@ -253,7 +255,11 @@ class Settlements:
             try:
                 self._saved = await self._mark.advance(through, self._stream)
             except MarkOfAnotherStream as other:
-                if (await self._position()).created != self._stream:
+                created = (await self._position()).created
+                if not created:  # no stream at all for now (a broker's passing answer): tried again next time
+                    log.warning("%s, and the invoice stream was not found; trying again", other)
+                    return
+                if created != self._stream:
                     # The stream this process read was recreated under it: what it settled counts that one. The
                     # processes that read the stream there is keep the mark.
                     self._outlived_stream = True

@@ -64,7 +64,7 @@ async def test_a_recreated_streams_mark_is_replaced_and_a_garbled_one_refused_th
     assert await mark.read() == Mark(3, STREAM)
 
 
-async def test_a_mark_of_another_stream_is_advanced_over_and_one_naming_no_stream_is_taken_as_any(js):
+async def test_a_mark_of_another_stream_is_not_advanced_over_and_one_naming_no_stream_is_taken_as_any(js):
     bucket = f"t{uuid.uuid4().hex[:8]}_marks"
     mark = _mark(js, bucket)
     await mark.advance(500, "2026-01-05T08:00:00Z")  # of the stream before it was recreated

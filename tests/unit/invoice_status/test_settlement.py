@@ -376,6 +376,20 @@ async def test_a_running_process_stores_over_the_mark_of_a_stream_since_recreate
     assert caplog.text.count("stores the settled-through mark no more") == 1
 
 
+async def test_a_stream_the_broker_answers_missing_for_a_moment_is_not_taken_for_one_recreated(caplog):
+    world = _World(newest=10, tail=3, mark=5)
+    await world.settlements.begin()
+    world.read_through = 9
+    world.mark.stored, world.mark.stream = 500, "2026-01-05T08:00:00Z"  # a process that outlived the old stream
+    world.created = ""  # what the broker answers of a stream it does not find
+    await world.settlements.save()
+    assert (world.mark.stored, world.mark.stream) == (500, "2026-01-05T08:00:00Z")  # nothing stored
+    assert "was not found; trying again" in caplog.text
+    world.created = CREATED  # the stream there is: this process's
+    await world.settlements.save()
+    assert (world.mark.stored, world.mark.stream) == (9, CREATED)
+
+
 async def test_a_mark_stored_before_marks_named_their_stream_is_taken_as_the_streams_and_named_when_it_moves():
     world = _World(newest=10, tail=3, mark=5, marked="")
     await world.settlements.begin()
