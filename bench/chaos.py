@@ -33,7 +33,8 @@ request bytes and idempotency key; UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, CANC
 retried with backoff until an answer; INTERNAL and UNKNOWN are retried too but count as violations. The client
 records every command answered OK.
 
-The faults (seeded, one at a time, every kind at least once when the run is long enough): SIGKILL of
+The faults (seeded, one at a time, every kind at least once when the run is long enough; ``--min-faults`` keeps the
+load and the faults up past ``--seconds`` until that many were dealt): SIGKILL of
 po-publication, supplier-normalization, receipt-reconciliation, invoice-status or exception-router (restarted at
 once), SIGKILL of nats-server (restarted on the same port and data after a pause), SIGSTOP/SIGCONT of valkey-server
 (frozen), FLUSHALL as the operator (wiped), and the proxies cutting every connection or holding every byte for a
@@ -484,7 +485,17 @@ def supplier_record(local_id: str, rng: random.Random) -> supplier_pb2.SupplierR
     )
 
 
-async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop_at: float, pace: float) -> None:
+@dataclass
+class LoadWindow:
+    """Until when the load and the faults run: the faults move it on until enough of them were dealt."""
+
+    stop_at: float
+
+    def open(self) -> bool:
+        return time.monotonic() < self.stop_at
+
+
+async def worker(index: int, client: Client, run_id: str, supplier_id: str, window: LoadWindow, pace: float) -> None:
     rng = random.Random(f"{run_id}-{index}")
     orders: list[Order] = []
     posted: list[Posted] = []  # this worker's receipts and returns answered OK
@@ -492,7 +503,7 @@ async def worker(index: int, client: Client, run_id: str, supplier_id: str, stop
     suppliers = 0
     documents = 0
     billing = Billing(index, run_id, supplier_id)
-    while time.monotonic() < stop_at:
+    while window.open():
         live = [o for o in orders if not o.broken]
         roll = rng.random()
         if not live or (roll < 0.20 and len(live) < 40):
@@ -875,14 +886,14 @@ class Desk:
     made: int = 0
 
 
-async def handler(index: int, client: Client, run_id: str, stop_at: float, pace: float) -> None:
+async def handler(index: int, client: Client, run_id: str, window: LoadWindow, pace: float) -> None:
     """A person at the ops-console handling exceptions while the workers' commands raise them (refusals, receipt
     findings, blocked invoices): pages through ListExceptions with a filter, acknowledges open ones and resolves
     acknowledged (or open) ones as one of PERSONS, raises problems by hand with an idempotency key (the same raise
     again now and then, and once in a while the key with other content: ALREADY_EXISTS), and reads the summary."""
     rng = random.Random(f"{run_id}-ops-{index}")
     desk = Desk(index, run_id)
-    while time.monotonic() < stop_at:
+    while window.open():
         roll = rng.random()
         if not desk.known or roll < 0.20:
             await browse(client, rng, desk)
@@ -1269,15 +1280,19 @@ class Chaos:
         finally:
             await redis.aclose()
 
-    async def faults_until(self, stop_at: float) -> None:
+    async def faults_until(self, window: LoadWindow) -> None:
+        """Faults while the load runs; at least ``--min-faults`` of them, the load kept up until they are dealt (on a
+        slow machine, each kill waits longer for the service to serve again)."""
         deck: list[str] = []
         await asyncio.sleep(self.args.gap * self.rng.uniform(0.3, 0.8))
-        while time.monotonic() < stop_at:
+        while window.open():
             if not deck:  # every kind once per round, in a seeded order
                 deck = list(FAULT_KINDS)
                 self.rng.shuffle(deck)
             await self.inject(deck.pop())
             await asyncio.sleep(self.args.gap * self.rng.uniform(0.5, 1.5))
+            if not window.open() and sum(self.faults.values()) < self.args.min_faults:
+                window.stop_at = time.monotonic() + self.args.gap
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -2732,12 +2747,12 @@ async def run(args: argparse.Namespace) -> int:
         warm_invoice = invoice_request(f"INV-{run_id}-warmup", "INV-W-00001", supplier_id, warm.po_id, 1, PO_PRICE)
         await submit_invoice(client, Billing(-1, run_id, supplier_id), "invoice early", warm_invoice, 1, patience=30)
         chaos.t0 = time.monotonic()
-        stop_at = chaos.t0 + args.seconds
-        faults = asyncio.create_task(chaos.faults_until(stop_at))
+        window = LoadWindow(chaos.t0 + args.seconds)
+        faults = asyncio.create_task(chaos.faults_until(window))
         workers = [
-            asyncio.create_task(worker(i, client, run_id, supplier_id, stop_at, args.pace)) for i in range(args.workers)
+            asyncio.create_task(worker(i, client, run_id, supplier_id, window, args.pace)) for i in range(args.workers)
         ]
-        workers += [asyncio.create_task(handler(i, client, run_id, stop_at, args.pace)) for i in range(args.handlers)]
+        workers += [asyncio.create_task(handler(i, client, run_id, window, args.pace)) for i in range(args.handlers)]
         if not args.no_policy_change:
             workers.append(asyncio.create_task(change_policy(client, chaos.t0 + args.seconds / 3)))
         await faults
@@ -2814,6 +2829,9 @@ def main() -> None:
     )
     parser.add_argument("--pace", type=float, default=0.02, help="mean pause between a worker's commands (s)")
     parser.add_argument("--gap", type=float, default=3.0, help="mean pause between faults (s)")
+    parser.add_argument(
+        "--min-faults", type=int, default=0, help="keep the load and the faults up past --seconds until this many"
+    )
     parser.add_argument("--drain-timeout", type=float, default=60.0, help="how long in-flight commands may retry")
     parser.add_argument("--heal-timeout", type=float, default=45.0, help="how long read models may take to heal")
     parser.add_argument("--namespace", default="chaos")

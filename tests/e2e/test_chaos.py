@@ -25,7 +25,7 @@ import pytest
 
 from libs.runtime.local_servers import die_with_parent
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(270)]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -44,6 +44,8 @@ def test_a_short_chaos_run_holds_every_invariant(tmp_path: Path) -> None:
         "4",
         "--gap",
         "1.0",
+        "--min-faults",
+        "5",
         "--data-dir",
         str(tmp_path / "stack"),
         "--json",
@@ -59,7 +61,7 @@ def test_a_short_chaos_run_holds_every_invariant(tmp_path: Path) -> None:
         preexec_fn=die_with_parent,
     )
     try:
-        output, _ = process.communicate(timeout=150)
+        output, _ = process.communicate(timeout=240)
     finally:
         if process.poll() is None:
             process.kill()
@@ -92,7 +94,8 @@ def test_a_short_chaos_run_holds_every_invariant(tmp_path: Path) -> None:
         "after a final SIGKILL and restart of exception-router, ListExceptions is identical",
     ):
         assert invariant in names
-    # Faults are dealt on a clock: on a loaded machine (the whole suite on two cores) 15 s of load fit five or six.
+    # Faults are dealt on a clock, the load kept up past the 15 s until five were dealt: on a slow machine each kill
+    # waits longer for its service to serve again (one run fit three in 15 s).
     assert sum(result["faults"].values()) >= 5, result["faults"]
     assert result["faults"].get("kill nats-server", 0) + result["faults"].get("kill po-publication", 0) >= 1
     assert result["faults"].get("kill invoice-status", 0) >= 1, result["faults"]
