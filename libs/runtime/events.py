@@ -333,8 +333,7 @@ class EventReader:
 
     async def last_sequence(self, domain: str) -> int:
         """The sequence of the newest event of a domain's stream (0 when it has none)."""
-        state = await self._state(domain)
-        return int(state.get("last_seq") or 0) if state is not None else 0
+        return (await self.position(domain)).last_sequence
 
     async def first_sequence(self, domain: str) -> int:
         """The sequence of the oldest message a domain's stream still holds (the stream leader's answer): below it a

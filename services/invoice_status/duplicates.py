@@ -89,9 +89,9 @@ def amount_key(invoice: Invoice) -> tuple[object, ...]:
 def suspicion_window(day: date, within_days: int = DEFAULT_SUSPECT_WITHIN_DAYS) -> tuple[date, date]:
     """The first and last date an invoice of the same amount dated ``day`` is a suspected duplicate within; the
     window stops at the calendar's ends (an invoice dated 9999-12-31 has no day after it)."""
-    return day - timedelta(days=min(within_days, (day - date.min).days)), day + timedelta(
-        days=min(within_days, (date.max - day).days)
-    )
+    before = min(within_days, (day - date.min).days)
+    after = min(within_days, (date.max - day).days)
+    return day - timedelta(days=before), day + timedelta(days=after)
 
 
 def check_key(invoice: Invoice) -> tuple[object, ...]:

@@ -147,24 +147,21 @@ class Settlements:
         self._keep_after = max(0, newest - self._tail)
         if stored is not None and stored.of(self._stream) and 0 <= stored.sequence <= newest:
             self._floor = stored.sequence
+        elif stored is None:  # another replica starting may have stored one meanwhile
+            self._floor = await self._mark.advance(self._keep_after, self._stream)
         else:
             self._floor = self._keep_after
-            if stored is None:
-                # another replica starting may have stored one
-                self._floor = await self._mark.advance(self._floor, self._stream)
-            else:
-                if not stored.of(self._stream) or stored.sequence > newest:
-                    log.warning(
-                        "the settled-through mark (%s, of the stream created %s) is not of the invoice stream now "
-                        "(created %s, newest event %s): the stream was recreated; its newest %s events are settled "
-                        "again",
-                        stored.sequence,
-                        stored.stream or "before marks named their stream",
-                        self._stream,
-                        newest,
-                        self._tail,
-                    )
-                await self._mark.replace(self._floor, self._stream)
+            if not stored.of(self._stream) or stored.sequence > newest:
+                log.warning(
+                    "the settled-through mark (%s, of the stream created %s) is not of the invoice stream now "
+                    "(created %s, newest event %s): the stream was recreated; its newest %s events are settled again",
+                    stored.sequence,
+                    stored.stream or "before marks named their stream",
+                    self._stream,
+                    newest,
+                    self._tail,
+                )
+            await self._mark.replace(self._floor, self._stream)
         self._saved = self._floor
         self._replaying = True
 
@@ -255,25 +252,29 @@ class Settlements:
             try:
                 self._saved = await self._mark.advance(through, self._stream)
             except MarkOfAnotherStream as other:
-                created = (await self._position()).created
-                if not created:  # no stream at all for now (a broker's passing answer): tried again next time
-                    log.warning("%s, and the invoice stream was not found; trying again", other)
-                    return
-                if created != self._stream:
-                    # The stream this process read was recreated under it: what it settled counts that one. The
-                    # processes that read the stream there is keep the mark.
-                    self._outlived_stream = True
-                    log.error(
-                        "%s, and the invoice stream was recreated since this process started: it stores the "
-                        "settled-through mark no more; restart it",
-                        other,
-                    )
-                    return
-                log.warning("%s: the mark of a stream since recreated; storing %s over it", other, through)
-                await self._mark.replace(through, self._stream)
-                self._saved = through
+                await self._store_over(other, through)
         except Exception as error:
             log.warning("the settled-through mark (%s) was not stored (%r); trying again", through, error)
+
+    async def _store_over(self, other: MarkOfAnotherStream, through: int) -> None:
+        """The mark found is of another stream: stored over when this process's stream is the one there is."""
+        created = (await self._position()).created
+        if not created:  # no stream at all for now (a broker's passing answer): tried again next time
+            log.warning("%s, and the invoice stream was not found; trying again", other)
+            return
+        if created != self._stream:
+            # The stream this process read was recreated under it: what it settled counts that one. The processes
+            # that read the stream there is keep the mark.
+            self._outlived_stream = True
+            log.error(
+                "%s, and the invoice stream was recreated since this process started: it stores the settled-through "
+                "mark no more; restart it",
+                other,
+            )
+            return
+        log.warning("%s: the mark of a stream since recreated; storing %s over it", other, through)
+        await self._mark.replace(through, self._stream)
+        self._saved = through
 
     def _log_stalled(self, sequence: int, reach: int, now: float) -> None:
         overdue = now - self.pending[sequence].due_at

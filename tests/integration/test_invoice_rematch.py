@@ -51,21 +51,15 @@ from services.invoice_status.decider import (
 from services.invoice_status.domain import MatchResult, Reason, TolerancePolicy
 from services.invoice_status.facts import InvoiceLedger, Matcher, OrderLines, ReceivedLines
 from services.invoice_status.wiring import wire as wire_invoices
-from services.po_publication.wiring import wire as wire_po
-from services.receipt_reconciliation.wiring import wire as wire_receipts
 from syncgov.exception.v1 import exception_pb2
 from syncgov.invoice.v1 import invoice_service_pb2, invoice_service_pb2_grpc
-from syncgov.po.v1 import po_service_pb2_grpc
-from syncgov.receipt.v1 import receipt_service_pb2_grpc
 from tests.integration.helpers import (
     ERP,
     PROCUREMENT,
     eventually,
     goods_receipt,
     order_received,
-    publish_order,
     raised_exceptions,
-    receipt_settings,
 )
 from tests.integration.test_invoice_status import (
     BLOCKED,
@@ -94,14 +88,10 @@ async def two_replicas(po_settings):
     12.50 EUR) and 4 of line 1 received."""
     settings = invoice_settings(po_settings)
     async with (
-        running_service(po_settings, wire_po) as (_, po_channel, _),
-        running_service(receipt_settings(po_settings), wire_receipts) as (_, receipt_channel, _),
+        order_received(po_settings, (1, "4")),
         running_service(settings, wire_invoices) as (first_replica, first_channel, _),
         running_service(settings, wire_invoices) as (_, second_channel, _),
     ):
-        await publish_order(po_service_pb2_grpc.PurchaseOrderServiceStub(po_channel))
-        receipts = receipt_service_pb2_grpc.ReceiptReconciliationServiceStub(receipt_channel)
-        await receipts.PostGoodsReceipt(goods_receipt("GR-1", "PO-1001", (1, "4")), metadata=ERP)
         yield (
             invoice_service_pb2_grpc.InvoiceStatusServiceStub(first_channel),
             invoice_service_pb2_grpc.InvoiceStatusServiceStub(second_channel),
