@@ -487,12 +487,15 @@ def supplier_record(local_id: str, rng: random.Random) -> supplier_pb2.SupplierR
 
 @dataclass
 class LoadWindow:
-    """Until when the load and the faults run: the faults move it on until enough of them were dealt."""
+    """Until when the load and the faults run: ``stop_at``, and past it until ``min_faults`` faults were dealt (the
+    workers and the faults ask the same window, so the load never stops before the faults do)."""
 
     stop_at: float
+    min_faults: int = 0
+    dealt: Callable[[], int] = lambda: 0
 
     def open(self) -> bool:
-        return time.monotonic() < self.stop_at
+        return time.monotonic() < self.stop_at or self.dealt() < self.min_faults
 
 
 async def worker(index: int, client: Client, run_id: str, supplier_id: str, window: LoadWindow, pace: float) -> None:
@@ -1291,8 +1294,6 @@ class Chaos:
                 self.rng.shuffle(deck)
             await self.inject(deck.pop())
             await asyncio.sleep(self.args.gap * self.rng.uniform(0.5, 1.5))
-            if not window.open() and sum(self.faults.values()) < self.args.min_faults:
-                window.stop_at = time.monotonic() + self.args.gap
 
     def stop(self) -> None:
         with contextlib.suppress(Exception):
@@ -2747,7 +2748,7 @@ async def run(args: argparse.Namespace) -> int:
         warm_invoice = invoice_request(f"INV-{run_id}-warmup", "INV-W-00001", supplier_id, warm.po_id, 1, PO_PRICE)
         await submit_invoice(client, Billing(-1, run_id, supplier_id), "invoice early", warm_invoice, 1, patience=30)
         chaos.t0 = time.monotonic()
-        window = LoadWindow(chaos.t0 + args.seconds)
+        window = LoadWindow(chaos.t0 + args.seconds, args.min_faults, chaos.faults.total)
         faults = asyncio.create_task(chaos.faults_until(window))
         workers = [
             asyncio.create_task(worker(i, client, run_id, supplier_id, window, args.pace)) for i in range(args.workers)

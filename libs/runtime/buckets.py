@@ -39,8 +39,9 @@ async def open_bucket(js: JetStreamContext, bucket: str, description: str, *, re
 
 # A stored mark: the sequence, then the creation time of the stream it counts as the broker tells it (RFC 3339 in
 # UTC, nanoseconds). Plain digits were stored before marks named their stream.
-_STORED = re.compile(r"(\d{1,20})(?: ([0-9A-Za-z:.+-]{1,64}))?")
-_STREAM = re.compile(r"[0-9A-Za-z:.+-]{1,64}")
+_STREAM_NAME = r"[0-9A-Za-z:.+-]{1,64}"
+_STORED = re.compile(rf"(\d{{1,20}})(?: ({_STREAM_NAME}))?")
+_STREAM = re.compile(_STREAM_NAME)
 
 
 class MarkUnreadable(Exception):
