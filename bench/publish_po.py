@@ -28,7 +28,9 @@ Scenarios, each at concurrency 1 and 64, against servers this script starts:
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
 Each governed scenario is measured in alternating 0.5 s slices with the raw composite (its ratio is to those slices),
 with the services off its path stopped meanwhile (--bystanders-run keeps them running); --baseline-tree PATH adds
-another checkout's po-publication to the governed and governed-change rotations.
+another checkout's po-publication to the governed and governed-change rotations. Only each slice's steady part counts:
+the calls answered from 0.15 s after its start (--settle) to its end, with the CPU used over that window; every
+request a scenario sends is serialized before the clock starts, as the raw composite's is.
 Prints RPS, p50 and p99 per scenario, the governed/raw-composite ratio and the governed-traced/governed one,
 with the spans the sink received. Figures only:
 nothing here is asserted.
@@ -96,37 +98,62 @@ def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
 
 
 async def measure(
-    call: Call, concurrency: int, seconds: float, pids: dict[str, int], samples: list[float] | None = None
+    call: Call,
+    concurrency: int,
+    seconds: float,
+    pids: dict[str, int],
+    samples: list[float] | None = None,
+    settle: float = 0.0,
 ) -> dict[str, float]:
     """RPS, latency percentiles and CPU per request of ``call``; its latencies are added to ``samples`` too.
 
-    RPS is every call over the time from the first sent to the last answered: the slice's start (64 calls in flight
-    before the first answer) and its drain (the last calls answered after the deadline) balance each other."""
+    Only the steady part counts: the calls answered from ``settle`` seconds after the start to the deadline, over
+    that window's time, with the CPU the processes used in that same window. The start (``concurrency`` calls arriving
+    at once at a service that was just let go on, its timers catching up) and the drain (the last calls answered
+    after the deadline, with fewer and fewer in flight) are worked through but not counted: they cost a path that
+    answers in 100 ms more than one that answers in 5 ms, and the alternating slices have many of them."""
     latencies: list[float] = []
-    cpu_before = cpu_seconds(pids)
+    answered: list[float] = []  # when each call was answered, beside its latency
     started = time.perf_counter()
     deadline = started + seconds
+    window: list[tuple[float, dict[str, float]]] = []  # (when, CPU so far) at the window's start and end
+
+    def mark() -> None:
+        window.append((time.perf_counter(), cpu_seconds(pids)))
+
+    loop = asyncio.get_running_loop()
+    if settle > 0:
+        loop.call_later(settle, mark)
+    else:
+        mark()
+    ending = loop.call_later(seconds, mark)
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
             sent = time.perf_counter()
             await call(next(COUNTER))
-            latencies.append(time.perf_counter() - sent)
+            done = time.perf_counter()
+            latencies.append(done - sent)
+            answered.append(done)
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    elapsed = time.perf_counter() - started
-    cpu_after = cpu_seconds(pids)
-    latencies.sort()
+    if len(window) < 2:  # every worker left before the deadline's callback ran
+        ending.cancel()
+        mark()
+    (opened, cpu_before), (closed, cpu_after) = window[0], window[-1]
+    counted = sorted(latency for latency, at in zip(latencies, answered, strict=True) if opened <= at <= closed)
+    if not counted:
+        raise RuntimeError(f"no call was answered in the {closed - opened:.2f}s window after a {settle:g}s settle")
     if samples is not None:
-        samples.extend(latencies)
-    per_request = {f"cpu_us_{name}": (cpu_after[name] - cpu_before[name]) / len(latencies) * 1e6 for name in pids}
+        samples.extend(counted)
+    per_request = {f"cpu_us_{name}": (cpu_after[name] - cpu_before[name]) / len(counted) * 1e6 for name in pids}
     return {
         **per_request,
-        "rps": len(latencies) / elapsed,
-        "seconds": elapsed,
-        "p50_ms": statistics.median(latencies) * 1000,
-        "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
-        "count": len(latencies),
+        "rps": len(counted) / (closed - opened),
+        "seconds": closed - opened,
+        "p50_ms": statistics.median(counted) * 1000,
+        "p99_ms": counted[min(len(counted) - 1, int(len(counted) * 0.99))] * 1000,
+        "count": len(counted),
     }
 
 
@@ -140,6 +167,7 @@ async def measure_pair(
     pids: dict[str, dict[str, int]],
     tallies: dict[str, Tally],
     step: float = 0.5,
+    settle: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """Each call measured in alternating slices of ``step`` seconds (A B C C B A ...), ``seconds`` each in all (rounded
     up to whole slices), so what else loads the machine meanwhile loads all alike: for a ratio of two paths on a shared
@@ -153,7 +181,7 @@ async def measure_pair(
             slices, samples = tallies[name]
             others = {pids[other]["server"] for other in calls} - {pids[name]["server"], pids[name]["client"]}
             with paused(others):
-                slices.append(await measure(calls[name], concurrency, step, pids[name], samples))
+                slices.append(await measure(calls[name], concurrency, step, pids[name], samples, settle))
         order.reverse()
         spent += step
     return {name: combined(*tallies[name]) for name in calls}
@@ -299,6 +327,8 @@ async def run(
     bystanders_run: bool = False,
     baseline_tree: Path | None = None,
     profiled: str = "po-publication",
+    step: float = 0.5,
+    settle: float = 0.15,
 ) -> None:
     def under_profile(service: str) -> list[str]:
         """cProfile's arguments for the service ``--profile`` names (the measured process), none for the rest."""
@@ -557,6 +587,10 @@ async def run(
         )
         erp = (("x-syncgov-system", "erp"),)
         receivable: collections.deque[int] = collections.deque()  # orders published for the receipt scenario
+        # The receipts and invoices of the measured calls, serialized before the clock starts (as the publishes' are):
+        # one for each order published (and received) beforehand, named after it.
+        receipts_ready: collections.deque[bytes] = collections.deque()
+        invoices_ready: collections.deque[bytes] = collections.deque()
 
         def receipt_request(n: int, order: int) -> bytes:
             document = receipt_pb2.GoodsReceipt(
@@ -571,16 +605,15 @@ async def run(
             )
             return receipt_service_pb2.PostGoodsReceiptRequest(receipt=document).SerializeToString()
 
-        async def governed_receipt(n: int) -> object:
-            if not receivable:
+        async def governed_receipt(_: int) -> object:
+            if not receipts_ready:
                 raise RuntimeError("the receipt scenario ran out of published orders")
-            return await post_call(receipt_request(n, receivable.popleft()), metadata=erp)
+            return await post_call(receipts_ready.popleft(), metadata=erp)
 
         invoice_channel = grpc.aio.insecure_channel(f"127.0.0.1:{invoice_port}")
         submit_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = invoice_channel.unary_unary(
             "/syncgov.invoice.v1.InvoiceStatusService/SubmitInvoice"
         )
-        invoiceable: collections.deque[int] = collections.deque()  # orders published and received for invoices
 
         def cents_of(order: int) -> int:
             """Line 1's unit price in cents: the orders (and so the invoices' amounts) differ, as a supplier's do."""
@@ -599,18 +632,18 @@ async def run(
             """Publish orders (line 1 at its own price) and post a receipt of 4 EA on line 1 of each, unmeasured."""
 
             async def worker() -> None:
-                while len(invoiceable) < count:
+                while len(invoices_ready) < count:
                     n = next(COUNTER)
                     await retried(publish_call, priced_order(n), metadata)
                     await retried(post_call, receipt_request(n, n), erp)
-                    invoiceable.append(n)
+                    invoices_ready.append(invoice_request(f"{run_id}-{n}", n))
 
             await asyncio.gather(*(worker() for _ in range(64)))
 
-        async def governed_invoice(n: int) -> object:
-            if not invoiceable:
+        async def governed_invoice(_: int) -> object:
+            if not invoices_ready:
                 raise RuntimeError("the invoice scenario ran out of received orders")
-            return await submit_call(invoice_request(f"{run_id}-{n}", invoiceable.popleft()), metadata=metadata)
+            return await submit_call(invoices_ready.popleft(), metadata=metadata)
 
         def invoice_request(invoice_id: str, order: int) -> bytes:
             """4 EA of the order's line 1 at its price, 19% tax, dated one of 336 days: a matching invoice."""
@@ -694,6 +727,8 @@ async def run(
                     await fill(published_elsewhere, replica_publish, needed)
                 elif name == "governed-receipt":
                     await fill(receivable, publish_call, needed)
+                    receipts_ready.extend(receipt_request(order, order) for order in receivable)
+                    receivable.clear()
                 elif name == "governed-invoice":  # ~1,000 invoices a second at 64, ~470 at 1 (2026-11-27)
                     await fill_received(int((seconds + 1.0) * (2500 if concurrency > 1 else 1000)))
                 if name.startswith(("governed-change", "governed-receipt", "governed-invoice")):
@@ -728,11 +763,13 @@ async def run(
                         with paused(others):
                             await measure(scenarios[each], concurrency, min(1.0, seconds / 4), pids[each])  # warm-up
                     if len(group) == 1:
-                        results[(name, concurrency)] = await measure(scenarios[name], concurrency, seconds, pids[name])
+                        results[(name, concurrency)] = await measure(
+                            scenarios[name], concurrency, seconds, pids[name], settle=settle
+                        )
                         continue
                     tallies: dict[str, Tally] = {each: ([], []) for each in group}
                     paired = await measure_pair(
-                        {each: scenarios[each] for each in group}, concurrency, seconds, pids, tallies
+                        {each: scenarios[each] for each in group}, concurrency, seconds, pids, tallies, step, settle
                     )
                 for each, figures in paired.items():
                     if each == "raw-composite":
@@ -752,7 +789,9 @@ async def run(
         await raw_channel.close()
         await baseline_channel.close()
         await nc.drain()
-        report(results, baselines, concurrencies, seconds, sync_always, len(payload), trace_ratio, bystanders_run)
+        report(
+            results, baselines, concurrencies, seconds, settle, sync_always, len(payload), trace_ratio, bystanders_run
+        )
     finally:
         # The sink last: the traced service exports its last spans as it stops.
         services = [process for process in processes if process is not sink]
@@ -783,13 +822,15 @@ def report(
     baselines: dict[tuple[str, int], float],
     concurrencies: list[int],
     seconds: float,
+    settle: float,
     sync_always: bool,
     payload_bytes: int,
     trace_ratio: float | None,
     bystanders_run: bool,
 ) -> None:
     print(
-        f"\nPublishPurchaseOrder benchmark: {seconds:g}s per scenario, {os.cpu_count()} cores, "
+        f"\nPublishPurchaseOrder benchmark: {seconds:g}s per scenario (the first {settle:g}s of each slice not "
+        f"counted), {os.cpu_count()} cores, "
         f"request {payload_bytes} bytes, JetStream sync_interval={'always' if sync_always else 'default (2 min)'}, "
         f"services off the measured path {'running' if bystanders_run else 'paused'}"
     )
@@ -874,7 +915,16 @@ if __name__ == "__main__":
         help="another checkout (stubs generated: make proto there) whose po-publication the governed and "
         "governed-change scenarios are also measured against, in the same alternating slices",
     )
+    parser.add_argument("--slice", type=float, default=0.5, help="seconds of each alternating slice")
+    parser.add_argument(
+        "--settle",
+        type=float,
+        default=0.15,
+        help="seconds at the start of each slice (and of a scenario measured alone) worked through but not counted",
+    )
     args = parser.parse_args()
+    if not 0 <= args.settle < args.slice:
+        parser.error("--settle must be at least 0 and shorter than --slice")
     uvloop.run(
         run(
             args.seconds,
@@ -886,6 +936,8 @@ if __name__ == "__main__":
             args.bystanders_run,
             args.baseline_tree,
             args.profile_service,
+            args.slice,
+            args.settle,
         )
     )
     if args.profile:
