@@ -7,7 +7,9 @@ from ``--concurrency`` coroutines on uvloop, as a service does under load, and p
 system) per call and the calls per second: redis-py one call at a time (GET, HMGET, EVALSHA), redis-py pipelines
 (one command; 64 commands, per command), the services' ``CoalescingRedis`` (libs/runtime/valkey.py) with the same
 HMGETs, nats-py JetStream publish with acknowledgment (with and without the four headers an event carries), a
-direct get of a subject's last message, and a core publish without acknowledgment. Each kind runs twice and the
+direct get of a subject's last message, the same publish and direct get through the services' ``Requests``
+(libs/runtime/requests.py), two direct gets through it one after the other and at once (per pair), and a core
+publish without acknowledgment. Each kind runs twice and the
 second run is printed (the first warms connections and caches). Only this process is measured, not the servers.
 Figures only; nothing is asserted.
 """
@@ -34,6 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from libs.runtime.local_servers import NatsServer, ValkeyServer
+from libs.runtime.requests import Requests
 from libs.runtime.valkey import CoalescingRedis
 
 HEADERS = {
@@ -81,6 +84,7 @@ async def run(calls: int, concurrency: int) -> None:
         sha = await plain.script_load("return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])")
         data = os.urandom(600)  # about an event's envelope
         await js.publish("bench.order.1", data, headers={**HEADERS, "Nats-Msg-Id": "first"})
+        await js.publish("bench.order.2", data, headers={**HEADERS, "Nats-Msg-Id": "second"})
 
         async def pipeline_of(size: int) -> None:
             pipeline = plain.pipeline(transaction=False)
@@ -108,6 +112,34 @@ async def run(calls: int, concurrency: int) -> None:
         await measure(
             "JetStream direct get (last by subject)",
             lambda _: js.get_last_msg("BENCH", "bench.order.1", direct=True),
+            calls,
+            concurrency,
+        )
+        requests = Requests(nc)
+        await measure(
+            "Requests: publish with ack, 4 headers",
+            lambda n: requests.publish(
+                f"bench.d.{n}", data, stream="BENCH", headers={**HEADERS, "Nats-Msg-Id": f"d{n}"}, within=5
+            ),
+            calls,
+            concurrency,
+        )
+        await measure(
+            "Requests: direct get (last by subject)",
+            lambda _: requests.direct_get("BENCH", last_by_subject="bench.order.1", within=5),
+            calls,
+            concurrency,
+        )
+
+        async def one_after_the_other(_: int) -> None:
+            await requests.direct_get("BENCH", last_by_subject="bench.order.1", within=5)
+            await requests.direct_get("BENCH", last_by_subject="bench.order.2", within=5)
+
+        both = (("BENCH", "bench.order.1"), ("BENCH", "bench.order.2"))
+        await measure("Requests: 2 direct gets in turn, per pair", one_after_the_other, calls, concurrency)
+        await measure(
+            "Requests: 2 direct gets at once, per pair",
+            lambda _: requests.last_of_each(both, within=5),
             calls,
             concurrency,
         )

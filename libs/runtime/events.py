@@ -16,7 +16,7 @@ import contextvars
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TypeVar
@@ -297,6 +297,22 @@ class EventReader:
             stream, last_by_subject=self._ns.object_filter(domain, key), within=self._timeout
         )
         return parse_direct(stream, found) if found is not None else None
+
+    async def last_of_each(self, objects: Sequence[tuple[str, str]]) -> list[StoredEvent | None]:
+        """The newest event of each (domain, key), asked of the streams at once: one round trip for all of them
+        rather than one each (``Requests.at_once``)."""
+        streams = [self._ns.stream(domain) for domain, _ in objects]
+        found = await self._requests.last_of_each(
+            [
+                (stream, self._ns.object_filter(domain, key))
+                for stream, (domain, key) in zip(streams, objects, strict=True)
+            ],
+            within=self._timeout,
+        )
+        return [
+            parse_direct(stream, message) if message is not None else None
+            for stream, message in zip(streams, found, strict=True)
+        ]
 
     async def at(self, domain: str, sequence: int) -> StoredEvent:
         stream = self._ns.stream(domain)

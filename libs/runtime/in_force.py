@@ -37,7 +37,11 @@ class VersionsInForce(Generic[V]):
 
     async def current(self, key: str) -> V | None:
         """The object's version in force as the stream holds it now; None when no version was ever set."""
-        newest = await self._reader.last(self._domain, key)
+        return await self.current_given(key, await self._reader.last(self._domain, key))
+
+    async def current_given(self, key: str, newest: StoredEvent | None) -> V | None:
+        """``current`` with the object's newest event already read (None: it has none), e.g. together with other
+        reads (``EventReader.last_of_each``)."""
         if newest is None:
             return None
         known = self._entries.get(key)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+from collections.abc import Sequence
 from typing import Any
 
 from nats.aio.client import Client as NATS
@@ -29,6 +30,8 @@ STATUS = "Status"
 NO_RESPONDERS = "503"
 NO_MESSAGE = "404"
 EXPECTED_STREAM = "Nats-Expected-Stream"
+
+Call = tuple[str, bytes, dict[str, str] | None]  # a request: subject, payload, headers
 
 
 class Requests:
@@ -44,21 +47,33 @@ class Requests:
     ) -> Msg:
         """The reply to one request within ``within`` seconds (else ``nats.errors.TimeoutError``);
         ``NoRespondersError`` when nothing listens on ``subject``."""
+        return (await self.at_once(((subject, payload, headers),), within=within))[0]
+
+    async def at_once(self, calls: Sequence[Call], *, within: float) -> list[Msg]:
+        """The replies to several requests (subject, payload, headers), in their order, all within ``within``
+        seconds: sent together, they go to the broker in one write and their replies mostly come back in one read,
+        where one request after another costs a round trip (a flush, a wake-up, a read) each. The errors are
+        ``request``'s."""
         prefix = self._prefix or await self._subscribe()
-        token = str(next(self._tokens))
         loop = asyncio.get_running_loop()
-        reply: asyncio.Future[Msg] = loop.create_future()
-        self._waiting[token] = reply
-        timer = loop.call_later(within, _expire, reply)
+        tokens = [str(next(self._tokens)) for _ in calls]
+        replies: list[asyncio.Future[Msg]] = [loop.create_future() for _ in calls]
+        self._waiting.update(zip(tokens, replies, strict=True))
+        timer = loop.call_later(within, _expire, replies)
         try:
-            await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
-            message = await reply
+            for (subject, payload, headers), token in zip(calls, tokens, strict=True):
+                await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            messages = [await reply for reply in replies]
         finally:
             timer.cancel()
-            self._waiting.pop(token, None)  # a reply after the timeout finds nothing waiting
-        if not message.data and message.headers and message.headers.get(STATUS) == NO_RESPONDERS:
-            raise NoRespondersError
-        return message
+            for token, reply in zip(tokens, replies, strict=True):
+                self._waiting.pop(token, None)  # a reply after the timeout finds nothing waiting
+                if reply.done() and not reply.cancelled():
+                    reply.exception()  # one that timed out with the first is retrieved: no "never retrieved"
+        for message in messages:
+            if not message.data and message.headers and message.headers.get(STATUS) == NO_RESPONDERS:
+                raise NoRespondersError
+        return messages
 
     async def _subscribe(self) -> str:
         async with self._subscribing:
@@ -93,16 +108,17 @@ class Requests:
         ``last_by_subject``, or the one ``query`` names (``seq``, ``next_by_subj``); None when there is none. The
         message's stream sequence and subject are its ``Nats-Sequence`` and ``Nats-Subject`` headers."""
         if last_by_subject:
-            message = await self.request(f"{DEFAULT_PREFIX}.DIRECT.GET.{stream}.{last_by_subject}", within=within)
+            message = await self.request(_last_by_subject(stream, last_by_subject), within=within)
         else:
             body = json.dumps(query).encode()
             message = await self.request(f"{DEFAULT_PREFIX}.DIRECT.GET.{stream}", body, within=within)
-        status = message.headers.get(STATUS) if message.headers and not message.data else None
-        if status == NO_MESSAGE:
-            return None
-        if status:
-            raise APIError.from_msg(message)
-        return message
+        return _stored(message)
+
+    async def last_of_each(self, wanted: Sequence[tuple[str, str]], *, within: float) -> list[Msg | None]:
+        """The newest stored message on each (stream, subject filter), asked at once (``at_once``); None for a
+        filter nothing was stored on."""
+        calls = [(_last_by_subject(stream, subjects), b"", None) for stream, subjects in wanted]
+        return [_stored(message) for message in await self.at_once(calls, within=within)]
 
     async def stream_state(self, stream: str, *, within: float) -> dict[str, Any]:
         """The stream's state (``first_seq``, ``last_seq``, ``messages``...); ``nats.js.errors.NotFoundError`` when
@@ -123,6 +139,21 @@ class Requests:
         return answer
 
 
-def _expire(reply: asyncio.Future[Msg]) -> None:
-    if not reply.done():
-        reply.set_exception(NatsTimeout())
+def _last_by_subject(stream: str, subjects: str) -> str:
+    return f"{DEFAULT_PREFIX}.DIRECT.GET.{stream}.{subjects}"
+
+
+def _stored(message: Msg) -> Msg | None:
+    """A direct get's reply: the stored message, None for none (404), the broker's error raised."""
+    status = message.headers.get(STATUS) if message.headers and not message.data else None
+    if status == NO_MESSAGE:
+        return None
+    if status:
+        raise APIError.from_msg(message)
+    return message
+
+
+def _expire(replies: list[asyncio.Future[Msg]]) -> None:
+    for reply in replies:
+        if not reply.done():
+            reply.set_exception(NatsTimeout())

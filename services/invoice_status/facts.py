@@ -80,6 +80,9 @@ DEFAULT_CACHE_BYTES = 64 * 1024 * 1024
 # A PO line's facts hold two Decimals and two strings besides the shell: ~400 bytes; the estimate errs high.
 _FACTS_BYTES = 512
 _LINE_BYTES = 512
+# Orders whose newest PO and receipt events one match asks for together: an invoice of many orders reads them in
+# a few round trips, not two per order, without putting hundreds of requests in flight at once.
+ORDERS_READ_AT_ONCE = 16
 
 # --- PO lines ------------------------------------------------------------------------------------------------
 
@@ -174,7 +177,10 @@ class ReceivedLines:
 
     async def of(self, po_id: str, needed: Iterable[int] | None = None) -> OrderReceipts:
         """The order's figures now; complete, or (``needed``: the PO line numbers a match reads) holding those."""
-        newest = await self._reader.last(RECEIPT_DOMAIN, po_id)
+        return await self.given(po_id, await self._reader.last(RECEIPT_DOMAIN, po_id), needed)
+
+    async def given(self, po_id: str, newest: StoredEvent | None, needed: Iterable[int] | None = None) -> OrderReceipts:
+        """``of`` with the order's newest receipt event already read (None: it has none)."""
         if newest is None:
             return OrderReceipts({}, 0)
         wanted = None if needed is None else set(needed)
@@ -676,7 +682,8 @@ def _mark(index: dict[K, set[str]], key: K, invoice_id: str, present: bool) -> N
 class Matcher:
     """Reads the facts an invoice's lines need and runs the (pure) three-way match on them."""
 
-    def __init__(self, orders: OrderLines, receipts: ReceivedLines, ledger: InvoiceLedger) -> None:
+    def __init__(self, reader: EventReader, orders: OrderLines, receipts: ReceivedLines, ledger: InvoiceLedger) -> None:
+        self._reader = reader
         self._orders = orders
         self._receipts = receipts
         self._ledger = ledger
@@ -691,16 +698,23 @@ class Matcher:
         versions: list[tuple[str, int]] = []
         receipt_sequence = 0
         invoice_sequence = self._ledger.read_through  # read first: every invoice up to it is counted below
-        for po_id in sorted({line.po_id for line in invoice.lines}):
-            order = await self._orders.current(po_id)
-            if order is not None:
-                versions.append((po_id, order.version))
-                po_lines.update(((po_id, number), line) for number, line in order.lines.items())
-            receipts = await self._receipts.of(
-                po_id, (line.po_line_number for line in invoice.lines if line.po_id == po_id)
+        po_ids = sorted({line.po_id for line in invoice.lines})
+        for start in range(0, len(po_ids), ORDERS_READ_AT_ONCE):
+            some = po_ids[start : start + ORDERS_READ_AT_ONCE]
+            # Each order's newest PO event and newest receipt event, asked of the broker together.
+            newest = await self._reader.last_of_each(
+                [(PO_DOMAIN, po_id) for po_id in some] + [(RECEIPT_DOMAIN, po_id) for po_id in some]
             )
-            receipt_sequence = max(receipt_sequence, receipts.sequence)
-            received.update(((po_id, number), figures) for number, figures in receipts.lines.items())
+            for po_id, newest_order, newest_receipt in zip(some, newest[: len(some)], newest[len(some) :], strict=True):
+                order = await self._orders.current_given(po_id, newest_order)
+                if order is not None:
+                    versions.append((po_id, order.version))
+                    po_lines.update(((po_id, number), line) for number, line in order.lines.items())
+                receipts = await self._receipts.given(
+                    po_id, newest_receipt, (line.po_line_number for line in invoice.lines if line.po_id == po_id)
+                )
+                receipt_sequence = max(receipt_sequence, receipts.sequence)
+                received.update(((po_id, number), figures) for number, figures in receipts.lines.items())
         others = self._ledger.invoiced_by_others((line.key for line in invoice.lines), invoice.invoice_id)
         result = matching.match_invoice(
             invoice,

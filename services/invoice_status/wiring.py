@@ -96,7 +96,7 @@ def wire(rt: Runtime[Settings]) -> Service:
         claims=rt.idempotency_store(name),
         name="invoice",
     )
-    matcher = Matcher(OrderLines(rt.reader), ReceivedLines(rt.reader), ledger)
+    matcher = Matcher(rt.reader, OrderLines(rt.reader), ReceivedLines(rt.reader), ledger)
     rematcher = Rematcher(
         commands,
         matcher,

@@ -134,7 +134,7 @@ async def _record_as_a_replica_that_had_not_read_the_others(runtime, request) ->
     published with the subject guard through the service's publisher (the invoice-status broker user)."""
     document = request.invoice
     submitted_invoice = mapping.valid_invoice(document)
-    matcher = Matcher(OrderLines(runtime.reader), ReceivedLines(runtime.reader), InvoiceLedger())
+    matcher = Matcher(runtime.reader, OrderLines(runtime.reader), ReceivedLines(runtime.reader), InvoiceLedger())
     tolerances = TolerancePolicy.of(runtime.policy.current.document.tolerances)
     match, versions = await matcher.match(submitted_invoice, tolerances)
     key = f"procurement:invoice:{submitted_invoice.invoice_id}"

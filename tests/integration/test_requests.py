@@ -4,6 +4,7 @@ the errors are nats-py's, nothing is left waiting, and a broker restarted under 
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import nats
 import nats.errors
@@ -62,6 +63,65 @@ async def test_a_request_nobody_answers_times_out_and_a_late_reply_is_dropped(nc
     await _echo(nc, f"{subject}.after")
     reply = await requests.request(f"{subject}.after", b"y", within=5)
     assert reply.data == b"echo:y"
+
+
+async def test_requests_sent_at_once_each_get_their_own_reply_in_the_order_asked(nc):
+    subject = f"{unique_namespace()}.echo"
+    await _echo(nc, subject)  # answers out of the order asked
+    requests = Requests(nc)
+
+    replies = await requests.at_once([(subject, str(n).encode(), None) for n in range(30)], within=5)
+
+    assert [reply.data for reply in replies] == [f"echo:{n}".encode() for n in range(30)]
+    assert not requests._waiting
+
+
+async def test_requests_sent_at_once_time_out_together_leaving_nothing_waiting_or_unretrieved(nc):
+    root = unique_namespace()
+    await _echo(nc, f"{root}.answered")
+
+    async def never_answer(message) -> None:
+        pass
+
+    await nc.subscribe(f"{root}.silent", cb=never_answer)  # takes the requests (no "no responders"), answers none
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _, context: reported.append(context))
+    requests = Requests(nc)
+    try:
+        calls = [(f"{root}.answered", b"a", None), (f"{root}.silent", b"b", None), (f"{root}.silent", b"c", None)]
+        timed_out = False
+        try:
+            await requests.at_once(calls, within=0.3)
+        except nats.errors.TimeoutError:  # not pytest.raises: its traceback would keep the futures alive
+            timed_out = True
+        assert timed_out
+        assert not requests._waiting
+        await asyncio.sleep(0.2)  # the loop lets go of what the expiry ran with
+        gc.collect()  # a future whose exception nobody retrieved is reported when it is collected
+        await asyncio.sleep(0)
+        assert reported == []
+    finally:
+        loop.set_exception_handler(None)
+
+
+async def test_the_newest_of_each_subject_read_at_once_from_several_streams(nc):
+    root = unique_namespace()
+    first, second = f"{root}_A".upper(), f"{root}_B".upper()
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=first, subjects=[f"{root}.a.>"], allow_direct=True))
+    await js.add_stream(StreamConfig(name=second, subjects=[f"{root}.b.>"], allow_direct=True))
+    requests = Requests(nc)
+    for subject, data, stream in (("a.1.x", b"a1", first), ("a.1.y", b"a1 newer", first), ("b.1.x", b"b1", second)):
+        await requests.publish(f"{root}.{subject}", data, stream=stream, headers={}, within=5)
+
+    found = await requests.last_of_each(
+        [(second, f"{root}.b.1.*"), (first, f"{root}.a.1.*"), (first, f"{root}.a.2.*")], within=5
+    )
+
+    assert [message.data if message is not None else None for message in found] == [b"b1", b"a1 newer", None]
+    with pytest.raises(nats.errors.NoRespondersError):  # a stream that does not exist, as one direct get finds it
+        await requests.last_of_each([(first, f"{root}.a.1.*"), (f"{root}_C".upper(), f"{root}.c.*")], within=5)
 
 
 async def test_no_responders_and_no_stream_are_nats_py_errors(nc):
