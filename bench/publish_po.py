@@ -105,13 +105,16 @@ async def measure(
     samples: list[float] | None = None,
     settle: float = 0.0,
 ) -> dict[str, float]:
-    """RPS, latency percentiles and CPU per request of ``call``; its latencies are added to ``samples`` too.
+    """One slice of ``call``: the calls answered and the CPU each process used (``cpu_s_<name>``) in its steady part,
+    and that part's length; the answered calls' latencies are added to ``samples`` (``combined`` makes the figures).
 
     Only the steady part counts: the calls answered from ``settle`` seconds after the start to the deadline, over
     that window's time, with the CPU the processes used in that same window. The start (``concurrency`` calls arriving
     at once at a service that was just let go on, its timers catching up) and the drain (the last calls answered
     after the deadline, with fewer and fewer in flight) are worked through but not counted: they cost a path that
-    answers in 100 ms more than one that answers in 5 ms, and the alternating slices have many of them."""
+    answers in 100 ms more than one that answers in 5 ms, and the alternating slices have many of them. A window in
+    which no call was answered (a path answering more slowly than the window lasts) counts as that: no calls over
+    its time, its CPU spent towards the calls the other slices answered."""
     latencies: list[float] = []
     answered: list[float] = []  # when each call was answered, beside its latency
     started = time.perf_counter()
@@ -141,18 +144,12 @@ async def measure(
         ending.cancel()
         mark()
     (opened, cpu_before), (closed, cpu_after) = window[0], window[-1]
-    counted = sorted(latency for latency, at in zip(latencies, answered, strict=True) if opened <= at <= closed)
-    if not counted:
-        raise RuntimeError(f"no call was answered in the {closed - opened:.2f}s window after a {settle:g}s settle")
+    counted = [latency for latency, at in zip(latencies, answered, strict=True) if opened <= at <= closed]
     if samples is not None:
         samples.extend(counted)
-    per_request = {f"cpu_us_{name}": (cpu_after[name] - cpu_before[name]) / len(counted) * 1e6 for name in pids}
     return {
-        **per_request,
-        "rps": len(counted) / (closed - opened),
+        **{f"cpu_s_{name}": cpu_after[name] - cpu_before[name] for name in pids},
         "seconds": closed - opened,
-        "p50_ms": statistics.median(counted) * 1000,
-        "p99_ms": counted[min(len(counted) - 1, int(len(counted) * 0.99))] * 1000,
         "count": len(counted),
     }
 
@@ -188,14 +185,22 @@ async def measure_pair(
 
 
 def combined(slices: list[dict[str, float]], samples: list[float]) -> dict[str, float]:
-    """One scenario's figures from its slices."""
+    """One scenario's figures from its slices (``measure``) and their latencies: RPS, latency percentiles, CPU per
+    call of each process (``cpu_us_<name>``)."""
     count = sum(each["count"] for each in slices)
+    seconds = sum(each["seconds"] for each in slices)
+    if not count:
+        raise RuntimeError(f"no call was answered in {len(slices)} slices ({seconds:.2f}s of steady windows)")
     latencies = sorted(samples)
-    cpu = {key: sum(each[key] * each["count"] for each in slices) / count for key in slices[0] if "cpu" in key}
+    cpu = {
+        key.replace("cpu_s_", "cpu_us_"): sum(each[key] for each in slices) / count * 1e6
+        for key in slices[0]
+        if key.startswith("cpu_s_")
+    }
     return {
         **cpu,
-        "rps": count / sum(each["seconds"] for each in slices),
-        "seconds": sum(each["seconds"] for each in slices),
+        "rps": count / seconds,
+        "seconds": seconds,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
         "count": count,
@@ -763,9 +768,9 @@ async def run(
                         with paused(others):
                             await measure(scenarios[each], concurrency, min(1.0, seconds / 4), pids[each])  # warm-up
                     if len(group) == 1:
-                        results[(name, concurrency)] = await measure(
-                            scenarios[name], concurrency, seconds, pids[name], settle=settle
-                        )
+                        latencies: list[float] = []
+                        alone = await measure(scenarios[name], concurrency, seconds, pids[name], latencies, settle)
+                        results[(name, concurrency)] = combined([alone], latencies)
                         continue
                     tallies: dict[str, Tally] = {each: ([], []) for each in group}
                     paired = await measure_pair(
