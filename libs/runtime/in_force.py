@@ -52,7 +52,7 @@ class VersionsInForce(Generic[V]):
         if version is None:  # the newest event sets no version: the one in force is an earlier event's
             version = known[0] if known is not None else None
             after = known[1] if known is not None else 0
-            for stored in await self._reader.history(self._domain, key, after=after):
+            for stored in await self._reader.history(self._domain, key, after=after, through=newest.sequence):
                 version = readable(stored, self._version_of) or version
             if version is None:
                 return None

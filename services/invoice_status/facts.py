@@ -191,11 +191,10 @@ class ReceivedLines:
             if wanted <= newest_lines.keys():
                 known = OrderReceipts(newest_lines, newest.sequence, complete=False)
         if known is not None and known.sequence < newest.sequence:
-            known = OrderReceipts(
-                await self._read(po_id, after=known.sequence, lines=known.lines), newest.sequence, known.complete
-            )
+            lines = await self._read(po_id, after=known.sequence, through=newest.sequence, lines=known.lines)
+            known = OrderReceipts(lines, newest.sequence, known.complete)
         if known is None or not (known.complete or (wanted is not None and wanted <= known.lines.keys())):
-            known = OrderReceipts(await self._read(po_id, after=0, lines={}), newest.sequence)
+            known = OrderReceipts(await self._read(po_id, after=0, through=newest.sequence, lines={}), newest.sequence)
         self._keep(po_id, known)
         self.sequence = max(self.sequence, known.sequence)
         return known
@@ -211,9 +210,11 @@ class ReceivedLines:
             _, (_, evicted) = self._orders.popitem(last=False)
             self.bytes -= evicted
 
-    async def _read(self, po_id: str, *, after: int, lines: Mapping[int, ReceivedFacts]) -> dict[int, ReceivedFacts]:
+    async def _read(
+        self, po_id: str, *, after: int, through: int, lines: Mapping[int, ReceivedFacts]
+    ) -> dict[int, ReceivedFacts]:
         updated = dict(lines)
-        for stored in await self._reader.history(RECEIPT_DOMAIN, po_id, after=after):
+        for stored in await self._reader.history(RECEIPT_DOMAIN, po_id, after=after, through=through):
             updated.update(_readable_lines(stored))
         return updated
 

@@ -37,9 +37,9 @@ class CountingReader:
         self.reads.append("last")
         return await self._reader.last(domain, key)
 
-    async def history(self, domain: str, key: str, after: int = 0) -> list[StoredEvent]:
+    async def history(self, domain: str, key: str, after: int = 0, *, through: int | None = None) -> list[StoredEvent]:
         self.reads.append(f"history after {after}")
-        return await self._reader.history(domain, key, after=after)
+        return await self._reader.history(domain, key, after=after, through=through)
 
     async def last_of_each(self, objects: Sequence[tuple[str, str]]) -> list[StoredEvent | None]:
         self.reads.append(f"last of {len(objects)}")

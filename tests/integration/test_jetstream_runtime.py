@@ -131,6 +131,42 @@ async def test_expected_last_subject_sequence_lets_one_writer_win(js_env):
     assert [e.envelope.object_version for e in await reader.history("exception", "order-9")] == [1, 2]
 
 
+class RecordingRequests(Requests):
+    """The real request/reply, recording which direct gets were asked (by last subject, or next after a sequence)."""
+
+    def __init__(self, nc: nats.NATS) -> None:
+        super().__init__(nc)
+        self.asked: list[str] = []
+
+    async def direct_get(self, stream: str, *, within: float, last_by_subject: str = "", **query):
+        self.asked.append("last" if last_by_subject else f"next after {query['seq'] - 1}")
+        return await super().direct_get(stream, within=within, last_by_subject=last_by_subject, **query)
+
+
+async def test_an_objects_history_is_read_up_to_its_newest_event_and_never_searched_past_it(js_env):
+    js, namespace, publisher, _, _, _ = js_env
+    first = await publisher.publish(ref_event("order-7", 1, "a"), expected_last_sequence=0)
+    await publisher.publish(ref_event("order-8", 1, "b"), expected_last_sequence=0)
+    second = await publisher.publish(ref_event("order-7", 2, "c"), expected_last_sequence=first.sequence)
+    for n in range(5):  # what follows the object's newest event: a next-by-subject read would search all of it
+        await publisher.publish(ref_event(f"order-{20 + n}", 1, "d"), expected_last_sequence=0)
+    requests = RecordingRequests(js._nc)
+    reader = EventReader(requests, namespace)
+
+    history = await reader.history("exception", "order-7")
+    assert [stored.sequence for stored in history] == [first.sequence, second.sequence]
+    assert requests.asked == ["last", "next after 0", f"next after {first.sequence}"]
+
+    requests.asked.clear()
+    assert await reader.history("exception", "order-7", after=second.sequence) == []
+    assert requests.asked == ["last"]  # up to date: one read from the subject index, no search
+
+    requests.asked.clear()
+    later = await reader.history("exception", "order-7", after=first.sequence, through=second.sequence)
+    assert [stored.sequence for stored in later] == [second.sequence]
+    assert requests.asked == [f"next after {first.sequence}"]  # the caller knew the newest: not asked again
+
+
 async def test_concurrent_writers_of_one_object_exactly_one_wins(js_env):
     _, _, publisher, reader, _, _ = js_env
     results = await asyncio.gather(
