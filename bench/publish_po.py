@@ -112,9 +112,11 @@ async def measure(
     that window's time, with the CPU the processes used in that same window. The start (``concurrency`` calls arriving
     at once at a service that was just let go on, its timers catching up) and the drain (the last calls answered
     after the deadline, with fewer and fewer in flight) are worked through but not counted: they cost a path that
-    answers in 100 ms more than one that answers in 5 ms, and the alternating slices have many of them. A window in
-    which no call was answered (a path answering more slowly than the window lasts) counts as that: no calls over
-    its time, its CPU spent towards the calls the other slices answered."""
+    answers in 100 ms more than one that answers in 5 ms, and the alternating slices have many of them. Calls count
+    by when they were answered (a call of the start answered in the window counts, with its latency); the service
+    being saturated through the window, they are answered at its steady rate whatever waves the start set off. A
+    window in which no call was answered (a path answering more slowly than the window lasts) counts as that: no
+    calls over its time, its CPU spent towards the calls the other slices answered."""
     latencies: list[float] = []
     answered: list[float] = []  # when each call was answered, beside its latency
     started = time.perf_counter()
@@ -928,8 +930,8 @@ if __name__ == "__main__":
         help="seconds at the start of each slice (and of a scenario measured alone) worked through but not counted",
     )
     args = parser.parse_args()
-    if not 0 <= args.settle < args.slice:
-        parser.error("--settle must be at least 0 and shorter than --slice")
+    if not 0 <= args.settle < min(args.slice, args.seconds):
+        parser.error("--settle must be at least 0 and shorter than --slice and --seconds")
     uvloop.run(
         run(
             args.seconds,

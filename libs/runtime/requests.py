@@ -46,14 +46,28 @@ class Requests:
         self, subject: str, payload: bytes = b"", *, within: float, headers: dict[str, str] | None = None
     ) -> Msg:
         """The reply to one request within ``within`` seconds (else ``nats.errors.TimeoutError``);
-        ``NoRespondersError`` when nothing listens on ``subject``."""
-        return (await self.at_once(((subject, payload, headers),), within=within))[0]
+        ``NoRespondersError`` when nothing listens on ``subject``. Every request of every service goes through
+        here: one future and one timer, none of ``at_once``'s lists."""
+        prefix = self._prefix or await self._subscribe()
+        token = str(next(self._tokens))
+        loop = asyncio.get_running_loop()
+        reply: asyncio.Future[Msg] = loop.create_future()
+        self._waiting[token] = reply
+        timer = loop.call_later(within, _expire, (reply,))
+        try:
+            await self._nc.publish(subject, payload, reply=prefix + token, headers=headers)
+            message = await reply
+        finally:
+            timer.cancel()
+            self._waiting.pop(token, None)  # a reply after the timeout finds nothing waiting
+        _raise_no_responders(message)
+        return message
 
     async def at_once(self, calls: Sequence[Call], *, within: float) -> list[Msg]:
         """The replies to several requests (subject, payload, headers), in their order, all within ``within``
         seconds: sent together, they go to the broker in one write and their replies mostly come back in one read,
         where one request after another costs a round trip (a flush, a wake-up, a read) each. The errors are
-        ``request``'s."""
+        ``request``'s, raised once every reply is in (or the time is up)."""
         prefix = self._prefix or await self._subscribe()
         loop = asyncio.get_running_loop()
         tokens = [str(next(self._tokens)) for _ in calls]
@@ -71,8 +85,7 @@ class Requests:
                 if reply.done() and not reply.cancelled():
                     reply.exception()  # one that timed out with the first is retrieved: no "never retrieved"
         for message in messages:
-            if not message.data and message.headers and message.headers.get(STATUS) == NO_RESPONDERS:
-                raise NoRespondersError
+            _raise_no_responders(message)
         return messages
 
     async def _subscribe(self) -> str:
@@ -139,6 +152,11 @@ class Requests:
         return answer
 
 
+def _raise_no_responders(message: Msg) -> None:
+    if not message.data and message.headers and message.headers.get(STATUS) == NO_RESPONDERS:
+        raise NoRespondersError
+
+
 def _last_by_subject(stream: str, subjects: str) -> str:
     return f"{DEFAULT_PREFIX}.DIRECT.GET.{stream}.{subjects}"
 
@@ -153,7 +171,7 @@ def _stored(message: Msg) -> Msg | None:
     return message
 
 
-def _expire(replies: list[asyncio.Future[Msg]]) -> None:
+def _expire(replies: Sequence[asyncio.Future[Msg]]) -> None:
     for reply in replies:
         if not reply.done():
             reply.set_exception(NatsTimeout())

@@ -63,7 +63,7 @@ def wire(rt: Runtime[Settings]) -> Service:
     tail = TailExceptions(blocking, lambda: rt.reader.last_sequence(events.DOMAIN))
 
     async def raise_stored(raise_id: str) -> bool:
-        return bool(await rt.reader.history(EXCEPTION.domain, raise_id))
+        return await rt.reader.last(EXCEPTION.domain, raise_id) is not None
 
     cleared = ClearedReasons(blocking, lambda: rt.reader.last_sequence(events.DOMAIN), raise_stored)
     supplier_follower = StreamFollower(rt.js, rt.namespace, "supplier", suppliers.apply)

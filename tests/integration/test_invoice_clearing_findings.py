@@ -48,7 +48,7 @@ async def test_an_exception_whose_reason_blocks_the_invoice_again_is_not_cleared
         reader = EventReader(requests_of(js), Namespace(namespace))
 
         async def raise_stored(raise_id: str) -> bool:  # wiring.raise_stored
-            return bool(await reader.history(EXCEPTION.domain, raise_id))
+            return await reader.last(EXCEPTION.domain, raise_id) is not None
 
         async def newest() -> int:
             return 0

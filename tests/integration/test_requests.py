@@ -26,22 +26,35 @@ async def nc(nats_server):
     await connection.drain()
 
 
-async def _echo(nc, subject: str) -> None:
-    async def answer(message) -> None:
-        await asyncio.sleep(len(message.data) % 3 / 1000)  # answers out of the order asked
+async def _echo(nc, subject: str) -> list[bytes]:
+    """Echo each request, answering out of the order asked: each answer waits 0-2 ms in a task of its own (nats-py
+    hands a subscription its messages one at a time, so a wait in the callback itself would keep the order)."""
+    answering: set[asyncio.Task] = set()
+    answered: list[bytes] = []  # the requests' payloads in the order answered
+
+    async def answer_later(message) -> None:
+        await asyncio.sleep(sum(message.data) % 3 / 1000)
+        answered.append(message.data)
         await message.respond(b"echo:" + message.data)
 
+    async def answer(message) -> None:
+        task = asyncio.create_task(answer_later(message))
+        answering.add(task)
+        task.add_done_callback(answering.discard)
+
     await nc.subscribe(subject, cb=answer)
+    return answered
 
 
 async def test_concurrent_requests_each_get_their_own_reply(nc):
     subject = f"{unique_namespace()}.echo"
-    await _echo(nc, subject)
+    answered = await _echo(nc, subject)
     requests = Requests(nc)
 
     replies = await asyncio.gather(*(requests.request(subject, str(n).encode(), within=5) for n in range(300)))
 
     assert [reply.data for reply in replies] == [f"echo:{n}".encode() for n in range(300)]
+    assert answered != [str(n).encode() for n in range(300)]  # answered out of the order asked
     assert not requests._waiting  # every reply taken
 
 
@@ -67,12 +80,13 @@ async def test_a_request_nobody_answers_times_out_and_a_late_reply_is_dropped(nc
 
 async def test_requests_sent_at_once_each_get_their_own_reply_in_the_order_asked(nc):
     subject = f"{unique_namespace()}.echo"
-    await _echo(nc, subject)  # answers out of the order asked
+    answered = await _echo(nc, subject)
     requests = Requests(nc)
 
     replies = await requests.at_once([(subject, str(n).encode(), None) for n in range(30)], within=5)
 
     assert [reply.data for reply in replies] == [f"echo:{n}".encode() for n in range(30)]
+    assert answered != [str(n).encode() for n in range(30)]  # answered out of the order asked
     assert not requests._waiting
 
 
