@@ -33,13 +33,9 @@ from nats.js.api import StreamConfig
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.publish_po import cpu_seconds
 from libs.runtime.local_servers import NatsServer
 from libs.runtime.requests import Requests
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / 100  # clock ticks: 100 a second on Linux
 
 
 async def run(messages: int, reads: int) -> None:
@@ -61,7 +57,7 @@ async def run(messages: int, reads: int) -> None:
         else:
             raise RuntimeError("the broker did not store every message within a minute")
         assert server.process is not None, "started above"
-        pid = server.process.pid
+        broker = {"nats": server.process.pid}
         objects = range(0, messages, max(1, messages // reads))
         kinds: list[tuple[str, Callable[[int], Awaitable[object]]]] = [
             ("newest (last by subject)", lambda n: requests.direct_get("S", last_by_subject=f"s.po.K{n}.*", within=30)),
@@ -77,10 +73,10 @@ async def run(messages: int, reads: int) -> None:
         print(f"{messages} messages, one object each; {len(objects)} reads of each kind, one at a time")
         print(f"{'read':44s} {'nats µs CPU':>12s} {'wall µs':>10s}")
         for name, read in kinds:
-            cpu, wall = cpu_seconds(pid), time.perf_counter()
+            cpu, wall = cpu_seconds(broker)["nats"], time.perf_counter()
             for n in objects:
                 await read(n)
-            cpu, wall = cpu_seconds(pid) - cpu, time.perf_counter() - wall
+            cpu, wall = cpu_seconds(broker)["nats"] - cpu, time.perf_counter() - wall
             print(f"{name:44s} {1e6 * cpu / len(objects):12.0f} {1e6 * wall / len(objects):10.0f}", flush=True)
         await nc.close()
     finally:

@@ -382,17 +382,15 @@ class EventReader:
         if through is None:
             newest = await self.last(domain, key)
             through = newest.sequence if newest is not None else 0
-        subjects = self._ns.object_filter(domain, key)
-        events: list[StoredEvent] = []
-        while (events[-1].sequence if events else after) < through:
-            found = await self._next(domain, subjects, events[-1].sequence if events else after)
-            if found is None:  # the newest is gone since (a stream's age limit): nothing after it either
-                break
-            events.append(found)
-        return events
+        return await self._after(domain, self._ns.object_filter(domain, key), after, through)
 
-    async def _after(self, domain: str, subjects: str, after: int) -> list[StoredEvent]:
+    async def _after(self, domain: str, subjects: str, after: int, through: float = float("inf")) -> list[StoredEvent]:
+        """The events on ``subjects`` after ``after``, oldest first, up to the one at ``through`` (or until none is
+        found: the newest gone since, a stream's age limit, finds nothing after it either)."""
         events: list[StoredEvent] = []
-        while (found := await self._next(domain, subjects, events[-1].sequence if events else after)) is not None:
+        while (last := events[-1].sequence if events else after) < through:
+            found = await self._next(domain, subjects, last)
+            if found is None:
+                break
             events.append(found)
         return events
