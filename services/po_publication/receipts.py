@@ -5,11 +5,18 @@ with some lag: a change order landing in either window was decided without the r
 line below what is now received. Each followed receipt is queued here and checked against the order's versions
 (domain.over_received); every line found raises an over_receipt exception whose id is derived from the receipt
 and the line, so a restart replaying the receipt stream raises it once.
+
+Each replica reads a receipt's order twice at most: at the first run after the receipt was followed (a change order
+that landed before, the common race), and once the receipt's window (``RECEIPT_UNSEEN_FOR``, plus ``SETTLED_AFTER``)
+has passed, when the stream holds every version the judgement counts. Reading it at every run in between finds the
+same sooner, at one broker read per receipt, replica and run: at a thousand receipts a second and a run every half
+second, forty thousand reads a second for two replicas.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,14 +35,26 @@ log = logging.getLogger(__name__)
 RECHECKED_AT_START = timedelta(minutes=10)
 # The most receipts waiting for their check; beyond it the oldest are checked no more (logged).
 MAX_PENDING = 100_000
+# How long after a receipt's window its last check waits: a version whose clock was read just inside the window is
+# appended a little later, and the recording replica's clock may run ahead of this one's.
+SETTLED_AFTER = timedelta(seconds=2)
 
 
 class ReceiptChecks:
-    def __init__(self, commands: OrderCommands, exceptions: ExceptionReporter, policy: Callable[[], Policy]) -> None:
+    def __init__(
+        self,
+        commands: OrderCommands,
+        exceptions: ExceptionReporter,
+        policy: Callable[[], Policy],
+        clock_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
         self._commands = commands
+        self._clock_ns = clock_ns
         self._exceptions = exceptions
         self._policy = policy
-        self.pending: deque[domain.ReceiptReconciled] = deque()
+        self.pending: deque[domain.ReceiptReconciled] = deque()  # followed, not checked yet
+        # Checked once while the order had no newer version: checked again once their window has passed.
+        self.waiting: deque[domain.ReceiptReconciled] = deque()
 
     def followed(self, receipt: domain.ReceiptReconciled) -> None:
         """The receipt follower's hand-off (synchronous): queued for ``run``. Only a receipt reconciled against
@@ -45,29 +64,28 @@ class ReceiptChecks:
         recorded = datetime.fromtimestamp(receipt.recorded_at_ns / 1e9, UTC)
         if recorded < datetime.now(UTC) - RECHECKED_AT_START:
             return
-        if len(self.pending) >= MAX_PENDING:
-            dropped = self.pending.popleft()
+        if len(self.pending) + len(self.waiting) >= MAX_PENDING:
+            dropped = (self.waiting or self.pending).popleft()
             log.warning(
                 "receipt check queue full: %s of %s is not checked for a racing change", dropped.document, dropped.po_id
             )
         self.pending.append(receipt)
 
     async def run(self) -> None:
-        """Check the queued receipts in stream order (the periodic job). A receipt stays queued until its window
-        has passed — the change order that raced it may land after its first check — and one whose check fails
-        is checked again at the next run."""
-        now_ns = datetime.now(UTC).timestamp() * 1e9
-        window_ns = domain.RECEIPT_UNSEEN_FOR / timedelta(microseconds=1) * 1_000
-        waiting: deque[domain.ReceiptReconciled] = deque()
-        try:
-            while self.pending:
-                receipt = self.pending[0]
-                found_newer = await self.check(receipt)
-                self.pending.popleft()
-                if not found_newer and receipt.recorded_at_ns + window_ns > now_ns:
-                    waiting.append(receipt)  # its window is still open: look again at the next run
-        finally:
-            self.pending.extendleft(reversed(waiting))
+        """The periodic job, in the order the receipts were followed: each waiting receipt whose window has passed
+        is checked a last time, then each new one a first time (it waits for its last check when its order had no
+        newer version yet and its window is still open). A receipt whose check fails stays where it was and is
+        checked at the next run."""
+        now_ns = self._clock_ns()
+        while self.waiting and window_passed(self.waiting[0], now_ns):
+            await self.check(self.waiting[0])
+            self.waiting.popleft()
+        while self.pending:
+            receipt = self.pending[0]
+            found_newer = await self.check(receipt)
+            self.pending.popleft()
+            if not found_newer and not window_passed(receipt, now_ns):
+                self.waiting.append(receipt)
 
     async def check(self, receipt: domain.ReceiptReconciled) -> bool:
         """Raise over_receipt for what a newer version than the receipt's left over-received; whether the order
@@ -94,3 +112,9 @@ class ReceiptChecks:
             )
             log.info("over_receipt on line %s of %s after version %s", over.line_number, receipt.po_id, over.version)
         return True
+
+
+def window_passed(receipt: domain.ReceiptReconciled, now_ns: int) -> bool:
+    """Whether the stream holds every version the judgement of ``receipt`` counts (recorded up to its window's end)."""
+    after_ns = (domain.RECEIPT_UNSEEN_FOR + SETTLED_AFTER) // timedelta(microseconds=1) * 1_000
+    return now_ns >= receipt.recorded_at_ns + after_ns
