@@ -6,11 +6,12 @@ line below what is now received. Each followed receipt is queued here and checke
 (domain.over_received); every line found raises an over_receipt exception whose id is derived from the receipt
 and the line, so a restart replaying the receipt stream raises it once.
 
-Each replica reads a receipt's order twice at most: at the first run after the receipt was followed (a change order
-that landed before, the common race), and once the receipt's window (``RECEIPT_UNSEEN_FOR``, plus ``SETTLED_AFTER``)
-has passed, when the stream holds every version the judgement counts. Reading it at every run in between finds the
-same sooner, at one broker read per receipt, replica and run: at a thousand receipts a second and a run every half
-second, forty thousand reads a second for two replicas.
+Each replica reads a receipt's order twice (while checks succeed): at the first run after the receipt was followed,
+which finds a change order that landed before it (the common race) within a second, and once the receipt's window
+(``RECEIPT_UNSEEN_FOR``) and ``SETTLED_AFTER`` more have passed, which judges it against the newest version recorded
+in the window, as domain.over_received defines. Reading it at every run in between judged it against whatever
+version was newest at that run, at one broker read per receipt, replica and run: at a thousand receipts a second and
+a run every half second, forty thousand reads a second for two replicas.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from libs.policy.engine import Policy
 from libs.runtime.exception_reporter import ExceptionReporter
@@ -33,10 +34,10 @@ log = logging.getLogger(__name__)
 # Receipts older than this when followed (a restart replaying the stream) are not queued: a change order racing
 # one lands within RECEIPT_UNSEEN_FOR of it, and a restart longer than this is the limit of the check.
 RECHECKED_AT_START = timedelta(minutes=10)
-# The most receipts waiting for their check; beyond it the oldest are checked no more (logged).
+# The most receipts waiting for a check, first or last; beyond it the oldest are checked no more (logged).
 MAX_PENDING = 100_000
 # How long after a receipt's window its last check waits: a version whose clock was read just inside the window is
-# appended a little later, and the recording replica's clock may run ahead of this one's.
+# appended a little later, and this replica's clock may run ahead of the one that recorded it.
 SETTLED_AFTER = timedelta(seconds=2)
 
 
@@ -53,47 +54,47 @@ class ReceiptChecks:
         self._exceptions = exceptions
         self._policy = policy
         self.pending: deque[domain.ReceiptReconciled] = deque()  # followed, not checked yet
-        # Checked once while the order had no newer version: checked again once their window has passed.
-        self.waiting: deque[domain.ReceiptReconciled] = deque()
+        self.waiting: deque[domain.ReceiptReconciled] = deque()  # checked once: checked again when the window passed
 
     def followed(self, receipt: domain.ReceiptReconciled) -> None:
         """The receipt follower's hand-off (synchronous): queued for ``run``. Only a receipt reconciled against
         some version can be over-received against a later one."""
         if not receipt.is_receipt or receipt.reconciled_version <= 0:
             return
-        recorded = datetime.fromtimestamp(receipt.recorded_at_ns / 1e9, UTC)
-        if recorded < datetime.now(UTC) - RECHECKED_AT_START:
+        if receipt.recorded_at_ns < self._clock_ns() - RECHECKED_AT_START // timedelta(microseconds=1) * 1_000:
             return
         if len(self.pending) + len(self.waiting) >= MAX_PENDING:
+            last_check = bool(self.waiting)
             dropped = (self.waiting or self.pending).popleft()
             log.warning(
-                "receipt check queue full: %s of %s is not checked for a racing change", dropped.document, dropped.po_id
+                "receipt check queue full: %s of %s is not checked %s for a racing change",
+                dropped.document,
+                dropped.po_id,
+                "again" if last_check else "at all",
             )
         self.pending.append(receipt)
 
     async def run(self) -> None:
         """The periodic job, in the order the receipts were followed: each waiting receipt whose window has passed
-        is checked a last time, then each new one a first time (it waits for its last check when its order had no
-        newer version yet and its window is still open). A receipt whose check fails stays where it was and is
-        checked at the next run."""
+        is checked a last time, then each new one a first time (it waits for its last check when its window is
+        still open). A receipt whose check fails stays where it was and is checked at the next run."""
         now_ns = self._clock_ns()
         while self.waiting and window_passed(self.waiting[0], now_ns):
             await self.check(self.waiting[0])
             self.waiting.popleft()
         while self.pending:
             receipt = self.pending[0]
-            found_newer = await self.check(receipt)
+            await self.check(receipt)
             self.pending.popleft()
-            if not found_newer and not window_passed(receipt, now_ns):
+            if not window_passed(receipt, now_ns):  # a version lowering the line may still land in the window
                 self.waiting.append(receipt)
 
-    async def check(self, receipt: domain.ReceiptReconciled) -> bool:
-        """Raise over_receipt for what a newer version than the receipt's left over-received; whether the order
-        has a newer version at all (until it has, a racing change order may still land)."""
+    async def check(self, receipt: domain.ReceiptReconciled) -> None:
+        """Raise over_receipt for what a newer version than the receipt's left over-received."""
         state = await self._commands.state(receipt.po_id)
         latest = state.latest
         if latest is None or latest.version <= receipt.reconciled_version:
-            return False
+            return
         policy = self._policy()
         found = domain.over_received(receipt, state.versions, policy.over_receipt_percent(latest.order.business_unit))
         for over in found:
@@ -111,10 +112,10 @@ class ReceiptChecks:
                 exception_id=over.exception_id,
             )
             log.info("over_receipt on line %s of %s after version %s", over.line_number, receipt.po_id, over.version)
-        return True
 
 
 def window_passed(receipt: domain.ReceiptReconciled, now_ns: int) -> bool:
-    """Whether the stream holds every version the judgement of ``receipt`` counts (recorded up to its window's end)."""
+    """Whether the last check of ``receipt`` is due: its window, and ``SETTLED_AFTER`` for the versions recorded in it
+    to have landed, have passed."""
     after_ns = (domain.RECEIPT_UNSEEN_FOR + SETTLED_AFTER) // timedelta(microseconds=1) * 1_000
     return now_ns >= receipt.recorded_at_ns + after_ns
