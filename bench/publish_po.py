@@ -28,7 +28,8 @@ Scenarios, each at concurrency 1 and 64, against servers this script starts:
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
 Each governed scenario is measured in alternating 0.5 s slices with the raw composite (its ratio is to those slices),
 with the services off its path stopped meanwhile (--bystanders-run keeps them running); --baseline-tree PATH adds
-another checkout's po-publication to the governed and governed-change rotations. Only each slice's steady part counts:
+another checkout's po-publication to the governed and governed-change rotations, and its invoice-status (in the same
+namespace, billing orders of the same fill) to the governed-invoice one. Only each slice's steady part counts:
 the calls answered from 0.15 s after its start (--settle) to its end, with the CPU used over that window; every
 request a scenario sends is serialized before the clock starts, as the raw composite's is.
 Prints RPS, p50 and p99 per scenario, the governed/raw-composite ratio and the governed-traced/governed one,
@@ -249,8 +250,8 @@ def label(process: subprocess.Popen[bytes]) -> str:
     arguments = [str(argument) for argument in cast(list[Any], process.args)]
     if "-m" in arguments and arguments[-2] == "-m":
         return arguments[-1].rpartition(".")[2]
-    if "-c" in arguments:
-        return "baseline"  # the other checkout's po-publication, run through runpy
+    if "-c" in arguments:  # another checkout's service, run through runpy
+        return "baseline " + arguments[-1].partition("'services.")[2].partition("'")[0]
     scripts = [argument for argument in arguments if argument.endswith(".py")]
     return Path(scripts[0]).stem if scripts else Path(arguments[0]).name
 
@@ -321,7 +322,8 @@ SCENARIOS = (
     "raw-composite",
     "raw-publish",
 )
-BASELINE_SCENARIOS = ("baseline", "baseline-change")  # with --baseline-tree: governed and governed-change there
+# With --baseline-tree: governed, governed-change and governed-invoice there.
+BASELINE_SCENARIOS = ("baseline", "baseline-change", "baseline-invoice")
 
 
 async def run(
@@ -450,32 +452,46 @@ async def run(
         await wait_serving(f"127.0.0.1:{invoice_port}")
         await wait_serving(f"127.0.0.1:{replica_port}")
         await wait_serving(f"127.0.0.1:{receipt_port}")
-        # Another checkout's po-publication (--baseline-tree), in a namespace of its own: the publish and change
-        # scenarios measured against it in the same alternating slices, so a change is compared with the code
-        # before it on the same machine at the same moment.
-        baseline_port = free_port()
-        baseline: subprocess.Popen[bytes] | None = None
-        if baseline_tree is not None:
-            await seed_supplier(nats_server.url, namespace + "b", "SUP-ACME")
+
+        # Another checkout's services (--baseline-tree), measured in the same alternating slices as this one's, so a
+        # change is compared with the code before it on the same machine at the same moment: its po-publication in a
+        # namespace of its own (the publish and change scenarios), its invoice-status in this namespace (it bills
+        # orders of the same fill, so it reads the same streams).
+        def start_baseline(module: str, namespace_of_it: str, port: int) -> subprocess.Popen[bytes]:
+            assert baseline_tree is not None
             # At this checkout's collector thresholds: the comparison is of the code, not of the collector's settings.
-            baseline = subprocess.Popen(
+            process = subprocess.Popen(
                 [
                     sys.executable,
                     "-c",
                     f"import gc, runpy; gc.set_threshold(*{GC_THRESHOLDS!r}); "
-                    "runpy.run_module('services.po_publication', run_name='__main__', alter_sys=True)",
+                    f"runpy.run_module('services.{module}', run_name='__main__', alter_sys=True)",
                 ],
                 cwd=baseline_tree,
                 env={
                     **env,
                     "PYTHONPATH": f"{baseline_tree / 'libs' / 'genproto'}{os.pathsep}{baseline_tree}",
-                    "SYNCGOV_NAMESPACE": namespace + "b",
-                    "SYNCGOV_GRPC_PORT": str(baseline_port),
+                    "SYNCGOV_NAMESPACE": namespace_of_it,
+                    "SYNCGOV_GRPC_PORT": str(port),
                 },
                 preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
             )
-            processes.append(baseline)
+            processes.append(process)
+            return process
+
+        baseline_port, invoice_baseline_port = free_port(), free_port()
+        baseline: subprocess.Popen[bytes] | None = None
+        invoice_baseline: subprocess.Popen[bytes] | None = None
+        if baseline_tree is not None and {"governed", "governed-change"} & set(only):
+            await seed_supplier(nats_server.url, namespace + "b", "SUP-ACME")
+            baseline = start_baseline("po_publication", namespace + "b", baseline_port)
             await wait_serving(f"127.0.0.1:{baseline_port}")
+        if baseline_tree is not None and "governed-invoice" in only:
+            if (baseline_tree / "services" / "invoice_status").is_dir():
+                invoice_baseline = start_baseline("invoice_status", namespace, invoice_baseline_port)
+                await wait_serving(f"127.0.0.1:{invoice_baseline_port}")
+            else:
+                print(f"{baseline_tree} has no invoice-status: governed-invoice has no baseline", file=sys.stderr)
         await wait_port(raw_port)
 
         template = sample_order("BENCH")
@@ -652,6 +668,16 @@ async def run(
                 raise RuntimeError("the invoice scenario ran out of received orders")
             return await submit_call(invoices_ready.popleft(), metadata=metadata)
 
+        invoice_baseline_channel = grpc.aio.insecure_channel(f"127.0.0.1:{invoice_baseline_port}")
+        baseline_submit_call: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = invoice_baseline_channel.unary_unary(
+            "/syncgov.invoice.v1.InvoiceStatusService/SubmitInvoice"
+        )
+
+        async def baseline_invoice(_: int) -> object:
+            if not invoices_ready:
+                raise RuntimeError("the invoice scenario ran out of received orders")
+            return await baseline_submit_call(invoices_ready.popleft(), metadata=metadata)
+
         def invoice_request(invoice_id: str, order: int) -> bytes:
             """4 EA of the order's line 1 at its price, 19% tax, dated one of 336 days: a matching invoice."""
 
@@ -700,6 +726,7 @@ async def run(
             "raw-publish": raw_publish,
             "baseline": baseline_publish,
             "baseline-change": baseline_change,
+            "baseline-invoice": baseline_invoice,
         }
         results: dict[tuple[str, int], dict[str, float]] = {}
         baselines: dict[tuple[str, int], float] = {}  # the raw composite's RPS in the slices paired with a scenario
@@ -716,6 +743,7 @@ async def run(
             "raw-composite": processes[1].pid,
             "baseline": baseline.pid if baseline is not None else None,
             "baseline-change": baseline.pid if baseline is not None else None,
+            "baseline-invoice": invoice_baseline.pid if invoice_baseline is not None else None,
         }
         # Each governed scenario is measured in alternating slices with the raw composite, so the ratio compares
         # the two under the same load of the shared machine (back to back, the same code measured 38-54%).
@@ -737,7 +765,8 @@ async def run(
                     receipts_ready.extend(receipt_request(order, order) for order in receivable)
                     receivable.clear()
                 elif name == "governed-invoice":  # ~1,000 invoices a second at 64, ~470 at 1 (2026-11-27)
-                    await fill_received(int((seconds + 1.0) * (2500 if concurrency > 1 else 1000)))
+                    served = 2 if invoice_baseline is not None else 1  # the baseline bills from the same fill
+                    await fill_received(int((seconds + 1.0) * (2500 if concurrency > 1 else 1000) * served))
                 if name.startswith(("governed-change", "governed-receipt", "governed-invoice")):
                     # Let the servers finish the fill's background work first: the consumers of its events
                     # (invoice-status re-matches on every PO and receipt event), then whatever else settles.
@@ -754,7 +783,9 @@ async def run(
                 group = [name]
                 if name == "governed" and "governed-traced" in only and traced is not None:
                     group.append("governed-traced")  # tracing off and on, alternating too
-                if baseline is not None and name in ("governed", "governed-change"):
+                if (baseline is not None and name in ("governed", "governed-change")) or (
+                    invoice_baseline is not None and name == "governed-invoice"
+                ):
                     group.append(name.replace("governed", "baseline"))  # the other checkout, alternating too
                 if pairing and name.startswith("governed"):
                     group.append("raw-composite")
@@ -795,6 +826,7 @@ async def run(
         await invoice_channel.close()
         await raw_channel.close()
         await baseline_channel.close()
+        await invoice_baseline_channel.close()
         await nc.drain()
         report(
             results, baselines, concurrencies, seconds, settle, sync_always, len(payload), trace_ratio, bystanders_run
@@ -920,7 +952,8 @@ if __name__ == "__main__":
         "--baseline-tree",
         type=Path,
         help="another checkout (stubs generated: make proto there) whose po-publication the governed and "
-        "governed-change scenarios are also measured against, in the same alternating slices",
+        "governed-change scenarios, and whose invoice-status the governed-invoice scenario, are also measured "
+        "against, in the same alternating slices",
     )
     parser.add_argument("--slice", type=float, default=0.5, help="seconds of each alternating slice")
     parser.add_argument(

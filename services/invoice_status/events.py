@@ -78,7 +78,7 @@ def encode(invoice_id: str, event: InvoiceEvent, *, workflow_key: str = "") -> E
             facts=mapping.facts_to_proto(event.facts),
             content_sha256=event.fingerprint,
         )
-        mapping.fill_match(payload.match, event.match, currency)
+        payload.match.CopyFrom(mapping.MATCH_FORMS.form(event.match, currency))  # kept for the submission's answer
         workflow_key = event.invoice.lines[0].po_id if event.invoice.lines else workflow_key
     elif isinstance(event, Matched | Blocked):
         name = MATCHED if isinstance(event, Matched) else BLOCKED

@@ -391,11 +391,51 @@ def fill_match(target: invoice_pb2.InvoiceMatch, match: MatchResult, currency: s
         )
 
 
-def match_to_proto(match: MatchResult, currency: str = "", *, lines: bool = True) -> invoice_pb2.InvoiceMatch:
-    """The whole match; without its ``lines`` when they travel beside it (``InvoiceStatus.line_results``)."""
+def match_to_proto(match: MatchResult, currency: str = "") -> invoice_pb2.InvoiceMatch:
+    """The whole match; ``currency`` (the invoice's) fills its lines' Money form of the PO unit price."""
     message = invoice_pb2.InvoiceMatch()
-    fill_match(message, match, currency, lines=lines)
+    fill_match(message, match, currency)
     return message
+
+
+class MatchForms:
+    """The proto forms of the submissions' matches encoded last, by the match's identity: the submission's answer,
+    which carries the same match, copies the form rather than building it again. Each form is kept with its match,
+    so the identity is not reused while it is kept; the oldest go first once ``entries`` are kept or their lines
+    pass ``lines`` (an invoice may have 3,000). A form is shared: copy from it, never change it."""
+
+    def __init__(self, entries: int = 256, lines: int = 8_192) -> None:
+        self._entries = entries
+        self._lines = lines
+        self._kept: dict[tuple[int, str], tuple[MatchResult, invoice_pb2.InvoiceMatch]] = {}
+        self.lines = 0  # of the forms kept
+
+    def form(self, match: MatchResult, currency: str) -> invoice_pb2.InvoiceMatch:
+        """``match_to_proto``, built once and kept (unless its lines alone pass the bound)."""
+        kept = self.kept(match, currency)
+        if kept is not None:
+            return kept
+        form = match_to_proto(match, currency)
+        lines = len(match.lines)
+        if lines > self._lines:
+            return form
+        while self._kept and (len(self._kept) >= self._entries or self.lines + lines > self._lines):
+            oldest, _ = self._kept.pop(next(iter(self._kept)))  # its answer was given, or builds its own
+            self.lines -= len(oldest.lines)
+        self._kept[(id(match), currency)] = (match, form)
+        self.lines += lines
+        return form
+
+    def kept(self, match: MatchResult, currency: str) -> invoice_pb2.InvoiceMatch | None:
+        """The form :meth:`form` built of this very match, if it is still kept."""
+        found = self._kept.get((id(match), currency))
+        return found[1] if found is not None and found[0] is match else None
+
+    def __len__(self) -> int:
+        return len(self._kept)
+
+
+MATCH_FORMS = MatchForms()
 
 
 def match_from_proto(message: invoice_pb2.InvoiceMatch) -> MatchResult:
@@ -460,9 +500,16 @@ def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
     force and the exceptions raised for the match's blocking reasons. The match's lines are ``line_results``
     (``match`` carries the rest, so an invoice at the line bound is answered inside gRPC's 4 MiB)."""
     message = invoice_pb2.InvoiceStatus()
+    fill_status(message, state)
+    return message
+
+
+def fill_status(message: invoice_pb2.InvoiceStatus, state: InvoiceState) -> None:
+    """``status_message`` written into ``message`` (empty), e.g. a response's own field: the status, which carries
+    the whole invoice, is then not built once and copied again."""
     submitted = state.submitted
     if submitted is None or state.status is None:
-        return message
+        return
     document = submitted.document if isinstance(submitted.document, invoice_pb2.Invoice) else None
     message.invoice.CopyFrom(document if document is not None else invoice_to_proto(submitted.invoice))
     message.state = status_to_proto(state.status)
@@ -470,16 +517,22 @@ def status_message(state: InvoiceState) -> invoice_pb2.InvoiceStatus:
         message.submitted_at.CopyFrom(_timestamp(state.submitted_at_ns))
     if state.match is not None:
         currency = submitted.invoice.currency
-        for line in state.match.lines:
-            _fill_line_match(message.line_results.add(), line, currency)
-        fill_match(message.match, state.match, currency, lines=False)
+        form = MATCH_FORMS.kept(state.match, currency)  # kept when this answers the submission that encoded it
+        if form is not None:
+            for kept_line in form.lines:
+                message.line_results.add().CopyFrom(kept_line)
+            message.match.CopyFrom(form)
+            message.match.ClearField("lines")
+        else:
+            for line in state.match.lines:
+                _fill_line_match(message.line_results.add(), line, currency)
+            fill_match(message.match, state.match, currency, lines=False)
         message.policy_revision = state.facts.policy_revision
         if state.matched_at_ns:
             message.matched_at.CopyFrom(_timestamp(state.matched_at_ns))
     if state.release is not None:
         message.release.CopyFrom(release_to_proto(state.release))
     message.exception_ids.extend(exception_ids(submitted.invoice.invoice_id, state))
-    return message
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,13 +121,17 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         )
         if submission:
             self._submitted_here(invoice.invoice_id, submission)
-        return invoice_service_pb2.SubmitInvoiceResponse(status=mapping.status_message(outcome.state))
+        response = invoice_service_pb2.SubmitInvoiceResponse()
+        mapping.fill_status(response.status, outcome.state)
+        return response
 
     async def GetInvoice(
         self, request: invoice_service_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> invoice_service_pb2.GetInvoiceResponse:
         state = await self._existing(request.invoice_id)
-        return invoice_service_pb2.GetInvoiceResponse(status=mapping.status_message(state))
+        response = invoice_service_pb2.GetInvoiceResponse()
+        mapping.fill_status(response.status, state)
+        return response
 
     async def ListBlockedInvoices(
         self, request: invoice_service_pb2.ListBlockedInvoicesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -181,7 +185,9 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         command = decider.Release(invoice_id, person, request.reason.strip(), current_caller().system)
         result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
         outcome = await self._outcome(invoice_id, result, context)
-        return invoice_service_pb2.ReleaseInvoiceResponse(status=mapping.status_message(outcome.state))
+        response = invoice_service_pb2.ReleaseInvoiceResponse()
+        mapping.fill_status(response.status, outcome.state)
+        return response
 
     async def DisputeInvoice(
         self, request: invoice_service_pb2.DisputeInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -190,7 +196,9 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         command = decider.Dispute(invoice_id, request.reason.strip())
         result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
         outcome = await self._outcome(invoice_id, result, context)
-        return invoice_service_pb2.DisputeInvoiceResponse(status=mapping.status_message(outcome.state))
+        response = invoice_service_pb2.DisputeInvoiceResponse()
+        mapping.fill_status(response.status, outcome.state)
+        return response
 
     async def RecordInvoicePayment(
         self, request: invoice_service_pb2.RecordInvoicePaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -211,7 +219,9 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
             command = _payment(invoice_id, command.payment_reference, state)
         result = await self._commands.run(invoice_id, lambda current: decider.decide(command, current))
         outcome = await self._outcome(invoice_id, result, context)
-        return invoice_service_pb2.RecordInvoicePaymentResponse(status=mapping.status_message(outcome.state))
+        response = invoice_service_pb2.RecordInvoicePaymentResponse()
+        mapping.fill_status(response.status, outcome.state)
+        return response
 
     async def _outcome(
         self,

@@ -3,12 +3,14 @@ listing's and release's requests checked field by field (issue 11)."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from google.protobuf import timestamp_pb2
 
 from libs.runtime.decider import Recorded
 from libs.runtime.errors import InvalidArgument
-from services.invoice_status import mapping
+from services.invoice_status import events, mapping
 from services.invoice_status.decider import (
     INITIAL,
     Blocked,
@@ -41,12 +43,91 @@ def submitted(match: MatchResult) -> InvoiceSubmitted:
     return InvoiceSubmitted(SUBJECT, "fp", "procurement:invoice:I-1", match, FactVersions())
 
 
+@pytest.fixture(autouse=True)
+def no_forms_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no match form kept (they are kept process-wide)."""
+    monkeypatch.setattr(mapping, "MATCH_FORMS", mapping.MatchForms())
+
+
+def test_a_submissions_event_and_its_answer_build_the_match_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[MatchResult] = []
+    build = mapping.match_to_proto
+
+    def counted(match: MatchResult, currency: str = "") -> invoice_pb2.InvoiceMatch:
+        built.append(match)
+        return build(match, currency)
+
+    monkeypatch.setattr(mapping, "match_to_proto", counted)
+    submission = submitted(BLOCKED)
+    event = events.encode(SUBJECT.invoice_id, submission)
+    status = mapping.status_message(folded(submission))
+    assert built == [BLOCKED]
+    whole = build(BLOCKED, "EUR")
+    assert event.payload.match == whole  # type: ignore[attr-defined]
+    assert list(status.line_results) == list(whole.lines)
+    whole.ClearField("lines")
+    assert status.match == whole
+    kept = mapping.MATCH_FORMS.kept(BLOCKED, "EUR")
+    assert kept is not None
+    assert kept.lines
+
+
+def test_an_answer_without_its_submissions_form_builds_the_same_status() -> None:
+    """GetInvoice, a listing, a replay or an answer after a restart: no form is kept for the match."""
+    submission = submitted(BLOCKED)
+    built_here = mapping.status_message(folded(submission))
+    events.encode(SUBJECT.invoice_id, submission)
+    assert mapping.MATCH_FORMS.kept(BLOCKED, "EUR") is not None
+    assert mapping.status_message(folded(submission)) == built_here
+
+
+def test_a_rematchs_event_of_the_same_match_is_built_without_the_invoices_currency_and_not_kept() -> None:
+    events.encode(SUBJECT.invoice_id, submitted(BLOCKED))
+    rematched = events.encode(SUBJECT.invoice_id, Blocked(BLOCKED, FactVersions()))
+    assert not rematched.payload.match.lines[0].HasField("po_unit_price")  # type: ignore[attr-defined]
+    assert len(mapping.MATCH_FORMS) == 1
+    status = mapping.status_message(folded(submitted(BLOCKED), Blocked(BLOCKED, FactVersions())))
+    assert status.line_results[0].po_unit_price.currency_code == "EUR"
+
+
+def test_the_match_forms_kept_are_bounded_by_entries_and_lines_and_told_apart_by_identity() -> None:
+    forms = mapping.MatchForms(entries=3, lines=5)
+    first = dataclasses.replace(BLOCKED)
+    kept = forms.form(first, "EUR")
+    assert forms.form(first, "EUR") is kept
+    assert forms.kept(dataclasses.replace(BLOCKED), "EUR") is None  # an equal match is another match
+    assert forms.kept(first, "") is None  # and another currency another form
+    for _ in range(3):
+        forms.form(dataclasses.replace(BLOCKED), "EUR")
+    assert len(forms) == 3
+    assert forms.kept(first, "EUR") is None  # the oldest went first
+    wide = match_invoice(
+        invoice(*(line(n, quantity="1", price="10.00") for n in range(1, 5))),
+        facts({("PO-1", n): po_line(price="10.00") for n in range(1, 5)}),
+        POLICY,
+    )
+    forms.form(wide, "EUR")  # 4 lines: the 1-line forms before it go until the lines fit
+    assert forms.kept(wide, "EUR") is not None
+    assert forms.lines <= 5
+    assert len(forms) == 2
+    wider = match_invoice(
+        invoice(*(line(n, quantity="1", price="10.00") for n in range(1, 7))),
+        facts({("PO-1", n): po_line(price="10.00") for n in range(1, 7)}),
+        POLICY,
+    )
+    assert forms.form(wider, "EUR").lines
+    assert forms.kept(wider, "EUR") is None
+    assert forms.kept(wide, "EUR") is not None
+
+
 def test_the_status_carries_the_whole_match_its_header_reasons_and_the_exceptions_raised() -> None:
     assert Reason.DUPLICATE_INVOICE in BLOCKED.header_reasons
     assert Reason.PRICE_VARIANCE in BLOCKED.reasons
     status = mapping.status_message(folded(submitted(BLOCKED)))
     assert status.state == invoice_pb2.INVOICE_STATE_BLOCKED
-    assert status.match == mapping.match_to_proto(BLOCKED, "EUR", lines=False)
+    whole = mapping.match_to_proto(BLOCKED, "EUR")
+    whole.ClearField("lines")
+    assert status.match == whole
     assert list(status.line_results) == [mapping.line_match_to_proto(line, "EUR") for line in BLOCKED.lines]
     assert not status.match.lines  # carried once, as line_results
     assert status.policy_revision == 0
