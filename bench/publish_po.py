@@ -28,8 +28,9 @@ Scenarios, each at concurrency 1 and 64, against servers this script starts:
   raw-publish    nats-py JetStream publish-with-ack of the same bytes, no gRPC, no Valkey
 Each governed scenario is measured in alternating 0.5 s slices with the raw composite (its ratio is to those slices),
 with the services off its path stopped meanwhile (--bystanders-run keeps them running); --baseline-tree PATH adds
-another checkout's po-publication to the governed and governed-change rotations, and its invoice-status (in the same
-namespace, billing orders of the same fill) to the governed-invoice one. Only each slice's steady part counts:
+another checkout's po-publication to the governed and governed-change rotations, and its invoice-status (in a
+namespace of its own, with this checkout's po-publication and receipt-reconciliation there) to the governed-invoice
+one. Only each slice's steady part counts:
 the calls answered from 0.15 s after its start (--settle) to its end, with the CPU used over that window; every
 request a scenario sends is serialized before the clock starts, as the raw composite's is.
 Prints RPS, p50 and p99 per scenario, the governed/raw-composite ratio and the governed-traced/governed one,
@@ -454,9 +455,10 @@ async def run(
         await wait_serving(f"127.0.0.1:{receipt_port}")
 
         # Another checkout's services (--baseline-tree), measured in the same alternating slices as this one's, so a
-        # change is compared with the code before it on the same machine at the same moment: its po-publication in a
-        # namespace of its own (the publish and change scenarios), its invoice-status in this namespace (it bills
-        # orders of the same fill, so it reads the same streams).
+        # change is compared with the code before it on the same machine at the same moment, each in a namespace of
+        # its own: its po-publication (the publish and change scenarios), its invoice-status (beside this checkout's
+        # po-publication and receipt-reconciliation, which publish and receive the orders it bills; in one namespace
+        # two invoice-status processes would each fold the other's invoices).
         def start_baseline(module: str, namespace_of_it: str, port: int) -> subprocess.Popen[bytes]:
             assert baseline_tree is not None
             # At this checkout's collector thresholds: the comparison is of the code, not of the collector's settings.
@@ -486,10 +488,26 @@ async def run(
             await seed_supplier(nats_server.url, namespace + "b", "SUP-ACME")
             baseline = start_baseline("po_publication", namespace + "b", baseline_port)
             await wait_serving(f"127.0.0.1:{baseline_port}")
+        invoiced_ns = namespace + "i"  # the baseline invoice-status's
+        orders_for_baseline_port, receipts_for_baseline_port = free_port(), free_port()
         if baseline_tree is not None and "governed-invoice" in only:
             if (baseline_tree / "services" / "invoice_status").is_dir():
-                invoice_baseline = start_baseline("invoice_status", namespace, invoice_baseline_port)
-                await wait_serving(f"127.0.0.1:{invoice_baseline_port}")
+                await seed_supplier(nats_server.url, invoiced_ns, "SUP-ACME")
+                for module, port in (
+                    ("po_publication", orders_for_baseline_port),
+                    ("receipt_reconciliation", receipts_for_baseline_port),
+                ):
+                    processes.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", f"services.{module}"],
+                            cwd=ROOT,
+                            env={**env, "SYNCGOV_NAMESPACE": invoiced_ns, "SYNCGOV_GRPC_PORT": str(port)},
+                            preexec_fn=KILLED_WITH_PARENT,
+                        )
+                    )
+                invoice_baseline = start_baseline("invoice_status", invoiced_ns, invoice_baseline_port)
+                for port in (orders_for_baseline_port, receipts_for_baseline_port, invoice_baseline_port):
+                    await wait_serving(f"127.0.0.1:{port}")
             else:
                 print(f"{baseline_tree} has no invoice-status: governed-invoice has no baseline", file=sys.stderr)
         await wait_port(raw_port)
@@ -651,15 +669,20 @@ async def run(
             request.purchase_order.lines[0].unit_price.nanos = cents % 100 * 10_000_000
             return request.SerializeToString()
 
-        async def fill_received(count: int) -> None:
+        async def fill_received(
+            count: int,
+            ready: collections.deque[bytes] = invoices_ready,
+            publish: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = publish_call,
+            post: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = post_call,
+        ) -> None:
             """Publish orders (line 1 at its own price) and post a receipt of 4 EA on line 1 of each, unmeasured."""
 
             async def worker() -> None:
-                while len(invoices_ready) < count:
+                while len(ready) < count:
                     n = next(COUNTER)
-                    await retried(publish_call, priced_order(n), metadata)
-                    await retried(post_call, receipt_request(n, n), erp)
-                    invoices_ready.append(invoice_request(f"{run_id}-{n}", n))
+                    await retried(publish, priced_order(n), metadata)
+                    await retried(post, receipt_request(n, n), erp)
+                    ready.append(invoice_request(f"{run_id}-{n}", n))
 
             await asyncio.gather(*(worker() for _ in range(64)))
 
@@ -673,10 +696,22 @@ async def run(
             "/syncgov.invoice.v1.InvoiceStatusService/SubmitInvoice"
         )
 
+        orders_for_baseline = grpc.aio.insecure_channel(f"127.0.0.1:{orders_for_baseline_port}")
+        receipts_for_baseline = grpc.aio.insecure_channel(f"127.0.0.1:{receipts_for_baseline_port}")
+        baseline_invoices_ready: collections.deque[bytes] = collections.deque()
+
+        async def fill_received_for_baseline(count: int) -> None:
+            await fill_received(
+                count,
+                baseline_invoices_ready,
+                orders_for_baseline.unary_unary("/syncgov.po.v1.PurchaseOrderService/PublishPurchaseOrder"),
+                receipts_for_baseline.unary_unary("/syncgov.receipt.v1.ReceiptReconciliationService/PostGoodsReceipt"),
+            )
+
         async def baseline_invoice(_: int) -> object:
-            if not invoices_ready:
-                raise RuntimeError("the invoice scenario ran out of received orders")
-            return await baseline_submit_call(invoices_ready.popleft(), metadata=metadata)
+            if not baseline_invoices_ready:
+                raise RuntimeError("the baseline invoice scenario ran out of received orders")
+            return await baseline_submit_call(baseline_invoices_ready.popleft(), metadata=metadata)
 
         def invoice_request(invoice_id: str, order: int) -> bytes:
             """4 EA of the order's line 1 at its price, 19% tax, dated one of 336 days: a matching invoice."""
@@ -765,12 +800,16 @@ async def run(
                     receipts_ready.extend(receipt_request(order, order) for order in receivable)
                     receivable.clear()
                 elif name == "governed-invoice":  # ~1,000 invoices a second at 64, ~470 at 1 (2026-11-27)
-                    served = 2 if invoice_baseline is not None else 1  # the baseline bills from the same fill
-                    await fill_received(int((seconds + 1.0) * (2500 if concurrency > 1 else 1000) * served))
+                    invoices = int((seconds + 1.0) * (2500 if concurrency > 1 else 1000))
+                    await fill_received(invoices)
+                    if invoice_baseline is not None:
+                        await fill_received_for_baseline(invoices)
                 if name.startswith(("governed-change", "governed-receipt", "governed-invoice")):
                     # Let the servers finish the fill's background work first: the consumers of its events
                     # (invoice-status re-matches on every PO and receipt event), then whatever else settles.
                     await wait_consumers_idle(js, Namespace(namespace), ("po", "receipt"))
+                    if name == "governed-invoice" and invoice_baseline is not None:
+                        await wait_consumers_idle(js, Namespace(invoiced_ns), ("po", "receipt"))
                 # Every scenario starts on quiet servers, whatever the one before left them doing.
                 await wait_quiet(
                     {
@@ -827,6 +866,8 @@ async def run(
         await raw_channel.close()
         await baseline_channel.close()
         await invoice_baseline_channel.close()
+        await orders_for_baseline.close()
+        await receipts_for_baseline.close()
         await nc.drain()
         report(
             results, baselines, concurrencies, seconds, settle, sync_always, len(payload), trace_ratio, bystanders_run
