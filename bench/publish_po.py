@@ -361,15 +361,27 @@ async def run(
             "SYNCGOV_LOG_LEVEL": "ERROR",
         }
         await seed_supplier(nats_server.url, namespace, "SUP-ACME")  # the supplier every benchmark order names
-        service_port, raw_port = free_port(), free_port()
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, *under_profile("po-publication"), "-m", "services.po_publication"],
-                cwd=ROOT,
-                env={**env, "SYNCGOV_GRPC_PORT": str(service_port)},
-                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
+
+        def start_service(
+            module: str, port: int, *, may_profile: bool = False, namespace_of_it: str = namespace
+        ) -> None:
+            """This checkout's ``services.<module>`` on ``port``; under cProfile if ``--profile`` names it."""
+            processes.append(
+                subprocess.Popen(
+                    [
+                        sys.executable,
+                        *(under_profile(module.replace("_", "-")) if may_profile else []),
+                        "-m",
+                        f"services.{module}",
+                    ],
+                    cwd=ROOT,
+                    env={**env, "SYNCGOV_NAMESPACE": namespace_of_it, "SYNCGOV_GRPC_PORT": str(port)},
+                    preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
+                )
             )
-        )
+
+        service_port, raw_port = free_port(), free_port()
+        start_service("po_publication", service_port, may_profile=True)
         nc = await nats.connect(nats_server.url)
         js = nc.jetstream()
         raw_ns = Namespace("raw" + uuid.uuid4().hex[:6])
@@ -395,34 +407,13 @@ async def run(
         # A second replica in the same namespace: orders it publishes are ones the measured service has never
         # seen, so changing them folds their history from the stream (its state cache is cold for them).
         replica_port = free_port()
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "services.po_publication"],
-                cwd=ROOT,
-                env={**env, "SYNCGOV_GRPC_PORT": str(replica_port)},
-                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
-            )
-        )
+        start_service("po_publication", replica_port)
         # receipt-reconciliation in the same namespace: it reads the orders po-publication publishes.
         receipt_port = free_port()
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, *under_profile("receipt-reconciliation"), "-m", "services.receipt_reconciliation"],
-                cwd=ROOT,
-                env={**env, "SYNCGOV_GRPC_PORT": str(receipt_port)},
-                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
-            )
-        )
+        start_service("receipt_reconciliation", receipt_port, may_profile=True)
         # invoice-status in the same namespace: it reads the orders and the receipts of the two services above.
         invoice_port = free_port()
-        processes.append(
-            subprocess.Popen(
-                [sys.executable, *under_profile("invoice-status"), "-m", "services.invoice_status"],
-                cwd=ROOT,
-                env={**env, "SYNCGOV_GRPC_PORT": str(invoice_port)},
-                preexec_fn=KILLED_WITH_PARENT,  # dies with this script, however it ends, paused or not
-            )
-        )
+        start_service("invoice_status", invoice_port, may_profile=True)
         # Tracing on at the default sampling, exported over OTLP to a sink: a po-publication of its own, so the
         # traced and the untraced publish differ in nothing else.
         traced_port, sink_port = free_port(), free_port()
@@ -493,18 +484,8 @@ async def run(
         if baseline_tree is not None and "governed-invoice" in only:
             if (baseline_tree / "services" / "invoice_status").is_dir():
                 await seed_supplier(nats_server.url, invoiced_ns, "SUP-ACME")
-                for module, port in (
-                    ("po_publication", orders_for_baseline_port),
-                    ("receipt_reconciliation", receipts_for_baseline_port),
-                ):
-                    processes.append(
-                        subprocess.Popen(
-                            [sys.executable, "-m", f"services.{module}"],
-                            cwd=ROOT,
-                            env={**env, "SYNCGOV_NAMESPACE": invoiced_ns, "SYNCGOV_GRPC_PORT": str(port)},
-                            preexec_fn=KILLED_WITH_PARENT,
-                        )
-                    )
+                start_service("po_publication", orders_for_baseline_port, namespace_of_it=invoiced_ns)
+                start_service("receipt_reconciliation", receipts_for_baseline_port, namespace_of_it=invoiced_ns)
                 invoice_baseline = start_baseline("invoice_status", invoiced_ns, invoice_baseline_port)
                 for port in (orders_for_baseline_port, receipts_for_baseline_port, invoice_baseline_port):
                     await wait_serving(f"127.0.0.1:{port}")

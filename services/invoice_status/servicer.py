@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, Protocol, TypeVar
 
 import grpc
 from google.protobuf import json_format
@@ -121,17 +121,13 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         )
         if submission:
             self._submitted_here(invoice.invoice_id, submission)
-        response = invoice_service_pb2.SubmitInvoiceResponse()
-        mapping.fill_status(response.status, outcome.state)
-        return response
+        return _with_status(invoice_service_pb2.SubmitInvoiceResponse(), outcome.state)
 
     async def GetInvoice(
         self, request: invoice_service_pb2.GetInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> invoice_service_pb2.GetInvoiceResponse:
         state = await self._existing(request.invoice_id)
-        response = invoice_service_pb2.GetInvoiceResponse()
-        mapping.fill_status(response.status, state)
-        return response
+        return _with_status(invoice_service_pb2.GetInvoiceResponse(), state)
 
     async def ListBlockedInvoices(
         self, request: invoice_service_pb2.ListBlockedInvoicesRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -185,9 +181,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         command = decider.Release(invoice_id, person, request.reason.strip(), current_caller().system)
         result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
         outcome = await self._outcome(invoice_id, result, context)
-        response = invoice_service_pb2.ReleaseInvoiceResponse()
-        mapping.fill_status(response.status, outcome.state)
-        return response
+        return _with_status(invoice_service_pb2.ReleaseInvoiceResponse(), outcome.state)
 
     async def DisputeInvoice(
         self, request: invoice_service_pb2.DisputeInvoiceRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -196,9 +190,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         command = decider.Dispute(invoice_id, request.reason.strip())
         result = await self._commands.run(invoice_id, lambda state: decider.decide(command, state))
         outcome = await self._outcome(invoice_id, result, context)
-        response = invoice_service_pb2.DisputeInvoiceResponse()
-        mapping.fill_status(response.status, outcome.state)
-        return response
+        return _with_status(invoice_service_pb2.DisputeInvoiceResponse(), outcome.state)
 
     async def RecordInvoicePayment(
         self, request: invoice_service_pb2.RecordInvoicePaymentRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -219,9 +211,7 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
             command = _payment(invoice_id, command.payment_reference, state)
         result = await self._commands.run(invoice_id, lambda current: decider.decide(command, current))
         outcome = await self._outcome(invoice_id, result, context)
-        response = invoice_service_pb2.RecordInvoicePaymentResponse()
-        mapping.fill_status(response.status, outcome.state)
-        return response
+        return _with_status(invoice_service_pb2.RecordInvoicePaymentResponse(), outcome.state)
 
     async def _outcome(
         self,
@@ -262,6 +252,20 @@ class InvoiceServicer(invoice_service_pb2_grpc.InvoiceStatusServiceServicer):
         if state is None or state.submitted is None or not state.submitted.invoice.lines:
             return ""
         return state.submitted.invoice.lines[0].po_id
+
+
+class _Answer(Protocol):
+    @property
+    def status(self) -> invoice_pb2.InvoiceStatus: ...
+
+
+A = TypeVar("A", bound=_Answer)
+
+
+def _with_status(response: A, state: InvoiceState) -> A:
+    """``response`` (empty) with the invoice's status written into it in place, rather than built and copied in."""
+    mapping.fill_status(response.status, state)
+    return response
 
 
 def _payment(invoice_id: str, reference: str, state: InvoiceState) -> decider.RecordPayment:

@@ -342,6 +342,13 @@ class OverReceipt:
 # (receipt-reconciliation's read-then-append window, and this follower's lag). Versions recorded later were decided
 # knowing it, so a restart replaying old receipts does not judge them against changes made since.
 RECEIPT_UNSEEN_FOR = timedelta(seconds=10)
+
+
+def nanoseconds(delta: timedelta) -> int:
+    """``delta`` in whole nanoseconds, exactly (the unit events are recorded in)."""
+    return delta // timedelta(microseconds=1) * 1_000
+
+
 _OVER_RECEIPTS = uuid.UUID("0b7e2f64-51a3-4d8e-b6c2-93e1a0f47d25")
 
 
@@ -362,7 +369,7 @@ def over_received(
     found over-received for this document is not raised again; a return raises nothing."""
     if not receipt.is_receipt or receipt.reconciled_version <= 0:
         return []
-    until = receipt.recorded_at_ns + RECEIPT_UNSEEN_FOR // timedelta(microseconds=1) * 1_000
+    until = receipt.recorded_at_ns + nanoseconds(RECEIPT_UNSEEN_FOR)
     seen = [v for v in versions if v.recorded.recorded_at_ns <= until]
     if not seen:
         return []

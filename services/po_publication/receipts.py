@@ -61,7 +61,7 @@ class ReceiptChecks:
         some version can be over-received against a later one."""
         if not receipt.is_receipt or receipt.reconciled_version <= 0:
             return
-        if receipt.recorded_at_ns < self._clock_ns() - _nanoseconds(RECHECKED_AT_START):
+        if receipt.recorded_at_ns < self._clock_ns() - domain.nanoseconds(RECHECKED_AT_START):
             return
         if len(self.pending) + len(self.waiting) >= MAX_PENDING:
             last_check = bool(self.waiting)
@@ -117,8 +117,4 @@ class ReceiptChecks:
 def window_passed(receipt: domain.ReceiptReconciled, now_ns: int) -> bool:
     """Whether the last check of ``receipt`` is due: its window, and ``SETTLED_AFTER`` for the versions recorded in it
     to have landed, have passed."""
-    return now_ns >= receipt.recorded_at_ns + _nanoseconds(domain.RECEIPT_UNSEEN_FOR + SETTLED_AFTER)
-
-
-def _nanoseconds(delta: timedelta) -> int:
-    return delta // timedelta(microseconds=1) * 1_000
+    return now_ns >= receipt.recorded_at_ns + domain.nanoseconds(domain.RECEIPT_UNSEEN_FOR + SETTLED_AFTER)

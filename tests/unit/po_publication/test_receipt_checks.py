@@ -61,7 +61,7 @@ def _receipt(at_ns: int, po_id: str = PO) -> domain.ReceiptReconciled:
 
 def _after_window(receipt_ns: int) -> int:
     """A time at which the last check of a receipt recorded at ``receipt_ns`` is due."""
-    return receipt_ns + (domain.RECEIPT_UNSEEN_FOR + SETTLED_AFTER) // timedelta(microseconds=1) * 1_000
+    return receipt_ns + domain.nanoseconds(domain.RECEIPT_UNSEEN_FOR + SETTLED_AFTER)
 
 
 async def test_a_receipt_checked_before_the_racing_change_order_lands_is_checked_again_after_its_window():
@@ -81,7 +81,7 @@ async def test_a_receipt_checked_before_the_racing_change_order_lands_is_checked
     commands.current = lowered
     clock[0] = now_ns + SECOND
     await checks.run()  # a tick inside the window: the receipt's order is not read again yet
-    clock[0] = now_ns + domain.RECEIPT_UNSEEN_FOR // timedelta(microseconds=1) * 1_000 + SECOND // 2
+    clock[0] = now_ns + domain.nanoseconds(domain.RECEIPT_UNSEEN_FOR) + SECOND // 2
     await checks.run()  # the window ended, but a version recorded in it may still be on its way to the stream
     assert exceptions.raised == []
     assert commands.reads == {PO: 1}
